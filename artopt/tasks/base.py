@@ -1,0 +1,49 @@
+"""The contract between optimizee problems, optimizers and meta-trainers.
+
+A *task* is a distribution over problems; a *problem* is a starting point θ₀ and a loss closure.
+Meta-training, baseline tuning and evaluation only ever see this interface, so a new task needs
+nothing but a ``sample`` method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+# f(params, t) -> scalar loss.  ``t`` is the optimization step; stochastic problems use it to pick
+# their minibatch so that every optimizer compared on a problem sees the same data stream.
+LossFn = Callable[[Sequence[torch.Tensor], int], torch.Tensor]
+
+
+@dataclass
+class Problem:
+    """One optimizee instance."""
+
+    params: list[torch.Tensor]  # θ₀ as plain tensors (no grad); optimizers copy them
+    loss: LossFn
+    # Which learned-optimizer network serves each parameter (the paper uses separate LSTMs for
+    # the conv and fully-connected parameters on CIFAR).  Same length as ``params``.
+    groups: list[str] = field(default_factory=list)
+    # Optional extra metric for evaluation (e.g. test accuracy); never used for optimization.
+    metric: Callable[[Sequence[torch.Tensor]], dict] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = ["default"] * len(self.params)
+        if len(self.groups) != len(self.params):
+            raise ValueError("Problem.groups must name one network group per parameter")
+
+    def fresh_params(self, requires_grad: bool = True) -> list[torch.Tensor]:
+        return [p.detach().clone().requires_grad_(requires_grad) for p in self.params]
+
+
+class Task(Protocol):
+    name: str
+    steps: int  # optimization horizon the task is defined with (e.g. 100)
+    unroll: int  # truncation length for meta-training (e.g. 20)
+
+    def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
+        """Draw a fresh problem.  ``split`` is "train", "val" or "test" where the data has splits."""
+        ...
