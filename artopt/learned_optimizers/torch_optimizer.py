@@ -1,0 +1,132 @@
+"""``LearnedOptimizer``: the meta-trained LSTM as a drop-in ``torch.optim.Optimizer``.
+
+    opt = LearnedOptimizer(model.parameters(), weights="weights/mnist.safetensors")
+    for batch in data:
+        opt.zero_grad(); loss = model_loss(batch); loss.backward(); opt.step()
+
+Each coordinate's LSTM state lives in ``opt.state[p]`` as ``h`` and ``c`` of shape
+(num_layers, p.numel(), hidden), so ``state_dict`` / ``load_state_dict`` carry it.  Parameter
+groups may name the network that serves them (``{"params": ..., "net": "conv"}``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .network import LSTMOptimizerNet
+from .preprocessing import sanitize
+from .weights import load_learned
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Coordinatewise LSTM optimizer.
+
+    Args:
+        params: parameters or parameter groups; a group's ``net`` picks the network (default
+            "default", or the only network when the weights hold one).
+        weights: path of a safetensors file written by ``save_learned``.
+        nets: networks to use instead of ``weights`` (e.g. during meta-training).
+        lr: multiplier on the learned update (None or 1.0 = as trained).
+        state_dtype: storage dtype of the LSTM state; bfloat16 halves its memory (80 numbers per
+            coordinate for the 2×20 LSTM: 320 B in float32, 160 B in bfloat16).
+        fallback_lr: step size of the fallback used where the LSTM proposes a non-finite update:
+            Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        weights: str | os.PathLike | None = None,
+        nets: dict[str, LSTMOptimizerNet] | None = None,
+        lr: float | None = None,
+        state_dtype: torch.dtype = torch.float32,
+        fallback_lr: float = 1e-3,
+    ):
+        if (weights is None) == (nets is None):
+            raise ValueError("LearnedOptimizer needs exactly one of weights= or nets=")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"lr multiplier must be positive, got {lr}")
+        loaded = load_learned(weights) if weights is not None else dict(nets)
+        default_net = next(iter(loaded)) if len(loaded) == 1 else "default"
+        super().__init__(params, dict(lr=1.0 if lr is None else float(lr), net=default_net))
+        for group in self.param_groups:
+            if group["net"] not in loaded:
+                raise ValueError(f"parameter group asks for network {group['net']!r}; "
+                                 f"the optimizer has {sorted(loaded)}")
+        self.nets = nn.ModuleDict(loaded)
+        for p in self.nets.parameters():
+            p.requires_grad_(False)
+        self.state_dtype = state_dtype
+        self.fallback_lr = fallback_lr
+        self.last_notice: str | None = None
+        self.fallback_count = 0  # coordinates that needed the fallback, over the optimizer's life
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.last_notice = None
+        # Batch every coordinate served by the same network (and lr) into one LSTM call.
+        batches: dict[tuple[str, float], list[torch.Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    batches.setdefault((group["net"], group["lr"]), []).append(p)
+        for (net_name, lr), params in batches.items():
+            self._step_batch(self.nets[net_name], params, lr)
+        return loss
+
+    def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lr: float) -> None:
+        net_device = next(net.parameters()).device
+        device = params[0].device
+        if net_device != device:
+            net.to(device)
+        grads = [p.grad.reshape(-1) for p in params]
+        flat = grads[0] if len(grads) == 1 else torch.cat(grads)
+        h_list, c_list = [], []
+        for p in params:
+            st = self.state[p]
+            if "h" not in st:
+                st["h"], st["c"] = net.init_state(p.numel(), device=device, dtype=self.state_dtype)
+            h_list.append(st["h"])
+            c_list.append(st["c"])
+        h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
+        c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
+
+        update, (h, c) = net(flat, (h, c))
+        if lr != 1.0:
+            update = update * lr
+
+        # Non-finite guard: never write NaN/Inf into a parameter.
+        grad_ok = torch.isfinite(flat)
+        update_ok = torch.isfinite(update)
+        bad = ~(grad_ok & update_ok)
+        if bool(bad.any()):
+            n_bad = int(bad.sum())
+            self.fallback_count += n_bad
+            # Finite gradient but broken LSTM output: take Adam's first step there; a non-finite
+            # gradient carries no usable direction, so those coordinates stay put.
+            fallback = torch.where(grad_ok, -self.fallback_lr * torch.sign(sanitize(flat)), torch.zeros_like(flat))
+            update = torch.where(bad, fallback.to(update.dtype), update)
+            h = torch.where(bad.view(1, -1, 1), torch.zeros_like(h), h)
+            c = torch.where(bad.view(1, -1, 1), torch.zeros_like(c), c)
+            self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
+                                "used an Adam step (or no step) there and reset their LSTM state")
+
+        h = h.to(self.state_dtype)
+        c = c.to(self.state_dtype)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.add_(update[offset : offset + n].view_as(p).to(p.dtype))
+            st = self.state[p]
+            st["h"], st["c"] = h[:, offset : offset + n], c[:, offset : offset + n]
+            if len(params) > 1:  # don't keep the concatenated buffer alive through views
+                st["h"], st["c"] = st["h"].clone(), st["c"].clone()
+            offset += n

@@ -1,0 +1,101 @@
+"""Saving and loading trained optimizers: safetensors (no pickle) plus a JSON card.
+
+Layout of a weights file: tensors named ``<net>.<parameter>`` (e.g. ``conv.lstm.weight_ih_l0``)
+and, in the safetensors metadata, ``artopt`` = JSON ``{"format": 1, "nets": {name: config}}``.
+The human-readable card (data, training config, metrics) sits next to it as ``<name>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .network import LSTMOptimizerConfig, LSTMOptimizerNet
+
+FORMAT = 1
+
+
+class WeightsError(ValueError):
+    """A learned-optimizer weights file that is missing, corrupt or does not match its config."""
+
+
+def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], card: dict | None = None) -> Path:
+    """Write ``nets`` to ``path`` (.safetensors) atomically, and ``card`` to the sibling .json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"{name}.{key}": value.detach().to("cpu", torch.float32).contiguous()
+        for name, net in nets.items()
+        for key, value in net.state_dict().items()
+    }
+    meta = {"artopt": json.dumps({"format": FORMAT, "nets": {n: net.config.to_dict() for n, net in nets.items()}})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    if card is not None:
+        write_json_atomic(path.with_suffix(".json"), card)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "artopt" not in meta:
+        raise WeightsError(f"{path}: not an artopt optimizer file (no 'artopt' metadata)")
+    try:
+        info = json.loads(meta["artopt"])
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: corrupt artopt metadata ({e})") from None
+    if info.get("format") != FORMAT:
+        raise WeightsError(f"{path}: unsupported weights format {info.get('format')!r} (expected {FORMAT})")
+    return info
+
+
+def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimizerNet]:
+    """Load the networks of a weights file, checking every tensor against its config."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"learned-optimizer weights not found: {path}")
+    try:
+        info = _read_metadata(path)
+        tensors = load_file(str(path), device="cpu")
+    except SafetensorError as e:
+        raise WeightsError(f"{path}: corrupt or not a safetensors file ({e})") from None
+    nets: dict[str, LSTMOptimizerNet] = {}
+    for name, cfg in info["nets"].items():
+        try:
+            net = LSTMOptimizerNet(LSTMOptimizerConfig.from_dict(cfg))
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: bad config for network {name!r}: {e}") from None
+        expected = net.state_dict()
+        prefix = f"{name}."
+        got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        if missing or extra:
+            raise WeightsError(f"{path}: network {name!r} tensors do not match its config "
+                               f"(missing {missing}, unexpected {extra})")
+        for key, value in expected.items():
+            if got[key].shape != value.shape:
+                raise WeightsError(f"{path}: {name}.{key} has shape {tuple(got[key].shape)}, "
+                                   f"config {cfg} needs {tuple(value.shape)}")
+        net.load_state_dict(got)
+        nets[name] = net.to(device) if device is not None else net
+    leftover = [k for k in tensors if k.split(".", 1)[0] not in info["nets"]]
+    if leftover:
+        raise WeightsError(f"{path}: tensors for undeclared networks: {leftover[:5]}")
+    return nets

@@ -1,0 +1,5 @@
+"""Meta-training of learned optimizers."""
+
+from .truncated_bptt import MetaTrainConfig, MetaTrainResult, meta_train, run_episode, trajectory_score
+
+__all__ = ["MetaTrainConfig", "MetaTrainResult", "meta_train", "run_episode", "trajectory_score"]

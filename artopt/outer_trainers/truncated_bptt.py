@@ -1,0 +1,246 @@
+"""Meta-training by truncated backpropagation through unrolled optimization.
+
+Each episode draws a fresh problem, runs the learned optimizer on it for ``steps`` steps and, every
+``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1),
+then cuts the graph (truncation).
+
+Second derivatives are dropped as in the paper: ∇f(θ_t) enters the LSTM as a constant.  Then
+d f(θ_t)/dφ = ∇f(θ_t)ᵀ dθ_t/dφ exactly, so we backpropagate the surrogate Σ_t ⟨∇f(θ_t), θ_t⟩
+instead of f itself: the same gradient for φ, without keeping the optimizee's graph alive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..learned_optimizers.network import LSTMOptimizerNet, learned_update
+from ..learned_optimizers.weights import save_learned, write_json_atomic
+from ..tasks.base import Problem, Task
+
+
+@dataclass
+class MetaTrainConfig:
+    steps: int = 100  # optimization horizon of one episode
+    unroll: int = 20  # truncation length
+    episodes: int = 200
+    meta_lr: float = 1e-3
+    grad_clip: float = 1.0  # on φ's gradient norm; unrolled graphs occasionally explode
+    val_every: int = 20  # episodes between validations
+    val_problems: int = 8
+    seed: int = 0
+    max_minutes: float | None = None  # wall-time budget; stops after the episode that crosses it
+    # Multiply each problem's loss by exp(U(-s, s)) (s = loss_scale_jitter): teaches scale
+    # robustness, since a real user's loss is rarely on the training scale.
+    loss_scale_jitter: float = 0.0
+    # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
+    extra: dict = field(default_factory=dict)
+
+
+def _grads(problem: Problem, params: list[torch.Tensor], t: int, scale: float = 1.0):
+    """Loss and gradient at ``params`` with the optimizee graph discarded right away."""
+    with torch.enable_grad():
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        loss = problem.loss(leaves, t) * scale
+        grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), [g.detach() for g in grads]
+
+
+def run_episode(
+    nets: nn.ModuleDict,
+    problem: Problem,
+    steps: int,
+    unroll: int | None = None,
+    meta_opt: torch.optim.Optimizer | None = None,
+    grad_clip: float = 1.0,
+    loss_scale: float = 1.0,
+) -> list[float]:
+    """Optimize ``problem`` with the learned optimizer; train φ on the way when ``meta_opt`` is given.
+
+    Returns the loss f(θ_t) for t = 0..steps (the loss before each step, then the final one),
+    unscaled.
+    """
+    training = meta_opt is not None
+    unroll = unroll or steps
+    params = [p.detach().clone() for p in problem.params]
+    states: dict = {}
+    losses: list[float] = []
+    loss, grads = _grads(problem, params, 0, loss_scale)
+    losses.append(float(loss) / loss_scale)
+    t = 0
+    while t < steps:
+        n = min(unroll, steps - t)
+        surrogate = 0.0
+        with torch.set_grad_enabled(training):
+            for _ in range(n):
+                params, states = learned_update(nets, params, grads, problem.groups, states)
+                t += 1
+                loss, grads = _grads(problem, params, t, loss_scale)
+                losses.append(float(loss) / loss_scale)
+                if training:
+                    surrogate = surrogate + sum((g * p).sum() for g, p in zip(grads, params))
+        if training and torch.is_tensor(surrogate) and surrogate.requires_grad:
+            meta_opt.zero_grad(set_to_none=True)
+            surrogate.backward()
+            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in nets.parameters())
+            if grads_ok:
+                nn.utils.clip_grad_norm_(nets.parameters(), grad_clip)
+                meta_opt.step()
+        # Truncation: the next unroll starts from constants.
+        params = [p.detach() for p in params]
+        states = {k: (h.detach(), c.detach()) for k, (h, c) in states.items()}
+        if not all(math.isfinite(x) for x in losses[-n:]):
+            break  # a diverged episode teaches nothing more
+    return losses
+
+
+def trajectory_score(losses: list[float]) -> float:
+    """Validation criterion: mean loss over the trajectory (what the meta-objective optimizes)."""
+    finite = [x if math.isfinite(x) else float("inf") for x in losses]
+    return sum(finite) / len(finite)
+
+
+@dataclass
+class MetaTrainResult:
+    best_val: float
+    best_episode: int
+    episodes_done: int
+    wall_time_s: float
+    history: list[dict]
+
+
+def meta_train(
+    task: Task,
+    nets: nn.ModuleDict,
+    config: MetaTrainConfig,
+    *,
+    out_dir: str | os.PathLike,
+    name: str = "optimizer",
+    card: dict | None = None,
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> MetaTrainResult:
+    """Meta-train ``nets`` on ``task``; resumable from ``out_dir/<name>.ckpt``.
+
+    Writes ``<name>.ckpt`` (resumable state, atomically replaced), ``<name>.safetensors`` + ``.json``
+    (best networks so far, by validation) and ``<name>.log.jsonl`` (one JSON line per event).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / f"{name}.ckpt"
+    log_path = out_dir / f"{name}.log.jsonl"
+    meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
+
+    # Validation problems are fixed for the whole run so scores are comparable between episodes.
+    val_gen = torch.Generator().manual_seed(10_000 + config.seed)
+    val_problems = [task.sample(val_gen, "val") for _ in range(config.val_problems)]
+
+    episode, best_val, best_episode, history, elapsed_before = 0, float("inf"), -1, [], 0.0
+    train_gen = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=True)
+        nets.load_state_dict(ck["nets"])
+        meta_opt.load_state_dict(ck["meta_opt"])
+        train_gen.set_state(ck["train_gen"])
+        rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
+        episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
+        history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
+
+    def emit(event: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        if log:
+            log(event)
+
+    def validate() -> float:
+        with torch.no_grad():
+            scores = [trajectory_score(run_episode(nets, p, config.steps)) for p in val_problems]
+        return sum(scores) / len(scores)
+
+    if best_episode < 0:
+        best_val = validate()
+        best_episode = episode
+        _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed_before)
+        emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
+
+    start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.episodes, initial=episode, desc=f"meta-train {name}", unit="ep")
+    try:
+        while episode < config.episodes:
+            elapsed = elapsed_before + time.perf_counter() - start
+            if config.max_minutes is not None and elapsed > config.max_minutes * 60:
+                emit({"event": "time_budget", "episode": episode, "elapsed": elapsed})
+                break
+            problem = task.sample(train_gen, "train")
+            scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
+            nets.train()
+            losses = run_episode(nets, problem, config.steps, config.unroll, meta_opt, config.grad_clip, scale)
+            episode += 1
+            event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
+                     "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
+            history.append(event)
+            emit(event)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}")
+            if episode % config.val_every == 0 or episode == config.episodes:
+                val = validate()
+                elapsed = elapsed_before + time.perf_counter() - start
+                emit({"event": "val", "episode": episode, "val": val, "elapsed": elapsed})
+                if val < best_val:
+                    best_val, best_episode = val, episode
+                    _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed)
+                _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode,
+                                 history, elapsed)
+    finally:
+        if bar:
+            bar.close()
+    wall = elapsed_before + time.perf_counter() - start
+    _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history, wall)
+    return MetaTrainResult(best_val, best_episode, episode, wall, history)
+
+
+def _tuple_state(state):
+    """random.Random state round-tripped through JSON (lists back to tuples)."""
+    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
+
+
+def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed):
+    ck = {
+        "nets": nets.state_dict(),
+        "meta_opt": meta_opt.state_dict(),
+        "train_gen": gen.get_state(),
+        "py_rng": json.dumps(rng.getstate()),
+        "episode": episode,
+        "best_val": best_val,
+        "best_episode": best_episode,
+        "history": json.dumps(history),
+        "elapsed": elapsed,
+    }
+    tmp = Path(str(path) + ".tmp")
+    torch.save(ck, tmp)
+    os.replace(tmp, path)
+
+
+def _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed):
+    full_card = dict(card or {})
+    full_card.update({
+        "meta_training": {**asdict(config), "best_val_trajectory_loss": best_val, "best_episode": best_episode,
+                          "wall_time_s_at_best": round(elapsed, 1)},
+        "nets": {k: v.config.to_dict() for k, v in nets.items()},
+    })
+    save_learned(Path(out_dir) / f"{name}.safetensors", dict(nets.items()), full_card)

@@ -1,0 +1,45 @@
+import torch
+
+from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
+
+
+def test_shapes_and_state_size():
+    net = LSTMOptimizerNet()
+    assert net.state_numbers_per_coordinate == 80  # 2 layers x 20 units x (h, c)
+    state = net.init_state(7)
+    update, (h, c) = net(torch.randn(7), state)
+    assert update.shape == (7,) and h.shape == (2, 7, 20) and c.shape == (2, 7, 20)
+
+
+def test_hidden_states_follow_their_coordinates():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    g1, g2 = torch.randn(50), torch.randn(50)
+    perm = torch.randperm(50)
+    s = net.init_state(50)
+    u1, s1 = net(g1, s)
+    u2, _ = net(g2, s1)
+    # Same trajectory with the coordinates shuffled: each coordinate must get its own update back.
+    sp = net.init_state(50)
+    v1, sp1 = net(g1[perm], sp)
+    v2, _ = net(g2[perm], sp1)
+    torch.testing.assert_close(v1, u1[perm])
+    torch.testing.assert_close(v2, u2[perm])
+
+
+def test_without_preprocessing_takes_raw_gradient():
+    net = LSTMOptimizerNet(LSTMOptimizerConfig(preprocess=False))
+    assert net.lstm.input_size == 1
+    u, _ = net(torch.randn(3), net.init_state(3))
+    assert u.shape == (3,)
+
+
+def test_learned_update_batches_groups_and_is_differentiable():
+    nets = torch.nn.ModuleDict({"conv": LSTMOptimizerNet(), "fc": LSTMOptimizerNet()})
+    params = [torch.randn(2, 3), torch.randn(4), torch.randn(5)]
+    grads = [torch.randn_like(p) for p in params]
+    new, states = learned_update(nets, params, grads, ["conv", "fc", "conv"], {})
+    assert [p.shape for p in new] == [p.shape for p in params]
+    assert states["conv"][0].shape[1] == 6 + 5 and states["fc"][0].shape[1] == 4
+    sum(p.sum() for p in new).backward()
+    assert all(p.grad is not None for p in nets.parameters())

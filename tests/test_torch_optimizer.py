@@ -1,0 +1,149 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, save_learned
+
+
+def sign_descent_net():
+    """A hand-set network that ignores its state and outputs -0.1·sign(g): a known, sane optimizer."""
+    net = LSTMOptimizerNet()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        # layer 1: input gate and output gate open, cell input = tanh(5·sign)
+        H = 20
+        w = net.lstm.weight_ih_l0
+        net.lstm.bias_ih_l0[:H] = 10.0  # input gate
+        net.lstm.bias_ih_l0[3 * H : 4 * H] = 10.0  # output gate
+        w[2 * H : 3 * H, 1] = 5.0  # cell candidate from the sign feature
+        net.lstm.bias_ih_l0[H : 2 * H] = -10.0  # forget gate closed
+        net.lstm.bias_ih_l1[:H] = 10.0
+        net.lstm.bias_ih_l1[3 * H : 4 * H] = 10.0
+        net.lstm.bias_ih_l1[H : 2 * H] = -10.0
+        net.lstm.weight_ih_l1[2 * H : 3 * H, :] = torch.eye(H) * 5.0
+        net.head.weight[:] = -1.0 / H / 0.7  # undo tanh saturation roughly; scale 0.1 applied after
+    return net
+
+
+def test_trains_a_tiny_model():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(64, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    opt = LearnedOptimizer(model.parameters(), nets={"default": sign_descent_net()})
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    first = closure().item()
+    for _ in range(60):
+        opt.step(closure)
+    assert closure().item() < 0.1 * first
+
+
+def test_state_dict_round_trip_keeps_hidden_states(tmp_path):
+    torch.manual_seed(0)
+    path = save_learned(tmp_path / "o.safetensors", {"default": LSTMOptimizerNet()})
+    model = nn.Linear(4, 2)
+    opt = LearnedOptimizer(model.parameters(), weights=path)
+    x = torch.randn(8, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).pow(2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    # Like every torch optimizer, state_dict() holds live references: snapshot it as torch.save would.
+    saved_opt = copy.deepcopy(opt.state_dict())
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.step(closure)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model2 = nn.Linear(4, 2)
+    model2.load_state_dict(saved_model)
+    opt2 = LearnedOptimizer(model2.parameters(), weights=path)
+    opt2.load_state_dict(saved_opt)
+    p0 = next(iter(model2.parameters()))
+    assert opt2.state[p0]["h"].abs().sum() > 0
+
+    def closure2():
+        opt2.zero_grad()
+        loss = model2(x).pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt2.step(closure2)
+    for k in after:
+        torch.testing.assert_close(model2.state_dict()[k], after[k])
+
+
+def test_param_groups_route_to_named_nets():
+    nets = {"conv": LSTMOptimizerNet(), "fc": LSTMOptimizerNet()}
+    a, b = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2))
+    opt = LearnedOptimizer([{"params": [a], "net": "conv"}, {"params": [b], "net": "fc"}], nets=nets)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    assert opt.state[a]["h"].shape == (2, 3, 20) and opt.state[b]["h"].shape == (2, 2, 20)
+    with pytest.raises(ValueError, match="network 'other'"):
+        LearnedOptimizer([{"params": [a], "net": "other"}], nets=nets)
+
+
+def test_lr_multiplier_scales_update():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    a = nn.Parameter(torch.zeros(5))
+    b = nn.Parameter(torch.zeros(5))
+    g = torch.randn(5)
+    oa = LearnedOptimizer([a], nets={"default": net})
+    ob = LearnedOptimizer([b], nets={"default": net}, lr=2.0)
+    a.grad, b.grad = g.clone(), g.clone()
+    oa.step(), ob.step()
+    torch.testing.assert_close(b.detach(), 2 * a.detach())
+
+
+def test_non_finite_gradient_never_reaches_parameters():
+    net = LSTMOptimizerNet()
+    p = nn.Parameter(torch.ones(4))
+    opt = LearnedOptimizer([p], nets={"default": net})
+    p.grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0])
+    opt.step()
+    assert torch.isfinite(p).all()
+    assert p[0].item() == 1.0 and p[1].item() == 1.0  # no direction, no step
+    assert opt.last_notice and "non-finite" in opt.last_notice
+
+
+def test_non_finite_update_falls_back_to_adam_step():
+    net = LSTMOptimizerNet()
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    p = nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([p], nets={"default": net}, fallback_lr=0.01)
+    p.grad = torch.tensor([2.0, -3.0, 0.5])
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([-0.01, 0.01, -0.01]))
+    assert opt.fallback_count == 3
+    assert torch.isfinite(opt.state[p]["h"]).all()
+
+
+def test_bfloat16_state_storage():
+    net = LSTMOptimizerNet()
+    p = nn.Parameter(torch.randn(10))
+    opt = LearnedOptimizer([p], nets={"default": net}, state_dtype=torch.bfloat16)
+    p.grad = torch.randn(10)
+    opt.step()
+    assert opt.state[p]["h"].dtype == torch.bfloat16
+    assert opt.state[p]["h"].element_size() * 2 * 2 * 20 == 160  # bytes per coordinate
+
+
+def test_needs_weights_or_nets():
+    with pytest.raises(ValueError):
+        LearnedOptimizer([nn.Parameter(torch.zeros(1))])
