@@ -83,6 +83,8 @@ def run_episode(
         with torch.set_grad_enabled(training):
             for _ in range(n):
                 params, states = learned_update(nets, params, grads, problem.groups, states)
+                if problem.project is not None:
+                    params = problem.project(params)
                 t += 1
                 loss, grads = _grads(problem, params, t, loss_scale)
                 losses.append(float(loss) / loss_scale)

@@ -28,6 +28,9 @@ class Problem:
     groups: list[str] = field(default_factory=list)
     # Optional extra metric for evaluation (e.g. test accuracy); never used for optimization.
     metric: Callable[[Sequence[torch.Tensor]], dict] | None = None
+    # Optional projection applied after every optimizer step (e.g. clamping an image to [0, 1]).
+    # Every optimizer, learned or not, goes through it, and meta-training differentiates through it.
+    project: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
