@@ -43,3 +43,23 @@ def test_learned_update_batches_groups_and_is_differentiable():
     assert states["conv"][0].shape[1] == 6 + 5 and states["fc"][0].shape[1] == 4
     sum(p.sum() for p in new).backward()
     assert all(p.grad is not None for p in nets.parameters())
+
+
+def test_fast_inference_path_matches_nn_lstm():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    g = torch.randn(40_000) * torch.logspace(-8, 2, 40_000)
+    state = (torch.randn(2, 40_000, 20) * 0.5, torch.randn(2, 40_000, 20))
+    u_ref, (h_ref, c_ref) = net(g, state)  # grad enabled, weights require grad: nn.LSTM path
+    with torch.no_grad():
+        u, (h, c) = net(g, state)  # chunked fused path
+    torch.testing.assert_close(u, u_ref.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(h, h_ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, c_ref.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_keeps_reduced_precision_state_dtype():
+    net = LSTMOptimizerNet()
+    with torch.no_grad():
+        u, (h, c) = net(torch.randn(10), net.init_state(10, dtype=torch.bfloat16))
+    assert h.dtype == c.dtype == torch.bfloat16 and u.dtype == torch.float32

