@@ -1,0 +1,70 @@
+"""Optimizee tasks and the registry that names them.
+
+    task = get_task("mnist-40")            # the paper's test-time variant with 40 hidden units
+    task = get_task("mnist", steps=200)    # any constructor argument can be overridden
+    task = get_task("cifar5", labels=[5, 6, 7, 8, 9])   # CIFAR-5 on the held-out labels
+
+Suites: quadratic; mnist (20 sigmoid units), mnist-40, mnist-2layer, mnist-relu; cifar10, cifar2,
+cifar5, cifar5-heldout (labels 5..9: trains the paper's "LSTM-sub"); neural-art.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Problem, Task
+from .cifar import CIFARTask
+from .data import DataNotFoundError, data_root
+from .mnist import MNISTTask
+from .quadratic import QuadraticTask
+
+
+def _neural_art(**kwargs):
+    from .neural_art import NeuralArtTask  # heavy (loss network); imported only when asked for
+
+    return NeuralArtTask(**kwargs)
+
+
+# name -> (factory, default keyword arguments)
+TASKS: dict[str, tuple[Callable[..., Task], dict]] = {
+    "quadratic": (QuadraticTask, {}),
+    "mnist": (MNISTTask, {}),
+    "mnist-40": (MNISTTask, {"hidden": (40,)}),
+    "mnist-2layer": (MNISTTask, {"hidden": (20, 20)}),
+    "mnist-relu": (MNISTTask, {"activation": "relu"}),
+    "cifar10": (CIFARTask, {}),
+    "cifar2": (CIFARTask, {"labels": (0, 1)}),
+    "cifar5": (CIFARTask, {"labels": (0, 1, 2, 3, 4)}),
+    "cifar5-heldout": (CIFARTask, {"labels": (5, 6, 7, 8, 9)}),
+    "neural-art": (_neural_art, {}),
+}
+
+
+def get_task(name: str, **variant_kwargs) -> Task:
+    """The task registered as ``name``, with ``variant_kwargs`` overriding its defaults.
+
+    The task's ``name`` is the registry name, plus the overrides when there are any (e.g.
+    ``mnist[steps=200]``), so results and cached learning rates keyed by it stay distinct.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    factory, defaults = TASKS[name]
+    kwargs = {**defaults, **variant_kwargs}
+    if "name" not in variant_kwargs:
+        extra = {k: v for k, v in variant_kwargs.items() if k not in ("root",)}
+        kwargs["name"] = name + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(extra.items())) + "]"
+                                 if extra else "")
+    try:
+        return factory(**kwargs)
+    except TypeError as e:  # unknown keyword: say which task and which arguments exist
+        raise ValueError(f"bad arguments for task {name!r}: {e}") from None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(map(str, v)) + ")"
+    return str(v)
+
+
+__all__ = ["Problem", "Task", "TASKS", "get_task", "QuadraticTask", "MNISTTask", "CIFARTask",
+           "DataNotFoundError", "data_root"]

@@ -1,0 +1,80 @@
+"""MNIST: a small MLP classifier as the optimizee (Section 3.2).
+
+The base task is the paper's: one hidden layer of 20 sigmoid units, cross-entropy, minibatches of
+128 drawn uniformly (with replacement) from the training images, 100 steps, unroll 20.  The test-time
+variants (40 units, two hidden layers, ReLU, 200 steps) are the same class with other arguments.
+Weights and biases start i.i.d. N(0, 0.01²), as in the authors' released code.
+
+Splits: "train" and "val" problems draw minibatches from the 60 000 training images; "test"
+problems from the 10 000 test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import Problem
+from .data import load_mnist, minibatch_indices, split_seed
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "tanh": torch.tanh}
+
+
+@dataclass
+class MNISTTask:
+    hidden: Sequence[int] = (20,)
+    activation: str = "sigmoid"
+    batch_size: int = 128
+    steps: int = 100
+    unroll: int = 20
+    init_std: float = 0.01
+    root: str | None = None  # dataset folder; None: <data>/mnist
+    name: str = "mnist"
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
+        seed = split_seed(generator, split)
+        x, y = load_mnist("test" if split == "test" else "train", self.root)
+        g = torch.Generator().manual_seed(seed)
+        sizes = (28 * 28, *self.hidden, 10)
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            params.append(self.init_std * torch.randn(fan_out, fan_in, generator=g))
+            params.append(self.init_std * torch.randn(fan_out, generator=g))
+        data_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        act = ACTIVATIONS[self.activation]
+        batch_size = self.batch_size
+
+        def forward(params, images):
+            h = images.reshape(images.shape[0], -1).float() / 255.0
+            for i in range(0, len(params), 2):
+                h = F.linear(h, params[i], params[i + 1])
+                if i + 2 < len(params):
+                    h = act(h)
+            return h
+
+        def loss(params, t):
+            idx = minibatch_indices(data_seed, t, x.shape[0], batch_size)
+            return F.cross_entropy(forward(params, x[idx]), y[idx])
+
+        def metric(params):
+            # Full-split loss and accuracy; the 10 000 test images (or first 10 000 training ones)
+            # take a few milliseconds through this MLP.
+            with torch.no_grad():
+                logits = forward(params, x[:10_000])
+                labels = y[:10_000]
+                return {"loss": float(F.cross_entropy(logits, labels)),
+                        "accuracy": float((logits.argmax(1) == labels).float().mean())}
+
+        return Problem(params, loss, metric=metric)

@@ -1,0 +1,51 @@
+"""The paper's synthetic task: random quadratics f(θ) = ‖Wθ − y‖² (Section 3.1).
+
+W (d×d) and y (d) have i.i.d. standard normal entries and define the function; θ₀ has i.i.d.
+N(0, 0.01²) entries, as in the authors' released code.  The loss is deterministic (full batch), so
+L-BFGS applies here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Problem
+from .data import split_seed
+
+
+@dataclass
+class QuadraticTask:
+    dim: int = 10
+    init_std: float = 0.01
+    steps: int = 100
+    unroll: int = 20
+    name: str = "quadratic"
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be at least 1, got {self.dim}")
+
+    def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
+        g = torch.Generator().manual_seed(split_seed(generator, split))
+        W = torch.randn(self.dim, self.dim, generator=g)
+        y = torch.randn(self.dim, generator=g)
+        theta0 = self.init_std * torch.randn(self.dim, generator=g)
+        return quadratic_problem(W, y, theta0)
+
+
+def quadratic_problem(W: torch.Tensor, y: torch.Tensor, theta0: torch.Tensor) -> Problem:
+    """f(θ) = ‖Wθ − y‖² for a given W, y, starting at θ₀.  The metric reports the optimum gap."""
+
+    def loss(params, t):
+        r = W @ params[0] - y
+        return (r * r).sum()
+
+    def metric(params):
+        # min f is ‖y‖² minus the part of y in W's column space; lstsq handles singular W.
+        best = torch.linalg.lstsq(W, y.unsqueeze(1)).solution.squeeze(1)
+        f_star = float(((W @ best - y) ** 2).sum())
+        return {"optimum_gap": float(loss(params, 0)) - f_star}
+
+    return Problem([theta0], loss, metric=metric)
