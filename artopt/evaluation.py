@@ -1,0 +1,277 @@
+"""Evaluating optimizers on a task: loss curves, their mean with a 95% band, and the comparison.
+
+    factories = {"adam": baseline_factory("adam", 0.01), "lstm": lstm_factory("weights/mnist.safetensors")}
+    result = evaluate(get_task("mnist"), factories, instances=100, steps=100, seed=0)
+    report = compare(result, lrs={"adam": 0.01})      # JSON-able
+
+Every optimizer runs on the same ``instances`` problems, drawn from the task's "test" split with a
+generator seeded ``EVAL_SEED_OFFSET + seed``: the split salt (see ``artopt.tasks.data.split_seed``)
+keeps them apart from meta-training ("train") and validation / tuning ("val") problems.
+
+A loss curve has ``steps + 1`` entries: f_t(θ_t) for t = 0..steps, the loss on step t's minibatch
+before step t's update, then the last one, the same convention as the meta-trainer's episodes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .optimizers import make_optimizer
+from .tasks.base import Problem, Task
+
+EVAL_SEED_OFFSET = 1_000_000
+Z95 = 1.959964  # normal quantile: the band is mean ± Z95 · standard error across instances
+
+# Builds an optimizer for a problem's parameters; ``groups`` names each parameter's network group.
+OptimizerFactory = Callable[[list[torch.Tensor], list[str]], torch.optim.Optimizer]
+
+
+@dataclass
+class EvalProgress:
+    """Passed to the ``progress`` callback after each (optimizer, instance) run."""
+
+    optimizer: str
+    instance: int  # 1-based count of finished instances for this optimizer
+    instances: int
+    final_loss: float
+
+
+def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
+    """A hand-designed optimizer (``make_optimizer`` names) with learning rate ``lr``."""
+    make_optimizer(name, [torch.zeros(1, requires_grad=True)], lr)  # validate name and lr now
+
+    def build(params, groups):
+        return make_optimizer(name, params, lr)
+
+    return build
+
+
+def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None) -> OptimizerFactory:
+    """The learned optimizer from a weights file (or ready networks), loaded once.
+
+    Parameters are routed to the network named by their group; a weights file with a single
+    network (or a "default" one) serves groups it has no network for.
+    """
+    from .learned_optimizers import LearnedOptimizer, load_learned
+
+    if (weights is None) == (nets is None):
+        raise ValueError("lstm_factory needs exactly one of weights= or nets=")
+    loaded = dict(load_learned(weights) if weights is not None else nets)
+
+    def route(group: str) -> str:
+        if group in loaded:
+            return group
+        if "default" in loaded:
+            return "default"
+        if len(loaded) == 1:
+            return next(iter(loaded))
+        raise ValueError(f"the learned optimizer has networks {sorted(loaded)}, none for parameter group {group!r}")
+
+    def build(params, groups):
+        by_net: dict[str, list[torch.Tensor]] = {}
+        for p, g in zip(params, groups):
+            by_net.setdefault(route(g), []).append(p)
+        return LearnedOptimizer([{"params": ps, "net": n} for n, ps in by_net.items()], nets=loaded, lr=lr)
+
+    return build
+
+
+@dataclass
+class Run:
+    curve: torch.Tensor  # (steps + 1,) float64; +inf from the step where the loss stopped being finite
+    params: list[torch.Tensor]  # final θ
+    evaluations: int  # loss + gradient evaluations (L-BFGS's line search takes several per step)
+
+
+def run_optimizer(problem: Problem, factory: OptimizerFactory, steps: int) -> Run:
+    """Optimize ``problem`` for ``steps`` steps and record f_t(θ_t) for t = 0..steps.
+
+    Once the loss is non-finite the run stops and the rest of the curve is +inf (diverged).
+    """
+    params = problem.fresh_params()
+    opt = factory(params, problem.groups)
+    curve = torch.full((steps + 1,), math.inf, dtype=torch.float64)
+    t = 0
+    evaluations = 0
+
+    def closure():
+        nonlocal evaluations
+        evaluations += 1
+        opt.zero_grad(set_to_none=True)
+        loss = problem.loss(params, t)
+        loss.backward()
+        return loss
+
+    for t in range(steps):
+        value = float(opt.step(closure).detach())  # f_t(θ_t), evaluated before the update
+        if not math.isfinite(value):
+            return Run(curve, [p.detach() for p in params], evaluations)
+        curve[t] = value
+        if problem.project is not None:
+            with torch.no_grad():
+                for p, q in zip(params, problem.project(list(params))):
+                    p.copy_(q)
+    with torch.no_grad():
+        value = float(problem.loss(params, steps))
+    if math.isfinite(value):
+        curve[steps] = value
+    return Run(curve, [p.detach() for p in params], evaluations)
+
+
+@dataclass
+class EvalResult:
+    task: str
+    steps: int
+    seed: int
+    split: str
+    curves: dict[str, torch.Tensor]  # optimizer -> (instances, steps + 1)
+    metrics: dict[str, list[dict]] = field(default_factory=dict)  # optimizer -> final metric per instance
+    seconds: dict[str, float] = field(default_factory=dict)  # optimizer -> total wall time
+    evaluations: dict[str, float] = field(default_factory=dict)  # optimizer -> mean evaluations per step
+
+
+def sample_problems(task: Task, instances: int, seed: int, split: str = "test") -> list[Problem]:
+    """The evaluation problems for ``seed`` (generator seeded ``EVAL_SEED_OFFSET + seed``)."""
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+    return [task.sample(gen, split) for _ in range(instances)]
+
+
+def evaluate(
+    task: Task,
+    factories: dict[str, OptimizerFactory],
+    instances: int,
+    steps: int | None = None,
+    seed: int = 0,
+    split: str = "test",
+    with_metrics: bool = True,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> EvalResult:
+    """Run every optimizer on the same ``instances`` fresh problems for ``steps`` steps."""
+    if instances < 1:
+        raise ValueError(f"instances must be at least 1, got {instances}")
+    steps = task.steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    problems = sample_problems(task, instances, seed, split)
+    result = EvalResult(task.name, steps, seed, split, {})
+    for name, factory in factories.items():
+        rows, metrics, evaluations = [], [], 0
+        start = time.perf_counter()
+        for i, problem in enumerate(problems):
+            run = run_optimizer(problem, factory, steps)
+            rows.append(run.curve)
+            evaluations += run.evaluations
+            if with_metrics and problem.metric is not None:
+                metrics.append(problem.metric(run.params))
+            if progress:
+                progress(EvalProgress(name, i + 1, instances, float(run.curve[-1])))
+        result.seconds[name] = time.perf_counter() - start
+        result.evaluations[name] = evaluations / (instances * steps)
+        result.curves[name] = torch.stack(rows)
+        if metrics:
+            result.metrics[name] = metrics
+    return result
+
+
+def band(curves: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean over instances (rows) and its 95% confidence band, per step.
+
+    Non-finite entries (diverged runs) make that step's mean +inf: divergence is never hidden.
+    """
+    curves = curves.to(torch.float64)
+    k = curves.shape[0]
+    mean = curves.mean(0)
+    if k > 1:
+        half = Z95 * curves.std(0, correction=1) / math.sqrt(k)
+    else:
+        half = torch.zeros_like(mean)
+    finite = torch.isfinite(curves).all(0)
+    mean = torch.where(finite, mean, torch.full_like(mean, math.inf))
+    half = torch.where(finite, half, torch.full_like(half, math.inf))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+def _num(x: float) -> float | str:
+    """JSON has no inf/nan: write them as strings."""
+    x = float(x)
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+
+def compare(
+    result: EvalResult,
+    lrs: dict[str, float | None] | None = None,
+    learned: Iterable[str] = ("lstm",),
+    reference: str = "lstm",
+) -> dict:
+    """JSON-able summary: per optimizer its mean final loss (with 95% band), mean trajectory loss,
+    diverged-run count, mean curve and band; the best baseline by mean final loss; and
+    ``lstm_over_best_baseline`` = mean final loss of ``reference`` / that of the best baseline
+    (None without a ``reference`` run).  ``learned`` names the runs that are not baselines.
+    """
+    learned = set(learned) | {reference}
+    lrs = lrs or {}
+    out: dict = {"task": result.task, "steps": result.steps, "seed": result.seed, "split": result.split,
+                 "instances": None, "optimizers": {}}
+    finals: dict[str, float] = {}
+    for name, curves in result.curves.items():
+        out["instances"] = int(curves.shape[0])
+        b = band(curves)
+        final = curves[:, -1]
+        diverged = int((~torch.isfinite(final)).sum())
+        traj = curves.mean(1)
+        finals[name] = float(b["mean"][-1])
+        entry = {
+            "learned": name in learned,
+            "lr": lrs.get(name),
+            "mean_final_loss": _num(b["mean"][-1]),
+            "final_loss_ci95": [_num(b["lo"][-1]), _num(b["hi"][-1])],
+            "median_final_loss": _num(final.median()),
+            "mean_trajectory_loss": _num(traj.mean()),
+            "diverged": diverged,
+            "seconds": round(result.seconds.get(name, float("nan")), 3),
+            "evaluations_per_step": result.evaluations.get(name),
+            "mean_curve": [_num(v) for v in b["mean"]],
+            "band_lo": [_num(v) for v in b["lo"]],
+            "band_hi": [_num(v) for v in b["hi"]],
+        }
+        if result.metrics.get(name):
+            keys = result.metrics[name][0].keys()
+            entry["final_metrics"] = {k: _num(sum(m[k] for m in result.metrics[name]) / len(result.metrics[name]))
+                                      for k in keys}
+        out["optimizers"][name] = entry
+    baselines = {n: v for n, v in finals.items() if n not in learned}
+    best = min(baselines, key=lambda n: baselines[n]) if baselines else None
+    out["best_baseline"] = best
+    out["best_baseline_final_loss"] = _num(baselines[best]) if best else None
+    ratios = {}
+    for name in finals:
+        if name in learned and best is not None:
+            ratios[name] = _num(finals[name] / baselines[best]) if baselines[best] > 0 else None
+    out["learned_over_best_baseline"] = ratios
+    out["lstm_over_best_baseline"] = ratios.get(reference)
+    if reference in result.curves and best is not None:
+        # Per instance: how often the learned optimizer ends below the best baseline.
+        wins = result.curves[reference][:, -1] < result.curves[best][:, -1]
+        out["lstm_wins_fraction"] = float(wins.double().mean())
+    return out
+
+
+def final_losses(result: EvalResult) -> dict[str, float]:
+    """Mean final loss per optimizer (inf where any run diverged)."""
+    return {n: float(band(c)["mean"][-1]) for n, c in result.curves.items()}
+
+
+def trajectory_means(curves: torch.Tensor) -> torch.Tensor:
+    """Mean loss over each run's trajectory (rows), inf for diverged runs."""
+    return curves.to(torch.float64).mean(1)
+
+
+__all__: Sequence[str] = (
+    "EVAL_SEED_OFFSET", "EvalProgress", "EvalResult", "OptimizerFactory", "baseline_factory", "lstm_factory",
+    "Run", "run_optimizer", "sample_problems", "evaluate", "band", "compare", "final_losses", "trajectory_means",
+)

@@ -1,0 +1,138 @@
+"""Learning-rate search for the baselines: the paper's protocol of tuning each hand-designed
+optimizer's learning rate per task on validation problems.
+
+    res = search_lr(get_task("mnist"), "adam")           # 10^k, k = -4, -3.5, ..., 1
+    res.lr, res.scores                                   # chosen lr, criterion per lr
+
+Criterion: mean *final* loss over ``problems`` "val" problems (what the comparison reports), or
+``criterion="trajectory"`` for the mean loss over the whole run.  A diverged run scores +inf.
+Validation problems come from the task's "val" split, so they are never the evaluation ("test")
+problems.  ``TunedLRCache`` stores results in a JSON file (``train/results/tuned_lrs.json``) so
+evaluation runs reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..evaluation import baseline_factory, run_optimizer
+from ..tasks.base import Task
+
+DEFAULT_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
+TUNE_SEED_OFFSET = 2_000_000  # keeps tuning's "val" problems apart from meta-training's
+
+
+@dataclass
+class LRSearchResult:
+    optimizer: str
+    lr: float
+    criterion: str
+    scores: dict[str, float]  # str(lr) -> criterion value (inf = diverged)
+    problems: int
+    steps: int
+    seed: int
+    at_edge: bool  # the best lr is the smallest or largest tried: widen the grid
+    grid: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scores"] = {k: (v if math.isfinite(v) else "inf") for k, v in self.scores.items()}
+        return d
+
+
+@dataclass
+class TuneProgress:
+    optimizer: str
+    lr: float
+    score: float
+    done: int
+    total: int
+
+
+def score_curves(curves: torch.Tensor, criterion: str) -> float:
+    """Criterion over a (problems, steps + 1) block of loss curves; inf if any run diverged."""
+    curves = curves.to(torch.float64)
+    if not torch.isfinite(curves[:, -1]).all():
+        return math.inf
+    if criterion == "final":
+        return float(curves[:, -1].mean())
+    if criterion == "trajectory":
+        return float(curves.mean())
+    raise ValueError(f"criterion must be 'final' or 'trajectory', got {criterion!r}")
+
+
+def search_lr(
+    task: Task,
+    optimizer: str,
+    grid: Sequence[float] = DEFAULT_GRID,
+    problems: int = 5,
+    steps: int | None = None,
+    seed: int = 0,
+    criterion: str = "final",
+    progress: Callable[[TuneProgress], None] | None = None,
+) -> LRSearchResult:
+    """Try every lr in ``grid`` on the same ``problems`` val problems; pick the best by ``criterion``.
+
+    Ties (e.g. several lrs reaching the same optimum) go to the smaller lr.
+    """
+    grid = sorted(float(x) for x in grid)
+    if not grid or any(not x > 0 for x in grid):
+        raise ValueError("the lr grid must be non-empty and positive")
+    if problems < 1:
+        raise ValueError(f"problems must be at least 1, got {problems}")
+    score_curves(torch.zeros(1, 2), criterion)  # validate the criterion before any work
+    steps = task.steps if steps is None else int(steps)
+    gen = torch.Generator().manual_seed(TUNE_SEED_OFFSET + seed)
+    val_problems = [task.sample(gen, "val") for _ in range(problems)]
+    scores: dict[str, float] = {}
+    for i, lr in enumerate(grid):
+        factory = baseline_factory(optimizer, lr)
+        curves = torch.stack([run_optimizer(p, factory, steps).curve for p in val_problems])
+        scores[repr(lr)] = score_curves(curves, criterion)
+        if progress:
+            progress(TuneProgress(optimizer, lr, scores[repr(lr)], i + 1, len(grid)))
+    best = min(grid, key=lambda lr: (scores[repr(lr)], lr))
+    if not math.isfinite(scores[repr(best)]):
+        raise RuntimeError(f"{optimizer} diverged on {task.name} at every learning rate in {grid}")
+    return LRSearchResult(optimizer, best, criterion, scores, problems, steps, seed,
+                          at_edge=best in (grid[0], grid[-1]), grid=grid)
+
+
+class TunedLRCache:
+    """Tuned learning rates in a JSON file: {task: {"steps=N": {optimizer: LRSearchResult dict}}}."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.data: dict = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.path}: not valid JSON ({e}); fix or delete it") from None
+            if not isinstance(self.data, dict):
+                raise ValueError(f"{self.path}: expected a JSON object")
+
+    def get(self, task: str, steps: int, optimizer: str) -> dict | None:
+        return self.data.get(task, {}).get(f"steps={steps}", {}).get(optimizer)
+
+    def put(self, task: str, result: LRSearchResult) -> None:
+        self.data.setdefault(task, {}).setdefault(f"steps={result.steps}", {})[result.optimizer] = result.to_dict()
+
+    def save(self) -> None:
+        """Write atomically, re-reading first so concurrent runs on other tasks are not lost."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        merged = TunedLRCache(self.path).data if self.path.is_file() else {}
+        for task, by_steps in self.data.items():
+            for steps_key, by_opt in by_steps.items():
+                merged.setdefault(task, {}).setdefault(steps_key, {}).update(by_opt)
+        self.data = merged
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)

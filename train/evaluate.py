@@ -1,0 +1,236 @@
+"""Evaluate the learned optimizer against tuned baselines on one of the paper's suites.
+
+    python train/evaluate.py quadratic --optimizers lstm,adam,rmsprop,sgd,nag,lbfgs --steps 100 \\
+        --instances 100 --seed 0 --json train/results/quadratic.json --plot train/results/quadratic.png
+    python train/evaluate.py mnist-40 --weights weights/mnist.safetensors --steps 200 ...
+    python train/evaluate.py cifar5 --optimizers lstm,lstm-sub,adam \\
+        --weights lstm=weights/cifar10.safetensors --weights lstm-sub=weights/cifar5-heldout.safetensors
+
+Evaluation problems are fresh: the task's "test" split (MNIST / CIFAR: the test images), drawn from a
+generator seeded 1 000 000 + --seed and salted by split, so they never coincide with meta-training
+("train") or tuning / validation ("val") problems.  Baseline learning rates come from
+train/results/tuned_lrs.json; a missing entry is tuned first (log-spaced search on val problems, see
+artopt/optimizers/tuning.py) and cached; --tune re-tunes.  Names starting with "lstm" are learned
+optimizers and need weights (default: weights/<base suite>.safetensors).  Writes a JSON summary
+(mean final loss per optimizer, 95% bands, LSTM / best baseline) and a Figure 4/5/7-style plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.optimizers import BASELINES  # noqa: E402
+from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
+from artopt.tasks import TASKS, get_task  # noqa: E402
+
+TUNED_LRS = ROOT / "train" / "results" / "tuned_lrs.json"
+
+
+def default_weights(suite: str) -> Path:
+    """MNIST variants use the optimizer trained on the base MNIST task; CIFAR subsets the CIFAR-10 one."""
+    base = "mnist" if suite.startswith("mnist") else "cifar10" if suite.startswith("cifar") else suite
+    return ROOT / "weights" / f"{base}.safetensors"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite", choices=sorted(TASKS), help="task to evaluate on")
+    ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag",
+                    help="comma-separated: lstm[-NAME] (learned) and/or " + ", ".join(BASELINES))
+    ap.add_argument("--steps", type=int, default=None, help="optimization steps (default: the task's)")
+    ap.add_argument("--instances", type=int, default=100, help="fresh problems to average over")
+    ap.add_argument("--seed", type=int, default=0, help="evaluation seed (offset from training seeds)")
+    ap.add_argument("--json", type=Path, default=None, help="write the summary here")
+    ap.add_argument("--plot", type=Path, default=None, help="write the loss-curve figure here (.png)")
+    ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
+                    help="weights of a learned optimizer; bare PATH is for 'lstm' (repeatable)")
+    ap.add_argument("--lr", action="append", default=[], metavar="NAME=LR",
+                    help="use this lr for a baseline instead of the tuned one (repeatable)")
+    ap.add_argument("--tune", action="store_true", help="re-tune baseline lrs even if cached")
+    ap.add_argument("--tune-problems", type=int, default=5, help="val problems per lr in the search")
+    ap.add_argument("--tune-grid", default=None,
+                    help="log-spaced lr grid LOW:HIGH:POINTS_PER_DECADE (default 1e-4:10:2)")
+    ap.add_argument("--tune-criterion", choices=("final", "trajectory"), default="final")
+    ap.add_argument("--tuned-lrs", type=Path, default=TUNED_LRS, help="tuned-lr cache file")
+    ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=JSON",
+                    help="task constructor override, e.g. labels=[5,6,7,8,9] or root='\"/data/mnist\"'")
+    ap.add_argument("--no-metrics", action="store_true", help="skip final test-set metrics (faster)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.instances < 1:
+        ap.error("--instances must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be at least 1")
+    args.optimizer_list = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
+    if not args.optimizer_list:
+        ap.error("--optimizers is empty")
+    for o in args.optimizer_list:
+        if not (o == "lstm" or o.startswith("lstm-") or o in BASELINES):
+            ap.error(f"unknown optimizer {o!r}: use lstm, lstm-NAME or one of {', '.join(BASELINES)}")
+    if len(set(args.optimizer_list)) != len(args.optimizer_list):
+        ap.error("--optimizers lists a name twice")
+    args.weight_map = {}
+    for w in args.weights:
+        name, sep, path = w.partition("=")
+        if not sep:
+            name, path = "lstm", w
+        args.weight_map[name.strip().lower()] = Path(path)
+    args.lr_map = {}
+    for kv in args.lr:
+        name, sep, value = kv.partition("=")
+        try:
+            args.lr_map[name.strip().lower()] = float(value)
+        except ValueError:
+            ap.error(f"--lr expects NAME=LR, got {kv!r}")
+        if not sep or not args.lr_map[name.strip().lower()] > 0:
+            ap.error(f"--lr expects NAME=LR with LR > 0, got {kv!r}")
+    args.task_kwargs = {}
+    for kv in args.task_arg:
+        k, sep, v = kv.partition("=")
+        try:
+            args.task_kwargs[k] = json.loads(v)
+        except json.JSONDecodeError:
+            ap.error(f"--task-arg expects KEY=JSON, got {kv!r}")
+    if args.tune_grid:
+        try:
+            lo, hi, per = (float(x) for x in args.tune_grid.split(":"))
+            lo, hi = math.log10(lo), math.log10(hi)
+            n = int(round((hi - lo) * per))
+            args.grid = [10 ** (lo + i / per) for i in range(n + 1)]
+        except (ValueError, ZeroDivisionError):
+            ap.error(f"--tune-grid expects LOW:HIGH:POINTS_PER_DECADE with 0 < LOW <= HIGH, got {args.tune_grid!r}")
+        if not args.grid:
+            ap.error("--tune-grid gives no learning rates")
+    else:
+        args.grid = list(DEFAULT_GRID)
+    return args
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """Log-scale mean loss vs step with the shaded 95% band, one line per optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def arr(xs):
+        return [float(x) if not isinstance(x, str) else math.nan for x in xs]
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, entry in report["optimizers"].items():
+        mean, lo, hi = arr(entry["mean_curve"]), arr(entry["band_lo"]), arr(entry["band_hi"])
+        floor = min((m for m in mean if m > 0), default=1e-12) * 1e-3
+        lo = [max(x, floor) if math.isfinite(x) else math.nan for x in lo]
+        steps = range(len(mean))
+        label = name.upper() if entry["learned"] else f"{name.upper()} (lr {entry['lr']:.2g})" if entry["lr"] else name.upper()
+        style = "-" if entry["learned"] else "--"
+        (line,) = ax.plot(steps, mean, style, lw=2 if entry["learned"] else 1.3, label=label)
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ratio = report.get("lstm_over_best_baseline")
+    title = f"{report['task']}: {report['instances']} instances, mean ± 95% CI"
+    if ratio is not None and not isinstance(ratio, str):
+        title += f"\nLSTM / best baseline ({report['best_baseline']}) = {ratio:.3g}"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _g(x) -> str:
+    return x if isinstance(x, str) else f"{x:.4g}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    try:
+        task = get_task(args.suite, **args.task_kwargs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    steps = args.steps or task.steps
+
+    factories, lrs, tuning = {}, {}, {}
+    cache = TunedLRCache(args.tuned_lrs)
+    for name in args.optimizer_list:
+        if name.startswith("lstm"):
+            path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
+            if path is None:
+                print(f"error: {name} needs --weights {name}=PATH", file=sys.stderr)
+                return 2
+            try:
+                factories[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
+            except (ValueError, OSError) as e:  # WeightsError is a ValueError
+                print(f"error: cannot load {name}: {e}", file=sys.stderr)
+                return 2
+            lrs[name] = args.lr_map.get(name)
+            continue
+        if name in args.lr_map:
+            lrs[name], tuning[name] = args.lr_map[name], "given on the command line"
+        else:
+            entry = None if args.tune else cache.get(task.name, steps, name)
+            if entry is None:
+                t0 = time.perf_counter()
+                say(f"tuning {name} on {task.name} ({len(args.grid)} lrs x {args.tune_problems} val problems, {steps} steps)")
+                res = search_lr(task, name, args.grid, args.tune_problems, steps, criterion=args.tune_criterion,
+                                progress=lambda p: say(f"  {p.optimizer} lr={p.lr:.3g}: {p.score:.4g}"))
+                if res.at_edge:
+                    say(f"  warning: best {name} lr {res.lr:.3g} is at the edge of the grid")
+                cache.put(task.name, res)
+                cache.save()
+                entry = res.to_dict()
+                say(f"  -> {name} lr={res.lr:.3g} ({time.perf_counter() - t0:.0f}s)")
+            lrs[name] = entry["lr"]
+            tuning[name] = {k: entry[k] for k in ("criterion", "problems", "steps", "seed", "at_edge")}
+        factories[name] = baseline_factory(name, lrs[name])
+
+    t0 = time.perf_counter()
+    result = evaluate(task, factories, args.instances, steps, args.seed, with_metrics=not args.no_metrics,
+                      progress=lambda p: say(f"{p.optimizer}: {p.instance}/{p.instances} final {p.final_loss:.4g}")
+                      if p.instance == p.instances else None)
+    report = compare(result, lrs, learned=[n for n in args.optimizer_list if n.startswith("lstm")])
+    report["eval_seed_note"] = "problems from the 'test' split, generator seed 1_000_000 + seed"
+    report["tuning"] = tuning
+    report["weights"] = {n: str(p) for n, p in args.weight_map.items()}
+    report["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    report["command"] = "python train/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["threads"] = args.threads
+
+    for name, entry in report["optimizers"].items():
+        extra = "".join(f"  {k}={v:.4g}" for k, v in entry.get("final_metrics", {}).items() if not isinstance(v, str))
+        lr = f"lr={entry['lr']:.3g}" if entry["lr"] else ""
+        print(f"{name:>10} {lr:>12}  final {_g(entry['mean_final_loss']):>10}  "
+              f"traj {_g(entry['mean_trajectory_loss']):>10}  diverged {entry['diverged']}{extra}")
+    if report["lstm_over_best_baseline"] is not None:
+        print(f"LSTM / best baseline ({report['best_baseline']}): {report['lstm_over_best_baseline']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        say(f"wrote {args.json}")
+    if args.plot:
+        plot_curves(report, args.plot)
+        say(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
