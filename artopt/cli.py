@@ -1,0 +1,209 @@
+"""The ``artopt`` command line: ``artopt stylize``, ``artopt serve`` (and the lead's train/bench).
+
+The stylize flags are made from the fields of :class:`artopt.style.engine.StylizeConfig`, so the
+library's defaults and the command line's cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+STYLIZE_EXAMPLE = """\
+example:
+  artopt stylize assets/photos/chelsea.jpg assets/styles/starry_night.jpg -o cat.png
+  artopt stylize photo.jpg a.jpg b.jpg --style-weights 0.7 0.3 --size 1024 --keep-colors -o out.jpg \\
+      --log-json out.json
+Press Ctrl-C once to stop early and still save the current image.
+"""
+
+
+class CLIError(Exception):
+    """A user error reported as one line."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from artopt.style.engine import StylizeConfig
+
+    for f in dataclasses.fields(StylizeConfig):
+        meta = dict(f.metadata)
+        help_text = meta.get("help", "")
+        kind = str(f.type).replace(" ", "")
+        kwargs: dict = {"dest": f.name, "default": f.default}
+        if kind == "bool":
+            kwargs.update(action="store_true", help=help_text)
+        elif kind == "bool|None":
+            kwargs.update(action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind.startswith("list[float]"):
+            kwargs.update(type=float, nargs="+", metavar="W", help=help_text)
+        else:
+            base = kind.split("|")[0]
+            kwargs.update(type={"int": int, "float": float, "str": str}[base], help=help_text + ("" if f.default is None else " (default: %(default)s)"))
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from artopt import __version__
+
+    parser = argparse.ArgumentParser(prog="artopt", description="Neural style transfer driven by a learned optimizer.")
+    parser.add_argument("--version", action="version", version=f"artopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    st = sub.add_parser("stylize", help="stylize a photo with one or more style images",
+                        description="Repaint CONTENT in the style of STYLE (several styles are blended).",
+                        epilog=STYLIZE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("content", metavar="CONTENT", help="content photo")
+    st.add_argument("styles", metavar="STYLE", nargs="+", help="style image(s)")
+    st.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (.png, .jpg or .jpeg)")
+    _add_config_flags(st)
+    st.add_argument("--save-every", type=int, default=0, metavar="N",
+                    help="also save the image every N steps as OUT_stepN.ext (default: off)")
+    st.add_argument("--log-json", metavar="FILE", help="write per-step losses and wall time plus the settings to FILE")
+    st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    st.set_defaults(handler=_stylize)
+
+    sv = sub.add_parser("serve", help="run the web app")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    sv.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    sv.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    sv.add_argument("--concurrency", type=int, default=1, help="stylizations run at once (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: %(default)s)")
+    sv.add_argument("--max-size", type=int, default=None,
+                    help="largest output long side allowed, 256-4096 (default: 4096 on a GPU, 2048 on CPU)")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    sv.add_argument("--queue-size", type=int, default=32,
+                    help="requests that may wait for their turn (default: %(default)s)")
+    sv.set_defaults(handler=_serve)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from artopt import web  # lazy: gradio is an optional dependency
+
+    web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
+              max_upload_mb=args.max_upload_mb, max_size=args.max_size, device=args.device,
+              queue_size=args.queue_size)
+    return 0
+
+
+def _check_output_path(path: Path) -> None:
+    from artopt.style.images import SAVE_FORMATS
+
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise CLIError(f"{path}: output must end in .png, .jpg or .jpeg")
+    if not path.parent.is_dir():
+        raise CLIError(f"{path}: folder {path.parent} does not exist")
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    from artopt.style.engine import StylizeConfig, resolve_device, resolve_optimizer, stylize
+    from artopt.style.images import load_image, save_image
+    from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
+
+    config = StylizeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StylizeConfig)}).validated()
+    output = Path(args.output)
+    _check_output_path(output)
+    log_path = Path(args.log_json) if args.log_json else None
+    if log_path is not None and not log_path.parent.is_dir():
+        raise CLIError(f"{log_path}: folder {log_path.parent} does not exist")
+    if args.save_every < 0:
+        raise CLIError("--save-every must be 0 (off) or a positive number of steps")
+
+    net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
+    device = resolve_device(config.device)
+    min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights).min_size
+    content = load_image(args.content, min_size=min_size)
+    styles = [load_image(s, min_size=min_size) for s in args.styles]
+    if config.style_weights is not None and len(config.style_weights) != len(styles):
+        raise CLIError(f"--style-weights has {len(config.style_weights)} value(s) for {len(styles)} style image(s)")
+
+    # First Ctrl-C: finish the current step and save; a second one aborts.
+    stop_requested = False
+
+    def on_sigint(signum, frame):
+        nonlocal stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    records: list[dict] = []
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def on_step(info) -> None:
+        records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
+                        **{k: info.losses.get(k) for k in ("total", "content", "style", "tv")},
+                        "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),
+                        **({"notice": info.notice} if info.notice else {})})
+        if bar is not None:
+            bar.update(info.step - bar.n)
+            bar.set_postfix(loss=f"{info.losses.get('total', float('nan')):.4g}",
+                            scale=f"{info.scale_index + 1}/{info.n_scales}")
+            if info.notice:
+                bar.write(info.notice)
+        if args.save_every and info.image is not None and info.step % args.save_every == 0:
+            save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+
+    start = time.perf_counter()
+    try:
+        result = stylize(content, styles, config, callback=on_step, image_every=args.save_every,
+                         should_stop=lambda: stop_requested)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
+        if bar is not None:
+            bar.close()
+    save_image(result, output)
+    if log_path is not None:
+        settings = dataclasses.asdict(config)
+        settings.update(resolved_optimizer=resolve_optimizer(config.optimizer), resolved_loss_net=net_name,
+                        resolved_device=str(device), content_path=args.content, style_paths=args.styles,
+                        output_path=str(output))
+        log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
+               "stopped_early": stop_requested, "steps": records}
+        log_path.write_text(json.dumps(log, indent=1))
+    if not args.quiet:
+        print(f"wrote {output}" + (" (stopped early)" if stop_requested else ""), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    from artopt.style.images import ImageError
+    from artopt.style.loss_nets import LossNetError
+
+    try:
+        return args.handler(args)
+    except (CLIError, ImageError, LossNetError, ValueError) as exc:
+        print(f"artopt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("artopt: aborted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"artopt: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

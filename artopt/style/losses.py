@@ -1,0 +1,131 @@
+"""Content, style and total-variation losses over a loss network's features.
+
+Normalisation, so that the weights mean the same whatever the resolution or network:
+
+* Gram matrices are divided by the number of positions (H·W): a Gram is then the average outer
+  product of feature vectors, unchanged when the image is upscaled.
+* Each layer's style loss is ``‖G − A‖² / ‖A‖²`` (relative to the target Gram), and the content
+  loss ``‖F − P‖² / ‖P‖²``; layers of very different magnitude then weigh as the network's
+  ``style_layer_weights`` say, and a weight of 1 means "as large as the target itself".
+* TV is the mean squared difference between neighbouring pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .images import resize_long_side
+from .loss_nets import LossNet
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, C), averaged over positions so it does not depend on H·W."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (h * w)
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between vertically and horizontally adjacent pixels."""
+    dy = image[..., 1:, :] - image[..., :-1, :]
+    dx = image[..., :, 1:] - image[..., :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+def _relative_sq_error(value: torch.Tensor, target: torch.Tensor, target_norm_sq: torch.Tensor) -> torch.Tensor:
+    return (value - target).pow(2).sum() / target_norm_sq
+
+
+class StyleLoss(nn.Module):
+    """Weighted content + style + TV loss of an image, with targets fixed at construction.
+
+    Args:
+        loss_net: a frozen :class:`LossNet`.
+        content: content image (1, 3, H, W) in [0, 1]; the image optimized must have this size.
+        styles: one or more style images (1, 3, h, w) in [0, 1], any size.
+        content_weight, style_weight, tv_weight: weights of the three terms.
+        style_weights: blend weights of the styles (normalised to sum 1; default equal).
+        style_scale: each style image is resized so its long side is ``style_scale`` times the
+            content's long side before its Grams are taken (None keeps the styles' own size).
+
+    Calling it with an image returns ``{"total", "content", "style", "tv"}`` (scalar tensors; the
+    parts are unweighted, ``total`` is the weighted sum).  Blending several styles blends their
+    Gram targets; for squared errors this has the same gradient as the weighted sum of the
+    per-style losses, at the cost of one.
+    """
+
+    def __init__(self, loss_net: LossNet, content: torch.Tensor, styles: Sequence[torch.Tensor] | torch.Tensor, *,
+                 content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0,
+                 style_weights: Sequence[float] | None = None, style_scale: float | None = 1.0):
+        super().__init__()
+        if isinstance(styles, torch.Tensor):
+            styles = [styles]
+        styles = list(styles)
+        if not styles:
+            raise ValueError("at least one style image is needed")
+        if style_weights is None:
+            style_weights = [1.0] * len(styles)
+        style_weights = [float(w) for w in style_weights]
+        if len(style_weights) != len(styles):
+            raise ValueError(f"{len(style_weights)} style weights given for {len(styles)} style images")
+        if any(not (w >= 0) or w == float("inf") for w in style_weights) or sum(style_weights) <= 0:
+            raise ValueError("style weights must be finite, non-negative and not all zero")
+        for label, value in (("content", content_weight), ("style", style_weight), ("tv", tv_weight)):
+            if not (value >= 0) or value == float("inf"):
+                raise ValueError(f"{label} weight must be finite and non-negative, got {value}")
+        if style_scale is not None and not (0 < style_scale <= 8):
+            raise ValueError(f"style scale must be in (0, 8], got {style_scale}")
+        _check_image(content, "content")
+        for s in styles:
+            _check_image(s, "style")
+
+        self.loss_net = loss_net
+        self.content_weight = float(content_weight)
+        self.style_weight = float(style_weight)
+        self.tv_weight = float(tv_weight)
+        self.size = tuple(content.shape[-2:])
+        device = loss_net.mean.device
+        total = sum(style_weights)
+        blend = [w / total for w in style_weights]
+
+        with torch.no_grad():
+            content = content.to(device)
+            features = loss_net(content)
+            self.content_targets = {n: features[n].detach() for n in loss_net.content_layers}
+            self.style_targets = {n: torch.zeros(()) for n in loss_net.style_layers}
+            for weight, style in zip(blend, styles):
+                style = style.to(device)
+                if style_scale is not None:
+                    long_side = max(loss_net.min_size, round(max(self.size) * style_scale))
+                    style = resize_long_side(style, long_side)
+                style_features = loss_net(style)
+                for n in loss_net.style_layers:
+                    self.style_targets[n] = self.style_targets[n].to(device) + weight * gram_matrix(style_features[n])
+        # Denominators of the relative errors (tiny floor: an all-black image has zero features).
+        self._content_norms = {n: t.pow(2).sum().clamp_min(1e-8) for n, t in self.content_targets.items()}
+        self._style_norms = {n: t.pow(2).sum().clamp_min(1e-8) for n, t in self.style_targets.items()}
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(image.shape[-2:]) != self.size:
+            raise ValueError(f"image is {tuple(image.shape[-2:])}, the loss was built for {self.size}")
+        features = self.loss_net(image)
+        net = self.loss_net
+        content = sum(_relative_sq_error(features[n], self.content_targets[n], self._content_norms[n])
+                      for n in net.content_layers) / len(net.content_layers)
+        style = sum(net.style_layer_weights[n] *
+                    _relative_sq_error(gram_matrix(features[n]), self.style_targets[n], self._style_norms[n])
+                    for n in net.style_layers)
+        tv = total_variation(image)
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        return {"total": total, "content": content, "style": style, "tv": tv}
+
+
+def _check_image(image: torch.Tensor, label: str) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{label} image must be a tensor of shape (1, 3, H, W), got {shape}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{label} image contains NaN or infinite values")

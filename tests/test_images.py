@@ -1,0 +1,113 @@
+"""Image loading, conversion and saving: every accepted mode and every refused input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from artopt.style.images import ImageError, load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil
+
+
+def _encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _gradient(width=64, height=48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], -1), "RGB")
+
+
+def test_rgb_from_path_bytes_and_file_object(tmp_path):
+    path = tmp_path / "a.png"
+    _gradient().save(path)
+    for source in (path, str(path), path.read_bytes(), open(path, "rb")):
+        image = load_image(source)
+        assert image.mode == "RGB" and image.size == (64, 48)
+        assert np.array_equal(np.asarray(image), np.asarray(_gradient()))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "1"])
+def test_other_modes_become_rgb(mode):
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    image = load_image(_encode(_gradient().convert(mode), fmt))
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+def test_rgba_is_composited_on_white():
+    rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black -> white
+    image = load_image(_encode(rgba))
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+    assert image.getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    array = np.full((40, 40), 32768, dtype=np.uint16)  # mid-gray in 16 bit
+    image = load_image(_encode(Image.fromarray(array)))
+    assert abs(image.getpixel((0, 0))[0] - 128) <= 1
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    data = _encode(_gradient(64, 48), "JPEG", exif=exif.tobytes())
+    assert load_image(data).size == (48, 64)
+
+
+def test_refuses_non_image_truncated_missing_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"this is plain text, not a picture")
+    data = _encode(_gradient(200, 200), "PNG")
+    with pytest.raises(ImageError, match="truncated|damaged"):
+        load_image(data[: len(data) // 2])
+    jpeg = _encode(_gradient(200, 200), "JPEG")
+    with pytest.raises(ImageError, match="truncated|damaged"):
+        load_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_refuses_too_large_and_decompression_bombs(monkeypatch):
+    data = _encode(_gradient(200, 200))
+    with pytest.raises(ImageError, match="too large"):
+        load_image(data, max_pixels=10_000)
+    # Pillow's own bomb guard (from the header alone) also gives our message.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(data)
+
+
+def test_refuses_images_smaller_than_the_network_can_use():
+    with pytest.raises(ImageError, match="too small"):
+        load_image(_encode(_gradient(100, 20)), min_size=32)
+
+
+def test_tensor_round_trip_and_save_formats(tmp_path):
+    image = _gradient()
+    tensor = pil_to_tensor(image)
+    assert tensor.shape == (1, 3, 48, 64) and tensor.dtype == torch.float32
+    assert 0 <= tensor.min() and tensor.max() <= 1
+    assert np.array_equal(np.asarray(tensor_to_pil(tensor)), np.asarray(image))
+    save_image(tensor, tmp_path / "out.png")
+    save_image(image, tmp_path / "out.JPG")
+    assert Image.open(tmp_path / "out.png").format == "PNG"
+    assert Image.open(tmp_path / "out.JPG").format == "JPEG"
+    with pytest.raises(ImageError, match="unsupported output extension"):
+        save_image(image, tmp_path / "out.gif")
+    with pytest.raises(ImageError, match="does not exist"):
+        save_image(image, tmp_path / "nope" / "out.png")
+
+
+def test_resize_long_side_keeps_aspect():
+    tensor = torch.rand(1, 3, 60, 90)
+    assert resize_long_side(tensor, 30).shape[-2:] == (20, 30)
+    assert resize_long_side(tensor, 180).shape[-2:] == (120, 180)
