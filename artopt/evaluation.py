@@ -233,7 +233,7 @@ def compare(
             "median_final_loss": _num(final.median()),
             "mean_trajectory_loss": _num(traj.mean()),
             "diverged": diverged,
-            "seconds": round(result.seconds.get(name, float("nan")), 3),
+            "seconds": round(result.seconds[name], 3) if name in result.seconds else None,
             "evaluations_per_step": result.evaluations.get(name),
             "mean_curve": [_num(v) for v in b["mean"]],
             "band_lo": [_num(v) for v in b["lo"]],

@@ -1,0 +1,186 @@
+"""Evaluation: running optimizers on problems, the 95% band, compare(), and the CLI."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from artopt.evaluation import (EVAL_SEED_OFFSET, EvalResult, band, baseline_factory, compare, evaluate,
+                               lstm_factory, run_optimizer, sample_problems)
+from artopt.tasks.base import Problem
+from artopt.tasks.quadratic import QuadraticTask, quadratic_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def iso_problem(y):
+    return quadratic_problem(torch.eye(len(y)), torch.as_tensor(y, dtype=torch.float32), torch.zeros(len(y)))
+
+
+class RecordingTask:
+    """Quadratics that remember which split they were drawn from."""
+
+    name = "recording"
+    steps = 4
+    unroll = 4
+
+    def __init__(self):
+        self.splits = []
+        self.inner = QuadraticTask(dim=3)
+
+    def sample(self, generator, split="train"):
+        self.splits.append(split)
+        return self.inner.sample(generator, split)
+
+
+def test_run_optimizer_matches_a_hand_written_loop():
+    prob = iso_problem([1.0, -2.0])
+    run = run_optimizer(prob, baseline_factory("sgd", 0.1), steps=3)
+    theta, expected = torch.zeros(2), []
+    y = torch.tensor([1.0, -2.0])
+    for _ in range(3):
+        expected.append(float(((theta - y) ** 2).sum()))
+        theta = theta - 0.1 * 2 * (theta - y)
+    expected.append(float(((theta - y) ** 2).sum()))
+    assert run.curve.shape == (4,)
+    assert torch.allclose(run.curve, torch.tensor(expected, dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(run.params[0], theta) and run.evaluations == 3
+    assert torch.equal(prob.params[0], torch.zeros(2))  # the problem's θ₀ is never modified
+
+
+def test_run_optimizer_uses_step_index_and_projection():
+    seen = []
+
+    def loss(params, t):
+        seen.append(t)
+        return ((params[0] - 5.0) ** 2).sum()
+
+    prob = Problem([torch.zeros(3)], loss, project=lambda ps: [ps[0].clamp(0.0, 1.0)])
+    run = run_optimizer(prob, baseline_factory("sgd", 1.0), steps=4)
+    assert seen == [0, 1, 2, 3, 4]
+    assert float(run.params[0].max()) == 1.0  # projected after every step (it would be far above)
+
+
+def test_divergence_is_recorded_as_inf():
+    run = run_optimizer(iso_problem([1.0]), baseline_factory("sgd", 1e20), steps=50)
+    assert run.curve[0] == 1.0 and math.isinf(float(run.curve[-1]))
+    b = band(torch.stack([run.curve, torch.ones(51, dtype=torch.float64)]))
+    assert math.isinf(float(b["mean"][-1])) and float(b["mean"][0]) == 1.0
+
+
+def test_lbfgs_counts_line_search_evaluations():
+    run = run_optimizer(iso_problem([1.0, 2.0, 3.0]), baseline_factory("lbfgs", 1.0), steps=3)
+    assert run.evaluations >= 3
+    assert float(run.curve[-1]) < 1e-8  # exact line search on an isotropic quadratic
+
+
+def test_band_numbers():
+    b = band(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.allclose(b["mean"], torch.tensor([2.0, 3.0], dtype=torch.float64))
+    # std = √2, standard error = 1, half-width = 1.96
+    assert torch.allclose(b["hi"] - b["mean"], torch.full((2,), 1.959964, dtype=torch.float64))
+    single = band(torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(single["lo"], single["hi"])
+
+
+def test_evaluate_same_fresh_test_problems_for_every_optimizer():
+    task = RecordingTask()
+    factories = {"sgd": baseline_factory("sgd", 0.01), "adam": baseline_factory("adam", 0.1)}
+    res = evaluate(task, factories, instances=3, steps=4, seed=7)
+    assert set(task.splits) == {"test"}
+    assert res.curves["sgd"].shape == (3, 5)
+    assert torch.equal(res.curves["sgd"][:, 0], res.curves["adam"][:, 0])  # same problems
+    assert len(set(res.curves["sgd"][:, 0].tolist())) == 3  # and they differ from each other
+    again = evaluate(RecordingTask(), factories, instances=3, steps=4, seed=7)
+    other = evaluate(RecordingTask(), factories, instances=3, steps=4, seed=8)
+    assert torch.equal(res.curves["adam"], again.curves["adam"])
+    assert not torch.equal(res.curves["adam"][:, 0], other.curves["adam"][:, 0])
+    # Meta-training seeds its generators with small numbers and the "train"/"val" splits:
+    x = torch.randn(3)
+    train = QuadraticTask(dim=3).sample(torch.Generator().manual_seed(EVAL_SEED_OFFSET + 7), "train")
+    assert train.loss([x], 0) != sample_problems(QuadraticTask(dim=3), 1, 7)[0].loss([x], 0)
+    with pytest.raises(ValueError):
+        evaluate(task, factories, instances=0)
+
+
+def _result(curves):
+    return EvalResult("t", 2, 0, "test", {k: torch.tensor(v, dtype=torch.float64) for k, v in curves.items()})
+
+
+def test_compare_ratio_and_best_baseline():
+    res = _result({"lstm": [[4.0, 1.0, 0.5], [4.0, 1.0, 1.5]],  # mean final 1.0
+                   "adam": [[4.0, 2.0, 2.0], [4.0, 2.0, 2.0]],  # 2.0 (best baseline)
+                   "sgd": [[4.0, 3.0, 4.0], [4.0, 3.0, 4.0]]})  # 4.0
+    out = compare(res, lrs={"adam": 0.01, "sgd": 0.1})
+    assert out["best_baseline"] == "adam"
+    assert out["lstm_over_best_baseline"] == pytest.approx(0.5)
+    assert out["lstm_wins_fraction"] == 1.0
+    assert out["optimizers"]["adam"]["lr"] == 0.01 and out["optimizers"]["lstm"]["learned"]
+    assert out["optimizers"]["sgd"]["mean_trajectory_loss"] == pytest.approx(11 / 3)
+    assert out["instances"] == 2
+    json.dumps(out, allow_nan=False)
+
+
+def test_compare_without_lstm_and_with_divergence():
+    res = _result({"adam": [[1.0, 0.5, math.inf]], "sgd": [[1.0, 0.9, 0.8]]})
+    out = compare(res)
+    assert out["lstm_over_best_baseline"] is None and out["best_baseline"] == "sgd"
+    assert out["optimizers"]["adam"]["mean_final_loss"] == "inf" and out["optimizers"]["adam"]["diverged"] == 1
+    json.dumps(out, allow_nan=False)
+
+
+def _nets(*names):
+    from artopt.learned_optimizers import LSTMOptimizerNet
+
+    torch.manual_seed(0)
+    return {n: LSTMOptimizerNet() for n in names}
+
+
+def test_lstm_factory_routes_groups(tmp_path):
+    from artopt.learned_optimizers import save_learned
+
+    prob = Problem([torch.zeros(3), torch.zeros(2)], lambda ps, t: sum((p - 1).pow(2).sum() for p in ps),
+                   groups=["conv", "fc"])
+    nets = _nets("conv", "fc")
+    opt = lstm_factory(nets=nets)(prob.fresh_params(), prob.groups)
+    assert sorted(g["net"] for g in opt.param_groups) == ["conv", "fc"]
+    # A single-network file serves every group.
+    path = save_learned(tmp_path / "one.safetensors", _nets("default"))
+    run = run_optimizer(prob, lstm_factory(weights=path), steps=3)
+    assert torch.isfinite(run.curve).all() and run.evaluations == 3
+    with pytest.raises(ValueError, match="none for parameter group"):
+        lstm_factory(nets=_nets("conv", "other"))(prob.fresh_params(), prob.groups)
+    with pytest.raises(ValueError):
+        lstm_factory()
+
+
+def test_cli_end_to_end(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "train"))
+    import evaluate as cli
+
+    out_json, out_png = tmp_path / "q.json", tmp_path / "q.png"
+    from artopt.learned_optimizers import save_learned
+
+    weights = save_learned(tmp_path / "q.safetensors", _nets("default"))
+    rc = cli.main(["quadratic", "--optimizers", "lstm,sgd,adam", "--steps", "5", "--instances", "3",
+                   "--weights", str(weights), "--lr", "sgd=0.01", "--tuned-lrs", str(tmp_path / "lrs.json"),
+                   "--tune-problems", "1", "--tune-grid", "1e-2:1e-1:1", "--json", str(out_json),
+                   "--plot", str(out_png), "--quiet"])
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    assert report["optimizers"]["sgd"]["lr"] == 0.01
+    assert report["optimizers"]["adam"]["lr"] in (0.01, 0.1)  # tuned on the 2-point grid, then cached
+    assert json.loads((tmp_path / "lrs.json").read_text())["quadratic"]["steps=5"]["adam"]["lr"] == \
+        report["optimizers"]["adam"]["lr"]
+    assert isinstance(report["lstm_over_best_baseline"], float)
+    assert len(report["optimizers"]["lstm"]["mean_curve"]) == 6
+    assert out_png.stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        cli.parse_args(["quadratic", "--optimizers", "adagrad"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["quadratic", "--lr", "sgd=-1"])
+    assert cli.main(["quadratic", "--optimizers", "lstm", "--weights", str(tmp_path / "missing.safetensors"),
+                     "--quiet"]) == 2

@@ -1,0 +1,263 @@
+"""Tasks: the paper's optimizee problems, the registry and data loading.
+
+Most tests use tiny synthetic datasets written to tmp_path (fast, and independent of the shared
+data); one smoke test per dataset runs on the real files when they are present.
+"""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from artopt.tasks import CIFARTask, MNISTTask, QuadraticTask, get_task
+from artopt.tasks.data import (DataNotFoundError, data_root, load_cifar10, load_mnist, load_npz,
+                               minibatch_indices, split_seed)
+from artopt.tasks.quadratic import quadratic_problem
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- synthetic data ----------------------------------------------------------------------------
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """Train images are all labelled 0, test images all 1: a problem's split shows in its loss."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "mnist"
+    d.mkdir()
+    np.savez(d / "mnist_train.npz", x=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), y=np.zeros(300, np.uint8))
+    np.savez(d / "mnist_t10k.npz", x=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), y=np.ones(100, np.uint8))
+    load_mnist.cache_clear()
+    yield str(d)
+    load_mnist.cache_clear()
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar10"
+    d.mkdir()
+    np.savez(d / "cifar10_subset.npz",
+             x_train=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), y_train=np.arange(200) % 10,
+             x_test=rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), y_test=np.arange(50) % 10)
+    load_cifar10.cache_clear()
+    yield str(d)
+    load_cifar10.cache_clear()
+
+
+def _as_graph_of(params, scale):
+    """θ as a differentiable function of another leaf, as in meta-training (θ_t depends on φ)."""
+    return [p * scale for p in params]
+
+
+# ---- registry ----------------------------------------------------------------------------------
+
+def test_registry_names_and_variants():
+    assert get_task("mnist-40").hidden == (40,)
+    assert get_task("mnist-2layer").hidden == (20, 20)
+    assert get_task("mnist-relu").activation == "relu"
+    assert get_task("cifar2").labels == (0, 1)
+    assert get_task("cifar5-heldout").labels == (5, 6, 7, 8, 9)
+    assert get_task("quadratic").steps == 100 and get_task("quadratic").unroll == 20
+    t = get_task("mnist", steps=200, hidden=[40])
+    assert t.steps == 200 and t.hidden == (40,)
+    assert t.name == "mnist[hidden=(40),steps=200]"  # overrides show in the name (cache keys)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("imagenet")
+    with pytest.raises(ValueError, match="bad arguments"):
+        get_task("mnist", hiden=(3,))
+    with pytest.raises(ValueError, match="activation"):
+        get_task("mnist", activation="swish")
+    with pytest.raises(ValueError, match="labels"):
+        get_task("cifar10", labels=[3])
+    with pytest.raises(ValueError, match="labels"):
+        get_task("cifar10", labels=[1, 1])
+
+
+# ---- quadratic ---------------------------------------------------------------------------------
+
+def test_quadratic_loss_is_the_formula():
+    p = QuadraticTask().sample(gen(), "train")
+    theta = torch.randn(10)
+    # Rebuild W, y, θ₀ the way the task documents it draws them, and compare with the closed form.
+    g = torch.Generator().manual_seed(split_seed(gen(), "train"))
+    W, y = torch.randn(10, 10, generator=g), torch.randn(10, generator=g)
+    theta0 = 0.01 * torch.randn(10, generator=g)
+    assert torch.allclose(p.params[0], theta0)
+    assert torch.allclose(p.loss([theta], 0), ((W @ theta - y) ** 2).sum())
+    assert p.loss([theta], 0) == p.loss([theta], 57)  # deterministic: t plays no part
+
+
+def test_quadratic_metric_gap_is_zero_at_optimum():
+    W, y = torch.randn(4, 4, generator=gen(1)), torch.randn(4, generator=gen(2))
+    prob = quadratic_problem(W, y, torch.zeros(4))
+    opt = torch.linalg.solve(W, y)
+    assert abs(prob.metric([opt])["optimum_gap"]) < 1e-4
+    assert prob.metric([torch.zeros(4)])["optimum_gap"] > 0
+
+
+def test_splits_and_seeds():
+    task = QuadraticTask()
+    a = task.sample(gen(0), "train")
+    b = task.sample(gen(0), "train")
+    c = task.sample(gen(0), "test")
+    d = task.sample(gen(0), "val")
+    x = torch.randn(10)
+    assert torch.equal(a.params[0], b.params[0]) and a.loss([x], 0) == b.loss([x], 0)  # reproducible
+    assert a.loss([x], 0) != c.loss([x], 0) and a.loss([x], 0) != d.loss([x], 0)  # splits differ
+    g = gen(0)
+    first, second = task.sample(g, "train"), task.sample(g, "train")
+    assert first.loss([x], 0) != second.loss([x], 0)  # a fresh problem each draw
+    with pytest.raises(ValueError, match="split"):
+        task.sample(gen(0), "validation")
+
+
+# ---- MNIST -------------------------------------------------------------------------------------
+
+def test_mnist_shapes_groups_and_init(mnist_dir):
+    p = MNISTTask(hidden=(20, 20), root=mnist_dir).sample(gen(), "train")
+    assert [tuple(t.shape) for t in p.params] == [(20, 784), (20,), (20, 20), (20,), (10, 20), (10,)]
+    assert p.groups == ["default"] * 6
+    assert 0.005 < float(p.params[0].std()) < 0.015  # N(0, 0.01²)
+
+
+def test_mnist_batches_are_a_function_of_t(mnist_dir):
+    p = MNISTTask(root=mnist_dir, batch_size=16).sample(gen(), "train")
+    params = p.fresh_params(requires_grad=False)
+    params[0] = torch.randn_like(params[0])  # make the loss depend on the images
+    assert p.loss(params, 3) == p.loss(params, 3)
+    assert p.loss(params, 3) != p.loss(params, 4)
+    idx = minibatch_indices(1234, 7, 300, 16)
+    assert torch.equal(idx, minibatch_indices(1234, 7, 300, 16))
+    assert idx.min() >= 0 and idx.max() < 300
+    assert not torch.equal(idx, minibatch_indices(1234, 8, 300, 16))
+    assert not torch.equal(idx, minibatch_indices(1235, 7, 300, 16))
+
+
+def test_mnist_loss_differentiable_through_params(mnist_dir):
+    for activation in ("sigmoid", "relu"):
+        p = MNISTTask(root=mnist_dir, activation=activation, batch_size=8).sample(gen(), "train")
+        scale = torch.tensor(1.5, requires_grad=True)
+        loss = p.loss(_as_graph_of(p.params, scale), 0)
+        (g,) = torch.autograd.grad(loss, scale)
+        assert torch.isfinite(g) and g != 0
+
+
+def test_mnist_test_split_uses_test_images(mnist_dir):
+    task = MNISTTask(root=mnist_dir, batch_size=32)
+    train, test = task.sample(gen(), "train"), task.sample(gen(), "test")
+    # Bias the output towards class 0: right on the training labels (all 0), wrong on test (all 1).
+    params = [torch.zeros_like(t) for t in train.params]
+    params[-1][0] = 5.0
+    assert float(train.loss(params, 0)) < 0.1 < 4.0 < float(test.loss(params, 0))
+    assert train.metric(params)["accuracy"] == 1.0 and test.metric(params)["accuracy"] == 0.0
+
+
+def test_mnist_real_data_smoke():
+    try:
+        x, y = load_mnist("test")
+    except DataNotFoundError:
+        pytest.skip("shared MNIST data not present")
+    assert x.shape == (10_000, 28, 28) and x.dtype == torch.uint8 and set(y.unique().tolist()) == set(range(10))
+    p = get_task("mnist").sample(gen(), "test")
+    assert abs(float(p.loss(p.params, 0)) - np.log(10)) < 0.05  # tiny init: near-uniform predictions
+
+
+# ---- CIFAR -------------------------------------------------------------------------------------
+
+def test_cifar_structure_and_groups(cifar_dir):
+    p = CIFARTask(root=cifar_dir, batch_size=8).sample(gen(), "train")
+    shapes = [tuple(t.shape) for t in p.params]
+    assert shapes[:3] == [(16, 3, 5, 5), (16,), (16,)]
+    assert shapes[3 * 3:] == [(32, 16 * 4 * 4), (32,), (32,), (32,), (10, 32), (10,)]
+    assert p.groups == ["conv"] * 9 + ["fc"] * 6
+
+
+def test_cifar_forward_backward_and_batch_norm(cifar_dir):
+    p = CIFARTask(root=cifar_dir, batch_size=8).sample(gen(), "train")
+    scale = torch.tensor(1.0, requires_grad=True)
+    params = list(p.params)
+    params[-1] = params[-1] * scale  # output bias, a function of another leaf
+    params[-2] = torch.randn(10, 32)
+    loss = p.loss(params, 0)
+    (g,) = torch.autograd.grad(loss, scale)
+    assert torch.isfinite(loss) and torch.isfinite(g)
+    # Batch norm with batch statistics: rescaling a conv layer's weights changes nothing.
+    scaled = list(params)
+    scaled[3] = params[3] * 7.0
+    assert torch.allclose(p.loss(scaled, 0), p.loss(params, 0), rtol=1e-4)
+    assert p.loss(params, 2) == p.loss(params, 2) and p.loss(params, 2) != p.loss(params, 3)
+
+
+def test_cifar_label_subsets(cifar_dir):
+    task = CIFARTask(root=cifar_dir, labels=(5, 7), batch_size=8)
+    p = task.sample(gen(), "test")
+    assert tuple(p.params[-1].shape) == (2,)
+    from artopt.tasks.cifar import _subset
+
+    x, y = _subset("test", (5, 7), cifar_dir)
+    assert x.shape[0] == 10 and set(y.tolist()) == {0, 1}  # 50 test images, labels 5 and 7 → 0, 1
+    m = p.metric(p.params)
+    assert 0.0 <= m["accuracy"] <= 1.0
+
+
+def test_cifar_real_data_smoke():
+    try:
+        load_cifar10("test")
+    except DataNotFoundError:
+        pytest.skip("shared CIFAR-10 data not present")
+    p = get_task("cifar2", batch_size=16).sample(gen(), "test")
+    assert abs(float(p.loss(p.params, 0)) - np.log(2)) < 0.05
+
+
+# ---- data location and loading -----------------------------------------------------------------
+
+def test_data_root_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTOPT_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    monkeypatch.setenv("ARTOPT_DATA", str(tmp_path / "nope"))
+    with pytest.raises(DataNotFoundError, match="nope"):
+        data_root()
+
+
+def test_missing_and_corrupt_data(tmp_path):
+    with pytest.raises(DataNotFoundError, match="MNIST not found"):
+        load_mnist("train", str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="not found"):
+        load_cifar10("train", str(tmp_path / "absent"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_npz(bad, ("x",))
+    np.savez(tmp_path / "few.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="missing arrays"):
+        load_npz(tmp_path / "few.npz", ("x", "y"))
+    np.savez(tmp_path / "mnist_train.npz", x=np.zeros((4, 28, 28), np.float32), y=np.zeros(4))
+    with pytest.raises(ValueError, match="uint8"):
+        load_mnist("train", str(tmp_path))
+    with pytest.raises(ValueError, match="split"):
+        load_mnist("val", str(tmp_path))
+
+
+def _write_idx(path, array):
+    dims = array.shape
+    header = bytes([0, 0, 0x08, len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_torchvision_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    x, y = load_mnist("test", str(tmp_path))
+    assert x.shape == (4, 28, 28) and y.tolist() == [0, 1, 2, 3]
