@@ -63,3 +63,15 @@ def test_inference_keeps_reduced_precision_state_dtype():
     with torch.no_grad():
         u, (h, c) = net(torch.randn(10), net.init_state(10, dtype=torch.bfloat16))
     assert h.dtype == c.dtype == torch.bfloat16 and u.dtype == torch.float32
+
+
+def test_grad_normalization_config_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="grad_normalization"):
+        LSTMOptimizerConfig(grad_normalization="bogus")
+    nets = torch.nn.ModuleDict({"default": LSTMOptimizerNet(grad_normalization="first_rms")})
+    p = [torch.randn(5)]
+    new_small, st_small = learned_update(nets, p, [torch.ones(5)], ["default"], {})
+    new_big, st_big = learned_update(nets, p, [torch.ones(5) * 1e6], ["default"], {})
+    torch.testing.assert_close(new_small[0], new_big[0])

@@ -147,3 +147,31 @@ def test_bfloat16_state_storage():
 def test_needs_weights_or_nets():
     with pytest.raises(ValueError):
         LearnedOptimizer([nn.Parameter(torch.zeros(1))])
+
+
+def test_first_rms_normalization_makes_updates_loss_scale_invariant():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(grad_normalization="first_rms")
+    a, b = nn.Parameter(torch.randn(20)), nn.Parameter(torch.randn(20))
+    b.data.copy_(a.data)
+    oa = LearnedOptimizer([a], nets={"default": net})
+    ob = LearnedOptimizer([b], nets={"default": net})
+    target = torch.randn(20)
+    for _ in range(5):
+        oa.zero_grad(), ob.zero_grad()
+        ((a - target) ** 2).sum().backward()
+        (1000.0 * ((b - target) ** 2).sum()).backward()
+        oa.step(), ob.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_first_rms_waits_for_a_nonzero_gradient():
+    net = LSTMOptimizerNet(grad_normalization="first_rms")
+    p = nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([p], nets={"default": net})
+    p.grad = torch.zeros(3)
+    opt.step()
+    assert opt.state[p]["grad_scale"] is None
+    p.grad = torch.full((3,), 4.0)
+    opt.step()
+    assert float(opt.state[p]["grad_scale"]) == pytest.approx(0.25)

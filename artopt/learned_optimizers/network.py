@@ -15,6 +15,19 @@ from torch import nn
 from .preprocessing import preprocess_gradients, sanitize
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, N, hidden_size)
+GRAD_NORMALIZATIONS = ("none", "first_rms")
+
+
+def first_rms_scale(grad: torch.Tensor) -> torch.Tensor | None:
+    """1 / RMS of a gradient, or None while the gradient is (numerically) zero."""
+    g = grad.detach().float()
+    g = g[torch.isfinite(g)]
+    if g.numel() == 0:
+        return None
+    rms = g.pow(2).mean().sqrt()
+    if not (1e-30 < float(rms) < float("inf")):
+        return None
+    return 1.0 / rms
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,14 @@ class LSTMOptimizerConfig:
     preprocess: bool = True  # Appendix-A log/sign preprocessing; False feeds the raw gradient
     p: float = 10.0
     output_scale: float = 0.1
+    # "none": the LSTM sees raw gradients (the paper).  "first_rms": gradients are divided by the
+    # root-mean-square of the first gradient of the run, making the optimizer invariant to the
+    # loss's scale (new styles, other resolutions) while keeping how gradients shrink over time.
+    grad_normalization: str = "none"
+
+    def __post_init__(self):
+        if self.grad_normalization not in GRAD_NORMALIZATIONS:
+            raise ValueError(f"grad_normalization must be one of {GRAD_NORMALIZATIONS}, got {self.grad_normalization!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +151,8 @@ def learned_update(
     """One functional optimizer step θ ← θ + m(∇f) for meta-training (differentiable w.r.t. φ).
 
     All coordinates served by one network go through it as a single batch, in parameter order;
-    ``states[group]`` holds their hidden states in that same order.
+    ``states[group]`` holds their hidden states in that same order (and ``states[group + "/grad_scale"]``
+    the gradient normalization, for networks that use one).
     """
     new_params = list(params)
     new_states = dict(states)
@@ -139,6 +161,12 @@ def learned_update(
         flat = torch.cat([grads[i].reshape(-1) for i in idx])
         if group not in new_states:
             new_states[group] = nets[group].init_state(flat.numel(), device=flat.device)
+        if nets[group].config.grad_normalization == "first_rms":
+            key = f"{group}/grad_scale"
+            if new_states.get(key) is None:
+                new_states[key] = first_rms_scale(flat)
+            if new_states[key] is not None:
+                flat = flat * new_states[key]
         update, new_states[group] = nets[group](flat, new_states[group])
         offset = 0
         for i in idx:

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .network import LSTMOptimizerNet
+from .network import LSTMOptimizerNet, first_rms_scale
 from .preprocessing import sanitize
 from .weights import load_learned
 
@@ -98,6 +98,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             c_list.append(st["c"])
         h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
+
+        if net.config.grad_normalization == "first_rms":
+            st0 = self.state[params[0]]
+            if st0.get("grad_scale") is None:
+                scale = first_rms_scale(flat)
+                for p in params:
+                    self.state[p]["grad_scale"] = scale
+            if st0.get("grad_scale") is not None:
+                flat = flat * st0["grad_scale"]
 
         update, (h, c) = net(flat, (h, c))
         if lr != 1.0:

@@ -99,7 +99,7 @@ def run_episode(
                 meta_opt.step()
         # Truncation: the next unroll starts from constants.
         params = [p.detach() for p in params]
-        states = {k: (h.detach(), c.detach()) for k, (h, c) in states.items()}
+        states = {k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in states.items()}
         if not all(math.isfinite(x) for x in losses[-n:]):
             break  # a diverged episode teaches nothing more
     return losses
