@@ -215,7 +215,11 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.o
                              f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
         from artopt.learned_optimizers import LearnedOptimizer
 
-        return LearnedOptimizer([image], weights=weights_path(NEURAL_ART), lr=lr)
+        # bfloat16 LSTM state: 160 B per coordinate (480 B per RGB pixel) instead of 320 B; the
+        # state only feeds the next step's gates, where bfloat16's 3 significant digits suffice.
+        # A non-finite LSTM update falls back to Adam's first step at Adam's image learning rate.
+        return LearnedOptimizer([image], weights=weights_path(NEURAL_ART), lr=lr, state_dtype=torch.bfloat16,
+                                fallback_lr=STYLIZE_LR["adam"])
     from artopt.optimizers import make_optimizer
 
     return make_optimizer(name, [image], STYLIZE_LR[name] if lr is None else lr)
