@@ -25,7 +25,6 @@ from .optimizers import make_optimizer
 from .tasks.base import Problem, Task
 
 EVAL_SEED_OFFSET = 1_000_000
-Z95 = 1.959964  # normal quantile: the band is mean ± Z95 · standard error across instances
 
 # Builds an optimizer for a problem's parameters; ``groups`` names each parameter's network group.
 OptimizerFactory = Callable[[list[torch.Tensor], list[str]], torch.optim.Optimizer]
@@ -178,22 +177,29 @@ def evaluate(
     return result
 
 
-def band(curves: torch.Tensor) -> dict[str, torch.Tensor]:
+def band(curves: torch.Tensor, resamples: int = 2000, seed: int = 0) -> dict[str, torch.Tensor]:
     """Mean over instances (rows) and its 95% confidence band, per step.
 
-    Non-finite entries (diverged runs) make that step's mean +inf: divergence is never hidden.
+    The band is a percentile bootstrap of the mean (instances resampled with replacement, fixed
+    seed): losses are skewed and positive, and unlike mean ± 1.96·SE the bootstrap band never
+    dips below zero on a log plot.  Non-finite entries (diverged runs) make that step's mean and
+    band +inf: divergence is never hidden.
     """
     curves = curves.to(torch.float64)
     k = curves.shape[0]
     mean = curves.mean(0)
-    if k > 1:
-        half = Z95 * curves.std(0, correction=1) / math.sqrt(k)
-    else:
-        half = torch.zeros_like(mean)
     finite = torch.isfinite(curves).all(0)
-    mean = torch.where(finite, mean, torch.full_like(mean, math.inf))
-    half = torch.where(finite, half, torch.full_like(half, math.inf))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+    safe = torch.where(torch.isfinite(curves), curves, torch.zeros_like(curves))
+    if k > 1:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, k, (resamples, k), generator=g)
+        means = safe[idx].mean(1)  # (resamples, steps + 1)
+        lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    else:
+        lo, hi = mean.clone(), mean.clone()
+    inf = torch.full_like(mean, math.inf)
+    return {"mean": torch.where(finite, mean, inf), "lo": torch.where(finite, lo, inf),
+            "hi": torch.where(finite, hi, inf)}
 
 
 def _num(x: float) -> float | str:
@@ -235,6 +241,7 @@ def compare(
             "diverged": diverged,
             "seconds": round(result.seconds[name], 3) if name in result.seconds else None,
             "evaluations_per_step": result.evaluations.get(name),
+            "final_losses": [_num(v) for v in final],  # per instance, for further statistics
             "mean_curve": [_num(v) for v in b["mean"]],
             "band_lo": [_num(v) for v in b["lo"]],
             "band_hi": [_num(v) for v in b["hi"]],

@@ -77,13 +77,23 @@ def test_lbfgs_counts_line_search_evaluations():
     assert float(run.curve[-1]) < 1e-8  # exact line search on an isotropic quadratic
 
 
-def test_band_numbers():
+def test_band_is_a_bootstrap_ci_of_the_mean():
     b = band(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
     assert torch.allclose(b["mean"], torch.tensor([2.0, 3.0], dtype=torch.float64))
-    # std = √2, standard error = 1, half-width = 1.96
-    assert torch.allclose(b["hi"] - b["mean"], torch.full((2,), 1.959964, dtype=torch.float64))
+    assert torch.equal(b["lo"], torch.tensor([1.0, 2.0], dtype=torch.float64))  # resampled means span
+    assert torch.equal(b["hi"], torch.tensor([3.0, 4.0], dtype=torch.float64))  # {1, 2, 3} at step 0
     single = band(torch.tensor([[1.0, 2.0]]))
-    assert torch.equal(single["lo"], single["hi"])
+    assert torch.equal(single["lo"], single["hi"]) and torch.equal(single["lo"], single["mean"])
+    # Many roughly normal instances: close to mean ± 1.96 standard errors.
+    x = torch.randn(400, 3, generator=torch.Generator().manual_seed(0)) + 10
+    b = band(x)
+    se = x.double().std(0) / 20
+    assert torch.allclose((b["hi"] - b["lo"]) / (2 * 1.96 * se), torch.ones(3, dtype=torch.float64), atol=0.1)
+    # Skewed positive losses: the band stays positive (log plots) and brackets the mean.
+    skewed = torch.exp(3 * torch.randn(30, 2, generator=torch.Generator().manual_seed(1)))
+    b = band(skewed)
+    assert (b["lo"] > 0).all() and (b["lo"] < b["mean"]).all() and (b["mean"] < b["hi"]).all()
+    assert torch.equal(band(skewed)["lo"], b["lo"])  # deterministic
 
 
 def test_evaluate_same_fresh_test_problems_for_every_optimizer():
@@ -178,6 +188,9 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
     assert isinstance(report["lstm_over_best_baseline"], float)
     assert len(report["optimizers"]["lstm"]["mean_curve"]) == 6
     assert out_png.stat().st_size > 1000
+    assert cli.main(["quadratic", "--optimizers", "nag", "--steps", "5", "--tune-only", "--tune-problems", "1",
+                     "--tune-grid", "1e-2:1e-1:1", "--tuned-lrs", str(tmp_path / "lrs.json"), "--quiet"]) == 0
+    assert "nag" in json.loads((tmp_path / "lrs.json").read_text())["quadratic"]["steps=5"]
     with pytest.raises(SystemExit):
         cli.parse_args(["quadratic", "--optimizers", "adagrad"])
     with pytest.raises(SystemExit):

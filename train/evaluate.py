@@ -62,6 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--tune-grid", default=None,
                     help="log-spaced lr grid LOW:HIGH:POINTS_PER_DECADE (default 1e-4:10:2)")
     ap.add_argument("--tune-criterion", choices=("final", "trajectory"), default="final")
+    ap.add_argument("--tune-only", action="store_true", help="tune (or look up) and cache the lrs, then stop")
     ap.add_argument("--tuned-lrs", type=Path, default=TUNED_LRS, help="tuned-lr cache file")
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=JSON",
                     help="task constructor override, e.g. labels=[5,6,7,8,9] or root='\"/data/mnist\"'")
@@ -119,7 +120,8 @@ def parse_args(argv=None):
 
 
 def plot_curves(report: dict, path: Path) -> None:
-    """Log-scale mean loss vs step with the shaded 95% band, one line per optimizer."""
+    """Log-scale mean loss vs step with the shaded 95% band, one line per optimizer (dashed:
+    baselines, solid: learned), like the paper's Figures 4, 5 and 7."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,8 +133,6 @@ def plot_curves(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, entry in report["optimizers"].items():
         mean, lo, hi = arr(entry["mean_curve"]), arr(entry["band_lo"]), arr(entry["band_hi"])
-        floor = min((m for m in mean if m > 0), default=1e-12) * 1e-3
-        lo = [max(x, floor) if math.isfinite(x) else math.nan for x in lo]
         steps = range(len(mean))
         label = name.upper() if entry["learned"] else f"{name.upper()} (lr {entry['lr']:.2g})" if entry["lr"] else name.upper()
         style = "-" if entry["learned"] else "--"
@@ -142,7 +142,7 @@ def plot_curves(report: dict, path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ratio = report.get("lstm_over_best_baseline")
-    title = f"{report['task']}: {report['instances']} instances, mean ± 95% CI"
+    title = f"{report['task']}: mean loss of {report['instances']} instances, 95% bootstrap CI"
     if ratio is not None and not isinstance(ratio, str):
         title += f"\nLSTM / best baseline ({report['best_baseline']}) = {ratio:.3g}"
     ax.set_title(title, fontsize=10)
@@ -202,6 +202,10 @@ def main(argv=None) -> int:
             lrs[name] = entry["lr"]
             tuning[name] = {k: entry[k] for k in ("criterion", "problems", "steps", "seed", "at_edge")}
         factories[name] = baseline_factory(name, lrs[name])
+
+    if args.tune_only:
+        print(json.dumps({"task": task.name, "steps": steps, "lrs": lrs}))
+        return 0
 
     t0 = time.perf_counter()
     result = evaluate(task, factories, args.instances, steps, args.seed, with_metrics=not args.no_metrics,
