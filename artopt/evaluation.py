@@ -261,6 +261,10 @@ def compare(
             ratios[name] = _num(finals[name] / baselines[best]) if baselines[best] > 0 else None
     out["learned_over_best_baseline"] = ratios
     out["lstm_over_best_baseline"] = ratios.get(reference)
+    if reference in finals:
+        # Against each baseline too: e.g. the paper's quadratic figure leaves L-BFGS out.
+        out["lstm_over_each_baseline"] = {n: _num(finals[reference] / v) if v > 0 else None
+                                          for n, v in baselines.items()}
     if reference in result.curves and best is not None:
         # Per instance: how often the learned optimizer ends below the best baseline.
         wins = result.curves[reference][:, -1] < result.curves[best][:, -1]

@@ -128,6 +128,7 @@ def test_compare_ratio_and_best_baseline():
     assert out["best_baseline"] == "adam"
     assert out["lstm_over_best_baseline"] == pytest.approx(0.5)
     assert out["lstm_wins_fraction"] == 1.0
+    assert out["lstm_over_each_baseline"] == {"adam": pytest.approx(0.5), "sgd": pytest.approx(0.25)}
     assert out["optimizers"]["adam"]["lr"] == 0.01 and out["optimizers"]["lstm"]["learned"]
     assert out["optimizers"]["sgd"]["mean_trajectory_loss"] == pytest.approx(11 / 3)
     assert out["instances"] == 2
