@@ -31,6 +31,8 @@ class Problem:
     # Optional projection applied after every optimizer step (e.g. clamping an image to [0, 1]).
     # Every optimizer, learned or not, goes through it, and meta-training differentiates through it.
     project: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+    # What the problem is made of (e.g. which photo and style), for logs and tests.
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.groups:

@@ -1,0 +1,150 @@
+"""Neural art: the paper's style-transfer optimizee (Section 3.4).
+
+θ is an RGB image in [0, 1]; f(θ) is the style engine's content + style + TV loss for a content
+photo and a style image.  Training problems are 64×64 crops of ImageNet photos; the photos are split
+into train / val / test by file (a fixed, recorded split), so evaluation photos are never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import Problem
+
+TRAIN_STYLE = "starry_night.jpg"  # the paper's single training style
+HELD_OUT_STYLES = ("woman_with_a_hat.jpg", "shipwreck_of_the_minotaur.jpg")  # never seen in training
+
+
+def data_root() -> Path:
+    """``$ARTOPT_DATA`` or ``../shared/data`` next to the repository."""
+    root = Path(os.environ.get("ARTOPT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root} (set ARTOPT_DATA to the folder holding "
+                                "imagenet-sample/ and styles/)")
+    return root
+
+
+def split_photos(folder: Path, val: int = 100, test: int = 100) -> dict[str, list[str]]:
+    """Deterministic split by file name: ordered by a hash of the name, so adding or removing files
+    does not reshuffle the others."""
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if len(names) < val + test + 1:
+        raise ValueError(f"{folder} holds {len(names)} photos; need more than {val + test}")
+    ordered = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    return {"test": sorted(ordered[:test]), "val": sorted(ordered[test : test + val]),
+            "train": sorted(ordered[test + val :])}
+
+
+def style_names(root: Path | None = None) -> list[str]:
+    root = root or data_root()
+    return sorted(p.name for p in (root / "styles").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
+@lru_cache(maxsize=4096)
+def _load_rgb(path: str, short_side: int) -> torch.Tensor:
+    """Photo as (3, H, W) float in [0, 1], resized so its short side is ``short_side`` (cached)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        s = short_side / min(w, h)
+        im = im.resize((max(short_side, round(w * s)), max(short_side, round(h * s))), Image.BICUBIC)
+        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], 3)
+    return t.permute(2, 0, 1).float() / 255.0
+
+
+@dataclass
+class NeuralArtTask:
+    """Distribution over style-transfer problems.
+
+    size: crop size (the paper trains on 64×64).  ``size_range`` samples sizes instead (multiples of
+    8), one of the generalisation aids.  ``styles``: training styles; ``fixed style`` mode is simply
+    ``styles=(TRAIN_STYLE,)``.  ``init``: "content" (the engine's default) or "noise".
+    """
+
+    size: int = 64
+    styles: Sequence[str] = (TRAIN_STYLE,)
+    steps: int = 128
+    unroll: int = 32
+    size_range: tuple[int, int] | None = None
+    init: str = "content"
+    loss_net: str = "efficientnet-lite0"
+    content_weight: float | None = None  # None: the engine's defaults
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    name: str = "neural-art"
+    root: Path | None = None
+    _split: dict = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.root = Path(self.root) if self.root else data_root()
+        self._split = split_photos(self.root / "imagenet-sample")
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return self._split
+
+    def _net(self):
+        from ..style.loss_nets import build_loss_net
+
+        return build_loss_net(self.loss_net, device="cpu")
+
+    def _loss_kwargs(self) -> dict:
+        from ..style.engine import StylizeConfig
+
+        d = StylizeConfig()
+        return {
+            "content_weight": d.content_weight if self.content_weight is None else self.content_weight,
+            "style_weight": d.style_weight if self.style_weight is None else self.style_weight,
+            "tv_weight": d.tv_weight if self.tv_weight is None else self.tv_weight,
+        }
+
+    def sample(self, generator: torch.Generator, split: str = "train", style: str | None = None,
+               size: int | None = None) -> Problem:
+        rnd = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        files = self._split[split]
+        photo = files[rnd.randrange(len(files))]
+        if size is None:
+            size = self.size if self.size_range is None else 8 * rnd.randint(self.size_range[0] // 8,
+                                                                              self.size_range[1] // 8)
+        style = style or self.styles[rnd.randrange(len(self.styles))]
+        return self.problem(photo, style, size, rnd)
+
+    def problem(self, photo: str, style: str, size: int, rnd: random.Random | None = None) -> Problem:
+        """The problem for one photo (random square crop of side ``size``) and one style."""
+        from ..style.losses import StyleLoss
+
+        rnd = rnd or random.Random(0)
+        # Crop from the photo resized to a short side a little above the crop: a crop is a real
+        # region of the photo, not a thumbnail of all of it.
+        img = _load_rgb(str(self.root / "imagenet-sample" / photo), int(size * 1.25))
+        _, h, w = img.shape
+        y, x = rnd.randint(0, h - size), rnd.randint(0, w - size)
+        content = img[:, y : y + size, x : x + size].unsqueeze(0).contiguous()
+        style_img = _load_rgb(str(self.root / "styles" / style), size).unsqueeze(0)
+        loss_fn = StyleLoss(self._net(), content, [style_img], **self._loss_kwargs())
+        if self.init == "content":
+            theta0 = content.clone()
+        else:
+            g = torch.Generator().manual_seed(rnd.randrange(2**31))
+            theta0 = torch.rand(content.shape, generator=g)
+
+        def loss(params, t):
+            return loss_fn(params[0])["total"]
+
+        return Problem([theta0], loss, project=clamp_image,
+                       info={"photo": photo, "style": style, "size": size, "crop_xy": (x, y)})
+
+
+def clamp_image(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [params[0].clamp(0.0, 1.0)]

@@ -1,0 +1,338 @@
+"""Evaluate the neural-art optimizer against tuned baselines (the paper's Figure 8 / 9).
+
+    python train/eval_neural_art.py 64        # 64 px test crops, training style, 128 steps
+    python train/eval_neural_art.py 128       # 128 px test crops, held-out style
+    python train/eval_neural_art.py 256       # whole test photos at 256 px through the engine
+    python train/eval_neural_art.py 512 --pyramid on|off
+    python train/eval_neural_art.py summary   # table + Figure-8-style PNG from the JSONs above
+    python train/eval_neural_art.py grid      # Figure-9-style grid of stylized test photos
+
+Baseline learning rates are tuned on *validation* photos for each setting (a log grid around the
+engine's defaults, criterion: mean final loss) and cached in train/results/neural_art/lrs.json;
+evaluation uses *test* photos (artopt.tasks.neural_art.split_photos), never seen in training.
+Results: train/results/neural_art/<setting>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.optimizers.tuning import search_lr  # noqa: E402
+from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
+from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
+
+OUT = ROOT / "train" / "results" / "neural_art"
+BASELINES = ("adam", "rmsprop", "sgd", "nag")
+
+
+def _lr_cache() -> dict:
+    path = OUT / "lrs.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save_lr_cache(data: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "lrs.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def crop_setting(args) -> dict:
+    """Settings (a) and (b): square test crops as the meta-training task makes them."""
+    size = int(args.setting)
+    style = TRAIN_STYLE if size == 64 else HELD_OUT_STYLES[0]
+    task = NeuralArtTask(size=size, styles=(style,), steps=args.steps)
+    task.name = f"neural-art-{size}px-{style.rsplit('.', 1)[0]}"
+    cache = _lr_cache()
+    lrs = {}
+    for name in [o for o in args.optimizers if o in BASELINES]:
+        key = f"{task.name}/steps={args.steps}/{name}"
+        if key not in cache or args.retune:
+            grid = [STYLIZE_LR[name] * f for f in args.grid_factors]
+            res = search_lr(task, name, grid=grid, problems=args.tune_photos, steps=args.steps, seed=args.seed)
+            cache[key] = res.to_dict()
+            _save_lr_cache(cache)
+            print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
+        lrs[name] = cache[key]["lr"]
+    factories = {}
+    for name in args.optimizers:
+        if name.startswith("lstm"):
+            factories[name] = lstm_factory(weights=args.weights[name])
+        elif name == "lbfgs":
+            factories[name] = baseline_factory("lbfgs", 1.0)
+            lrs[name] = 1.0
+        else:
+            factories[name] = baseline_factory(name, lrs[name])
+    t0 = time.time()
+    result = evaluate(task, factories, instances=args.photos, steps=args.steps, seed=args.seed, split="test",
+                      with_metrics=False)
+    report = compare(result, lrs=lrs, learned=[n for n in factories if n.startswith("lstm")])
+    report.update(_reach_steps(report), setting=args.setting, style=style, size=size, seconds=time.time() - t0,
+                  weights={k: str(v) for k, v in args.weights.items()})
+    return report
+
+
+def engine_setting(args) -> dict:
+    """Setting (c): whole test photos through the stylize engine (optionally coarse-to-fine)."""
+    size = int(args.setting)
+    style_name = HELD_OUT_STYLES[0]
+    task = NeuralArtTask(size=64)  # only for the split
+    photos = random.Random(args.seed).sample(task.split["test"], args.photos)
+    style = _load_rgb(str(task.root / "styles" / style_name), 1024).unsqueeze(0)
+    pyramid = {"on": True, "off": False}[args.pyramid]
+    cache = _lr_cache()
+    lrs: dict[str, float | None] = {}
+    for name in args.optimizers:
+        if name in BASELINES:
+            key = f"engine-{args.tune_size or size}px/steps={args.steps}/{name}"
+            if key not in cache or args.retune:
+                val_photo = sorted(task.split["val"])[: args.tune_photos]
+                scores = {}
+                for f in args.engine_grid_factors:
+                    lr = STYLIZE_LR[name] * f
+                    finals = [_engine_run(task, p, style, args.tune_size or size, pyramid, name, lr, args.steps)["final"]
+                              for p in val_photo]
+                    scores[repr(lr)] = sum(finals) / len(finals)
+                    print(f"tune {name} lr={lr:g}: {scores[repr(lr)]:.4g}", flush=True)
+                best = min(scores, key=lambda k: scores[k])
+                cache[key] = {"lr": float(best), "scores": scores, "photos": val_photo, "pyramid": pyramid}
+                _save_lr_cache(cache)
+            lrs[name] = cache[key]["lr"]
+        elif name == "lbfgs":
+            lrs[name] = 1.0
+        else:
+            lrs[name] = None
+    curves: dict[str, list[list[float]]] = {n: [] for n in args.optimizers}
+    timing: dict[str, list[dict]] = {n: [] for n in args.optimizers}
+    for photo in photos:
+        for name in args.optimizers:
+            run = _engine_run(task, photo, style, size, pyramid, name, lrs[name], args.steps,
+                              weights=args.weights.get(name))
+            curves[name].append(run["curve"])
+            timing[name].append({k: run[k] for k in ("seconds", "loss_seconds", "times")})
+            print(f"{photo} {name}: final {run['final']:.4g} in {run['seconds']:.1f}s", flush=True)
+    report = _summarize_curves(curves, lrs)
+    report.update(_reach_steps(report), setting=f"{size}px-pyramid-{args.pyramid}", style=style_name, size=size,
+                  photos=photos, weights={k: str(v) for k, v in args.weights.items()})
+    report["timing"] = _timing_summary(report, curves, timing)
+    return report
+
+
+def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None) -> dict:
+    content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
+    cfg = StylizeConfig(size=size, steps=steps, optimizer="lstm" if name.startswith("lstm") else name, lr=lr,
+                        pyramid=pyramid, device="cpu", seed=0)
+    curve, times, = [], []
+    final_scale_start = [0]
+
+    def cb(info):
+        if info.scale_index == info.n_scales - 1 and not curve:
+            final_scale_start[0] = info.step - 1
+        if info.scale_index == info.n_scales - 1:
+            curve.append(info.losses["total"])
+            times.append((info.elapsed, info.loss_seconds))
+
+    t0 = time.perf_counter()
+    if weights is not None:
+        import artopt.learned_optimizers.shipped as shipped
+
+        old = shipped.weights_path
+        shipped.weights_path = lambda _n, _w=Path(weights): _w
+        try:
+            stylize(content, [style], cfg, callback=cb)
+        finally:
+            shipped.weights_path = old
+    else:
+        stylize(content, [style], cfg, callback=cb)
+    seconds = time.perf_counter() - t0
+    return {"curve": curve, "final": curve[-1], "seconds": seconds, "loss_seconds": times[-1][1] if times else 0.0,
+            "times": times, "first_final_scale_step": final_scale_start[0]}
+
+
+def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
+    out = {"optimizers": {}}
+    finals = {}
+    for name, rows in curves.items():
+        n = min(len(r) for r in rows)
+        t = torch.tensor([r[:n] for r in rows], dtype=torch.float64)
+        mean = t.mean(0)
+        half = 1.96 * t.std(0, correction=1) / math.sqrt(t.shape[0]) if t.shape[0] > 1 else torch.zeros_like(mean)
+        finals[name] = float(mean[-1])
+        out["optimizers"][name] = {"learned": name.startswith("lstm"), "lr": lrs.get(name),
+                                   "mean_final_loss": float(mean[-1]),
+                                   "final_loss_ci95": [float(mean[-1] - half[-1]), float(mean[-1] + half[-1])],
+                                   "mean_curve": mean.tolist(), "band_lo": (mean - half).tolist(),
+                                   "band_hi": (mean + half).tolist()}
+    base = {k: v for k, v in finals.items() if not k.startswith("lstm")}
+    best = min(base, key=base.get) if base else None
+    out["best_baseline"] = best
+    out["best_baseline_final_loss"] = base.get(best)
+    out["lstm_over_best_baseline"] = finals["lstm"] / base[best] if "lstm" in finals and best else None
+    out["learned_over_best_baseline"] = {k: v / base[best] for k, v in finals.items() if k.startswith("lstm") and best}
+    return out
+
+
+def _reach_steps(report: dict) -> dict:
+    """Steps each learned optimizer needs to reach the best baseline's final mean loss."""
+    best = report.get("best_baseline")
+    if not best:
+        return {}
+    target = report["optimizers"][best]["mean_final_loss"]
+    reach = {}
+    for name, entry in report["optimizers"].items():
+        if entry.get("learned"):
+            curve = entry["mean_curve"]
+            hit = [i for i, v in enumerate(curve) if isinstance(v, float) and v <= target]
+            reach[name] = hit[0] if hit else None
+    return {"steps_to_reach_best_baseline_final": reach}
+
+
+def _timing_summary(report, curves, timing) -> dict:
+    """Wall time to reach the Adam run's final loss, per photo (same run, same machine)."""
+    out = {}
+    if "adam" not in curves:
+        return out
+    for name in curves:
+        per_photo = []
+        for i, row in enumerate(curves[name]):
+            target = curves["adam"][i][-1]
+            times = timing[name][i]["times"]
+            hit = next((k for k, v in enumerate(row) if v <= target), None)
+            elapsed = times[hit][0] if hit is not None else None
+            total, loss_s = timing[name][i]["seconds"], timing[name][i]["loss_seconds"]
+            per_photo.append({"seconds_to_adam_final": elapsed, "total_seconds": total,
+                              "loss_net_share": loss_s / total if total else None})
+        out[name] = per_photo
+    return out
+
+
+def plot(report: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for name, e in report["optimizers"].items():
+        y = [float(v) for v in e["mean_curve"]]
+        ax.plot(range(len(y)), y, label=f"{name}" + (f" (lr {e['lr']:.3g})" if e.get("lr") else ""),
+                lw=2 if e.get("learned") else 1.2)
+        ax.fill_between(range(len(y)), [float(v) for v in e["band_lo"]], [float(v) for v in e["band_hi"]], alpha=0.15)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary() -> None:
+    rows = []
+    for path in sorted(OUT.glob("*.json")):
+        if path.name == "lrs.json" or path.name == "summary.json":
+            continue
+        r = json.loads(path.read_text())
+        rows.append({"setting": r["setting"], "style": r["style"], "best_baseline": r["best_baseline"],
+                     "best_baseline_final": r["best_baseline_final_loss"],
+                     "lstm_final": r["optimizers"].get("lstm", {}).get("mean_final_loss"),
+                     "lstm_over_best_baseline": r.get("lstm_over_best_baseline"),
+                     "learned_over_best_baseline": r.get("learned_over_best_baseline"),
+                     "steps_to_reach": r.get("steps_to_reach_best_baseline_final"),
+                     "timing": r.get("timing")})
+    (OUT / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k != "timing"}))
+
+
+def grid(args) -> None:
+    """Figure 9: test photos stylized by the learned optimizer and by Adam, same settings."""
+    from PIL import Image
+
+    from artopt.style.images import tensor_to_pil
+
+    task = NeuralArtTask(size=64)
+    photos = random.Random(args.seed).sample(task.split["test"], args.photos)
+    styles = [TRAIN_STYLE, HELD_OUT_STYLES[0]]
+    tiles = []
+    for photo in photos:
+        content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
+        row = [tensor_to_pil(torch.nn.functional.interpolate(content, size=(args.size, args.size * content.shape[-1] // content.shape[-2]), mode="bilinear", antialias=True))]
+        for s in styles:
+            st = _load_rgb(str(task.root / "styles" / s), 1024).unsqueeze(0)
+            for opt in ("lstm", "adam"):
+                cfg = StylizeConfig(size=args.size, steps=args.steps, optimizer=opt, device="cpu")
+                row.append(tensor_to_pil(stylize(content, [st], cfg)))
+        tiles.append(row)
+    w = max(sum(t.size[0] for t in row) for row in tiles)
+    h = sum(max(t.size[1] for t in row) for row in tiles)
+    canvas = Image.new("RGB", (w, h), "white")
+    y = 0
+    for row in tiles:
+        x = 0
+        for t in row:
+            canvas.paste(t, (x, y))
+            x += t.size[0]
+        y += max(t.size[1] for t in row)
+    OUT.mkdir(parents=True, exist_ok=True)
+    canvas.save(OUT / "grid.png")
+    print(f"columns: content, then for {styles}: lstm, adam ({args.steps} steps, {args.size} px)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("setting", choices=("64", "128", "256", "512", "summary", "grid"))
+    ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs")
+    ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
+                    help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
+    ap.add_argument("--photos", type=int, default=8, help="test photos")
+    ap.add_argument("--tune-photos", type=int, default=2, help="validation photos for lr tuning")
+    ap.add_argument("--tune-size", type=int, default=None, help="engine settings: tune lrs at this size")
+    ap.add_argument("--grid-factors", type=float, nargs="+", default=[1 / 9, 1 / 3, 1, 3, 9])
+    ap.add_argument("--engine-grid-factors", type=float, nargs="+", default=[0.5, 1, 2])
+    ap.add_argument("--retune", action="store_true")
+    ap.add_argument("--steps", type=int, default=None, help="default: 128 for crops, 200 for the engine")
+    ap.add_argument("--size", type=int, default=256, help="grid: output size")
+    ap.add_argument("--pyramid", choices=("on", "off"), default="off")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.setting == "summary":
+        summary()
+        return 0
+    args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    weights = {"lstm": ROOT / "weights" / "neural_art.safetensors"}
+    for w in args.weights:
+        name, _, path = w.rpartition("=")
+        weights[name or "lstm"] = Path(path)
+    args.weights = weights
+    if args.setting == "grid":
+        args.steps = args.steps or 200
+        grid(args)
+        return 0
+    crops = args.setting in ("64", "128")
+    args.steps = args.steps or (128 if crops else 200)
+    report = crop_setting(args) if crops else engine_setting(args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = args.setting if crops else f"{args.setting}-pyramid-{args.pyramid}"
+    (OUT / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, OUT / f"{stem}.png", f"neural art {stem}, style {report['style']}")
+    print(json.dumps({k: report.get(k) for k in ("setting", "best_baseline", "best_baseline_final_loss",
+                                                  "lstm_over_best_baseline", "steps_to_reach_best_baseline_final")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

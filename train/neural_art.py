@@ -1,0 +1,104 @@
+"""Meta-train the neural-art optimizer (the paper's Section 3.4) on 64×64 ImageNet crops.
+
+    # the paper's setup: one style (starry_night), 128 steps, unroll 32, Appendix-A preprocessing
+    python train/neural_art.py --mode paper --name neural_art_paper --minutes 35
+    # generalisation aids: several training styles, random crop sizes, loss-scale invariance
+    python train/neural_art.py --mode multi --size-range 48 96 --grad-normalization first_rms \
+        --name neural_art --minutes 35
+
+Resumable (rerun the same command).  Photos are split train/val/test by file
+(artopt.tasks.neural_art.split_photos); validation uses val photos, never test photos.  Two styles
+(artopt.tasks.neural_art.HELD_OUT_STYLES) are never used for training in any mode.
+The best networks by validation are copied to weights/<name>.safetensors with a JSON card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
+from artopt.outer_trainers import MetaTrainConfig, meta_train  # noqa: E402
+from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("paper", "multi"), default="paper",
+                    help="paper: the one training style; multi: all styles but the held-out ones")
+    ap.add_argument("--name", default="neural_art")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--unroll", type=int, default=32)
+    ap.add_argument("--episodes", type=int, default=100000)
+    ap.add_argument("--minutes", type=float, default=35.0)
+    ap.add_argument("--meta-lr", type=float, default=3e-3)
+    ap.add_argument("--val-every", type=int, default=40)
+    ap.add_argument("--val-problems", type=int, default=4)
+    ap.add_argument("--grad-normalization", choices=("none", "first_rms"), default="none")
+    ap.add_argument("--output-scale", type=float, default=0.1)
+    ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
+    ap.add_argument("--init", choices=("content", "noise"), default="content")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", default=str(ROOT / "runs"))
+    ap.add_argument("--ship", default=str(ROOT / "weights"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    if args.mode == "paper":
+        styles = [TRAIN_STYLE]
+    else:
+        styles = [s for s in style_names() if s not in HELD_OUT_STYLES]
+    task = NeuralArtTask(size=args.size, styles=styles, steps=args.steps, unroll=args.unroll,
+                         size_range=tuple(args.size_range) if args.size_range else None, init=args.init)
+    cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
+    mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
+                           val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
+                           max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter)
+    card = {
+        "name": args.name,
+        "task": "neural-art",
+        "mode": args.mode,
+        "training_styles": styles,
+        "held_out_styles": list(HELD_OUT_STYLES),
+        "photos": "../shared/data/imagenet-sample, split by file: artopt.tasks.neural_art.split_photos "
+                  f"(train {len(task.split['train'])}, val {len(task.split['val'])}, test {len(task.split['test'])})",
+        "crop": f"{args.size}x{args.size}" if not args.size_range else f"square, side {args.size_range} (multiple of 8)",
+        "loss": "artopt.style.StyleLoss on efficientnet-lite0, engine default weights",
+        "init": args.init,
+        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
+        "command": "python train/neural_art.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    t0 = time.time()
+    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / args.name, name=args.name, card=card)
+    print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
+                      "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
+    if args.ship:
+        ship = Path(args.ship)
+        ship.mkdir(parents=True, exist_ok=True)
+        src = Path(args.runs) / args.name
+        shutil.copyfile(src / f"{args.name}.safetensors", ship / f"{args.name}.safetensors")
+        card_data = json.loads((src / f"{args.name}.json").read_text())
+        card_data["meta_training"]["total_wall_time_s"] = round(res.wall_time_s, 1)
+        card_data["meta_training"]["episodes_done"] = res.episodes_done
+        (ship / f"{args.name}.json").write_text(json.dumps(card_data, indent=2) + "\n")
+        print(f"shipped {ship / (args.name + '.safetensors')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
