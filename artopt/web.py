@@ -1,0 +1,618 @@
+"""The artopt web app: a Gradio Blocks page around :func:`artopt.style.engine.stylize`.
+
+A person uploads a content photo and one to three style images (or clicks a shipped preset), sets
+size, quality, style strength, optimizer, colour keeping and seed, presses *Stylize*, watches a
+live preview form, and gets a before/after slider plus the full-resolution PNG to download.
+
+``build_app(...)`` makes the page; ``serve(...)`` queues and launches it (127.0.0.1, no share link
+unless asked).  Nothing here downloads anything: the theme uses the fonts bundled with Gradio and
+analytics are off.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: it reads this at import time to decide whether to phone home.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import logging
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS_DIR = REPO_ROOT / "assets"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+N_STYLE_SLOTS = 3
+MIN_SIZE = 256
+MAX_SIZE = 4096
+# An uploaded image larger than this is refused before decoding (decompression-bomb guard).
+DEFAULT_MAX_INPUT_PIXELS = 50_000_000
+DEFAULT_MAX_UPLOAD_MB = 25
+# On out-of-memory the run is retried at this fraction of the long side, down to min_size.
+OOM_SHRINK = 0.75
+
+OPTIMIZER_LABELS = {"lstm": "learned (LSTM)", "adam": "Adam", "lbfgs": "L-BFGS"}
+
+
+@dataclass(frozen=True)
+class WebLimits:
+    """What the server allows one request to ask for."""
+
+    min_size: int = MIN_SIZE
+    max_size: int = MAX_SIZE
+    max_steps: int = 2000
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+
+
+def default_size_for(device: str) -> int:
+    """Output long side offered by default: large on a GPU, modest on CPUs (minutes, not hours)."""
+    return 1024 if str(device).startswith("cuda") else 512
+
+
+def default_max_size_for(device: str) -> int:
+    """Largest output long side allowed by default: a CPU would take hours beyond 2048 px."""
+    return MAX_SIZE if str(device).startswith("cuda") else 2048
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def preset_styles(assets_dir: Path = ASSETS_DIR) -> list[Path]:
+    """The shipped public-domain style presets."""
+    return _image_files(assets_dir / "styles")
+
+
+def example_photos(assets_dir: Path = ASSETS_DIR) -> list[Path]:
+    """The shipped public-domain example photos."""
+    return _image_files(assets_dir / "photos")
+
+
+def _pretty_name(path: Path) -> str:
+    return path.stem.replace("_", " ")
+
+
+def _payload_path(payload: Any) -> str | None:
+    """File path of an image input as the queue hands it over with ``preprocess=False``."""
+    if payload is None:
+        return None
+    if isinstance(payload, (str, Path)):
+        return str(payload)
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return getattr(payload, "path", None)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _free_device_memory(device: str) -> None:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _StopFlags:
+    """One stop flag per browser session, so Stop ends only that person's run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flags: dict[str, threading.Event] = {}
+
+    def fresh(self, session: str) -> threading.Event:
+        with self._lock:
+            flag = self._flags[session] = threading.Event()
+            return flag
+
+    def stop(self, session: str) -> bool:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def forget(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
+
+class _Stylist:
+    """Turns the page's inputs into an engine run, streaming previews and handling failures."""
+
+    def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None):
+        self.device = device
+        self.limits = limits
+        self.output_dir = output_dir
+        self.preview_every = preview_every
+        self.stop_flags = _StopFlags()
+
+    # -- input checking -------------------------------------------------------------------
+    def _load(self, payload: Any, what: str) -> Image.Image:
+        from artopt.style.images import ImageError, load_image
+
+        path = _payload_path(payload)
+        if path is None:
+            raise gr.Error(f"{what}: no file was received.")
+        shown_name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
+        try:
+            if Path(path).stat().st_size == 0:  # say plainly what happened rather than "not an image"
+                raise gr.Error(
+                    f"{what}: {shown_name} is empty (0 bytes). Choose the file again, or another one.",
+                    title="Bad image",
+                )
+            return load_image(path, max_pixels=self.limits.max_input_pixels)
+        except ImageError as err:
+            # The loader names the server's temporary copy; the person knows their own file name.
+            message = str(err).replace(str(path), shown_name)
+            raise gr.Error(f"{what}: {message}", title="Bad image") from err
+        except OSError as err:  # unreadable temp file, disk trouble
+            raise gr.Error(f"{what}: could not read the upload ({err}).", title="Bad image") from err
+
+    def _check_number(self, value: Any, name: str, low: float, high: float, integer: bool) -> float | int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+        if number != number or not low <= number <= high:  # NaN fails the first test
+            raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}.")
+        return int(round(number)) if integer else number
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(
+        self,
+        content: Any,
+        style_payloads: list[Any],
+        style_weights: list[Any],
+        size: Any,
+        steps: Any,
+        strength: Any,
+        optimizer: str,
+        keep_colors: bool,
+        seed: Any,
+        request: gr.Request | None = None,
+        progress: gr.Progress | None = None,
+    ) -> Iterator[tuple]:
+        """Generator behind the Stylize button: validates, runs, retries smaller on OOM."""
+        from artopt.style.engine import StylizeConfig
+
+        lim = self.limits
+        size = self._check_number(size, "Output size", lim.min_size, lim.max_size, integer=True)
+        steps = self._check_number(steps, "Quality (steps)", 1, lim.max_steps, integer=True)
+        strength = self._check_number(strength, "Style strength", 0.01, 100.0, integer=False)
+        seed = self._check_number(seed, "Seed", 0, 2**31 - 1, integer=True)
+        if optimizer not in OPTIMIZER_LABELS:
+            raise gr.Error(f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_LABELS)}.")
+
+        if content is None:
+            raise gr.Error("Upload a content photo first.", title="Missing photo")
+        content_img = self._load(content, "Content photo")
+        styles, weights = [], []
+        for i, (payload, weight) in enumerate(zip(style_payloads, style_weights), start=1):
+            if payload is None:
+                continue
+            weight = self._check_number(weight, f"Weight of style {i}", 0.0, 1.0e6, integer=False)
+            if weight > 0:
+                styles.append(self._load(payload, f"Style {i}"))
+                weights.append(weight)
+        if not styles:
+            raise gr.Error(
+                "Add at least one style image with a weight above 0 (upload one or click a preset).",
+                title="Missing style",
+            )
+
+        base = StylizeConfig()
+        config = replace(
+            base,
+            size=size,
+            steps=steps,
+            optimizer=optimizer,
+            style_weight=base.style_weight * strength,
+            style_weights=[w / sum(weights) for w in weights],
+            keep_colors=bool(keep_colors),
+            seed=seed,
+            device=self.device,
+        )
+
+        session = request.session_hash if request is not None and request.session_hash else "anonymous"
+        stop_flag = self.stop_flags.fresh(session)
+        notices: list[str] = []
+        try:
+            while True:
+                try:
+                    yield from self._stream(content_img, styles, config, stop_flag, progress, notices)
+                    return
+                except Exception as err:
+                    if not _is_out_of_memory(err):
+                        raise
+                    _free_device_memory(self.device)
+                    smaller = int(config.size * OOM_SHRINK) // 32 * 32
+                    if smaller < lim.min_size:
+                        raise gr.Error(
+                            f"Ran out of memory at {config.size} px on {self.device}. "
+                            f"Choose a smaller output size (or fewer style images) and try again.",
+                            title="Out of memory",
+                        ) from err
+                    notice = f"Ran out of memory at {config.size} px on {self.device}; retrying at {smaller} px."
+                    log.warning(notice)
+                    gr.Warning(notice)
+                    notices.append(f"⚠ {notice}")
+                    config = replace(config, size=smaller)
+        except gr.Error:
+            raise
+        except ValueError as err:  # the engine's messages for unusable settings or inputs
+            raise gr.Error(str(err), title="Cannot stylize") from err
+        except Exception as err:  # the page must show something useful, and the server go on
+            log.exception("stylization failed")
+            raise gr.Error(f"Stylization failed: {type(err).__name__}: {err}", title="Error") from err
+        finally:
+            self.stop_flags.forget(session, stop_flag)
+
+    def _stream(self, content_img, styles, config, stop_flag, progress, notices) -> Iterator[tuple]:
+        """Run the engine in a worker thread; yield (preview, slider, file, status) as it goes."""
+        from artopt.style.engine import stylize
+        from artopt.style.images import save_image, tensor_to_pil
+
+        every = self.preview_every or max(1, config.steps // 20)
+        events: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                result = stylize(
+                    content_img,
+                    styles,
+                    config,
+                    callback=events.put,
+                    image_every=every,
+                    should_stop=stop_flag.is_set,
+                )
+                events.put((done, result))
+            except BaseException as err:  # handed to the generator, which re-raises it
+                events.put((done, err))
+
+        worker = threading.Thread(target=work, name="artopt-stylize", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        last_step = "starting"
+        finished = False
+        try:
+            outcome: Any = done
+            while outcome is done:
+                # Take everything the worker has sent so far and show only the newest image:
+                # a fast device must not be held back by a backlog of stale previews.
+                batch = [events.get()]
+                while True:
+                    try:
+                        batch.append(events.get_nowait())
+                    except queue.Empty:
+                        break
+                newest_image = None
+                for item in batch:
+                    if isinstance(item, tuple) and item and item[0] is done:
+                        outcome = item[1]
+                        continue
+                    total = max(1, item.total_steps)
+                    last_step = f"step {item.step}/{total}"
+                    if item.n_scales > 1:
+                        height, width = item.size
+                        last_step += f" at scale {item.scale_index + 1}/{item.n_scales} ({width}×{height} px)"
+                    if item.notice:
+                        notices.append(str(item.notice))
+                    if item.image is not None:
+                        newest_image = item.image
+                if progress is not None and outcome is done:
+                    progress((item.step, total), desc=f"Stylizing ({last_step})")
+                if newest_image is not None and outcome is done:
+                    yield (
+                        tensor_to_pil(newest_image),
+                        gr.skip(),
+                        gr.skip(),
+                        self._status(f"Working: {last_step}, {time.perf_counter() - started:.1f} s", notices),
+                    )
+            finished = True
+        finally:
+            if not finished:  # the page went away or the run was cancelled: end the worker too
+                stop_flag.set()
+        worker.join()
+        stopped_by_user = stop_flag.is_set()
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+        result = tensor_to_pil(outcome)
+        elapsed = time.perf_counter() - started
+        out_path = self._output_path(config)
+        save_image(result, out_path)
+        before = content_img.resize(result.size, Image.Resampling.LANCZOS)
+        verb = f"Stopped at {last_step}" if stopped_by_user else "Done"
+        status = self._status(
+            f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} "
+            f"with {OPTIMIZER_LABELS[config.optimizer]}.",
+            notices,
+        )
+        yield (result, (before, result), str(out_path), status)
+
+    def _output_path(self, config) -> Path:
+        self._prune_outputs()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        fd, name = tempfile.mkstemp(
+            prefix=f"artopt-{stamp}-seed{config.seed}-", suffix=".png", dir=self.output_dir
+        )
+        os.close(fd)
+        return Path(name)
+
+    def _prune_outputs(self, max_age_s: float = 6 * 3600) -> None:
+        """Results are copied into Gradio's cache when shown; old originals here can go."""
+        now = time.time()
+        for path in self.output_dir.glob("artopt-*.png"):
+            try:
+                if now - path.stat().st_mtime > max_age_s:
+                    path.unlink()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _status(text: str, notices: list[str]) -> str:
+        lines = [text] + list(dict.fromkeys(notices))
+        return "\n\n".join(lines)
+
+    def stop(self, request: gr.Request | None = None) -> str:
+        session = request.session_hash if request is not None and request.session_hash else "anonymous"
+        if self.stop_flags.stop(session):
+            return "Stopping after the current step…"
+        return "Nothing is running."
+
+
+
+def _device_description(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
+    if device == "mps":
+        return "Apple GPU (mps)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _example_rows(photos: list[Path], styles: list[Path]) -> list[list[str]]:
+    """Each example photo paired with a different preset."""
+    if not photos or not styles:
+        return []
+    step = max(1, len(styles) // max(1, len(photos)))
+    return [[str(photo), str(styles[(i * step) % len(styles)])] for i, photo in enumerate(photos)]
+
+
+def build_app(
+    *,
+    device: str = "auto",
+    limits: WebLimits = WebLimits(),
+    default_size: int | None = None,
+    default_steps: int | None = None,
+    preview_every: int | None = None,
+    concurrency: int = 1,
+    queue_size: int | None = 32,
+    assets_dir: Path = ASSETS_DIR,
+    output_dir: Path | None = None,
+) -> gr.Blocks:
+    """The artopt page, with its queue set up (``concurrency`` runs at once, ``queue_size`` waiting).
+
+    ``preview_every`` is the number of steps between live previews (None: about 20 per run).
+    """
+    from artopt.learned_optimizers.shipped import neural_art_available, neural_art_is_default
+    from artopt.style.engine import StylizeConfig, resolve_device
+    from artopt.style.loss_nets import build_loss_net
+
+    device = str(resolve_device(device))
+    base = StylizeConfig()
+    loss_net_name = build_loss_net(base.loss_net, device).name  # loads (and caches) it now, not on first click
+    if output_dir is None:
+        output_dir = Path(tempfile.gettempdir()) / "artopt-web"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stylist = _Stylist(device, limits, output_dir, preview_every)
+
+    optimizers = ["adam", "lbfgs"]
+    if neural_art_available():
+        optimizers.insert(0, "lstm")
+    default_optimizer = "lstm" if neural_art_is_default() else "adam"
+    size = default_size or default_size_for(device)
+    size = min(max(size, limits.min_size), limits.max_size)
+    steps = min(default_steps or base.steps, limits.max_steps)
+    presets = preset_styles(assets_dir)
+    photos = example_photos(assets_dir)
+
+    with gr.Blocks(title="artopt: neural style transfer", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# artopt — neural style transfer\n"
+            "Upload a photo and a style (or click a preset), press **Stylize**, watch it form, "
+            "then download the full-resolution PNG."
+        )
+        gr.Markdown(
+            f"Running on **{_device_description(device)}** · loss network **{loss_net_name}** · "
+            f"output up to {limits.max_size} px",
+            elem_id="device-info",
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                content = gr.Image(
+                    label="Content photo",
+                    type="filepath",
+                    sources=["upload", "webcam", "clipboard"],
+                    elem_id="content-image",
+                )
+                style_images, style_weights = [], []
+                for i in range(1, N_STYLE_SLOTS + 1):
+                    # Slots after the first sit in an accordion: blending is the less common case.
+                    holder = gr.Group() if i == 1 else gr.Accordion(f"Blend in style {i}", open=False)
+                    with holder:
+                        style_images.append(
+                            gr.Image(
+                                label=f"Style {i}",
+                                type="filepath",
+                                sources=["upload", "clipboard"],
+                                elem_id=f"style-image-{i}",
+                            )
+                        )
+                        style_weights.append(
+                            gr.Slider(0, 1, value=1.0, step=0.05, label=f"Style {i} blend weight")
+                        )
+                preset_target = gr.Radio(
+                    [f"Style {i}" for i in range(1, N_STYLE_SLOTS + 1)],
+                    value="Style 1",
+                    label="A clicked preset goes into",
+                )
+                gallery = gr.Gallery(
+                    value=[(str(p), _pretty_name(p)) for p in presets],
+                    label="Public-domain style presets (click one)",
+                    columns=5,
+                    height=230,
+                    object_fit="cover",
+                    allow_preview=False,
+                    interactive=False,
+                    elem_id="preset-gallery",
+                )
+            with gr.Column(scale=1):
+                size_slider = gr.Slider(
+                    limits.min_size, limits.max_size, value=size, step=32,
+                    label="Output size (long side, px)",
+                )
+                steps_slider = gr.Slider(
+                    1, limits.max_steps, value=steps, step=1, label="Quality (optimizer steps)"
+                )
+                strength = gr.Slider(
+                    0.1, 10, value=1.0, step=0.1, label="Style strength (× the default style weight)"
+                )
+                optimizer = gr.Dropdown(
+                    [(OPTIMIZER_LABELS[o], o) for o in optimizers],
+                    value=default_optimizer,
+                    label="Optimizer",
+                )
+                keep_colors = gr.Checkbox(value=False, label="Keep the photo's original colours")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                with gr.Row():
+                    run_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
+                status = gr.Markdown("Ready.", elem_id="run-status")
+        with gr.Row():
+            preview = gr.Image(label="Live preview", interactive=False, elem_id="live-preview")
+            comparison = gr.ImageSlider(
+                label="Before / after", interactive=False, format="png", elem_id="before-after"
+            )
+        download = gr.File(label="Full-resolution PNG", interactive=False, elem_id="download-file")
+
+        rows = _example_rows(photos, presets)
+        if rows:
+            gr.Examples(rows, inputs=[content, style_images[0]], label="Examples (public domain)")
+
+        def use_preset(target: str, evt: gr.SelectData):
+            chosen = str(presets[evt.index])
+            return [chosen if target == f"Style {i}" else gr.skip() for i in range(1, N_STYLE_SLOTS + 1)]
+
+        gallery.select(use_preset, preset_target, style_images, api_visibility="private")
+
+        def stylize_event(
+            content, style_1, weight_1, style_2, weight_2, style_3, weight_3,
+            size, steps, strength, optimizer, keep_colors, seed,
+            request: gr.Request, progress=gr.Progress(),
+        ):
+            yield from stylist.run(
+                content, [style_1, style_2, style_3], [weight_1, weight_2, weight_3],
+                size, steps, strength, optimizer, keep_colors, seed,
+                request=request, progress=progress,
+            )
+
+        paired = [c for pair in zip(style_images, style_weights) for c in pair]
+        run_button.click(
+            stylize_event,
+            [content, *paired, size_slider, steps_slider, strength, optimizer, keep_colors, seed],
+            [preview, comparison, download, status],
+            api_name="stylize",
+            # Uploads are checked by artopt's own loader, which gives clear messages for bad files.
+            preprocess=False,
+            show_progress_on=[status],
+        )
+        stop_button.click(stylist.stop, None, status, api_name="stop", queue=False)
+
+    app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    app.artopt_device = device  # for the CLI's start-up message
+    return app
+
+
+def launch(
+    app: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    block: bool = True,
+    quiet: bool = False,
+):
+    """Start serving ``app``; with ``block=False`` return at once (tests, notebooks)."""
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=f"{max_upload_mb}mb",
+        prevent_thread_lock=not block,
+        show_error=True,
+        quiet=quiet,
+        footer_links=["api", "settings"],
+        theme=gr.themes.Default(),  # fonts ship with Gradio: nothing is fetched from the web
+        ssr_mode=False,
+        mcp_server=False,
+    )
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    concurrency: int = 1,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_size: int | None = None,
+    *,
+    device: str = "auto",
+    queue_size: int | None = 32,
+    default_size: int | None = None,
+    block: bool = True,
+) -> gr.Blocks:
+    """Build and launch the web app (the ``artopt serve`` command).
+
+    ``concurrency`` stylizations run at once (1: one per GPU); more requests wait in a queue of
+    ``queue_size``.  ``max_size`` caps the output long side (default: 4096 on a GPU, 2048 on CPU).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if max_upload_mb <= 0:
+        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if max_size is not None and not MIN_SIZE <= max_size <= MAX_SIZE:
+        raise ValueError(f"max_size must be between {MIN_SIZE} and {MAX_SIZE}, got {max_size}")
+    from artopt.style.engine import resolve_device
+
+    device = str(resolve_device(device))
+    app = build_app(
+        device=device,
+        limits=WebLimits(max_size=max_size or default_max_size_for(device)),
+        default_size=default_size,
+        concurrency=concurrency,
+        queue_size=queue_size,
+    )
+    launch(app, host=host, port=port, share=share, max_upload_mb=max_upload_mb, block=block)
+    return app
