@@ -44,7 +44,7 @@ class StylizeConfig:
     """Every setting of a stylization.  The CLI makes one flag per field (help from metadata)."""
 
     size: int = field(default=512, metadata={"help": "long side of the output in pixels (aspect kept)"})
-    steps: int = field(default=200, metadata={"help": "loss evaluations in total, over all pyramid scales"})
+    steps: int = field(default=150, metadata={"help": "loss evaluations in total, over all pyramid scales"})
     optimizer: str = field(default="auto", metadata={
         "help": "optimizer: auto (the learned 'lstm' when a trained one is shipped as default, else adam), "
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
@@ -52,7 +52,7 @@ class StylizeConfig:
     style_weights: list[float] | None = field(default=None, metadata={
         "help": "blend weights of the style images, one per style (default: equal)"})
     content_weight: float = field(default=1.0, metadata={"help": "weight of the content loss"})
-    style_weight: float = field(default=5.0, metadata={"help": "weight of the style loss"})
+    style_weight: float = field(default=20.0, metadata={"help": "weight of the style loss"})
     tv_weight: float = field(default=1.0, metadata={"help": "weight of the total-variation (smoothness) loss"})
     style_scale: float = field(default=1.0, metadata={
         "help": "size of the style images relative to the output (smaller = finer strokes)"})
@@ -146,15 +146,15 @@ def pyramid_sizes(size: int, pyramid: bool | None) -> list[int]:
 
 
 def split_steps(steps: int, n_scales: int) -> list[int]:
-    """Steps per scale: the coarsest scale gets half, the finer ones share the rest equally.
+    """Steps per scale: the coarsest scale gets two thirds, the finer ones share the rest equally.
 
-    Coarse steps cost a quarter of the next scale's, and they are where the style forms; the
-    finer scales mostly add detail starting from the upsampled result.
+    A coarse step costs a quarter of the next scale's, and the coarse scale is where the style
+    forms; the finer scales start from the upsampled result and mostly add detail.
     """
     if n_scales == 1:
         return [steps]
-    first = steps - (steps // 2 // (n_scales - 1)) * (n_scales - 1)
-    return [first] + [steps // 2 // (n_scales - 1)] * (n_scales - 1)
+    each_fine = (steps - (2 * steps + 2) // 3) // (n_scales - 1)
+    return [steps - each_fine * (n_scales - 1)] + [each_fine] * (n_scales - 1)
 
 
 def _to_tensor(image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
@@ -268,6 +268,8 @@ def stylize(content: Image.Image | torch.Tensor,
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 
     sizes = pyramid_sizes(config.size, config.pyramid)
+    aspect = min(content_final.shape[-2:]) / max(content_final.shape[-2:])
+    sizes = [s for s in sizes[:-1] if s * aspect >= loss_net.min_size] + sizes[-1:]  # none below min_size
     steps_per_scale = split_steps(config.steps, len(sizes))
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None

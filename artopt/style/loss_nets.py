@@ -96,16 +96,17 @@ class VGG19LossNet(LossNet):
                  content_layers=("relu4_2",),
                  style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")):
         super().__init__(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         if pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
-        net = vgg19(weights=None)
+        # Only the convolutional stack: the 120M-parameter classifier is never used.
+        features = make_layers(cfgs["E"], batch_norm=False)
         features_sd = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
         if not features_sd:
             raise LossNetError("the VGG-19 weights file has no 'features.*' tensors (not a torchvision VGG-19 state dict)")
         try:
-            net.features.load_state_dict(features_sd)
+            features.load_state_dict(features_sd)
         except RuntimeError as exc:
             raise LossNetError(f"the VGG-19 weights file does not match torchvision's VGG-19: {exc}") from None
         self.name = "vgg19"
@@ -115,7 +116,7 @@ class VGG19LossNet(LossNet):
         self.min_size = 32  # relu5_1 sits at 1/16 resolution: 2x2 positions at 32 px
         last = max(_VGG19_RELU_INDEX[n] for n in self.layers)
         modules = []
-        for m in list(net.features)[: last + 1]:
+        for m in list(features)[: last + 1]:
             if isinstance(m, nn.ReLU):
                 m = nn.ReLU(inplace=False)  # features are returned, so nothing may overwrite them
             elif isinstance(m, nn.MaxPool2d) and pooling == "avg":
@@ -188,11 +189,12 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Ten
 # activation of block B of stage S), "bS.B.dw" (its ReLU6 depthwise activation), "sS" (output of
 # stage S).  Stage resolutions: s0 1/2, s1 1/4, s2 1/8, s3/s4 1/16, s5/s6 1/32.
 #
-# Defaults chosen by measurement (bench/stylize.py --layers writes the comparison images to
-# bench/results/effnet_layers_*.png): the ReLU6 expansion activations give textures closest to
-# VGG's ReLU layers, and the deepest stages (1/32) only add blotches at 512 px.
-EFFNET_CONTENT_LAYERS = ("b3.0.exp",)
-EFFNET_STYLE_LAYERS = ("stem", "b1.0.exp", "b2.0.exp", "b3.0.exp", "b4.0.exp")
+# Defaults chosen by measurement (``bench/stylize.py layers`` writes bench/results/effnet_layers.png:
+# five layer sets on three photo/style pairs, 100 Adam steps at 256 px).  Stage outputs ("B")
+# garble the content, shallow sets ("C") barely transfer texture; the ReLU6 activations after the
+# depthwise convs ("E") gave the most painterly strokes with the content still clear.
+EFFNET_CONTENT_LAYERS = ("b3.0.dw",)
+EFFNET_STYLE_LAYERS = ("stem", "b1.0.dw", "b2.0.dw", "b3.0.dw", "b5.0.dw")
 
 
 class EfficientNetLite0LossNet(LossNet):

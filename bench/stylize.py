@@ -1,0 +1,283 @@
+"""Benchmarks of the stylize engine: quality grid, speed, memory, Adam vs L-BFGS, layer choice.
+
+Writes JSON + PNG under bench/results/.  Examples (run from the repository root):
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py quality      # styles x photos grid at 512 px
+    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py speed        # per-step cost at 256/512/1024 + 512 px default run
+    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py memory       # peak memory at 512/1024/2048 px
+    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py adam-vs-lbfgs
+    OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py layers       # EfficientNet-Lite0 layer sets compared
+    OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py lr-sweep     # per-optimizer learning rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ASSETS = ROOT / "assets"
+
+from artopt.style import engine as engine_module  # noqa: E402
+from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
+from artopt.style.images import load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil  # noqa: E402
+from artopt.style.loss_nets import EfficientNetLite0LossNet, build_loss_net  # noqa: E402
+from artopt.style.losses import StyleLoss  # noqa: E402
+
+
+def photos() -> list[Path]:
+    return sorted((ASSETS / "photos").glob("*.jpg"))
+
+
+def styles() -> list[Path]:
+    return sorted((ASSETS / "styles").glob("*.jpg"))
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def grid(rows: list[list[Image.Image]], labels_top: list[str], labels_left: list[str], cell: int = 256) -> Image.Image:
+    """Tile images into a labelled grid (each thumbnail fits a cell x cell box)."""
+    pad = 18
+    left = 110 if labels_left else 0
+    sheet = Image.new("RGB", (left + cell * len(rows[0]), pad + cell * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, text in enumerate(labels_top):
+        draw.text((left + j * cell + 4, 3), text[:40], fill="black")
+    for i, row in enumerate(rows):
+        if labels_left:
+            draw.text((4, pad + i * cell + cell // 2), labels_left[i][:18], fill="black")
+        for j, im in enumerate(row):
+            thumb = im.copy()
+            thumb.thumbnail((cell - 4, cell - 4))
+            sheet.paste(thumb, (left + j * cell + 2, pad + i * cell + 2))
+    return sheet
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def bench_layers(args) -> None:
+    """Compare EfficientNet-Lite0 content/style layer sets on photos x styles at 256 px."""
+    candidates = {
+        "A exp 1/2..1/16": (("b3.0.exp",), ("stem", "b1.0.exp", "b2.0.exp", "b3.0.exp", "b4.0.exp")),
+        "B stage outs": (("s3",), ("stem", "s1", "s2", "s3", "s5")),
+        "C exp shallow": (("b2.0.exp",), ("stem", "b1.0.exp", "b2.0.exp", "b3.0.exp")),
+        "D exp deep": (("b4.0.exp",), ("b1.0.exp", "b2.0.exp", "b3.0.exp", "b4.0.exp", "b5.0.exp")),
+        "E dw acts": (("b3.0.dw",), ("stem", "b1.0.dw", "b2.0.dw", "b3.0.dw", "b5.0.dw")),
+    }
+    pairs = [("chelsea", "starry_night"), ("astronaut", "composition_vii"), ("coffee", "woman_with_a_hat")]
+    rows, results = [], {}
+    for name, (content_layers, style_layers) in candidates.items():
+        net = EfficientNetLite0LossNet(content_layers=content_layers, style_layers=style_layers)
+        engine_module.build_loss_net = lambda *a, **k: net  # noqa: E731 - this run's layer set
+        row = []
+        for photo, style in pairs:
+            t = time.perf_counter()
+            out = stylize(load_image(ASSETS / "photos" / f"{photo}.jpg"), [load_image(ASSETS / "styles" / f"{style}.jpg")],
+                          StylizeConfig(size=args.size, steps=args.steps, optimizer="adam", loss_net="efficientnet-lite0"))
+            row.append(tensor_to_pil(out))
+            results.setdefault(name, {})[f"{photo}+{style}"] = round(time.perf_counter() - t, 2)
+            print(name, photo, style, results[name][f"{photo}+{style}"], "s", flush=True)
+        rows.append(row)
+    engine_module.build_loss_net = build_loss_net
+    sheet = grid(rows, [f"{p} + {s}" for p, s in pairs], list(candidates))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    sheet.save(RESULTS / "effnet_layers.png")
+    write_json("effnet_layers", {"size": args.size, "steps": args.steps, "candidates": {
+        k: {"content": v[0], "style": v[1]} for k, v in candidates.items()}, "seconds": results})
+
+
+def _load_assets(names: list[str], folder: str) -> list:
+    return [load_image(ASSETS / folder / f"{n}.jpg") for n in names]
+
+
+def bench_quality(args) -> None:
+    """Shipped styles on shipped photos at --size px with default settings: one grid PNG + timings."""
+    photo_names = args.photos or [p.stem for p in photos()]
+    style_names = args.styles or [s.stem for s in styles()]
+    config = StylizeConfig(size=args.size)
+    rows, seconds = [], {}
+    for photo_name, photo in zip(photo_names, _load_assets(photo_names, "photos")):
+        row = [photo]
+        for style_name, style in zip(style_names, _load_assets(style_names, "styles")):
+            t = time.perf_counter()
+            row.append(tensor_to_pil(stylize(photo, [style], config)))
+            seconds[f"{photo_name}+{style_name}"] = round(time.perf_counter() - t, 2)
+            print(photo_name, style_name, seconds[f"{photo_name}+{style_name}"], "s", flush=True)
+            # Rewrite after every image: a long run that is cut short still leaves its results.
+            done_rows = rows + [row + [Image.new("RGB", (8, 8), "white")] * (len(style_names) + 1 - len(row))]
+            grid(done_rows, ["photo"] + style_names, photo_names[: len(done_rows)]).save(RESULTS / f"quality_{args.size}.png")
+            write_json(f"quality_{args.size}", {"config": dataclasses.asdict(config), "seconds": seconds,
+                                                "load_average": os.getloadavg()})
+        rows.append(row)
+
+
+def _timed_steps(size: int, optimizer_name: str, steps: int) -> dict:
+    """Per-step time split into loss-network forward+backward and the optimizer update."""
+    photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
+    defaults = StylizeConfig()
+    net = build_loss_net(defaults.loss_net)
+    content = resize_long_side(pil_to_tensor(photo), size)
+    loss_fn = StyleLoss(net, content, [pil_to_tensor(style)], content_weight=defaults.content_weight,
+                        style_weight=defaults.style_weight, tv_weight=defaults.tv_weight)
+    image = content.clone().requires_grad_(True)
+    optimizer = engine_module._make_optimizer(optimizer_name, image, None)
+    forward_backward, update = [], []
+    for _ in range(steps + 1):  # the first step warms up allocators and is not counted
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(image)["total"].backward()
+        t1 = time.perf_counter()
+        optimizer.step()
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        t2 = time.perf_counter()
+        forward_backward.append(t1 - t0)
+        update.append(t2 - t1)
+    return {"size": list(content.shape[-2:]), "loss_net": net.name,
+            "forward_backward_s": round(sum(forward_backward[1:]) / steps, 4),
+            "update_s": round(sum(update[1:]) / steps, 5)}
+
+
+def bench_speed(args) -> None:
+    results = {"per_step_adam": [], "load_average_start": os.getloadavg()}
+    for size in (256, 512, 1024):
+        results["per_step_adam"].append(_timed_steps(size, "adam", args.timed_steps))
+        print(results["per_step_adam"][-1], flush=True)
+    photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
+    config = StylizeConfig(size=512)
+    build_loss_net(config.loss_net)  # built once per process; the web app and CLI pay it once too
+    t = time.perf_counter()
+    infos = []
+    stylize(photo, [style], config, callback=infos.append)
+    results["default_512"] = {"seconds": round(time.perf_counter() - t, 2), "config": dataclasses.asdict(config),
+                              "loss_net_seconds": round(infos[-1].loss_seconds, 2),
+                              "final_losses": infos[-1].losses, "target_s": 60}
+    results["load_average_end"] = os.getloadavg()
+    print(results["default_512"], flush=True)
+    write_json("speed", results)
+
+
+def bench_memory(args) -> None:
+    """Peak resident memory of a fresh process stylizing at each size (2 steps, final scale only)."""
+    results = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "memory-one", "--size", str(size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(results[-1], flush=True)
+    write_json("memory", {"runs": results, "limit_gb": 24})
+
+
+def bench_memory_one(args) -> None:
+    photo, style = _load_assets(["astronaut"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
+    config = StylizeConfig(size=args.size, steps=2, pyramid=False)
+    build_loss_net(config.loss_net)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    stylize(photo, [style], config)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"size": args.size, "peak_rss_mb": round(peak, 1), "rss_before_mb": round(base, 1),
+                      "seconds_2_steps": round(time.perf_counter() - t, 2)}))
+
+
+def bench_adam_vs_lbfgs(args) -> None:
+    """Loss evaluations and wall time for L-BFGS to reach Adam's loss after --adam-steps steps."""
+    photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
+    curves = {}
+    for name, steps in (("adam", args.adam_steps), ("lbfgs", args.adam_steps)):
+        infos = []
+        stylize(photo, [style], StylizeConfig(size=args.size, steps=steps, optimizer=name, pyramid=False),
+                callback=infos.append)
+        curves[name] = [(i.step, i.losses["total"], i.elapsed) for i in infos]
+        print(name, curves[name][-1], flush=True)
+    target = curves["adam"][-1][1]
+    reach = {}
+    for name, curve in curves.items():
+        hit = next(((s, t) for s, loss, t in curve if loss <= target), None)
+        reach[name] = {"steps": hit[0], "seconds": round(hit[1], 2)} if hit else None
+    ratio = (reach["lbfgs"]["seconds"] / reach["adam"]["seconds"]) if reach["lbfgs"] else None
+    write_json("adam_vs_lbfgs", {"size": args.size, "adam_steps": args.adam_steps, "adam_final_loss": target,
+                                 "reach": reach, "time_ratio_lbfgs_over_adam": ratio,
+                                 "curves": {k: [[s, round(l, 6), round(t, 3)] for s, l, t in v] for k, v in curves.items()}})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([t for _, _, t in curve], [l for _, l, _ in curve], label=name)
+    ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"Adam after {args.adam_steps} steps")
+    ax.set_yscale("log"); ax.set_xlabel("wall time (s)"); ax.set_ylabel("total loss"); ax.legend()
+    ax.set_title(f"Adam vs L-BFGS, {args.size} px")
+    fig.tight_layout(); fig.savefig(RESULTS / "adam_vs_lbfgs.png", dpi=100)
+
+
+def bench_lr_sweep(args) -> None:
+    """Final loss after --steps steps at --size px for a grid of learning rates per optimizer."""
+    photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
+    grids = {"adam": [0.005, 0.01, 0.02, 0.05], "rmsprop": [0.001, 0.002, 0.005, 0.01],
+             "sgd": [0.5, 2, 8, 32], "nag": [0.1, 0.5, 2, 8], "lbfgs": [0.5, 1.0]}
+    if args.optimizers:
+        grids = {k: v for k, v in grids.items() if k in args.optimizers}
+    results = {}
+    for name, lrs in grids.items():
+        for lr in lrs:
+            infos = []
+            stylize(photo, [style], StylizeConfig(size=args.size, steps=args.steps, optimizer=name, lr=lr,
+                                                  pyramid=False), callback=infos.append)
+            results.setdefault(name, {})[str(lr)] = infos[-1].losses["total"]
+            print(name, lr, infos[-1].losses["total"], flush=True)
+    best = {k: min(v, key=v.get) for k, v in results.items()}
+    write_json("lr_sweep", {"size": args.size, "steps": args.steps, "final_total_loss": results, "best_lr": best,
+                            "engine_defaults": STYLIZE_LR})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs",
+                                         "lr-sweep"])
+    parser.add_argument("--size", type=int, default=None, help="image long side (default per benchmark)")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--photos", nargs="+", help="quality: photo names (default: all shipped)")
+    parser.add_argument("--styles", nargs="+", help="quality: style names (default: all shipped)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="memory: sizes")
+    parser.add_argument("--timed-steps", type=int, default=3, help="speed: steps timed per size")
+    parser.add_argument("--adam-steps", type=int, default=500, help="adam-vs-lbfgs: Adam's budget")
+    parser.add_argument("--optimizers", nargs="+", help="lr-sweep: optimizers (default: all)")
+    args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = {"quality": 512, "memory-one": 512}.get(args.what, 256)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    handlers = {"layers": bench_layers, "quality": bench_quality, "speed": bench_speed, "memory": bench_memory,
+                "memory-one": bench_memory_one, "adam-vs-lbfgs": bench_adam_vs_lbfgs, "lr-sweep": bench_lr_sweep}
+    handlers[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

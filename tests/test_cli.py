@@ -1,0 +1,71 @@
+"""The command line: writes the image and the JSON log; bad input gives one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from artopt.cli import main
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PHOTO, STYLE = ASSETS / "photos" / "chelsea.jpg", ASSETS / "styles" / "starry_night.jpg"
+FAST = ["--size", "48", "--steps", "3", "--loss-net", "efficientnet-lite0", "--device", "cpu", "--quiet"]
+
+
+def test_stylize_writes_image_and_json_log(tmp_path):
+    out, log = tmp_path / "out.jpg", tmp_path / "log.json"
+    code = main(["stylize", str(PHOTO), str(STYLE), str(STYLE), "-o", str(out), "--log-json", str(log),
+                 "--style-weights", "0.25", "0.75", "--optimizer", "adam", *FAST])
+    assert code == 0
+    image = Image.open(out)
+    assert image.format == "JPEG" and image.size == (48, 32)
+    record = json.loads(log.read_text())
+    assert record["settings"]["size"] == 48 and record["settings"]["style_weights"] == [0.25, 0.75]
+    assert record["settings"]["resolved_loss_net"] == "efficientnet-lite0"
+    assert [s["step"] for s in record["steps"]] == [1, 2, 3]
+    assert {"total", "content", "style", "tv", "wall_time"} <= set(record["steps"][0])
+
+
+def test_save_every_writes_intermediate_images(tmp_path):
+    out = tmp_path / "out.png"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "2", *FAST]) == 0
+    assert (tmp_path / "out_step2.png").is_file() and out.is_file()
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: [str(d / "missing.jpg"), str(STYLE), "-o", str(d / "o.png")], "not found"),
+    (lambda d: [str(d / "text.jpg"), str(STYLE), "-o", str(d / "o.png")], "not an image"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.gif")], "output must end in"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "no" / "o.png")], "does not exist"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1", "2"], "2 value(s) for 1 style"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "learning rate"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
+    (tmp_path / "text.jpg").write_text("hello")
+    code = main(["stylize", *make_args(tmp_path), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("artopt: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_help_has_an_example_and_bad_flag_exits_nonzero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["stylize", "--help"])
+    assert exc.value.code == 0
+    assert "example:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["stylize", str(PHOTO), str(STYLE), "-o", "x.png", "--init", "zeros"])
+    assert exc.value.code != 0
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["artopt", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("artopt", run_name="__main__")
+    assert exc.value.code == 0 and "artopt 0.1.0" in capsys.readouterr().out

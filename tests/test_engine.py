@@ -1,0 +1,150 @@
+"""The stylize engine on small images: every optimizer lowers the loss, pyramid, colours, seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pathlib import Path
+
+from artopt.style import engine
+from artopt.style.images import load_image, pil_to_tensor, resize_long_side
+from artopt.style.engine import StylizeConfig, pyramid_sizes, resolve_device, rgb_to_ycbcr, split_steps, stylize
+
+
+def _image(seed: int, height=48, width=64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 6, 8, generator=g)
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# Shipped public-domain examples, shrunk: real textures make the losses behave as in real use.
+CONTENT = resize_long_side(pil_to_tensor(load_image(ASSETS / "photos" / "chelsea.jpg")), 64)  # 43x64
+STYLE = resize_long_side(pil_to_tensor(load_image(ASSETS / "styles" / "starry_night.jpg")), 64)
+
+
+def _config(**overrides) -> StylizeConfig:
+    base = dict(size=64, steps=6, optimizer="adam", device="cpu", loss_net="efficientnet-lite0")
+    base.update(overrides)
+    return StylizeConfig(**base)
+
+
+def _run(config: StylizeConfig, **kwargs):
+    infos = []
+    out = stylize(CONTENT, [STYLE], config, callback=infos.append, **kwargs)
+    return out, infos
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "sgd", "rmsprop", "nag"])
+def test_every_optimizer_lowers_the_loss(optimizer):
+    out, infos = _run(_config(optimizer=optimizer, steps=8))
+    assert out.shape == (1, 3, 43, 64) and 0 <= out.min() and out.max() <= 1
+    assert infos[-1].step >= 8
+    assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"], optimizer
+
+
+def test_lbfgs_steps_count_loss_evaluations():
+    _, infos = _run(_config(optimizer="lbfgs", steps=10))
+    steps = [i.step for i in infos]
+    assert steps == sorted(steps) and steps[-1] >= 10
+    assert steps[-1] <= 10 + 25  # at most one line search past the budget
+
+
+def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    assert pyramid_sizes(128, True) == [32, 64, 128]
+    assert pyramid_sizes(128, False) == [128]
+    content = _image(2, 90, 60)  # portrait 2:3
+    infos = []
+    out = stylize(content, STYLE, _config(size=150, steps=6, pyramid=True), callback=infos.append)
+    assert out.shape[-2:] == (150, 100)
+    assert [i.n_scales for i in infos][0] >= 2
+    assert infos[-1].scale_index == infos[-1].n_scales - 1 and infos[-1].size == (150, 100)
+    assert sum(split_steps(6, 3)) == 6
+
+
+def test_keep_colors_keeps_content_chroma():
+    out, _ = _run(_config(keep_colors=True, steps=5))
+    chroma_out = rgb_to_ycbcr(out)[:, 1:]
+    chroma_content = rgb_to_ycbcr(CONTENT)[:, 1:]
+    plain, _ = _run(_config(steps=5))
+    assert (chroma_out - chroma_content).abs().mean() < 0.01  # only clamping to [0,1] may move it
+    assert (rgb_to_ycbcr(plain)[:, 1:] - chroma_content).abs().mean() > 0.01  # without it colours change
+    assert (rgb_to_ycbcr(out)[:, :1] - rgb_to_ycbcr(CONTENT)[:, :1]).abs().mean() > 0.005  # luminance is stylized
+
+
+def test_same_seed_same_image_and_different_seed_different_image():
+    a, _ = _run(_config(init="noise", seed=3, steps=3))
+    b, _ = _run(_config(init="noise", seed=3, steps=3))
+    c, _ = _run(_config(init="noise", seed=4, steps=3))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_callback_images_and_stop():
+    out, infos = _run(_config(steps=6), image_every=2)
+    assert [i.image is not None for i in infos] == [False, True, False, True, False, True]
+    assert infos[0].notice and "efficientnet-lite0" in infos[0].notice
+    assert torch.equal(infos[-1].image, out)
+    calls = []
+    out, infos = _run(_config(steps=50), should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert infos[-1].step == 3 and out.shape == (1, 3, 43, 64)
+
+
+def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):
+    from artopt.learned_optimizers import shipped
+
+    monkeypatch.setattr(shipped, "neural_art_available", lambda: False)
+    monkeypatch.setattr(shipped, "neural_art_is_default", lambda: False)
+    with pytest.raises(ValueError, match="no trained neural-art optimizer is shipped"):
+        _run(_config(optimizer="lstm"))
+    assert engine.resolve_optimizer("auto") == "adam"
+
+
+def test_divergence_stops_with_last_finite_image(monkeypatch):
+    from artopt.style import losses
+
+    real_forward = losses.StyleLoss.forward
+
+    def poisoned(self, image):
+        out = real_forward(self, image)
+        if poisoned.calls >= 2:
+            out["total"] = out["total"] * float("nan")
+        poisoned.calls += 1
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(losses.StyleLoss, "forward", poisoned)
+    out, infos = _run(_config(steps=10))
+    assert torch.isfinite(out).all()
+    assert "diverged" in (infos[-1].notice or "") and infos[-1].step < 10
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(size=8), "size"), (dict(steps=-1), "steps"), (dict(optimizer="magic"), "unknown optimizer"),
+    (dict(lr=0.0), "learning rate"), (dict(style_weight=float("nan")), "style weight"),
+    (dict(init="zeros"), "init"), (dict(loss_net="resnet"), "loss network"), (dict(device="tpu"), "device"),
+    (dict(style_weights=[1.0, 2.0]), "style weights"), (dict(style_scale=0), "style scale"),
+])
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _run(_config(**bad))
+
+
+def test_bad_images_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        stylize(torch.full((1, 3, 40, 40), float("nan")), [STYLE], _config())
+    with pytest.raises(ValueError, match="shape"):
+        stylize(torch.rand(2, 3, 40, 40), [STYLE], _config())
+    with pytest.raises(ValueError, match="needs at least"):
+        stylize(_image(5, 10, 200), [STYLE], _config(size=64))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")

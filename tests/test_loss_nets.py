@@ -1,0 +1,121 @@
+"""Loss networks: frozen, correct weights (ImageNet accuracy), layer outputs, VGG-19 weight sources."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from artopt.style import loss_nets
+from artopt.style.loss_nets import (
+    LossNetError,
+    build_efficientnet_lite0_classifier,
+    build_loss_net,
+    resolve_loss_net_name,
+)
+
+DATA = Path(os.environ.get("ARTOPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+IMAGENET = DATA / "imagenet-sample"
+
+
+@pytest.fixture()
+def no_vgg(monkeypatch, tmp_path):
+    """No VGG-19 weights anywhere: empty hub cache, no env var, no download."""
+    monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    from torchvision.models import VGG19_Weights
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    """A randomly initialised VGG-19 feature stack saved like torchvision's (features.* keys)."""
+    from safetensors.torch import save_file
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(0)
+    features = make_layers(cfgs["E"])  # VGG-19's conv stack, as torchvision numbers it
+    path = tmp_path_factory.mktemp("vgg") / "vgg19.safetensors"
+    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, str(path))
+    return path
+
+
+def test_efficientnet_is_frozen_eval_and_returns_its_layers():
+    net = build_loss_net("efficientnet-lite0")
+    assert net.name == "efficientnet-lite0"
+    assert not net.training and all(not p.requires_grad for p in net.parameters())
+    net.train()  # stays in eval mode: batch-norm statistics must never move
+    assert not net.training
+    image = torch.rand(1, 3, 64, 96, requires_grad=True)
+    features = net(image)
+    assert set(features) == set(net.content_layers) | set(net.style_layers)
+    assert abs(sum(net.style_layer_weights.values()) - 1) < 1e-6
+    sum(f.mean() for f in features.values()).backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert build_loss_net("efficientnet-lite0") is net  # cached
+
+
+@pytest.mark.skipif(not IMAGENET.is_dir(), reason="shared ImageNet sample not available")
+def test_efficientnet_weights_classify_imagenet_photos():
+    """The by-position weight mapping and the [-1, 1] input scaling are right: top-1 on real photos."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    index_of = {info.index_to_label_name(i): i for i in range(1000)}
+    files = sorted(IMAGENET.glob("*.JPEG"))[::45][:20]
+    from PIL import Image
+
+    batch, labels = [], []
+    for f in files:
+        image = TF.center_crop(TF.resize(Image.open(f).convert("RGB"), 256), 224)
+        batch.append(TF.to_tensor(image))
+        labels.append(index_of[f.name.split("_")[0]])
+    x, y = torch.stack(batch), torch.tensor(labels)
+    model = build_efficientnet_lite0_classifier()
+    with torch.no_grad():
+        accuracy = (model((x - 0.5) / 0.5).argmax(1) == y).float().mean().item()
+    assert accuracy >= 0.7  # measured 0.89 on 100 photos; random weights or a bad mapping give ~0
+
+
+def test_auto_uses_efficientnet_without_vgg_weights(no_vgg):
+    assert resolve_loss_net_name("auto") == "efficientnet-lite0"
+
+
+def test_vgg_without_weights_says_how_to_provide_them(no_vgg):
+    with pytest.raises(LossNetError, match="--vgg-weights"):
+        build_loss_net("vgg19")
+    with pytest.raises(LossNetError, match="not found"):
+        build_loss_net("vgg19", vgg_weights="/nonexistent/vgg19.pth")
+
+
+def test_vgg_from_env_file_is_auto_choice_with_gatys_layers(no_vgg, monkeypatch, vgg_file):
+    monkeypatch.setenv(loss_nets.VGG_WEIGHTS_ENV, str(vgg_file))
+    assert resolve_loss_net_name("auto") == "vgg19"
+    net = build_loss_net("auto")
+    assert net.name == "vgg19" and net.content_layers == ("relu4_2",)
+    assert net.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    assert all(not p.requires_grad for p in net.parameters()) and not net.training
+    features = net(torch.rand(1, 3, 64, 64))
+    assert features["relu1_1"].shape == (1, 64, 64, 64) and features["relu5_1"].shape == (1, 512, 4, 4)
+
+
+def test_vgg_average_pooling_and_bad_weight_files(no_vgg, vgg_file, tmp_path):
+    net = build_loss_net("vgg19", vgg_weights=vgg_file, pooling="avg")
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in net.features)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.features)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(LossNetError, match="could not read"):
+        build_loss_net("vgg19", vgg_weights=corrupt)
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="unknown loss network"):
+        build_loss_net("resnet")

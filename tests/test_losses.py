@@ -1,0 +1,105 @@
+"""Content, style and TV losses: zeros where they must be, resolution-invariant Grams, blending."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from artopt.style.loss_nets import build_loss_net
+from artopt.style.losses import StyleLoss, gram_matrix, total_variation
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_loss_net("efficientnet-lite0")
+
+
+def _smooth_image(seed: int, size=(64, 64)) -> torch.Tensor:
+    # Low-frequency random image: upscaling it changes little besides the resolution.
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 8, 8, generator=g)
+    return F.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def test_content_loss_zero_at_content_and_style_loss_zero_at_style(net):
+    content, style = _smooth_image(0), _smooth_image(1)
+    loss = StyleLoss(net, content, [style], tv_weight=1.0)
+    at_content = loss(content)
+    assert at_content["content"].item() == pytest.approx(0.0, abs=1e-10)
+    assert at_content["style"].item() > 1e-3
+    loss_same_size_style = StyleLoss(net, content, [style], style_scale=None)
+    at_style = loss_same_size_style(style)
+    assert at_style["style"].item() == pytest.approx(0.0, abs=1e-10)
+    assert at_style["content"].item() > 1e-3
+
+
+def test_tv_zero_for_constant_image_and_positive_otherwise():
+    assert total_variation(torch.full((1, 3, 20, 30), 0.3)).item() == 0.0
+    assert total_variation(torch.rand(1, 3, 20, 30)).item() > 0.0
+
+
+def test_gram_is_normalised_by_positions():
+    features = torch.rand(1, 5, 6, 7)
+    upscaled = F.interpolate(features, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(gram_matrix(features), gram_matrix(upscaled))
+
+
+def test_style_loss_similar_for_image_and_its_2x_upscale(net):
+    image = _smooth_image(2)
+    up = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    # Gram magnitudes per layer: position-averaged, they match at 2x (summed ones would be 4x).
+    small_features, large_features = net(image), net(up)
+    for name in net.style_layers:
+        ratio = gram_matrix(large_features[name]).norm() / gram_matrix(small_features[name]).norm()
+        assert ratio.item() == pytest.approx(1.0, abs=0.25), name
+    # The style loss against one fixed target (a very different, noisy style) matches too.
+    style = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    small = StyleLoss(net, image, [style], style_scale=None)(image)["style"].item()
+    large = StyleLoss(net, up, [style], style_scale=None)(up)["style"].item()
+    assert large == pytest.approx(small, rel=0.2)
+
+
+def test_blend_weights_interpolate_between_styles(net):
+    content, a, b = _smooth_image(4), _smooth_image(5), _smooth_image(6)
+    only_a = StyleLoss(net, content, [a, b], style_weights=[1, 0], style_scale=None)
+    assert only_a(a)["style"].item() == pytest.approx(0.0, abs=1e-10)
+    half = StyleLoss(net, content, [a, b], style_weights=[2, 2], style_scale=None)
+    equal = StyleLoss(net, content, [a, b], style_scale=None)
+    assert half(content)["style"].item() == pytest.approx(equal(content)["style"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="2 style images"):
+        StyleLoss(net, content, [a, b], style_weights=[1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        StyleLoss(net, content, [a], style_weights=[-1.0])
+
+
+def test_total_is_weighted_sum_and_differentiable(net):
+    content, style = _smooth_image(7), _smooth_image(8)
+    loss = StyleLoss(net, content, [style], content_weight=2.0, style_weight=3.0, tv_weight=4.0)
+    image = torch.rand_like(content).requires_grad_(True)
+    parts = loss(image)
+    expected = 2 * parts["content"] + 3 * parts["style"] + 4 * parts["tv"]
+    torch.testing.assert_close(parts["total"], expected)
+    parts["total"].backward()
+    assert image.grad is not None and torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+
+
+def test_style_scale_resizes_style_and_construction_is_deterministic(net):
+    content, style = _smooth_image(9), _smooth_image(10, size=(200, 300))
+    first = StyleLoss(net, content, [style], style_scale=0.5)(content)["style"].item()
+    again = StyleLoss(net, content, [style], style_scale=0.5)(content)["style"].item()
+    other_scale = StyleLoss(net, content, [style], style_scale=2.0)(content)["style"].item()
+    assert first == again
+    assert first != other_scale
+
+
+def test_bad_inputs_are_refused(net):
+    content = _smooth_image(11)
+    with pytest.raises(ValueError, match="NaN"):
+        StyleLoss(net, content, [torch.full_like(content, float("nan"))])
+    with pytest.raises(ValueError, match="shape"):
+        StyleLoss(net, content[0], [content])
+    with pytest.raises(ValueError, match="at least one"):
+        StyleLoss(net, content, [])
+    with pytest.raises(ValueError, match="built for"):
+        StyleLoss(net, content, [content])(torch.rand(1, 3, 32, 32))
