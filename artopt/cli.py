@@ -124,7 +124,8 @@ def _stylize(args: argparse.Namespace) -> int:
 
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     device = resolve_device(config.device)
-    min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights).min_size
+    min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights,
+                              pooling=config.vgg_pooling).min_size
     content = load_image(args.content, min_size=min_size)
     styles = [load_image(s, min_size=min_size) for s in args.styles]
     if config.style_weights is not None and len(config.style_weights) != len(styles):

@@ -241,7 +241,7 @@ def bench_adam_vs_lbfgs(args) -> None:
 def bench_lr_sweep(args) -> None:
     """Final loss after --steps steps at --size px for a grid of learning rates per optimizer."""
     photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
-    grids = {"adam": [0.005, 0.01, 0.02, 0.05], "rmsprop": [0.001, 0.002, 0.005, 0.01],
+    grids = {"adam": [0.01, 0.02, 0.05], "rmsprop": [0.001, 0.002, 0.005, 0.01],
              "sgd": [0.5, 2, 8, 32], "nag": [0.1, 0.5, 2, 8], "lbfgs": [0.5, 1.0]}
     if args.optimizers:
         grids = {k: v for k, v in grids.items() if k in args.optimizers}

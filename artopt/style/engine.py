@@ -67,6 +67,8 @@ class StylizeConfig:
     vgg_weights: str | None = field(default=None, metadata={
         "help": "VGG-19 weights file (torchvision state dict, .pth or .safetensors); "
                 "default: $ARTOPT_VGG_WEIGHTS, then torchvision's cache"})
+    vgg_pooling: str = field(default="max", metadata={
+        "help": "vgg19 only: max or avg pooling (avg gives smoother results, Gatys et al.)", "choices": ("max", "avg")})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine from {PYRAMID_BASE} px (default: on above {PYRAMID_AUTO_ABOVE} px)"})
 
@@ -90,6 +92,8 @@ class StylizeConfig:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.vgg_pooling not in ("max", "avg"):
+            raise ValueError(f"vgg pooling must be max or avg, got {self.vgg_pooling!r}")
         if self.loss_net.lower() not in LOSS_NETS:
             raise ValueError(f"unknown loss network {self.loss_net!r}; choose from {', '.join(LOSS_NETS)}")
         return self
@@ -250,7 +254,7 @@ def stylize(content: Image.Image | torch.Tensor,
     device = resolve_device(config.device)
     optimizer_name = resolve_optimizer(config.optimizer)
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
-    loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights)
+    loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights, pooling=config.vgg_pooling)
     notice: str | None = f"loss network: {loss_net.name}; optimizer: {optimizer_name}"
     if config.size < loss_net.min_size:
         raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
@@ -284,7 +288,12 @@ def stylize(content: Image.Image | torch.Tensor,
             img = _with_chroma(img, content_final.to(img.device))
         return img.cpu().clone()
 
+    # The last scale with work to do (tiny budgets leave the finer scales empty: the result is
+    # then upsampled at the end rather than optimized at a size that gets no steps).
+    last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=0)
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
+        if scale_index > last_active:
+            break
         target = resize_long_side(content_full, long_side)
         if config.keep_colors:
             target = _luminance_as_rgb(target)
@@ -336,7 +345,7 @@ def stylize(content: Image.Image | torch.Tensor,
             else:
                 last_good.copy_(image.detach())
             done += evals - before
-            final = stopped or (scale_index == len(sizes) - 1 and evals >= scale_steps)
+            final = stopped or (scale_index == last_active and evals >= scale_steps)
             if callback is not None:
                 want_image = final or (image_every > 0 and done % image_every == 0) or (
                     image_every > 0 and evals >= scale_steps)  # end of a scale
