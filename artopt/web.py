@@ -402,7 +402,7 @@ def _example_rows(photos: list[Path], styles: list[Path]) -> list[list[str]]:
 def build_app(
     *,
     device: str = "auto",
-    limits: WebLimits = WebLimits(),
+    limits: WebLimits | None = None,
     default_size: int | None = None,
     default_steps: int | None = None,
     preview_every: int | None = None,
@@ -413,6 +413,7 @@ def build_app(
 ) -> gr.Blocks:
     """The artopt page, with its queue set up (``concurrency`` runs at once, ``queue_size`` waiting).
 
+    ``limits`` defaults to :class:`WebLimits` with the device's default maximum size.
     ``preview_every`` is the number of steps between live previews (None: about 20 per run).
     """
     from artopt.learned_optimizers.shipped import neural_art_available, neural_art_is_default
@@ -420,6 +421,8 @@ def build_app(
     from artopt.style.loss_nets import build_loss_net
 
     device = str(resolve_device(device))
+    if limits is None:
+        limits = WebLimits(max_size=default_max_size_for(device))
     base = StylizeConfig()
     loss_net_name = build_loss_net(base.loss_net, device).name  # loads (and caches) it now, not on first click
     if output_dir is None:

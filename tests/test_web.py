@@ -1,0 +1,225 @@
+"""The web app used as a client would: a real server on localhost, driven through gradio_client."""
+
+from __future__ import annotations
+
+import socket
+import time
+import threading
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import torch  # noqa: E402
+
+from artopt import web  # noqa: E402
+
+# max_input_pixels is low so that a small file can stand in for a decompression bomb.
+TEST_LIMITS = web.WebLimits(min_size=48, max_size=256, max_steps=400, max_input_pixels=1_000_000)
+STEPS = 3
+
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("web-out")
+    app = web.build_app(
+        device="cpu",
+        limits=TEST_LIMITS,
+        default_size=64,
+        default_steps=STEPS,
+        preview_every=1,
+        output_dir=out,
+    )
+    web.launch(app, port=free_port(), max_upload_mb=1, block=False, quiet=True)
+    yield app
+    app.close()
+
+
+@pytest.fixture()
+def client(server, tmp_path):
+    return Client(server.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A small content photo and style picture, cut from the shipped public-domain assets."""
+    folder = tmp_path_factory.mktemp("images")
+    photos, styles = web.example_photos(), web.preset_styles()
+    assert photos and styles, "assets/photos and assets/styles must hold the shipped examples"
+    content = folder / "content.png"
+    style = folder / "style.jpg"
+    Image.open(photos[0]).convert("RGB").resize((96, 72)).save(content)
+    Image.open(styles[0]).convert("RGB").resize((80, 80)).save(style)
+    return {"content": content, "style": style, "folder": folder}
+
+
+def stylize_args(content, style, *, size=64, steps=STEPS, seed=0, optimizer="adam"):
+    """Positional inputs of the /stylize endpoint, in page order."""
+    return (
+        handle_file(str(content)),
+        handle_file(str(style)), 1.0,  # style 1 and its blend weight
+        None, 1.0,
+        None, 1.0,
+        size, steps, 1.0, optimizer, False, seed,
+    )
+
+
+def test_stylize_small_image_end_to_end(client, images):
+    job = client.submit(*stylize_args(images["content"], images["style"]), api_name="/stylize")
+    preview, comparison, png_path, status = job.result(timeout=180)
+    assert "Done" in status, status
+    # Previews streamed before the result: at least one intermediate output, then the final one.
+    assert len(job.outputs()) >= 2
+    result = Image.open(png_path)
+    assert result.format == "PNG" and result.mode == "RGB"
+    assert max(result.size) == 64
+    assert abs(result.width / result.height - 96 / 72) < 0.1  # aspect ratio kept
+    before, after = comparison
+    assert Image.open(before).size == result.size == Image.open(after).size
+    # It changed the photo, and the downloadable file is the image shown.
+    content_small = Image.open(images["content"]).convert("RGB").resize(result.size)
+    diff = sum(abs(a - b) for a, b in zip(result.tobytes(), content_small.tobytes()))
+    assert diff / len(result.tobytes()) > 1.0
+    assert Image.open(after).convert("RGB").tobytes() == result.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (b"", "Content photo: upload.png is empty (0 bytes)"),
+        (b"this is not an image at all", "Content photo: upload.png: not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "Content photo: upload.png"),  # a PNG header, then garbage
+    ],
+    ids=["zero-bytes", "text", "truncated-png"],
+)
+def test_bad_upload_gives_clear_error_and_server_keeps_serving(client, images, tmp_path, payload, expected):
+    bad = tmp_path / "upload.png"
+    bad.write_bytes(payload)
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+        client.predict(*stylize_args(bad, images["style"]), api_name="/stylize")
+    message = str(caught.value)
+    assert expected in message, message
+    assert "Traceback" not in message
+    # The same server still stylizes afterwards.
+    *_, status = client.predict(*stylize_args(images["content"], images["style"], steps=1), api_name="/stylize")
+    assert "Done" in status
+
+
+def test_tiny_image_is_refused_clearly(client, images, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4), "red").save(tiny)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Style 1"):
+        client.predict(*stylize_args(images["content"], tiny), api_name="/stylize")
+
+
+def test_too_many_pixels_is_refused_as_a_possible_bomb(client, images, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (1500, 1000), "white").save(bomb)  # a few kB on disk, 1.5 megapixels decoded
+    with pytest.raises(gradio_client.exceptions.AppError, match="Content photo: bomb.png: 1500x1000 is too large"):
+        client.predict(*stylize_args(bomb, images["style"]), api_name="/stylize")
+
+
+def test_missing_style_and_out_of_range_settings_are_refused(client, images):
+    args = list(stylize_args(images["content"], images["style"]))
+    args[1] = None
+    with pytest.raises(gradio_client.exceptions.AppError, match="at least one style"):
+        client.predict(*args, api_name="/stylize")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Output size must be between 48 and 256"):
+        client.predict(*stylize_args(images["content"], images["style"], size=5000), api_name="/stylize")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Unknown optimizer"):
+        client.predict(*stylize_args(images["content"], images["style"], optimizer="sgd!"), api_name="/stylize")
+
+
+def test_upload_over_the_size_limit_is_refused(client, images, tmp_path):
+    big = tmp_path / "big.bmp"  # uncompressed, so it is larger than the 1 MB limit of the fixture
+    Image.new("RGB", (800, 600), "blue").save(big)
+    assert big.stat().st_size > 1_000_000
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(*stylize_args(big, images["style"]), api_name="/stylize")
+
+
+def test_four_concurrent_requests_all_complete(server, images, tmp_path):
+    # Different step counts give different images: Gradio caches outputs under a hash of their
+    # content and rewrites the same file for identical results, which can cut off another
+    # client's download of it mid-way (seen with four identical requests).
+    results: dict[int, tuple] = {}
+    errors: list[BaseException] = []
+
+    def one(seed: int) -> None:
+        try:
+            c = Client(server.local_url, verbose=False, download_files=str(tmp_path / f"c{seed}"))
+            results[seed] = c.predict(
+                *stylize_args(images["content"], images["style"], seed=seed, steps=1 + seed), api_name="/stylize"
+            )
+        except BaseException as err:  # reported below, with the thread's failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert sorted(results) == [0, 1, 2, 3]
+    for _, _, png_path, status in results.values():
+        assert "Done" in status
+        assert max(Image.open(png_path).size) == 64
+
+
+def test_stop_ends_the_run_and_keeps_the_image(client, images):
+    job = client.submit(*stylize_args(images["content"], images["style"], steps=400), api_name="/stylize")
+    deadline = 120
+    start = time.monotonic()
+    while len(job.outputs()) < 1 and time.monotonic() - start < deadline:
+        time.sleep(0.05)
+    assert job.outputs(), "no preview arrived"
+    assert "Stopping" in client.predict(api_name="/stop")
+    preview, comparison, png_path, status = job.result(timeout=120)
+    assert status.startswith("Stopped at step"), status
+    assert max(Image.open(png_path).size) == 64
+
+
+def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):
+    import artopt.style.engine as engine
+
+    real = engine.stylize
+    sizes = []
+
+    def cramped(content, styles, config, **kwargs):
+        sizes.append(config.size)
+        if config.size > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(content, styles, config, **kwargs)
+
+    monkeypatch.setattr(engine, "stylize", cramped)
+    *_, png_path, status = client.predict(
+        *stylize_args(images["content"], images["style"], size=128, steps=1), api_name="/stylize"
+    )
+    assert sizes == [128, 96, 64]
+    assert "retrying at 96 px" in status and "retrying at 64 px" in status
+    assert max(Image.open(png_path).size) == 64
+
+    sizes.clear()
+    monkeypatch.setattr(engine, "stylize", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(gradio_client.exceptions.AppError, match="smaller output size"):
+        client.predict(*stylize_args(images["content"], images["style"], size=64, steps=1), api_name="/stylize")
+
+
+def test_serve_refuses_bad_settings():
+    with pytest.raises(ValueError, match="concurrency"):
+        web.serve(concurrency=0, block=False)
+    with pytest.raises(ValueError, match="max_size"):
+        web.serve(max_size=10_000, block=False)
+    with pytest.raises(ValueError, match="max_upload_mb"):
+        web.serve(max_upload_mb=0, block=False)

@@ -1,0 +1,164 @@
+"""The web page in a real headless browser: Debian's chromium driven by Playwright.
+
+Playwright's own browser download is never used: ``bash .ci/install-browser`` installs the system
+``chromium`` and the ``playwright`` package.  Without them this test skips, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
+]
+
+# ARTOPT_CHROMIUM points at another Chromium build (or a missing one, to see the skip).
+CHROMIUM = os.environ.get("ARTOPT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Flags that work as root in a container; nothing in the background may reach the network.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# Set ARTOPT_SCREENSHOT_DIR to keep the screenshots (tmp_path is used otherwise).
+SCREENSHOT_DIR_ENV = "ARTOPT_SCREENSHOT_DIR"
+
+
+def _skip_loudly(why: str) -> None:
+    message = (
+        f"BROWSER TEST SKIPPED: {why}. Run `bash .ci/install-browser` "
+        "(Debian chromium + the playwright package) to enable it."
+    )
+    print("\n" + "!" * 78 + f"\n{message}\n" + "!" * 78, file=sys.stderr)
+    warnings.warn(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _skip_loudly(f"no system chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_loudly("the playwright package is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from artopt import web
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = web.build_app(
+        device="cpu",
+        limits=web.WebLimits(min_size=48, max_size=256),
+        default_size=96,
+        default_steps=4,
+        preview_every=1,
+        output_dir=tmp_path_factory.mktemp("web-out"),
+    )
+    web.launch(app, port=port, block=False, quiet=True)
+    yield app
+    app.close()
+
+
+@pytest.fixture()
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get(SCREENSHOT_DIR_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _outside_requests(page, server_url: str) -> list[str]:
+    """Collects every request the page makes to a host other than the app's own."""
+    own = urlparse(server_url).netloc
+    outside: list[str] = []
+
+    def note(request):
+        parsed = urlparse(request.url)
+        if parsed.scheme in ("http", "https", "ws", "wss") and parsed.netloc != own:
+            outside.append(request.url)
+
+    page.on("request", note)
+    return outside
+
+
+def _upload(page, elem_id: str, path: Path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    page.locator(f"#{elem_id} img").first.wait_for(state="visible", timeout=30_000)
+
+
+def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tmp_path):
+    from artopt import web
+
+    content = tmp_path / "content.png"
+    style = tmp_path / "style.jpg"
+    Image.open(web.example_photos()[1]).convert("RGB").resize((120, 90)).save(content)
+    Image.open(web.preset_styles()[0]).convert("RGB").resize((100, 100)).save(style)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    outside = _outside_requests(page, server.local_url)
+    page.goto(server.local_url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    assert "artopt" in page.title()
+    assert "loss network" in page.locator("#device-info").inner_text()
+
+    _upload(page, "content-image", content)
+    _upload(page, "style-image-1", style)
+    page.locator("#stylize-button").click()
+
+    # The before/after slider shows two images once the run is done.
+    result_images = page.locator("#before-after img")
+    result_images.nth(1).wait_for(state="visible", timeout=120_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#before-after img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    widths = result_images.evaluate_all("imgs => imgs.map(img => img.naturalWidth)")
+    assert len(widths) == 2 and all(w == 96 for w in widths), widths
+    assert "Done" in page.locator("#run-status").inner_text()
+    # The full-resolution PNG is offered for download.
+    link = page.locator("#download-file a").first
+    assert link.get_attribute("href").endswith(".png")
+
+    page.screenshot(path=str(shots / "browser_result.png"), full_page=True)
+    assert (shots / "browser_result.png").stat().st_size > 10_000
+    assert outside == [], f"the page reached outside the app: {outside}"
+    page.close()
+
+
+def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots, tmp_path):
+    from artopt import web
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    style = tmp_path / "style.jpg"
+    Image.open(web.preset_styles()[0]).convert("RGB").resize((100, 100)).save(style)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(server.local_url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    page.locator("#content-image input[type=file]").set_input_files(str(empty))
+    _upload(page, "style-image-1", style)
+    page.locator("#stylize-button").click()
+    toast = page.get_by_text("Content photo", exact=False).filter(has_text="empty.png").first
+    toast.wait_for(state="visible", timeout=30_000)
+    assert "empty (0 bytes)" in toast.inner_text()
+    page.screenshot(path=str(shots / "browser_zero_byte.png"), full_page=False)
+    page.close()
