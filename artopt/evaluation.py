@@ -272,17 +272,7 @@ def compare(
     return out
 
 
-def final_losses(result: EvalResult) -> dict[str, float]:
-    """Mean final loss per optimizer (inf where any run diverged)."""
-    return {n: float(band(c)["mean"][-1]) for n, c in result.curves.items()}
-
-
-def trajectory_means(curves: torch.Tensor) -> torch.Tensor:
-    """Mean loss over each run's trajectory (rows), inf for diverged runs."""
-    return curves.to(torch.float64).mean(1)
-
-
 __all__: Sequence[str] = (
     "EVAL_SEED_OFFSET", "EvalProgress", "EvalResult", "OptimizerFactory", "baseline_factory", "lstm_factory",
-    "Run", "run_optimizer", "sample_problems", "evaluate", "band", "compare", "final_losses", "trajectory_means",
+    "Run", "run_optimizer", "sample_problems", "evaluate", "band", "compare",
 )

@@ -4,8 +4,6 @@ Most tests use tiny synthetic datasets written to tmp_path (fast, and independen
 data); one smoke test per dataset runs on the real files when they are present.
 """
 
-import gzip
-import json
 
 import numpy as np
 import pytest
