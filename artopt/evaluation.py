@@ -213,24 +213,31 @@ def compare(
     lrs: dict[str, float | None] | None = None,
     learned: Iterable[str] = ("lstm",),
     reference: str = "lstm",
+    window: int = 10,
 ) -> dict:
     """JSON-able summary: per optimizer its mean final loss (with 95% band), mean trajectory loss,
     diverged-run count, mean curve and band; the best baseline by mean final loss; and
     ``lstm_over_best_baseline`` = mean final loss of ``reference`` / that of the best baseline
     (None without a ``reference`` run).  ``learned`` names the runs that are not baselines.
+
+    Minibatch losses are noisy step to step, so the mean over the last ``window`` losses of each
+    run is reported as well (``mean_last_window_loss``, and its ratio).
     """
     learned = set(learned) | {reference}
     lrs = lrs or {}
     out: dict = {"task": result.task, "steps": result.steps, "seed": result.seed, "split": result.split,
                  "instances": None, "optimizers": {}}
     finals: dict[str, float] = {}
+    windows: dict[str, float] = {}
     for name, curves in result.curves.items():
         out["instances"] = int(curves.shape[0])
         b = band(curves)
         final = curves[:, -1]
         diverged = int((~torch.isfinite(final)).sum())
         traj = curves.mean(1)
+        last = curves[:, -min(window, curves.shape[1]):].mean(1)
         finals[name] = float(b["mean"][-1])
+        windows[name] = float(last.mean())
         entry = {
             "learned": name in learned,
             "lr": lrs.get(name),
@@ -238,6 +245,7 @@ def compare(
             "final_loss_ci95": [_num(b["lo"][-1]), _num(b["hi"][-1])],
             "median_final_loss": _num(final.median()),
             "mean_trajectory_loss": _num(traj.mean()),
+            "mean_last_window_loss": _num(last.mean()),
             "diverged": diverged,
             "seconds": round(result.seconds[name], 3) if name in result.seconds else None,
             "evaluations_per_step": result.evaluations.get(name),
@@ -261,6 +269,9 @@ def compare(
             ratios[name] = _num(finals[name] / baselines[best]) if baselines[best] > 0 else None
     out["learned_over_best_baseline"] = ratios
     out["lstm_over_best_baseline"] = ratios.get(reference)
+    out["window"] = window
+    if reference in windows and best is not None and windows[best] > 0:
+        out["lstm_over_best_baseline_last_window"] = _num(windows[reference] / windows[best])
     if reference in finals:
         # Against each baseline too: e.g. the paper's quadratic figure leaves L-BFGS out.
         out["lstm_over_each_baseline"] = {n: _num(finals[reference] / v) if v > 0 else None

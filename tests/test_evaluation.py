@@ -129,6 +129,9 @@ def test_compare_ratio_and_best_baseline():
     assert out["lstm_over_best_baseline"] == pytest.approx(0.5)
     assert out["lstm_wins_fraction"] == 1.0
     assert out["lstm_over_each_baseline"] == {"adam": pytest.approx(0.5), "sgd": pytest.approx(0.25)}
+    windowed = compare(res, window=2)  # mean of the last two losses: lstm 1.0, adam 2.0, sgd 3.5
+    assert windowed["optimizers"]["sgd"]["mean_last_window_loss"] == pytest.approx(3.5)
+    assert windowed["lstm_over_best_baseline_last_window"] == pytest.approx(0.5)
     assert out["optimizers"]["adam"]["lr"] == 0.01 and out["optimizers"]["lstm"]["learned"]
     assert out["optimizers"]["sgd"]["mean_trajectory_loss"] == pytest.approx(11 / 3)
     assert out["instances"] == 2
