@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output-scale", type=float, default=0.1)
     ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
     ap.add_argument("--init", choices=("content", "noise"), default="content")
+    ap.add_argument("--init-from", default=None, metavar="PATH",
+                    help="start from these networks (a weights file) instead of a fresh LSTM")
+    ap.add_argument("--prior-minutes", type=float, default=0.0,
+                    help="meta-training time already spent on --init-from (recorded in the card)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
@@ -66,6 +70,13 @@ def main(argv=None) -> int:
                          size_range=tuple(args.size_range) if args.size_range else None, init=args.init)
     cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
+    if args.init_from:
+        from artopt.learned_optimizers import load_learned
+
+        start = load_learned(args.init_from)
+        if start["default"].config != cfg:
+            raise SystemExit(f"--init-from {args.init_from} has config {start['default'].config}, not {cfg}")
+        nets["default"].load_state_dict(start["default"].state_dict())
     mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
                            val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
                            max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter)
@@ -82,6 +93,8 @@ def main(argv=None) -> int:
         "init": args.init,
         "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
         "command": "python train/neural_art.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "init_from": args.init_from,
+        "prior_meta_training_minutes": args.prior_minutes,
     }
     t0 = time.time()
     res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / args.name, name=args.name, card=card)
@@ -93,7 +106,7 @@ def main(argv=None) -> int:
         src = Path(args.runs) / args.name
         shutil.copyfile(src / f"{args.name}.safetensors", ship / f"{args.name}.safetensors")
         card_data = json.loads((src / f"{args.name}.json").read_text())
-        card_data["meta_training"]["total_wall_time_s"] = round(res.wall_time_s, 1)
+        card_data["meta_training"]["total_wall_time_s"] = round(res.wall_time_s + 60 * args.prior_minutes, 1)
         card_data["meta_training"]["episodes_done"] = res.episodes_done
         (ship / f"{args.name}.json").write_text(json.dumps(card_data, indent=2) + "\n")
         print(f"shipped {ship / (args.name + '.safetensors')}")
