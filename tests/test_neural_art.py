@@ -1,0 +1,115 @@
+"""The neural-art task, its meta-training, and the shipped neural-art optimizer."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, load_learned, save_learned
+from artopt.learned_optimizers.shipped import NEURAL_ART, card, weights_path
+from artopt.outer_trainers import run_episode
+from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, split_photos
+
+pytestmark = pytest.mark.usefixtures("data_available")
+
+
+@pytest.fixture(scope="module")
+def data_available():
+    from artopt.tasks.neural_art import data_root
+
+    try:
+        data_root()
+    except FileNotFoundError as e:
+        pytest.skip(f"shared data missing: {e}")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return NeuralArtTask(size=32, steps=6, unroll=3)
+
+
+def test_split_is_fixed_disjoint_and_complete(task):
+    split = task.split
+    assert len(split["val"]) == 100 and len(split["test"]) == 100
+    sets = [set(split[k]) for k in ("train", "val", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert split == split_photos(task.root / "imagenet-sample")  # deterministic
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_samples_crops_of_the_right_size_from_the_given_split(task, split):
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        problem = task.sample(gen, split)
+        assert problem.params[0].shape == (1, 3, 32, 32)
+        assert problem.info["photo"] in task.split[split]
+        assert problem.info["style"] == TRAIN_STYLE
+        assert 0.0 <= float(problem.params[0].min()) and float(problem.params[0].max()) <= 1.0
+
+
+def test_size_range_gives_multiples_of_8_and_styles_come_from_the_list():
+    t = NeuralArtTask(size_range=(32, 48), styles=("zigzag_colorful.jpg", "starry_night.jpg"))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        p = t.sample(gen, "train")
+        side = p.params[0].shape[-1]
+        assert side in (32, 40, 48) and p.params[0].shape[-2] == side
+        assert p.info["style"] in t.styles
+        assert p.info["style"] not in HELD_OUT_STYLES
+
+
+def test_short_meta_training_lowers_the_meta_loss(task):
+    """A few meta-steps on one problem lower that problem's trajectory loss (deterministic)."""
+    torch.manual_seed(0)
+    problem = task.sample(torch.Generator().manual_seed(3), "train")
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet(grad_normalization="first_rms")})
+    with torch.no_grad():
+        before = sum(run_episode(nets, problem, steps=6))
+    meta_opt = torch.optim.Adam(nets.parameters(), lr=3e-3)
+    for _ in range(8):
+        run_episode(nets, problem, steps=6, unroll=3, meta_opt=meta_opt)
+    with torch.no_grad():
+        after = sum(run_episode(nets, problem, steps=6))
+    assert after < before
+
+
+def test_shipped_weights_load_and_improve_a_small_image():
+    path = weights_path(NEURAL_ART)
+    assert path.is_file(), f"the trained neural-art optimizer must ship at {path}"
+    nets = load_learned(path)
+    c = card(NEURAL_ART)
+    assert c is not None and c["task"] == "neural-art"
+    task = NeuralArtTask(size=64, styles=(HELD_OUT_STYLES[0],))
+    problem = task.sample(torch.Generator().manual_seed(0), "test")
+    image = problem.fresh_params()[0]
+    opt = LearnedOptimizer([image], nets=nets)
+    first = None
+    for _ in range(8):
+        opt.zero_grad()
+        loss = problem.loss([image], 0)
+        loss.backward()
+        first = first if first is not None else float(loss)
+        opt.step()
+        with torch.no_grad():
+            image.clamp_(0, 1)
+    assert float(problem.loss([image], 0)) < 0.9 * first
+
+
+def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path, monkeypatch):
+    from artopt.learned_optimizers import shipped
+    from artopt.style.engine import StylizeConfig, stylize
+
+    net = LSTMOptimizerNet()
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    broken = save_learned(tmp_path / "broken.safetensors", {"default": net})
+    monkeypatch.setattr(shipped, "weights_path", lambda name: broken)
+    notices = []
+    content = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    style = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    out = stylize(content, [style], StylizeConfig(size=48, steps=3, optimizer="lstm", device="cpu"),
+                  callback=lambda info: notices.append(info.notice))
+    assert torch.isfinite(out).all()
+    assert any(n and "non-finite" in n for n in notices)
