@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import MetaTrainConfig, meta_train  # noqa: E402
+from artopt.outer_trainers import MetaTrainConfig, meta_train, ship_best  # noqa: E402
 from artopt.tasks import get_task  # noqa: E402
 
 
@@ -81,15 +80,8 @@ def main(argv=None) -> int:
     print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
                       "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
     if args.ship:
-        ship = Path(args.ship)
-        ship.mkdir(parents=True, exist_ok=True)
-        src = Path(args.runs) / name
-        shutil.copyfile(src / f"{name}.safetensors", ship / f"{name}.safetensors")
-        card_data = json.loads((src / f"{name}.json").read_text())
-        card_data["meta_training"]["total_wall_time_s"] = round(res.wall_time_s, 1)
-        card_data["meta_training"]["episodes_done"] = res.episodes_done
-        (ship / f"{name}.json").write_text(json.dumps(card_data, indent=2) + "\n")
-        print(f"shipped {ship / (name + '.safetensors')}")
+        dest = ship_best(Path(args.runs) / name, name, args.ship, res, prior_seconds=0.0)
+        print(f"shipped {dest}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import MetaTrainConfig, meta_train  # noqa: E402
+from artopt.outer_trainers import MetaTrainConfig, meta_train, ship_best  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
@@ -101,15 +100,8 @@ def main(argv=None) -> int:
     print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
                       "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
     if args.ship:
-        ship = Path(args.ship)
-        ship.mkdir(parents=True, exist_ok=True)
-        src = Path(args.runs) / args.name
-        shutil.copyfile(src / f"{args.name}.safetensors", ship / f"{args.name}.safetensors")
-        card_data = json.loads((src / f"{args.name}.json").read_text())
-        card_data["meta_training"]["total_wall_time_s"] = round(res.wall_time_s + 60 * args.prior_minutes, 1)
-        card_data["meta_training"]["episodes_done"] = res.episodes_done
-        (ship / f"{args.name}.json").write_text(json.dumps(card_data, indent=2) + "\n")
-        print(f"shipped {ship / (args.name + '.safetensors')}")
+        dest = ship_best(Path(args.runs) / args.name, args.name, args.ship, res, prior_seconds=60 * args.prior_minutes)
+        print(f"shipped {dest}")
     return 0
 
 

@@ -246,3 +246,19 @@ def _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapse
         "nets": {k: v.config.to_dict() for k, v in nets.items()},
     })
     save_learned(Path(out_dir) / f"{name}.safetensors", dict(nets.items()), full_card)
+
+
+def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike, result: MetaTrainResult,
+              prior_seconds: float = 0.0) -> Path:
+    """Copy a run's best networks and card to ``ship_dir`` (e.g. weights/), recording total wall time."""
+    run_dir, ship_dir = Path(run_dir), Path(ship_dir)
+    ship_dir.mkdir(parents=True, exist_ok=True)
+    dest = ship_dir / f"{name}.safetensors"
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes((run_dir / f"{name}.safetensors").read_bytes())
+    os.replace(tmp, dest)
+    card = json.loads((run_dir / f"{name}.json").read_text())
+    card["meta_training"]["total_wall_time_s"] = round(result.wall_time_s + prior_seconds, 1)
+    card["meta_training"]["episodes_done"] = result.episodes_done
+    write_json_atomic(ship_dir / f"{name}.json", card)
+    return dest
