@@ -101,6 +101,24 @@ def test_quadratic_metric_gap_is_zero_at_optimum():
     assert prob.metric([torch.zeros(4)])["optimum_gap"] > 0
 
 
+def test_batched_quadratic_gives_each_function_its_own_gradient():
+    p = QuadraticTask(batch=3).sample(gen(), "train")
+    assert p.params[0].shape == (3, 10)
+    theta = torch.randn(3, 10, requires_grad=True)
+    (grad,) = torch.autograd.grad(p.loss([theta], 0), theta)
+    g = torch.Generator().manual_seed(split_seed(gen(), "train"))
+    W, y = torch.randn(3, 10, 10, generator=g), torch.randn(3, 10, generator=g)
+    for b in range(3):
+        row = theta[b].detach().requires_grad_(True)
+        (expected,) = torch.autograd.grad(((W[b] @ row - y[b]) ** 2).sum(), row)
+        torch.testing.assert_close(grad[b], expected)
+    # The optimum gap adds up over the batch and vanishes at the joint optimum.
+    best = torch.linalg.solve(W, y.unsqueeze(-1)).squeeze(-1)
+    assert abs(p.metric([best])["optimum_gap"]) < 1e-3
+    with pytest.raises(ValueError, match="batch"):
+        QuadraticTask(batch=0)
+
+
 def test_splits_and_seeds():
     task = QuadraticTask()
     a = task.sample(gen(0), "train")

@@ -1,9 +1,11 @@
+import itertools
 import json
 
 import torch
 from torch import nn
 
 from artopt.learned_optimizers import LSTMOptimizerNet, load_learned
+from artopt.learned_optimizers.network import learned_update
 from artopt.outer_trainers import MetaTrainConfig, meta_train, run_episode, trajectory_score
 from artopt.tasks.base import Problem
 
@@ -57,6 +59,51 @@ def test_surrogate_gradient_equals_first_order_meta_gradient():
 
     for a, b in zip(unroll(True), unroll(False)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _meta_grad(nets, problem, fraction=1.0, subset=None):
+    """φ's gradient after one unroll of 4 steps, backpropagating through ``subset`` only if given."""
+    nets.zero_grad()
+    params = [p.clone() for p in problem.params]
+    states = {} if subset is None else {"default/meta_idx": torch.tensor(subset),
+                                        "default/meta_state": nets["default"].init_state(len(subset))}
+    total = 0.0
+    for t in range(4):
+        leaf = params[0].detach().requires_grad_(True)
+        g = torch.autograd.grad(problem.loss([leaf], t), leaf)[0]
+        params, states = learned_update(nets, params, [g], problem.groups, states, fraction)
+        leaf = params[0].detach().requires_grad_(True)
+        total = total + (torch.autograd.grad(problem.loss([leaf], t), leaf)[0] * params[0]).sum()
+    total.backward()
+    return [p.grad.clone() for p in nets.parameters()]
+
+
+def test_coordinate_subset_meta_gradient_is_unbiased():
+    """Averaged over all subsets of 2 of the 4 coordinates, the scaled estimate is the exact gradient."""
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    W, y = torch.randn(4, 4), torch.randn(4)
+    problem = Problem([torch.randn(4)], lambda ps, t: ((W @ ps[0] - y) ** 2).sum())
+    full = _meta_grad(nets, problem)
+    subsets = list(itertools.combinations(range(4), 2))
+    estimates = [_meta_grad(nets, problem, 0.5, list(s)) for s in subsets]
+    for i, exact in enumerate(full):
+        mean = sum(e[i] for e in estimates) / len(subsets)
+        torch.testing.assert_close(mean, exact, rtol=1e-4, atol=1e-6)
+    # A single subset is a different (noisy) estimate, not a copy of the full gradient.
+    assert any(not torch.allclose(a, b) for a, b in zip(estimates[0], full))
+
+
+def test_meta_training_with_a_coordinate_subset_lowers_the_meta_loss(tmp_path):
+    torch.manual_seed(0)
+    task = TinyQuadratic()
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    cfg = MetaTrainConfig(steps=20, unroll=5, episodes=60, meta_lr=3e-3, val_every=20, val_problems=8,
+                          meta_fraction=0.67)
+    res = meta_train(task, nets, cfg, out_dir=tmp_path, name="tiny", progress=False)
+    vals = [json.loads(line) for line in (tmp_path / "tiny.log.jsonl").read_text().splitlines()]
+    vals = [v["val"] for v in vals if v["event"] == "val"]
+    assert res.best_val < 0.7 * vals[0]
 
 
 def test_meta_training_lowers_the_meta_loss(tmp_path):

@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output-scale", type=float, default=0.1)
     ap.add_argument("--no-preprocess", action="store_true", help="feed raw gradients (ablation)")
     ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
+    ap.add_argument("--meta-fraction", type=float, default=1.0,
+                    help="backpropagate through this random fraction of the coordinates (unbiased, cheaper)")
+    ap.add_argument("--val-criterion", choices=("trajectory", "final"), default="trajectory",
+                    help="keep the checkpoint with the best mean trajectory loss or final loss on validation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--ship", default=str(ROOT / "weights"), help="folder to copy the best weights to ('' = none)")
@@ -66,6 +70,7 @@ def main(argv=None) -> int:
         steps=args.steps or task.steps, unroll=args.unroll or task.unroll, episodes=args.episodes,
         meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
         max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
+        meta_fraction=args.meta_fraction, val_criterion=args.val_criterion,
     )
     card = {
         "name": name,
