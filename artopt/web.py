@@ -111,29 +111,51 @@ def _free_device_memory(device: str) -> None:
 
 
 class _StopFlags:
-    """One stop flag per browser session, so Stop ends only that person's run."""
+    """Stop flags per browser session: one per running request and one per request still waiting
+    in the queue (reserved when the button is clicked), so Stop reaches both, and only that
+    person's requests."""
+
+    STALE_S = 3600.0  # a reservation whose request never started (e.g. refused by a full queue)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flags: dict[str, threading.Event] = {}
+        self._waiting: dict[str, list[tuple[float, threading.Event]]] = {}
+        self._running: dict[str, set[threading.Event]] = {}
 
-    def fresh(self, session: str) -> threading.Event:
+    def reserve(self, session: str) -> None:
         with self._lock:
-            flag = self._flags[session] = threading.Event()
+            now = time.monotonic()
+            waiting = [w for w in self._waiting.get(session, []) if now - w[0] < self.STALE_S]
+            waiting.append((now, threading.Event()))
+            self._waiting[session] = waiting
+
+    def start(self, session: str) -> threading.Event:
+        """The flag of the session's oldest waiting request (queue order), or a new one."""
+        with self._lock:
+            waiting = self._waiting.get(session, [])
+            now = time.monotonic()
+            while waiting and now - waiting[0][0] >= self.STALE_S:
+                waiting.pop(0)
+            flag = waiting.pop(0)[1] if waiting else threading.Event()
+            if not waiting:
+                self._waiting.pop(session, None)
+            self._running.setdefault(session, set()).add(flag)
             return flag
 
     def stop(self, session: str) -> bool:
         with self._lock:
-            flag = self._flags.get(session)
-        if flag is None:
-            return False
-        flag.set()
-        return True
+            flags = list(self._running.get(session, ())) + [f for _, f in self._waiting.get(session, [])]
+        for flag in flags:
+            flag.set()
+        return bool(flags)
 
     def forget(self, session: str, flag: threading.Event) -> None:
         with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
+            running = self._running.get(session)
+            if running is not None:
+                running.discard(flag)
+                if not running:
+                    del self._running[session]
 
 
 class _Stylist:
@@ -233,10 +255,13 @@ class _Stylist:
             device=self.device,
         )
 
-        session = request.session_hash if request is not None and request.session_hash else "anonymous"
-        stop_flag = self.stop_flags.fresh(session)
+        session = _session(request)
+        stop_flag = self.stop_flags.start(session)
         notices: list[str] = []
         try:
+            if stop_flag.is_set():  # Stop was clicked while this request waited in the queue
+                yield (gr.skip(), gr.skip(), gr.skip(), "Stopped before it started (it was waiting in the queue).")
+                return
             while True:
                 try:
                     yield from self._stream(content_img, styles, config, stop_flag, progress, notices)
@@ -375,11 +400,19 @@ class _Stylist:
         lines = [text] + list(dict.fromkeys(notices))
         return "\n\n".join(lines)
 
+    def reserve(self, request: gr.Request | None = None) -> str:
+        """Runs at click time, before the request joins the queue, so Stop can reach it there."""
+        self.stop_flags.reserve(_session(request))
+        return "Waiting for a free slot…"
+
     def stop(self, request: gr.Request | None = None) -> str:
-        session = request.session_hash if request is not None and request.session_hash else "anonymous"
-        if self.stop_flags.stop(session):
+        if self.stop_flags.stop(_session(request)):
             return "Stopping after the current step…"
         return "Nothing is running."
+
+
+def _session(request: gr.Request | None) -> str:
+    return request.session_hash if request is not None and request.session_hash else "anonymous"
 
 
 
@@ -541,7 +574,7 @@ def build_app(
             )
 
         paired = [c for pair in zip(style_images, style_weights) for c in pair]
-        run_button.click(
+        run_button.click(stylist.reserve, None, status, api_name="reserve", queue=False).then(
             stylize_event,
             [content, *paired, size_slider, steps_slider, strength, optimizer, keep_colors, seed],
             [preview, comparison, download, status],

@@ -190,6 +190,26 @@ def test_stop_ends_the_run_and_keeps_the_image(client, images):
     assert max(Image.open(png_path).size) == 64
 
 
+def test_stop_reaches_a_request_still_waiting_in_the_queue(server, images, tmp_path):
+    # One run at a time (the default): `busy` holds the slot while `waiting` sits in the queue.
+    busy = Client(server.local_url, verbose=False, download_files=str(tmp_path / "busy"))
+    waiting = Client(server.local_url, verbose=False, download_files=str(tmp_path / "waiting"))
+    first = busy.submit(*stylize_args(images["content"], images["style"], steps=400), api_name="/stylize")
+    start = time.monotonic()
+    while not first.outputs() and time.monotonic() - start < 120:
+        time.sleep(0.05)
+    assert first.outputs(), "the first run never started"
+    assert "Waiting" in waiting.predict(api_name="/reserve")  # what the page's button does first
+    second = waiting.submit(*stylize_args(images["content"], images["style"], steps=400), api_name="/stylize")
+    time.sleep(0.5)
+    assert "Stopping" in waiting.predict(api_name="/stop")
+    assert not first.done()  # Stop is per person: the busy client's run goes on
+    assert "Stopping" in busy.predict(api_name="/stop")
+    assert first.result(timeout=120)[3].startswith("Stopped at step")
+    *_, status = second.result(timeout=120)
+    assert status.startswith("Stopped before it started"), status
+
+
 def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):
     import artopt.style.engine as engine
 
