@@ -1,4 +1,5 @@
-"""The ``artopt`` command line: ``artopt stylize``, ``artopt serve`` (and the lead's train/bench).
+"""The ``artopt`` command line: ``artopt stylize``, ``artopt serve``, and ``artopt train`` /
+``evaluate`` / ``bench``, which run the scripts of a source checkout (train/, bench/).
 
 The stylize flags are made from the fields of :class:`artopt.style.engine.StylizeConfig`, so the
 library's defaults and the command line's cannot drift apart.
@@ -87,7 +88,70 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=32,
                     help="requests that may wait for their turn (default: %(default)s)")
     sv.set_defaults(handler=_serve)
+
+    for name, help_text in (("train", "meta-train a learned optimizer (train/meta_train.py, train/neural_art.py)"),
+                            ("evaluate", "learned optimizer vs tuned baselines (train/evaluate.py, "
+                                         "train/eval_neural_art.py)"),
+                            ("bench", "engine benchmarks (bench/stylize.py, bench/web_timing.py, "
+                                      "bench/task_step_time.py)")):
+        sp = sub.add_parser(name, help=help_text, add_help=False,
+                            description=f"{help_text}; every argument goes to the script: "
+                                        f"'artopt {name} TARGET --help' shows its flags.")
+        sp.add_argument("target", metavar="TARGET", nargs="?",
+                        help="suite (train/evaluate: quadratic, mnist, cifar10, neural-art, ...; "
+                             "evaluate neural-art takes its setting next: 64, 128, 256, 512, summary, grid) "
+                             "or benchmark (bench: quality, speed, memory, ..., web, task-step-time)")
+        sp.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's arguments")
+        sp.add_argument("-h", "--help", action="store_true", dest="wants_help",
+                        help="this help; after TARGET, the script's own help")
+        sp.set_defaults(handler=_run_script, script_kind=name, subparser=sp)
     return parser
+
+
+def _source_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def script_for(kind: str, target: str | None) -> tuple[Path, list[str]]:
+    """The checkout script behind ``artopt train|evaluate|bench TARGET`` and its leading arguments."""
+    root = _source_root()
+    if kind == "train":
+        if target == "neural-art":
+            return root / "train" / "neural_art.py", []
+        return root / "train" / "meta_train.py", [target] if target else []
+    if kind == "evaluate":
+        if target == "neural-art":
+            return root / "train" / "eval_neural_art.py", []
+        return root / "train" / "evaluate.py", [target] if target else []
+    if target == "web":
+        return root / "bench" / "web_timing.py", []
+    if target == "task-step-time":
+        return root / "bench" / "task_step_time.py", []
+    return root / "bench" / "stylize.py", [target] if target else []
+
+
+def _run_script(args: argparse.Namespace) -> int:
+    import runpy
+
+    if args.target is None:
+        args.subparser.print_help()
+        return 0 if args.wants_help else 2
+    script, lead = script_for(args.script_kind, args.target)
+    if not script.is_file():
+        raise CLIError(f"'artopt {args.script_kind}' runs {script.relative_to(_source_root())} from a source "
+                       f"checkout of artopt, and {script} does not exist; clone the repository and install it "
+                       f"with 'pip install -e .'")
+    rest = list(args.script_args) + (["--help"] if args.wants_help else [])
+    old_argv = sys.argv
+    sys.argv = [str(script), *lead, *rest]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = old_argv
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -69,3 +69,33 @@ def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_module("artopt", run_name="__main__")
     assert exc.value.code == 0 and "artopt 0.1.0" in capsys.readouterr().out
+
+
+def test_train_evaluate_bench_map_to_the_checkout_scripts():
+    from artopt.cli import script_for
+
+    assert script_for("train", "mnist")[0].name == "meta_train.py" and script_for("train", "mnist")[1] == ["mnist"]
+    assert script_for("train", "neural-art")[0].name == "neural_art.py"
+    assert script_for("evaluate", "neural-art")[0].name == "eval_neural_art.py"
+    assert script_for("evaluate", "cifar5")[1] == ["cifar5"]
+    assert script_for("bench", "speed")[1] == ["speed"]
+    assert script_for("bench", "web")[0].name == "web_timing.py"
+    for kind, target in (("train", "quadratic"), ("evaluate", "neural-art"), ("bench", "web")):
+        assert script_for(kind, target)[0].is_file()
+
+
+def test_train_runs_a_short_meta_training(tmp_path, capsys):
+    rc = main(["train", "quadratic", "--episodes", "2", "--val-every", "2", "--val-problems", "1",
+               "--runs", str(tmp_path), "--ship", ""])
+    assert rc == 0
+    assert (tmp_path / "quadratic" / "quadratic.safetensors").is_file()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2
+    assert main(["train", "quadratic", "--episodes", "x"]) == 2  # the script's own flag check
+
+
+def test_train_without_a_checkout_says_where_the_scripts_live(tmp_path, monkeypatch, capsys):
+    import artopt.cli as cli
+
+    monkeypatch.setattr(cli, "_source_root", lambda: tmp_path)
+    assert main(["train", "mnist"]) == 2
+    assert "source checkout" in capsys.readouterr().err
