@@ -50,7 +50,8 @@ def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
     return build
 
 
-def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None) -> OptimizerFactory:
+def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None,
+                 state_dtype: torch.dtype = torch.float32) -> OptimizerFactory:
     """The learned optimizer from a weights file (or ready networks), loaded once.
 
     Parameters are routed to the network named by their group; a weights file with a single
@@ -75,7 +76,8 @@ def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None
         by_net: dict[str, list[torch.Tensor]] = {}
         for p, g in zip(params, groups):
             by_net.setdefault(route(g), []).append(p)
-        return LearnedOptimizer([{"params": ps, "net": n} for n, ps in by_net.items()], nets=loaded, lr=lr)
+        return LearnedOptimizer([{"params": ps, "net": n} for n, ps in by_net.items()], nets=loaded, lr=lr,
+                                state_dtype=state_dtype)
 
     return build
 

@@ -66,7 +66,10 @@ def crop_setting(args) -> dict:
         lrs[name] = cache[key]["lr"]
     factories = {}
     for name in args.optimizers:
-        if name.startswith("lstm"):
+        if name.startswith("lstm") and name.endswith("-bf16"):  # same weights, bfloat16 LSTM state
+            factories[name] = lstm_factory(weights=args.weights[name.removesuffix("-bf16")],
+                                           state_dtype=torch.bfloat16)
+        elif name.startswith("lstm"):
             factories[name] = lstm_factory(weights=args.weights[name])
         elif name == "lbfgs":
             factories[name] = baseline_factory("lbfgs", 1.0)
@@ -254,6 +257,25 @@ def summary() -> None:
     (OUT / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "timing"}))
+    return rows
+
+
+def record_in_card(rows: list[dict], card_path: Path) -> None:
+    """Put the evaluation table into a shipped optimizer's JSON card, and whether it wins anywhere."""
+    from artopt.learned_optimizers.weights import write_json_atomic
+
+    card = json.loads(card_path.read_text())
+    table = {r["setting"]: {"style": r["style"], "best_baseline": r["best_baseline"],
+                            "best_baseline_final": r["best_baseline_final"], "lstm_final": r["lstm_final"],
+                            "lstm_over_best_baseline": r["lstm_over_best_baseline"],
+                            "steps_to_reach_best_baseline_final": (r["steps_to_reach"] or {}).get("lstm")}
+             for r in rows}
+    card["evaluation"] = {"table": table, "source": "train/results/neural_art/*.json",
+                          "command": "python train/eval_neural_art.py summary --card " + str(card_path)}
+    wins = [k for k, v in table.items() if v["lstm_over_best_baseline"] is not None and v["lstm_over_best_baseline"] < 1]
+    card["beats_best_baseline_at"] = wins
+    write_json_atomic(card_path, card)
+    print(f"recorded the table in {card_path}; lstm beats the best baseline at: {wins or 'no setting'}")
 
 
 def grid(args) -> None:
@@ -293,7 +315,8 @@ def grid(args) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("setting", choices=("64", "128", "256", "512", "summary", "grid"))
-    ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs")
+    ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
+                    help="lstm[-NAME] are learned (add -bf16 for bfloat16 LSTM state), the rest baselines")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")
@@ -307,10 +330,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pyramid", choices=("on", "off"), default="off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--card", type=Path, default=None, help="summary: also record the table in this weights card")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
-        summary()
+        rows = summary()
+        if args.card:
+            record_in_card(rows, args.card)
         return 0
     args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     weights = {"lstm": ROOT / "weights" / "neural_art.safetensors"}
