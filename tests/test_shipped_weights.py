@@ -1,0 +1,41 @@
+"""The optimizers shipped in weights/: each loads without pickle, has a complete card, and works."""
+
+import json
+
+import pytest
+import torch
+
+from artopt.evaluation import lstm_factory, run_optimizer
+from artopt.learned_optimizers import LSTMOptimizerNet, load_learned
+from artopt.learned_optimizers.shipped import WEIGHTS_DIR
+from artopt.tasks import get_task
+
+SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def test_the_paper_suites_and_neural_art_are_shipped():
+    assert {"quadratic", "mnist", "neural_art"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_weights_load_and_card_is_complete(name):
+    nets = load_learned(WEIGHTS_DIR / f"{name}.safetensors")
+    assert nets and all(isinstance(n, LSTMOptimizerNet) for n in nets.values())
+    card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    for key in ("task", "architecture", "command", "nets", "meta_training"):
+        assert key in card, f"{name}.json lacks {key!r}"
+    mt = card["meta_training"]
+    assert mt["total_wall_time_s"] > 0 and mt["episodes_done"] > 0 and mt["best_episode"] >= 0
+    assert set(card["nets"]) == set(nets)
+    for net_name, cfg in card["nets"].items():
+        assert nets[net_name].config.to_dict() == cfg
+
+
+def test_shipped_quadratic_optimizer_beats_its_starting_point_on_fresh_functions():
+    task = get_task("quadratic")
+    factory = lstm_factory(WEIGHTS_DIR / "quadratic.safetensors")
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(3):
+        run = run_optimizer(task.sample(gen, "test"), factory, steps=100)
+        assert torch.isfinite(run.curve).all()
+        assert run.curve[-1] < 0.2 * run.curve[0]
