@@ -51,7 +51,7 @@ def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
 
 
 def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None,
-                 state_dtype: torch.dtype = torch.float32) -> OptimizerFactory:
+                 state_dtype: torch.dtype = torch.float32, input_scale: float = 1.0) -> OptimizerFactory:
     """The learned optimizer from a weights file (or ready networks), loaded once.
 
     Parameters are routed to the network named by their group; a weights file with a single
@@ -77,7 +77,7 @@ def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None
         for p, g in zip(params, groups):
             by_net.setdefault(route(g), []).append(p)
         return LearnedOptimizer([{"params": ps, "net": n} for n, ps in by_net.items()], nets=loaded, lr=lr,
-                                state_dtype=state_dtype)
+                                state_dtype=state_dtype, input_scale=input_scale)
 
     return build
 

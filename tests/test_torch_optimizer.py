@@ -110,6 +110,20 @@ def test_lr_multiplier_scales_update():
     torch.testing.assert_close(b.detach(), 2 * a.detach())
 
 
+def test_input_scale_rescales_what_the_lstm_sees_not_the_update():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    a, b = nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(5))
+    g = torch.randn(5) * 1e-3
+    oa = LearnedOptimizer([a], nets={"default": net}, input_scale=16.0)
+    ob = LearnedOptimizer([b], nets={"default": net})
+    a.grad, b.grad = g.clone(), 16.0 * g
+    oa.step(), ob.step()
+    torch.testing.assert_close(a.detach(), b.detach())
+    with pytest.raises(ValueError, match="input_scale"):
+        LearnedOptimizer([a], nets={"default": net}, input_scale=0.0)
+
+
 def test_non_finite_gradient_never_reaches_parameters():
     net = LSTMOptimizerNet()
     p = nn.Parameter(torch.ones(4))

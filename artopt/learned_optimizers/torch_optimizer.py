@@ -11,6 +11,7 @@ groups may name the network that serves them (``{"params": ..., "net": "conv"}``
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterable
 
@@ -35,6 +36,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             coordinate for the 2×20 LSTM: 320 B in float32, 160 B in bfloat16).
         fallback_lr: step size of the fallback used where the LSTM proposes a non-finite update:
             Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)``.
+        input_scale: multiplies the gradients the LSTM sees (not the update).  For a loss whose
+            gradients shrink in a known way on bigger problems (a per-pixel mean loss on a bigger
+            image), it maps them back to the scale the LSTM was trained on.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float | None = None,
         state_dtype: torch.dtype = torch.float32,
         fallback_lr: float = 1e-3,
+        input_scale: float = 1.0,
     ):
         if (weights is None) == (nets is None):
             raise ValueError("LearnedOptimizer needs exactly one of weights= or nets=")
@@ -62,6 +67,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p.requires_grad_(False)
         self.state_dtype = state_dtype
         self.fallback_lr = fallback_lr
+        if not (input_scale > 0 and math.isfinite(input_scale)):
+            raise ValueError(f"input_scale must be positive and finite, got {input_scale}")
+        self.input_scale = float(input_scale)
         self.last_notice: str | None = None
         self.fallback_count = 0  # coordinates that needed the fallback, over the optimizer's life
 
@@ -99,6 +107,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
 
+        if self.input_scale != 1.0:
+            flat = flat * self.input_scale
         if net.config.grad_normalization == "first_rms":
             st0 = self.state[params[0]]
             if st0.get("grad_scale") is None:

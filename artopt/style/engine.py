@@ -212,6 +212,20 @@ def _with_chroma(gray: torch.Tensor, chroma_source: torch.Tensor) -> torch.Tenso
     return ycbcr_to_rgb(ycc)
 
 
+def lstm_input_scale(image: torch.Tensor) -> float:
+    """Pixel count of ``image`` over that of the shipped optimizer's training crops.
+
+    The loss is a mean over feature positions, so its per-pixel gradients shrink in proportion to
+    the pixel count; multiplying them back shows the LSTM gradients of the size it was trained on.
+    """
+    from artopt.learned_optimizers.shipped import NEURAL_ART, card
+
+    trained = (card(NEURAL_ART) or {}).get("trained_pixels")
+    if not trained:
+        return 1.0
+    return image.shape[-2] * image.shape[-1] / float(trained)
+
+
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.optim.Optimizer:
     if name == "lstm":
         from artopt.learned_optimizers.shipped import NEURAL_ART, neural_art_available, weights_path
@@ -225,7 +239,7 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.o
         # state only feeds the next step's gates, where bfloat16's 3 significant digits suffice.
         # A non-finite LSTM update falls back to Adam's first step at Adam's image learning rate.
         return LearnedOptimizer([image], weights=weights_path(NEURAL_ART), lr=lr, state_dtype=torch.bfloat16,
-                                fallback_lr=STYLIZE_LR["adam"])
+                                fallback_lr=STYLIZE_LR["adam"], input_scale=lstm_input_scale(image))
     from artopt.optimizers import make_optimizer
 
     return make_optimizer(name, [image], STYLIZE_LR[name] if lr is None else lr)
