@@ -66,11 +66,12 @@ def crop_setting(args) -> dict:
         lrs[name] = cache[key]["lr"]
     factories = {}
     for name in args.optimizers:
-        if name.startswith("lstm") and name.endswith("-bf16"):  # same weights, bfloat16 LSTM state
-            factories[name] = lstm_factory(weights=args.weights[name.removesuffix("-bf16")],
-                                           state_dtype=torch.bfloat16)
-        elif name.startswith("lstm"):
-            factories[name] = lstm_factory(weights=args.weights[name])
+        if name.startswith("lstm"):
+            # Same weights, bfloat16 LSTM state for "-bf16"; gradients rescaled to the training
+            # crop size as the engine does (see artopt.style.engine.lstm_input_scale).
+            path = args.weights[name.removesuffix("-bf16")]
+            factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size),
+                                           state_dtype=torch.bfloat16 if name.endswith("-bf16") else torch.float32)
         elif name == "lbfgs":
             factories[name] = baseline_factory("lbfgs", 1.0)
             lrs[name] = 1.0
@@ -83,6 +84,12 @@ def crop_setting(args) -> dict:
     report.update(_reach_steps(report), setting=args.setting, style=style, size=size, seconds=time.time() - t0,
                   weights={k: str(v) for k, v in args.weights.items()})
     return report
+
+
+def _input_scale(weights: Path, size: int) -> float:
+    card_path = Path(weights).with_suffix(".json")
+    trained = json.loads(card_path.read_text()).get("trained_pixels") if card_path.is_file() else None
+    return size * size / trained if trained else 1.0
 
 
 def engine_setting(args) -> dict:
@@ -244,7 +251,7 @@ def plot(report: dict, path: Path, title: str) -> None:
 def summary() -> None:
     rows = []
     for path in sorted(OUT.glob("*.json")):
-        if path.name == "lrs.json" or path.name == "summary.json":
+        if path.name in ("lrs.json", "summary.json") or path.name.startswith("ablation-"):
             continue
         r = json.loads(path.read_text())
         rows.append({"setting": r["setting"], "style": r["style"], "best_baseline": r["best_baseline"],
@@ -290,12 +297,14 @@ def grid(args) -> None:
     tiles = []
     for photo in photos:
         content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
-        row = [tensor_to_pil(torch.nn.functional.interpolate(content, size=(args.size, args.size * content.shape[-1] // content.shape[-2]), mode="bilinear", antialias=True))]
+        row = []
         for s in styles:
             st = _load_rgb(str(task.root / "styles" / s), 1024).unsqueeze(0)
             for opt in ("lstm", "adam"):
                 cfg = StylizeConfig(size=args.size, steps=args.steps, optimizer=opt, device="cpu")
                 row.append(tensor_to_pil(stylize(content, [st], cfg)))
+        # The content photo at the stylized images' size, first in the row.
+        row.insert(0, tensor_to_pil(content).resize(row[0].size, Image.Resampling.LANCZOS))
         tiles.append(row)
     w = max(sum(t.size[0] for t in row) for row in tiles)
     h = sum(max(t.size[1] for t in row) for row in tiles)
