@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -17,8 +14,6 @@ from artopt.style.loss_nets import (
     resolve_loss_net_name,
 )
 
-DATA = Path(os.environ.get("ARTOPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-IMAGENET = DATA / "imagenet-sample"
 
 
 @pytest.fixture()
@@ -62,14 +57,13 @@ def test_efficientnet_is_frozen_eval_and_returns_its_layers():
     assert build_loss_net("efficientnet-lite0") is net  # cached
 
 
-@pytest.mark.skipif(not IMAGENET.is_dir(), reason="shared ImageNet sample not available")
-def test_efficientnet_weights_classify_imagenet_photos():
+def test_efficientnet_weights_classify_imagenet_photos(shared_data):
     """The by-position weight mapping and the [-1, 1] input scaling are right: top-1 on real photos."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
     index_of = {info.index_to_label_name(i): i for i in range(1000)}
-    files = sorted(IMAGENET.glob("*.JPEG"))[::45][:20]
+    files = sorted((shared_data / "imagenet-sample").glob("*.JPEG"))[::45][:20]
     from PIL import Image
 
     batch, labels = [], []

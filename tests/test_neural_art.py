@@ -12,17 +12,7 @@ from artopt.learned_optimizers.shipped import NEURAL_ART, card, weights_path
 from artopt.outer_trainers import run_episode
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, split_photos
 
-pytestmark = pytest.mark.usefixtures("data_available")
-
-
-@pytest.fixture(scope="module")
-def data_available():
-    from artopt.tasks.neural_art import data_root
-
-    try:
-        data_root()
-    except FileNotFoundError as e:
-        pytest.skip(f"shared data missing: {e}")
+pytestmark = pytest.mark.usefixtures("shared_data")
 
 
 @pytest.fixture(scope="module")

@@ -176,11 +176,8 @@ def test_mnist_test_split_uses_test_images(mnist_dir):
     assert train.metric(params)["accuracy"] == 1.0 and test.metric(params)["accuracy"] == 0.0
 
 
-def test_mnist_real_data_smoke():
-    try:
-        x, y = load_mnist("test")
-    except DataNotFoundError:
-        pytest.skip("shared MNIST data not present")
+def test_mnist_real_data_smoke(shared_data):
+    x, y = load_mnist("test")
     assert x.shape == (10_000, 28, 28) and x.dtype == torch.uint8 and set(y.unique().tolist()) == set(range(10))
     p = get_task("mnist").sample(gen(), "test")
     assert abs(float(p.loss(p.params, 0)) - np.log(10)) < 0.05  # tiny init: near-uniform predictions
@@ -224,11 +221,8 @@ def test_cifar_label_subsets(cifar_dir):
     assert 0.0 <= m["accuracy"] <= 1.0
 
 
-def test_cifar_real_data_smoke():
-    try:
-        load_cifar10("test")
-    except DataNotFoundError:
-        pytest.skip("shared CIFAR-10 data not present")
+def test_cifar_real_data_smoke(shared_data):
+    load_cifar10("test")
     p = get_task("cifar2", batch_size=16).sample(gen(), "test")
     assert abs(float(p.loss(p.params, 0)) - np.log(2)) < 0.05
 

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from conftest import skip_or_fail
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
@@ -40,7 +42,7 @@ def _skip_loudly(why: str) -> None:
     )
     print("\n" + "!" * 78 + f"\n{message}\n" + "!" * 78, file=sys.stderr)
     warnings.warn(message)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 @pytest.fixture(scope="module")
