@@ -122,20 +122,23 @@ class _StopFlags:
         self._waiting: dict[str, list[tuple[float, threading.Event]]] = {}
         self._running: dict[str, set[threading.Event]] = {}
 
+    def _waiting_now(self, session: str) -> list[tuple[float, threading.Event]]:
+        """The session's reservations, oldest first, without stale ones (call with the lock held)."""
+        now = time.monotonic()
+        waiting = [w for w in self._waiting.pop(session, []) if now - w[0] < self.STALE_S]
+        if waiting:
+            self._waiting[session] = waiting
+        return waiting
+
     def reserve(self, session: str) -> None:
         with self._lock:
-            now = time.monotonic()
-            waiting = [w for w in self._waiting.get(session, []) if now - w[0] < self.STALE_S]
-            waiting.append((now, threading.Event()))
-            self._waiting[session] = waiting
+            self._waiting_now(session)
+            self._waiting.setdefault(session, []).append((time.monotonic(), threading.Event()))
 
     def start(self, session: str) -> threading.Event:
         """The flag of the session's oldest waiting request (queue order), or a new one."""
         with self._lock:
-            waiting = self._waiting.get(session, [])
-            now = time.monotonic()
-            while waiting and now - waiting[0][0] >= self.STALE_S:
-                waiting.pop(0)
+            waiting = self._waiting_now(session)
             flag = waiting.pop(0)[1] if waiting else threading.Event()
             if not waiting:
                 self._waiting.pop(session, None)
@@ -413,7 +416,6 @@ class _Stylist:
 
 def _session(request: gr.Request | None) -> str:
     return request.session_hash if request is not None and request.session_hash else "anonymous"
-
 
 
 def _device_description(device: str) -> str:

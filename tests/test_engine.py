@@ -153,10 +153,10 @@ def test_resolve_device():
 def test_lstm_sees_gradients_rescaled_to_its_training_resolution(monkeypatch):
     import artopt.learned_optimizers.shipped as shipped
 
-    monkeypatch.setattr(shipped, "card", lambda name: {"trained_pixels": 64 * 64})
+    monkeypatch.setattr(shipped, "trained_pixels", lambda weights: 64 * 64)
     assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256)) == 8.0
     assert engine.lstm_input_scale(torch.zeros(1, 3, 64, 64)) == 1.0
-    monkeypatch.setattr(shipped, "card", lambda name: {})  # an older card: no rescaling
+    monkeypatch.setattr(shipped, "trained_pixels", lambda weights: None)  # an older card: no rescaling
     assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256)) == 1.0
     opt = engine._make_optimizer("lstm", torch.zeros(1, 3, 32, 32, requires_grad=True), None)
     assert opt.input_scale == 1.0

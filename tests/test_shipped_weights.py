@@ -39,3 +39,10 @@ def test_shipped_quadratic_optimizer_beats_its_starting_point_on_fresh_functions
         run = run_optimizer(task.sample(gen, "test"), factory, steps=100)
         assert torch.isfinite(run.curve).all()
         assert run.curve[-1] < 0.2 * run.curve[0]
+
+
+def test_neural_art_card_records_its_training_crop_size():
+    from artopt.learned_optimizers.shipped import trained_pixels
+
+    assert trained_pixels(WEIGHTS_DIR / "neural_art.safetensors") == 64 * 64
+    assert trained_pixels(WEIGHTS_DIR / "quadratic.safetensors") is None

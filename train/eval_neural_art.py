@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.learned_optimizers.shipped import trained_pixels  # noqa: E402
 from artopt.optimizers.tuning import search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
@@ -87,8 +88,8 @@ def crop_setting(args) -> dict:
 
 
 def _input_scale(weights: Path, size: int) -> float:
-    card_path = Path(weights).with_suffix(".json")
-    trained = json.loads(card_path.read_text()).get("trained_pixels") if card_path.is_file() else None
+    """As the engine's lstm_input_scale, for square crops of ``size``."""
+    trained = trained_pixels(weights)
     return size * size / trained if trained else 1.0
 
 

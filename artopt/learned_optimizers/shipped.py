@@ -25,6 +25,14 @@ def card(name: str) -> dict | None:
     return json.loads(path.read_text())
 
 
+def trained_pixels(weights: str | os.PathLike) -> int | None:
+    """Pixels of the training crops recorded in the card beside a neural-art weights file, if any."""
+    card_path = Path(weights).with_suffix(".json")
+    if not card_path.is_file():
+        return None
+    return json.loads(card_path.read_text()).get("trained_pixels")
+
+
 def neural_art_available() -> bool:
     return weights_path(NEURAL_ART).is_file()
 

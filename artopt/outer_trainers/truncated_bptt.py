@@ -90,8 +90,8 @@ def run_episode(
         surrogate = 0.0
         with torch.set_grad_enabled(training):
             for _ in range(n):
-                params, states = learned_update(nets, params, grads, problem.groups, states,
-                                                meta_fraction if training else 1.0, generator)
+                params, states = learned_update(nets, params, grads, problem.groups, states, meta_fraction,
+                                                generator)
                 if problem.project is not None:
                     params = problem.project(params)
                 t += 1

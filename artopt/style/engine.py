@@ -218,9 +218,9 @@ def lstm_input_scale(image: torch.Tensor) -> float:
     The loss is a mean over feature positions, so its per-pixel gradients shrink in proportion to
     the pixel count; multiplying them back shows the LSTM gradients of the size it was trained on.
     """
-    from artopt.learned_optimizers.shipped import NEURAL_ART, card
+    from artopt.learned_optimizers import shipped
 
-    trained = (card(NEURAL_ART) or {}).get("trained_pixels")
+    trained = shipped.trained_pixels(shipped.weights_path(shipped.NEURAL_ART))
     if not trained:
         return 1.0
     return image.shape[-2] * image.shape[-1] / float(trained)

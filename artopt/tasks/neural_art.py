@@ -8,7 +8,6 @@ into train / val / test by file (a fixed, recorded split), so evaluation photos 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,18 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from .base import Problem
+from .data import data_root
 
 TRAIN_STYLE = "starry_night.jpg"  # the paper's single training style
 HELD_OUT_STYLES = ("woman_with_a_hat.jpg", "shipwreck_of_the_minotaur.jpg")  # never seen in training
-
-
-def data_root() -> Path:
-    """``$ARTOPT_DATA`` or ``../shared/data`` next to the repository."""
-    root = Path(os.environ.get("ARTOPT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root} (set ARTOPT_DATA to the folder holding "
-                                "imagenet-sample/ and styles/)")
-    return root
 
 
 def split_photos(folder: Path, val: int = 100, test: int = 100) -> dict[str, list[str]]:

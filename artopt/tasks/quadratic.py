@@ -38,14 +38,10 @@ class QuadraticTask:
 
     def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
         g = torch.Generator().manual_seed(split_seed(generator, split))
-        if self.batch == 1:
-            W = torch.randn(self.dim, self.dim, generator=g)
-            y = torch.randn(self.dim, generator=g)
-            theta0 = self.init_std * torch.randn(self.dim, generator=g)
-            return quadratic_problem(W, y, theta0)
-        W = torch.randn(self.batch, self.dim, self.dim, generator=g)
-        y = torch.randn(self.batch, self.dim, generator=g)
-        theta0 = self.init_std * torch.randn(self.batch, self.dim, generator=g)
+        lead = (self.batch,) if self.batch > 1 else ()  # batch 1: plain d×d / d shapes
+        W = torch.randn(*lead, self.dim, self.dim, generator=g)
+        y = torch.randn(*lead, self.dim, generator=g)
+        theta0 = self.init_std * torch.randn(*lead, self.dim, generator=g)
         return quadratic_problem(W, y, theta0)
 
 
