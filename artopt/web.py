@@ -607,7 +607,7 @@ def launch(
         server_name=host,
         server_port=port,
         share=share,
-        max_file_size=f"{max_upload_mb}mb",
+        max_file_size=int(max_upload_mb * gr.FileSize.MB),  # bytes: "20.0mb" is not a unit Gradio parses
         prevent_thread_lock=not block,
         show_error=True,
         quiet=quiet,

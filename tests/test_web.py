@@ -41,7 +41,7 @@ def server(tmp_path_factory):
         preview_every=1,
         output_dir=out,
     )
-    web.launch(app, port=free_port(), max_upload_mb=1, block=False, quiet=True)
+    web.launch(app, port=free_port(), max_upload_mb=1.0, block=False, quiet=True)  # float, as the CLI passes it
     yield app
     app.close()
 
