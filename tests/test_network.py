@@ -45,17 +45,29 @@ def test_learned_update_batches_groups_and_is_differentiable():
     assert all(p.grad is not None for p in nets.parameters())
 
 
-def test_fast_inference_path_matches_nn_lstm():
+def _nn_lstm_reference(net, g, state):
+    x = net.features(g).unsqueeze(0)
+    out, (h, c) = net.lstm(x, state)
+    return net.head(out[0]).squeeze(-1) * net.config.output_scale, (h, c)
+
+
+def test_differentiable_and_fast_paths_match_nn_lstm():
     torch.manual_seed(0)
     net = LSTMOptimizerNet()
     g = torch.randn(40_000) * torch.logspace(-8, 2, 40_000)
     state = (torch.randn(2, 40_000, 20) * 0.5, torch.randn(2, 40_000, 20))
-    u_ref, (h_ref, c_ref) = net(g, state)  # grad enabled, weights require grad: nn.LSTM path
+    u_ref, (h_ref, c_ref) = _nn_lstm_reference(net, g, state)
+    ref_grads = torch.autograd.grad((u_ref * torch.linspace(-1, 1, 40_000)).sum(), list(net.parameters()))
+    u_d, (h_d, c_d) = net(g, state)  # grad enabled, weights require grad: differentiable path
+    d_grads = torch.autograd.grad((u_d * torch.linspace(-1, 1, 40_000)).sum(), list(net.parameters()))
     with torch.no_grad():
         u, (h, c) = net(g, state)  # chunked fused path
-    torch.testing.assert_close(u, u_ref.detach(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(h, h_ref.detach(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(c, c_ref.detach(), rtol=1e-4, atol=1e-5)
+    for got_u, got_h, got_c in ((u_d, h_d, c_d), (u, h, c)):
+        torch.testing.assert_close(got_u.detach(), u_ref.detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got_h.detach(), h_ref.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_c.detach(), c_ref.detach(), rtol=1e-4, atol=1e-5)
+    for got, want in zip(d_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
 def test_inference_keeps_reduced_precision_state_dtype():

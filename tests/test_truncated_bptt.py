@@ -1,6 +1,7 @@
 import itertools
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -134,3 +135,16 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert res.episodes_done == 6
     train_events = [json.loads(l) for l in (tmp_path / "r.log.jsonl").read_text().splitlines()]
     assert [e["episode"] for e in train_events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cosine_meta_lr_schedule_decays_over_the_budget():
+    from artopt.outer_trainers.truncated_bptt import MetaTrainConfig, meta_lr_at
+
+    const = MetaTrainConfig(meta_lr=1e-2)
+    assert meta_lr_at(const, 500, 1e6) == 1e-2
+    by_time = MetaTrainConfig(meta_lr=1e-2, meta_lr_schedule="cosine", max_minutes=10)
+    assert meta_lr_at(by_time, 0, 0.0) == pytest.approx(1e-2)
+    assert meta_lr_at(by_time, 0, 300.0) == pytest.approx(5e-3)
+    assert meta_lr_at(by_time, 0, 900.0) == pytest.approx(0.0)
+    by_episode = MetaTrainConfig(meta_lr=1e-2, meta_lr_schedule="cosine", episodes=100)
+    assert meta_lr_at(by_episode, 50, 1e6) == pytest.approx(5e-3)

@@ -90,13 +90,29 @@ class LSTMOptimizerNet(nn.Module):
         of coordinates in cache instead of streaming 80 gate values per coordinate through memory).
         """
         if torch.is_grad_enabled() and self.lstm.weight_ih_l0.requires_grad:
-            x = self.features(grad.detach()).unsqueeze(0)  # (seq=1, N, features)
-            h, c = state
-            out, (h, c) = self.lstm(x, (h.to(x.dtype), c.to(x.dtype)))
-            update = self.head(out[0]).squeeze(-1) * self.config.output_scale
-            return update, (h, c)
+            return self._differentiable(grad, state)
         with torch.no_grad():
             return self._inference(grad, state)
+
+    def _differentiable(self, grad: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
+        this module's weights, but forward+backward runs about 2x faster on CPU for the small,
+        single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
+        x = self.features(grad.detach())
+        h_in, c_in = state
+        hs, cs = [], []
+        for layer in range(self.config.num_layers):
+            w_ih = getattr(self.lstm, f"weight_ih_l{layer}")
+            w_hh = getattr(self.lstm, f"weight_hh_l{layer}")
+            b = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
+            gates = torch.addmm(b, x, w_ih.t()) + h_in[layer].to(x.dtype) @ w_hh.t()
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c_in[layer].to(x.dtype) + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(x)
+            cs.append(c)
+        update = self.head(x).squeeze(-1) * self.config.output_scale
+        return update, (torch.stack(hs), torch.stack(cs))
 
     def _packed_weights(self):
         """Per layer (W_ih^T, W_hh^T, b) with the cell-candidate rows doubled: tanh(x) = 2σ(2x) - 1

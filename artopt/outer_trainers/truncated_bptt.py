@@ -48,6 +48,9 @@ class MetaTrainConfig:
     # How the best checkpoint is chosen: "trajectory" (mean loss over the run, the meta-objective)
     # or "final" (the loss after the last step, what a user of a fixed step budget sees).
     val_criterion: str = "trajectory"
+    # "constant", or "cosine": the meta learning rate decays to 0 over the run's budget (wall time
+    # when max_minutes is set, else episodes), so the last checkpoints are not just Adam's noise.
+    meta_lr_schedule: str = "constant"
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
@@ -112,6 +115,17 @@ def run_episode(
         if not all(math.isfinite(x) for x in losses[-n:]):
             break  # a diverged episode teaches nothing more
     return losses
+
+
+def meta_lr_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> float:
+    """The meta learning rate for the next episode under ``config.meta_lr_schedule``."""
+    if config.meta_lr_schedule == "constant":
+        return config.meta_lr
+    if config.max_minutes is not None:
+        progress = elapsed_s / (config.max_minutes * 60)
+    else:
+        progress = episode / max(1, config.episodes)
+    return config.meta_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def trajectory_score(losses: list[float]) -> float:
@@ -180,6 +194,8 @@ def meta_train(
         if log:
             log(event)
 
+    if config.meta_lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"meta_lr_schedule must be 'constant' or 'cosine', got {config.meta_lr_schedule!r}")
     if config.val_criterion not in ("trajectory", "final"):
         raise ValueError(f"val_criterion must be 'trajectory' or 'final', got {config.val_criterion!r}")
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
@@ -207,6 +223,8 @@ def meta_train(
             if config.max_minutes is not None and elapsed > config.max_minutes * 60:
                 emit({"event": "time_budget", "episode": episode, "elapsed": elapsed})
                 break
+            for group in meta_opt.param_groups:
+                group["lr"] = meta_lr_at(config, episode, elapsed)
             problem = task.sample(train_gen, "train")
             scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
             nets.train()
