@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
 from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
 from artopt.tasks import TASKS, get_task  # noqa: E402
@@ -68,12 +69,16 @@ def parse_args(argv=None):
                     help="task constructor override, e.g. labels=[5,6,7,8,9] or root='\"/data/mnist\"'")
     ap.add_argument("--no-metrics", action="store_true", help="skip final test-set metrics (faster)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--card", type=Path, default=None,
+                    help="record this evaluation in a weights card (e.g. weights/mnist.json); needs --json")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.instances < 1:
         ap.error("--instances must be at least 1")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
+    if args.card and not args.json:
+        ap.error("--card needs --json (the card points at the result file)")
     args.optimizer_list = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
     if not args.optimizer_list:
         ap.error("--optimizers is empty")
@@ -233,7 +238,28 @@ def main(argv=None) -> int:
     if args.plot:
         plot_curves(report, args.plot)
         say(f"wrote {args.plot}")
+    if args.card:
+        record_in_card(args.card, report, args.json)
+        say(f"recorded in {args.card}")
     return 0
+
+
+def record_in_card(card_path: Path, report: dict, json_path: Path) -> None:
+    """Add (or replace, keyed by the result file) a summary of ``report`` in the card's evaluation list."""
+    card = json.loads(card_path.read_text())
+    finals = {n: round(e["mean_final_loss"], 4) if not isinstance(e["mean_final_loss"], str) else e["mean_final_loss"]
+              for n, e in report["optimizers"].items()}
+    entry = {"file": str(json_path), "instances": report["instances"], "steps": report["steps"],
+             "mean_final_loss": finals, "best_baseline": report["best_baseline"],
+             "lstm_over_best_baseline": report["lstm_over_best_baseline"], "command": report["command"]}
+    first_order = {n: v for n, v in finals.items() if n in ("sgd", "rmsprop", "adam", "nag") and not isinstance(v, str)}
+    if "lstm" in finals and first_order and not isinstance(finals["lstm"], str):
+        best = min(first_order, key=first_order.get)
+        entry["best_first_order_baseline"] = best
+        entry["lstm_over_best_first_order"] = round(finals["lstm"] / first_order[best], 3)
+    evaluations = [e for e in card.get("evaluation", []) if e.get("file") != str(json_path)]
+    card["evaluation"] = evaluations + [entry]
+    write_json_atomic(card_path, card)
 
 
 if __name__ == "__main__":
