@@ -169,10 +169,11 @@ def _timed_steps(size: int, optimizer_name: str, steps: int) -> dict:
 
 
 def bench_speed(args) -> None:
-    results = {"per_step_adam": [], "load_average_start": os.getloadavg()}
+    results = {"per_step_adam": [], "per_step_lstm": [], "load_average_start": os.getloadavg()}
     for size in (256, 512, 1024):
-        results["per_step_adam"].append(_timed_steps(size, "adam", args.timed_steps))
-        print(results["per_step_adam"][-1], flush=True)
+        for name in ("adam", "lstm"):
+            results[f"per_step_{name}"].append(_timed_steps(size, name, args.timed_steps))
+            print(name, results[f"per_step_{name}"][-1], flush=True)
     write_json("speed", results)  # the per-step part survives if the full run below is cut short
     photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
     config = StylizeConfig(size=512)

@@ -148,3 +148,29 @@ def test_cosine_meta_lr_schedule_decays_over_the_budget():
     assert meta_lr_at(by_time, 0, 900.0) == pytest.approx(0.0)
     by_episode = MetaTrainConfig(meta_lr=1e-2, meta_lr_schedule="cosine", episodes=100)
     assert meta_lr_at(by_episode, 50, 1e6) == pytest.approx(5e-3)
+
+
+def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
+    """With φ frozen (lr 0) both weightings follow one trajectory; with unroll 1, unroll t's
+    meta-gradient under "linear" is w_t = 2t / (T + 1) times the uniform one."""
+
+    class Recorder(torch.optim.SGD):
+        def __init__(self, params):
+            super().__init__(params, lr=0.0)
+            self.seen = []
+
+        def step(self, closure=None):
+            self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
+
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    steps, recorded = 3, {}
+    for weights in ("uniform", "linear"):
+        problem = TinyQuadratic().sample(torch.Generator().manual_seed(4))
+        rec = Recorder(nets.parameters())
+        run_episode(nets, problem, steps, unroll=1, meta_opt=rec, grad_clip=1e12, trajectory_weights=weights)
+        recorded[weights] = rec.seen
+    assert len(recorded["uniform"]) == len(recorded["linear"]) == steps
+    for t, (uni, lin) in enumerate(zip(recorded["uniform"], recorded["linear"]), start=1):
+        for gu, gl in zip(uni, lin):
+            torch.testing.assert_close(gl, gu * (2 * t / (steps + 1)))

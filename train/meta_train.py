@@ -50,6 +50,8 @@ def main(argv=None) -> int:
                     help="keep the checkpoint with the best mean trajectory loss or final loss on validation")
     ap.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant",
                     help="cosine: decay the meta learning rate to 0 over --minutes (or --episodes)")
+    ap.add_argument("--trajectory-weights", choices=("uniform", "linear"), default="uniform",
+                    help="w_t of the meta-objective: uniform (the paper) or linear in t (favours the final loss)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--ship", default=str(ROOT / "weights"), help="folder to copy the best weights to ('' = none)")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
         max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
         meta_fraction=args.meta_fraction, val_criterion=args.val_criterion,
-        meta_lr_schedule=args.meta_lr_schedule,
+        meta_lr_schedule=args.meta_lr_schedule, trajectory_weights=args.trajectory_weights,
     )
     card = {
         "name": name,

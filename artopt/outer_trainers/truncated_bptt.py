@@ -1,7 +1,7 @@
 """Meta-training by truncated backpropagation through unrolled optimization.
 
 Each episode draws a fresh problem, runs the learned optimizer on it for ``steps`` steps and, every
-``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1),
+``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as in the paper,
 then cuts the graph (truncation).
 
 Second derivatives are dropped as in the paper: ∇f(θ_t) enters the LSTM as a constant.  Then
@@ -51,6 +51,9 @@ class MetaTrainConfig:
     # "constant", or "cosine": the meta learning rate decays to 0 over the run's budget (wall time
     # when max_minutes is set, else episodes), so the last checkpoints are not just Adam's noise.
     meta_lr_schedule: str = "constant"
+    # w_t of the trajectory loss Σ_t w_t f(θ_t): "uniform" (w_t = 1, the paper) or "linear"
+    # (w_t = 2t / (T + 1), mean 1: later steps count more, trading early speed for final loss).
+    trajectory_weights: str = "uniform"
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
@@ -74,6 +77,7 @@ def run_episode(
     loss_scale: float = 1.0,
     meta_fraction: float = 1.0,
     generator: torch.Generator | None = None,
+    trajectory_weights: str = "uniform",
 ) -> list[float]:
     """Optimize ``problem`` with the learned optimizer; train φ on the way when ``meta_opt`` is given.
 
@@ -101,7 +105,8 @@ def run_episode(
                 loss, grads = _grads(problem, params, t, loss_scale)
                 losses.append(float(loss) / loss_scale)
                 if training:
-                    surrogate = surrogate + sum((g * p).sum() for g, p in zip(grads, params))
+                    w = 1.0 if trajectory_weights == "uniform" else 2.0 * t / (steps + 1)
+                    surrogate = surrogate + w * sum((g * p).sum() for g, p in zip(grads, params))
         if training and torch.is_tensor(surrogate) and surrogate.requires_grad:
             meta_opt.zero_grad(set_to_none=True)
             surrogate.backward()
@@ -196,6 +201,8 @@ def meta_train(
 
     if config.meta_lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"meta_lr_schedule must be 'constant' or 'cosine', got {config.meta_lr_schedule!r}")
+    if config.trajectory_weights not in ("uniform", "linear"):
+        raise ValueError(f"trajectory_weights must be 'uniform' or 'linear', got {config.trajectory_weights!r}")
     if config.val_criterion not in ("trajectory", "final"):
         raise ValueError(f"val_criterion must be 'trajectory' or 'final', got {config.val_criterion!r}")
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
@@ -229,7 +236,7 @@ def meta_train(
             scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
             nets.train()
             losses = run_episode(nets, problem, config.steps, config.unroll, meta_opt, config.grad_clip, scale,
-                                 config.meta_fraction, train_gen)
+                                 config.meta_fraction, train_gen, config.trajectory_weights)
             episode += 1
             event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
