@@ -1,8 +1,8 @@
 """Meta-training by truncated backpropagation through unrolled optimization.
 
 Each episode draws a fresh problem, runs the learned optimizer on it for ``steps`` steps and, every
-``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as in the paper,
-then cuts the graph (truncation).
+``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as
+in the paper unless ``trajectory_weights`` says otherwise), then cuts the graph (truncation).
 
 Second derivatives are dropped as in the paper: ∇f(θ_t) enters the LSTM as a constant.  Then
 d f(θ_t)/dφ = ∇f(θ_t)ᵀ dθ_t/dφ exactly, so we backpropagate the surrogate Σ_t ⟨∇f(θ_t), θ_t⟩
