@@ -69,8 +69,9 @@ def parse_args(argv=None):
                     help="task constructor override, e.g. labels=[5,6,7,8,9] or root='\"/data/mnist\"'")
     ap.add_argument("--no-metrics", action="store_true", help="skip final test-set metrics (faster)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--card", type=Path, default=None,
-                    help="record this evaluation in a weights card (e.g. weights/mnist.json); needs --json")
+    ap.add_argument("--card", action="append", default=[], metavar="[NAME=]PATH",
+                    help="record this evaluation in the weights card of learned optimizer NAME (default lstm), "
+                         "e.g. weights/mnist.json; needs --json; repeatable")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.instances < 1:
@@ -79,6 +80,10 @@ def parse_args(argv=None):
         ap.error("--steps must be at least 1")
     if args.card and not args.json:
         ap.error("--card needs --json (the card points at the result file)")
+    args.card_map = {}
+    for c in args.card:
+        name, sep, path = c.partition("=")
+        args.card_map[name.strip().lower() if sep else "lstm"] = Path(path if sep else c)
     args.optimizer_list = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
     if not args.optimizer_list:
         ap.error("--optimizers is empty")
@@ -238,25 +243,26 @@ def main(argv=None) -> int:
     if args.plot:
         plot_curves(report, args.plot)
         say(f"wrote {args.plot}")
-    if args.card:
-        record_in_card(args.card, report, args.json)
-        say(f"recorded in {args.card}")
+    for name, card in args.card_map.items():
+        record_in_card(card, report, args.json, name)
+        say(f"recorded in {card}")
     return 0
 
 
-def record_in_card(card_path: Path, report: dict, json_path: Path) -> None:
-    """Add (or replace, keyed by the result file) a summary of ``report`` in the card's evaluation list."""
+def record_in_card(card_path: Path, report: dict, json_path: Path, learned: str = "lstm") -> None:
+    """Add (or replace, keyed by the result file) a summary of ``report`` in the card's evaluation
+    list; ``learned`` names the card's optimizer in the report."""
     card = json.loads(card_path.read_text())
     finals = {n: round(e["mean_final_loss"], 4) if not isinstance(e["mean_final_loss"], str) else e["mean_final_loss"]
               for n, e in report["optimizers"].items()}
     entry = {"file": str(json_path), "instances": report["instances"], "steps": report["steps"],
-             "mean_final_loss": finals, "best_baseline": report["best_baseline"],
-             "lstm_over_best_baseline": report["lstm_over_best_baseline"], "command": report["command"]}
+             "this_optimizer": learned, "mean_final_loss": finals, "best_baseline": report["best_baseline"],
+             "over_best_baseline": report["learned_over_best_baseline"].get(learned), "command": report["command"]}
     first_order = {n: v for n, v in finals.items() if n in ("sgd", "rmsprop", "adam", "nag") and not isinstance(v, str)}
-    if "lstm" in finals and first_order and not isinstance(finals["lstm"], str):
+    if learned in finals and first_order and not isinstance(finals[learned], str):
         best = min(first_order, key=first_order.get)
         entry["best_first_order_baseline"] = best
-        entry["lstm_over_best_first_order"] = round(finals["lstm"] / first_order[best], 3)
+        entry["over_best_first_order"] = round(finals[learned] / first_order[best], 3)
     evaluations = [e for e in card.get("evaluation", []) if e.get("file") != str(json_path)]
     card["evaluation"] = evaluations + [entry]
     write_json_atomic(card_path, card)
