@@ -174,3 +174,12 @@ def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
     for t, (uni, lin) in enumerate(zip(recorded["uniform"], recorded["linear"]), start=1):
         for gu, gl in zip(uni, lin):
             torch.testing.assert_close(gl, gu * (2 * t / (steps + 1)))
+
+
+def test_unknown_meta_training_options_are_refused():
+    for bad in ({"val_criterion": "best"}, {"meta_lr_schedule": "step"}, {"trajectory_weights": "linaer"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MetaTrainConfig(**bad)
+    problem = TinyQuadratic().sample(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="trajectory_weights"):
+        run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, 2, trajectory_weights="linaer")

@@ -258,7 +258,7 @@ def record_in_card(card_path: Path, report: dict, json_path: Path, learned: str 
     entry = {"file": str(json_path), "instances": report["instances"], "steps": report["steps"],
              "this_optimizer": learned, "mean_final_loss": finals, "best_baseline": report["best_baseline"],
              "over_best_baseline": report["learned_over_best_baseline"].get(learned), "command": report["command"]}
-    first_order = {n: v for n, v in finals.items() if n in ("sgd", "rmsprop", "adam", "nag") and not isinstance(v, str)}
+    first_order = {n: v for n, v in finals.items() if n in BASELINES and n != "lbfgs" and not isinstance(v, str)}
     if learned in finals and first_order and not isinstance(finals[learned], str):
         best = min(first_order, key=first_order.get)
         entry["best_first_order_baseline"] = best

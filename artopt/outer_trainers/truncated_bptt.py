@@ -28,6 +28,9 @@ from ..learned_optimizers.weights import save_learned, write_json_atomic
 from ..tasks.base import Problem, Task
 
 
+TRAJECTORY_WEIGHTS = ("uniform", "linear")
+
+
 @dataclass
 class MetaTrainConfig:
     steps: int = 100  # optimization horizon of one episode
@@ -57,6 +60,13 @@ class MetaTrainConfig:
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name, allowed in (("val_criterion", ("trajectory", "final")),
+                              ("meta_lr_schedule", ("constant", "cosine")),
+                              ("trajectory_weights", TRAJECTORY_WEIGHTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
 
 def _grads(problem: Problem, params: list[torch.Tensor], t: int, scale: float = 1.0):
     """Loss and gradient at ``params`` with the optimizee graph discarded right away."""
@@ -84,6 +94,8 @@ def run_episode(
     Returns the loss f(θ_t) for t = 0..steps (the loss before each step, then the final one),
     unscaled.
     """
+    if trajectory_weights not in TRAJECTORY_WEIGHTS:
+        raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {trajectory_weights!r}")
     training = meta_opt is not None
     unroll = unroll or steps
     params = [p.detach().clone() for p in problem.params]
@@ -199,12 +211,6 @@ def meta_train(
         if log:
             log(event)
 
-    if config.meta_lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"meta_lr_schedule must be 'constant' or 'cosine', got {config.meta_lr_schedule!r}")
-    if config.trajectory_weights not in ("uniform", "linear"):
-        raise ValueError(f"trajectory_weights must be 'uniform' or 'linear', got {config.trajectory_weights!r}")
-    if config.val_criterion not in ("trajectory", "final"):
-        raise ValueError(f"val_criterion must be 'trajectory' or 'final', got {config.val_criterion!r}")
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
 
     def validate() -> float:
