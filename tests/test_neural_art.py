@@ -104,3 +104,28 @@ def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path,
                   callback=lambda info: notices.append(info.notice))
     assert torch.isfinite(out).all()
     assert any(n and "non-finite" in n for n in notices)
+
+
+def test_training_script_passes_its_meta_training_options_through(tmp_path):
+    """train/neural_art.py: a one-episode run on 16 px crops records the options it was given."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "train" / "neural_art.py"
+    spec = importlib.util.spec_from_file_location("neural_art_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()  # the script sets its own; keep the session's
+    try:
+        rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
+                          "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
+                          "--meta-lr-schedule", "cosine", "--val-criterion", "final",
+                          "--runs", str(tmp_path), "--ship", ""])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    meta = json.loads((tmp_path / "tiny" / "tiny.json").read_text())["meta_training"]
+    assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"]) == \
+        ("linear", "cosine", "final")
+    with pytest.raises(SystemExit):
+        script.main(["--trajectory-weights", "quadratic"])
