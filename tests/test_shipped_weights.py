@@ -14,7 +14,7 @@ SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
 def test_the_paper_suites_and_neural_art_are_shipped():
-    assert {"quadratic", "mnist", "cifar10", "cifar_sub", "neural_art"} <= set(SHIPPED)
+    assert {"quadratic", "mnist", "cifar10", "cifar2", "cifar_sub", "neural_art"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
