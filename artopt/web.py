@@ -44,7 +44,7 @@ DEFAULT_MAX_UPLOAD_MB = 25
 # On out-of-memory the run is retried at this fraction of the long side, down to min_size.
 OOM_SHRINK = 0.75
 
-OPTIMIZER_LABELS = {"lstm": "learned (LSTM)", "adam": "Adam", "lbfgs": "L-BFGS"}
+OPTIMIZER_LABELS = {"auto": "auto", "lstm": "learned (LSTM)", "adam": "Adam", "lbfgs": "L-BFGS"}
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ class _Stylist:
 
     def _stream(self, content_img, styles, config, stop_flag, progress, notices) -> Iterator[tuple]:
         """Run the engine in a worker thread; yield (preview, slider, file, status) as it goes."""
-        from artopt.style.engine import stylize
+        from artopt.style.engine import resolve_optimizer, stylize
         from artopt.style.images import save_image, tensor_to_pil
 
         every = self.preview_every or max(1, config.steps // 20)
@@ -374,7 +374,7 @@ class _Stylist:
         verb = f"Stopped at {last_step}" if stopped_by_user else "Done"
         status = self._status(
             f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} "
-            f"with {OPTIMIZER_LABELS[config.optimizer]}.",
+            f"with {OPTIMIZER_LABELS[resolve_optimizer(config.optimizer, config.size, config.pyramid)]}.",
             notices,
         )
         yield (result, (before, result), str(out_path), status)
@@ -451,8 +451,8 @@ def build_app(
     ``limits`` defaults to :class:`WebLimits` with the device's default maximum size.
     ``preview_every`` is the number of steps between live previews (None: about 20 per run).
     """
-    from artopt.learned_optimizers.shipped import neural_art_available, neural_art_is_default
-    from artopt.style.engine import StylizeConfig, resolve_device
+    from artopt.learned_optimizers.shipped import neural_art_available, neural_art_default_scope
+    from artopt.style.engine import StylizeConfig, min_coarse_to_fine_size, resolve_device
     from artopt.style.loss_nets import build_loss_net
 
     device = str(resolve_device(device))
@@ -468,7 +468,17 @@ def build_app(
     optimizers = ["adam", "lbfgs"]
     if neural_art_available():
         optimizers.insert(0, "lstm")
-    default_optimizer = "lstm" if neural_art_is_default() else "adam"
+    labels = dict(OPTIMIZER_LABELS)
+    scope = neural_art_default_scope()
+    if scope == "always":
+        default_optimizer = "lstm"
+    elif scope == "coarse-to-fine":
+        # The learned optimizer beat the tuned baselines only on outputs made coarse-to-fine.
+        optimizers.insert(0, "auto")
+        labels["auto"] = f"auto: learned (LSTM) from {min_coarse_to_fine_size()} px, Adam below"
+        default_optimizer = "auto"
+    else:
+        default_optimizer = "adam"
     size = default_size or default_size_for(device)
     size = min(max(size, limits.min_size), limits.max_size)
     steps = min(default_steps or base.steps, limits.max_steps)
@@ -537,7 +547,7 @@ def build_app(
                     0.1, 10, value=1.0, step=0.1, label="Style strength (× the default style weight)"
                 )
                 optimizer = gr.Dropdown(
-                    [(OPTIMIZER_LABELS[o], o) for o in optimizers],
+                    [(labels[o], o) for o in optimizers],
                     value=default_optimizer,
                     label="Optimizer",
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,10 +99,28 @@ def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):
     from artopt.learned_optimizers import shipped
 
     monkeypatch.setattr(shipped, "neural_art_available", lambda: False)
-    monkeypatch.setattr(shipped, "neural_art_is_default", lambda: False)
     with pytest.raises(ValueError, match="no trained neural-art optimizer is shipped"):
         _run(_config(optimizer="lstm"))
-    assert engine.resolve_optimizer("auto") == "adam"
+    assert engine.resolve_optimizer("auto", 1024) == "adam"
+
+
+@pytest.mark.parametrize("scope, expected", [
+    (True, ["lstm", "lstm", "lstm"]),
+    ("always", ["lstm", "lstm", "lstm"]),
+    ("coarse-to-fine", ["adam", "lstm", "adam"]),  # 256 px is one scale; 512 off is one scale
+    (False, ["adam", "adam", "adam"]),
+    ("somewhere", ["adam", "adam", "adam"]),  # an unknown scope never switches the optimizer
+])
+def test_auto_follows_the_scope_in_the_neural_art_card(monkeypatch, tmp_path, scope, expected):
+    from artopt.learned_optimizers import shipped
+
+    (tmp_path / "neural_art.safetensors").write_bytes(shipped.weights_path(shipped.NEURAL_ART).read_bytes())
+    (tmp_path / "neural_art.json").write_text(json.dumps({"default_for_stylize": scope}))
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    got = [engine.resolve_optimizer("auto", 256), engine.resolve_optimizer("auto", 512),
+           engine.resolve_optimizer("auto", 512, pyramid=False)]
+    assert got == expected
+    assert engine.resolve_optimizer("nag", 512) == "nag"
 
 
 def test_divergence_stops_with_last_finite_image(monkeypatch):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
@@ -70,11 +71,12 @@ def test_differentiable_and_fast_paths_match_nn_lstm():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
-def test_inference_keeps_reduced_precision_state_dtype():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_inference_keeps_reduced_precision_state_dtype(dtype):
     net = LSTMOptimizerNet()
     with torch.no_grad():
-        u, (h, c) = net(torch.randn(10), net.init_state(10, dtype=torch.bfloat16))
-    assert h.dtype == c.dtype == torch.bfloat16 and u.dtype == torch.float32
+        u, (h, c) = net(torch.randn(10), net.init_state(10, dtype=dtype))
+    assert h.dtype == c.dtype == dtype and u.dtype == torch.float32
 
 
 def test_grad_normalization_config_is_checked():

@@ -243,3 +243,21 @@ def test_serve_refuses_bad_settings():
         web.serve(max_size=10_000, block=False)
     with pytest.raises(ValueError, match="max_upload_mb"):
         web.serve(max_upload_mb=0, block=False)
+
+
+@pytest.mark.parametrize("scope, default", [("coarse-to-fine", "auto"), ("always", "lstm"), (None, "adam")])
+def test_optimizer_menu_follows_the_neural_art_card(monkeypatch, scope, default):
+    """auto is offered, and chosen, only where the card says the learned optimizer won."""
+    import gradio as gr
+
+    from artopt.learned_optimizers import shipped
+
+    monkeypatch.setattr(shipped, "neural_art_default_scope", lambda: scope)
+    app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS)
+    menus = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)
+             and {"adam", "lbfgs"} <= {value for _, value in b.choices}]
+    assert len(menus) == 1
+    values = [value for _, value in menus[0].choices]
+    assert menus[0].value == default and ("auto" in values) == (scope == "coarse-to-fine")
+    if scope == "coarse-to-fine":
+        assert "from 384 px" in dict((v, k) for k, v in menus[0].choices)["auto"]

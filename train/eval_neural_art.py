@@ -36,6 +36,7 @@ from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask,
 
 OUT = ROOT / "train" / "results" / "neural_art"
 BASELINES = ("adam", "rmsprop", "sgd", "nag")
+STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16}  # reduced-precision LSTM state
 
 
 def _lr_cache() -> dict:
@@ -68,11 +69,14 @@ def crop_setting(args) -> dict:
     factories = {}
     for name in args.optimizers:
         if name.startswith("lstm"):
-            # Same weights, bfloat16 LSTM state for "-bf16"; gradients rescaled to the training
-            # crop size as the engine does (see artopt.style.engine.lstm_input_scale).
-            path = args.weights[name.removesuffix("-bf16")]
-            factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size),
-                                           state_dtype=torch.bfloat16 if name.endswith("-bf16") else torch.float32)
+            # Same weights, bfloat16 / float16 LSTM state for "-bf16" / "-fp16"; gradients rescaled
+            # to the training crop size as the engine does (see artopt.style.engine.lstm_input_scale).
+            base, dtype = name, torch.float32
+            for suffix, reduced in STATE_DTYPES.items():
+                if name.endswith(suffix):
+                    base, dtype = name.removesuffix(suffix), reduced
+            path = args.weights[base]
+            factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size), state_dtype=dtype)
         elif name == "lbfgs":
             factories[name] = baseline_factory("lbfgs", 1.0)
             lrs[name] = 1.0
@@ -326,7 +330,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("setting", choices=("64", "128", "256", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
-                    help="lstm[-NAME] are learned (add -bf16 for bfloat16 LSTM state), the rest baselines")
+                    help="lstm[-NAME] are learned (add -bf16 / -fp16 for bfloat16 / float16 LSTM state), the rest baselines")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")

@@ -37,10 +37,25 @@ def neural_art_available() -> bool:
     return weights_path(NEURAL_ART).is_file()
 
 
-def neural_art_is_default() -> bool:
-    """True when the shipped neural-art optimizer beat the tuned baselines and its card says so.
+DEFAULT_SCOPES = ("always", "coarse-to-fine")
 
-    The stylizer's ``optimizer="auto"`` resolves to the learned optimizer only then.
+
+def neural_art_default_scope() -> str | None:
+    """Where the stylizer's ``optimizer="auto"`` uses the shipped neural-art optimizer.
+
+    Its card's ``default_for_stylize`` says where it beat the tuned baselines: ``"always"`` (or
+    true), ``"coarse-to-fine"`` (outputs made at two or more pyramid scales), or false / absent
+    (nowhere: ``auto`` means Adam).
     """
     c = card(NEURAL_ART)
-    return bool(neural_art_available() and c and c.get("default_for_stylize"))
+    if not (neural_art_available() and c):
+        return None
+    scope = c.get("default_for_stylize")
+    if scope is True:
+        return "always"
+    return scope if scope in DEFAULT_SCOPES else None
+
+
+def neural_art_is_default() -> bool:
+    """True when ``optimizer="auto"`` uses the learned optimizer at every size."""
+    return neural_art_default_scope() == "always"

@@ -32,8 +32,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         weights: path of a safetensors file written by ``save_learned``.
         nets: networks to use instead of ``weights`` (e.g. during meta-training).
         lr: multiplier on the learned update (None or 1.0 = as trained).
-        state_dtype: storage dtype of the LSTM state; bfloat16 halves its memory (80 numbers per
-            coordinate for the 2×20 LSTM: 320 B in float32, 160 B in bfloat16).
+        state_dtype: storage dtype of the LSTM state; float16 or bfloat16 halves its memory (80 numbers
+            per coordinate for the 2×20 LSTM: 320 B in float32, 160 B in 16 bits).
         fallback_lr: step size of the fallback used where the LSTM proposes a non-finite update:
             Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)``.
         input_scale: multiplies the gradients the LSTM sees (not the update).  For a loss whose
