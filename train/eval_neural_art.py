@@ -3,7 +3,7 @@
     python train/eval_neural_art.py 64        # 64 px test crops, training style, 128 steps
     python train/eval_neural_art.py 128       # 128 px test crops, held-out style
     python train/eval_neural_art.py 256       # whole test photos at 256 px through the engine
-    python train/eval_neural_art.py 512 --pyramid on|off
+    python train/eval_neural_art.py 384|512 --pyramid on|off   # 384: the smallest coarse-to-fine size
     python train/eval_neural_art.py summary   # table + Figure-8-style PNG from the JSONs above
     python train/eval_neural_art.py grid      # Figure-9-style grid of stylized test photos
 
@@ -328,7 +328,7 @@ def grid(args) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("setting", choices=("64", "128", "256", "512", "summary", "grid"))
+    ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -bf16 / -fp16 for bfloat16 / float16 LSTM state), the rest baselines")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
