@@ -241,8 +241,8 @@ def _stylize(args: argparse.Namespace) -> int:
     if log_path is not None:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=resolve_optimizer(config.optimizer, config.size, config.pyramid),
-                        resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content, style_paths=args.styles,
-                        output_path=str(output))
+                        resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
+                        style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "steps": records}
         log_path.write_text(json.dumps(log, indent=1))

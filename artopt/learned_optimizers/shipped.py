@@ -54,8 +54,3 @@ def neural_art_default_scope() -> str | None:
     if scope is True:
         return "always"
     return scope if scope in DEFAULT_SCOPES else None
-
-
-def neural_art_is_default() -> bool:
-    """True when ``optimizer="auto"`` uses the learned optimizer at every size."""
-    return neural_art_default_scope() == "always"
