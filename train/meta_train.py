@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import MetaTrainConfig, meta_train, ship_best  # noqa: E402
+from artopt.outer_trainers import OBJECTIVE_OPTIONS, MetaTrainConfig, meta_train, ship_best  # noqa: E402
 from artopt.tasks import get_task  # noqa: E402
 
 
@@ -46,12 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
     ap.add_argument("--meta-fraction", type=float, default=1.0,
                     help="backpropagate through this random fraction of the coordinates (unbiased, cheaper)")
-    ap.add_argument("--val-criterion", choices=("trajectory", "final"), default="trajectory",
-                    help="keep the checkpoint with the best mean trajectory loss or final loss on validation")
-    ap.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant",
-                    help="cosine: decay the meta learning rate to 0 over --minutes (or --episodes)")
-    ap.add_argument("--trajectory-weights", choices=("uniform", "linear"), default="uniform",
-                    help="w_t of the meta-objective: uniform (the paper) or linear in t (favours the final loss)")
+    for name, (choices, help_text) in OBJECTIVE_OPTIONS.items():
+        ap.add_argument("--" + name.replace("_", "-"), choices=choices, default=choices[0], help=help_text)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--ship", default=str(ROOT / "weights"), help="folder to copy the best weights to ('' = none)")
@@ -74,8 +70,7 @@ def main(argv=None) -> int:
         steps=args.steps or task.steps, unroll=args.unroll or task.unroll, episodes=args.episodes,
         meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
         max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
-        meta_fraction=args.meta_fraction, val_criterion=args.val_criterion,
-        meta_lr_schedule=args.meta_lr_schedule, trajectory_weights=args.trajectory_weights,
+        meta_fraction=args.meta_fraction, **{name: getattr(args, name) for name in OBJECTIVE_OPTIONS},
     )
     card = {
         "name": name,

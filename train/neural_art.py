@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import MetaTrainConfig, meta_train, ship_best  # noqa: E402
-from artopt.outer_trainers.truncated_bptt import TRAJECTORY_WEIGHTS  # noqa: E402
+from artopt.outer_trainers import OBJECTIVE_OPTIONS, MetaTrainConfig, meta_train, ship_best  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
@@ -49,11 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grad-normalization", choices=("none", "first_rms"), default="none")
     ap.add_argument("--output-scale", type=float, default=0.1)
     ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
-    ap.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant")
-    ap.add_argument("--trajectory-weights", choices=TRAJECTORY_WEIGHTS, default="uniform",
-                    help="w_t of the meta-loss: uniform (the paper) or linear (2t/(T+1): later steps count more)")
-    ap.add_argument("--val-criterion", choices=("trajectory", "final"), default="trajectory",
-                    help="keep the checkpoint with the best mean validation loss over the run, or at its end")
+    for name, (choices, help_text) in OBJECTIVE_OPTIONS.items():
+        ap.add_argument("--" + name.replace("_", "-"), choices=choices, default=choices[0], help=help_text)
     ap.add_argument("--init", choices=("content", "noise"), default="content")
     ap.add_argument("--init-from", default=None, metavar="PATH",
                     help="start from these networks (a weights file) instead of a fresh LSTM")
@@ -85,8 +81,7 @@ def main(argv=None) -> int:
     mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
                            val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
                            max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
-                           meta_lr_schedule=args.meta_lr_schedule, trajectory_weights=args.trajectory_weights,
-                           val_criterion=args.val_criterion)
+                           **{name: getattr(args, name) for name in OBJECTIVE_OPTIONS})
     card = {
         "name": args.name,
         "task": "neural-art",

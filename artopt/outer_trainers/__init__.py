@@ -1,5 +1,6 @@
 """Meta-training of learned optimizers."""
 
-from .truncated_bptt import MetaTrainConfig, MetaTrainResult, meta_train, run_episode, ship_best, trajectory_score
+from .truncated_bptt import (OBJECTIVE_OPTIONS, MetaTrainConfig, MetaTrainResult, meta_train, run_episode, ship_best,
+                             trajectory_score)
 
-__all__ = ["MetaTrainConfig", "MetaTrainResult", "meta_train", "run_episode", "ship_best", "trajectory_score"]
+__all__ = ["OBJECTIVE_OPTIONS", "MetaTrainConfig", "MetaTrainResult", "meta_train", "run_episode", "ship_best", "trajectory_score"]

@@ -30,6 +30,17 @@ from ..tasks.base import Problem, Task
 
 TRAJECTORY_WEIGHTS = ("uniform", "linear")
 
+# The string options of MetaTrainConfig: allowed values (the first is the default) and a one-line
+# explanation.  The training scripts turn each into a command-line flag.
+OBJECTIVE_OPTIONS = {
+    "val_criterion": (("trajectory", "final"),
+                      "keep the checkpoint with the best mean validation loss over the run, or at its end"),
+    "meta_lr_schedule": (("constant", "cosine"),
+                         "cosine: decay the meta learning rate to 0 over the wall-time (or episode) budget"),
+    "trajectory_weights": (TRAJECTORY_WEIGHTS,
+                           "w_t of the meta-loss: uniform (the paper) or linear, 2t/(T+1) (favours the final loss)"),
+}
+
 
 @dataclass
 class MetaTrainConfig:
@@ -61,9 +72,7 @@ class MetaTrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, allowed in (("val_criterion", ("trajectory", "final")),
-                              ("meta_lr_schedule", ("constant", "cosine")),
-                              ("trajectory_weights", TRAJECTORY_WEIGHTS)):
+        for name, (allowed, _) in OBJECTIVE_OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
