@@ -119,13 +119,13 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     try:
         rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
                           "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
-                          "--meta-lr-schedule", "cosine", "--val-criterion", "final",
+                          "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
                           "--runs", str(tmp_path), "--ship", ""])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     meta = json.loads((tmp_path / "tiny" / "tiny.json").read_text())["meta_training"]
-    assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"]) == \
-        ("linear", "cosine", "final")
+    assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"]) == \
+        ("linear", "cosine", "final", "grow")
     with pytest.raises(SystemExit):
         script.main(["--trajectory-weights", "quadratic"])

@@ -150,6 +150,22 @@ def test_cosine_meta_lr_schedule_decays_over_the_budget():
     assert meta_lr_at(by_episode, 50, 1e6) == pytest.approx(5e-3)
 
 
+def test_growing_unroll_reaches_the_whole_horizon_halfway_through_the_budget():
+    from artopt.outer_trainers.truncated_bptt import MetaTrainConfig, unroll_at
+
+    const = MetaTrainConfig(steps=100, unroll=20)
+    assert unroll_at(const, 900, 1e6) == 20
+    grow = MetaTrainConfig(steps=100, unroll=20, unroll_schedule="grow", episodes=100)
+    assert unroll_at(grow, 0, 0.0) == 20
+    assert unroll_at(grow, 25, 0.0) == round(20 * 5 ** 0.5)  # geometric: 45 a quarter of the way
+    assert unroll_at(grow, 50, 0.0) == 100
+    assert unroll_at(grow, 100, 0.0) == 100
+    by_time = MetaTrainConfig(steps=128, unroll=32, unroll_schedule="grow", max_minutes=10)
+    assert unroll_at(by_time, 0, 300.0) == 128
+    with pytest.raises(ValueError, match="unroll_schedule"):
+        MetaTrainConfig(unroll_schedule="shrink")
+
+
 def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
     """With φ frozen (lr 0) both weightings follow one trajectory; with unroll 1, unroll t's
     meta-gradient under "linear" is w_t = 2t / (T + 1) times the uniform one."""
