@@ -8,6 +8,7 @@ Writes JSON + PNG under bench/results/.  Examples (run from the repository root)
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py adam-vs-lbfgs
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py layers       # EfficientNet-Lite0 layer sets compared
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py lr-sweep     # per-optimizer learning rates
+    python bench/stylize.py gpu --steps 200 --sizes 512 1024 2048           # on a CUDA GPU: step split, LSTM vs Adam
 """
 
 from __future__ import annotations
@@ -136,13 +137,19 @@ def bench_quality(args) -> None:
         rows.append(row)
 
 
-def _timed_steps(size: int, optimizer_name: str, steps: int) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(size: int, optimizer_name: str, steps: int, device: str = "cpu") -> dict:
     """Per-step time split into loss-network forward+backward and the optimizer update."""
     photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
     defaults = StylizeConfig()
-    net = build_loss_net(defaults.loss_net)
-    content = resize_long_side(pil_to_tensor(photo), size)
-    loss_fn = StyleLoss(net, content, [pil_to_tensor(style)], content_weight=defaults.content_weight,
+    dev = torch.device(device)
+    net = build_loss_net(defaults.loss_net, device=dev)
+    content = resize_long_side(pil_to_tensor(photo), size).to(dev)
+    loss_fn = StyleLoss(net, content, [pil_to_tensor(style).to(dev)], content_weight=defaults.content_weight,
                         style_weight=defaults.style_weight, tv_weight=defaults.tv_weight)
     image = content.clone().requires_grad_(True)
     optimizer = engine_module._make_optimizer(optimizer_name, image, None)
@@ -150,13 +157,16 @@ def _timed_steps(size: int, optimizer_name: str, steps: int) -> dict:
     # (with one thread) is what the step would take on an idle core.
     forward_backward, update, fb_cpu, update_cpu = [], [], [], []
     for _ in range(steps + 1):  # the first step warms up allocators and is not counted
+        _sync(dev)
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(image)["total"].backward()
+        _sync(dev)
         t1, c1 = time.perf_counter(), time.process_time()
         optimizer.step()
         with torch.no_grad():
             image.clamp_(0, 1)
+        _sync(dev)
         t2, c2 = time.perf_counter(), time.process_time()
         forward_backward.append(t1 - t0)
         update.append(t2 - t1)
@@ -164,7 +174,7 @@ def _timed_steps(size: int, optimizer_name: str, steps: int) -> dict:
         update_cpu.append(c2 - c1)
     mean = lambda xs: round(sum(xs[1:]) / steps, 5)  # noqa: E731
     return {"size": list(content.shape[-2:]), "loss_net": net.name, "threads": torch.get_num_threads(),
-            "forward_backward_wall_s": mean(forward_backward), "update_wall_s": mean(update),
+            "device": str(dev), "forward_backward_wall_s": mean(forward_backward), "update_wall_s": mean(update),
             "forward_backward_cpu_s": mean(fb_cpu), "update_cpu_s": mean(update_cpu)}
 
 
@@ -188,6 +198,65 @@ def bench_speed(args) -> None:
     results["load_average_end"] = os.getloadavg()
     print(results["default_512"], flush=True)
     write_json("speed", results)
+
+
+def _run_curve(photo, style, size: int, optimizer: str, steps: int, device: str) -> dict:
+    """One engine run; the final scale's loss after each step and the wall time it was reached."""
+    config = StylizeConfig(size=size, steps=steps, optimizer=optimizer, device=device)
+    curve, times = [], []
+
+    def record(info):
+        if info.scale_index == info.n_scales - 1:
+            curve.append(info.losses["total"])
+            times.append(info.elapsed)
+
+    t = time.perf_counter()
+    stylize(photo, [style], config, callback=record)
+    return {"curve": curve, "times": times, "seconds": time.perf_counter() - t}
+
+
+def bench_gpu(args) -> None:
+    """On a CUDA GPU: the per-step split (loss network vs update) at 512-2048 px, the LSTM update
+    in one piece against CPU-sized chunks, and whole 200-step runs, LSTM against Adam (its lr tuned
+    at 512 px, train/results/neural_art/lrs.json), on the shipped photos with a held-out style:
+    final-loss ratio and the wall time each needs to reach Adam's final loss."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/stylize.py gpu needs a CUDA GPU")
+    from artopt.learned_optimizers import network
+
+    results: dict = {"per_step_adam": [], "per_step_lstm": [], "per_step_lstm_cpu_chunks": [], "runs": []}
+    for size in args.sizes:
+        for name in ("adam", "lstm"):
+            results[f"per_step_{name}"].append(_timed_steps(size, name, args.timed_steps, device="cuda"))
+            print(name, results[f"per_step_{name}"][-1], flush=True)
+        whole = network.LSTMOptimizerNet._inference
+        network.LSTMOptimizerNet._inference = lambda self, g, s, chunk=None: whole(self, g, s, chunk=network.CPU_CHUNK)
+        try:
+            results["per_step_lstm_cpu_chunks"].append(_timed_steps(size, "lstm", args.timed_steps, device="cuda"))
+        finally:
+            network.LSTMOptimizerNet._inference = whole
+        print("lstm, CPU chunks", results["per_step_lstm_cpu_chunks"][-1], flush=True)
+    write_json("gpu", results)
+    style = _load_assets(["woman_with_a_hat"], "styles")[0]
+    for size in (512, 1024):
+        for photo_name in args.photos or ["chelsea", "astronaut"]:
+            photo = _load_assets([photo_name], "photos")[0]
+            runs = {name: _run_curve(photo, style, size, name, args.steps, "cuda") for name in ("adam", "lstm")}
+            target = runs["adam"]["curve"][-1]
+            row = {"size": size, "photo": photo_name, "style": "woman_with_a_hat", "steps": args.steps}
+            for name, run in runs.items():
+                hit = next((k for k, v in enumerate(run["curve"]) if v <= target), None)
+                row[name] = {"final": run["curve"][-1], "seconds": round(run["seconds"], 3),
+                             "final_scale_steps": len(run["curve"]),
+                             "steps_to_adam_final": None if hit is None else hit + 1,
+                             "seconds_to_adam_final": None if hit is None else round(run["times"][hit], 3)}
+            row["lstm_over_adam_final"] = row["lstm"]["final"] / row["adam"]["final"]
+            reach = row["lstm"]["seconds_to_adam_final"]
+            row["adam_seconds_over_lstm_seconds_to_adam_final"] = (
+                None if reach is None else row["adam"]["seconds_to_adam_final"] / reach)
+            results["runs"].append(row)
+            print(json.dumps(row), flush=True)
+            write_json("gpu", results)
 
 
 def bench_memory(args) -> None:
@@ -273,7 +342,7 @@ def bench_lr_sweep(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs",
-                                         "lr-sweep"])
+                                         "lr-sweep", "gpu"])
     parser.add_argument("--size", type=int, default=None, help="image long side (default per benchmark)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--photos", nargs="+", help="quality: photo names (default: all shipped)")
@@ -287,7 +356,8 @@ def main(argv=None) -> None:
         args.size = {"quality": 512, "memory-one": 512}.get(args.what, 256)
     RESULTS.mkdir(parents=True, exist_ok=True)
     handlers = {"layers": bench_layers, "quality": bench_quality, "speed": bench_speed, "memory": bench_memory,
-                "memory-one": bench_memory_one, "adam-vs-lbfgs": bench_adam_vs_lbfgs, "lr-sweep": bench_lr_sweep}
+                "memory-one": bench_memory_one, "adam-vs-lbfgs": bench_adam_vs_lbfgs, "lr-sweep": bench_lr_sweep,
+                "gpu": bench_gpu}
     handlers[args.what](args)
 
 
