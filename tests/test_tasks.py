@@ -144,6 +144,18 @@ def test_mnist_shapes_groups_and_init(mnist_dir):
     assert 0.005 < float(p.params[0].std()) < 0.015  # N(0, 0.01²)
 
 
+def test_mnist_width_mixture_draws_each_listed_width(mnist_dir):
+    task = MNISTTask(hidden=(20, 20), widths=[10, 30], root=mnist_dir)
+    g = gen()
+    seen = {tuple(task.sample(g, "train").params[0].shape) for _ in range(20)}
+    assert seen == {(10, 784), (30, 784)}
+    p = task.sample(g, "train")
+    width = p.params[0].shape[0]
+    assert [tuple(t.shape) for t in p.params[2:4]] == [(width, width), (width,)]  # every layer that width
+    with pytest.raises(ValueError, match="widths"):
+        MNISTTask(widths=[], root=mnist_dir)
+
+
 def test_mnist_batches_are_a_function_of_t(mnist_dir):
     p = MNISTTask(root=mnist_dir, batch_size=16).sample(gen(), "train")
     params = p.fresh_params(requires_grad=False)

@@ -33,11 +33,18 @@ class MNISTTask:
     init_std: float = 0.01
     root: str | None = None  # dataset folder; None: <data>/mnist
     name: str = "mnist"
+    # Meta-training mixture: each problem's hidden layers get a width drawn from these (None: the
+    # ``hidden`` sizes).  Wider nets reach lower losses, a regime longer test runs get to.
+    widths: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
+        if self.widths is not None:
+            self.widths = tuple(int(w) for w in self.widths)
+            if not self.widths or any(w < 1 for w in self.widths):
+                raise ValueError(f"widths must be a non-empty list of positive sizes, got {self.widths}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.batch_size < 1:
@@ -47,7 +54,11 @@ class MNISTTask:
         seed = split_seed(generator, split)
         x, y = load_mnist("test" if split == "test" else "train", self.root)
         g = torch.Generator().manual_seed(seed)
-        sizes = (28 * 28, *self.hidden, 10)
+        hidden = self.hidden
+        if self.widths is not None:
+            width = self.widths[int(torch.randint(len(self.widths), (1,), generator=g))]
+            hidden = (width,) * len(self.hidden)
+        sizes = (28 * 28, *hidden, 10)
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             params.append(self.init_std * torch.randn(fan_out, fan_in, generator=g))
