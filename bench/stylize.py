@@ -153,6 +153,8 @@ def _timed_steps(size: int, optimizer_name: str, steps: int, device: str = "cpu"
                         style_weight=defaults.style_weight, tv_weight=defaults.tv_weight)
     image = content.clone().requires_grad_(True)
     optimizer = engine_module._make_optimizer(optimizer_name, image, None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     # Wall time and this process's CPU time: on a shared, oversubscribed machine the CPU time
     # (with one thread) is what the step would take on an idle core.
     forward_backward, update, fb_cpu, update_cpu = [], [], [], []
@@ -173,9 +175,12 @@ def _timed_steps(size: int, optimizer_name: str, steps: int, device: str = "cpu"
         fb_cpu.append(c1 - c0)
         update_cpu.append(c2 - c1)
     mean = lambda xs: round(sum(xs[1:]) / steps, 5)  # noqa: E731
-    return {"size": list(content.shape[-2:]), "loss_net": net.name, "threads": torch.get_num_threads(),
-            "device": str(dev), "forward_backward_wall_s": mean(forward_backward), "update_wall_s": mean(update),
-            "forward_backward_cpu_s": mean(fb_cpu), "update_cpu_s": mean(update_cpu)}
+    out = {"size": list(content.shape[-2:]), "loss_net": net.name, "threads": torch.get_num_threads(),
+           "device": str(dev), "forward_backward_wall_s": mean(forward_backward), "update_wall_s": mean(update),
+           "forward_backward_cpu_s": mean(fb_cpu), "update_cpu_s": mean(update_cpu)}
+    if dev.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+    return out
 
 
 def bench_speed(args) -> None:
@@ -229,12 +234,14 @@ def bench_gpu(args) -> None:
         for name in ("adam", "lstm"):
             results[f"per_step_{name}"].append(_timed_steps(size, name, args.timed_steps, device="cuda"))
             print(name, results[f"per_step_{name}"][-1], flush=True)
-        whole = network.LSTMOptimizerNet._inference
-        network.LSTMOptimizerNet._inference = lambda self, g, s, chunk=None: whole(self, g, s, chunk=network.CPU_CHUNK)
+        if size > 1024:  # seconds per step in CPU-sized chunks: measured where it is still quick
+            continue
+        gpu_chunks = network.LSTMOptimizerNet._inference
+        network.LSTMOptimizerNet._inference = lambda self, g, s, chunk=None: gpu_chunks(self, g, s, network.CPU_CHUNK)
         try:
             results["per_step_lstm_cpu_chunks"].append(_timed_steps(size, "lstm", args.timed_steps, device="cuda"))
         finally:
-            network.LSTMOptimizerNet._inference = whole
+            network.LSTMOptimizerNet._inference = gpu_chunks
         print("lstm, CPU chunks", results["per_step_lstm_cpu_chunks"][-1], flush=True)
     write_json("gpu", results)
     style = _load_assets(["woman_with_a_hat"], "styles")[0]

@@ -31,7 +31,9 @@ def test_inference_on_cuda_matches_the_cpu(dtype):
         u_cpu, (h_cpu, c_cpu) = net(g, state)
         net_gpu = copy.deepcopy(net).cuda()
         u_gpu, (h_gpu, c_gpu) = net_gpu(g.cuda(), tuple(s.cuda() for s in state))
+        u_chunked, _ = net_gpu._inference(g.cuda(), tuple(s.cuda() for s in state), chunk=7_000)
     assert u_gpu.is_cuda and h_gpu.dtype == c_gpu.dtype == dtype
+    torch.testing.assert_close(u_chunked, u_gpu)  # big images go through in chunks
     tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(u_gpu.cpu(), u_cpu, **tol)
     torch.testing.assert_close(h_gpu.cpu().float(), h_cpu.float(), **tol)
