@@ -8,7 +8,7 @@ Writes JSON + PNG under bench/results/.  Examples (run from the repository root)
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py adam-vs-lbfgs
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py layers       # EfficientNet-Lite0 layer sets compared
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py lr-sweep     # per-optimizer learning rates
-    python bench/stylize.py gpu --steps 200 --sizes 512 1024 2048           # on a CUDA GPU: step split, LSTM vs Adam
+    python bench/stylize.py gpu --steps 200 --sizes 512 1024 2048 4096      # on a CUDA GPU: step split, LSTM vs Adam
 """
 
 from __future__ import annotations
@@ -221,8 +221,8 @@ def _run_curve(photo, style, size: int, optimizer: str, steps: int, device: str)
 
 
 def bench_gpu(args) -> None:
-    """On a CUDA GPU: the per-step split (loss network vs update) at 512-2048 px, the LSTM update
-    in one piece against CPU-sized chunks, and whole 200-step runs, LSTM against Adam (its lr tuned
+    """On a CUDA GPU: the per-step split (loss network vs update) at each of --sizes, the LSTM update
+    in GPU-sized chunks against CPU-sized ones, and whole 200-step runs, LSTM against Adam (its lr tuned
     at 512 px, train/results/neural_art/lrs.json), on the shipped photos with a held-out style:
     final-loss ratio and the wall time each needs to reach Adam's final loss."""
     if not torch.cuda.is_available():
@@ -236,12 +236,11 @@ def bench_gpu(args) -> None:
             print(name, results[f"per_step_{name}"][-1], flush=True)
         if size > 1024:  # seconds per step in CPU-sized chunks: measured where it is still quick
             continue
-        gpu_chunks = network.LSTMOptimizerNet._inference
-        network.LSTMOptimizerNet._inference = lambda self, g, s, chunk=None: gpu_chunks(self, g, s, network.CPU_CHUNK)
+        gpu_chunk, network.GPU_CHUNK = network.GPU_CHUNK, network.CPU_CHUNK
         try:
             results["per_step_lstm_cpu_chunks"].append(_timed_steps(size, "lstm", args.timed_steps, device="cuda"))
         finally:
-            network.LSTMOptimizerNet._inference = gpu_chunks
+            network.GPU_CHUNK = gpu_chunk
         print("lstm, CPU chunks", results["per_step_lstm_cpu_chunks"][-1], flush=True)
     write_json("gpu", results)
     style = _load_assets(["woman_with_a_hat"], "styles")[0]
