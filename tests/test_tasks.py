@@ -156,6 +156,26 @@ def test_mnist_width_mixture_draws_each_listed_width(mnist_dir):
         MNISTTask(widths=[], root=mnist_dir)
 
 
+def test_mnist_pool_limits_each_problem_to_its_own_images(mnist_dir):
+    def batch_losses(task, seed):
+        p = task.sample(gen(seed), "train")
+        params = p.fresh_params(requires_grad=False)
+        params[0] = torch.randn(params[0].shape, generator=gen(1))  # make the loss depend on the images
+        return [float(p.loss(params, t)) for t in range(4)]
+
+    # A pool of one image: every minibatch is that image repeated, so every step sees the same loss.
+    one = batch_losses(MNISTTask(root=mnist_dir, batch_size=16, pool=1), 0)
+    assert one == pytest.approx([one[0]] * 4)
+    assert batch_losses(MNISTTask(root=mnist_dir, batch_size=16, pool=1), 5)[0] != pytest.approx(one[0])  # own image
+    whole = batch_losses(MNISTTask(root=mnist_dir, batch_size=16), 0)
+    assert len(set(whole)) == 4
+    # A pool as large as the split leaves the problems unchanged.
+    assert batch_losses(MNISTTask(root=mnist_dir, batch_size=16, pool=300), 0) == whole
+    assert get_task("mnist", pool=10_000).name == "mnist[pool=10000]"
+    with pytest.raises(ValueError, match="pool"):
+        MNISTTask(root=mnist_dir, pool=0)
+
+
 def test_mnist_batches_are_a_function_of_t(mnist_dir):
     p = MNISTTask(root=mnist_dir, batch_size=16).sample(gen(), "train")
     params = p.fresh_params(requires_grad=False)

@@ -36,6 +36,10 @@ class MNISTTask:
     # Meta-training mixture: each problem's hidden layers get a width drawn from these (None: the
     # ``hidden`` sizes).  Wider nets reach lower losses, a regime longer test runs get to.
     widths: Sequence[int] | None = None
+    # Each problem draws its minibatches from its own random subset of this many images of its
+    # split (None: the whole split).  The test split has 10 000 images; a 10 000-image pool gives
+    # training problems the same rate of repeated images over a 200-step run.
+    pool: int | None = None
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -45,6 +49,10 @@ class MNISTTask:
             self.widths = tuple(int(w) for w in self.widths)
             if not self.widths or any(w < 1 for w in self.widths):
                 raise ValueError(f"widths must be a non-empty list of positive sizes, got {self.widths}")
+        if self.pool is not None:
+            self.pool = int(self.pool)
+        if self.pool is not None and self.pool < 1:
+            raise ValueError(f"pool must be a positive number of images, got {self.pool}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.batch_size < 1:
@@ -64,6 +72,9 @@ class MNISTTask:
             params.append(self.init_std * torch.randn(fan_out, fan_in, generator=g))
             params.append(self.init_std * torch.randn(fan_out, generator=g))
         data_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        if self.pool is not None and self.pool < x.shape[0]:
+            keep = torch.randperm(x.shape[0], generator=g)[: self.pool]
+            x, y = x[keep], y[keep]
         act = ACTIVATIONS[self.activation]
         batch_size = self.batch_size
 
