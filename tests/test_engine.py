@@ -65,6 +65,11 @@ def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
     assert [i.n_scales for i in infos][0] >= 2
     assert infos[-1].scale_index == infos[-1].n_scales - 1 and infos[-1].size == (150, 100)
     assert sum(split_steps(6, 3)) == 6
+    monkeypatch.undo()
+    # Explicitly on: at least two scales (down to PYRAMID_MIN_COARSE); auto: one scale up to 320 px.
+    assert pyramid_sizes(256, True) == [128, 256] and pyramid_sizes(256, None) == [256]
+    assert pyramid_sizes(512, True) == [256, 512] == pyramid_sizes(512, None)
+    assert pyramid_sizes(255, True) == [255]  # the coarse scale would be under PYRAMID_MIN_COARSE
 
 
 def test_keep_colors_keeps_content_chroma():
@@ -105,11 +110,12 @@ def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("scope, expected", [
-    (True, ["lstm", "lstm", "lstm"]),
-    ("always", ["lstm", "lstm", "lstm"]),
-    ("coarse-to-fine", ["adam", "lstm", "adam"]),  # 256 px is one scale; 512 off is one scale
-    (False, ["adam", "adam", "adam"]),
-    ("somewhere", ["adam", "adam", "adam"]),  # an unknown scope never switches the optimizer
+    (True, ["lstm", "lstm", "lstm", "lstm"]),
+    ("always", ["lstm", "lstm", "lstm", "lstm"]),
+    # 256 px: one scale unless the pyramid is asked for (then 128 -> 256); 512 off is one scale
+    ("coarse-to-fine", ["adam", "lstm", "adam", "lstm"]),
+    (False, ["adam", "adam", "adam", "adam"]),
+    ("somewhere", ["adam", "adam", "adam", "adam"]),  # an unknown scope never switches the optimizer
 ])
 def test_auto_follows_the_scope_in_the_neural_art_card(monkeypatch, tmp_path, scope, expected):
     from artopt.learned_optimizers import shipped
@@ -118,7 +124,7 @@ def test_auto_follows_the_scope_in_the_neural_art_card(monkeypatch, tmp_path, sc
     (tmp_path / "neural_art.json").write_text(json.dumps({"default_for_stylize": scope}))
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
     got = [engine.resolve_optimizer("auto", 256), engine.resolve_optimizer("auto", 512),
-           engine.resolve_optimizer("auto", 512, pyramid=False)]
+           engine.resolve_optimizer("auto", 512, pyramid=False), engine.resolve_optimizer("auto", 256, pyramid=True)]
     assert got == expected
     assert engine.resolve_optimizer("nag", 512) == "nag"
 

@@ -109,7 +109,7 @@ def engine_setting(args) -> dict:
     lrs: dict[str, float | None] = {}
     for name in args.optimizers:
         if name in BASELINES:
-            key = f"engine-{args.tune_size or size}px/steps={args.steps}/{name}"
+            key = f"engine-{args.tune_size or size}px{'' if pyramid else '-pyramid-off'}/steps={args.steps}/{name}"
             if key not in cache or args.retune:
                 val_photo = sorted(task.split["val"])[: args.tune_photos]
                 scores = {}

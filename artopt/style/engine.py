@@ -39,6 +39,9 @@ STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0
 PYRAMID_AUTO_ABOVE = 320
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
+# An explicit ``pyramid=True`` always gets at least one coarser scale (half the size) while that
+# scale's long side is at least this; otherwise "on" would do nothing below 384 px.
+PYRAMID_MIN_COARSE = 128
 
 
 @dataclass
@@ -72,7 +75,8 @@ class StylizeConfig:
     vgg_pooling: str = field(default="max", metadata={
         "help": "vgg19 only: max or avg pooling (avg gives smoother results, Gatys et al.)", "choices": ("max", "avg")})
     pyramid: bool | None = field(default=None, metadata={
-        "help": f"coarse-to-fine from {PYRAMID_BASE} px (default: on above {PYRAMID_AUTO_ABOVE} px)"})
+        "help": f"coarse-to-fine from about {PYRAMID_BASE} px; when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
+                f"(default: on above {PYRAMID_AUTO_ABOVE} px)"})
 
     def validated(self) -> "StylizeConfig":
         """Check every field; return self.  Raises ValueError with a user-facing message."""
@@ -155,6 +159,8 @@ def pyramid_sizes(size: int, pyramid: bool | None) -> list[int]:
     sizes = [size]
     while use and sizes[0] // 2 >= PYRAMID_BASE * 0.75:
         sizes.insert(0, sizes[0] // 2)
+    if pyramid is True and len(sizes) == 1 and size // 2 >= PYRAMID_MIN_COARSE:
+        sizes.insert(0, size // 2)
     return sizes
 
 
