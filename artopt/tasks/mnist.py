@@ -51,8 +51,8 @@ class MNISTTask:
                 raise ValueError(f"widths must be a non-empty list of positive sizes, got {self.widths}")
         if self.pool is not None:
             self.pool = int(self.pool)
-        if self.pool is not None and self.pool < 1:
-            raise ValueError(f"pool must be a positive number of images, got {self.pool}")
+            if self.pool < 1:
+                raise ValueError(f"pool must be a positive number of images, got {self.pool}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.batch_size < 1:
