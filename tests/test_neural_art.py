@@ -120,12 +120,13 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
         rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
                           "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
+                          "--meta-loss", "log", "--meta-fraction", "0.5",
                           "--runs", str(tmp_path), "--ship", ""])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     meta = json.loads((tmp_path / "tiny" / "tiny.json").read_text())["meta_training"]
-    assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"]) == \
-        ("linear", "cosine", "final", "grow")
+    assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"],
+            meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)
     with pytest.raises(SystemExit):
         script.main(["--trajectory-weights", "quadratic"])

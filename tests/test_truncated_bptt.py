@@ -192,10 +192,41 @@ def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
             torch.testing.assert_close(gl, gu * (2 * t / (steps + 1)))
 
 
+def test_log_meta_loss_divides_each_steps_meta_gradient_by_its_loss():
+    """meta_loss="log": d log f(θ_t) = df(θ_t) / f(θ_t), so with φ frozen and unroll 1, unroll t's
+    meta-gradient is the "sum" one divided by f(θ_t)."""
+
+    class Recorder(torch.optim.SGD):
+        def __init__(self, params):
+            super().__init__(params, lr=0.0)
+            self.seen = []
+
+        def step(self, closure=None):
+            self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
+
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    steps, recorded, losses = 3, {}, {}
+    for meta_loss in ("sum", "log"):
+        problem = TinyQuadratic().sample(torch.Generator().manual_seed(4))
+        rec = Recorder(nets.parameters())
+        losses[meta_loss] = run_episode(nets, problem, steps, unroll=1, meta_opt=rec, grad_clip=1e12,
+                                        meta_loss=meta_loss)
+        recorded[meta_loss] = rec.seen
+    assert losses["sum"] == losses["log"]
+    for t in range(1, steps + 1):
+        assert losses["sum"][t] > 0
+        for gs, gl in zip(recorded["sum"][t - 1], recorded["log"][t - 1]):
+            torch.testing.assert_close(gl, gs / losses["sum"][t])
+
+
 def test_unknown_meta_training_options_are_refused():
-    for bad in ({"val_criterion": "best"}, {"meta_lr_schedule": "step"}, {"trajectory_weights": "linaer"}):
+    for bad in ({"val_criterion": "best"}, {"meta_lr_schedule": "step"}, {"trajectory_weights": "linaer"},
+                {"meta_loss": "exp"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             MetaTrainConfig(**bad)
     problem = TinyQuadratic().sample(torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="trajectory_weights"):
         run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, 2, trajectory_weights="linaer")
+    with pytest.raises(ValueError, match="meta_loss"):
+        run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, 2, meta_loss="exp")

@@ -30,6 +30,7 @@ from ..tasks.base import Problem, Task
 
 
 TRAJECTORY_WEIGHTS = ("uniform", "linear")
+META_LOSSES = ("sum", "log")
 
 # The string options of MetaTrainConfig: allowed values (the first is the default) and a one-line
 # explanation.  The training scripts turn each into a command-line flag.
@@ -40,6 +41,9 @@ OBJECTIVE_OPTIONS = {
                          "cosine: decay the meta learning rate to 0 over the wall-time (or episode) budget"),
     "trajectory_weights": (TRAJECTORY_WEIGHTS,
                            "w_t of the meta-loss: uniform (the paper) or linear, 2t/(T+1) (favours the final loss)"),
+    "meta_loss": (META_LOSSES,
+                  "sum: Σ w_t f(θ_t) (the paper); log: Σ w_t log f(θ_t), each step counted by its relative "
+                  "progress, so late steps with small losses are not drowned out by the first ones"),
     "unroll_schedule": (("constant", "grow"),
                         "grow: the truncation grows geometrically from --unroll to the whole horizon over the "
                         "first half of the budget (short unrolls learn fast, long ones are less greedy)"),
@@ -76,6 +80,11 @@ class MetaTrainConfig:
     # ``steps`` over the first half of the budget.  Short unrolls give many meta-updates early; long
     # ones remove truncation's short-horizon bias (φ tuned to look good 20 steps ahead, not at the end).
     unroll_schedule: str = "constant"
+    # "sum" (the paper): Σ_t w_t f(θ_t).  "log": Σ_t w_t log f(θ_t) (f > 0), whose gradient is
+    # Σ_t w_t ∇f(θ_t) / f(θ_t): scale-free, and a step that halves a small late loss counts as much as
+    # one that halves the large first one (under "sum" the first unroll's gradients dominate Adam's
+    # second moments and the later unrolls barely move φ).
+    meta_loss: str = "sum"
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
@@ -105,6 +114,7 @@ def run_episode(
     meta_fraction: float = 1.0,
     generator: torch.Generator | None = None,
     trajectory_weights: str = "uniform",
+    meta_loss: str = "sum",
 ) -> list[float]:
     """Optimize ``problem`` with the learned optimizer; train φ on the way when ``meta_opt`` is given.
 
@@ -113,6 +123,8 @@ def run_episode(
     """
     if trajectory_weights not in TRAJECTORY_WEIGHTS:
         raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {trajectory_weights!r}")
+    if meta_loss not in META_LOSSES:
+        raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {meta_loss!r}")
     training = meta_opt is not None
     unroll = unroll or steps
     params = [p.detach().clone() for p in problem.params]
@@ -135,6 +147,8 @@ def run_episode(
                 losses.append(float(loss) / loss_scale)
                 if training:
                     w = 1.0 if trajectory_weights == "uniform" else 2.0 * t / (steps + 1)
+                    if meta_loss == "log":  # d log f = df / f; a non-positive loss has no log
+                        w = w / float(loss) if float(loss) > 0 else 0.0
                     surrogate = surrogate + w * sum((g * p).sum() for g, p in zip(grads, params))
         if training and torch.is_tensor(surrogate) and surrogate.requires_grad:
             meta_opt.zero_grad(set_to_none=True)
@@ -272,7 +286,8 @@ def meta_train(
             scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
             nets.train()
             losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,
-                                 config.grad_clip, scale, config.meta_fraction, train_gen, config.trajectory_weights)
+                                 config.grad_clip, scale, config.meta_fraction, train_gen, config.trajectory_weights,
+                                 config.meta_loss)
             episode += 1
             event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
