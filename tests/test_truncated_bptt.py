@@ -166,18 +166,20 @@ def test_growing_unroll_reaches_the_whole_horizon_halfway_through_the_budget():
         MetaTrainConfig(unroll_schedule="shrink")
 
 
+class Recorder(torch.optim.SGD):
+    """A meta-optimizer that only records each meta-gradient it is given (lr 0: φ stays frozen)."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
+
+
 def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
     """With φ frozen (lr 0) both weightings follow one trajectory; with unroll 1, unroll t's
     meta-gradient under "linear" is w_t = 2t / (T + 1) times the uniform one."""
-
-    class Recorder(torch.optim.SGD):
-        def __init__(self, params):
-            super().__init__(params, lr=0.0)
-            self.seen = []
-
-        def step(self, closure=None):
-            self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
-
     torch.manual_seed(0)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
     steps, recorded = 3, {}
@@ -195,15 +197,6 @@ def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
 def test_log_meta_loss_divides_each_steps_meta_gradient_by_its_loss():
     """meta_loss="log": d log f(θ_t) = df(θ_t) / f(θ_t), so with φ frozen and unroll 1, unroll t's
     meta-gradient is the "sum" one divided by f(θ_t)."""
-
-    class Recorder(torch.optim.SGD):
-        def __init__(self, params):
-            super().__init__(params, lr=0.0)
-            self.seen = []
-
-        def step(self, closure=None):
-            self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
-
     torch.manual_seed(0)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
     steps, recorded, losses = 3, {}, {}
