@@ -3,7 +3,8 @@
 Each episode draws a fresh problem, runs the learned optimizer on it for ``steps`` steps and, every
 ``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as
 in the paper unless ``trajectory_weights`` says otherwise), then cuts the graph (truncation).
-``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon.
+``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon;
+``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead.
 
 Second derivatives are dropped as in the paper: ∇f(θ_t) enters the LSTM as a constant.  Then
 d f(θ_t)/dφ = ∇f(θ_t)ᵀ dθ_t/dφ exactly, so we backpropagate the surrogate Σ_t ⟨∇f(θ_t), θ_t⟩
@@ -83,7 +84,7 @@ class MetaTrainConfig:
     # "sum" (the paper): Σ_t w_t f(θ_t).  "log": Σ_t w_t log f(θ_t) (f > 0), whose gradient is
     # Σ_t w_t ∇f(θ_t) / f(θ_t): scale-free, and a step that halves a small late loss counts as much as
     # one that halves the large first one (under "sum" the first unroll's gradients dominate Adam's
-    # second moments and the later unrolls barely move φ).
+    # second moments, so the later unrolls can barely move φ).
     meta_loss: str = "sum"
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
