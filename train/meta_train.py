@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import OBJECTIVE_OPTIONS, MetaTrainConfig, meta_train, ship_best  # noqa: E402
+from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
+                                   meta_train_flag_values, ship_best)
 from artopt.tasks import get_task  # noqa: E402
 
 
@@ -43,11 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-scale", type=float, default=0.1)
     ap.add_argument("--no-preprocess", action="store_true", help="feed raw gradients (ablation)")
-    ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
-    ap.add_argument("--meta-fraction", type=float, default=1.0,
-                    help="backpropagate through this random fraction of the coordinates (unbiased, cheaper)")
-    for name, (choices, help_text) in OBJECTIVE_OPTIONS.items():
-        ap.add_argument("--" + name.replace("_", "-"), choices=choices, default=choices[0], help=help_text)
+    add_meta_train_flags(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--ship", default=str(ROOT / "weights"), help="folder to copy the best weights to ('' = none)")
@@ -69,8 +66,7 @@ def main(argv=None) -> int:
     mcfg = MetaTrainConfig(
         steps=args.steps or task.steps, unroll=args.unroll or task.unroll, episodes=args.episodes,
         meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
-        max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
-        meta_fraction=args.meta_fraction, **{name: getattr(args, name) for name in OBJECTIVE_OPTIONS},
+        max_minutes=args.minutes, **meta_train_flag_values(args),
     )
     card = {
         "name": name,

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
-from artopt.outer_trainers import OBJECTIVE_OPTIONS, MetaTrainConfig, meta_train, ship_best  # noqa: E402
+from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
+                                   meta_train_flag_values, ship_best)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
@@ -47,12 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--val-problems", type=int, default=4)
     ap.add_argument("--grad-normalization", choices=("none", "first_rms"), default="none")
     ap.add_argument("--output-scale", type=float, default=0.1)
-    ap.add_argument("--loss-scale-jitter", type=float, default=0.0)
-    ap.add_argument("--meta-fraction", type=float, default=1.0,
-                    help="backpropagate through this random fraction of the pixels' coordinates (an unbiased "
-                         "estimate of the meta-gradient at a fraction of the cost: more episodes per minute)")
-    for name, (choices, help_text) in OBJECTIVE_OPTIONS.items():
-        ap.add_argument("--" + name.replace("_", "-"), choices=choices, default=choices[0], help=help_text)
+    add_meta_train_flags(ap)
     ap.add_argument("--init", choices=("content", "noise"), default="content")
     ap.add_argument("--init-from", default=None, metavar="PATH",
                     help="start from these networks (a weights file) instead of a fresh LSTM")
@@ -83,9 +79,7 @@ def main(argv=None) -> int:
         nets["default"].load_state_dict(start["default"].state_dict())
     mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
                            val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
-                           max_minutes=args.minutes, loss_scale_jitter=args.loss_scale_jitter,
-                           meta_fraction=args.meta_fraction,
-                           **{name: getattr(args, name) for name in OBJECTIVE_OPTIONS})
+                           max_minutes=args.minutes, **meta_train_flag_values(args))
     card = {
         "name": args.name,
         "task": "neural-art",

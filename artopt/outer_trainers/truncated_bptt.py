@@ -145,11 +145,12 @@ def run_episode(
                     params = problem.project(params)
                 t += 1
                 loss, grads = _grads(problem, params, t, loss_scale)
-                losses.append(float(loss) / loss_scale)
+                value = float(loss)
+                losses.append(value / loss_scale)
                 if training:
                     w = 1.0 if trajectory_weights == "uniform" else 2.0 * t / (steps + 1)
                     if meta_loss == "log":  # d log f = df / f; a non-positive loss has no log
-                        w = w / float(loss) if float(loss) > 0 else 0.0
+                        w = w / value if value > 0 else 0.0
                     surrogate = surrogate + w * sum((g * p).sum() for g, p in zip(grads, params))
         if training and torch.is_tensor(surrogate) and surrogate.requires_grad:
             meta_opt.zero_grad(set_to_none=True)
@@ -164,6 +165,24 @@ def run_episode(
         if not all(math.isfinite(x) for x in losses[-n:]):
             break  # a diverged episode teaches nothing more
     return losses
+
+
+def add_meta_train_flags(parser) -> None:
+    """The command-line flags both training scripts share: the objective options and the
+    meta-gradient's cost/robustness knobs.  ``meta_train_flag_values`` reads them back."""
+    parser.add_argument("--loss-scale-jitter", type=float, default=0.0,
+                        help="multiply each problem's loss by exp(U(-s, s)) (scale robustness)")
+    parser.add_argument("--meta-fraction", type=float, default=1.0,
+                        help="backpropagate through this random fraction of the coordinates (an unbiased "
+                             "estimate of the meta-gradient at a fraction of the cost: more episodes per minute)")
+    for name, (choices, help_text) in OBJECTIVE_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), choices=choices, default=choices[0], help=help_text)
+
+
+def meta_train_flag_values(args) -> dict:
+    """MetaTrainConfig keywords from the flags ``add_meta_train_flags`` added."""
+    names = ("loss_scale_jitter", "meta_fraction", *OBJECTIVE_OPTIONS)
+    return {name: getattr(args, name) for name in names}
 
 
 def budget_progress(config: MetaTrainConfig, episode: int, elapsed_s: float) -> float:
