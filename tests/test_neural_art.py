@@ -130,3 +130,33 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
             meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)
     with pytest.raises(SystemExit):
         script.main(["--trajectory-weights", "quadratic"])
+
+
+def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path):
+    """train/select_neural_art.py: two copies of one file score the same; the lowest mean is named best."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "train" / "select_neural_art.py"
+    spec = importlib.util.spec_from_file_location("select_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    a = save_learned(tmp_path / "a.safetensors", {"default": LSTMOptimizerNet()})
+    b = save_learned(tmp_path / "b.safetensors", {"default": LSTMOptimizerNet(output_scale=0.0)})  # never moves
+    a2 = tmp_path / "a2.safetensors"
+    a2.write_bytes(a.read_bytes())
+    threads = torch.get_num_threads()
+    try:
+        rc = script.main([str(a), str(b), str(a2), "--size", "16", "--steps", "3", "--problems", "1",
+                          "--val-seeds", "5", "6", "--json", str(tmp_path / "sel.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    report = json.loads((tmp_path / "sel.json").read_text())
+    scores = report["weights"]
+    assert set(scores) == {str(a), str(b), str(a2)} and set(scores[str(a)]["per_seed"]) == {"5", "6"}
+    assert scores[str(a)] == scores[str(a2)]
+    assert all(math.isfinite(s["mean"]) for s in scores.values())
+    assert report["best"] == min(scores, key=lambda k: scores[k]["mean"])
+    assert scores[str(a)]["mean"] != scores[str(b)]["mean"]

@@ -1,0 +1,69 @@
+"""Compare neural-art optimizers on the same validation problems, to choose which one to ship.
+
+    python train/select_neural_art.py runs/a/a.safetensors runs/b/b.safetensors weights/neural_art.safetensors
+
+Each meta-training run validates on problems drawn from its own seed (10000 + seed), and keeps the
+checkpoint that scored best there, so its own score is biased low and two runs' scores are not on the
+same problems.  This scores every file on the validation problems of ``--val-seeds`` (pick seeds
+that no compared run trained with), 128 steps at 64 px with the training style, by the same
+criterion the runs use (mean loss over the last 5% of steps).  Test photos are never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from artopt.learned_optimizers.weights import load_learned  # noqa: E402
+from artopt.outer_trainers.truncated_bptt import final_score, run_episode  # noqa: E402
+from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", nargs="+", type=Path)
+    ap.add_argument("--val-seeds", type=int, nargs="+", default=[2, 3],
+                    help="validation problems of these meta-training seeds (10000 + seed)")
+    ap.add_argument("--problems", type=int, default=6, help="problems per seed (as --val-problems)")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    task = NeuralArtTask(size=args.size, styles=[TRAIN_STYLE], steps=args.steps)
+    problems = []
+    for seed in args.val_seeds:
+        gen = torch.Generator().manual_seed(10_000 + seed)  # as meta_train draws its validation set
+        problems += [task.sample(gen, "val") for _ in range(args.problems)]
+    report = {"val_seeds": args.val_seeds, "problems_per_seed": args.problems, "size": args.size,
+              "steps": args.steps, "weights": {}}
+    for path in args.weights:
+        nets = nn.ModuleDict(load_learned(path))
+        with torch.no_grad():
+            scores = [final_score(run_episode(nets, p, args.steps)) for p in problems]
+        per_seed = {str(s): sum(scores[i * args.problems:(i + 1) * args.problems]) / args.problems
+                    for i, s in enumerate(args.val_seeds)}
+        report["weights"][str(path)] = {"mean": sum(scores) / len(scores), "per_seed": per_seed}
+        print(f"{path}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}",
+              flush=True)
+    best = min(report["weights"], key=lambda k: report["weights"][k]["mean"])
+    report["best"] = best
+    print(f"best: {best}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
