@@ -22,7 +22,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from artopt.learned_optimizers.weights import load_learned  # noqa: E402
+from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score, run_episode  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     print(f"best: {best}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(args.json, report)
     return 0
 
 
