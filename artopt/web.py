@@ -451,7 +451,8 @@ def build_app(
     ``limits`` defaults to :class:`WebLimits` with the device's default maximum size.
     ``preview_every`` is the number of steps between live previews (None: about 20 per run).
     """
-    from artopt.learned_optimizers.shipped import neural_art_available, neural_art_default_scope
+    from artopt.learned_optimizers.shipped import (neural_art_available, neural_art_default_scope,
+                                                   neural_art_single_scale_from)
     from artopt.style.engine import StylizeConfig, min_coarse_to_fine_size, resolve_device
     from artopt.style.loss_nets import build_loss_net
 
@@ -473,9 +474,12 @@ def build_app(
     if scope == "always":
         default_optimizer = "lstm"
     elif scope == "coarse-to-fine":
-        # The learned optimizer beat the tuned baselines only on outputs made coarse-to-fine.
+        # The learned optimizer beat the tuned baselines on outputs made coarse-to-fine (and on
+        # single-scale ones from the card's size), not on small ones.
         optimizers.insert(0, "auto")
-        labels["auto"] = f"auto: learned (LSTM) from {min_coarse_to_fine_size()} px, Adam below"
+        single_from = neural_art_single_scale_from()
+        start = min(min_coarse_to_fine_size(), single_from or min_coarse_to_fine_size())
+        labels["auto"] = f"auto: learned (LSTM) from {start} px, Adam below"
         default_optimizer = "auto"
     else:
         default_optimizer = "adam"

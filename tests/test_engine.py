@@ -129,6 +129,22 @@ def test_auto_follows_the_scope_in_the_neural_art_card(monkeypatch, tmp_path, sc
     assert engine.resolve_optimizer("nag", 512) == "nag"
 
 
+def test_auto_uses_the_learned_optimizer_on_single_scale_outputs_from_the_cards_size(monkeypatch, tmp_path):
+    from artopt.learned_optimizers import shipped
+
+    (tmp_path / "neural_art.safetensors").write_bytes(shipped.weights_path(shipped.NEURAL_ART).read_bytes())
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    card = {"default_for_stylize": "coarse-to-fine", "default_single_scale_from": 256}
+    (tmp_path / "neural_art.json").write_text(json.dumps(card))
+    assert [engine.resolve_optimizer("auto", s, pyramid=False) for s in (128, 255, 256, 300, 512)] == \
+        ["adam", "adam", "lstm", "lstm", "lstm"]
+    assert engine.resolve_optimizer("auto", 128) == "adam"
+    assert engine.resolve_optimizer("auto", 512) == "lstm"  # coarse-to-fine, as before
+    for bad in (True, "256", -1, None):  # anything but a positive size leaves single-scale outputs to Adam
+        (tmp_path / "neural_art.json").write_text(json.dumps({**card, "default_single_scale_from": bad}))
+        assert engine.resolve_optimizer("auto", 300, pyramid=False) == "adam"
+
+
 def test_divergence_stops_with_last_finite_image(monkeypatch):
     from artopt.style import losses
 

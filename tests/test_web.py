@@ -253,6 +253,7 @@ def test_optimizer_menu_follows_the_neural_art_card(monkeypatch, scope, default)
     from artopt.learned_optimizers import shipped
 
     monkeypatch.setattr(shipped, "neural_art_default_scope", lambda: scope)
+    monkeypatch.setattr(shipped, "neural_art_single_scale_from", lambda: None)
     app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS)
     menus = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown)
              and {"adam", "lbfgs"} <= {value for _, value in b.choices}]
@@ -261,3 +262,16 @@ def test_optimizer_menu_follows_the_neural_art_card(monkeypatch, scope, default)
     assert menus[0].value == default and ("auto" in values) == (scope == "coarse-to-fine")
     if scope == "coarse-to-fine":
         assert "from 384 px" in dict((v, k) for k, v in menus[0].choices)["auto"]
+
+
+def test_auto_label_names_the_cards_single_scale_size(monkeypatch):
+    import gradio as gr
+
+    from artopt.learned_optimizers import shipped
+
+    monkeypatch.setattr(shipped, "neural_art_default_scope", lambda: "coarse-to-fine")
+    monkeypatch.setattr(shipped, "neural_art_single_scale_from", lambda: 256)
+    app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS)
+    menu = next(b for b in app.blocks.values() if isinstance(b, gr.Dropdown)
+                and {"adam", "lbfgs"} <= {value for _, value in b.choices})
+    assert "from 256 px" in dict((v, k) for k, v in menu.choices)["auto"]

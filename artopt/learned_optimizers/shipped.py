@@ -54,3 +54,11 @@ def neural_art_default_scope() -> str | None:
     if scope is True:
         return "always"
     return scope if scope in DEFAULT_SCOPES else None
+
+
+def neural_art_single_scale_from() -> int | None:
+    """With the ``"coarse-to-fine"`` scope: the smallest single-scale output size (long side, px)
+    at which the card says the learned optimizer also won (``default_single_scale_from``), if any."""
+    c = card(NEURAL_ART)
+    value = c.get("default_single_scale_from") if c else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None

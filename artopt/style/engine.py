@@ -139,16 +139,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_optimizer(name: str, size: int | None = None, pyramid: bool | None = None) -> str:
     """``"auto"`` -> the learned optimizer where its card says it beat the tuned baselines (every
-    size, or coarse-to-fine outputs of ``size`` / ``pyramid``), else Adam; other names unchanged."""
+    size, or coarse-to-fine outputs of ``size`` / ``pyramid``, plus single-scale outputs from the
+    card's ``default_single_scale_from`` px), else Adam; other names unchanged."""
     name = name.lower()
     if name == "auto":
-        from artopt.learned_optimizers.shipped import neural_art_default_scope
+        from artopt.learned_optimizers.shipped import neural_art_default_scope, neural_art_single_scale_from
 
         scope = neural_art_default_scope()
         if scope == "always":
             return "lstm"
-        if scope == "coarse-to-fine" and size is not None and len(pyramid_sizes(size, pyramid)) > 1:
-            return "lstm"
+        if scope == "coarse-to-fine" and size is not None:
+            single_from = neural_art_single_scale_from()
+            if len(pyramid_sizes(size, pyramid)) > 1 or (single_from is not None and size >= single_from):
+                return "lstm"
         return "adam"
     return name
 
