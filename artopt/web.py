@@ -477,8 +477,7 @@ def build_app(
         # The learned optimizer beat the tuned baselines on outputs made coarse-to-fine (and on
         # single-scale ones from the card's size), not on small ones.
         optimizers.insert(0, "auto")
-        single_from = neural_art_single_scale_from()
-        start = min(min_coarse_to_fine_size(), single_from or min_coarse_to_fine_size())
+        start = min(s for s in (min_coarse_to_fine_size(), neural_art_single_scale_from()) if s)
         labels["auto"] = f"auto: learned (LSTM) from {start} px, Adam below"
         default_optimizer = "auto"
     else:

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
-from artopt.outer_trainers.truncated_bptt import final_score, run_episode  # noqa: E402
+from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
+from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
@@ -41,10 +42,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     task = NeuralArtTask(size=args.size, styles=[TRAIN_STYLE], steps=args.steps)
-    problems = []
-    for seed in args.val_seeds:
-        gen = torch.Generator().manual_seed(10_000 + seed)  # as meta_train draws its validation set
-        problems += [task.sample(gen, "val") for _ in range(args.problems)]
+    problems = [p for seed in args.val_seeds for p in validation_problems(task, seed, args.problems)]
     report = {"val_seeds": args.val_seeds, "problems_per_seed": args.problems, "size": args.size,
               "steps": args.steps, "weights": {}}
     for path in args.weights:

@@ -185,6 +185,13 @@ def meta_train_flag_values(args) -> dict:
     return {name: getattr(args, name) for name in names}
 
 
+def validation_problems(task, seed: int, n: int) -> list:
+    """The ``n`` validation problems a run with this ``seed`` validates on (drawn from the task's
+    "val" split with generator seed 10000 + seed)."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    return [task.sample(gen, "val") for _ in range(n)]
+
+
 def budget_progress(config: MetaTrainConfig, episode: int, elapsed_s: float) -> float:
     """How much of the run's budget is spent, in [0, 1]: wall time when max_minutes is set, else episodes."""
     if config.max_minutes is not None:
@@ -254,8 +261,7 @@ def meta_train(
     meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
 
     # Validation problems are fixed for the whole run so scores are comparable between episodes.
-    val_gen = torch.Generator().manual_seed(10_000 + config.seed)
-    val_problems = [task.sample(val_gen, "val") for _ in range(config.val_problems)]
+    val_problems = validation_problems(task, config.seed, config.val_problems)
 
     episode, best_val, best_episode, history, elapsed_before = 0, float("inf"), -1, [], 0.0
     train_gen = torch.Generator().manual_seed(config.seed)
