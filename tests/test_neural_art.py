@@ -50,6 +50,36 @@ def test_size_range_gives_multiples_of_8_and_styles_come_from_the_list():
         assert p.info["style"] not in HELD_OUT_STYLES
 
 
+class _Crop:
+    """Stands in for the task's random.Random: gives back a recorded crop corner (y, then x)."""
+
+    def __init__(self, x, y):
+        self._values = iter((y, x))
+
+    def randint(self, lo, hi):
+        return next(self._values)
+
+
+def test_a_batch_of_problems_gives_each_image_its_own_loss_and_gradient(task):
+    """sample_batch runs the loss network once for k images; each image's gradient must be exactly
+    (up to float rounding) that of its own problem built alone."""
+    batch = task.sample_batch(torch.Generator().manual_seed(2), "train", 3)
+    assert batch.params[0].shape == (3, 3, 32, 32) and batch.count == 3
+    x = batch.fresh_params()
+    total = batch.loss(x, 0)
+    grad = torch.autograd.grad(total, x)[0]
+    singles = 0.0
+    for i, info in enumerate(batch.info["stacked"]):
+        assert info["photo"] in task.split["train"]
+        theta0, loss_fn, _ = task._parts(info["photo"], info["style"], info["size"], _Crop(*info["crop_xy"]))
+        torch.testing.assert_close(theta0, batch.params[0][i : i + 1])
+        xi = theta0.clone().requires_grad_(True)
+        loss = loss_fn(xi)["total"]
+        torch.testing.assert_close(torch.autograd.grad(loss, xi)[0], grad[i : i + 1], rtol=1e-4, atol=1e-5)
+        singles += float(loss.detach())
+    assert float(total) == pytest.approx(singles, rel=1e-5)
+
+
 def test_short_meta_training_lowers_the_meta_loss(task):
     """A few meta-steps on one problem lower that problem's trajectory loss (deterministic)."""
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ from torch import nn
 from artopt.learned_optimizers import LSTMOptimizerNet, load_learned
 from artopt.learned_optimizers.network import learned_update
 from artopt.outer_trainers import MetaTrainConfig, meta_train, run_episode, trajectory_score
-from artopt.tasks.base import Problem
+from artopt.outer_trainers.truncated_bptt import sample_problems
+from artopt.tasks.base import Problem, stack_problems
 
 
 class TinyQuadratic:
@@ -211,6 +212,35 @@ def test_log_meta_loss_divides_each_steps_meta_gradient_by_its_loss():
         assert losses["sum"][t] > 0
         for gs, gl in zip(recorded["sum"][t - 1], recorded["log"][t - 1]):
             torch.testing.assert_close(gl, gs / losses["sum"][t])
+
+
+def test_a_stacked_problem_reports_and_trains_on_the_mean_of_its_problems():
+    """Two problems stacked: each coordinate keeps its own gradient, the reported losses are the
+    mean of the two runs and the meta-gradient is the mean of the two problems' meta-gradients."""
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    a, b = (TinyQuadratic().sample(torch.Generator().manual_seed(s)) for s in (5, 6))
+    losses, grads = [], []
+    for problem in (a, b, stack_problems([a, b])):
+        rec = Recorder(nets.parameters())
+        losses.append(run_episode(nets, problem, 3, unroll=3, meta_opt=rec, grad_clip=1e12))
+        grads.append(rec.seen[0])
+    assert stack_problems([a, b]).count == 2
+    for la, lb, ls in zip(*losses):
+        assert ls == pytest.approx((la + lb) / 2, rel=1e-5)
+    for ga, gb, gs in zip(*grads):
+        torch.testing.assert_close(gs, (ga + gb) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_sample_problems_stacks_k_draws_of_a_task_without_sample_batch():
+    task = TinyQuadratic()
+    single = sample_problems(task, torch.Generator().manual_seed(0), "train", 1)
+    assert single.count == 1 and len(single.params) == 1
+    stacked = sample_problems(task, torch.Generator().manual_seed(0), "train", 3)
+    assert stacked.count == 3 and len(stacked.params) == 3 and stacked.groups == ["default"] * 3
+    torch.testing.assert_close(stacked.params[0], single.params[0])  # the same generator, first draw
+    with pytest.raises(ValueError, match="problems_per_episode"):
+        MetaTrainConfig(problems_per_episode=0)
 
 
 def test_unknown_meta_training_options_are_refused():

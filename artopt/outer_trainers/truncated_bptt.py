@@ -27,7 +27,7 @@ from torch import nn
 
 from ..learned_optimizers.network import LSTMOptimizerNet, learned_update
 from ..learned_optimizers.weights import save_learned, write_json_atomic
-from ..tasks.base import Problem, Task
+from ..tasks.base import Problem, Task, stack_problems
 
 
 TRAJECTORY_WEIGHTS = ("uniform", "linear")
@@ -86,10 +86,16 @@ class MetaTrainConfig:
     # one that halves the large first one (under "sum" the first unroll's gradients dominate Adam's
     # second moments, so the later unrolls can barely move φ).
     meta_loss: str = "sum"
+    # Problems per episode (a meta-batch): each meta-update averages the meta-gradient of this many
+    # independent problems, optimized side by side (see ``sample_problems``).  Less noisy meta-updates,
+    # and on neural art a batched loss network serves several images for little more than one.
+    problems_per_episode: int = 1
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.problems_per_episode < 1:
+            raise ValueError(f"problems_per_episode must be at least 1, got {self.problems_per_episode}")
         for name, (allowed, _) in OBJECTIVE_OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -131,8 +137,9 @@ def run_episode(
     params = [p.detach().clone() for p in problem.params]
     states: dict = {}
     losses: list[float] = []
+    per_problem = loss_scale * problem.count  # a stacked problem reports (and is trained on) its mean
     loss, grads = _grads(problem, params, 0, loss_scale)
-    losses.append(float(loss) / loss_scale)
+    losses.append(float(loss) / per_problem)
     t = 0
     while t < steps:
         n = min(unroll, steps - t)
@@ -146,11 +153,12 @@ def run_episode(
                 t += 1
                 loss, grads = _grads(problem, params, t, loss_scale)
                 value = float(loss)
-                losses.append(value / loss_scale)
+                losses.append(value / per_problem)
                 if training:
                     w = 1.0 if trajectory_weights == "uniform" else 2.0 * t / (steps + 1)
                     if meta_loss == "log":  # d log f = df / f; a non-positive loss has no log
                         w = w / value if value > 0 else 0.0
+                    w = w / problem.count
                     surrogate = surrogate + w * sum((g * p).sum() for g, p in zip(grads, params))
         if training and torch.is_tensor(surrogate) and surrogate.requires_grad:
             meta_opt.zero_grad(set_to_none=True)
@@ -172,6 +180,9 @@ def add_meta_train_flags(parser) -> None:
     meta-gradient's cost/robustness knobs.  ``meta_train_flag_values`` reads them back."""
     parser.add_argument("--loss-scale-jitter", type=float, default=0.0,
                         help="multiply each problem's loss by exp(U(-s, s)) (scale robustness)")
+    parser.add_argument("--problems-per-episode", type=int, default=1,
+                        help="optimize this many independent problems side by side in each episode; every "
+                             "meta-update averages over them (a meta-batch)")
     parser.add_argument("--meta-fraction", type=float, default=1.0,
                         help="backpropagate through this random fraction of the coordinates (an unbiased "
                              "estimate of the meta-gradient at a fraction of the cost: more episodes per minute)")
@@ -181,7 +192,7 @@ def add_meta_train_flags(parser) -> None:
 
 def meta_train_flag_values(args) -> dict:
     """MetaTrainConfig keywords from the flags ``add_meta_train_flags`` added."""
-    names = ("loss_scale_jitter", "meta_fraction", *OBJECTIVE_OPTIONS)
+    names = ("loss_scale_jitter", "meta_fraction", "problems_per_episode", *OBJECTIVE_OPTIONS)
     return {name: getattr(args, name) for name in names}
 
 
@@ -190,6 +201,15 @@ def validation_problems(task, seed: int, n: int) -> list:
     "val" split with generator seed 10000 + seed)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     return [task.sample(gen, "val") for _ in range(n)]
+
+
+def sample_problems(task, generator: torch.Generator, split: str, k: int) -> Problem:
+    """One problem, or ``k`` of them stacked into one (the task's ``sample_batch`` when it has one)."""
+    if k == 1:
+        return task.sample(generator, split)
+    if hasattr(task, "sample_batch"):
+        return task.sample_batch(generator, split, k)
+    return stack_problems([task.sample(generator, split) for _ in range(k)])
 
 
 def budget_progress(config: MetaTrainConfig, episode: int, elapsed_s: float) -> float:
@@ -308,7 +328,7 @@ def meta_train(
                 break
             for group in meta_opt.param_groups:
                 group["lr"] = meta_lr_at(config, episode, elapsed)
-            problem = task.sample(train_gen, "train")
+            problem = sample_problems(task, train_gen, "train", config.problems_per_episode)
             scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
             nets.train()
             losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,

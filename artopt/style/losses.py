@@ -111,7 +111,11 @@ class StyleLoss(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(image.shape[-2:]) != self.size:
             raise ValueError(f"image is {tuple(image.shape[-2:])}, the loss was built for {self.size}")
-        features = self.loss_net(image)
+        return self.from_features(self.loss_net(image), image)
+
+    def from_features(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of ``image`` given its loss-network ``features`` (computed by the caller, e.g.
+        for several images in one batch: pass each image's slice)."""
         net = self.loss_net
         content = sum(_relative_sq_error(features[n], self.content_targets[n], self._content_norms[n])
                       for n in net.content_layers) / len(net.content_layers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import Problem, Task
+from .base import Problem, Task, stack_problems
 from .cifar import CIFARTask
 from .data import DataNotFoundError, data_root
 from .mnist import MNISTTask
@@ -66,5 +66,5 @@ def _fmt(v) -> str:
     return str(v)
 
 
-__all__ = ["Problem", "Task", "TASKS", "get_task", "QuadraticTask", "MNISTTask", "CIFARTask",
+__all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "QuadraticTask", "MNISTTask", "CIFARTask",
            "DataNotFoundError", "data_root"]

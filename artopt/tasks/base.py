@@ -33,6 +33,9 @@ class Problem:
     project: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
     # What the problem is made of (e.g. which photo and style), for logs and tests.
     info: dict = field(default_factory=dict)
+    # How many independent problems this one stacks (a meta-batch, see ``stack_problems``): its loss
+    # is their sum, so each keeps its own gradient; meta-training averages over them.
+    count: int = 1
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -52,3 +55,32 @@ class Task(Protocol):
     def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
         """Draw a fresh problem.  ``split`` is "train", "val" or "test" where the data has splits."""
         ...
+
+
+def stack_problems(problems: Sequence[Problem]) -> Problem:
+    """One problem made of several independent ones: the parameters of all, the sum of their losses.
+
+    Each parameter's gradient is then exactly its own problem's, so a learned optimizer sees what it
+    would see on the problems one by one; ``count`` tells meta-training to average.  Tasks with a
+    faster way (e.g. one batched network pass) provide ``sample_batch`` instead.
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("stack_problems needs at least one problem")
+    sizes = [len(p.params) for p in problems]
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def loss(params, t):
+        return sum(p.loss(params[a:b], t) for p, a, b in zip(problems, bounds, bounds[1:]))
+
+    project = None
+    if any(p.project is not None for p in problems):
+        def project(params):
+            out = []
+            for p, a, b in zip(problems, bounds, bounds[1:]):
+                out += p.project(params[a:b]) if p.project is not None else params[a:b]
+            return out
+
+    return Problem([x for p in problems for x in p.params], loss,
+                   groups=[g for p in problems for g in p.groups], project=project,
+                   info={"stacked": [p.info for p in problems]}, count=sum(p.count for p in problems))

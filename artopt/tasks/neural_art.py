@@ -103,19 +103,53 @@ class NeuralArtTask:
     def sample(self, generator: torch.Generator, split: str = "train", style: str | None = None,
                size: int | None = None) -> Problem:
         rnd = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        return self.problem(*self._draw(rnd, split, style, size), rnd)
+
+    def sample_batch(self, generator: torch.Generator, split: str = "train", k: int = 1) -> Problem:
+        """``k`` independent problems (photo, crop, style) stacked into one batch of images, so the
+        loss network serves them in one pass (several times cheaper per image than one by one on
+        a CPU).  One crop size for the batch.  The loss is the sum of the k problems' losses: each
+        image's gradient is exactly its own problem's (see ``stack_problems``)."""
+        rnd = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        photo, style, size = self._draw(rnd, split, None, None)
+        parts = [self._parts(photo, style, size, rnd)]
+        for _ in range(k - 1):
+            photo, style, _ = self._draw(rnd, split, None, size)
+            parts.append(self._parts(photo, style, size, rnd))
+        net = parts[0][1].loss_net
+        theta0 = torch.cat([theta for theta, _, _ in parts])
+
+        def loss(params, t):
+            images = params[0]
+            features = net(images)
+            return sum(loss_fn.from_features({n: f[i : i + 1] for n, f in features.items()}, images[i : i + 1])["total"]
+                       for i, (_, loss_fn, _) in enumerate(parts))
+
+        return Problem([theta0], loss, project=clamp_image, info={"stacked": [info for _, _, info in parts]},
+                       count=k)
+
+    def _draw(self, rnd: random.Random, split: str, style: str | None, size: int | None) -> tuple[str, str, int]:
         files = self._split[split]
         photo = files[rnd.randrange(len(files))]
         if size is None:
             size = self.size if self.size_range is None else 8 * rnd.randint(self.size_range[0] // 8,
                                                                               self.size_range[1] // 8)
         style = style or self.styles[rnd.randrange(len(self.styles))]
-        return self.problem(photo, style, size, rnd)
+        return photo, style, size
 
     def problem(self, photo: str, style: str, size: int, rnd: random.Random | None = None) -> Problem:
         """The problem for one photo (random square crop of side ``size``) and one style."""
+        theta0, loss_fn, info = self._parts(photo, style, size, rnd or random.Random(0))
+
+        def loss(params, t):
+            return loss_fn(params[0])["total"]
+
+        return Problem([theta0], loss, project=clamp_image, info=info)
+
+    def _parts(self, photo: str, style: str, size: int, rnd: random.Random):
+        """(θ₀, StyleLoss, info) of one problem; draws the crop (and a noise start) from ``rnd``."""
         from ..style.losses import StyleLoss
 
-        rnd = rnd or random.Random(0)
         # Crop from the photo resized to a short side a little above the crop: a crop is a real
         # region of the photo, not a thumbnail of all of it.
         img = _load_rgb(str(self.root / "imagenet-sample" / photo), int(size * 1.25))
@@ -129,12 +163,7 @@ class NeuralArtTask:
         else:
             g = torch.Generator().manual_seed(rnd.randrange(2**31))
             theta0 = torch.rand(content.shape, generator=g)
-
-        def loss(params, t):
-            return loss_fn(params[0])["total"]
-
-        return Problem([theta0], loss, project=clamp_image,
-                       info={"photo": photo, "style": style, "size": size, "crop_xy": (x, y)})
+        return theta0, loss_fn, {"photo": photo, "style": style, "size": size, "crop_xy": (x, y)}
 
 
 def clamp_image(params: list[torch.Tensor]) -> list[torch.Tensor]:
