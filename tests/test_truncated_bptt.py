@@ -253,3 +253,52 @@ def test_unknown_meta_training_options_are_refused():
         run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, 2, trajectory_weights="linaer")
     with pytest.raises(ValueError, match="meta_loss"):
         run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, 2, meta_loss="exp")
+
+
+def _flat(nets: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in nets.parameters()])
+
+
+def test_ema_keeps_the_moving_average_of_the_iterates_and_validates_it(tmp_path):
+    torch.manual_seed(0)
+    decay = 0.6
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    iterates = []
+
+    def log(event):
+        if event["event"] == "train":
+            iterates.append(_flat(nets).clone())
+
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=3, meta_lr=1e-2, val_every=3, val_problems=2, ema=decay)
+    res = meta_train(TinyQuadratic(), nets, cfg, out_dir=tmp_path, name="e", progress=False, log=log)
+    expected = iterates[0]
+    for w in iterates[1:]:
+        expected = decay * expected + (1 - decay) * w
+    assert not torch.allclose(expected, iterates[-1])  # the average is not just the last iterate
+    ck = torch.load(tmp_path / "e.ckpt", weights_only=True)
+    averaged = torch.cat([v.flatten() for k, v in ck["averaged"].items() if k.startswith("module.")])
+    torch.testing.assert_close(averaged, expected)
+    # The averaged networks are what is validated and saved; the last iterate is logged beside them.
+    last_val = [json.loads(l) for l in (tmp_path / "e.log.jsonl").read_text().splitlines()][-1]
+    assert last_val["event"] == "val" and last_val["val"] != last_val["val_last_iterate"]
+    if res.best_episode == 3:
+        saved = nn.ModuleDict(load_learned(tmp_path / "e.safetensors"))
+        torch.testing.assert_close(_flat(saved), expected)
+
+
+def test_ema_survives_a_resume(tmp_path):
+    def run(episodes, out):
+        torch.manual_seed(0)
+        cfg = MetaTrainConfig(steps=10, unroll=5, episodes=episodes, meta_lr=1e-2, val_every=2, val_problems=1,
+                              ema=0.5)
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=out, name="r",
+                   progress=False)
+        return torch.load(out / "r.ckpt", weights_only=True)["averaged"]
+
+    straight = run(4, tmp_path / "a")
+    run(2, tmp_path / "b")
+    resumed = run(4, tmp_path / "b")
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key])
+    with pytest.raises(ValueError, match="ema"):
+        MetaTrainConfig(ema=1.0)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..learned_optimizers.network import LSTMOptimizerNet, learned_update
 from ..learned_optimizers.weights import save_learned, write_json_atomic
@@ -90,12 +91,18 @@ class MetaTrainConfig:
     # independent problems, optimized side by side (see ``sample_problems``).  Less noisy meta-updates,
     # and on neural art a batched loss network serves several images for little more than one.
     problems_per_episode: int = 1
+    # Polyak averaging of φ: an exponential moving average with this decay per episode (0: off).
+    # Meta-gradients are noisy (one random problem per episode), so the averaged networks usually
+    # validate better than the last iterate; when on, they are what is validated and saved.
+    ema: float = 0.0
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.problems_per_episode < 1:
             raise ValueError(f"problems_per_episode must be at least 1, got {self.problems_per_episode}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), got {self.ema}")
         for name, (allowed, _) in OBJECTIVE_OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -183,6 +190,9 @@ def add_meta_train_flags(parser) -> None:
     parser.add_argument("--problems-per-episode", type=int, default=1,
                         help="optimize this many independent problems side by side in each episode; every "
                              "meta-update averages over them (a meta-batch)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="validate and keep an exponential moving average of the optimizer's weights "
+                             "(decay per episode, e.g. 0.98; 0: off)")
     parser.add_argument("--meta-fraction", type=float, default=1.0,
                         help="backpropagate through this random fraction of the coordinates (an unbiased "
                              "estimate of the meta-gradient at a fraction of the cost: more episodes per minute)")
@@ -192,7 +202,7 @@ def add_meta_train_flags(parser) -> None:
 
 def meta_train_flag_values(args) -> dict:
     """MetaTrainConfig keywords from the flags ``add_meta_train_flags`` added."""
-    names = ("loss_scale_jitter", "meta_fraction", "problems_per_episode", *OBJECTIVE_OPTIONS)
+    names = ("loss_scale_jitter", "meta_fraction", "problems_per_episode", "ema", *OBJECTIVE_OPTIONS)
     return {name: getattr(args, name) for name in names}
 
 
@@ -279,6 +289,8 @@ def meta_train(
     ckpt_path = out_dir / f"{name}.ckpt"
     log_path = out_dir / f"{name}.log.jsonl"
     meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
+    averaged = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
+    kept = averaged.module if averaged is not None else nets  # the networks validated and saved
 
     # Validation problems are fixed for the whole run so scores are comparable between episodes.
     val_problems = validation_problems(task, config.seed, config.val_problems)
@@ -294,6 +306,10 @@ def meta_train(
         rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
         episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
         history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
+        if averaged is not None:
+            if "averaged" not in ck:
+                raise ValueError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
+            averaged.load_state_dict(ck["averaged"])
 
     def emit(event: dict) -> None:
         with open(log_path, "a") as f:
@@ -303,15 +319,19 @@ def meta_train(
 
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
 
-    def validate() -> float:
+    def validate(which: nn.ModuleDict = kept) -> float:
         with torch.no_grad():
-            scores = [score_fn(run_episode(nets, p, config.steps)) for p in val_problems]
+            scores = [score_fn(run_episode(which, p, config.steps)) for p in val_problems]
         return sum(scores) / len(scores)
+
+    def save_checkpoint(elapsed: float) -> None:
+        _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
+                         elapsed, averaged)
 
     if best_episode < 0:
         best_val = validate()
         best_episode = episode
-        _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed_before)
+        _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed_before)
         emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
 
     start = time.perf_counter()
@@ -334,6 +354,8 @@ def meta_train(
             losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,
                                  config.grad_clip, scale, config.meta_fraction, train_gen, config.trajectory_weights,
                                  config.meta_loss)
+            if averaged is not None:
+                averaged.update_parameters(nets)
             episode += 1
             event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
@@ -345,17 +367,19 @@ def meta_train(
             if episode % config.val_every == 0 or episode == config.episodes:
                 val = validate()
                 elapsed = elapsed_before + time.perf_counter() - start
-                emit({"event": "val", "episode": episode, "val": val, "elapsed": elapsed})
+                event = {"event": "val", "episode": episode, "val": val, "elapsed": elapsed}
+                if averaged is not None:  # the last iterate too, to see what the averaging gains
+                    event["val_last_iterate"] = validate(nets)
+                emit(event)
                 if val < best_val:
                     best_val, best_episode = val, episode
-                    _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed)
-                _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode,
-                                 history, elapsed)
+                    _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed)
+                save_checkpoint(elapsed)
     finally:
         if bar:
             bar.close()
     wall = elapsed_before + time.perf_counter() - start
-    _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history, wall)
+    save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
 
 
@@ -364,7 +388,8 @@ def _tuple_state(state):
     return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
 
 
-def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed):
+def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed,
+                     averaged=None):
     ck = {
         "nets": nets.state_dict(),
         "meta_opt": meta_opt.state_dict(),
@@ -376,6 +401,8 @@ def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_epi
         "history": json.dumps(history),
         "elapsed": elapsed,
     }
+    if averaged is not None:
+        ck["averaged"] = averaged.state_dict()
     tmp = Path(str(path) + ".tmp")
     torch.save(ck, tmp)
     os.replace(tmp, path)
