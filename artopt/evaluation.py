@@ -51,12 +51,17 @@ def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
 
 
 def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None,
-                 state_dtype: torch.dtype = torch.float32, input_scale: float = 1.0) -> OptimizerFactory:
+                 state_dtype: torch.dtype = torch.float32, input_scale: float = 1.0,
+                 basis: str = "pixels") -> OptimizerFactory:
     """The learned optimizer from a weights file (or ready networks), loaded once.
 
     Parameters are routed to the network named by their group; a weights file with a single
-    network (or a "default" one) serves groups it has no network for.
+    network (or a "default" one) serves groups it has no network for.  ``basis="multiscale"`` runs
+    it on the coefficients of each image parameter's multi-scale basis
+    (artopt.learned_optimizers.multiscale); "pixels" on the parameters themselves.
     """
+    if basis not in ("pixels", "multiscale"):
+        raise ValueError(f"basis must be 'pixels' or 'multiscale', got {basis!r}")
     from .learned_optimizers import LearnedOptimizer, load_learned
 
     if (weights is None) == (nets is None):
@@ -73,6 +78,15 @@ def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None
         raise ValueError(f"the learned optimizer has networks {sorted(loaded)}, none for parameter group {group!r}")
 
     def build(params, groups):
+        if basis == "multiscale":
+            from .learned_optimizers.multiscale import MultiscaleOptimizer
+
+            nets_used = {route(g) for g in groups}
+            if len(nets_used) != 1:
+                raise ValueError("the multi-scale basis serves parameters of one network group only")
+            net = nets_used.pop()
+            return MultiscaleOptimizer(params, lambda zs: LearnedOptimizer(
+                [{"params": zs, "net": net}], nets=loaded, lr=lr, state_dtype=state_dtype, input_scale=input_scale))
         by_net: dict[str, list[torch.Tensor]] = {}
         for p, g in zip(params, groups):
             by_net.setdefault(route(g), []).append(p)

@@ -50,6 +50,16 @@ def test_size_range_gives_multiples_of_8_and_styles_come_from_the_list():
         assert p.info["style"] not in HELD_OUT_STYLES
 
 
+def test_basis_levels_give_multiscale_coefficients_of_the_same_problem():
+    pixels = NeuralArtTask(size=32).sample(torch.Generator().manual_seed(4), "val")
+    multi = NeuralArtTask(size=32, basis_levels=2).sample(torch.Generator().manual_seed(4), "val")
+    assert [tuple(p.shape) for p in multi.params] == [(1, 3, 32, 32), (1, 3, 16, 16)]
+    assert multi.info["photo"] == pixels.info["photo"] and multi.info["levels"] == [2]
+    assert float(multi.loss(multi.params, 0)) == pytest.approx(float(pixels.loss(pixels.params, 0)), rel=1e-6)
+    batch = NeuralArtTask(size=32, basis_levels=2).sample_batch(torch.Generator().manual_seed(4), "train", 2)
+    assert [tuple(p.shape) for p in batch.params] == [(2, 3, 32, 32), (2, 3, 16, 16)] and batch.count == 2
+
+
 class _Crop:
     """Stands in for the task's random.Random: gives back a recorded crop corner (y, then x)."""
 
@@ -118,7 +128,8 @@ def test_shipped_weights_load_and_improve_a_small_image():
         assert float(problem.loss([image], 0)) < 0.9 * first
 
 
-def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("basis", ["pixels", "multiscale"])
+def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path, monkeypatch, basis):
     from artopt.learned_optimizers import shipped
     from artopt.style.engine import StylizeConfig, stylize
 
@@ -126,6 +137,7 @@ def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path,
     with torch.no_grad():
         net.head.bias.fill_(float("nan"))
     broken = save_learned(tmp_path / "broken.safetensors", {"default": net})
+    (tmp_path / "broken.json").write_text(json.dumps({"basis": {"kind": basis}}))
     monkeypatch.setattr(shipped, "weights_path", lambda name: broken)
     notices = []
     content = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
@@ -150,12 +162,14 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
         rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
                           "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
-                          "--meta-loss", "log", "--meta-fraction", "0.5",
+                          "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "2",
                           "--runs", str(tmp_path), "--ship", ""])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
-    meta = json.loads((tmp_path / "tiny" / "tiny.json").read_text())["meta_training"]
+    written = json.loads((tmp_path / "tiny" / "tiny.json").read_text())
+    assert written["basis"]["kind"] == "multiscale" and written["basis"]["levels"] == 2
+    meta = written["meta_training"]
     assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"],
             meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)
     with pytest.raises(SystemExit):
@@ -178,15 +192,20 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     a2.write_bytes(a.read_bytes())
     threads = torch.get_num_threads()
     try:
-        rc = script.main([str(a), str(b), str(a2), "--size", "16", "--steps", "3", "--problems", "1",
-                          "--val-seeds", "5", "6", "--json", str(tmp_path / "sel.json")])
+        rc = script.main([str(a), str(b), str(a2), f"{a}@multiscale", "--size", "16", "--steps", "3",
+                          "--problems", "1", "--val-seeds", "5", "6", "--json", str(tmp_path / "sel.json")])
+        with pytest.raises(SystemExit, match="unknown basis"):
+            script.main([f"{a}@wavelets", "--size", "16", "--steps", "1", "--problems", "1"])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     report = json.loads((tmp_path / "sel.json").read_text())
     scores = report["weights"]
-    assert set(scores) == {str(a), str(b), str(a2)} and set(scores[str(a)]["per_seed"]) == {"5", "6"}
+    assert set(scores) == {str(a), str(b), str(a2), f"{a}@multiscale"}
+    assert set(scores[str(a)]["per_seed"]) == {"5", "6"}
     assert scores[str(a)] == scores[str(a2)]
+    assert scores[str(a)]["basis"] == "pixels" and scores[f"{a}@multiscale"]["basis"] == "multiscale"
+    assert scores[f"{a}@multiscale"]["mean"] != scores[str(a)]["mean"]  # 16 px crops: 2 levels
     assert all(math.isfinite(s["mean"]) for s in scores.values())
     assert report["best"] == min(scores, key=lambda k: scores[k]["mean"])
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]

@@ -29,14 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
-from artopt.learned_optimizers.shipped import trained_pixels  # noqa: E402
+from artopt.learned_optimizers.shipped import trained_basis, trained_pixels  # noqa: E402
 from artopt.optimizers.tuning import search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
 BASELINES = ("adam", "rmsprop", "sgd", "nag")
-STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16}  # reduced-precision LSTM state
+# reduced-precision LSTM state ("-int8": h in int8, c in float16)
+STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16, "-int8": torch.int8}
+MULTISCALE = "-ms"  # run weights in the multi-scale basis (artopt.learned_optimizers.multiscale)
 
 
 def _lr_cache() -> dict:
@@ -75,8 +77,10 @@ def crop_setting(args) -> dict:
             for suffix, reduced in STATE_DTYPES.items():
                 if name.endswith(suffix):
                     base, dtype = name.removesuffix(suffix), reduced
+            base, basis = _basis(base, args)
             path = args.weights[base]
-            factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size), state_dtype=dtype)
+            factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size), state_dtype=dtype,
+                                           basis=basis)
         elif name == "lbfgs":
             factories[name] = baseline_factory("lbfgs", 1.0)
             lrs[name] = 1.0
@@ -89,6 +93,14 @@ def crop_setting(args) -> dict:
     report.update(_reach_steps(report), setting=args.setting, style=style, size=size, seconds=time.time() - t0,
                   weights={k: str(v) for k, v in args.weights.items()})
     return report
+
+
+def _basis(name: str, args) -> tuple[str, str]:
+    """(weights name, basis): "lstm-NAME-ms" runs NAME's weights in the multi-scale basis, any other
+    learned name in the basis its card records."""
+    if name.endswith(MULTISCALE) and name.removesuffix(MULTISCALE) in args.weights:
+        return name.removesuffix(MULTISCALE), "multiscale"
+    return name, trained_basis(args.weights[name])
 
 
 def _input_scale(weights: Path, size: int) -> float:
@@ -131,8 +143,12 @@ def engine_setting(args) -> dict:
     timing: dict[str, list[dict]] = {n: [] for n in args.optimizers}
     for photo in photos:
         for name in args.optimizers:
+            weights, basis = (None, None)
+            if name.startswith("lstm"):
+                base, basis = _basis(name, args)
+                weights = args.weights[base]
             run = _engine_run(task, photo, style, size, pyramid, name, lrs[name], args.steps,
-                              weights=args.weights.get(name))
+                              weights=weights, basis=basis)
             curves[name].append(run["curve"])
             timing[name].append({k: run[k] for k in ("seconds", "loss_seconds", "times")})
             print(f"{photo} {name}: final {run['final']:.4g} in {run['seconds']:.1f}s", flush=True)
@@ -143,7 +159,7 @@ def engine_setting(args) -> dict:
     return report
 
 
-def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None) -> dict:
+def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     cfg = StylizeConfig(size=size, steps=steps, optimizer="lstm" if name.startswith("lstm") else name, lr=lr,
                         pyramid=pyramid, device="cpu", seed=0)
@@ -161,12 +177,14 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     if weights is not None:
         import artopt.learned_optimizers.shipped as shipped
 
-        old = shipped.weights_path
+        old, old_basis = shipped.weights_path, shipped.trained_basis
         shipped.weights_path = lambda _n, _w=Path(weights): _w
+        if basis is not None:
+            shipped.trained_basis = lambda _w, _b=basis: _b
         try:
             stylize(content, [style], cfg, callback=cb)
         finally:
-            shipped.weights_path = old
+            shipped.weights_path, shipped.trained_basis = old, old_basis
     else:
         stylize(content, [style], cfg, callback=cb)
     seconds = time.perf_counter() - t0
@@ -330,7 +348,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
-                    help="lstm[-NAME] are learned (add -bf16 / -fp16 for bfloat16 / float16 LSTM state), the rest baselines")
+                    help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
+                         "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state), the rest baselines")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")
@@ -345,6 +364,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--card", type=Path, default=None, help="summary: also record the table in this weights card")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the setting's JSON and PNG here instead of train/results/neural_art")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
@@ -365,10 +386,11 @@ def main(argv=None) -> int:
     crops = args.setting in ("64", "128")
     args.steps = args.steps or (128 if crops else 200)
     report = crop_setting(args) if crops else engine_setting(args)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out or OUT
+    out.mkdir(parents=True, exist_ok=True)
     stem = args.setting if crops else f"{args.setting}-pyramid-{args.pyramid}"
-    (OUT / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, OUT / f"{stem}.png", f"neural art {stem}, style {report['style']}")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / f"{stem}.png", f"neural art {stem}, style {report['style']}")
     print(json.dumps({k: report.get(k) for k in ("setting", "best_baseline", "best_baseline_final_loss",
                                                   "lstm_over_best_baseline", "steps_to_reach_best_baseline_final")}))
     return 0

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val-problems", type=int, default=4)
     ap.add_argument("--grad-normalization", choices=("none", "first_rms"), default="none")
     ap.add_argument("--output-scale", type=float, default=0.1)
+    ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
+                    help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
+                         "0: pixels (artopt.learned_optimizers.multiscale)")
     add_meta_train_flags(ap)
     ap.add_argument("--init", choices=("content", "noise"), default="content")
     ap.add_argument("--init-from", default=None, metavar="PATH",
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     else:
         styles = [s for s in style_names() if s not in HELD_OUT_STYLES]
     task = NeuralArtTask(size=args.size, styles=styles, steps=args.steps, unroll=args.unroll,
-                         size_range=tuple(args.size_range) if args.size_range else None, init=args.init)
+                         size_range=tuple(args.size_range) if args.size_range else None, init=args.init,
+                         basis_levels=args.basis_levels)
     cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
     if args.init_from:
@@ -92,6 +96,9 @@ def main(argv=None) -> int:
         "loss": "artopt.style.StyleLoss on efficientnet-lite0, engine default weights",
         "init": args.init,
         "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
+        "basis": ({"kind": "multiscale", "levels": args.basis_levels,
+                   "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
+                  if args.basis_levels else {"kind": "pixels"}),
         "command": "python train/neural_art.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "init_from": args.init_from,
         "prior_meta_training_minutes": args.prior_minutes,

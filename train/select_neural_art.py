@@ -22,6 +22,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from artopt.learned_optimizers.multiscale import multiscale_problem  # noqa: E402
+from artopt.learned_optimizers.shipped import BASES, trained_basis  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
@@ -30,7 +32,8 @@ from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("weights", nargs="+", type=Path)
+    ap.add_argument("weights", nargs="+",
+                    help="weights files; PATH@multiscale or PATH@pixels overrides the basis its card records")
     ap.add_argument("--val-seeds", type=int, nargs="+", default=[2, 3],
                     help="validation problems of these meta-training seeds (10000 + seed)")
     ap.add_argument("--problems", type=int, default=6, help="problems per seed (as --val-problems)")
@@ -45,14 +48,19 @@ def main(argv=None) -> int:
     problems = [p for seed in args.val_seeds for p in validation_problems(task, seed, args.problems)]
     report = {"val_seeds": args.val_seeds, "problems_per_seed": args.problems, "size": args.size,
               "steps": args.steps, "weights": {}}
-    for path in args.weights:
+    for entry in args.weights:
+        path, _, basis = entry.partition("@")
+        basis = basis or trained_basis(path)
+        if basis not in BASES:
+            raise SystemExit(f"{entry}: unknown basis {basis!r}; choose from {BASES}")
         nets = nn.ModuleDict(load_learned(path))
+        runs = problems if basis == "pixels" else [multiscale_problem(p) for p in problems]
         with torch.no_grad():
-            scores = [final_score(run_episode(nets, p, args.steps)) for p in problems]
+            scores = [final_score(run_episode(nets, p, args.steps)) for p in runs]
         per_seed = {str(s): sum(scores[i * args.problems:(i + 1) * args.problems]) / args.problems
                     for i, s in enumerate(args.val_seeds)}
-        report["weights"][str(path)] = {"mean": sum(scores) / len(scores), "per_seed": per_seed}
-        print(f"{path}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}",
+        report["weights"][entry] = {"mean": sum(scores) / len(scores), "per_seed": per_seed, "basis": basis}
+        print(f"{entry}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}",
               flush=True)
     best = min(report["weights"], key=lambda k: report["weights"][k]["mean"])
     report["best"] = best

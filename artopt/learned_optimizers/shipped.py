@@ -33,6 +33,22 @@ def trained_pixels(weights: str | os.PathLike) -> int | None:
     return json.loads(card_path.read_text()).get("trained_pixels")
 
 
+BASES = ("pixels", "multiscale")
+
+
+def trained_basis(weights: str | os.PathLike) -> str:
+    """The image basis a neural-art weights file was meta-trained in (its card's ``basis``): "pixels"
+    (also for files without a card) or "multiscale" (artopt.learned_optimizers.multiscale)."""
+    card_path = Path(weights).with_suffix(".json")
+    if not card_path.is_file():
+        return "pixels"
+    basis = json.loads(card_path.read_text()).get("basis") or {}
+    kind = basis.get("kind", "pixels") if isinstance(basis, dict) else str(basis)
+    if kind not in BASES:
+        raise ValueError(f"{card_path}: unknown basis {kind!r}; expected one of {BASES}")
+    return kind
+
+
 def neural_art_available() -> bool:
     return weights_path(NEURAL_ART).is_file()
 

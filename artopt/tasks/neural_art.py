@@ -70,6 +70,9 @@ class NeuralArtTask:
     size_range: tuple[int, int] | None = None
     init: str = "content"
     loss_net: str = "efficientnet-lite0"
+    # >0: the problems' parameters are the coefficients of a multi-scale basis with this many levels
+    # (artopt.learned_optimizers.multiscale), for meta-training an optimizer that runs in it.
+    basis_levels: int = 0
     content_weight: float | None = None  # None: the engine's defaults
     style_weight: float | None = None
     tv_weight: float | None = None
@@ -103,7 +106,14 @@ class NeuralArtTask:
     def sample(self, generator: torch.Generator, split: str = "train", style: str | None = None,
                size: int | None = None) -> Problem:
         rnd = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        return self.problem(*self._draw(rnd, split, style, size), rnd)
+        return self._in_basis(self.problem(*self._draw(rnd, split, style, size), rnd))
+
+    def _in_basis(self, problem: Problem) -> Problem:
+        if not self.basis_levels:
+            return problem
+        from ..learned_optimizers.multiscale import multiscale_problem
+
+        return multiscale_problem(problem, self.basis_levels)
 
     def sample_batch(self, generator: torch.Generator, split: str = "train", k: int = 1) -> Problem:
         """``k`` independent problems (photo, crop, style) stacked into one batch of images, so the
@@ -125,8 +135,8 @@ class NeuralArtTask:
             return sum(loss_fn.from_features({n: f[i : i + 1] for n, f in features.items()}, images[i : i + 1])["total"]
                        for i, (_, loss_fn, _) in enumerate(parts))
 
-        return Problem([theta0], loss, project=clamp_image, info={"stacked": [info for _, _, info in parts]},
-                       count=k)
+        return self._in_basis(Problem([theta0], loss, project=clamp_image,
+                                      info={"stacked": [info for _, _, info in parts]}, count=k))
 
     def _draw(self, rnd: random.Random, split: str, style: str | None, size: int | None) -> tuple[str, str, int]:
         files = self._split[split]

@@ -1,0 +1,157 @@
+"""A multi-scale image basis for the learned optimizer.
+
+The image is written as x = x₀ + Σ_k up(z_k): z_0 has the image's resolution, z_k is 2^k times
+coarser and bilinearly upsampled to the image's size.  The coordinatewise optimizer runs on the
+coefficients z (their gradients are upᵀ ∇f), and each step maps its update back to pixels.
+
+Why: in pixel space a coordinatewise optimizer moves every pixel on its own, so a broad change (a
+region's colour, a large brush stroke) takes many small steps; one coefficient of a coarse level
+moves a whole 2^k × 2^k neighbourhood at once.  The basis is a fixed linear map, so any optimizer can
+run in it; the LSTM is meta-trained in it (``multiscale_problem``) and used in it
+(``MultiscaleOptimizer``).  The two are the same algorithm: the coefficients themselves never matter,
+only their updates, because the optimizer sees gradients only.
+
+The levels add a third to the coordinates (1 + 1/4 + 1/16 + ...), and with it to the optimizer's state
+(the engine stores h in int8 to stay under 500 B per pixel).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ..tasks.base import Problem
+
+COARSEST = 8  # px: levels stop where the coarsest one would have fewer pixels across than this
+
+
+def auto_levels(height: int, width: int, coarsest: int = COARSEST) -> int:
+    """Levels for an image: halve until the short side would drop below ``coarsest`` (64 px: 4)."""
+    short = min(height, width)
+    return 1 + max(0, int(math.floor(math.log2(max(short, 1) / coarsest))))
+
+
+def level_shapes(shape: torch.Size | tuple, levels: int) -> list[tuple[int, ...]]:
+    """Shapes of z_0 .. z_{levels-1} for an image (or batch of images) of ``shape`` (..., H, W)."""
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
+    *lead, h, w = shape
+    return [(*lead, -(-h // 2**k), -(-w // 2**k)) for k in range(levels)]
+
+
+def synthesize(zs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Σ_k up(z_k) at ``size`` (H, W): the pixel-space image of the coefficients ``zs``."""
+    out = zs[0]
+    for z in zs[1:]:
+        lead = z.shape[:-2]
+        up = F.interpolate(z.reshape(-1, 1, *z.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+        out = out + up.reshape(*lead, *size)
+    return out
+
+
+def adjoint(grad: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """The coefficients' gradients (upᵀ ∇f) for a pixel gradient ``grad``."""
+    zs = [torch.zeros(s, dtype=grad.dtype, device=grad.device, requires_grad=True) for s in shapes]
+    with torch.enable_grad():
+        return list(torch.autograd.grad(synthesize(zs, tuple(grad.shape[-2:])), zs, grad))
+
+
+class MultiscaleOptimizer(torch.optim.Optimizer):
+    """Runs ``inner`` (a factory: list of coefficient tensors -> optimizer) in the multi-scale basis of
+    each image parameter (shape (..., H, W)).  ``levels=None`` picks ``auto_levels`` per image.
+
+    ``last_notice`` and ``fallback_count`` pass through from the inner optimizer (the learned
+    optimizer's non-finite guard), so callers see its warnings as before.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], inner: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                 levels: int | None = None):
+        super().__init__(params, {})
+        self.images = [p for g in self.param_groups for p in g["params"]]
+        self.coefficients: list[list[torch.Tensor]] = []
+        for p in self.images:
+            if p.dim() < 2:
+                raise ValueError("MultiscaleOptimizer optimizes images: parameters of shape (..., H, W)")
+            n = levels if levels is not None else auto_levels(*p.shape[-2:])
+            self.coefficients.append([torch.zeros(s, dtype=p.dtype, device=p.device, requires_grad=True)
+                                      for s in level_shapes(p.shape, n)])
+        self.inner = inner([z for zs in self.coefficients for z in zs])
+
+    @property
+    def last_notice(self) -> str | None:
+        return getattr(self.inner, "last_notice", None)
+
+    @property
+    def fallback_count(self) -> int:
+        return getattr(self.inner, "fallback_count", 0)
+
+    def state_bytes(self) -> int:
+        """The inner optimizer's state (see ``LearnedOptimizer.state_bytes``); 0 if it cannot tell."""
+        return self.inner.state_bytes() if hasattr(self.inner, "state_bytes") else 0
+
+    @property
+    def coordinates(self) -> int:
+        """Coordinates the inner optimizer keeps state for (about 4/3 of the pixels)."""
+        return sum(z.numel() for zs in self.coefficients for z in zs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self.inner.zero_grad(set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        active = []
+        for p, zs in zip(self.images, self.coefficients):
+            if p.grad is None:
+                continue
+            for z, g in zip(zs, adjoint(p.grad, [z.shape for z in zs])):
+                z.zero_()  # after the inner step, z holds the update alone
+                z.grad = g
+            active.append((p, zs))
+        self.inner.step()
+        for p, zs in active:
+            p.add_(synthesize(zs, tuple(p.shape[-2:])))
+        return loss
+
+
+def multiscale_problem(problem: Problem, levels: int | None = None) -> Problem:
+    """The same problem with image parameters replaced by multi-scale coefficients (for meta-training).
+
+    The coefficients start at zero (x = x₀) and the loss is f(x₀ + Σ_k up(z_k)).  The problem's
+    projection (e.g. clamping to [0, 1]) is applied to the image, and what it changed is folded into
+    z_0 (full resolution), so the image follows exactly the path ``MultiscaleOptimizer`` takes.
+    """
+    x0 = [p.detach() for p in problem.params]
+    counts, shapes, params = [], [], []
+    for x in x0:
+        s = level_shapes(x.shape, levels if levels is not None else auto_levels(*x.shape[-2:]))
+        counts.append(len(s))
+        shapes.append(s)
+        params += [torch.zeros(shape, dtype=x.dtype) for shape in s]
+    bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+
+    def images(zs):
+        return [x + synthesize(list(zs[a:b]), tuple(x.shape[-2:])) for x, a, b in zip(x0, bounds, bounds[1:])]
+
+    def loss(zs, t):
+        return problem.loss(images(zs), t)
+
+    project = None
+    if problem.project is not None:
+        def project(zs):
+            xs = images(zs)
+            out = list(zs)
+            for x, q, a in zip(xs, problem.project(xs), bounds):
+                out[a] = zs[a] + (q - x)
+            return out
+
+    groups = [g for g, n in zip(problem.groups, counts) for _ in range(n)]
+    return Problem(params, loss, groups=groups, project=project, info={**problem.info, "levels": counts},
+                   count=problem.count)

@@ -1,0 +1,105 @@
+"""The multi-scale image basis: shapes, the adjoint, and the optimizer and problem forms agreeing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from artopt.evaluation import lstm_factory, run_optimizer
+from artopt.learned_optimizers import LearnedOptimizer, load_learned
+from artopt.learned_optimizers.multiscale import (MultiscaleOptimizer, adjoint, auto_levels, level_shapes,
+                                                  multiscale_problem, synthesize)
+from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
+from artopt.tasks.base import Problem
+
+
+def _nets():
+    # A trained network: a random one barely reacts to its gradients, which would hide differences.
+    return load_learned(weights_path(NEURAL_ART))
+
+
+def _problem(shape=(1, 3, 20, 13), seed=0) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=g)
+    weights = torch.rand(shape, generator=g) + 0.5
+
+    def loss(params, t):
+        return (weights * (params[0] - target) ** 2).mean() + 1e-3 * params[0].sin().sum()
+
+    return Problem([torch.rand(shape, generator=g)], loss, project=lambda ps: [ps[0].clamp(0, 1)])
+
+
+def test_levels_halve_down_to_the_coarsest_size():
+    assert auto_levels(64, 64) == 4  # 64, 32, 16, 8
+    assert auto_levels(63, 100) == 3
+    assert auto_levels(341, 512) == 6
+    assert auto_levels(5, 5) == 1
+    assert level_shapes((2, 3, 20, 13), 3) == [(2, 3, 20, 13), (2, 3, 10, 7), (2, 3, 5, 4)]
+    with pytest.raises(ValueError):
+        level_shapes((1, 3, 8, 8), 0)
+
+
+def test_the_finest_level_is_the_image_and_coarse_levels_are_smooth():
+    z = [torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 4, 4)]
+    assert torch.allclose(synthesize(z, (8, 8)), torch.ones(1, 1, 8, 8))
+    fine = torch.randn(1, 1, 8, 8)
+    assert torch.equal(synthesize([fine], (8, 8)), fine)
+
+
+def test_adjoint_is_the_transpose_of_synthesis():
+    g = torch.Generator().manual_seed(1)
+    shapes = level_shapes((1, 3, 11, 17), 3)
+    zs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    y = torch.randn(1, 3, 11, 17, generator=g, dtype=torch.float64)
+    lhs = (synthesize(zs, (11, 17)) * y).sum()
+    rhs = sum((z * a).sum() for z, a in zip(zs, adjoint(y, shapes)))
+    assert torch.allclose(lhs, rhs)
+
+
+def test_optimizer_and_problem_forms_follow_the_same_path():
+    """MultiscaleOptimizer (inference) and multiscale_problem (meta-training) are one algorithm."""
+    nets = _nets()
+    problem = _problem()
+    a = run_optimizer(problem, lambda ps, gs: MultiscaleOptimizer(ps, lambda zs: LearnedOptimizer(zs, nets=nets),
+                                                                  levels=3), 15)
+    b = run_optimizer(multiscale_problem(problem, 3), lstm_factory(nets=nets), 15)
+    assert torch.allclose(a.curve, b.curve, rtol=1e-5, atol=1e-7)
+    assert a.curve[-1] < a.curve[0]
+    # the projection keeps the image in [0, 1] while the coefficients themselves are unconstrained
+    assert a.params[0].min() >= 0 and a.params[0].max() <= 1
+
+
+def test_multiscale_differs_from_pixels_and_lstm_factory_selects_it():
+    nets = _nets()
+    problem = _problem((1, 3, 32, 24))  # 2 levels
+    pixels = run_optimizer(problem, lstm_factory(nets=nets), 10).curve
+    multi = run_optimizer(problem, lstm_factory(nets=nets, basis="multiscale"), 10).curve
+    assert not torch.allclose(pixels, multi)
+    opt = lstm_factory(nets=nets, basis="multiscale")(problem.fresh_params(), problem.groups)
+    assert isinstance(opt, MultiscaleOptimizer) and opt.coordinates == 3 * (32 * 24 + 16 * 12)
+    with pytest.raises(ValueError, match="basis"):
+        lstm_factory(nets=nets, basis="wavelets")
+
+
+def test_non_finite_updates_are_guarded_and_reported():
+    nets = _nets()
+    image = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)
+    opt = MultiscaleOptimizer([image], lambda zs: LearnedOptimizer(zs, nets=nets))
+    image.grad = torch.ones_like(image)
+    image.grad[0, 0, 3, 3] = float("nan")
+    opt.step()
+    assert torch.isfinite(image).all()
+    assert opt.fallback_count > 0 and "non-finite" in opt.last_notice
+    image.grad = torch.ones_like(image)
+    opt.step()
+    assert opt.last_notice is None
+
+
+def test_problem_form_starts_at_the_image_and_keeps_groups_and_count():
+    problem = _problem((2, 3, 16, 16))
+    problem.count = 2
+    mp = multiscale_problem(problem)  # 16 px: 2 levels
+    assert [tuple(p.shape) for p in mp.params] == [(2, 3, 16, 16), (2, 3, 8, 8)]
+    assert all(float(p.abs().sum()) == 0 for p in mp.params)
+    assert mp.groups == ["default", "default"] and mp.count == 2 and mp.info["levels"] == [2]
+    assert torch.allclose(mp.loss(mp.params, 0), problem.loss(problem.params, 0))
