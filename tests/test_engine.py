@@ -201,4 +201,35 @@ def test_lstm_sees_gradients_rescaled_to_its_training_resolution(monkeypatch):
     monkeypatch.setattr(shipped, "trained_pixels", lambda weights: None)  # an older card: no rescaling
     assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256)) == 1.0
     opt = engine._make_optimizer("lstm", torch.zeros(1, 3, 32, 32, requires_grad=True), None)
-    assert opt.input_scale == 1.0
+    assert getattr(opt, "inner", opt).input_scale == 1.0  # the learned optimizer, in either basis
+
+
+@pytest.mark.parametrize("basis", ["pixels", "multiscale"])
+def test_lstm_runs_in_the_basis_its_card_records(monkeypatch, tmp_path, basis):
+    from artopt.learned_optimizers import LearnedOptimizer, shipped
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    (tmp_path / "neural_art.safetensors").write_bytes(shipped.weights_path(shipped.NEURAL_ART).read_bytes())
+    (tmp_path / "neural_art.json").write_text(json.dumps({"basis": {"kind": basis, "levels": 4},
+                                                          "trained_pixels": 64 * 64}))
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    image = torch.zeros(1, 3, 64, 128, requires_grad=True)
+    opt = engine._make_optimizer("lstm", image, None)
+    inner = opt.inner if basis == "multiscale" else opt
+    assert isinstance(opt, MultiscaleOptimizer if basis == "multiscale" else LearnedOptimizer)
+    assert inner.input_scale == 2.0
+    image.grad = torch.randn_like(image)
+    opt.step()
+    assert torch.isfinite(image).all()
+    # the bound on the optimizer's state: at most 500 B per pixel
+    assert opt.state_bytes() / (64 * 128) <= 500
+    if basis == "multiscale":
+        assert opt.coordinates == 3 * (64 * 128 + 32 * 64 + 16 * 32 + 8 * 16)
+        assert inner.state_dtype == torch.int8 and opt.state_bytes() == 120 * opt.coordinates
+    else:
+        assert inner.state_dtype == torch.float16 and opt.state_bytes() == 160 * 3 * 64 * 128
+    out, infos = _run(_config(optimizer="lstm", steps=4))
+    assert infos[-1].losses["total"] < infos[0].losses["total"] and torch.isfinite(out).all()
+    (tmp_path / "neural_art.json").write_text(json.dumps({"basis": {"kind": "wavelets"}}))
+    with pytest.raises(ValueError, match="unknown basis"):
+        engine._make_optimizer("lstm", image, None)

@@ -158,6 +158,28 @@ def test_bfloat16_state_storage():
     assert opt.state[p]["h"].element_size() * 2 * 2 * 20 == 160  # bytes per coordinate
 
 
+def test_int8_hidden_state_stays_close_to_float32():
+    """int8 state: h in steps of 1/127 (it lies in (-1, 1)), c in float16, 120 B per coordinate."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.05)
+    target = torch.randn(200)
+    runs = {}
+    for dtype in (torch.float32, torch.int8):
+        p = nn.Parameter(torch.zeros(200))
+        opt = LearnedOptimizer([p], nets={"default": net}, state_dtype=dtype)
+        for _ in range(10):
+            p.grad = p.detach() - target
+            opt.step()
+        runs[dtype] = (p.detach().clone(), opt.state[p])
+    (p32, s32), (p8, s8) = runs[torch.float32], runs[torch.int8]
+    assert s8["h"].dtype == torch.int8 and s8["c"].dtype == torch.float16
+    assert s8["h"].element_size() * 2 * 20 + s8["c"].element_size() * 2 * 20 == 120  # bytes per coordinate
+    assert (s8["h"].float() / 127 - s32["h"]).abs().max() < 0.02
+    assert (p8 - p32).abs().max() < 0.01 * p32.abs().max()
+    with pytest.raises(ValueError, match="state_dtype"):
+        LearnedOptimizer([nn.Parameter(torch.zeros(1))], nets={"default": net}, state_dtype=torch.int32)
+
+
 def test_needs_weights_or_nets():
     with pytest.raises(ValueError):
         LearnedOptimizer([nn.Parameter(torch.zeros(1))])

@@ -22,6 +22,8 @@ from .network import LSTMOptimizerNet, first_rms_scale
 from .preprocessing import sanitize
 from .weights import load_learned
 
+INT8_STEPS = 127  # int8 hidden state: h = stored / 127
+
 
 class LearnedOptimizer(torch.optim.Optimizer):
     """Coordinatewise LSTM optimizer.
@@ -33,7 +35,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         nets: networks to use instead of ``weights`` (e.g. during meta-training).
         lr: multiplier on the learned update (None or 1.0 = as trained).
         state_dtype: storage dtype of the LSTM state; float16 or bfloat16 halves its memory (80 numbers
-            per coordinate for the 2×20 LSTM: 320 B in float32, 160 B in 16 bits).
+            per coordinate for the 2×20 LSTM: 320 B in float32, 160 B in 16 bits).  ``torch.int8``
+            keeps h, which always lies in (-1, 1), in steps of 1/127 and c in float16: 120 B.
         fallback_lr: step size of the fallback used where the LSTM proposes a non-finite update:
             Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)``.
         input_scale: multiplies the gradients the LSTM sees (not the update).  For a loss whose
@@ -65,6 +68,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.nets = nn.ModuleDict(loaded)
         for p in self.nets.parameters():
             p.requires_grad_(False)
+        if state_dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8):
+            raise ValueError(f"state_dtype must be a float dtype or torch.int8, got {state_dtype}")
         self.state_dtype = state_dtype
         self.fallback_lr = fallback_lr
         if not (input_scale > 0 and math.isfinite(input_scale)):
@@ -72,6 +77,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.input_scale = float(input_scale)
         self.last_notice: str | None = None
         self.fallback_count = 0  # coordinates that needed the fallback, over the optimizer's life
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state held now: every coordinate's LSTM h and c."""
+        return sum(t.numel() * t.element_size() for st in self.state.values() for t in st.values()
+                   if isinstance(t, torch.Tensor))
+
+    @property
+    def _c_dtype(self) -> torch.dtype:
+        return torch.float16 if self.state_dtype == torch.int8 else self.state_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,11 +115,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for p in params:
             st = self.state[p]
             if "h" not in st:
-                st["h"], st["c"] = net.init_state(p.numel(), device=device, dtype=self.state_dtype)
+                st["h"], st["c"] = net.init_state(p.numel(), device=device, dtype=self._c_dtype)
+                st["h"] = st["h"].to(self.state_dtype)
             h_list.append(st["h"])
             c_list.append(st["c"])
         h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
+        if self.state_dtype == torch.int8:
+            h = h.to(self._c_dtype).mul_(1 / INT8_STEPS)
 
         if self.input_scale != 1.0:
             flat = flat * self.input_scale
@@ -138,8 +155,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
                                 "used an Adam step (or no step) there and reset their LSTM state")
 
+        if self.state_dtype == torch.int8:
+            h = h.to(self._c_dtype).mul_(INT8_STEPS).round_().clamp_(-INT8_STEPS, INT8_STEPS).to(torch.int8)
         h = h.to(self.state_dtype)
-        c = c.to(self.state_dtype)
+        c = c.to(self._c_dtype)
         offset = 0
         for p in params:
             n = p.numel()

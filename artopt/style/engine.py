@@ -259,14 +259,29 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.o
                              f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
         from artopt.learned_optimizers import LearnedOptimizer
 
-        # float16 LSTM state: 160 B per coordinate (480 B per RGB pixel) instead of 320 B.  On the
-        # 64 px test photos both 16-bit formats stay within 1.5% of fp32's final loss (float16 0.563,
-        # bfloat16 0.552, fp32 0.559; train/results/neural_art/64.json); float16 keeps 11 significant
-        # bits to bfloat16's 8, and a stored c cannot overflow it: c grows by at most 1 a step and
-        # float16 rounds to its 65504 maximum.
+        # Reduced-precision LSTM state.  In pixels: float16, 160 B per coordinate (480 B per RGB
+        # pixel) instead of 320 B; float16 keeps 11 significant bits to bfloat16's 8, and a stored c
+        # cannot overflow it (c grows by at most 1 a step; float16 rounds to its 65504 maximum).  The
+        # multi-scale basis has 4/3 as many coordinates, so h (always in (-1, 1)) goes to int8: 120 B
+        # per coordinate, 480 B per pixel again.  Measured effects on the loss: the weights' card.
         # A non-finite LSTM update falls back to Adam's first step at Adam's image learning rate.
-        return LearnedOptimizer([image], weights=weights_path(NEURAL_ART), lr=lr, state_dtype=torch.float16,
-                                fallback_lr=STYLIZE_LR["adam"], input_scale=lstm_input_scale(image))
+        from artopt.learned_optimizers import shipped
+
+        path = weights_path(NEURAL_ART)
+        multiscale = shipped.trained_basis(path) == "multiscale"
+
+        state_dtype = torch.int8 if multiscale else torch.float16
+
+        def learned(params):
+            return LearnedOptimizer(params, weights=path, lr=lr, state_dtype=state_dtype,
+                                    fallback_lr=STYLIZE_LR["adam"], input_scale=lstm_input_scale(image))
+
+        if multiscale:
+            # Meta-trained on the coefficients of a multi-scale basis: it runs there too.
+            from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+            return MultiscaleOptimizer([image], learned)
+        return learned([image])
     from artopt.optimizers import make_optimizer
 
     return make_optimizer(name, [image], STYLIZE_LR[name] if lr is None else lr)
