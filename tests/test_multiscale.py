@@ -69,6 +69,24 @@ def test_optimizer_and_problem_forms_follow_the_same_path():
     assert a.params[0].min() >= 0 and a.params[0].max() <= 1
 
 
+def test_inner_optimizer_sees_one_flat_tensor_per_image():
+    """The levels are views of one tensor, so the LSTM state is never concatenated or split per level."""
+    images = [torch.rand(1, 3, 20, 13, requires_grad=True), torch.rand(1, 3, 9, 9, requires_grad=True)]
+    opt = MultiscaleOptimizer(images, lambda zs: torch.optim.SGD(zs, lr=0.1), levels=2)
+    assert [p.shape for p in opt.inner.param_groups[0]["params"]] == [(3 * 20 * 13 + 3 * 10 * 7,), (3 * 81 + 3 * 25,)]
+    for flat, zs in zip(opt.flat, opt.coefficients):
+        assert [tuple(z.shape) for z in zs] == level_shapes(zs[0].shape, 2)
+        assert zs[0].data_ptr() == flat.data_ptr() and zs[1].data_ptr() == flat.data_ptr() + 4 * zs[0].numel()
+    for x in images:
+        x.grad = torch.ones_like(x)
+    before = [x.detach().clone() for x in images]
+    opt.step()
+    for x, b, zs in zip(images, before, opt.coefficients):
+        # one SGD step on z moves x by -0.1 Σ_k up(upᵀ 1): the coarse levels' update shows in x
+        torch.testing.assert_close(x.detach() - b, synthesize([z.detach() for z in zs], tuple(x.shape[-2:])))
+        assert zs[1].abs().min() > 0
+
+
 def test_multiscale_differs_from_pixels_and_lstm_factory_selects_it():
     nets = _nets()
     problem = _problem((1, 3, 32, 24))  # 2 levels

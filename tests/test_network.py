@@ -79,6 +79,29 @@ def test_inference_keeps_reduced_precision_state_dtype(dtype):
     assert h.dtype == c.dtype == dtype and u.dtype == torch.float32
 
 
+def test_int8_hidden_state_is_h_in_steps_of_1_over_127():
+    """An int8 h means h/127 (the scale lives in W_hh); the new h comes back rounded to 1/127 steps,
+    the same in the chunked inference path and the differentiable path."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    n = 9_000
+    g = torch.randn(n) * torch.logspace(-6, 1, n)
+    h8 = torch.randint(-127, 128, (2, n, 20), dtype=torch.int8)
+    c16 = (torch.randn(2, n, 20) * 3).half()
+    with torch.no_grad():
+        u_ref, (h_ref, c_ref) = net._inference(g, (h8.float() / 127, c16.float()))
+        u, (h, c) = net._inference(g, (h8, c16), chunk=1000)
+    u_d, (h_d, c_d) = net._differentiable(g, (h8, c16))
+    assert h.dtype == torch.int8 and c.dtype == torch.float16
+    torch.testing.assert_close(u, u_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(u_d.detach(), u_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_d.detach(), h_ref, rtol=1e-5, atol=1e-6)
+    # rounding differs from the reference only where 127·h sits on a half step (fp32 noise)
+    assert (h.int() - (h_ref * 127).round().int()).abs().max() <= 1
+    assert ((h.float() / 127) - h_ref).abs().max() <= 0.5 / 127 + 1e-3
+    torch.testing.assert_close(c, c_ref.half())
+
+
 def test_grad_normalization_config_is_checked():
     import pytest
 

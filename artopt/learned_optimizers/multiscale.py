@@ -63,6 +63,11 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
     """Runs ``inner`` (a factory: list of coefficient tensors -> optimizer) in the multi-scale basis of
     each image parameter (shape (..., H, W)).  ``levels=None`` picks ``auto_levels`` per image.
 
+    Each image's coefficients live in one flat tensor (z_0, z_1, ... in order; ``coefficients``
+    holds their views), and the inner optimizer sees that tensor: one parameter per image, so it
+    never concatenates or splits its state per level.  The order is the one ``multiscale_problem``
+    and meta-training use.
+
     ``last_notice`` and ``fallback_count`` pass through from the inner optimizer (the learned
     optimizer's non-finite guard), so callers see its warnings as before.
     """
@@ -71,14 +76,19 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
                  levels: int | None = None):
         super().__init__(params, {})
         self.images = [p for g in self.param_groups for p in g["params"]]
+        self.flat: list[torch.Tensor] = []
         self.coefficients: list[list[torch.Tensor]] = []
         for p in self.images:
             if p.dim() < 2:
                 raise ValueError("MultiscaleOptimizer optimizes images: parameters of shape (..., H, W)")
             n = levels if levels is not None else auto_levels(*p.shape[-2:])
-            self.coefficients.append([torch.zeros(s, dtype=p.dtype, device=p.device, requires_grad=True)
-                                      for s in level_shapes(p.shape, n)])
-        self.inner = inner([z for zs in self.coefficients for z in zs])
+            shapes = level_shapes(p.shape, n)
+            sizes = [math.prod(s) for s in shapes]
+            flat = torch.zeros(sum(sizes), dtype=p.dtype, device=p.device, requires_grad=True)
+            # views of the detached tensor: same memory, no autograd history to trip over
+            self.coefficients.append([v.view(s) for v, s in zip(flat.detach().split(sizes), shapes)])
+            self.flat.append(flat)
+        self.inner = inner(self.flat)
 
     @property
     def last_notice(self) -> str | None:
@@ -95,7 +105,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
     @property
     def coordinates(self) -> int:
         """Coordinates the inner optimizer keeps state for (about 4/3 of the pixels)."""
-        return sum(z.numel() for zs in self.coefficients for z in zs)
+        return sum(f.numel() for f in self.flat)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
@@ -108,12 +118,11 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         active = []
-        for p, zs in zip(self.images, self.coefficients):
+        for p, flat, zs in zip(self.images, self.flat, self.coefficients):
             if p.grad is None:
                 continue
-            for z, g in zip(zs, adjoint(p.grad, [z.shape for z in zs])):
-                z.zero_()  # after the inner step, z holds the update alone
-                z.grad = g
+            flat.zero_()  # after the inner step, the coefficients hold the update alone
+            flat.grad = torch.cat([g.reshape(-1) for g in adjoint(p.grad, [z.shape for z in zs])])
             active.append((p, zs))
         self.inner.step()
         for p, zs in active:

@@ -15,6 +15,8 @@ from torch import nn
 from .preprocessing import preprocess_gradients, sanitize
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, N, hidden_size)
+# An int8 h (it always lies in (-1, 1)) is stored in steps of 1/INT8_STEPS.
+INT8_STEPS = 127
 GRAD_NORMALIZATIONS = ("none", "first_rms")
 
 
@@ -114,7 +116,10 @@ class LSTMOptimizerNet(nn.Module):
             w_ih = getattr(self.lstm, f"weight_ih_l{layer}")
             w_hh = getattr(self.lstm, f"weight_hh_l{layer}")
             b = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
-            gates = torch.addmm(b, x, w_ih.t()) + h_in[layer].to(x.dtype) @ w_hh.t()
+            h_prev = h_in[layer].to(x.dtype)
+            if h_in.dtype == torch.int8:
+                h_prev = h_prev / INT8_STEPS
+            gates = torch.addmm(b, x, w_ih.t()) + h_prev @ w_hh.t()
             i, f, g, o = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c_in[layer].to(x.dtype) + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(c)
@@ -123,14 +128,15 @@ class LSTMOptimizerNet(nn.Module):
         update = self.head(x).squeeze(-1) * self.config.output_scale
         return update, (torch.stack(hs), torch.stack(cs))
 
-    def _packed_weights(self):
+    def _packed_weights(self, h_scale: float = 1.0):
         """Per layer (W_ih^T, W_hh^T, b) with the cell-candidate rows doubled: tanh(x) = 2σ(2x) - 1
-        lets one in-place sigmoid serve all four gates."""
+        lets one in-place sigmoid serve all four gates.  ``h_scale`` is folded into W_hh (an int8 h
+        enters the matmul as stored, 1/127 lives in the weights)."""
         H = self.config.hidden_size
         packed = []
         for layer in range(self.config.num_layers):
             w_ih = getattr(self.lstm, f"weight_ih_l{layer}").detach().clone()
-            w_hh = getattr(self.lstm, f"weight_hh_l{layer}").detach().clone()
+            w_hh = getattr(self.lstm, f"weight_hh_l{layer}").detach().clone() * h_scale
             b = (getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")).detach().clone()
             for t in (w_ih, w_hh, b):
                 t[2 * H : 3 * H] *= 2
@@ -138,36 +144,50 @@ class LSTMOptimizerNet(nn.Module):
         return packed
 
     def _inference(self, grad: torch.Tensor, state: State, chunk: int | None = None) -> tuple[torch.Tensor, State]:
+        """The no-grad step.  The new state has the dtypes of ``state``: fp32, fp16/bf16, or (h only)
+        int8.  Each chunk converts its slice of the state to fp32 and rounds the result back, so a
+        reduced-precision state never exists in fp32 as a whole (that copying cost more than the
+        LSTM itself on large images)."""
         H = self.config.hidden_size
         h_in, c_in = state
         n = grad.numel()
         if chunk is None:
             chunk = CPU_CHUNK if grad.device.type == "cpu" else GPU_CHUNK
         h_out, c_out = torch.empty_like(h_in), torch.empty_like(c_in)
-        fp32_state = h_out.dtype == torch.float32 and c_out.dtype == torch.float32
+        int8_h = h_in.dtype == torch.int8
+        fp32_h, fp32_c = h_out.dtype == torch.float32, c_out.dtype == torch.float32
         update = torch.empty(n, device=grad.device, dtype=torch.float32)
-        packed = self._packed_weights()
+        packed = self._packed_weights(1.0 / INT8_STEPS if int8_h else 1.0)
         head_w = self.head.weight[0].detach() * self.config.output_scale
         head_b = self.head.bias.detach() * self.config.output_scale
+        scratch = None
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
+            if scratch is None or scratch.shape[1] != e - s:
+                scratch = torch.empty(3, e - s, H, device=grad.device)
             x = self.features(grad[s:e])
             for layer, (w_ih, w_hh, b) in enumerate(packed):
                 gates = torch.addmm(b, x, w_ih)
-                gates.addmm_(h_in[layer, s:e].float(), w_hh)
+                h_prev = h_in[layer, s:e]
+                gates.addmm_(h_prev if fp32_h else h_prev.float(), w_hh)
                 gates.sigmoid_()
                 i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
                 g.mul_(2).sub_(1)
-                # fp32 state: c and h are computed straight into the output state (no extra copy);
-                # reduced-precision state: in fp32 scratch, rounded once on the way out.
-                c_new = c_out[layer, s:e] if fp32_state else torch.empty_like(f)
-                h_new = h_out[layer, s:e] if fp32_state else torch.empty_like(f)
-                torch.mul(f, c_in[layer, s:e].float(), out=c_new).addcmul_(i, g)
+                # fp32 state: c and h are computed straight into the output state; otherwise in fp32
+                # scratch, rounded once on the way out.  (h of layer 0 feeds layer 1, so it gets its
+                # own scratch row.)
+                c_new = c_out[layer, s:e] if fp32_c else scratch[0]
+                h_new = h_out[layer, s:e] if fp32_h else scratch[1 + layer % 2]
+                torch.mul(f, c_in[layer, s:e], out=c_new).addcmul_(i, g)
                 # tanh(c) = 2σ(2c) - 1: this CPU build's sigmoid is about 3x faster than its tanh.
                 torch.mul(c_new, 2, out=h_new).sigmoid_().mul_(2).sub_(1).mul_(o)
-                if not fp32_state:
-                    h_out[layer, s:e] = h_new
+                if not fp32_c:
                     c_out[layer, s:e] = c_new
+                if int8_h:
+                    # |h| < 1, so the rounded value lies in [-127, 127]; gates is free scratch now.
+                    h_out[layer, s:e] = torch.mul(h_new, INT8_STEPS, out=f).round_()
+                elif not fp32_h:
+                    h_out[layer, s:e] = h_new
                 x = h_new
             torch.add(head_b, x @ head_w, out=update[s:e])
         return update, (h_out, c_out)

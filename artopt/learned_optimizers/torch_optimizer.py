@@ -22,8 +22,6 @@ from .network import LSTMOptimizerNet, first_rms_scale
 from .preprocessing import sanitize
 from .weights import load_learned
 
-INT8_STEPS = 127  # int8 hidden state: h = stored / 127
-
 
 class LearnedOptimizer(torch.optim.Optimizer):
     """Coordinatewise LSTM optimizer.
@@ -121,8 +119,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
             c_list.append(st["c"])
         h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
-        if self.state_dtype == torch.int8:
-            h = h.to(self._c_dtype).mul_(1 / INT8_STEPS)
 
         if self.input_scale != 1.0:
             flat = flat * self.input_scale
@@ -155,10 +151,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
                                 "used an Adam step (or no step) there and reset their LSTM state")
 
-        if self.state_dtype == torch.int8:
-            h = h.to(self._c_dtype).mul_(INT8_STEPS).round_().clamp_(-INT8_STEPS, INT8_STEPS).to(torch.int8)
-        h = h.to(self.state_dtype)
-        c = c.to(self._c_dtype)
         offset = 0
         for p in params:
             n = p.numel()
