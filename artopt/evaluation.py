@@ -52,13 +52,14 @@ def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
 
 def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None,
                  state_dtype: torch.dtype = torch.float32, input_scale: float = 1.0,
-                 basis: str = "pixels") -> OptimizerFactory:
+                 basis: str = "pixels", coarsest: int | None = None) -> OptimizerFactory:
     """The learned optimizer from a weights file (or ready networks), loaded once.
 
     Parameters are routed to the network named by their group; a weights file with a single
     network (or a "default" one) serves groups it has no network for.  ``basis="multiscale"`` runs
     it on the coefficients of each image parameter's multi-scale basis
-    (artopt.learned_optimizers.multiscale); "pixels" on the parameters themselves.
+    (artopt.learned_optimizers.multiscale), down to ``coarsest`` px (default: its ``COARSEST``);
+    "pixels" on the parameters themselves.
     """
     if basis not in ("pixels", "multiscale"):
         raise ValueError(f"basis must be 'pixels' or 'multiscale', got {basis!r}")
@@ -79,14 +80,15 @@ def lstm_factory(weights=None, nets: dict | None = None, lr: float | None = None
 
     def build(params, groups):
         if basis == "multiscale":
-            from .learned_optimizers.multiscale import MultiscaleOptimizer
+            from .learned_optimizers.multiscale import COARSEST, MultiscaleOptimizer
 
             nets_used = {route(g) for g in groups}
             if len(nets_used) != 1:
                 raise ValueError("the multi-scale basis serves parameters of one network group only")
             net = nets_used.pop()
             return MultiscaleOptimizer(params, lambda zs: LearnedOptimizer(
-                [{"params": zs, "net": net}], nets=loaded, lr=lr, state_dtype=state_dtype, input_scale=input_scale))
+                [{"params": zs, "net": net}], nets=loaded, lr=lr, state_dtype=state_dtype, input_scale=input_scale),
+                coarsest=coarsest or COARSEST)
         by_net: dict[str, list[torch.Tensor]] = {}
         for p, g in zip(params, groups):
             by_net.setdefault(route(g), []).append(p)

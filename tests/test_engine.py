@@ -204,6 +204,23 @@ def test_lstm_sees_gradients_rescaled_to_its_training_resolution(monkeypatch):
     assert getattr(opt, "inner", opt).input_scale == 1.0  # the learned optimizer, in either basis
 
 
+def test_lstm_runs_with_the_inference_settings_its_card_records(monkeypatch, tmp_path):
+    """The card's calibrated update multiplier and coarsest level; an explicit lr overrides the multiplier."""
+    from artopt.learned_optimizers import shipped
+
+    (tmp_path / "neural_art.safetensors").write_bytes(shipped.weights_path(shipped.NEURAL_ART).read_bytes())
+    card = {"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": 64 * 64}
+    (tmp_path / "neural_art.json").write_text(json.dumps(card))
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    image = torch.zeros(1, 3, 64, 128, requires_grad=True)
+    opt = engine._make_optimizer("lstm", image, None)
+    assert opt.inner.param_groups[0]["lr"] == 1.0 and [z.shape[-2] for z in opt.coefficients[0]] == [64, 32, 16, 8]
+    (tmp_path / "neural_art.json").write_text(json.dumps({**card, "inference": {"lr": 1.25, "coarsest": 2}}))
+    opt = engine._make_optimizer("lstm", image, None)
+    assert opt.inner.param_groups[0]["lr"] == 1.25 and [z.shape[-2] for z in opt.coefficients[0]] == [64, 32, 16, 8, 4, 2]
+    assert engine._make_optimizer("lstm", image, 0.5).inner.param_groups[0]["lr"] == 0.5
+
+
 @pytest.mark.parametrize("basis", ["pixels", "multiscale"])
 def test_lstm_runs_in_the_basis_its_card_records(monkeypatch, tmp_path, basis):
     from artopt.learned_optimizers import LearnedOptimizer, shipped

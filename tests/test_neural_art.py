@@ -176,15 +176,20 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
         script.main(["--trajectory-weights", "quadratic"])
 
 
-def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path):
-    """train/select_neural_art.py: two copies of one file score the same; the lowest mean is named best."""
+def _train_script(name: str):
+    """A script of train/, imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "train" / "select_neural_art.py"
-    spec = importlib.util.spec_from_file_location("select_script", path)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "train" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path):
+    """train/select_neural_art.py: two copies of one file score the same; the lowest mean is named best."""
+    script = _train_script("select_neural_art")
     torch.manual_seed(0)
     a = save_learned(tmp_path / "a.safetensors", {"default": LSTMOptimizerNet()})
     b = save_learned(tmp_path / "b.safetensors", {"default": LSTMOptimizerNet(output_scale=0.0)})  # never moves
@@ -209,3 +214,36 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert all(math.isfinite(s["mean"]) for s in scores.values())
     assert report["best"] == min(scores, key=lambda k: scores[k]["mean"])
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]
+
+
+def test_calibration_script_records_the_best_grid_point_in_the_card(tmp_path):
+    """train/calibrate_neural_art.py scores each (coarsest, lr) pair on validation problems; --card
+    writes the lowest into the card, and the shipped-weights reader returns it."""
+    from artopt.learned_optimizers import shipped
+
+    script = _train_script("calibrate_neural_art")
+    torch.manual_seed(0)
+    w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    w.with_suffix(".json").write_text(json.dumps({"basis": {"kind": "multiscale", "levels": 2}}))
+    assert shipped.inference_settings(w) == {"lr": 1.0, "coarsest": 8}  # as trained until calibrated
+    threads = torch.get_num_threads()
+    try:
+        rc = script.main([str(w), "--size", "16", "--steps", "3", "--problems", "1", "--val-seeds", "5",
+                          "--lr", "1", "1e-9", "--coarsest", "8", "2", "--json", str(tmp_path / "cal.json"), "--card"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    report = json.loads((tmp_path / "cal.json").read_text())
+    assert [(r["coarsest"], r["lr"]) for r in report["grid"]] == [(8, 1.0), (8, 1e-9), (2, 1.0), (2, 1e-9)]
+    scores = {(r["coarsest"], r["lr"]): r["score"] for r in report["grid"]}
+    assert scores[(8, 1e-9)] == pytest.approx(scores[(2, 1e-9)], rel=1e-6)  # a still optimizer: no basis matters
+    assert scores[(8, 1.0)] != scores[(2, 1.0)]  # 16 px: 2 levels down to 8 px, 4 down to 2 px
+    best = min(scores, key=scores.get)
+    assert report["as_trained"]["score"] == scores[(8, 1.0)]
+    card = json.loads(w.with_suffix(".json").read_text())
+    assert card["basis"]["kind"] == "multiscale"  # the rest of the card is kept
+    assert (card["inference"]["coarsest"], card["inference"]["lr"]) == best
+    assert shipped.inference_settings(w) == {"lr": best[1], "coarsest": best[0]}
+    w.with_suffix(".json").write_text(json.dumps({"inference": {"lr": -1}}))
+    with pytest.raises(ValueError, match="inference settings"):
+        shipped.inference_settings(w)

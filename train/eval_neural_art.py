@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
-from artopt.learned_optimizers.shipped import trained_basis, trained_pixels  # noqa: E402
+from artopt.learned_optimizers.multiscale import COARSEST  # noqa: E402
+from artopt.learned_optimizers.shipped import inference_settings, trained_basis, trained_pixels  # noqa: E402
 from artopt.optimizers.tuning import search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
@@ -39,6 +40,7 @@ BASELINES = ("adam", "rmsprop", "sgd", "nag")
 # reduced-precision LSTM state ("-int8": h in int8, c in float16)
 STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16, "-int8": torch.int8}
 MULTISCALE = "-ms"  # run weights in the multi-scale basis (artopt.learned_optimizers.multiscale)
+RAW = "-raw"  # ignore the card's calibrated inference settings: run the weights as meta-trained
 
 
 def _lr_cache() -> dict:
@@ -68,19 +70,21 @@ def crop_setting(args) -> dict:
             _save_lr_cache(cache)
             print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
         lrs[name] = cache[key]["lr"]
-    factories = {}
+    factories, inference = {}, {}
     for name in args.optimizers:
         if name.startswith("lstm"):
             # Same weights, bfloat16 / float16 LSTM state for "-bf16" / "-fp16"; gradients rescaled
             # to the training crop size as the engine does (see artopt.style.engine.lstm_input_scale).
-            base, dtype = name, torch.float32
+            base, raw = _raw(name)
+            dtype = torch.float32
             for suffix, reduced in STATE_DTYPES.items():
-                if name.endswith(suffix):
-                    base, dtype = name.removesuffix(suffix), reduced
+                if base.endswith(suffix):
+                    base, dtype = base.removesuffix(suffix), reduced
             base, basis = _basis(base, args)
             path = args.weights[base]
+            settings = inference[name] = _settings(path, raw)
             factories[name] = lstm_factory(weights=path, input_scale=_input_scale(path, size), state_dtype=dtype,
-                                           basis=basis)
+                                           basis=basis, lr=settings["lr"], coarsest=settings["coarsest"])
         elif name == "lbfgs":
             factories[name] = baseline_factory("lbfgs", 1.0)
             lrs[name] = 1.0
@@ -91,8 +95,18 @@ def crop_setting(args) -> dict:
                       with_metrics=False)
     report = compare(result, lrs=lrs, learned=[n for n in factories if n.startswith("lstm")])
     report.update(_reach_steps(report), setting=args.setting, style=style, size=size, seconds=time.time() - t0,
-                  weights={k: str(v) for k, v in args.weights.items()})
+                  weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     return report
+
+
+def _raw(name: str) -> tuple[str, bool]:
+    """("lstm-x", True) for "lstm-x-raw": the weights run as meta-trained, not as calibrated."""
+    return (name.removesuffix(RAW), True) if name.endswith(RAW) else (name, False)
+
+
+def _settings(weights: Path, raw: bool) -> dict:
+    """The card's calibrated inference settings, or the meta-training ones for a "-raw" name."""
+    return {"lr": 1.0, "coarsest": COARSEST} if raw else inference_settings(weights)
 
 
 def _basis(name: str, args) -> tuple[str, str]:
@@ -141,25 +155,29 @@ def engine_setting(args) -> dict:
             lrs[name] = None
     curves: dict[str, list[list[float]]] = {n: [] for n in args.optimizers}
     timing: dict[str, list[dict]] = {n: [] for n in args.optimizers}
+    inference: dict[str, dict] = {}
     for photo in photos:
         for name in args.optimizers:
-            weights, basis = (None, None)
+            weights, basis, raw = None, None, False
             if name.startswith("lstm"):
-                base, basis = _basis(name, args)
+                base, raw = _raw(name)
+                base, basis = _basis(base, args)
                 weights = args.weights[base]
             run = _engine_run(task, photo, style, size, pyramid, name, lrs[name], args.steps,
-                              weights=weights, basis=basis)
+                              weights=weights, basis=basis, raw=raw)
+            if weights is not None:
+                inference[name] = _settings(weights, raw)
             curves[name].append(run["curve"])
             timing[name].append({k: run[k] for k in ("seconds", "loss_seconds", "times")})
             print(f"{photo} {name}: final {run['final']:.4g} in {run['seconds']:.1f}s", flush=True)
     report = _summarize_curves(curves, lrs)
     report.update(_reach_steps(report), setting=f"{size}px-pyramid-{args.pyramid}", style=style_name, size=size,
-                  photos=photos, weights={k: str(v) for k, v in args.weights.items()})
+                  photos=photos, weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     report["timing"] = _timing_summary(report, curves, timing)
     return report
 
 
-def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None) -> dict:
+def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     cfg = StylizeConfig(size=size, steps=steps, optimizer="lstm" if name.startswith("lstm") else name, lr=lr,
                         pyramid=pyramid, device="cpu", seed=0)
@@ -177,14 +195,15 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     if weights is not None:
         import artopt.learned_optimizers.shipped as shipped
 
-        old, old_basis = shipped.weights_path, shipped.trained_basis
+        old = shipped.weights_path, shipped.trained_basis, shipped.inference_settings
         shipped.weights_path = lambda _n, _w=Path(weights): _w
         if basis is not None:
             shipped.trained_basis = lambda _w, _b=basis: _b
+        shipped.inference_settings = lambda _w, _raw=raw: _settings(_w, _raw)
         try:
             stylize(content, [style], cfg, callback=cb)
         finally:
-            shipped.weights_path, shipped.trained_basis = old, old_basis
+            shipped.weights_path, shipped.trained_basis, shipped.inference_settings = old
     else:
         stylize(content, [style], cfg, callback=cb)
     seconds = time.perf_counter() - t0
@@ -349,7 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
-                         "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state), the rest baselines")
+                         "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, and last -raw to ignore the card's "
+                         "calibrated update multiplier and coarsest basis level), the rest baselines")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks.base import Problem
+from .torch_optimizer import evaluate_closure
 
 COARSEST = 8  # px: levels stop where the coarsest one would have fewer pixels across than this
 
@@ -61,7 +62,8 @@ def adjoint(grad: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Ten
 
 class MultiscaleOptimizer(torch.optim.Optimizer):
     """Runs ``inner`` (a factory: list of coefficient tensors -> optimizer) in the multi-scale basis of
-    each image parameter (shape (..., H, W)).  ``levels=None`` picks ``auto_levels`` per image.
+    each image parameter (shape (..., H, W)).  ``levels=None`` picks ``auto_levels`` per image, down
+    to ``coarsest`` px.
 
     Each image's coefficients live in one flat tensor (z_0, z_1, ... in order; ``coefficients``
     holds their views), and the inner optimizer sees that tensor: one parameter per image, so it
@@ -73,7 +75,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[torch.Tensor], inner: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-                 levels: int | None = None):
+                 levels: int | None = None, coarsest: int = COARSEST):
         super().__init__(params, {})
         self.images = [p for g in self.param_groups for p in g["params"]]
         self.flat: list[torch.Tensor] = []
@@ -81,7 +83,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         for p in self.images:
             if p.dim() < 2:
                 raise ValueError("MultiscaleOptimizer optimizes images: parameters of shape (..., H, W)")
-            n = levels if levels is not None else auto_levels(*p.shape[-2:])
+            n = levels if levels is not None else auto_levels(*p.shape[-2:], coarsest)
             shapes = level_shapes(p.shape, n)
             sizes = [math.prod(s) for s in shapes]
             flat = torch.zeros(sum(sizes), dtype=p.dtype, device=p.device, requires_grad=True)
@@ -113,10 +115,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         active = []
         for p, flat, zs in zip(self.images, self.flat, self.coefficients):
             if p.grad is None:
@@ -130,7 +129,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def multiscale_problem(problem: Problem, levels: int | None = None) -> Problem:
+def multiscale_problem(problem: Problem, levels: int | None = None, coarsest: int = COARSEST) -> Problem:
     """The same problem with image parameters replaced by multi-scale coefficients (for meta-training).
 
     The coefficients start at zero (x = x₀) and the loss is f(x₀ + Σ_k up(z_k)).  The problem's
@@ -140,7 +139,7 @@ def multiscale_problem(problem: Problem, levels: int | None = None) -> Problem:
     x0 = [p.detach() for p in problem.params]
     counts, shapes, params = [], [], []
     for x in x0:
-        s = level_shapes(x.shape, levels if levels is not None else auto_levels(*x.shape[-2:]))
+        s = level_shapes(x.shape, levels if levels is not None else auto_levels(*x.shape[-2:], coarsest))
         counts.append(len(s))
         shapes.append(s)
         params += [torch.zeros(shape, dtype=x.dtype) for shape in s]

@@ -49,6 +49,21 @@ def trained_basis(weights: str | os.PathLike) -> str:
     return kind
 
 
+def inference_settings(weights: str | os.PathLike) -> dict:
+    """How to run a neural-art weights file, from its card's ``inference`` (calibrated after
+    meta-training on validation problems, ``train/calibrate_neural_art.py``): ``lr``, the multiplier
+    on the learned update, and ``coarsest``, the multi-scale basis's coarsest level in px.  Files
+    without one run as trained (1.0, ``multiscale.COARSEST``)."""
+    from .multiscale import COARSEST
+
+    card_path = Path(weights).with_suffix(".json")
+    found = json.loads(card_path.read_text()).get("inference") or {} if card_path.is_file() else {}
+    lr, coarsest = found.get("lr", 1.0), found.get("coarsest", COARSEST)
+    if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
+        raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
+    return {"lr": float(lr), "coarsest": coarsest}
+
+
 def neural_art_available() -> bool:
     return weights_path(NEURAL_ART).is_file()
 

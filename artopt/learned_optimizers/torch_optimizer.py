@@ -23,6 +23,14 @@ from .preprocessing import sanitize
 from .weights import load_learned
 
 
+def evaluate_closure(closure):
+    """``torch.optim``'s closure protocol: re-evaluate the loss with gradients on, if given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """Coordinatewise LSTM optimizer.
 
@@ -87,10 +95,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self.last_notice = None
         # Batch every coordinate served by the same network (and lr) into one LSTM call.
         batches: dict[tuple[str, float], list[torch.Tensor]] = {}

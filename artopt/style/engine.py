@@ -32,7 +32,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # (``bench/stylize.py lr-sweep --size 128 --steps 60 --optimizers adam``: final loss 1.106 at
 # 0.01, 0.635 at 0.02, 0.642 at 0.05; bench/results/lr_sweep.json).  The others are not tuned
 # yet: starting values that lower the loss (tests/test_engine.py); the sweep covers them too.
-# ``lstm`` uses its trained scale (multiplier 1).
+# ``lstm``'s lr is a multiplier on its learned step: by default the one its card's calibration chose.
 STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05, "lstm": None}
 
 # Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
@@ -269,6 +269,9 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.o
 
         path = weights_path(NEURAL_ART)
         multiscale = shipped.trained_basis(path) == "multiscale"
+        # The card's calibration (update multiplier, coarsest basis level) unless --lr overrides it.
+        settings = shipped.inference_settings(path)
+        lr = settings["lr"] if lr is None else lr
 
         state_dtype = torch.int8 if multiscale else torch.float16
 
@@ -280,7 +283,7 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.o
             # Meta-trained on the coefficients of a multi-scale basis: it runs there too.
             from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
-            return MultiscaleOptimizer([image], learned)
+            return MultiscaleOptimizer([image], learned, coarsest=settings["coarsest"])
         return learned([image])
     from artopt.optimizers import make_optimizer
 
