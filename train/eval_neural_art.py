@@ -262,7 +262,9 @@ def _timing_summary(report, curves, timing) -> dict:
             hit = next((k for k, v in enumerate(row) if v <= target), None)
             elapsed = times[hit][0] if hit is not None else None
             total, loss_s = timing[name][i]["seconds"], timing[name][i]["loss_seconds"]
+            # the loss network's share of the time to get there: the wall time a free update would take
             per_photo.append({"seconds_to_adam_final": elapsed, "total_seconds": total,
+                              "loss_net_seconds_to_adam_final": times[hit][1] if hit is not None else None,
                               "loss_net_share": loss_s / total if total else None})
         out[name] = per_photo
     return out
