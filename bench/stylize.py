@@ -150,7 +150,7 @@ def _timed_steps(size: int, optimizer_name: str, steps: int, device: str = "cpu"
     net = build_loss_net(defaults.loss_net, device=dev)
     content = resize_long_side(pil_to_tensor(photo), size).to(dev)
     loss_fn = StyleLoss(net, content, [pil_to_tensor(style).to(dev)], content_weight=defaults.content_weight,
-                        style_weight=defaults.style_weight, tv_weight=defaults.tv_weight)
+                        style_weight=defaults.style_weight, tv_weight=defaults.tv_weight, edge_pad=defaults.edge_pad)
     image = content.clone().requires_grad_(True)
     optimizer = engine_module._make_optimizer(optimizer_name, image, None)
     if dev.type == "cuda":

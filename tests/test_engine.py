@@ -72,6 +72,14 @@ def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
     assert pyramid_sizes(255, True) == [255]  # the coarse scale would be under PYRAMID_MIN_COARSE
 
 
+def test_edge_pad_reaches_the_loss():
+    """The mirrored border (on by default) changes what the loss network sees, so the loss."""
+    assert StylizeConfig().edge_pad == 8
+    _, padded = _run(_config(steps=1))
+    _, plain = _run(_config(steps=1, edge_pad=0))
+    assert padded[0].losses["total"] != plain[0].losses["total"]
+
+
 def test_keep_colors_keeps_content_chroma():
     out, _ = _run(_config(keep_colors=True, steps=5))
     chroma_out = rgb_to_ycbcr(out)[:, 1:]
@@ -169,6 +177,7 @@ def test_divergence_stops_with_last_finite_image(monkeypatch):
     (dict(lr=0.0), "learning rate"), (dict(style_weight=float("nan")), "style weight"),
     (dict(init="zeros"), "init"), (dict(loss_net="resnet"), "loss network"), (dict(device="tpu"), "device"),
     (dict(style_weights=[1.0, 2.0]), "style weights"), (dict(style_scale=0), "style scale"),
+    (dict(edge_pad=-1), "edge pad"),
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -103,3 +103,30 @@ def test_bad_inputs_are_refused(net):
         StyleLoss(net, content, [])
     with pytest.raises(ValueError, match="built for"):
         StyleLoss(net, content, [content])(torch.rand(1, 3, 32, 32))
+
+
+def test_edge_pad_gives_the_border_pixels_interior_gradients(net):
+    """With a mirrored border the loss network's zero padding no longer starves the outermost pixels."""
+    content, style = _smooth_image(0, (96, 96)), _smooth_image(1)
+    torch.manual_seed(0)
+    image = (content + 0.1 * torch.randn_like(content)).clamp(0, 1)
+
+    def border_over_interior(loss_fn):
+        x = image.clone().requires_grad_(True)
+        loss_fn(x)["total"].backward()
+        g = x.grad.abs().mean(1)[0]
+        edges = torch.cat([g[:, 0], g[0, :], g[:, -1], g[-1, :]]).mean()
+        return float(edges / g[8:-8, 8:-8].mean())
+
+    plain = StyleLoss(net, content, [style], edge_pad=0)
+    padded = StyleLoss(net, content, [style], edge_pad=8)
+    assert padded(content)["content"].item() == pytest.approx(0.0, abs=1e-10)  # the target is padded alike
+    assert padded(image)["total"].item() != plain(image)["total"].item()
+    plain_ratio, padded_ratio = border_over_interior(plain), border_over_interior(padded)
+    assert abs(padded_ratio - 1) < abs(plain_ratio - 1), (plain_ratio, padded_ratio)
+    # a pad wider than the image is cut to what reflection allows
+    tiny = _smooth_image(2, (32, 32))
+    assert torch.isfinite(StyleLoss(net, tiny, [style], edge_pad=64)(tiny)["total"])
+    for bad in (-1, 1.5, 10_000):
+        with pytest.raises(ValueError, match="edge pad"):
+            StyleLoss(net, content, [style], edge_pad=bad)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .images import pil_to_tensor, resize_long_side
 from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
-from .losses import StyleLoss
+from .losses import MAX_EDGE_PAD, StyleLoss
 
 OPTIMIZERS = ("auto", "adam", "lbfgs", "sgd", "rmsprop", "nag", "lstm")
 INITS = ("content", "noise")
@@ -61,6 +61,9 @@ class StylizeConfig:
     tv_weight: float = field(default=1.0, metadata={"help": "weight of the total-variation (smoothness) loss"})
     style_scale: float = field(default=1.0, metadata={
         "help": "size of the style images relative to the output (smaller = finer strokes)"})
+    edge_pad: int = field(default=8, metadata={
+        "help": "pixels of mirrored border the loss network sees around the image, against stripes along "
+                "the edges (0: off)"})
     keep_colors: bool = field(default=False, metadata={
         "help": "keep the content's colours: transfer the style to the luminance only"})
     init: str = field(default="content", metadata={"help": "starting image: content or noise", "choices": INITS})
@@ -94,6 +97,8 @@ class StylizeConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be finite and non-negative, got {value}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
+        if not isinstance(self.edge_pad, int) or not 0 <= self.edge_pad <= MAX_EDGE_PAD:
+            raise ValueError(f"edge pad must be an integer from 0 to {MAX_EDGE_PAD} px, got {self.edge_pad}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
@@ -372,7 +377,7 @@ def stylize(content: Image.Image | torch.Tensor,
         loss_fn = StyleLoss(loss_net, target, [s.to(device) for s in style_tensors],
                             content_weight=config.content_weight, style_weight=config.style_weight,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
-                            style_scale=config.style_scale)
+                            style_scale=config.style_scale, edge_pad=config.edge_pad)
         optimizer = _make_optimizer(optimizer_name, image, config.lr)
         evals = 0
 

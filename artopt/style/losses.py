@@ -15,10 +15,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .images import resize_long_side
 from .loss_nets import LossNet
+
+MAX_EDGE_PAD = 256
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,10 @@ class StyleLoss(nn.Module):
         style_weights: blend weights of the styles (normalised to sum 1; default equal).
         style_scale: each style image is resized so its long side is ``style_scale`` times the
             content's long side before its Grams are taken (None keeps the styles' own size).
+        edge_pad: pixels of mirrored border around the image (and the content target) that the loss
+            network sees as context.  Its convolutions pad with zeros, which gives the outermost pixels
+            little and odd gradient; optimizers then paint saturated stripes along the edges.  With a
+            mirrored border the edge pixels are interior ones to the network.  0: off.
 
     Calling it with an image returns ``{"total", "content", "style", "tv"}`` (scalar tensors; the
     parts are unweighted, ``total`` is the weighted sum).  Blending several styles blends their
@@ -59,7 +66,8 @@ class StyleLoss(nn.Module):
 
     def __init__(self, loss_net: LossNet, content: torch.Tensor, styles: Sequence[torch.Tensor] | torch.Tensor, *,
                  content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0,
-                 style_weights: Sequence[float] | None = None, style_scale: float | None = 1.0):
+                 style_weights: Sequence[float] | None = None, style_scale: float | None = 1.0,
+                 edge_pad: int = 0):
         super().__init__()
         if isinstance(styles, torch.Tensor):
             styles = [styles]
@@ -78,6 +86,8 @@ class StyleLoss(nn.Module):
                 raise ValueError(f"{label} weight must be finite and non-negative, got {value}")
         if style_scale is not None and not (0 < style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {style_scale}")
+        if not isinstance(edge_pad, int) or not 0 <= edge_pad <= MAX_EDGE_PAD:
+            raise ValueError(f"edge pad must be an integer from 0 to {MAX_EDGE_PAD} px, got {edge_pad}")
         _check_image(content, "content")
         for s in styles:
             _check_image(s, "style")
@@ -86,6 +96,7 @@ class StyleLoss(nn.Module):
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
+        self.edge_pad = edge_pad
         self.size = tuple(content.shape[-2:])
         device = loss_net.mean.device
         total = sum(style_weights)
@@ -93,7 +104,7 @@ class StyleLoss(nn.Module):
 
         with torch.no_grad():
             content = content.to(device)
-            features = loss_net(content)
+            features = self.features(content)
             self.content_targets = {n: features[n].detach() for n in loss_net.content_layers}
             self.style_targets = {n: torch.zeros(()) for n in loss_net.style_layers}
             for weight, style in zip(blend, styles):
@@ -111,11 +122,22 @@ class StyleLoss(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(image.shape[-2:]) != self.size:
             raise ValueError(f"image is {tuple(image.shape[-2:])}, the loss was built for {self.size}")
-        return self.from_features(self.loss_net(image), image)
+        return self.from_features(self.features(image), image)
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss network's features of ``image`` with its mirrored border (``edge_pad``)."""
+        pad = min(self.edge_pad, image.shape[-2] - 1, image.shape[-1] - 1)  # reflection needs pad < side
+        if pad > 0:
+            # The border is context only (no gradient through it): otherwise the mirrored pixels
+            # next to the edge would count twice and draw a seam of their own.
+            framed = F.pad(image.detach(), (pad, pad, pad, pad), mode="reflect")
+            framed[..., pad:-pad, pad:-pad] = image
+            image = framed
+        return self.loss_net(image)
 
     def from_features(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of ``image`` given its loss-network ``features`` (computed by the caller, e.g.
-        for several images in one batch: pass each image's slice)."""
+        for several images in one batch: pass each image's slice, as ``features`` makes them)."""
         net = self.loss_net
         content = sum(_relative_sq_error(features[n], self.content_targets[n], self._content_norms[n])
                       for n in net.content_layers) / len(net.content_layers)
