@@ -25,12 +25,15 @@ def card(name: str) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _card_beside(weights: str | os.PathLike) -> tuple[Path, dict]:
+    """(path, contents) of the JSON card beside a weights file; contents {} when there is none."""
+    card_path = Path(weights).with_suffix(".json")
+    return card_path, json.loads(card_path.read_text()) if card_path.is_file() else {}
+
+
 def trained_pixels(weights: str | os.PathLike) -> int | None:
     """Pixels of the training crops recorded in the card beside a neural-art weights file, if any."""
-    card_path = Path(weights).with_suffix(".json")
-    if not card_path.is_file():
-        return None
-    return json.loads(card_path.read_text()).get("trained_pixels")
+    return _card_beside(weights)[1].get("trained_pixels")
 
 
 BASES = ("pixels", "multiscale")
@@ -39,10 +42,8 @@ BASES = ("pixels", "multiscale")
 def trained_basis(weights: str | os.PathLike) -> str:
     """The image basis a neural-art weights file was meta-trained in (its card's ``basis``): "pixels"
     (also for files without a card) or "multiscale" (artopt.learned_optimizers.multiscale)."""
-    card_path = Path(weights).with_suffix(".json")
-    if not card_path.is_file():
-        return "pixels"
-    basis = json.loads(card_path.read_text()).get("basis") or {}
+    card_path, found = _card_beside(weights)
+    basis = found.get("basis") or {}
     kind = basis.get("kind", "pixels") if isinstance(basis, dict) else str(basis)
     if kind not in BASES:
         raise ValueError(f"{card_path}: unknown basis {kind!r}; expected one of {BASES}")
@@ -56,8 +57,8 @@ def inference_settings(weights: str | os.PathLike) -> dict:
     without one run as trained (1.0, ``multiscale.COARSEST``)."""
     from .multiscale import COARSEST
 
-    card_path = Path(weights).with_suffix(".json")
-    found = json.loads(card_path.read_text()).get("inference") or {} if card_path.is_file() else {}
+    card_path, card = _card_beside(weights)
+    found = card.get("inference") or {}
     lr, coarsest = found.get("lr", 1.0), found.get("coarsest", COARSEST)
     if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .images import pil_to_tensor, resize_long_side
 from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
-from .losses import MAX_EDGE_PAD, StyleLoss
+from .losses import StyleLoss, check_edge_pad
 
 OPTIMIZERS = ("auto", "adam", "lbfgs", "sgd", "rmsprop", "nag", "lstm")
 INITS = ("content", "noise")
@@ -97,8 +97,7 @@ class StylizeConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be finite and non-negative, got {value}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
-        if not isinstance(self.edge_pad, int) or not 0 <= self.edge_pad <= MAX_EDGE_PAD:
-            raise ValueError(f"edge pad must be an integer from 0 to {MAX_EDGE_PAD} px, got {self.edge_pad}")
+        check_edge_pad(self.edge_pad)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):

@@ -24,6 +24,12 @@ from .loss_nets import LossNet
 MAX_EDGE_PAD = 256
 
 
+def check_edge_pad(edge_pad) -> None:
+    """Refuse an edge pad that is not a whole number of pixels from 0 to MAX_EDGE_PAD."""
+    if isinstance(edge_pad, bool) or not isinstance(edge_pad, int) or not 0 <= edge_pad <= MAX_EDGE_PAD:
+        raise ValueError(f"edge pad must be an integer from 0 to {MAX_EDGE_PAD} px, got {edge_pad}")
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C), averaged over positions so it does not depend on H·W."""
     n, c, h, w = features.shape
@@ -86,8 +92,7 @@ class StyleLoss(nn.Module):
                 raise ValueError(f"{label} weight must be finite and non-negative, got {value}")
         if style_scale is not None and not (0 < style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {style_scale}")
-        if not isinstance(edge_pad, int) or not 0 <= edge_pad <= MAX_EDGE_PAD:
-            raise ValueError(f"edge pad must be an integer from 0 to {MAX_EDGE_PAD} px, got {edge_pad}")
+        check_edge_pad(edge_pad)
         _check_image(content, "content")
         for s in styles:
             _check_image(s, "style")
