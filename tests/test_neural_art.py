@@ -211,9 +211,30 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert scores[str(a)] == scores[str(a2)]
     assert scores[str(a)]["basis"] == "pixels" and scores[f"{a}@multiscale"]["basis"] == "multiscale"
     assert scores[f"{a}@multiscale"]["mean"] != scores[str(a)]["mean"]  # 16 px crops: 2 levels
+    assert scores[f"{a}@multiscale"]["coarsest"] == 8  # no card: multiscale.COARSEST
     assert all(math.isfinite(s["mean"]) for s in scores.values())
     assert report["best"] == min(scores, key=lambda k: scores[k]["mean"])
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]
+
+
+def test_trained_coarsest_follows_the_cards_levels_and_crop(tmp_path):
+    """The basis's coarsest level at meta-training time, which selection, the evaluation's "-raw"
+    runs and (until calibrated) the engine use: the crop's side halved levels - 1 times."""
+    from artopt.learned_optimizers import shipped
+
+    w = tmp_path / "w.safetensors"
+    assert shipped.trained_coarsest(w) == 8  # no card
+    for card, expected in [({"basis": {"kind": "pixels"}, "trained_pixels": 4096}, 8),
+                           ({"basis": {"kind": "multiscale", "levels": 4}}, 8),  # crop unknown
+                           ({"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": 4096}, 8),
+                           ({"basis": {"kind": "multiscale", "levels": 5}, "trained_pixels": 4096}, 4),
+                           ({"basis": {"kind": "multiscale", "levels": 3}, "trained_pixels": 128 * 128}, 32),
+                           ({"basis": {"kind": "multiscale", "levels": 9}, "trained_pixels": 4096}, 1)]:
+        w.with_suffix(".json").write_text(json.dumps(card))
+        assert shipped.trained_coarsest(w) == expected, card
+    w.with_suffix(".json").write_text(json.dumps({"basis": {"kind": "multiscale", "levels": 5},
+                                                  "trained_pixels": 4096}))
+    assert shipped.inference_settings(w) == {"lr": 1.0, "coarsest": 4}
 
 
 def test_calibration_script_records_the_best_grid_point_in_the_card(tmp_path):

@@ -1,4 +1,5 @@
 import itertools
+import math
 import json
 
 import pytest
@@ -178,21 +179,25 @@ class Recorder(torch.optim.SGD):
         self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
 
 
-def test_linear_trajectory_weights_scale_each_steps_meta_gradient():
-    """With φ frozen (lr 0) both weightings follow one trajectory; with unroll 1, unroll t's
-    meta-gradient under "linear" is w_t = 2t / (T + 1) times the uniform one."""
+@pytest.mark.parametrize("kind", ["linear", "sqrt"])
+def test_trajectory_weights_scale_each_steps_meta_gradient(kind):
+    """With φ frozen (lr 0) every weighting follows one trajectory; with unroll 1, unroll t's
+    meta-gradient is w_t times the uniform one (linear: 2t / (T + 1); sqrt: √t scaled to mean 1)."""
     torch.manual_seed(0)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
     steps, recorded = 3, {}
-    for weights in ("uniform", "linear"):
+    for weights in ("uniform", kind):
         problem = TinyQuadratic().sample(torch.Generator().manual_seed(4))
         rec = Recorder(nets.parameters())
         run_episode(nets, problem, steps, unroll=1, meta_opt=rec, grad_clip=1e12, trajectory_weights=weights)
         recorded[weights] = rec.seen
-    assert len(recorded["uniform"]) == len(recorded["linear"]) == steps
-    for t, (uni, lin) in enumerate(zip(recorded["uniform"], recorded["linear"]), start=1):
-        for gu, gl in zip(uni, lin):
-            torch.testing.assert_close(gl, gu * (2 * t / (steps + 1)))
+    assert len(recorded["uniform"]) == len(recorded[kind]) == steps
+    expected = {"linear": [2 * t / (steps + 1) for t in (1, 2, 3)],
+                "sqrt": [3 * math.sqrt(t) / (1 + math.sqrt(2) + math.sqrt(3)) for t in (1, 2, 3)]}[kind]
+    assert sum(expected) == pytest.approx(steps)  # mean 1
+    for w, uni, other in zip(expected, recorded["uniform"], recorded[kind]):
+        for gu, go in zip(uni, other):
+            torch.testing.assert_close(go, gu * w)
 
 
 def test_log_meta_loss_divides_each_steps_meta_gradient_by_its_loss():

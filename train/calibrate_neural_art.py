@@ -5,7 +5,7 @@
 
 Two settings are free after meta-training: a multiplier on the learned update (the engine's ``--lr``
 for ``lstm``) and, for weights trained in the multi-scale basis, how coarse its coarsest level is
-(``coarsest`` px; training used ``multiscale.COARSEST``).  Every pair on the grid runs the inference
+(``coarsest`` px; training used ``shipped.trained_coarsest``).  Every pair on the grid runs the inference
 path the engine uses (MultiscaleOptimizer around LearnedOptimizer) on the validation problems of
 ``--val-seeds`` (as ``select_neural_art.py``: 64 px, the training style, 128 steps) and is scored by
 the meta-training criterion (mean loss over the last 5% of steps).  ``--card`` writes the best pair
@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import lstm_factory, run_optimizer  # noqa: E402
-from artopt.learned_optimizers.multiscale import COARSEST  # noqa: E402
-from artopt.learned_optimizers.shipped import trained_basis  # noqa: E402
+from artopt.learned_optimizers.shipped import trained_basis, trained_coarsest  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
@@ -59,8 +58,8 @@ def main(argv=None) -> int:
                     help="validation problems of these meta-training seeds (10000 + seed)")
     ap.add_argument("--problems", type=int, default=6, help="problems per seed")
     ap.add_argument("--lr", type=float, nargs="+", default=[1.0], help="update multipliers to try")
-    ap.add_argument("--coarsest", type=int, nargs="+", default=[COARSEST],
-                    help="coarsest basis level (px) to try; multi-scale weights only")
+    ap.add_argument("--coarsest", type=int, nargs="+", default=None,
+                    help="coarsest basis level (px) to try; multi-scale weights only (default: as trained)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="threads per job")
@@ -68,11 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--card", action="store_true", help="record the best pair in the weights' card")
     args = ap.parse_args(argv)
+    trained = trained_coarsest(args.weights)
+    args.coarsest = args.coarsest or [trained]
     if any(not lr > 0 for lr in args.lr) or any(c < 1 for c in args.coarsest):
         ap.error("--lr values must be positive and --coarsest values at least 1")
 
     basis = trained_basis(args.weights)
-    coarsest_grid = args.coarsest if basis == "multiscale" else [COARSEST]
+    coarsest_grid = args.coarsest if basis == "multiscale" else [trained]
     grid = [(coarsest, lr) for coarsest in coarsest_grid for lr in args.lr]
     work = partial(_score, args.weights, basis, args.val_seeds, args.problems, args.size, args.steps, args.threads)
     if args.jobs > 1:
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         print(f"coarsest {r['coarsest']:3d} px  lr x{r['lr']:g}: {r['score']:.4f}  "
               + "  ".join(f"t{t} {v:.4f}" for t, v in r["mean_loss_at_step"].items()), flush=True)
     best = min(rows, key=lambda r: r["score"])
-    as_trained = next((r for r in rows if r["lr"] == 1.0 and r["coarsest"] == COARSEST), None)
+    as_trained = next((r for r in rows if r["lr"] == 1.0 and r["coarsest"] == trained), None)
     report = {"weights": str(args.weights), "basis": basis, "val_seeds": args.val_seeds,
               "problems_per_seed": args.problems, "size": args.size, "steps": args.steps,
               "criterion": "mean loss over the last 5% of steps, averaged over the problems",

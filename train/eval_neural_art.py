@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
-from artopt.learned_optimizers.multiscale import COARSEST  # noqa: E402
-from artopt.learned_optimizers.shipped import inference_settings, trained_basis, trained_pixels  # noqa: E402
+from artopt.learned_optimizers.shipped import (  # noqa: E402
+    inference_settings, trained_basis, trained_coarsest, trained_pixels)
 from artopt.optimizers.tuning import search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
@@ -106,7 +106,7 @@ def _raw(name: str) -> tuple[str, bool]:
 
 def _settings(weights: Path, raw: bool) -> dict:
     """The card's calibrated inference settings, or the meta-training ones for a "-raw" name."""
-    return {"lr": 1.0, "coarsest": COARSEST} if raw else inference_settings(weights)
+    return {"lr": 1.0, "coarsest": trained_coarsest(weights)} if raw else inference_settings(weights)
 
 
 def _basis(name: str, args) -> tuple[str, str]:

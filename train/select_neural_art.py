@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers.multiscale import multiscale_problem  # noqa: E402
-from artopt.learned_optimizers.shipped import BASES, trained_basis  # noqa: E402
+from artopt.learned_optimizers.shipped import BASES, trained_basis, trained_coarsest  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
@@ -54,12 +54,14 @@ def main(argv=None) -> int:
         if basis not in BASES:
             raise SystemExit(f"{entry}: unknown basis {basis!r}; choose from {BASES}")
         nets = nn.ModuleDict(load_learned(path))
-        runs = problems if basis == "pixels" else [multiscale_problem(p) for p in problems]
+        coarsest = trained_coarsest(path)  # the levels it was meta-trained with
+        runs = problems if basis == "pixels" else [multiscale_problem(p, coarsest=coarsest) for p in problems]
         with torch.no_grad():
             scores = [final_score(run_episode(nets, p, args.steps)) for p in runs]
         per_seed = {str(s): sum(scores[i * args.problems:(i + 1) * args.problems]) / args.problems
                     for i, s in enumerate(args.val_seeds)}
-        report["weights"][entry] = {"mean": sum(scores) / len(scores), "per_seed": per_seed, "basis": basis}
+        report["weights"][entry] = {"mean": sum(scores) / len(scores), "per_seed": per_seed, "basis": basis,
+                                  "coarsest": coarsest}
         print(f"{entry}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}",
               flush=True)
     best = min(report["weights"], key=lambda k: report["weights"][k]["mean"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -50,16 +51,27 @@ def trained_basis(weights: str | os.PathLike) -> str:
     return kind
 
 
+def trained_coarsest(weights: str | os.PathLike) -> int:
+    """The multi-scale basis's coarsest level (px) during meta-training: the crop's side halved
+    ``levels - 1`` times (64 px crops, 4 levels: 8 px; 5 levels: 4 px).  ``multiscale.COARSEST``
+    when the card does not record both."""
+    from .multiscale import COARSEST
+
+    basis, pixels = (_card_beside(weights)[1].get(k) for k in ("basis", "trained_pixels"))
+    levels = basis.get("levels") if isinstance(basis, dict) and basis.get("kind") == "multiscale" else None
+    if not (isinstance(levels, int) and levels >= 1 and isinstance(pixels, (int, float)) and pixels >= 1):
+        return COARSEST
+    return max(1, round(math.sqrt(pixels)) >> (levels - 1))
+
+
 def inference_settings(weights: str | os.PathLike) -> dict:
     """How to run a neural-art weights file, from its card's ``inference`` (calibrated after
     meta-training on validation problems, ``train/calibrate_neural_art.py``): ``lr``, the multiplier
     on the learned update, and ``coarsest``, the multi-scale basis's coarsest level in px.  Files
-    without one run as trained (1.0, ``multiscale.COARSEST``)."""
-    from .multiscale import COARSEST
-
+    without one run as trained (1.0, ``trained_coarsest``)."""
     card_path, card = _card_beside(weights)
     found = card.get("inference") or {}
-    lr, coarsest = found.get("lr", 1.0), found.get("coarsest", COARSEST)
+    lr, coarsest = found.get("lr", 1.0), found.get("coarsest", trained_coarsest(weights))
     if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
     return {"lr": float(lr), "coarsest": coarsest}

@@ -31,7 +31,7 @@ from ..learned_optimizers.weights import save_learned, write_json_atomic
 from ..tasks.base import Problem, Task, stack_problems
 
 
-TRAJECTORY_WEIGHTS = ("uniform", "linear")
+TRAJECTORY_WEIGHTS = ("uniform", "linear", "sqrt")
 META_LOSSES = ("sum", "log")
 
 # The string options of MetaTrainConfig: allowed values (the first is the default) and a one-line
@@ -42,7 +42,8 @@ OBJECTIVE_OPTIONS = {
     "meta_lr_schedule": (("constant", "cosine"),
                          "cosine: decay the meta learning rate to 0 over the wall-time (or episode) budget"),
     "trajectory_weights": (TRAJECTORY_WEIGHTS,
-                           "w_t of the meta-loss: uniform (the paper) or linear, 2t/(T+1) (favours the final loss)"),
+                           "w_t of the meta-loss: uniform (the paper); linear, 2t/(T+1) (favours the final loss); "
+                           "sqrt, √t scaled to mean 1 (between the two)"),
     "meta_loss": (META_LOSSES,
                   "sum: Σ w_t f(θ_t) (the paper); log: Σ w_t log f(θ_t), each step counted by its relative "
                   "progress, so late steps with small losses are not drowned out by the first ones"),
@@ -75,8 +76,9 @@ class MetaTrainConfig:
     # "constant", or "cosine": the meta learning rate decays to 0 over the run's budget (wall time
     # when max_minutes is set, else episodes), so the last checkpoints are not just Adam's noise.
     meta_lr_schedule: str = "constant"
-    # w_t of the trajectory loss Σ_t w_t f(θ_t): "uniform" (w_t = 1, the paper) or "linear"
-    # (w_t = 2t / (T + 1), mean 1: later steps count more, trading early speed for final loss).
+    # w_t of the trajectory loss Σ_t w_t f(θ_t): "uniform" (w_t = 1, the paper), "linear"
+    # (w_t = 2t / (T + 1), mean 1: later steps count more, trading early speed for final loss) or
+    # "sqrt" (w_t ∝ √t, mean 1: the first unroll keeps more of its say than under "linear").
     trajectory_weights: str = "uniform"
     # "constant" (the paper), or "grow": the truncation length grows geometrically from ``unroll`` to
     # ``steps`` over the first half of the budget.  Short unrolls give many meta-updates early; long
@@ -106,6 +108,17 @@ class MetaTrainConfig:
         for name, (allowed, _) in OBJECTIVE_OPTIONS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+def trajectory_weight(kind: str, t: int, steps: int) -> float:
+    """w_t of the meta-loss Σ_t w_t f(θ_t), t = 1..steps; every kind averages 1 over the horizon."""
+    if kind == "uniform":
+        return 1.0
+    if kind == "linear":
+        return 2.0 * t / (steps + 1)
+    if kind == "sqrt":
+        return math.sqrt(t) * steps / sum(math.sqrt(s) for s in range(1, steps + 1))
+    raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {kind!r}")
 
 
 def _grads(problem: Problem, params: list[torch.Tensor], t: int, scale: float = 1.0):
@@ -162,7 +175,7 @@ def run_episode(
                 value = float(loss)
                 losses.append(value / per_problem)
                 if training:
-                    w = 1.0 if trajectory_weights == "uniform" else 2.0 * t / (steps + 1)
+                    w = trajectory_weight(trajectory_weights, t, steps)
                     if meta_loss == "log":  # d log f = df / f; a non-positive loss has no log
                         w = w / value if value > 0 else 0.0
                     w = w / problem.count
