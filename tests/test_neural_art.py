@@ -268,3 +268,27 @@ def test_calibration_script_records_the_best_grid_point_in_the_card(tmp_path):
     w.with_suffix(".json").write_text(json.dumps({"inference": {"lr": -1}}))
     with pytest.raises(ValueError, match="inference settings"):
         shipped.inference_settings(w)
+
+
+def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monkeypatch):
+    """eval_neural_art's engine settings: NAME-flat runs NAME at full size only, in the same run as the
+    coarse-to-fine entries, with the baseline's learning rate tuned for single-scale runs, and is timed
+    against that run's Adam."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)  # the learning-rate cache lives there
+    (tmp_path / "lrs.json").write_text(json.dumps({"engine-256px/steps=4/adam": {"lr": 0.02},
+                                                   "engine-256px-pyramid-off/steps=4/adam": {"lr": 0.03}}))
+    threads = torch.get_num_threads()
+    try:
+        rc = script.main(["256", "--pyramid", "on", "--optimizers", "adam,adam-flat,lstm-flat", "--photos", "1",
+                          "--steps", "4", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
+    runs = report["optimizers"]
+    assert (runs["adam"]["lr"], runs["adam-flat"]["lr"]) == (0.02, 0.03)
+    assert len(runs["adam-flat"]["mean_curve"]) == len(runs["lstm-flat"]["mean_curve"]) == 4  # every step at 256 px
+    assert len(runs["adam"]["mean_curve"]) < 4  # the first steps went to the 128 px scale
+    assert runs["lstm-flat"]["learned"] and report["best_baseline"] in ("adam", "adam-flat")
+    assert set(report["timing"]) == {"adam", "adam-flat", "lstm-flat"}

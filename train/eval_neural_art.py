@@ -41,6 +41,9 @@ BASELINES = ("adam", "rmsprop", "sgd", "nag")
 STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16, "-int8": torch.int8}
 MULTISCALE = "-ms"  # run weights in the multi-scale basis (artopt.learned_optimizers.multiscale)
 RAW = "-raw"  # ignore the card's calibrated inference settings: run the weights as meta-trained
+# engine settings: run this optimizer without the coarse-to-fine pyramid in a --pyramid on run, so
+# its time to reach the pyramid-run Adam's final loss is measured in the same run
+FLAT = "-flat"
 
 
 def _lr_cache() -> dict:
@@ -99,6 +102,11 @@ def crop_setting(args) -> dict:
     return report
 
 
+def _flat(name: str, pyramid: bool) -> tuple[str, bool]:
+    """(name without "-flat", whether its engine run uses the pyramid)."""
+    return (name.removesuffix(FLAT), False) if name.endswith(FLAT) else (name, pyramid)
+
+
 def _raw(name: str) -> tuple[str, bool]:
     """("lstm-x", True) for "lstm-x-raw": the weights run as meta-trained, not as calibrated."""
     return (name.removesuffix(RAW), True) if name.endswith(RAW) else (name, False)
@@ -134,22 +142,24 @@ def engine_setting(args) -> dict:
     cache = _lr_cache()
     lrs: dict[str, float | None] = {}
     for name in args.optimizers:
-        if name in BASELINES:
-            key = f"engine-{args.tune_size or size}px{'' if pyramid else '-pyramid-off'}/steps={args.steps}/{name}"
+        base, run_pyramid = _flat(name, pyramid)
+        if base in BASELINES:
+            key = f"engine-{args.tune_size or size}px{'' if run_pyramid else '-pyramid-off'}/steps={args.steps}/{base}"
             if key not in cache or args.retune:
                 val_photo = sorted(task.split["val"])[: args.tune_photos]
                 scores = {}
                 for f in args.engine_grid_factors:
-                    lr = STYLIZE_LR[name] * f
-                    finals = [_engine_run(task, p, style, args.tune_size or size, pyramid, name, lr, args.steps)["final"]
+                    lr = STYLIZE_LR[base] * f
+                    finals = [_engine_run(task, p, style, args.tune_size or size, run_pyramid, base, lr,
+                                          args.steps)["final"]
                               for p in val_photo]
                     scores[repr(lr)] = sum(finals) / len(finals)
-                    print(f"tune {name} lr={lr:g}: {scores[repr(lr)]:.4g}", flush=True)
+                    print(f"tune {base} lr={lr:g}: {scores[repr(lr)]:.4g}", flush=True)
                 best = min(scores, key=lambda k: scores[k])
-                cache[key] = {"lr": float(best), "scores": scores, "photos": val_photo, "pyramid": pyramid}
+                cache[key] = {"lr": float(best), "scores": scores, "photos": val_photo, "pyramid": run_pyramid}
                 _save_lr_cache(cache)
             lrs[name] = cache[key]["lr"]
-        elif name == "lbfgs":
+        elif base == "lbfgs":
             lrs[name] = 1.0
         else:
             lrs[name] = None
@@ -159,11 +169,12 @@ def engine_setting(args) -> dict:
     for photo in photos:
         for name in args.optimizers:
             weights, basis, raw = None, None, False
-            if name.startswith("lstm"):
-                base, raw = _raw(name)
+            base, run_pyramid = _flat(name, pyramid)
+            if base.startswith("lstm"):
+                base, raw = _raw(base)
                 base, basis = _basis(base, args)
                 weights = args.weights[base]
-            run = _engine_run(task, photo, style, size, pyramid, name, lrs[name], args.steps,
+            run = _engine_run(task, photo, style, size, run_pyramid, name.removesuffix(FLAT), lrs[name], args.steps,
                               weights=weights, basis=basis, raw=raw)
             if weights is not None:
                 inference[name] = _settings(weights, raw)
@@ -370,8 +381,9 @@ def main(argv=None) -> int:
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
-                         "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, and last -raw to ignore the card's "
-                         "calibrated update multiplier and coarsest basis level), the rest baselines")
+                         "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, then -raw to ignore the card's "
+                         "calibrated update multiplier and coarsest basis level), the rest baselines; engine settings: "
+                         "NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against its Adam)")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")
