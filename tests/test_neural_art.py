@@ -212,6 +212,8 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert scores[str(a)]["basis"] == "pixels" and scores[f"{a}@multiscale"]["basis"] == "multiscale"
     assert scores[f"{a}@multiscale"]["mean"] != scores[str(a)]["mean"]  # 16 px crops: 2 levels
     assert scores[f"{a}@multiscale"]["coarsest"] == 8  # no card: multiscale.COARSEST
+    assert all(list(s["mean_loss_at_step"]) == ["1"] for s in scores.values())  # 3 steps: 3 // 2
+    assert scores[str(a)]["mean_loss_at_step"]["1"] != scores[str(b)]["mean_loss_at_step"]["1"]
     assert all(math.isfinite(s["mean"]) for s in scores.values())
     assert report["best"] == min(scores, key=lambda k: scores[k]["mean"])
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]

@@ -57,13 +57,17 @@ def main(argv=None) -> int:
         coarsest = trained_coarsest(path)  # the levels it was meta-trained with
         runs = problems if basis == "pixels" else [multiscale_problem(p, coarsest=coarsest) for p in problems]
         with torch.no_grad():
-            scores = [final_score(run_episode(nets, p, args.steps)) for p in runs]
+            curves = [run_episode(nets, p, args.steps) for p in runs]
+        scores = [final_score(c) for c in curves]
+        # not the criterion, but how fast it gets there (the 64 px target counts steps too)
+        at_step = {str(t): sum(c[t] for c in curves) / len(curves)
+                   for t in sorted({args.steps // 8, args.steps // 4, args.steps // 2} - {0})}  # 128: 16, 32, 64
         per_seed = {str(s): sum(scores[i * args.problems:(i + 1) * args.problems]) / args.problems
                     for i, s in enumerate(args.val_seeds)}
         report["weights"][entry] = {"mean": sum(scores) / len(scores), "per_seed": per_seed, "basis": basis,
-                                  "coarsest": coarsest}
-        print(f"{entry}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}",
-              flush=True)
+                                  "coarsest": coarsest, "mean_loss_at_step": at_step}
+        print(f"{entry}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}"
+              + "".join(f"  t{t} {v:.4f}" for t, v in at_step.items()), flush=True)
     best = min(report["weights"], key=lambda k: report["weights"][k]["mean"])
     report["best"] = best
     print(f"best: {best}")
