@@ -87,7 +87,7 @@ def test_a_batch_of_problems_gives_each_image_its_own_loss_and_gradient(task):
         loss = loss_fn(xi)["total"]
         torch.testing.assert_close(torch.autograd.grad(loss, xi)[0], grad[i : i + 1], rtol=1e-4, atol=1e-5)
         singles += float(loss.detach())
-    assert float(total) == pytest.approx(singles, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(singles, rel=1e-5)
 
 
 def test_short_meta_training_lowers_the_meta_loss(task):
