@@ -55,9 +55,14 @@ def trained_coarsest(weights: str | os.PathLike) -> int:
     """The multi-scale basis's coarsest level (px) during meta-training: the crop's side halved
     ``levels - 1`` times (64 px crops, 4 levels: 8 px; 5 levels: 4 px).  ``multiscale.COARSEST``
     when the card does not record both."""
+    return _coarsest_in(_card_beside(weights)[1])
+
+
+def _coarsest_in(card: dict) -> int:
+    """``trained_coarsest`` from a card's contents."""
     from .multiscale import COARSEST
 
-    basis, pixels = (_card_beside(weights)[1].get(k) for k in ("basis", "trained_pixels"))
+    basis, pixels = card.get("basis"), card.get("trained_pixels")
     levels = basis.get("levels") if isinstance(basis, dict) and basis.get("kind") == "multiscale" else None
     if not (isinstance(levels, int) and levels >= 1 and isinstance(pixels, (int, float)) and pixels >= 1):
         return COARSEST
@@ -71,7 +76,8 @@ def inference_settings(weights: str | os.PathLike) -> dict:
     without one run as trained (1.0, ``trained_coarsest``)."""
     card_path, card = _card_beside(weights)
     found = card.get("inference") or {}
-    lr, coarsest = found.get("lr", 1.0), found.get("coarsest", trained_coarsest(weights))
+    lr = found.get("lr", 1.0)
+    coarsest = found["coarsest"] if "coarsest" in found else _coarsest_in(card)
     if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
     return {"lr": float(lr), "coarsest": coarsest}

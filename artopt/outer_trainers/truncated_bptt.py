@@ -13,6 +13,7 @@ instead of f itself: the same gradient for φ, without keeping the optimizee's g
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -117,8 +118,14 @@ def trajectory_weight(kind: str, t: int, steps: int) -> float:
     if kind == "linear":
         return 2.0 * t / (steps + 1)
     if kind == "sqrt":
-        return math.sqrt(t) * steps / sum(math.sqrt(s) for s in range(1, steps + 1))
+        return math.sqrt(t) / _mean_sqrt(steps)
     raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {kind!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_sqrt(steps: int) -> float:
+    """mean of √t over t = 1..steps (once per horizon, not once per step)."""
+    return sum(math.sqrt(s) for s in range(1, steps + 1)) / steps
 
 
 def _grads(problem: Problem, params: list[torch.Tensor], t: int, scale: float = 1.0):
