@@ -219,6 +219,21 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]
 
 
+def test_selection_breaks_a_tie_on_the_final_loss_by_the_earlier_loss():
+    """select_neural_art.choose: files within --tie-within of the lowest mean are tied, and the tie
+    goes to the lowest loss at the tie-break step; without a tie the lowest mean wins."""
+    script = _train_script("select_neural_art")
+    scores = {"a": {"mean": 0.4750, "mean_loss_at_step": {"32": 0.610}},
+              "b": {"mean": 0.4760, "mean_loss_at_step": {"32": 0.600}},  # 0.21% above a
+              "c": {"mean": 0.4800, "mean_loss_at_step": {"32": 0.590}}}  # 1.05% above a
+    assert script.choose(scores, 0.0, "32") == ("a", ["a"])
+    assert script.choose(scores, 0.005, "32") == ("b", ["a", "b"])
+    assert script.choose(scores, 0.02, "32") == ("c", ["a", "b", "c"])
+    for bad in (["--tie-within", "-0.1"], ["--tie-break-step", "0"], ["--steps", "8", "--tie-break-step", "9"]):
+        with pytest.raises(SystemExit):
+            script.main(["w.safetensors", *bad])
+
+
 def test_trained_coarsest_follows_the_cards_levels_and_crop(tmp_path):
     """The basis's coarsest level at meta-training time, which selection, the evaluation's "-raw"
     runs and (until calibrated) the engine use: the crop's side halved levels - 1 times."""

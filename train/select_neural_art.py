@@ -7,6 +7,10 @@ checkpoint that scored best there, so its own score is biased low and two runs' 
 same problems.  This scores every file on the validation problems of ``--val-seeds`` (pick seeds
 that no compared run trained with), 128 steps at 64 px with the training style, by the same
 criterion the runs use (mean loss over the last 5% of steps).  Test photos are never used.
+
+With ``--tie-within R`` every file whose mean is within a fraction R of the lowest counts as tied,
+and the tie is broken by the mean loss at ``--tie-break-step`` (the 64 px target counts steps).
+Fix both before looking at the scores: the rule is part of the choice.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
+def choose(scores: dict, tie_within: float, tie_step: str) -> tuple[str, list[str]]:
+    """The lowest mean, unless others lie within ``tie_within`` of it: then the lowest loss at
+    ``tie_step`` among those.  Returns the choice and the tied files (the choice alone if none)."""
+    lowest = min(s["mean"] for s in scores.values())
+    tied = [k for k, s in scores.items() if s["mean"] <= lowest * (1 + tie_within)]
+    if len(tied) == 1:
+        return tied[0], tied
+    return min(tied, key=lambda k: (scores[k]["mean_loss_at_step"][tie_step], scores[k]["mean"])), tied
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", nargs="+",
@@ -40,8 +54,17 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tie-within", type=float, default=0.0,
+                    help="files whose mean is within this fraction of the lowest tie (0: plain lowest mean)")
+    ap.add_argument("--tie-break-step", type=int, default=None,
+                    help="ties go to the lowest mean loss after this many steps (default: steps // 4)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.tie_within < 0:
+        ap.error("--tie-within must be >= 0")
+    tie_step = max(1, args.steps // 4) if args.tie_break_step is None else args.tie_break_step
+    if not 1 <= tie_step <= args.steps:
+        ap.error(f"--tie-break-step must lie in [1, {args.steps}]")
     torch.set_num_threads(args.threads)
 
     task = NeuralArtTask(size=args.size, styles=[TRAIN_STYLE], steps=args.steps)
@@ -61,16 +84,17 @@ def main(argv=None) -> int:
         scores = [final_score(c) for c in curves]
         # not the criterion, but how fast it gets there (the 64 px target counts steps too)
         at_step = {str(t): sum(c[t] for c in curves) / len(curves)
-                   for t in sorted({args.steps // 8, args.steps // 4, args.steps // 2} - {0})}  # 128: 16, 32, 64
+                   for t in sorted({args.steps // 8, args.steps // 4, args.steps // 2, tie_step} - {0})}  # 128: 16, 32, 64
         per_seed = {str(s): sum(scores[i * args.problems:(i + 1) * args.problems]) / args.problems
                     for i, s in enumerate(args.val_seeds)}
         report["weights"][entry] = {"mean": sum(scores) / len(scores), "per_seed": per_seed, "basis": basis,
                                   "coarsest": coarsest, "mean_loss_at_step": at_step}
         print(f"{entry}: {sum(scores) / len(scores):.4f}  per seed {json.dumps({k: round(v, 4) for k, v in per_seed.items()})}"
               + "".join(f"  t{t} {v:.4f}" for t, v in at_step.items()), flush=True)
-    best = min(report["weights"], key=lambda k: report["weights"][k]["mean"])
-    report["best"] = best
-    print(f"best: {best}")
+    best, tied = choose(report["weights"], args.tie_within, str(tie_step))
+    report.update(best=best, rule={"tie_within": args.tie_within, "tie_break_step": tie_step}, tied=tied)
+    print(f"best: {best}" + (f"  (tied within {args.tie_within:.2%}: {', '.join(tied)}; "
+                             f"broken by the loss at step {tie_step})" if len(tied) > 1 else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report)
