@@ -204,11 +204,10 @@ def test_resolve_device():
 def test_lstm_sees_gradients_rescaled_to_its_training_resolution(monkeypatch):
     import artopt.learned_optimizers.shipped as shipped
 
-    monkeypatch.setattr(shipped, "trained_pixels", lambda weights: 64 * 64)
-    assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256)) == 8.0
-    assert engine.lstm_input_scale(torch.zeros(1, 3, 64, 64)) == 1.0
-    monkeypatch.setattr(shipped, "trained_pixels", lambda weights: None)  # an older card: no rescaling
-    assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256)) == 1.0
+    assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256), 64 * 64) == 8.0
+    assert engine.lstm_input_scale(torch.zeros(1, 3, 64, 64), 64 * 64) == 1.0
+    assert engine.lstm_input_scale(torch.zeros(1, 3, 128, 256), None) == 1.0  # an older card: no rescaling
+    monkeypatch.setattr(shipped, "trained_pixels", lambda weights: None)
     opt = engine._make_optimizer("lstm", torch.zeros(1, 3, 32, 32, requires_grad=True), None)
     assert getattr(opt, "inner", opt).input_scale == 1.0  # the learned optimizer, in either basis
 
@@ -228,6 +227,32 @@ def test_lstm_runs_with_the_inference_settings_its_card_records(monkeypatch, tmp
     opt = engine._make_optimizer("lstm", image, None)
     assert opt.inner.param_groups[0]["lr"] == 1.25 and [z.shape[-2] for z in opt.coefficients[0]] == [64, 32, 16, 8, 4, 2]
     assert engine._make_optimizer("lstm", image, 0.5).inner.param_groups[0]["lr"] == 0.5
+
+
+def test_lstm_weights_option_runs_the_given_weights(tmp_path):
+    """--lstm-weights (and the programmatic lstm_setup) run that file, not the shipped one: a network
+    whose output is scaled to zero never moves the image, the shipped one lowers the loss."""
+    from artopt.learned_optimizers import LSTMOptimizerNet, save_learned
+    from artopt.learned_optimizers.shipped import learned_setup
+
+    frozen = save_learned(tmp_path / "frozen.safetensors", {"default": LSTMOptimizerNet(output_scale=0.0)})
+    setup = learned_setup(frozen)
+    assert (setup.basis, setup.lr, setup.trained_pixels) == ("pixels", 1.0, None)  # no card: as trained
+    assert learned_setup(frozen, basis="multiscale").basis == "multiscale"
+    start = _run(_config(optimizer="lstm", steps=0))[0]
+    for config, kwargs in [(_config(optimizer="lstm", steps=3, lstm_weights=str(frozen)), {}),
+                           (_config(optimizer="lstm", steps=3), {"lstm_setup": setup})]:
+        out, infos = _run(config, **kwargs)
+        assert len({i.losses["total"] for i in infos}) == 1 and torch.equal(out, start)
+    infos = _run(_config(optimizer="lstm", steps=3))[1]
+    assert infos[-1].losses["total"] < infos[0].losses["total"]
+    with pytest.raises(ValueError, match="lstm weights file not found"):
+        _config(optimizer="lstm", lstm_weights=str(tmp_path / "missing.safetensors")).validated()
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="corrupt"):
+        _run(_config(optimizer="lstm", steps=2, lstm_weights=str(tmp_path / "corrupt.safetensors")))
+    with pytest.raises(ValueError, match="unknown basis"):
+        learned_setup(frozen, basis="wavelets")
 
 
 @pytest.mark.parametrize("basis", ["pixels", "multiscale"])

@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
-from artopt.learned_optimizers.shipped import (  # noqa: E402
-    inference_settings, trained_basis, trained_coarsest, trained_pixels)
+from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.optimizers.tuning import search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
@@ -114,7 +113,8 @@ def _raw(name: str) -> tuple[str, bool]:
 
 def _settings(weights: Path, raw: bool) -> dict:
     """The card's calibrated inference settings, or the meta-training ones for a "-raw" name."""
-    return {"lr": 1.0, "coarsest": trained_coarsest(weights)} if raw else inference_settings(weights)
+    setup = learned_setup(weights, raw=raw)
+    return {"lr": setup.lr, "coarsest": setup.coarsest}
 
 
 def _basis(name: str, args) -> tuple[str, str]:
@@ -202,21 +202,9 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
             curve.append(info.losses["total"])
             times.append((info.elapsed, info.loss_seconds))
 
+    setup = None if weights is None else learned_setup(weights, raw=raw, basis=basis)
     t0 = time.perf_counter()
-    if weights is not None:
-        import artopt.learned_optimizers.shipped as shipped
-
-        old = shipped.weights_path, shipped.trained_basis, shipped.inference_settings
-        shipped.weights_path = lambda _n, _w=Path(weights): _w
-        if basis is not None:
-            shipped.trained_basis = lambda _w, _b=basis: _b
-        shipped.inference_settings = lambda _w, _raw=raw: _settings(_w, _raw)
-        try:
-            stylize(content, [style], cfg, callback=cb)
-        finally:
-            shipped.weights_path, shipped.trained_basis, shipped.inference_settings = old
-    else:
-        stylize(content, [style], cfg, callback=cb)
+    stylize(content, [style], cfg, callback=cb, lstm_setup=setup)
     seconds = time.perf_counter() - t0
     return {"curve": curve, "final": curve[-1], "seconds": seconds, "loss_seconds": times[-1][1] if times else 0.0,
             "times": times, "first_final_scale_step": final_scale_start[0]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # The repository's weights/ folder; ARTOPT_WEIGHTS_DIR points elsewhere (e.g. an installed copy).
@@ -81,6 +82,32 @@ def inference_settings(weights: str | os.PathLike) -> dict:
     if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
     return {"lr": float(lr), "coarsest": coarsest}
+
+
+@dataclass(frozen=True)
+class LearnedSetup:
+    """How the stylizer runs one neural-art weights file (normally all read from its card)."""
+
+    weights: Path
+    basis: str  # "pixels" or "multiscale": where the updates are applied
+    lr: float  # multiplier on the learned update
+    coarsest: int  # coarsest multi-scale basis level, px
+    trained_pixels: int | None  # pixels of the training crops: gradients are rescaled to that size
+
+
+def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False,
+                  basis: str | None = None) -> LearnedSetup:
+    """The setup of ``weights`` (default: the shipped neural-art file) from its card: the card's
+    calibrated ``inference_settings``, or with ``raw`` the settings it was meta-trained with;
+    ``basis`` overrides the card's.  Raises ValueError for a missing file or a bad card."""
+    path = Path(weights) if weights is not None else weights_path(NEURAL_ART)
+    if not path.is_file():
+        raise ValueError(f"no neural-art optimizer weights at {path}")
+    if basis is not None and basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; expected one of {BASES}")
+    settings = {"lr": 1.0, "coarsest": trained_coarsest(path)} if raw else inference_settings(path)
+    return LearnedSetup(weights=path, basis=basis or trained_basis(path), lr=settings["lr"],
+                        coarsest=settings["coarsest"], trained_pixels=trained_pixels(path))
 
 
 def neural_art_available() -> bool:

@@ -15,7 +15,8 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -23,6 +24,9 @@ from PIL import Image
 from .images import pil_to_tensor, resize_long_side
 from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
 from .losses import StyleLoss, check_edge_pad
+
+if TYPE_CHECKING:
+    from artopt.learned_optimizers.shipped import LearnedSetup
 
 OPTIMIZERS = ("auto", "adam", "lbfgs", "sgd", "rmsprop", "nag", "lstm")
 INITS = ("content", "noise")
@@ -77,6 +81,9 @@ class StylizeConfig:
                 "default: $ARTOPT_VGG_WEIGHTS, then torchvision's cache"})
     vgg_pooling: str = field(default="max", metadata={
         "help": "vgg19 only: max or avg pooling (avg gives smoother results, Gatys et al.)", "choices": ("max", "avg")})
+    lstm_weights: str | None = field(default=None, metadata={
+        "help": "lstm only: a neural-art optimizer's weights file (safetensors, its JSON card beside it, as "
+                "train/neural_art.py writes them); default: the shipped one"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine from about {PYRAMID_BASE} px; when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
                 f"(default: on above {PYRAMID_AUTO_ABOVE} px)"})
@@ -106,6 +113,8 @@ class StylizeConfig:
             raise ValueError(f"vgg pooling must be max or avg, got {self.vgg_pooling!r}")
         if self.loss_net.lower() not in LOSS_NETS:
             raise ValueError(f"unknown loss network {self.loss_net!r}; choose from {', '.join(LOSS_NETS)}")
+        if self.lstm_weights is not None and not Path(self.lstm_weights).is_file():
+            raise ValueError(f"lstm weights file not found: {self.lstm_weights}")
         return self
 
 
@@ -240,54 +249,46 @@ def _with_chroma(gray: torch.Tensor, chroma_source: torch.Tensor) -> torch.Tenso
     return ycbcr_to_rgb(ycc)
 
 
-def lstm_input_scale(image: torch.Tensor) -> float:
-    """Pixel count of ``image`` over that of the shipped optimizer's training crops.
+def lstm_input_scale(image: torch.Tensor, trained_pixels: int | None) -> float:
+    """Pixel count of ``image`` over that of the learned optimizer's training crops (1 if unknown).
 
     The loss is a mean over feature positions, so its per-pixel gradients shrink in proportion to
     the pixel count; multiplying them back shows the LSTM gradients of the size it was trained on.
     """
-    from artopt.learned_optimizers import shipped
-
-    trained = shipped.trained_pixels(shipped.weights_path(shipped.NEURAL_ART))
-    if not trained:
+    if not trained_pixels:
         return 1.0
-    return image.shape[-2] * image.shape[-1] / float(trained)
+    return image.shape[-2] * image.shape[-1] / float(trained_pixels)
 
 
-def _make_optimizer(name: str, image: torch.Tensor, lr: float | None) -> torch.optim.Optimizer:
+def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
+                    setup: "LearnedSetup | None" = None) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``image``; "lstm" runs ``setup`` (default: the shipped weights)."""
     if name == "lstm":
-        from artopt.learned_optimizers.shipped import NEURAL_ART, neural_art_available, weights_path
-
-        if not neural_art_available():
-            raise ValueError("no trained neural-art optimizer is shipped "
-                             f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
         from artopt.learned_optimizers import LearnedOptimizer
+        from artopt.learned_optimizers.shipped import learned_setup
 
+        setup = setup or learned_setup()
         # Reduced-precision LSTM state.  In pixels: float16, 160 B per coordinate (480 B per RGB
         # pixel) instead of 320 B; float16 keeps 11 significant bits to bfloat16's 8, and a stored c
         # cannot overflow it (c grows by at most 1 a step; float16 rounds to its 65504 maximum).  The
         # multi-scale basis has 4/3 as many coordinates, so h (always in (-1, 1)) goes to int8: 120 B
         # per coordinate, 480 B per pixel again.  Measured effects on the loss: the weights' card.
         # A non-finite LSTM update falls back to Adam's first step at Adam's image learning rate.
-        from artopt.learned_optimizers import shipped
-
-        path = weights_path(NEURAL_ART)
-        multiscale = shipped.trained_basis(path) == "multiscale"
-        # The card's calibration (update multiplier, coarsest basis level) unless --lr overrides it.
-        settings = shipped.inference_settings(path)
-        lr = settings["lr"] if lr is None else lr
-
+        multiscale = setup.basis == "multiscale"
+        # The card's calibration (update multiplier) unless --lr overrides it.
+        lr = setup.lr if lr is None else lr
         state_dtype = torch.int8 if multiscale else torch.float16
 
         def learned(params):
-            return LearnedOptimizer(params, weights=path, lr=lr, state_dtype=state_dtype,
-                                    fallback_lr=STYLIZE_LR["adam"], input_scale=lstm_input_scale(image))
+            return LearnedOptimizer(params, weights=setup.weights, lr=lr, state_dtype=state_dtype,
+                                    fallback_lr=STYLIZE_LR["adam"],
+                                    input_scale=lstm_input_scale(image, setup.trained_pixels))
 
         if multiscale:
             # Meta-trained on the coefficients of a multi-scale basis: it runs there too.
             from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
-            return MultiscaleOptimizer([image], learned, coarsest=settings["coarsest"])
+            return MultiscaleOptimizer([image], learned, coarsest=setup.coarsest)
         return learned([image])
     from artopt.optimizers import make_optimizer
 
@@ -299,12 +300,15 @@ def stylize(content: Image.Image | torch.Tensor,
             config: StylizeConfig | None = None,
             callback: Callable[[StepInfo], None] | None = None,
             image_every: int = 0,
-            should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+            should_stop: Callable[[], bool] | None = None,
+            lstm_setup: LearnedSetup | None = None) -> torch.Tensor:
     """Stylize ``content`` with ``styles``; return the image (1, 3, H, W) in [0, 1] on the CPU.
 
     ``callback`` gets a StepInfo after every step, with ``image`` set every ``image_every`` steps
     (0: never) and at the last step.  ``should_stop()`` returning True ends the run early; the
-    current image is returned.  Raises ValueError for bad settings or inputs.
+    current image is returned.  ``lstm_setup`` runs the learned optimizer with exactly these
+    settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
+    bad settings or inputs.
     """
     config = (config or StylizeConfig()).validated()
     start = time.perf_counter()
@@ -321,6 +325,13 @@ def stylize(content: Image.Image | torch.Tensor,
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights, pooling=config.vgg_pooling)
     notice: str | None = f"loss network: {loss_net.name}; optimizer: {optimizer_name}"
+    if optimizer_name == "lstm" and lstm_setup is None:
+        from artopt.learned_optimizers.shipped import NEURAL_ART, learned_setup, neural_art_available, weights_path
+
+        if config.lstm_weights is None and not neural_art_available():
+            raise ValueError("no trained neural-art optimizer is shipped "
+                             f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
+        lstm_setup = learned_setup(config.lstm_weights)
     if config.size < loss_net.min_size:
         raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
 
@@ -377,7 +388,7 @@ def stylize(content: Image.Image | torch.Tensor,
                             content_weight=config.content_weight, style_weight=config.style_weight,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
-        optimizer = _make_optimizer(optimizer_name, image, config.lr)
+        optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup)
         evals = 0
 
         def closure():
