@@ -31,17 +31,9 @@ from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 
 
 def _gate_major_weights(net, h_scale: float):
-    """As LSTMOptimizerNet._packed_weights, untransposed: W (4H, in) and b (4H, 1)."""
-    H = net.config.hidden_size
-    out = []
-    for layer in range(net.config.num_layers):
-        w_ih = getattr(net.lstm, f"weight_ih_l{layer}").detach().clone()
-        w_hh = getattr(net.lstm, f"weight_hh_l{layer}").detach().clone() * h_scale
-        b = (getattr(net.lstm, f"bias_ih_l{layer}") + getattr(net.lstm, f"bias_hh_l{layer}")).detach().clone()
-        for t in (w_ih, w_hh, b):
-            t[2 * H : 3 * H] *= 2  # tanh(x) = 2σ(2x) - 1, as the library does
-        out.append((w_ih, w_hh, b[:, None]))
-    return out
+    """The library's packed weights (tanh folded into the sigmoid), untransposed: W (4H, in), b (4H, 1)."""
+    return [(w_ih.t().contiguous(), w_hh.t().contiguous(), b[:, None].contiguous())
+            for w_ih, w_hh, b in net._packed_weights(h_scale)]
 
 
 @torch.no_grad()
