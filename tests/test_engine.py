@@ -246,6 +246,7 @@ def test_lstm_weights_option_runs_the_given_weights(tmp_path):
         assert len({i.losses["total"] for i in infos}) == 1 and torch.equal(out, start)
     infos = _run(_config(optimizer="lstm", steps=3))[1]
     assert infos[-1].losses["total"] < infos[0].losses["total"]
+    assert "not used" in _run(_config(optimizer="adam", steps=1, lstm_weights=str(frozen)))[1][0].notice
     with pytest.raises(ValueError, match="lstm weights file not found"):
         _config(optimizer="lstm", lstm_weights=str(tmp_path / "missing.safetensors")).validated()
     (tmp_path / "corrupt.safetensors").write_bytes(b"not weights")

@@ -46,3 +46,25 @@ def test_neural_art_card_records_its_training_crop_size():
 
     assert trained_pixels(WEIGHTS_DIR / "neural_art.safetensors") == 64 * 64
     assert trained_pixels(WEIGHTS_DIR / "quadratic.safetensors") is None
+
+
+def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_path):
+    """What the engine runs a neural-art file with: the card's calibrated settings, or (raw) the
+    ones it was meta-trained with; no card means pixels, multiplier 1."""
+    from artopt.learned_optimizers import save_learned
+    from artopt.learned_optimizers.shipped import learned_setup
+
+    w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    assert learned_setup(w) == learned_setup(w, raw=True)  # no card: as trained either way
+    card = {"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": 64 * 64,
+            "inference": {"lr": 1.25, "coarsest": 2}}
+    w.with_suffix(".json").write_text(json.dumps(card))
+    calibrated, raw = learned_setup(w), learned_setup(w, raw=True)
+    assert (calibrated.basis, calibrated.lr, calibrated.coarsest, calibrated.trained_pixels) == ("multiscale", 1.25, 2, 4096)
+    assert (raw.basis, raw.lr, raw.coarsest, raw.trained_pixels) == ("multiscale", 1.0, 8, 4096)
+    assert learned_setup(w, basis="pixels").basis == "pixels"
+    w.with_suffix(".json").write_text(json.dumps({**card, "inference": {"lr": -1}}))
+    with pytest.raises(ValueError, match="bad inference settings"):
+        learned_setup(w)
+    with pytest.raises(ValueError, match="no neural-art optimizer weights"):
+        learned_setup(tmp_path / "missing.safetensors")

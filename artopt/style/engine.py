@@ -332,6 +332,8 @@ def stylize(content: Image.Image | torch.Tensor,
             raise ValueError("no trained neural-art optimizer is shipped "
                              f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
         lstm_setup = learned_setup(config.lstm_weights)
+    elif optimizer_name != "lstm" and config.lstm_weights is not None:
+        notice += f" (the lstm weights {config.lstm_weights} are not used)"
     if config.size < loss_net.min_size:
         raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
 
