@@ -57,6 +57,22 @@ def test_efficientnet_is_frozen_eval_and_returns_its_layers():
     assert build_loss_net("efficientnet-lite0") is net  # cached
 
 
+def test_efficientnet_runs_only_the_blocks_its_layers_need():
+    """The default layers end in stage 5's first block: the other three are not run, and the
+    features are exactly those of the network run through its whole last stage."""
+    from artopt.style.loss_nets import EFFNET_STYLE_LAYERS, EfficientNetLite0LossNet
+
+    short = EfficientNetLite0LossNet()
+    whole = EfficientNetLite0LossNet(style_layers=EFFNET_STYLE_LAYERS + ("s5",))
+    assert [len(stage) for stage in short.blocks] == [1, 2, 2, 3, 3, 1]
+    assert [len(stage) for stage in whole.blocks] == [1, 2, 2, 3, 3, 4]
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = short(image), whole(image)
+    assert set(b) - set(a) == {"s5"}
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_efficientnet_weights_classify_imagenet_photos(shared_data):
     """The by-position weight mapping and the [-1, 1] input scaling are right: top-1 on real photos."""
     from timm.data import ImageNetInfo

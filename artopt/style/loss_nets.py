@@ -211,11 +211,14 @@ class EfficientNetLite0LossNet(LossNet):
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         self._hooks_by_module: dict[nn.Module, str] = {}
         self._last_stage = -1
+        whole_stages: set[int] = set()
+        last_block: dict[int, int] = {}  # stage -> its last block a hooked layer lies in
         for name in self.layers:
             if name == "stem":
                 continue
             if name.startswith("s"):
                 self._last_stage = max(self._last_stage, int(name[1:]))
+                whole_stages.add(int(name[1:]))
                 continue
             try:
                 stage, block, part = name[1:].split(".")
@@ -229,7 +232,12 @@ class EfficientNetLite0LossNet(LossNet):
             target = parts[part]
             self._hooks_by_module[target] = name
             self._last_stage = max(self._last_stage, int(stage))
+            last_block[int(stage)] = max(last_block.get(int(stage), 0), int(block))
         self.blocks = net.blocks[: self._last_stage + 1]
+        if self._last_stage >= 0 and self._last_stage not in whole_stages:
+            # Nothing after the last hooked block reaches the loss: skip its forward (the default
+            # layers end in stage 5's first block, so its other three blocks were computed for nothing).
+            self.blocks = nn.Sequential(*self.blocks[:-1], self.blocks[-1][: last_block[self._last_stage] + 1])
         # Per-thread capture buffer: one cached network may serve several stylizations at once.
         self._local = threading.local()
         for module, name in self._hooks_by_module.items():
