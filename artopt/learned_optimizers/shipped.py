@@ -100,6 +100,9 @@ def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False
     """The setup of ``weights`` (default: the shipped neural-art file) from its card: the card's
     calibrated ``inference_settings``, or with ``raw`` the settings it was meta-trained with;
     ``basis`` overrides the card's.  Raises ValueError for a missing file or a bad card."""
+    if weights is None and not neural_art_available():
+        raise ValueError(f"no trained neural-art optimizer is shipped (expected {weights_path(NEURAL_ART)}); "
+                         "use --optimizer adam or lbfgs")
     path = Path(weights) if weights is not None else weights_path(NEURAL_ART)
     if not path.is_file():
         raise ValueError(f"no neural-art optimizer weights at {path}")

@@ -326,12 +326,9 @@ def stylize(content: Image.Image | torch.Tensor,
     loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights, pooling=config.vgg_pooling)
     notice: str | None = f"loss network: {loss_net.name}; optimizer: {optimizer_name}"
     if optimizer_name == "lstm" and lstm_setup is None:
-        from artopt.learned_optimizers.shipped import NEURAL_ART, learned_setup, neural_art_available, weights_path
+        from artopt.learned_optimizers.shipped import learned_setup
 
-        if config.lstm_weights is None and not neural_art_available():
-            raise ValueError("no trained neural-art optimizer is shipped "
-                             f"(expected {weights_path(NEURAL_ART)}); use --optimizer adam or lbfgs")
-        lstm_setup = learned_setup(config.lstm_weights)
+        lstm_setup = learned_setup(config.lstm_weights)  # read once, used at every scale
     elif optimizer_name != "lstm" and config.lstm_weights is not None:
         notice += f" (the lstm weights {config.lstm_weights} are not used)"
     if config.size < loss_net.min_size:
