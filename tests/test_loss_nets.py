@@ -98,11 +98,21 @@ def test_auto_uses_efficientnet_without_vgg_weights(no_vgg):
     assert resolve_loss_net_name("auto") == "efficientnet-lite0"
 
 
-def test_vgg_without_weights_says_how_to_provide_them(no_vgg):
-    with pytest.raises(LossNetError, match="--vgg-weights"):
+def test_vgg_without_weights_says_how_to_provide_them(no_vgg, tmp_path):
+    with pytest.raises(LossNetError, match="--vgg-weights") as raised:
         build_loss_net("vgg19")
+    assert str(tmp_path / "hub" / "checkpoints") in str(raised.value) and "{" not in str(raised.value)
     with pytest.raises(LossNetError, match="not found"):
         build_loss_net("vgg19", vgg_weights="/nonexistent/vgg19.pth")
+
+
+def test_auto_refuses_a_named_vgg_file_that_is_missing(no_vgg, monkeypatch):
+    # The user asked for these weights: falling back to EfficientNet quietly would hide the typo.
+    with pytest.raises(LossNetError, match="not found"):
+        resolve_loss_net_name("auto", "/nonexistent/vgg19.pth")
+    monkeypatch.setenv(loss_nets.VGG_WEIGHTS_ENV, "/nonexistent/vgg19.pth")
+    with pytest.raises(LossNetError, match="missing file"):
+        build_loss_net("auto")
 
 
 def test_vgg_from_env_file_is_auto_choice_with_gatys_layers(no_vgg, monkeypatch, vgg_file):
@@ -122,7 +132,7 @@ def test_vgg_average_pooling_and_bad_weight_files(no_vgg, vgg_file, tmp_path):
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.features)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(LossNetError, match="could not read"):
+    with pytest.raises(LossNetError, match="could not read .*not a readable PyTorch state dict"):
         build_loss_net("vgg19", vgg_weights=corrupt)
 
 

@@ -29,12 +29,12 @@ VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
 # The file name torchvision uses for ``VGG19_Weights.IMAGENET1K_V1`` in its hub cache.
 VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"
 
-VGG_HOWTO = (
-    "VGG-19 ImageNet weights are not available offline. Download "
-    "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass it with --vgg-weights FILE "
-    f"(or set {VGG_WEIGHTS_ENV}=FILE, or put it in {{torch hub dir}}/checkpoints/), "
-    "or use --loss-net efficientnet-lite0"
-)
+def vgg_howto() -> str:
+    """What to do when VGG-19's weights cannot be had (names this machine's torch hub folder)."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return ("VGG-19 ImageNet weights are not available offline. Download "
+            f"https://download.pytorch.org/models/{VGG19_CACHE_NAME} and pass it with --vgg-weights FILE "
+            f"(or set {VGG_WEIGHTS_ENV}=FILE, or put it in {cache}/), or use --loss-net efficientnet-lite0")
 
 
 class LossNetError(RuntimeError):
@@ -171,15 +171,16 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Ten
             return _load_state_dict_file(path)
         except LossNetError:
             raise
-        except Exception as exc:  # corrupt or foreign file
-            raise LossNetError(f"could not read VGG-19 weights from {path}: {exc}") from None
+        except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
+            raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
+                               f"(.pth) or safetensors file ({type(exc).__name__}: {exc})") from None
     # Last resort: torchvision's own download (works only when online).
     from torchvision.models import VGG19_Weights
 
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
     except Exception:
-        raise LossNetError(VGG_HOWTO) from None
+        raise LossNetError(vgg_howto()) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,20 +293,14 @@ def build_efficientnet_lite0_classifier() -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
-def vgg19_available(vgg_weights: str | os.PathLike | None = None) -> bool:
-    """True when VGG-19 weights can be loaded without the network."""
-    try:
-        return vgg19_weights_file(vgg_weights) is not None
-    except LossNetError:
-        return False
-
-
 def resolve_loss_net_name(name: str = "auto", vgg_weights: str | os.PathLike | None = None) -> str:
     name = name.lower()
     if name not in LOSS_NETS:
         raise ValueError(f"unknown loss network {name!r}; choose from {', '.join(LOSS_NETS)}")
     if name == "auto":
-        return "vgg19" if vgg19_available(vgg_weights) else "efficientnet-lite0"
+        # A weights file the user named (flag or environment) must exist; only an empty torch cache
+        # falls back to the offline default.
+        return "vgg19" if vgg19_weights_file(vgg_weights) is not None else "efficientnet-lite0"
     return name
 
 
