@@ -175,6 +175,7 @@ def test_divergence_stops_with_last_finite_image(monkeypatch):
 @pytest.mark.parametrize("bad, message", [
     (dict(size=8), "size"), (dict(steps=-1), "steps"), (dict(optimizer="magic"), "unknown optimizer"),
     (dict(lr=0.0), "learning rate"), (dict(style_weight=float("nan")), "style weight"),
+    (dict(style_weight=1e300), "style weight must be between 0 and 1e"), (dict(tv_weight=-1.0), "tv weight"),
     (dict(init="zeros"), "init"), (dict(loss_net="resnet"), "loss network"), (dict(device="tpu"), "device"),
     (dict(style_weights=[1.0, 2.0]), "style weights"), (dict(style_scale=0), "style scale"),
     (dict(edge_pad=-1), "edge pad"),

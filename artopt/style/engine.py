@@ -41,6 +41,13 @@ STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0
 
 # Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
 PYRAMID_AUTO_ABOVE = 320
+# Output long sides accepted: both loss networks need 32 px (their deepest style layer at 1/16 or
+# 1/32 resolution keeps a few positions).
+MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 32, 8192
+# Largest content / style / TV weight accepted.  The losses are normalised (defaults 1 / 20 / 1), so
+# this leaves twelve orders of magnitude of room while keeping the weighted loss far from float32's
+# overflow (a style weight of 1e300 made every loss infinite).
+MAX_LOSS_WEIGHT = 1e12
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # An explicit ``pyramid=True`` always gets at least one coarser scale (half the size) while that
@@ -52,12 +59,15 @@ PYRAMID_MIN_COARSE = 128
 class StylizeConfig:
     """Every setting of a stylization.  The CLI makes one flag per field (help from metadata)."""
 
-    size: int = field(default=512, metadata={"help": "long side of the output in pixels (aspect kept)"})
+    size: int = field(default=512, metadata={
+        "help": f"long side of the output in pixels, {MIN_OUTPUT_SIZE}-{MAX_OUTPUT_SIZE} (aspect kept)"})
     steps: int = field(default=150, metadata={"help": "loss evaluations in total, over all pyramid scales"})
     optimizer: str = field(default="auto", metadata={
         "help": "optimizer: auto (the learned 'lstm' where its card says it beats the tuned baselines, else adam), "
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: per optimizer, tuned for images)"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (default: per optimizer, tuned for images); for lstm, a multiplier on its learned "
+                "step (default: its card's)"})
     style_weights: list[float] | None = field(default=None, metadata={
         "help": "blend weights of the style images, one per style (default: equal)"})
     content_weight: float = field(default=1.0, metadata={"help": "weight of the content loss"})
@@ -90,8 +100,8 @@ class StylizeConfig:
 
     def validated(self) -> "StylizeConfig":
         """Check every field; return self.  Raises ValueError with a user-facing message."""
-        if not isinstance(self.size, int) or self.size < 16 or self.size > 8192:
-            raise ValueError(f"size must be an integer between 16 and 8192, got {self.size}")
+        if not isinstance(self.size, int) or not MIN_OUTPUT_SIZE <= self.size <= MAX_OUTPUT_SIZE:
+            raise ValueError(f"size must be an integer between {MIN_OUTPUT_SIZE} and {MAX_OUTPUT_SIZE}, got {self.size}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
         if self.optimizer.lower() not in OPTIMIZERS:
@@ -100,8 +110,9 @@ class StylizeConfig:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
-            if not (0 <= value < math.inf):
-                raise ValueError(f"{name.replace('_', ' ')} must be finite and non-negative, got {value}")
+            if not (0 <= value <= MAX_LOSS_WEIGHT):
+                raise ValueError(f"{name.replace('_', ' ')} must be between 0 and 1e12 (the losses are "
+                                 f"normalised; the defaults are 1 / 20 / 1), got {value}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
         check_edge_pad(self.edge_pad)
@@ -142,7 +153,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # e.g. "cuda:x"
+        raise ValueError(f"not a device: {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -415,7 +431,7 @@ def stylize(content: Image.Image | torch.Tensor,
                 with torch.no_grad():
                     image.copy_(last_good)
                 step_notice = (f"{optimizer_name} diverged (non-finite loss or image) at step {done + evals}; "
-                               "stopped with the last finite image — try a smaller --lr")
+                               "stopped with the last finite image — try a smaller --lr (or smaller loss weights)")
                 stopped = True
             else:
                 last_good.copy_(image.detach())
