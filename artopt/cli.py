@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import signal
 import sys
 import threading
@@ -23,6 +25,10 @@ example:
       --log-json out.json
 Press Ctrl-C once to stop early and still save the current image.
 """
+
+
+# Kept equal to artopt.web.DEFAULT_MAX_UPLOAD_MB (tested) without importing gradio for every command.
+DEFAULT_MAX_UPLOAD_MB = 25.0
 
 
 class CLIError(Exception):
@@ -76,31 +82,35 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     st.set_defaults(handler=_stylize)
 
-    sv = sub.add_parser("serve", help="run the web app")
+    sv = sub.add_parser("serve", help="run the web app",
+                        description="Serve the web app: upload a photo and a style, watch it being painted, "
+                                    "download the PNG.")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     sv.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     sv.add_argument("--share", action="store_true", help="create a public Gradio share link")
     sv.add_argument("--concurrency", type=int, default=1, help="stylizations run at once (default: %(default)s)")
-    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                    help="largest upload accepted, in MB (default: %(default)s)")
     sv.add_argument("--max-size", type=int, default=None,
                     help="largest output long side allowed, 256-4096 (default: 4096 on a GPU, 2048 on CPU)")
-    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                    help="where stylizations run (default: %(default)s: a GPU when there is one)")
     sv.add_argument("--queue-size", type=int, default=32,
                     help="requests that may wait for their turn (default: %(default)s)")
     sv.set_defaults(handler=_serve)
 
-    for name, help_text in (("train", "meta-train a learned optimizer (train/meta_train.py, train/neural_art.py)"),
-                            ("evaluate", "learned optimizer vs tuned baselines (train/evaluate.py, "
-                                         "train/eval_neural_art.py)"),
-                            ("bench", "engine benchmarks (bench/stylize.py, bench/web_timing.py, "
-                                      "bench/task_step_time.py)")):
+    for name, help_text, target_help in (
+            ("train", "meta-train a learned optimizer (train/meta_train.py, train/neural_art.py)",
+             "what to meta-train on: neural-art, or a suite of train/meta_train.py (quadratic, mnist, cifar10, ...)"),
+            ("evaluate", "learned optimizer vs tuned baselines (train/evaluate.py, train/eval_neural_art.py)",
+             "what to evaluate: neural-art (then its setting: 64, 128, 256, 512, summary, grid), or a suite of "
+             "train/evaluate.py (quadratic, mnist, cifar10, ...)"),
+            ("bench", "engine benchmarks (bench/stylize.py, bench/web_timing.py, bench/task_step_time.py)",
+             "which benchmark: quality, speed, memory, ... (bench/stylize.py), web, task-step-time")):
         sp = sub.add_parser(name, help=help_text, add_help=False,
                             description=f"{help_text}; every argument goes to the script: "
                                         f"'artopt {name} TARGET --help' shows its flags.")
-        sp.add_argument("target", metavar="TARGET", nargs="?",
-                        help="suite (train/evaluate: quadratic, mnist, cifar10, neural-art, ...; "
-                             "evaluate neural-art takes its setting next: 64, 128, 256, 512, summary, grid) "
-                             "or benchmark (bench: quality, speed, memory, ..., web, task-step-time)")
+        sp.add_argument("target", metavar="TARGET", nargs="?", help=target_help)
         sp.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's arguments")
         sp.add_argument("-h", "--help", action="store_true", dest="wants_help",
                         help="this help; after TARGET, the script's own help")
@@ -168,8 +178,46 @@ def _check_output_path(path: Path) -> None:
 
     if path.suffix.lower() not in SAVE_FORMATS:
         raise CLIError(f"{path}: output must end in .png, .jpg or .jpeg")
+    _check_writable_file(path)
+
+
+def _check_writable_file(path: Path) -> None:
+    if path.is_dir():
+        raise CLIError(f"{path} is a folder; give a file name")
     if not path.parent.is_dir():
         raise CLIError(f"{path}: folder {path.parent} does not exist")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)  # hard links
+    except OSError:
+        return False
+
+
+def _refuse_overwriting(outputs: dict[str, Path], inputs: dict[str, Path], step_images: Path | None) -> None:
+    """Nothing the run writes may replace one of its inputs, or another of its outputs.
+    ``step_images``: the output whose OUT_stepN.ext intermediates --save-every writes, if any."""
+    names = list(outputs.items())
+    for i, (out_name, out) in enumerate(names):
+        for in_name, src in inputs.items():
+            if _same_file(out, src):
+                raise CLIError(f"{out_name} {out} is the {in_name}; write elsewhere so the {in_name} is not overwritten")
+        for other_name, other in names[i + 1:]:
+            if _same_file(out, other):
+                raise CLIError(f"{out_name} and {other_name} are the same file ({out}); give them different names")
+    if step_images is not None:
+        pattern = re.compile(re.escape(step_images.stem) + r"_step\d+" + re.escape(step_images.suffix) + "$")
+        for name, path in [*inputs.items(), *outputs.items()]:
+            if pattern.match(path.name) and path.resolve().parent == step_images.resolve().parent:
+                raise CLIError(f"--save-every would write {path.name} over the {name}; choose another output name")
+
+
+def _finite_or_none(value):
+    """JSON has no NaN or Infinity: a diverged run logs null for its non-finite losses."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def _stylize(args: argparse.Namespace) -> int:
@@ -181,10 +229,17 @@ def _stylize(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_output_path(output)
     log_path = Path(args.log_json) if args.log_json else None
-    if log_path is not None and not log_path.parent.is_dir():
-        raise CLIError(f"{log_path}: folder {log_path.parent} does not exist")
+    if log_path is not None:
+        _check_writable_file(log_path)
     if args.save_every < 0:
         raise CLIError("--save-every must be 0 (off) or a positive number of steps")
+    inputs = {"content image": Path(args.content),
+              **{(f"style image {i + 1}" if len(args.styles) > 1 else "style image"): Path(p)
+                 for i, p in enumerate(args.styles)},
+              **{label: Path(p) for label, p in (("lstm weights", config.lstm_weights),
+                                                 ("vgg weights", config.vgg_weights)) if p}}
+    outputs = {"output": output, **({"--log-json file": log_path} if log_path is not None else {})}
+    _refuse_overwriting(outputs, inputs, output if args.save_every else None)
 
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     device = resolve_device(config.device)
@@ -216,7 +271,7 @@ def _stylize(args: argparse.Namespace) -> int:
 
     def on_step(info) -> None:
         records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
-                        **{k: info.losses.get(k) for k in ("total", "content", "style", "tv")},
+                        **{k: _finite_or_none(info.losses.get(k)) for k in ("total", "content", "style", "tv")},
                         "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),
                         **({"notice": info.notice} if info.notice else {})})
         if bar is not None:
@@ -245,7 +300,7 @@ def _stylize(args: argparse.Namespace) -> int:
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "steps": records}
-        log_path.write_text(json.dumps(log, indent=1))
+        log_path.write_text(json.dumps(log, indent=1, allow_nan=False))
     if not args.quiet:
         print(f"wrote {output}" + (" (stopped early)" if stop_requested else ""), file=sys.stderr)
     return 0

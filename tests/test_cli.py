@@ -54,6 +54,50 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: [str(d / "mine.png"), str(STYLE), "-o", str(d / "mine.png")], "is the content image"),
+    (lambda d: [str(PHOTO), str(d / "mine.png"), "-o", str(d / "o.jpg"), "--log-json", str(d / "mine.png")],
+     "is the style image"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.jpg"), "--log-json", str(d / "o.jpg")], "same file"),
+    (lambda d: [str(d / "o_step2.png"), str(STYLE), "-o", str(d / "o.png"), "--save-every", "1"],
+     "--save-every would write o_step2.png over the content image"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.jpg"), "--log-json", str(d)], "is a folder"),
+])
+def test_nothing_the_user_made_is_overwritten(tmp_path, capsys, make_args, message):
+    mine = Image.new("RGB", (64, 48), (200, 30, 30))
+    for name in ("mine.png", "o_step2.png"):
+        mine.save(tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code = main(["stylize", *make_args(tmp_path), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("artopt: error:") and message in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # checked before anything ran
+
+
+def test_log_of_a_diverged_run_is_strict_json(tmp_path, monkeypatch):
+    from artopt.style import losses
+
+    forward = losses.StyleLoss.forward
+
+    def overflowing(self, image):  # the second evaluation's loss is infinite
+        out = forward(self, image)
+        overflowing.calls += 1
+        return {k: v * float("inf") for k, v in out.items()} if overflowing.calls == 2 else out
+
+    overflowing.calls = 0
+    monkeypatch.setattr(losses.StyleLoss, "forward", overflowing)
+    log = tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--log-json", str(log),
+                 "--optimizer", "adam", *FAST]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    record = json.loads(log.read_text(), parse_constant=refuse)
+    assert record["steps"][-1]["total"] is None and "diverged" in record["steps"][-1]["notice"]
+    assert (tmp_path / "o.png").is_file()
+
+
 def test_help_has_an_example_and_bad_flag_exits_nonzero(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["stylize", "--help"])
