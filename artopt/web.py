@@ -203,21 +203,9 @@ class _Stylist:
         return int(round(number)) if integer else number
 
     # -- the run ---------------------------------------------------------------------------
-    def run(
-        self,
-        content: Any,
-        style_payloads: list[Any],
-        style_weights: list[Any],
-        size: Any,
-        steps: Any,
-        strength: Any,
-        optimizer: str,
-        keep_colors: bool,
-        seed: Any,
-        request: gr.Request | None = None,
-        progress: gr.Progress | None = None,
-    ) -> Iterator[tuple]:
-        """Generator behind the Stylize button: validates, runs, retries smaller on OOM."""
+    def _checked(self, content, style_payloads, style_weights, size, steps, strength, optimizer, keep_colors,
+                 seed) -> tuple[Image.Image, list[Image.Image], Any]:
+        """The page's inputs, checked and loaded: (content image, style images, StylizeConfig)."""
         from artopt.style.engine import StylizeConfig
 
         lim = self.limits
@@ -257,14 +245,34 @@ class _Stylist:
             seed=seed,
             device=self.device,
         )
+        return content_img, styles, config
 
+    def run(
+        self,
+        content: Any,
+        style_payloads: list[Any],
+        style_weights: list[Any],
+        size: Any,
+        steps: Any,
+        strength: Any,
+        optimizer: str,
+        keep_colors: bool,
+        seed: Any,
+        request: gr.Request | None = None,
+        progress: gr.Progress | None = None,
+    ) -> Iterator[tuple]:
+        """Generator behind the Stylize button: validates, runs, retries smaller on OOM."""
         session = _session(request)
+        # Taken first, so this click's reservation is used up even when the checks below refuse it
+        # (a leftover one would let a later Stop cancel the person's next run).
         stop_flag = self.stop_flags.start(session)
         notices: list[str] = []
         try:
             if stop_flag.is_set():  # Stop was clicked while this request waited in the queue
                 yield (gr.skip(), gr.skip(), gr.skip(), "Stopped before it started (it was waiting in the queue).")
                 return
+            content_img, styles, config = self._checked(content, style_payloads, style_weights, size, steps,
+                                                        strength, optimizer, keep_colors, seed)
             while True:
                 try:
                     yield from self._stream(content_img, styles, config, stop_flag, progress, notices)
@@ -274,7 +282,7 @@ class _Stylist:
                         raise
                     _free_device_memory(self.device)
                     smaller = int(config.size * OOM_SHRINK) // 32 * 32
-                    if smaller < lim.min_size:
+                    if smaller < self.limits.min_size:
                         raise gr.Error(
                             f"Ran out of memory at {config.size} px on {self.device}. "
                             f"Choose a smaller output size (or fewer style images) and try again.",
@@ -616,19 +624,31 @@ def launch(
     quiet: bool = False,
 ):
     """Start serving ``app``; with ``block=False`` return at once (tests, notebooks)."""
-    return app.launch(
+    result = app.launch(
         server_name=host,
         server_port=port,
         share=share,
         max_file_size=int(max_upload_mb * gr.FileSize.MB),  # bytes: "20.0mb" is not a unit Gradio parses
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=True,
-        quiet=quiet,
+        quiet=True,  # Gradio's banner tells people to edit launch(); ours names the flag
         footer_links=["api", "settings"],
         theme=gr.themes.Default(),  # fonts ship with Gradio: nothing is fetched from the web
         ssr_mode=False,
         mcp_server=False,
     )
+    if not quiet:
+        print(f"artopt: serving on {app.local_url}", flush=True)
+        if share and app.share_url:
+            reach = f"public link {app.share_url}"
+        elif host in ("127.0.0.1", "localhost", "::1"):
+            reach = "only this machine can connect (--host 0.0.0.0 serves the network, --share makes a public link)"
+        else:
+            reach = f"listening on {host}"
+        print(f"artopt: {reach}; Ctrl-C stops", flush=True)
+    if block:
+        app.block_thread()
+    return result
 
 
 def serve(
@@ -655,6 +675,10 @@ def serve(
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
     if max_size is not None and not MIN_SIZE <= max_size <= MAX_SIZE:
         raise ValueError(f"max_size must be between {MIN_SIZE} and {MAX_SIZE}, got {max_size}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    if queue_size is not None and queue_size < 1:
+        raise ValueError(f"queue size must be at least 1, got {queue_size}")
     from artopt.style.engine import resolve_device
 
     device = str(resolve_device(device))

@@ -210,6 +210,20 @@ def test_stop_reaches_a_request_still_waiting_in_the_queue(server, images, tmp_p
     assert status.startswith("Stopped before it started"), status
 
 
+def test_a_refused_request_leaves_nothing_for_stop_to_cancel(client, images):
+    # The page reserves a stop flag at click time; a request its checks refuse must use it up too,
+    # or a later Stop would cancel the person's next run before it starts.
+    assert "Waiting" in client.predict(api_name="/reserve")
+    args = list(stylize_args(images["content"], images["style"]))
+    args[9] = 0.0  # style strength: refused
+    with pytest.raises(Exception, match="Style strength"):
+        client.predict(*args, api_name="/stylize")
+    assert client.predict(api_name="/stop") == "Nothing is running."
+    assert "Waiting" in client.predict(api_name="/reserve")
+    *_, status = client.predict(*stylize_args(images["content"], images["style"]), api_name="/stylize")
+    assert status.startswith("Done"), status
+
+
 def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):
     import artopt.style.engine as engine
 
@@ -243,6 +257,19 @@ def test_serve_refuses_bad_settings():
         web.serve(max_size=10_000, block=False)
     with pytest.raises(ValueError, match="max_upload_mb"):
         web.serve(max_upload_mb=0, block=False)
+    with pytest.raises(ValueError, match="port must be between 1 and 65535"):
+        web.serve(port=99_999, block=False)
+    with pytest.raises(ValueError, match="queue size"):
+        web.serve(queue_size=-5, block=False)
+    with pytest.raises(ValueError, match="device must be one of"):
+        web.serve(device="foo", block=False)
+
+
+def test_serve_command_defaults_match_the_library():
+    from artopt.cli import _build_parser
+
+    args = _build_parser().parse_args(["serve"])
+    assert args.max_upload_mb == web.DEFAULT_MAX_UPLOAD_MB
 
 
 @pytest.mark.parametrize("scope, default", [("coarse-to-fine", "auto"), ("always", "lstm"), (None, "adam")])

@@ -4,7 +4,7 @@
         --instances 100 --seed 0 --json train/results/quadratic.json --plot train/results/quadratic.png
     python train/evaluate.py mnist-40 --weights weights/mnist.safetensors --steps 200 ...
     python train/evaluate.py cifar5 --optimizers lstm,lstm-sub,adam \\
-        --weights lstm=weights/cifar10.safetensors --weights lstm-sub=weights/cifar5-heldout.safetensors
+        --weights lstm=weights/cifar10.safetensors --weights lstm-sub=weights/cifar_sub.safetensors
 
 Evaluation problems are fresh: the task's "test" split (MNIST / CIFAR: the test images), drawn from a
 generator seeded 1 000 000 + --seed and salted by split, so they never coincide with meta-training
