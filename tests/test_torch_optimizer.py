@@ -1,5 +1,3 @@
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -47,11 +45,12 @@ def test_trains_a_tiny_model():
     assert closure().item() < 0.1 * first
 
 
-def test_state_dict_round_trip_keeps_hidden_states(tmp_path):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
+def test_state_dict_round_trip_keeps_hidden_states(tmp_path, state_dtype):
     torch.manual_seed(0)
     path = save_learned(tmp_path / "o.safetensors", {"default": LSTMOptimizerNet()})
     model = nn.Linear(4, 2)
-    opt = LearnedOptimizer(model.parameters(), weights=path)
+    opt = LearnedOptimizer(model.parameters(), weights=path, state_dtype=state_dtype)
     x = torch.randn(8, 4)
 
     def closure():
@@ -62,18 +61,21 @@ def test_state_dict_round_trip_keeps_hidden_states(tmp_path):
 
     for _ in range(3):
         opt.step(closure)
-    # Like every torch optimizer, state_dict() holds live references: snapshot it as torch.save would.
-    saved_opt = copy.deepcopy(opt.state_dict())
+    # Saved and loaded as people do (torch.load with weights_only=True).
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    saved_opt = torch.load(tmp_path / "opt.pt", weights_only=True)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     opt.step(closure)
     after = {k: v.clone() for k, v in model.state_dict().items()}
 
     model2 = nn.Linear(4, 2)
     model2.load_state_dict(saved_model)
-    opt2 = LearnedOptimizer(model2.parameters(), weights=path)
+    opt2 = LearnedOptimizer(model2.parameters(), weights=path, state_dtype=state_dtype)
     opt2.load_state_dict(saved_opt)
     p0 = next(iter(model2.parameters()))
     assert opt2.state[p0]["h"].abs().sum() > 0
+    # torch casts loaded state to the parameter's dtype; the storage dtypes must survive that.
+    assert opt2.state[p0]["h"].dtype == state_dtype and opt2.state[p0]["c"].dtype == opt2._c_dtype
 
     def closure2():
         opt2.zero_grad()
@@ -83,7 +85,27 @@ def test_state_dict_round_trip_keeps_hidden_states(tmp_path):
 
     opt2.step(closure2)
     for k in after:
-        torch.testing.assert_close(model2.state_dict()[k], after[k])
+        torch.testing.assert_close(model2.state_dict()[k], after[k], rtol=0, atol=0)
+
+
+def test_loading_converts_between_state_dtypes(tmp_path):
+    torch.manual_seed(0)
+    path = save_learned(tmp_path / "o.safetensors", {"default": LSTMOptimizerNet()})
+    model = nn.Linear(4, 2)
+    x = torch.randn(8, 4)
+    opt32 = LearnedOptimizer(model.parameters(), weights=path)
+    for _ in range(3):
+        opt32.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt32.step()
+    p = model.weight
+    opt8 = LearnedOptimizer(model.parameters(), weights=path, state_dtype=torch.int8)
+    opt8.load_state_dict(opt32.state_dict())
+    assert opt8.state[p]["h"].dtype == torch.int8
+    torch.testing.assert_close(opt8.state[p]["h"].float() / 127, opt32.state[p]["h"], rtol=0, atol=0.5 / 127)
+    back = LearnedOptimizer(model.parameters(), weights=path)
+    back.load_state_dict(opt8.state_dict())
+    torch.testing.assert_close(back.state[p]["h"], opt32.state[p]["h"], rtol=0, atol=0.5 / 127)
 
 
 def test_param_groups_route_to_named_nets():
@@ -211,3 +233,22 @@ def test_first_rms_waits_for_a_nonzero_gradient():
     p.grad = torch.full((3,), 4.0)
     opt.step()
     assert float(opt.state[p]["grad_scale"]) == pytest.approx(0.25)
+
+
+def test_refuses_what_it_cannot_optimize():
+    net = {"default": sign_descent_net()}
+    with pytest.raises(ValueError, match="complex"):
+        LearnedOptimizer([nn.Parameter(torch.zeros(3, dtype=torch.complex64))], nets=net)
+    for lr in (-1.0, float("inf"), "x"):
+        with pytest.raises(ValueError, match="lr multiplier"):
+            LearnedOptimizer([{"params": [nn.Parameter(torch.zeros(3))], "lr": lr}], nets=net)
+    with pytest.raises(ValueError, match="fallback_lr"):
+        LearnedOptimizer([nn.Parameter(torch.zeros(3))], nets=net, fallback_lr=float("nan"))
+    params = (p for p in nn.Linear(2, 2).parameters())  # a generator is read once, and kept
+    assert len(LearnedOptimizer(params, nets=net).param_groups[0]["params"]) == 2
+
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = LearnedOptimizer(emb.parameters(), nets=net)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()

@@ -59,3 +59,18 @@ def test_not_an_artopt_file(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(WeightsError, match="not an artopt optimizer file"):
         load_learned(path)
+
+
+@pytest.mark.parametrize("meta", [
+    [1, 2], {"format": "FORMAT"}, {"format": "FORMAT", "nets": []}, {"format": "FORMAT", "nets": {"default": 3}},
+])
+def test_malformed_metadata_is_a_weights_error(tmp_path, meta):
+    from safetensors.torch import save_file
+
+    from artopt.learned_optimizers.weights import FORMAT
+
+    meta = json.loads(json.dumps(meta).replace('"FORMAT"', json.dumps(FORMAT)))
+    path = tmp_path / "odd.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"artopt": json.dumps(meta)})
+    with pytest.raises(WeightsError, match="corrupt artopt metadata"):
+        load_learned(path)

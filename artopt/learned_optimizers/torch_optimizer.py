@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .network import LSTMOptimizerNet, first_rms_scale
+from .network import INT8_STEPS, LSTMOptimizerNet, first_rms_scale
 from .preprocessing import sanitize
 from .weights import load_learned
 
@@ -62,8 +62,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ):
         if (weights is None) == (nets is None):
             raise ValueError("LearnedOptimizer needs exactly one of weights= or nets=")
-        if lr is not None and not lr > 0:
-            raise ValueError(f"lr multiplier must be positive, got {lr}")
+        if lr is not None:
+            _check_lr(lr)
+        if not (isinstance(fallback_lr, (int, float)) and 0 < fallback_lr < math.inf):
+            raise ValueError(f"fallback_lr must be positive and finite, got {fallback_lr}")
         loaded = load_learned(weights) if weights is not None else dict(nets)
         default_net = next(iter(loaded)) if len(loaded) == 1 else "default"
         super().__init__(params, dict(lr=1.0 if lr is None else float(lr), net=default_net))
@@ -84,6 +86,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.last_notice: str | None = None
         self.fallback_count = 0  # coordinates that needed the fallback, over the optimizer's life
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, plus checks: a group's lr multiplier must be positive and finite, and the LSTM
+        works on real coordinates only."""
+        if "lr" in param_group:
+            _check_lr(param_group["lr"])
+        params = param_group["params"]
+        if not isinstance(params, (torch.Tensor, set)):  # a set is left for torch to refuse (no order)
+            params = list(params)  # a generator can be read once: keep what was read
+        if any(torch.is_tensor(p) and p.is_complex() for p in ([params] if torch.is_tensor(params) else params)):
+            raise ValueError("LearnedOptimizer does not support complex parameters; optimize "
+                             "torch.view_as_real(p) instead")
+        super().add_param_group({**param_group, "params": params})
+
     def state_bytes(self) -> int:
         """Bytes of optimizer state held now: every coordinate's LSTM h and c."""
         return sum(t.numel() * t.element_size() for st in self.state.values() for t in st.values()
@@ -92,6 +107,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
     @property
     def _c_dtype(self) -> torch.dtype:
         return torch.float16 if self.state_dtype == torch.int8 else self.state_dtype
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``torch.optim``'s load, keeping the LSTM state in this optimizer's storage dtypes.
+
+        torch casts loaded state to each parameter's dtype, which would turn an int8 h (h·127 as
+        stored) into float32 values up to 127 and silently widen a 16-bit state.  The state is
+        converted to this optimizer's dtypes first (rescaling int8 h), and restored to them after."""
+        state_dict = dict(state_dict)
+        state_dict["state"] = {
+            key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
+                          in (("h", self.state_dtype), ("c", self._c_dtype)) if isinstance(st.get(name), torch.Tensor)}}
+            for key, st in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        for st in self.state.values():
+            for name, dtype in (("h", self.state_dtype), ("c", self._c_dtype)):
+                if isinstance(st.get(name), torch.Tensor):
+                    st[name] = st[name].to(dtype)  # exact: the values were already representable
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -112,6 +144,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         device = params[0].device
         if net_device != device:
             net.to(device)
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError("LearnedOptimizer does not support sparse gradients (e.g. nn.Embedding(sparse=True))")
         grads = [p.grad.reshape(-1) for p in params]
         flat = grads[0] if len(grads) == 1 else torch.cat(grads)
         h_list, c_list = [], []
@@ -165,3 +199,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if len(params) > 1:  # don't keep the concatenated buffer alive through views
                 st["h"], st["c"] = st["h"].clone(), st["c"].clone()
             offset += n
+
+
+def _check_lr(lr) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr multiplier must be a positive, finite number, got {lr!r}")
+
+
+def _convert_state(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """LSTM state in another storage dtype; int8 holds h·INT8_STEPS (see network.INT8_STEPS)."""
+    if t.dtype == dtype:
+        return t
+    if t.dtype == torch.int8:
+        t = t.float() / INT8_STEPS
+    if dtype == torch.int8:
+        return (t.float() * INT8_STEPS).round().clamp(-INT8_STEPS, INT8_STEPS).to(torch.int8)
+    return t.to(dtype)

@@ -60,8 +60,13 @@ def _read_metadata(path: Path) -> dict:
         info = json.loads(meta["artopt"])
     except json.JSONDecodeError as e:
         raise WeightsError(f"{path}: corrupt artopt metadata ({e})") from None
+    if not isinstance(info, dict):
+        raise WeightsError(f"{path}: corrupt artopt metadata (a JSON object expected)")
     if info.get("format") != FORMAT:
         raise WeightsError(f"{path}: unsupported weights format {info.get('format')!r} (expected {FORMAT})")
+    nets = info.get("nets")
+    if not isinstance(nets, dict) or not nets or not all(isinstance(c, dict) for c in nets.values()):
+        raise WeightsError(f"{path}: corrupt artopt metadata ('nets' must map network names to configs)")
     return info
 
 
