@@ -158,7 +158,10 @@ def _run_script(args: argparse.Namespace) -> int:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as done:
         code = done.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(f"artopt: error: {code}", file=sys.stderr)  # sys.exit("message"): Python prints it, so do we
+        return 1
     finally:
         sys.argv = old_argv
     return 0

@@ -153,3 +153,13 @@ def test_train_without_a_checkout_says_where_the_scripts_live(tmp_path, monkeypa
     monkeypatch.setattr(cli, "_source_root", lambda: tmp_path)
     assert main(["train", "mnist"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_a_script_that_exits_with_a_message_shows_it(tmp_path, monkeypatch, capsys):
+    import artopt.cli as cli
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "neural_art.py").write_text("import sys\nsys.exit('the config does not match')\n")
+    monkeypatch.setattr(cli, "_source_root", lambda: tmp_path)
+    assert main(["train", "neural-art"]) == 1
+    assert capsys.readouterr().err.strip() == "artopt: error: the config does not match"
