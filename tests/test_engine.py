@@ -192,6 +192,15 @@ def test_bad_images_are_refused():
         stylize(torch.rand(2, 3, 40, 40), [STYLE], _config())
     with pytest.raises(ValueError, match="needs at least"):
         stylize(_image(5, 10, 200), [STYLE], _config(size=64))
+    with pytest.raises(ValueError, match="empty"):
+        stylize(torch.rand(1, 3, 0, 40), [STYLE], _config())
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\], got torch.uint8 .*/ 255"):
+        stylize(torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8), [STYLE], _config())
+    with pytest.raises(ValueError, match="floats"):
+        stylize(torch.rand(1, 3, 40, 40, dtype=torch.complex64), [STYLE], _config())
+    with pytest.raises(ValueError, match=r"style image values must lie in \[0, 1\], got 0 to 255"):
+        stylize(torch.rand(1, 3, 40, 40), [torch.rand(1, 3, 40, 40) * 0 + torch.tensor([0.0, 255.0, 9.0]).view(1, 3, 1, 1)],
+                _config())
 
 
 def test_resolve_device():

@@ -48,6 +48,14 @@ def test_rgba_is_composited_on_white():
     assert image.getpixel((5, 5)) == (255, 0, 0)
 
 
+@pytest.mark.parametrize("mode", ["LA", "La", "RGBa", "PA"])
+def test_every_alpha_mode_becomes_rgb(mode):
+    from artopt.style.images import to_rgb
+
+    image = to_rgb(Image.new("RGBA", (8, 8), (90, 90, 90, 255)).convert(mode))
+    assert image.mode == "RGB" and abs(image.getpixel((0, 0))[0] - 90) <= 2
+
+
 def test_16_bit_grayscale_is_scaled_not_clipped():
     array = np.full((40, 40), 32768, dtype=np.uint16)  # mid-gray in 16 bit
     image = load_image(_encode(Image.fromarray(array)))

@@ -41,6 +41,8 @@ STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0
 
 # Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
 PYRAMID_AUTO_ABOVE = 320
+# Image tensors given to stylize() may stray this far outside [0, 1] (then they are clamped).
+TENSOR_RANGE_SLACK = 0.05
 # Output long sides accepted: both loss networks need 32 px (their deepest style layer at 1/16 or
 # 1/32 resolution keeps a few positions).
 MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 32, 8192
@@ -224,8 +226,18 @@ def _to_tensor(image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
             image = image.unsqueeze(0)
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"{label} image tensor must have shape (1, 3, H, W), got {tuple(image.shape)}")
+        if image.shape[2] == 0 or image.shape[3] == 0:
+            raise ValueError(f"{label} image is empty ({image.shape[2]}x{image.shape[3]} pixels)")
+        if not image.is_floating_point():
+            raise ValueError(f"{label} image tensor must hold floats in [0, 1], got {image.dtype} "
+                             "(for 0-255 data such as torchvision.io.read_image's: image.float() / 255)")
         if not torch.isfinite(image).all():
             raise ValueError(f"{label} image contains NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        # A little overshoot (e.g. from bicubic resizing) is clamped; anything more is another scale.
+        if low < -TENSOR_RANGE_SLACK or high > 1 + TENSOR_RANGE_SLACK:
+            raise ValueError(f"{label} image values must lie in [0, 1], got {low:.3g} to {high:.3g} "
+                             "(divide 0-255 data by 255; undo any normalisation)")
         return image.detach().float().clamp(0, 1)
     raise TypeError(f"{label} image must be a PIL image or a tensor, got {type(image).__name__}")
 

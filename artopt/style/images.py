@@ -99,7 +99,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+    if image.mode == "La":  # premultiplied; Pillow converts it to LA only
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "RGBa"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
