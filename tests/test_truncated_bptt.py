@@ -139,6 +139,70 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert [e["episode"] for e in train_events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_refuses_a_run_with_other_settings(tmp_path):
+    from dataclasses import replace
+
+    task = TinyQuadratic()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r", progress=False)
+    with pytest.raises(ValueError, match="other settings .*steps 10 -> 12"):
+        meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), replace(cfg, steps=12, episodes=3),
+                   out_dir=tmp_path, name="r", progress=False)
+    with pytest.raises(ValueError, match="other settings .*output_scale"):
+        meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet(output_scale=0.5)}), replace(cfg, episodes=3),
+                   out_dir=tmp_path, name="r", progress=False)
+    # A bigger budget is what resuming is for.
+    res = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), replace(cfg, episodes=3, max_minutes=5.0),
+                     out_dir=tmp_path, name="r", progress=False)
+    assert res.episodes_done == 3
+
+
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
+    task = TinyQuadratic()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r", progress=False)
+    ckpt = tmp_path / "r.ckpt"
+    for damaged in (ckpt.read_bytes()[:1000], b""):
+        ckpt.write_bytes(damaged)
+        with pytest.raises(ValueError, match="r.ckpt cannot be resumed .*delete it"):
+            meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+                       progress=False)
+
+
+def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real, calls = tb.run_episode, []
+
+    def interrupted_at_the_fourth(nets, problem, steps, *args, **kwargs):
+        if args:  # a training episode (validation passes no optimizer)
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+        return real(nets, problem, steps, *args, **kwargs)
+
+    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_fourth)
+    task = TinyQuadratic()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=6, val_every=5, val_problems=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+                   progress=False)
+    assert torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"] == 3  # not 0: no validation came yet
+    res = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+                     progress=False)
+    events = [json.loads(line) for line in (tmp_path / "r.log.jsonl").read_text().splitlines()]
+    assert res.episodes_done == 6
+    assert [e["episode"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("bad", [dict(val_every=0), dict(val_problems=0), dict(episodes=-1), dict(steps=0),
+                                 dict(max_minutes=-1.0), dict(meta_fraction=0.0), dict(meta_fraction=2.0),
+                                 dict(meta_lr=0.0)])
+def test_meta_training_settings_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-").replace("max-", "")):
+        MetaTrainConfig(**bad)
+
+
 def test_cosine_meta_lr_schedule_decays_over_the_budget():
     from artopt.outer_trainers.truncated_bptt import MetaTrainConfig, meta_lr_at
 

@@ -61,24 +61,34 @@ def main(argv=None) -> int:
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the task constructor (JSON value), e.g. labels=[5,6,7,8,9]")
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     task_kwargs = {}
     for kv in args.task_arg:
-        k, _, v = kv.partition("=")
-        task_kwargs[k] = json.loads(v)
+        k, sep, v = kv.partition("=")
+        try:
+            task_kwargs[k] = json.loads(v)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or not k:
+            ap.error(f"--task-arg expects KEY=JSON, got {kv!r}")
     task = get_task(args.suite, **task_kwargs)
     name = args.name or args.suite
     cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale)
     groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
-    mcfg = MetaTrainConfig(
-        steps=args.steps or task.steps, unroll=args.unroll or task.unroll,
-        episodes=episode_cap(args.episodes, args.minutes),
-        meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
-        max_minutes=args.minutes, **meta_train_flag_values(args),
-    )
+    try:
+        mcfg = MetaTrainConfig(
+            steps=args.steps or task.steps, unroll=args.unroll or task.unroll,
+            episodes=episode_cap(args.episodes, args.minutes),
+            meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
+            max_minutes=args.minutes, **meta_train_flag_values(args),
+        )
+    except ValueError as err:
+        ap.error(str(err))
     card = {
         "name": name,
         "task": args.suite,

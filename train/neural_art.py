@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--ship", default=str(ROOT / "weights"))
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -81,9 +83,12 @@ def main(argv=None) -> int:
         if start["default"].config != cfg:
             raise SystemExit(f"--init-from {args.init_from} has config {start['default'].config}, not {cfg}")
         nets["default"].load_state_dict(start["default"].state_dict())
-    mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
-                           val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
-                           max_minutes=args.minutes, **meta_train_flag_values(args))
+    try:
+        mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,
+                               val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
+                               max_minutes=args.minutes, **meta_train_flag_values(args))
+    except ValueError as err:
+        ap.error(str(err))
     card = {
         "name": args.name,
         "task": "neural-art",

@@ -18,6 +18,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +104,18 @@ class MetaTrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name in ("steps", "unroll", "episodes", "val_every", "val_problems"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("meta_lr", "grad_clip"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
+            raise ValueError(f"minutes must be positive, got {self.max_minutes}")
+        if not 0 < self.meta_fraction <= 1:
+            raise ValueError(f"meta-fraction must be in (0, 1], got {self.meta_fraction}")
+        if not 0 <= self.loss_scale_jitter < math.inf:
+            raise ValueError(f"loss-scale-jitter must be non-negative, got {self.loss_scale_jitter}")
         if self.problems_per_episode < 1:
             raise ValueError(f"problems_per_episode must be at least 1, got {self.problems_per_episode}")
         if not 0.0 <= self.ema < 1.0:
@@ -318,14 +332,22 @@ def meta_train(
     episode, best_val, best_episode, history, elapsed_before = 0, float("inf"), -1, [], 0.0
     train_gen = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
+    run_settings = _run_settings(config, nets)
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=True)
-        nets.load_state_dict(ck["nets"])
-        meta_opt.load_state_dict(ck["meta_opt"])
-        train_gen.set_state(ck["train_gen"])
-        rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
-        episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
-        history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
+        try:
+            ck = torch.load(ckpt_path, weights_only=True)
+            _check_resume(ckpt_path, ck.get("settings"), run_settings)
+            nets.load_state_dict(ck["nets"])
+            meta_opt.load_state_dict(ck["meta_opt"])
+            train_gen.set_state(ck["train_gen"])
+            rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
+            episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
+            history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
+        except ValueError:
+            raise
+        except Exception as exc:  # truncated, empty or foreign file
+            raise ValueError(f"{ckpt_path} cannot be resumed ({type(exc).__name__}: {exc}); delete it to start "
+                             "the run over, or choose another --name") from None
         if averaged is not None:
             if "averaged" not in ck:
                 raise ValueError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
@@ -346,7 +368,7 @@ def meta_train(
 
     def save_checkpoint(elapsed: float) -> None:
         _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
-                         elapsed, averaged)
+                         elapsed, averaged, run_settings)
 
     if best_episode < 0:
         best_val = validate()
@@ -360,6 +382,9 @@ def meta_train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.episodes, initial=episode, desc=f"meta-train {name}", unit="ep")
+    # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
         while episode < config.episodes:
             elapsed = elapsed_before + time.perf_counter() - start
@@ -395,12 +420,48 @@ def meta_train(
                     best_val, best_episode = val, episode
                     _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed)
                 save_checkpoint(elapsed)
+    except KeyboardInterrupt:
+        # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
+        # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
+        save_checkpoint(elapsed_before + time.perf_counter() - start)
+        emit({"event": "interrupted", "episode": episode, "elapsed": elapsed_before + time.perf_counter() - start})
+        if bar:
+            bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run")
+        raise
     finally:
         if bar:
             bar.close()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     wall = elapsed_before + time.perf_counter() - start
     save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# Settings a run may change when it is resumed: its budget.  Anything else would make the resumed
+# episodes, or their comparison with the best validation so far, a different experiment.
+RESUMABLE_CHANGES = ("episodes", "max_minutes")
+
+
+def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict) -> dict:
+    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    settings["nets"] = {name: net.config.to_dict() for name, net in nets.items()}
+    return json.loads(json.dumps(settings))  # as stored: tuples become lists
+
+
+def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
+    if stored_json is None:  # written before settings were recorded
+        return
+    stored = json.loads(stored_json)
+    changed = [f"{k} {stored.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(stored) | set(settings))
+               if stored.get(k) != settings.get(k)]
+    if changed:
+        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
+                         "its own flags (only --episodes and --minutes may change), or choose another --name")
 
 
 def _tuple_state(state):
@@ -409,7 +470,7 @@ def _tuple_state(state):
 
 
 def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed,
-                     averaged=None):
+                     averaged=None, settings: dict | None = None):
     ck = {
         "nets": nets.state_dict(),
         "meta_opt": meta_opt.state_dict(),
@@ -423,6 +484,8 @@ def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_epi
     }
     if averaged is not None:
         ck["averaged"] = averaged.state_dict()
+    if settings is not None:
+        ck["settings"] = json.dumps(settings)
     tmp = Path(str(path) + ".tmp")
     torch.save(ck, tmp)
     os.replace(tmp, path)
