@@ -1,6 +1,6 @@
 """Benchmarks of the stylize engine: quality grid, speed, memory, Adam vs L-BFGS, layer choice.
 
-Writes JSON + PNG under bench/results/.  Examples (run from the repository root):
+Writes JSON + PNG under bench/results/ (or --results DIR).  Examples (run from the repository root):
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py quality      # styles x photos grid at 512 px
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py speed        # per-step cost at 256/512/1024 + 512 px default run
@@ -346,6 +346,7 @@ def bench_lr_sweep(args) -> None:
 
 
 def main(argv=None) -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs",
                                          "lr-sweep", "gpu"])
@@ -357,7 +358,11 @@ def main(argv=None) -> None:
     parser.add_argument("--timed-steps", type=int, default=3, help="speed: steps timed per size")
     parser.add_argument("--adam-steps", type=int, default=500, help="adam-vs-lbfgs: Adam's budget")
     parser.add_argument("--optimizers", nargs="+", help="lr-sweep: optimizers (default: all)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="folder for the JSON and PNG (default: bench/results, the committed ones)")
     args = parser.parse_args(argv)
+    if args.results is not None:
+        RESULTS = args.results
     if args.size is None:
         args.size = {"quality": 512, "memory-one": 512}.get(args.what, 256)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -309,3 +309,19 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert len(runs["adam"]["mean_curve"]) < 4  # the first steps went to the 128 px scale
     assert runs["lstm-flat"]["learned"] and report["best_baseline"] in ("adam", "adam-flat")
     assert set(report["timing"]) == {"adam", "adam-flat", "lstm-flat"}
+
+
+def test_evaluation_summary_reads_and_writes_the_out_folder(tmp_path, monkeypatch, capsys):
+    script = _train_script("eval_neural_art")
+    shared = tmp_path / "shared"
+    monkeypatch.setattr(script, "OUT", shared)  # must stay untouched
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "64.json").write_text(json.dumps({
+        "setting": "64", "style": "starry_night.jpg", "best_baseline": "adam", "best_baseline_final_loss": 0.6,
+        "optimizers": {"lstm": {"mean_final_loss": 0.48}}, "lstm_over_best_baseline": 0.8,
+        "steps_to_reach_best_baseline_final": {"lstm": 38}}))
+    assert script.main(["summary", "--out", str(out)]) == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["setting"], r["lstm_final"]) for r in rows] == [("64", 0.48)]
+    assert not shared.exists()

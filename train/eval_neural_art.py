@@ -55,6 +55,13 @@ def _save_lr_cache(data: dict) -> None:
     (OUT / "lrs.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _say_cached(name: str, key: str, entry: dict) -> None:
+    """Cached rates are reused whatever --tune-photos / --grid-factors say: say so, with what they came from."""
+    photos = entry.get("problems", len(entry.get("photos", [])))
+    print(f"{name}: lr {entry['lr']:g} from {OUT / 'lrs.json'} [{key}] (tuned on {photos} validation photo(s); "
+          "--retune tunes again)", flush=True)
+
+
 def crop_setting(args) -> dict:
     """Settings (a) and (b): square test crops as the meta-training task makes them."""
     size = int(args.setting)
@@ -71,6 +78,8 @@ def crop_setting(args) -> dict:
             cache[key] = res.to_dict()
             _save_lr_cache(cache)
             print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
+        else:
+            _say_cached(name, key, cache[key])
         lrs[name] = cache[key]["lr"]
     factories, inference = {}, {}
     for name in args.optimizers:
@@ -158,6 +167,8 @@ def engine_setting(args) -> dict:
                 best = min(scores, key=lambda k: scores[k])
                 cache[key] = {"lr": float(best), "scores": scores, "photos": val_photo, "pyramid": run_pyramid}
                 _save_lr_cache(cache)
+            else:
+                _say_cached(base, key, cache[key])
             lrs[name] = cache[key]["lr"]
         elif base == "lbfgs":
             lrs[name] = 1.0
@@ -291,9 +302,9 @@ def plot(report: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summary() -> None:
+def summary(out: Path = OUT) -> list[dict]:
     rows = []
-    for path in sorted(OUT.glob("*.json")):
+    for path in sorted(out.glob("*.json")):
         if path.name in ("lrs.json", "summary.json") or path.name.startswith("ablation-"):
             continue
         r = json.loads(path.read_text())
@@ -304,7 +315,7 @@ def summary() -> None:
                      "learned_over_best_baseline": r.get("learned_over_best_baseline"),
                      "steps_to_reach": r.get("steps_to_reach_best_baseline_final"),
                      "timing": r.get("timing")})
-    (OUT / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "timing"}))
     return rows
@@ -359,8 +370,9 @@ def grid(args) -> None:
             canvas.paste(t, (x, y))
             x += t.size[0]
         y += max(t.size[1] for t in row)
-    OUT.mkdir(parents=True, exist_ok=True)
-    canvas.save(OUT / "grid.png")
+    out = args.out or OUT
+    out.mkdir(parents=True, exist_ok=True)
+    canvas.save(out / "grid.png")
     print(f"columns: content, then for {styles}: lstm, adam ({args.steps} steps, {args.size} px)")
 
 
@@ -379,7 +391,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-size", type=int, default=None, help="engine settings: tune lrs at this size")
     ap.add_argument("--grid-factors", type=float, nargs="+", default=[1 / 9, 1 / 3, 1, 3, 9])
     ap.add_argument("--engine-grid-factors", type=float, nargs="+", default=[0.5, 1, 2])
-    ap.add_argument("--retune", action="store_true")
+    ap.add_argument("--retune", action="store_true",
+                    help="tune the baselines' learning rates again; otherwise a rate cached in "
+                         "train/results/neural_art/lrs.json for the same setting and steps is reused, whatever "
+                         "--tune-photos / --grid-factors say (each run prints what it reused)")
     ap.add_argument("--steps", type=int, default=None, help="default: 128 for crops, 200 for the engine")
     ap.add_argument("--size", type=int, default=256, help="grid: output size")
     ap.add_argument("--pyramid", choices=("on", "off"), default="off")
@@ -387,11 +402,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--card", type=Path, default=None, help="summary: also record the table in this weights card")
     ap.add_argument("--out", type=Path, default=None,
-                    help="write the setting's JSON and PNG here instead of train/results/neural_art")
+                    help="results folder instead of train/results/neural_art: a setting's JSON and PNG, the grid, "
+                         "and the JSONs summary reads and its summary.json (the lr cache stays shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
-        rows = summary()
+        rows = summary(args.out or OUT)
         if args.card:
             record_in_card(rows, args.card)
         return 0
