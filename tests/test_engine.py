@@ -264,6 +264,13 @@ def test_lstm_weights_option_runs_the_given_weights(tmp_path):
         _run(_config(optimizer="lstm", steps=2, lstm_weights=str(tmp_path / "corrupt.safetensors")))
     with pytest.raises(ValueError, match="unknown basis"):
         learned_setup(frozen, basis="wavelets")
+    other = tmp_path / "mnist.safetensors"
+    other.write_bytes(frozen.read_bytes())
+    other.with_suffix(".json").write_text(json.dumps({"task": "mnist"}))
+    with pytest.raises(ValueError, match="meta-trained on 'mnist', not neural art"):
+        _config(optimizer="lstm", lstm_weights=str(other)).validated()
+    with pytest.raises(ValueError, match="not neural art"):
+        learned_setup(other)
 
 
 @pytest.mark.parametrize("basis", ["pixels", "multiscale"])

@@ -187,7 +187,7 @@ def _train_script(name: str):
     return script
 
 
-def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path):
+def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path, capsys):
     """train/select_neural_art.py: two copies of one file score the same; the lowest mean is named best."""
     script = _train_script("select_neural_art")
     torch.manual_seed(0)
@@ -199,8 +199,17 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     try:
         rc = script.main([str(a), str(b), str(a2), f"{a}@multiscale", "--size", "16", "--steps", "3",
                           "--problems", "1", "--val-seeds", "5", "6", "--json", str(tmp_path / "sel.json")])
-        with pytest.raises(SystemExit, match="unknown basis"):
-            script.main([f"{a}@wavelets", "--size", "16", "--steps", "1", "--problems", "1"])
+        # Every file is checked before any is scored: a bad one is named at once.
+        mnist = tmp_path / "m.safetensors"
+        mnist.write_bytes(a.read_bytes())
+        mnist.with_suffix(".json").write_text(json.dumps({"task": "mnist"}))
+        capsys.readouterr()
+        for bad, message in ((f"{a}@wavelets", "unknown basis"), (str(tmp_path / "gone.safetensors"), "not found"),
+                             (str(mnist), "meta-trained on 'mnist', not neural art")):
+            with pytest.raises(SystemExit):
+                script.main([str(a), bad, "--size", "16", "--steps", "1", "--problems", "1"])
+            out, err = capsys.readouterr()
+            assert message in err and out == ""  # refused before anything was scored
     finally:
         torch.set_num_threads(threads)
     assert rc == 0

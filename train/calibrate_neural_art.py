@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import lstm_factory, run_optimizer  # noqa: E402
-from artopt.learned_optimizers.shipped import trained_basis, trained_coarsest  # noqa: E402
-from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
+from artopt.learned_optimizers.shipped import check_neural_art, trained_basis, trained_coarsest  # noqa: E402
+from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
@@ -67,6 +67,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--card", action="store_true", help="record the best pair in the weights' card")
     args = ap.parse_args(argv)
+    for flag in ("problems", "steps", "size", "threads", "jobs"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    try:
+        check_neural_art(args.weights)
+        load_learned(args.weights)  # readable, before any job starts
+    except (WeightsError, ValueError) as err:
+        ap.error(str(err))
+    if args.coarsest is not None and trained_basis(args.weights) != "multiscale":
+        ap.error("--coarsest applies to weights meta-trained in the multi-scale basis; these run on pixels")
     trained = trained_coarsest(args.weights)
     args.coarsest = args.coarsest or [trained]
     if any(not lr > 0 for lr in args.lr) or any(c < 1 for c in args.coarsest):

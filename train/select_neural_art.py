@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers.multiscale import multiscale_problem  # noqa: E402
-from artopt.learned_optimizers.shipped import BASES, trained_basis, trained_coarsest  # noqa: E402
-from artopt.learned_optimizers.weights import load_learned, write_json_atomic  # noqa: E402
+from artopt.learned_optimizers.shipped import BASES, check_neural_art, trained_basis, trained_coarsest  # noqa: E402
+from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
@@ -42,6 +42,15 @@ def choose(scores: dict, tie_within: float, tie_step: str) -> tuple[str, list[st
     if len(tied) == 1:
         return tied[0], tied
     return min(tied, key=lambda k: (scores[k]["mean_loss_at_step"][tie_step], scores[k]["mean"])), tied
+
+
+def _candidate(path: str, basis: str) -> tuple[nn.ModuleDict, str, int]:
+    """(networks, basis, coarsest level) of a neural-art weights file, or ValueError / WeightsError."""
+    check_neural_art(path)
+    basis = basis or trained_basis(path)
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; choose from {BASES}")
+    return nn.ModuleDict(load_learned(path)), basis, trained_coarsest(path)  # coarsest: as meta-trained
 
 
 def main(argv=None) -> int:
@@ -62,22 +71,26 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.tie_within < 0:
         ap.error("--tie-within must be >= 0")
+    for flag in ("problems", "steps", "size", "threads"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     tie_step = max(1, args.steps // 4) if args.tie_break_step is None else args.tie_break_step
     if not 1 <= tie_step <= args.steps:
-        ap.error(f"--tie-break-step must lie in [1, {args.steps}]")
+        ap.error(f"--tie-break-step must lie in [1, {args.steps}] (the --steps run), got {tie_step}")
+    candidates = {}
+    for entry in args.weights:  # all checked before any is scored (scoring takes minutes per file)
+        path, _, basis = entry.partition("@")
+        try:
+            candidates[entry] = _candidate(path, basis)
+        except (WeightsError, ValueError) as err:
+            ap.error(f"{entry}: {err}")
     torch.set_num_threads(args.threads)
 
     task = NeuralArtTask(size=args.size, styles=[TRAIN_STYLE], steps=args.steps)
     problems = [p for seed in args.val_seeds for p in validation_problems(task, seed, args.problems)]
     report = {"val_seeds": args.val_seeds, "problems_per_seed": args.problems, "size": args.size,
               "steps": args.steps, "weights": {}}
-    for entry in args.weights:
-        path, _, basis = entry.partition("@")
-        basis = basis or trained_basis(path)
-        if basis not in BASES:
-            raise SystemExit(f"{entry}: unknown basis {basis!r}; choose from {BASES}")
-        nets = nn.ModuleDict(load_learned(path))
-        coarsest = trained_coarsest(path)  # the levels it was meta-trained with
+    for entry, (nets, basis, coarsest) in candidates.items():
         runs = problems if basis == "pixels" else [multiscale_problem(p, coarsest=coarsest) for p in problems]
         with torch.no_grad():
             curves = [run_episode(nets, p, args.steps) for p in runs]

@@ -33,6 +33,16 @@ def _card_beside(weights: str | os.PathLike) -> tuple[Path, dict]:
     return card_path, json.loads(card_path.read_text()) if card_path.is_file() else {}
 
 
+def check_neural_art(weights: str | os.PathLike) -> None:
+    """ValueError unless ``weights`` may be a neural-art optimizer: its card, if it has one, must not
+    name another task (an MNIST optimizer runs on images, but badly, and nothing would say why)."""
+    card_path, found = _card_beside(weights)
+    task = found.get("task")
+    if task not in (None, "neural-art"):
+        raise ValueError(f"{weights}: its card ({card_path.name}) says it was meta-trained on {task!r}, "
+                         "not neural art")
+
+
 def trained_pixels(weights: str | os.PathLike) -> int | None:
     """Pixels of the training crops recorded in the card beside a neural-art weights file, if any."""
     return _card_beside(weights)[1].get("trained_pixels")
@@ -108,6 +118,7 @@ def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False
         raise ValueError(f"no neural-art optimizer weights at {path}")
     if basis is not None and basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; expected one of {BASES}")
+    check_neural_art(path)
     settings = {"lr": 1.0, "coarsest": trained_coarsest(path)} if raw else inference_settings(path)
     return LearnedSetup(weights=path, basis=basis or trained_basis(path), lr=settings["lr"],
                         coarsest=settings["coarsest"], trained_pixels=trained_pixels(path))

@@ -126,8 +126,12 @@ class StylizeConfig:
             raise ValueError(f"vgg pooling must be max or avg, got {self.vgg_pooling!r}")
         if self.loss_net.lower() not in LOSS_NETS:
             raise ValueError(f"unknown loss network {self.loss_net!r}; choose from {', '.join(LOSS_NETS)}")
-        if self.lstm_weights is not None and not Path(self.lstm_weights).is_file():
-            raise ValueError(f"lstm weights file not found: {self.lstm_weights}")
+        if self.lstm_weights is not None:
+            if not Path(self.lstm_weights).is_file():
+                raise ValueError(f"lstm weights file not found: {self.lstm_weights}")
+            from artopt.learned_optimizers.shipped import check_neural_art
+
+            check_neural_art(self.lstm_weights)
         return self
 
 
