@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
+from lstm_layout import _best_of, write_report  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 
 def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_w, head_b, p: float):
@@ -75,15 +76,6 @@ def compiled_update(net, fn, grad, state, chunk):
     return update, (h_out, c_out)
 
 
-def _best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--coords", type=int, default=699_000)
@@ -119,9 +111,7 @@ def main(argv=None) -> int:
         }
     lib = report["seconds_per_update"]["library (eager, chunk 4096)"]
     report["speedup_over_library"] = {k: lib / v["seconds_per_update"] for k, v in report["compiled"].items()}
-    print(json.dumps(report, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.json)
     return 0
 
 

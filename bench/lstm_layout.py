@@ -70,6 +70,13 @@ def gate_major_update(net, grad, state, chunk):
     return update, (h_out, c_out)
 
 
+def write_report(report: dict, path: Path) -> None:
+    """Print the report and write it as JSON."""
+    print(json.dumps(report, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def _best_of(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -122,9 +129,7 @@ def main(argv=None) -> int:
               "same_state": same_state, "max_update_difference": max_diff,
               "seconds_per_update": {"coordinate_major (library)": t_row, "gate_major (prototype)": t_col},
               "gate_major_speedup": t_row / t_col, "micro": micro}
-    print(json.dumps(report, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.json)
     return 0
 
 
