@@ -36,6 +36,10 @@ ASSETS_DIR = REPO_ROOT / "assets"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 N_STYLE_SLOTS = 3
+# Height (px) of the live preview and the before/after slider.
+RESULT_HEIGHT = 420
+# The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
+PAGE_CSS = "#live-preview img { width: 100%; height: 100%; object-fit: contain; }"
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
@@ -293,13 +297,19 @@ class _Stylist:
                     gr.Warning(notice)
                     notices.append(f"⚠ {notice}")
                     config = replace(config, size=smaller)
-        except gr.Error:
-            raise
-        except ValueError as err:  # the engine's messages for unusable settings or inputs
-            raise gr.Error(str(err), title="Cannot stylize") from err
-        except Exception as err:  # the page must show something useful, and the server go on
-            log.exception("stylization failed")
-            raise gr.Error(f"Stylization failed: {type(err).__name__}: {err}", title="Error") from err
+        except Exception as exc:  # the page must show something useful, and the server go on
+            if isinstance(exc, gr.Error):
+                err = exc
+            elif isinstance(exc, ValueError):  # the engine's messages for unusable settings or inputs
+                err = gr.Error(str(exc), title="Cannot stylize")
+            else:
+                log.exception("stylization failed")
+                err = gr.Error(f"Stylization failed: {type(exc).__name__}: {exc}", title="Error")
+            # The toast shows the error; the status line must not go on saying "Waiting for a free slot…".
+            yield (gr.skip(), gr.skip(), gr.skip(), f"Not stylized: {err.message}")
+            if err is exc:
+                raise
+            raise err from exc
         finally:
             self.stop_flags.forget(session, stop_flag)
 
@@ -515,10 +525,11 @@ def build_app(
                     sources=["upload", "webcam", "clipboard"],
                     elem_id="content-image",
                 )
-                style_images, style_weights = [], []
+                style_images, style_weights, holders = [], [], []
                 for i in range(1, N_STYLE_SLOTS + 1):
                     # Slots after the first sit in an accordion: blending is the less common case.
                     holder = gr.Group() if i == 1 else gr.Accordion(f"Blend in style {i}", open=False)
+                    holders.append(holder)
                     with holder:
                         style_images.append(
                             gr.Image(
@@ -540,10 +551,11 @@ def build_app(
                     value=[(str(p), _pretty_name(p)) for p in presets],
                     label="Public-domain style presets (click one)",
                     columns=5,
-                    height=230,
+                    height=None,  # as tall as its presets: every one visible, no scrolling inside the box
                     object_fit="cover",
                     allow_preview=False,
                     interactive=False,
+                    buttons=[],  # a picker: nothing to download or share
                     elem_id="preset-gallery",
                 )
             with gr.Column(scale=1):
@@ -569,9 +581,13 @@ def build_app(
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
                 status = gr.Markdown("Ready.", elem_id="run-status")
         with gr.Row():
-            preview = gr.Image(label="Live preview", interactive=False, elem_id="live-preview")
+            # One height for both: a small preview would otherwise shrink to its pixel size.
+            # No "share" button: it works on Hugging Face Spaces only.
+            preview = gr.Image(label="Live preview", interactive=False, elem_id="live-preview",
+                               height=RESULT_HEIGHT, buttons=["download", "fullscreen"])
             comparison = gr.ImageSlider(
-                label="Before / after", interactive=False, format="png", elem_id="before-after"
+                label="Before / after", interactive=False, format="png", elem_id="before-after",
+                height=RESULT_HEIGHT, buttons=["download", "fullscreen"],
             )
         download = gr.File(label="Full-resolution PNG", interactive=False, elem_id="download-file")
 
@@ -581,9 +597,13 @@ def build_app(
 
         def use_preset(target: str, evt: gr.SelectData):
             chosen = str(presets[evt.index])
-            return [chosen if target == f"Style {i}" else gr.skip() for i in range(1, N_STYLE_SLOTS + 1)]
+            slots = [f"Style {i}" for i in range(1, N_STYLE_SLOTS + 1)]
+            images = [chosen if target == slot else gr.skip() for slot in slots]
+            # A preset sent to a blend slot opens its accordion, or nothing would seem to happen.
+            opened = [gr.Accordion(open=True) if target == slot else gr.skip() for slot in slots[1:]]
+            return images + opened
 
-        gallery.select(use_preset, preset_target, style_images, api_visibility="private")
+        gallery.select(use_preset, preset_target, style_images + holders[1:], api_visibility="private")
 
         def stylize_event(
             content, style_1, weight_1, style_2, weight_2, style_3, weight_3,
@@ -610,6 +630,7 @@ def build_app(
 
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app.artopt_device = device  # for the CLI's start-up message
+    app.artopt_assets_dir = assets_dir  # served to the page (presets), wherever the server was started
     return app
 
 
@@ -633,7 +654,10 @@ def launch(
         show_error=True,
         quiet=True,  # Gradio's banner tells people to edit launch(); ours names the flag
         footer_links=["api", "settings"],
+        # Gradio serves files under the working directory only; the presets live with the package.
+        allowed_paths=[str(getattr(app, "artopt_assets_dir", ASSETS_DIR))],
         theme=gr.themes.Default(),  # fonts ship with Gradio: nothing is fetched from the web
+        css=PAGE_CSS,
         ssr_mode=False,
         mcp_server=False,
     )

@@ -63,6 +63,10 @@ def browser():
 def server(tmp_path_factory):
     from artopt import web
 
+    # Served from a folder outside the checkout, as `artopt serve` run from anywhere is: Gradio
+    # serves files under the working directory only, so the presets must be allowed explicitly.
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("elsewhere"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -77,6 +81,7 @@ def server(tmp_path_factory):
     web.launch(app, port=port, block=False, quiet=True)
     yield app
     app.close()
+    os.chdir(cwd)
 
 
 @pytest.fixture()
@@ -162,5 +167,22 @@ def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots,
     toast = page.get_by_text("Content photo", exact=False).filter(has_text="empty.png").first
     toast.wait_for(state="visible", timeout=30_000)
     assert "empty (0 bytes)" in toast.inner_text()
+    # The status line says the run did not happen (not "Waiting for a free slot…").
+    page.wait_for_function("() => document.querySelector('#run-status').innerText.includes('Not stylized')",
+                           timeout=30_000)
     page.screenshot(path=str(shots / "browser_zero_byte.png"), full_page=False)
     page.close()
+
+
+def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server.local_url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    assert not page.locator("#style-image-2").is_visible()  # blend slots start closed
+    page.get_by_role("radio", name="Style 2").check()
+    page.locator("#preset-gallery img").first.click()
+    page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
+    assert page.locator(".toast-body, .toast-wrap").filter(has_text="Error").count() == 0
+    page.screenshot(path=str(shots / "browser_preset_style2.png"), full_page=False)
+    page.close()
+
