@@ -48,6 +48,8 @@ DEFAULT_MAX_UPLOAD_MB = 25
 # On out-of-memory the run is retried at this fraction of the long side, down to min_size.
 OOM_SHRINK = 0.75
 
+OPTIMIZER_INFO = ("what changes the image at each step: the learned (LSTM) optimizer was meta-trained on style "
+                  "transfer and reaches a lower loss in the same steps; Adam and L-BFGS are the classic choices")
 OPTIMIZER_LABELS = {"auto": "auto", "lstm": "learned (LSTM)", "adam": "Adam", "lbfgs": "L-BFGS"}
 
 
@@ -564,18 +566,22 @@ def build_app(
                     label="Output size (long side, px)",
                 )
                 steps_slider = gr.Slider(
-                    1, limits.max_steps, value=steps, step=1, label="Quality (optimizer steps)"
+                    1, limits.max_steps, value=steps, step=1, label="Quality (optimizer steps)",
+                    info="more steps: finer detail, longer wait",
                 )
                 strength = gr.Slider(
-                    0.1, 10, value=1.0, step=0.1, label="Style strength (× the default style weight)"
+                    0.1, 10, value=1.0, step=0.1, label="Style strength (× the default style weight)",
+                    info="higher: more of the style, less of the photo",
                 )
                 optimizer = gr.Dropdown(
                     [(labels[o], o) for o in optimizers],
                     value=default_optimizer,
                     label="Optimizer",
+                    info=OPTIMIZER_INFO,
                 )
                 keep_colors = gr.Checkbox(value=False, label="Keep the photo's original colours")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed",
+                                 info="the same seed and settings give the same image")
                 with gr.Row():
                     run_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
