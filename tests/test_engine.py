@@ -185,6 +185,12 @@ def test_bad_settings_are_refused(bad, message):
         _run(_config(**bad))
 
 
+def test_names_are_case_insensitive():
+    out_upper, _ = _run(_config(init="Noise", optimizer="ADAM", steps=1))
+    out_lower, _ = _run(_config(init="noise", optimizer="adam", steps=1))
+    assert torch.equal(out_upper, out_lower)
+
+
 def test_bad_images_are_refused():
     with pytest.raises(ValueError, match="NaN"):
         stylize(torch.full((1, 3, 40, 40), float("nan")), [STYLE], _config())

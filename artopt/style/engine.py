@@ -118,7 +118,7 @@ class StylizeConfig:
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
         check_edge_pad(self.edge_pad)
-        if self.init not in INITS:
+        if str(self.init).lower() not in INITS:  # case-insensitive, like the optimizer and loss-net names
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -407,7 +407,7 @@ def stylize(content: Image.Image | torch.Tensor,
         target = target.to(device)
         height, width = target.shape[-2:]
         if image is None:
-            if config.init == "noise":
+            if config.init.lower() == "noise":
                 image = torch.rand(target.shape, generator=generator).to(device)
             else:
                 image = target.clone()
