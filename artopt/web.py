@@ -428,10 +428,12 @@ class _Stylist:
         self.stop_flags.reserve(_session(request))
         return "Waiting for a free slot…"
 
-    def stop(self, request: gr.Request | None = None) -> str:
+    def stop(self, request: gr.Request | None = None):
         if self.stop_flags.stop(_session(request)):
             return "Stopping after the current step…"
-        return "Nothing is running."
+        # A toast, and the status line keeps the last run's result ("Done …", "Stopped at …").
+        gr.Info("Nothing is running.")
+        return gr.skip()
 
 
 def _session(request: gr.Request | None) -> str:
