@@ -336,18 +336,19 @@ def meta_train(
     if ckpt_path.is_file():
         try:
             ck = torch.load(ckpt_path, weights_only=True)
-            _check_resume(ckpt_path, ck.get("settings"), run_settings)
+            stored_settings = ck.get("settings")
+        except Exception as exc:  # truncated, empty or foreign file
+            raise _unresumable(ckpt_path, exc) from None
+        _check_resume(ckpt_path, stored_settings, run_settings)
+        try:
             nets.load_state_dict(ck["nets"])
             meta_opt.load_state_dict(ck["meta_opt"])
             train_gen.set_state(ck["train_gen"])
             rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
             episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
             history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
-        except ValueError:
-            raise
-        except Exception as exc:  # truncated, empty or foreign file
-            raise ValueError(f"{ckpt_path} cannot be resumed ({type(exc).__name__}: {exc}); delete it to start "
-                             "the run over, or choose another --name") from None
+        except Exception as exc:  # a checkpoint that loads but lacks or garbles a part
+            raise _unresumable(ckpt_path, exc) from None
         if averaged is not None:
             if "averaged" not in ck:
                 raise ValueError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
@@ -423,8 +424,9 @@ def meta_train(
     except KeyboardInterrupt:
         # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
         # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
-        save_checkpoint(elapsed_before + time.perf_counter() - start)
-        emit({"event": "interrupted", "episode": episode, "elapsed": elapsed_before + time.perf_counter() - start})
+        elapsed = elapsed_before + time.perf_counter() - start
+        save_checkpoint(elapsed)
+        emit({"event": "interrupted", "episode": episode, "elapsed": elapsed})
         if bar:
             bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run")
         raise
@@ -451,6 +453,11 @@ def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict) -> dict:
     settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     settings["nets"] = {name: net.config.to_dict() for name, net in nets.items()}
     return json.loads(json.dumps(settings))  # as stored: tuples become lists
+
+
+def _unresumable(path: Path, exc: Exception) -> ValueError:
+    return ValueError(f"{path} cannot be resumed ({type(exc).__name__}: {exc}); delete it to start the run over, "
+                      "or choose another --name")
 
 
 def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:

@@ -120,8 +120,7 @@ class StylizeConfig:
         check_edge_pad(self.edge_pad)
         if str(self.init).lower() not in INITS:  # case-insensitive, like the optimizer and loss-net names
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_device_name(self.device)
         if self.vgg_pooling not in ("max", "avg"):
             raise ValueError(f"vgg pooling must be max or avg, got {self.vgg_pooling!r}")
         if self.loss_net.lower() not in LOSS_NETS:
@@ -151,6 +150,11 @@ class StepInfo:
     loss_seconds: float = 0.0  # of ``elapsed``, time spent in loss-network forward + backward
 
 
+def check_device_name(device: str) -> None:
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> cuda, else mps, else cpu; an explicit device must be available."""
     if device == "auto":
@@ -159,8 +163,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device not in DEVICES and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    check_device_name(device)
     try:
         dev = torch.device(device)
     except RuntimeError:  # e.g. "cuda:x"
