@@ -303,3 +303,12 @@ def test_mnist_torchvision_layout(tmp_path):
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     x, y = load_mnist("test", str(tmp_path))
     assert x.shape == (4, 28, 28) and y.tolist() == [0, 1, 2, 3]
+
+
+def test_task_args_parse_as_json_and_name_a_malformed_one():
+    from artopt.tasks import parse_task_args
+
+    assert parse_task_args(["batch=128", "labels=[5,6]"]) == {"batch": 128, "labels": [5, 6]}
+    for bad in ("foo", "batch=abc", "=3"):
+        with pytest.raises(ValueError, match=f"KEY=JSON, got '{bad}'"):
+            parse_task_args([bad])

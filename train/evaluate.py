@@ -33,7 +33,7 @@ from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory 
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
 from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
-from artopt.tasks import TASKS, get_task  # noqa: E402
+from artopt.tasks import TASKS, get_task, parse_task_args  # noqa: E402
 
 TUNED_LRS = ROOT / "train" / "results" / "tuned_lrs.json"
 
@@ -107,13 +107,10 @@ def parse_args(argv=None):
             ap.error(f"--lr expects NAME=LR, got {kv!r}")
         if not sep or not args.lr_map[name.strip().lower()] > 0:
             ap.error(f"--lr expects NAME=LR with LR > 0, got {kv!r}")
-    args.task_kwargs = {}
-    for kv in args.task_arg:
-        k, sep, v = kv.partition("=")
-        try:
-            args.task_kwargs[k] = json.loads(v)
-        except json.JSONDecodeError:
-            ap.error(f"--task-arg expects KEY=JSON, got {kv!r}")
+    try:
+        args.task_kwargs = parse_task_args(args.task_arg)
+    except ValueError as err:
+        ap.error(str(err))
     if args.tune_grid:
         try:
             lo, hi, per = (float(x) for x in args.tune_grid.split(":"))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.tasks import get_task  # noqa: E402
+from artopt.tasks import get_task, parse_task_args  # noqa: E402
 
 
 def episode_cap(episodes: int | None, minutes: float | None) -> int:
@@ -66,15 +66,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    task_kwargs = {}
-    for kv in args.task_arg:
-        k, sep, v = kv.partition("=")
-        try:
-            task_kwargs[k] = json.loads(v)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or not k:
-            ap.error(f"--task-arg expects KEY=JSON, got {kv!r}")
+    try:
+        task_kwargs = parse_task_args(args.task_arg)
+    except ValueError as err:
+        ap.error(str(err))
     task = get_task(args.suite, **task_kwargs)
     name = args.name or args.suite
     cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale)

@@ -10,6 +10,7 @@ cifar5, cifar5-heldout (labels 5..9: trains the paper's "LSTM-sub"); neural-art.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from .base import Problem, Task, stack_problems
@@ -60,11 +61,26 @@ def get_task(name: str, **variant_kwargs) -> Task:
         raise ValueError(f"bad arguments for task {name!r}: {e}") from None
 
 
+def parse_task_args(items: list[str]) -> dict:
+    """``--task-arg KEY=JSON`` values (as the training and evaluation scripts take them) as keywords
+    for :func:`get_task`; ValueError names the malformed one."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or not key:
+            raise ValueError(f"--task-arg expects KEY=JSON, got {item!r}")
+    return kwargs
+
+
 def _fmt(v) -> str:
     if isinstance(v, (list, tuple)):
         return "(" + ",".join(map(str, v)) + ")"
     return str(v)
 
 
-__all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "QuadraticTask", "MNISTTask", "CIFARTask",
+__all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "parse_task_args", "QuadraticTask", "MNISTTask", "CIFARTask",
            "DataNotFoundError", "data_root"]
