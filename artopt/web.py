@@ -39,7 +39,10 @@ N_STYLE_SLOTS = 3
 # Height (px) of the live preview and the before/after slider.
 RESULT_HEIGHT = 420
 # The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
-PAGE_CSS = "#live-preview img { width: 100%; height: 100%; object-fit: contain; }"
+# After a failed run Gradio lays an "Error" pill (and a × to clear it) over the status line, right on
+# top of its "Not stylized: why" text; the toast already says it is an error, so they are hidden.
+PAGE_CSS = ("#live-preview img { width: 100%; height: 100%; object-fit: contain; }\n"
+            "#run-status .error, #run-status .clear-status { display: none; }")
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
