@@ -41,8 +41,14 @@ RESULT_HEIGHT = 420
 # The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
 # After a failed run Gradio lays an "Error" pill (and a × to clear it) over the status line, right on
 # top of its "Not stylized: why" text; the toast already says it is an error, so they are hidden.
+# Gradio gives a gallery without a fixed height a 450 px minimum: the presets' two rows left an empty band.
+# Style 1 sits in a gr.Group, whose "border: none" on its children leaves an image's own border-style
+# (dashed or solid) drawn at the default 3 px in the text colour: a heavy black frame. The group's
+# outer border is the frame.
 PAGE_CSS = ("#live-preview img { width: 100%; height: 100%; object-fit: contain; }\n"
-            "#run-status .error, #run-status .clear-status { display: none; }")
+            "#run-status .error, #run-status .clear-status { display: none; }\n"
+            "#preset-gallery .grid-wrap { min-height: 0; }\n"
+            "#style-image-1 { border-width: 0; }")
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
@@ -346,6 +352,10 @@ class _Stylist:
         worker.start()
         last_step = "starting"
         finished = False
+        # Gradio caches an image under a hash of its bytes and rewrites that file every time it is
+        # sent, so sending the image already shown again (the last step's preview is the result)
+        # truncates the file while the browser may still be reading it: a broken preview.
+        shown: torch.Tensor | None = None
         try:
             outcome: Any = done
             while outcome is done:
@@ -373,7 +383,8 @@ class _Stylist:
                         newest_image = item.image
                 if progress is not None and outcome is done:
                     progress((item.step, total), desc=f"Stylizing ({last_step})")
-                if newest_image is not None and outcome is done:
+                if newest_image is not None and outcome is done and not _same_image(newest_image, shown):
+                    shown = newest_image
                     yield (
                         tensor_to_pil(newest_image),
                         gr.skip(),
@@ -400,7 +411,7 @@ class _Stylist:
             f"with {OPTIMIZER_LABELS[resolve_optimizer(config.optimizer, config.size, config.pyramid)]}.",
             notices,
         )
-        yield (result, (before, result), str(out_path), status)
+        yield (gr.skip() if _same_image(outcome, shown) else result, (before, result), str(out_path), status)
 
     def _output_path(self, config) -> Path:
         self._prune_outputs()
@@ -437,6 +448,10 @@ class _Stylist:
         # A toast, and the status line keeps the last run's result ("Done …", "Stopped at …").
         gr.Info("Nothing is running.")
         return gr.skip()
+
+
+def _same_image(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and torch.equal(a, b)
 
 
 def _session(request: gr.Request | None) -> str:
@@ -558,7 +573,7 @@ def build_app(
                     value=[(str(p), _pretty_name(p)) for p in presets],
                     label="Public-domain style presets (click one)",
                     columns=5,
-                    height=None,  # as tall as its presets: every one visible, no scrolling inside the box
+                    height=None,  # as tall as its presets (PAGE_CSS lifts the 450 px minimum): no scrolling, no empty band
                     object_fit="cover",
                     allow_preview=False,
                     interactive=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,20 @@ def test_stylize_small_image_end_to_end(client, images):
     diff = sum(abs(a - b) for a, b in zip(result.tobytes(), content_small.tobytes()))
     assert diff / len(result.tobytes()) > 1.0
     assert Image.open(after).convert("RGB").tobytes() == result.convert("RGB").tobytes()
+
+
+def test_an_image_already_on_the_page_is_not_sent_again(client, images):
+    """Gradio caches a sent image under a hash of its bytes and rewrites that file each time it is
+    sent. The run's last preview is the result, and sending it again as the final preview
+    truncated the file while the browser was still loading it: a broken live preview."""
+    job = client.submit(*stylize_args(images["content"], images["style"]), api_name="/stylize")
+    *_, png_path, status = job.result(timeout=180)
+    assert "Done" in status, status
+    sent = [out[0] for out in job.outputs() if isinstance(out[0], str)]
+    assert len(sent) == STEPS  # one preview per step (preview_every=1), the last one is the result
+    cached_as = [Path(path).parent.name for path in sent]  # the folder is the hash of the bytes
+    assert len(set(cached_as)) == len(cached_as), cached_as
+    assert Image.open(sent[-1]).size == Image.open(png_path).size
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,12 @@ def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tm
     )
     widths = result_images.evaluate_all("imgs => imgs.map(img => img.naturalWidth)")
     assert len(widths) == 2 and all(w == 96 for w in widths), widths
+    # The live preview ends on the finished image too (the screenshot below waits for it to load).
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#live-preview img');"
+        " return img && img.complete && img.naturalWidth === 96; }",
+        timeout=30_000,
+    )
     assert "Done" in page.locator("#run-status").inner_text()
     # The full-resolution PNG is offered for download.
     link = page.locator("#download-file a").first
@@ -185,6 +191,14 @@ def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, 
     page.goto(server.local_url, wait_until="networkidle")
     page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
     assert not page.locator("#style-image-2").is_visible()  # blend slots start closed
+    # The preset gallery is as tall as its thumbnails: none hidden behind a scrollbar, no empty band.
+    wrap, grid = page.locator("#preset-gallery .grid-wrap"), page.locator("#preset-gallery .grid-container")
+    scroll, client = wrap.evaluate("el => [el.scrollHeight, el.clientHeight]")
+    assert scroll <= client + 1, (scroll, client)
+    assert wrap.bounding_box()["height"] <= grid.bounding_box()["height"] + 40
+    # Style 1's box has no heavier frame than the content photo's (Gradio's group drew a 3 px black one).
+    border = "el => parseFloat(getComputedStyle(el).borderTopWidth)"
+    assert page.locator("#style-image-1").evaluate(border) <= page.locator("#content-image").evaluate(border)
     page.get_by_role("radio", name="Style 2").check()
     page.locator("#preset-gallery img").first.click()
     page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
