@@ -114,9 +114,13 @@ def main() -> int:
                 page.locator("#style-image-1 input[type=file]").set_input_files(args.style)
                 page.locator("#style-image-1 img").first.wait_for(state="visible")
                 page.locator("#stylize-button").click()
-                toast = page.get_by_text("empty.jpg", exact=False).first
+                toast = page.get_by_test_id("toast-body").filter(has_text="empty.jpg").first
                 toast.wait_for(state="visible", timeout=60_000)
-                record["zero_byte_upload_message"] = toast.inner_text()
+                record["zero_byte_upload_toast"] = toast.inner_text()
+                page.wait_for_function(
+                    "() => document.querySelector('#run-status').innerText.includes('Not stylized')")
+                record["zero_byte_upload_status"] = page.locator("#run-status").inner_text()
+                page.wait_for_timeout(1000)  # the toast fades in
                 page.screenshot(path=args.zero_byte_screenshot)
             browser.close()
     finally:
