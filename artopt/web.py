@@ -41,14 +41,21 @@ RESULT_HEIGHT = 420
 # The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
 # After a failed run Gradio lays an "Error" pill (and a × to clear it) over the status line, right on
 # top of its "Not stylized: why" text; the toast already says it is an error, so they are hidden.
-# Gradio gives a gallery without a fixed height a 450 px minimum: the presets' two rows left an empty band.
+# Gradio gives a gallery without a fixed height a 450 px minimum: the presets' two rows left an empty
+# band; and its floating label covered the top of the first row.
 # Style 1 sits in a gr.Group, whose "border: none" on its children leaves an image's own border-style
 # (dashed or solid) drawn at the default 3 px in the text colour: a heavy black frame. The group's
-# outer border is the frame.
+# outer border is the frame.  The before/after slider's images were sized to the box's width, so a
+# portrait result overflowed its height and lost its bottom (a 4:3 one, 7%): they fit the box now.
+# On a phone the presets' five 100 px columns ran off the side (three hidden): three columns there.
 PAGE_CSS = ("#live-preview img { width: 100%; height: 100%; object-fit: contain; }\n"
             "#run-status .error, #run-status .clear-status { display: none; }\n"
             "#preset-gallery .grid-wrap { min-height: 0; }\n"
-            "#style-image-1 { border-width: 0; }")
+            "#preset-gallery .grid-container { padding-top: 34px; }\n"
+            "#style-image-1 { border-width: 0; }\n"
+            "#before-after .content img { height: 100%; }\n"
+            "@media (max-width: 640px) {"
+            " #preset-gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)); } }")
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
@@ -167,6 +174,12 @@ class _StopFlags:
             flag.set()
         return bool(flags)
 
+    def release(self, session: str) -> None:
+        """Drop the session's reservations whose requests never started (e.g. a full queue refused
+        them): the page calls this when its run is over, and it has one run at a time."""
+        with self._lock:
+            self._waiting.pop(session, None)
+
     def forget(self, session: str, flag: threading.Event) -> None:
         with self._lock:
             running = self._running.get(session)
@@ -243,10 +256,10 @@ class _Stylist:
                 styles.append(self._load(payload, f"Style {i}"))
                 weights.append(weight)
         if not styles:
-            raise gr.Error(
-                "Add at least one style image with a weight above 0 (upload one or click a preset).",
-                title="Missing style",
-            )
+            if any(payload is not None for payload in style_payloads):
+                raise gr.Error("Every style image has blend weight 0: raise at least one weight above 0.",
+                               title="Missing style")
+            raise gr.Error("Add a style image first (upload one or click a preset).", title="Missing style")
 
         base = StylizeConfig()
         config = replace(
@@ -274,7 +287,6 @@ class _Stylist:
         keep_colors: bool,
         seed: Any,
         request: gr.Request | None = None,
-        progress: gr.Progress | None = None,
     ) -> Iterator[tuple]:
         """Generator behind the Stylize button: validates, runs, retries smaller on OOM."""
         session = _session(request)
@@ -290,7 +302,7 @@ class _Stylist:
                                                         strength, optimizer, keep_colors, seed)
             while True:
                 try:
-                    yield from self._stream(content_img, styles, config, stop_flag, progress, notices)
+                    yield from self._stream(content_img, styles, config, stop_flag, notices)
                     return
                 except Exception as err:
                     if not _is_out_of_memory(err):
@@ -324,9 +336,9 @@ class _Stylist:
         finally:
             self.stop_flags.forget(session, stop_flag)
 
-    def _stream(self, content_img, styles, config, stop_flag, progress, notices) -> Iterator[tuple]:
+    def _stream(self, content_img, styles, config, stop_flag, notices) -> Iterator[tuple]:
         """Run the engine in a worker thread; yield (preview, slider, file, status) as it goes."""
-        from artopt.style.engine import resolve_optimizer, stylize
+        from artopt.style.engine import SETUP_NOTICE_PREFIX, resolve_optimizer, stylize
         from artopt.style.images import save_image, tensor_to_pil
 
         every = self.preview_every or max(1, config.steps // 20)
@@ -377,12 +389,11 @@ class _Stylist:
                     if item.n_scales > 1:
                         height, width = item.size
                         last_step += f" at scale {item.scale_index + 1}/{item.n_scales} ({width}×{height} px)"
-                    if item.notice:
+                    # The page's header names the loss network and "Done …" the optimizer.
+                    if item.notice and not str(item.notice).startswith(SETUP_NOTICE_PREFIX):
                         notices.append(str(item.notice))
                     if item.image is not None:
                         newest_image = item.image
-                if progress is not None and outcome is done:
-                    progress((item.step, total), desc=f"Stylizing ({last_step})")
                 if newest_image is not None and outcome is done and not _same_image(newest_image, shown):
                     shown = newest_image
                     yield (
@@ -442,6 +453,11 @@ class _Stylist:
         self.stop_flags.reserve(_session(request))
         return "Waiting for a free slot…"
 
+    def release(self, request: gr.Request | None = None) -> tuple:
+        """Runs when the page's run is over, however it ended: Stylize on again, Stop off."""
+        self.stop_flags.release(_session(request))
+        return gr.Button(interactive=True), gr.Button(interactive=False)
+
     def stop(self, request: gr.Request | None = None):
         if self.stop_flags.stop(_session(request)):
             return "Stopping after the current step…"
@@ -463,7 +479,8 @@ def _device_description(device: str) -> str:
         return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
     if device == "mps":
         return "Apple GPU (mps)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def _example_rows(photos: list[Path], styles: list[Path]) -> list[list[str]]:
@@ -604,7 +621,8 @@ def build_app(
                                  info="the same seed and settings give the same image")
                 with gr.Row():
                     run_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
+                    # On only while this page's run waits or runs; Stylize is off meanwhile.
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button", interactive=False)
                 status = gr.Markdown("Ready.", elem_id="run-status")
         with gr.Row():
             # One height for both: a small preview would otherwise shrink to its pixel size.
@@ -619,7 +637,14 @@ def build_app(
 
         rows = _example_rows(photos, presets)
         if rows:
-            gr.Examples(rows, inputs=[content, style_images[0]], label="Examples (public domain)")
+            examples = gr.Examples(rows, inputs=[content, style_images[0]], label="Examples (public domain)",
+                                   elem_id="examples")
+            # An example is its photo and style alone: blend styles left in slots 2 and 3 (or a
+            # zero weight on style 1) would make the run something else.
+            examples.load_input_event.then(
+                lambda: (None, None, 1.0), None, [style_images[1], style_images[2], style_weights[0]],
+                queue=False, api_visibility="private",
+            )
 
         def use_preset(target: str, evt: gr.SelectData):
             chosen = str(presets[evt.index])
@@ -634,24 +659,31 @@ def build_app(
         def stylize_event(
             content, style_1, weight_1, style_2, weight_2, style_3, weight_3,
             size, steps, strength, optimizer, keep_colors, seed,
-            request: gr.Request, progress=gr.Progress(),
+            request: gr.Request,
         ):
             yield from stylist.run(
                 content, [style_1, style_2, style_3], [weight_1, weight_2, weight_3],
                 size, steps, strength, optimizer, keep_colors, seed,
-                request=request, progress=progress,
+                request=request,
             )
 
+        def clicked(request: gr.Request):
+            return stylist.reserve(request), gr.Button(interactive=False), gr.Button(interactive=True)
+
         paired = [c for pair in zip(style_images, style_weights) for c in pair]
-        run_button.click(stylist.reserve, None, status, api_name="reserve", queue=False).then(
+        run = run_button.click(clicked, None, [status, run_button, stop_button], api_name="reserve", queue=False).then(
             stylize_event,
             [content, *paired, size_slider, steps_slider, strength, optimizer, keep_colors, seed],
             [preview, comparison, download, status],
             api_name="stylize",
             # Uploads are checked by artopt's own loader, which gives clear messages for bad files.
             preprocess=False,
-            show_progress_on=[status],
+            # The status line says what the run is doing; Gradio's progress overlay would cover it.
+            show_progress="hidden",
         )
+        # However the run ends. Gradio's page does not follow .then() after an error, hence .failure().
+        for follow in (run.then, run.failure):
+            follow(stylist.release, None, [run_button, stop_button], queue=False, api_visibility="private")
         stop_button.click(stylist.stop, None, status, api_name="stop", queue=False)
 
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)

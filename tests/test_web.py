@@ -148,7 +148,11 @@ def test_too_many_pixels_is_refused_as_a_possible_bomb(client, images, tmp_path)
 def test_missing_style_and_out_of_range_settings_are_refused(client, images):
     args = list(stylize_args(images["content"], images["style"]))
     args[1] = None
-    with pytest.raises(gradio_client.exceptions.AppError, match="at least one style"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="Add a style image first"):
+        client.predict(*args, api_name="/stylize")
+    args = list(stylize_args(images["content"], images["style"]))
+    args[2] = 0.0  # a style is there, but its blend weight is 0: say that, not "add a style"
+    with pytest.raises(gradio_client.exceptions.AppError, match="blend weight 0"):
         client.predict(*args, api_name="/stylize")
     with pytest.raises(gradio_client.exceptions.AppError, match="Output size must be between 48 and 256"):
         client.predict(*stylize_args(images["content"], images["style"], size=5000), api_name="/stylize")
@@ -238,6 +242,17 @@ def test_a_refused_request_leaves_nothing_for_stop_to_cancel(client, images):
     assert "Waiting" in client.predict(api_name="/reserve")
     *_, status = client.predict(*stylize_args(images["content"], images["style"]), api_name="/stylize")
     assert status.startswith("Done"), status
+
+
+def test_the_pages_release_drops_a_reservation_whose_request_never_ran():
+    # A full queue refuses the request after the click reserved its stop flag; the page's release
+    # (run when its run is over, however it ended) must drop it, or a later Stop would cancel the
+    # person's next run before it starts.
+    flags = web._StopFlags()
+    flags.reserve("page")
+    flags.release("page")
+    assert flags.stop("page") is False
+    assert not flags.start("page").is_set()
 
 
 def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):

@@ -125,6 +125,8 @@ def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tm
     assert "artopt" in page.title()
     assert "loss network" in page.locator("#device-info").inner_text()
 
+    # Stop is off until this page has a run waiting or running.
+    assert page.locator("#stylize-button").is_enabled() and page.locator("#stop-button").is_disabled()
     _upload(page, "content-image", content)
     _upload(page, "style-image-1", style)
     page.locator("#stylize-button").click()
@@ -146,6 +148,13 @@ def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tm
         timeout=30_000,
     )
     assert "Done" in page.locator("#run-status").inner_text()
+    # The whole picture fits the before/after box (a 4:3 result lost its bottom 7% before).
+    box = page.locator("#before-after .content").bounding_box()
+    for image_box in (result_images.nth(i).bounding_box() for i in range(2)):
+        assert image_box["y"] >= box["y"] - 1 and image_box["y"] + image_box["height"] <= box["y"] + box["height"] + 1
+    # Once the run is over, Stylize is on again and Stop off.
+    page.wait_for_function("() => !document.querySelector('#stylize-button').disabled", timeout=30_000)
+    assert page.locator("#stop-button").is_disabled()
     # The full-resolution PNG is offered for download.
     link = page.locator("#download-file a").first
     assert link.get_attribute("href").endswith(".png")
@@ -182,6 +191,9 @@ def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots,
     page.wait_for_function("() => document.querySelector('#run-status').innerText.includes('Not stylized')")
     assert page.locator("#run-status .error").count() >= 1  # Gradio drew the pill ...
     assert not page.locator("#run-status .error").first.is_visible()  # ... and the page hides it
+    # The refused run is over: Stylize is on again.
+    page.wait_for_function("() => !document.querySelector('#stylize-button').disabled", timeout=30_000)
+    assert page.locator("#stop-button").is_disabled()
     page.screenshot(path=str(shots / "browser_zero_byte.png"), full_page=False)
     page.close()
 
@@ -206,3 +218,32 @@ def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, 
     page.screenshot(path=str(shots / "browser_preset_style2.png"), full_page=False)
     page.close()
 
+
+
+def test_an_example_replaces_the_blend_styles_too(browser, server, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server.local_url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    page.get_by_role("radio", name="Style 2").check()
+    page.locator("#preset-gallery img").first.click()
+    page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
+    # An Examples row is a photo and one style: the blend style must go, or the run is something else.
+    example = page.locator("#examples tbody tr").first
+    example.wait_for(state="visible", timeout=30_000)
+    example.click()
+    page.locator("#content-image img").first.wait_for(state="visible", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#style-image-2 img').length === 0", timeout=30_000)
+    page.screenshot(path=str(shots / "browser_example_clears_blend.png"), full_page=False)
+    page.close()
+
+
+def test_every_preset_is_in_view_on_a_phone(browser, server, shots):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server.local_url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    wrap = page.locator("#preset-gallery .grid-wrap")
+    wrap.scroll_into_view_if_needed()
+    scroll_width, client_width = wrap.evaluate("el => [el.scrollWidth, el.clientWidth]")
+    assert scroll_width <= client_width + 1, (scroll_width, client_width)  # five 100 px columns ran off the side
+    page.screenshot(path=str(shots / "browser_phone_presets.png"), full_page=False)
+    page.close()

@@ -39,6 +39,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # ``lstm``'s lr is a multiplier on its learned step: by default the one its card's calibration chose.
 STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05, "lstm": None}
 
+# The first step's notice names the loss network and optimizer a run uses (for logs; the web page
+# shows both elsewhere and leaves this line out).
+SETUP_NOTICE_PREFIX = "loss network: "
 # Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
 PYRAMID_AUTO_ABOVE = 320
 # Image tensors given to stylize() may stray this far outside [0, 1] (then they are clamped).
@@ -359,7 +362,7 @@ def stylize(content: Image.Image | torch.Tensor,
     optimizer_name = resolve_optimizer(config.optimizer, config.size, config.pyramid)
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     loss_net = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights, pooling=config.vgg_pooling)
-    notice: str | None = f"loss network: {loss_net.name}; optimizer: {optimizer_name}"
+    notice: str | None = f"{SETUP_NOTICE_PREFIX}{loss_net.name}; optimizer: {optimizer_name}"
     if optimizer_name == "lstm" and lstm_setup is None:
         from artopt.learned_optimizers.shipped import learned_setup
 
