@@ -36,6 +36,7 @@ ASSETS_DIR = REPO_ROOT / "assets"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 N_STYLE_SLOTS = 3
+WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run starts
 # Height (px) of the live preview and the before/after slider.
 RESULT_HEIGHT = 420
 # The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
@@ -451,12 +452,18 @@ class _Stylist:
     def reserve(self, request: gr.Request | None = None) -> str:
         """Runs at click time, before the request joins the queue, so Stop can reach it there."""
         self.stop_flags.reserve(_session(request))
-        return "Waiting for a free slot…"
+        return WAITING_STATUS
 
     def release(self, request: gr.Request | None = None) -> tuple:
         """Runs when the page's run is over, however it ended: Stylize on again, Stop off."""
         self.stop_flags.release(_session(request))
         return gr.Button(interactive=True), gr.Button(interactive=False)
+
+    def release_after_failure(self, status: str, request: gr.Request | None = None) -> tuple:
+        """``release`` after a failed run; a request the queue refused never ran, so the status line
+        would go on saying it is waiting."""
+        busy = "Not stylized: the server is busy (its queue is full). Try again in a moment."
+        return (*self.release(request), busy if status == WAITING_STATUS else gr.skip())
 
     def stop(self, request: gr.Request | None = None):
         if self.stop_flags.stop(_session(request)):
@@ -682,8 +689,9 @@ def build_app(
             show_progress="hidden",
         )
         # However the run ends. Gradio's page does not follow .then() after an error, hence .failure().
-        for follow in (run.then, run.failure):
-            follow(stylist.release, None, [run_button, stop_button], queue=False, api_visibility="private")
+        run.then(stylist.release, None, [run_button, stop_button], queue=False, api_visibility="private")
+        run.failure(stylist.release_after_failure, status, [run_button, stop_button, status], queue=False,
+                    api_visibility="private")
         stop_button.click(stylist.stop, None, status, api_name="stop", queue=False)
 
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)

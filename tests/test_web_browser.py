@@ -247,3 +247,44 @@ def test_every_preset_is_in_view_on_a_phone(browser, server, shots):
     assert scroll_width <= client_width + 1, (scroll_width, client_width)  # five 100 px columns ran off the side
     page.screenshot(path=str(shots / "browser_phone_presets.png"), full_page=False)
     page.close()
+
+
+def test_a_full_queue_says_so_and_lets_the_person_try_again(browser, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from artopt import web
+
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    Image.open(web.example_photos()[1]).convert("RGB").resize((120, 90)).save(content)
+    Image.open(web.preset_styles()[0]).convert("RGB").resize((100, 100)).save(style)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = web.build_app(device="cpu", limits=web.WebLimits(min_size=48, max_size=256), default_size=64,
+                        default_steps=4, preview_every=25, output_dir=tmp_path / "out", queue_size=1)
+    web.launch(app, port=port, block=False, quiet=True)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(app.local_url, wait_until="networkidle")
+        page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+        _upload(page, "content-image", content)
+        _upload(page, "style-image-1", style)
+        # Two other people: one run going, one waiting, so the queue (size 1) is full.
+        args = (handle_file(str(content)), handle_file(str(style)), 1.0, None, 1.0, None, 1.0,
+                64, 150, 1.0, "adam", False, 0)
+        running = Client(app.local_url, verbose=False).submit(*args, api_name="/stylize")
+        while not running.outputs() and not running.done():
+            page.wait_for_timeout(50)
+        waiting = Client(app.local_url, verbose=False).submit(*args, api_name="/stylize")
+        page.wait_for_timeout(500)
+        page.locator("#stylize-button").click()
+        page.wait_for_function("() => document.querySelector('#run-status').innerText.includes('queue is full')",
+                               timeout=30_000)
+        assert page.locator("#stylize-button").is_enabled() and page.locator("#stop-button").is_disabled()
+        assert not running.done(), "the queue emptied before the click: this test checked nothing"
+        page.screenshot(path=str(tmp_path / "queue_full.png"))
+        running.result(timeout=300)
+        waiting.result(timeout=300)
+        page.close()
+    finally:
+        app.close()
