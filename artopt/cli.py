@@ -80,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="also save the image every N steps as OUT_stepN.ext (default: off)")
     st.add_argument("--log-json", metavar="FILE", help="write per-step losses and wall time plus the settings to FILE")
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
-    st.set_defaults(handler=_stylize)
+    st.set_defaults(handler=_stylize, subparser=st)
 
     sv = sub.add_parser("serve", help="run the web app",
                         description="Serve the web app: upload a photo and a style, watch it being painted, "
@@ -97,7 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="where stylizations run (default: %(default)s: a GPU when there is one)")
     sv.add_argument("--queue-size", type=int, default=32,
                     help="requests that may wait for their turn (default: %(default)s)")
-    sv.set_defaults(handler=_serve)
+    sv.set_defaults(handler=_serve, subparser=sv)
 
     for name, help_text, target_help in (
             ("train", "meta-train a learned optimizer (train/meta_train.py, train/neural_art.py)",
@@ -311,7 +311,9 @@ def _stylize(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would name them under the top-level usage; the command's own is more use
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     from artopt.style.images import ImageError
     from artopt.style.loss_nets import LossNetError
 

@@ -106,6 +106,14 @@ def test_help_has_an_example_and_bad_flag_exits_nonzero(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["stylize", str(PHOTO), str(STYLE), "-o", "x.png", "--init", "zeros"])
     assert exc.value.code != 0
+    capsys.readouterr()
+    # An unknown flag is reported under the command's own usage (argparse gives the top-level one).
+    for command in (["stylize", str(PHOTO), str(STYLE), "-o", "x.png"], ["serve"]):
+        with pytest.raises(SystemExit) as exc:
+            main(command + ["--bogus"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2
+        assert err.startswith(f"usage: artopt {command[0]} ") and "unrecognized arguments: --bogus" in err
 
 
 def test_python_dash_m_runs_the_cli(monkeypatch, capsys):

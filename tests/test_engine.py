@@ -66,8 +66,10 @@ def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
     assert infos[-1].scale_index == infos[-1].n_scales - 1 and infos[-1].size == (150, 100)
     assert sum(split_steps(6, 3)) == 6
     monkeypatch.undo()
-    # Explicitly on: at least two scales (down to PYRAMID_MIN_COARSE); auto: one scale up to 320 px.
+    # Explicitly on: at least two scales (down to PYRAMID_MIN_COARSE); auto: one scale up to 383 px.
     assert pyramid_sizes(256, True) == [128, 256] and pyramid_sizes(256, None) == [256]
+    assert pyramid_sizes(383, None) == [383] and pyramid_sizes(384, None) == [192, 384]
+    assert engine.min_coarse_to_fine_size() == engine.PYRAMID_AUTO_ABOVE + 1  # the constant says what happens
     assert pyramid_sizes(512, True) == [256, 512] == pyramid_sizes(512, None)
     assert pyramid_sizes(255, True) == [255]  # the coarse scale would be under PYRAMID_MIN_COARSE
 

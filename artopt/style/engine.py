@@ -42,8 +42,9 @@ STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0
 # The first step's notice names the loss network and optimizer a run uses (for logs; the web page
 # shows both elsewhere and leaves this line out).
 SETUP_NOTICE_PREFIX = "loss network: "
-# Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto).
-PYRAMID_AUTO_ABOVE = 320
+# Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto): from 384 px,
+# whose half (192 px) is the smallest coarse scale the automatic pyramid uses (PYRAMID_BASE * 3/4).
+PYRAMID_AUTO_ABOVE = 383
 # Image tensors given to stylize() may stray this far outside [0, 1] (then they are clamped).
 TENSOR_RANGE_SLACK = 0.05
 # Output long sides accepted: both loss networks need 32 px (their deepest style layer at 1/16 or
@@ -100,8 +101,9 @@ class StylizeConfig:
         "help": "lstm only: a neural-art optimizer's weights file (safetensors, its JSON card beside it, as "
                 "train/neural_art.py writes them); default: the shipped one"})
     pyramid: bool | None = field(default=None, metadata={
-        "help": f"coarse-to-fine from about {PYRAMID_BASE} px; when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
-                f"(default: on above {PYRAMID_AUTO_ABOVE} px)"})
+        "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
+                f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
+                f"(default: on from {PYRAMID_AUTO_ABOVE + 1} px)"})
 
     def validated(self) -> "StylizeConfig":
         """Check every field; return self.  Raises ValueError with a user-facing message."""
