@@ -110,6 +110,19 @@ def _upload(page, elem_id: str, path: Path) -> None:
     page.locator(f"#{elem_id} img").first.wait_for(state="visible", timeout=30_000)
 
 
+def _open(browser, url: str, width: int = 1400, height: int = 1500):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="networkidle")
+    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    return page
+
+
+def _first_preset_into_style_2(page) -> None:
+    page.get_by_role("radio", name="Style 2").check()
+    page.locator("#preset-gallery img").first.click()
+    page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
+
+
 def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tmp_path):
     from artopt import web
 
@@ -173,9 +186,7 @@ def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots,
     style = tmp_path / "style.jpg"
     Image.open(web.preset_styles()[0]).convert("RGB").resize((100, 100)).save(style)
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(server.local_url, wait_until="networkidle")
-    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    page = _open(browser, server.local_url, height=1200)
     page.locator("#content-image input[type=file]").set_input_files(str(empty))
     _upload(page, "style-image-1", style)
     page.locator("#stylize-button").click()
@@ -197,9 +208,7 @@ def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots,
 
 
 def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, shots):
-    page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    page.goto(server.local_url, wait_until="networkidle")
-    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    page = _open(browser, server.local_url)
     assert not page.locator("#style-image-2").is_visible()  # blend slots start closed
     # The preset gallery is as tall as its thumbnails: none hidden behind a scrollbar, no empty band.
     wrap, grid = page.locator("#preset-gallery .grid-wrap"), page.locator("#preset-gallery .grid-container")
@@ -209,22 +218,15 @@ def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, 
     # Style 1's box has no heavier frame than the content photo's (Gradio's group drew a 3 px black one).
     border = "el => parseFloat(getComputedStyle(el).borderTopWidth)"
     assert page.locator("#style-image-1").evaluate(border) <= page.locator("#content-image").evaluate(border)
-    page.get_by_role("radio", name="Style 2").check()
-    page.locator("#preset-gallery img").first.click()
-    page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
+    _first_preset_into_style_2(page)
     assert page.locator(".toast-body, .toast-wrap").filter(has_text="Error").count() == 0
     page.screenshot(path=str(shots / "browser_preset_style2.png"), full_page=False)
     page.close()
 
 
-
 def test_an_example_replaces_the_blend_styles_too(browser, server, shots):
-    page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    page.goto(server.local_url, wait_until="networkidle")
-    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
-    page.get_by_role("radio", name="Style 2").check()
-    page.locator("#preset-gallery img").first.click()
-    page.locator("#style-image-2 img").first.wait_for(state="visible", timeout=30_000)
+    page = _open(browser, server.local_url)
+    _first_preset_into_style_2(page)
     # An Examples row is a photo and one style: the blend style must go, or the run is something else.
     example = page.locator("#examples tbody tr").first
     example.wait_for(state="visible", timeout=30_000)
@@ -236,9 +238,7 @@ def test_an_example_replaces_the_blend_styles_too(browser, server, shots):
 
 
 def test_every_preset_is_in_view_on_a_phone(browser, server, shots):
-    page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.goto(server.local_url, wait_until="networkidle")
-    page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+    page = _open(browser, server.local_url, width=390, height=844)
     wrap = page.locator("#preset-gallery .grid-wrap")
     wrap.scroll_into_view_if_needed()
     scroll_width, client_width = wrap.evaluate("el => [el.scrollWidth, el.clientWidth]")
@@ -262,9 +262,7 @@ def test_a_full_queue_says_so_and_lets_the_person_try_again(browser, tmp_path):
                         default_steps=4, preview_every=25, output_dir=tmp_path / "out", queue_size=1)
     web.launch(app, port=port, block=False, quiet=True)
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.goto(app.local_url, wait_until="networkidle")
-        page.locator("#stylize-button").wait_for(state="visible", timeout=60_000)
+        page = _open(browser, app.local_url, height=1200)
         _upload(page, "content-image", content)
         _upload(page, "style-image-1", style)
         # Two other people: one run going, one waiting, so the queue (size 1) is full.
