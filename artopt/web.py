@@ -39,24 +39,25 @@ N_STYLE_SLOTS = 3
 WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run starts
 # Height (px) of the live preview and the before/after slider.
 RESULT_HEIGHT = 420
-# The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
-# After a failed run Gradio lays an "Error" pill (and a × to clear it) over the status line, right on
-# top of its "Not stylized: why" text; the toast already says it is an error, so they are hidden.
-# Gradio gives a gallery without a fixed height a 450 px minimum: the presets' two rows left an empty
-# band; and its floating label covered the top of the first row.
-# Style 1 sits in a gr.Group, whose "border: none" on its children leaves an image's own border-style
-# (dashed or solid) drawn at the default 3 px in the text colour: a heavy black frame. The group's
-# outer border is the frame.  The before/after slider's images were sized to the box's width, so a
-# portrait result overflowed its height and lost its bottom (a 4:3 one, 7%): they fit the box now.
-# On a phone the presets' five 100 px columns ran off the side (three hidden): three columns there.
-PAGE_CSS = ("#live-preview img { width: 100%; height: 100%; object-fit: contain; }\n"
-            "#run-status .error, #run-status .clear-status { display: none; }\n"
-            "#preset-gallery .grid-wrap { min-height: 0; }\n"
-            "#preset-gallery .grid-container { padding-top: 34px; }\n"
-            "#style-image-1 { border-width: 0; }\n"
-            "#before-after .content img { height: 100%; }\n"
-            "@media (max-width: 640px) {"
-            " #preset-gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)); } }")
+PAGE_CSS = "\n".join([
+    # The live preview fills its box like the slider beside it (a small output stayed at its pixel size).
+    "#live-preview img { width: 100%; height: 100%; object-fit: contain; }",
+    # The before/after images were sized to the box's width: a portrait result lost its bottom.
+    "#before-after .content img { height: 100%; }",
+    # After a failed run Gradio may lay an "Error" pill (and a × to clear it) over the middle of the
+    # status line's "Not stylized: why"; the toast already says it is an error.
+    "#run-status .error, #run-status .clear-status { display: none; }",
+    # A gallery without a fixed height gets a 450 px minimum (an empty band under the presets' two
+    # rows), and its floating label covered the top of the first row.
+    "#preset-gallery .grid-wrap { min-height: 0; }",
+    "#preset-gallery .grid-container { padding-top: 34px; }",
+    # On a phone five 100 px columns ran off the side, hiding three presets.
+    "@media (max-width: 640px) {"
+    " #preset-gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)); } }",
+    # Style 1 sits in a gr.Group, whose "border: none" on its children leaves the image's own
+    # border-style drawn at the default 3 px in the text colour; the group's border is the frame.
+    "#style-image-1 { border-width: 0; }",
+])
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
@@ -468,8 +469,8 @@ class _Stylist:
     def stop(self, request: gr.Request | None = None):
         if self.stop_flags.stop(_session(request)):
             return "Stopping after the current step…"
-        # A toast, and the status line keeps the last run's result ("Done …", "Stopped at …").
-        gr.Info("Nothing is running.")
+        # The page's Stop is off when nothing runs; an API call gets a no-op, and the status line
+        # keeps the last run's result ("Done …", "Stopped at …").
         return gr.skip()
 
 
@@ -597,7 +598,7 @@ def build_app(
                     value=[(str(p), _pretty_name(p)) for p in presets],
                     label="Public-domain style presets (click one)",
                     columns=5,
-                    height=None,  # as tall as its presets (PAGE_CSS lifts the 450 px minimum): no scrolling, no empty band
+                    height=None,  # as tall as its presets (with PAGE_CSS): no scrolling, no empty band
                     object_fit="cover",
                     allow_preview=False,
                     interactive=False,

@@ -237,7 +237,7 @@ def test_a_refused_request_leaves_nothing_for_stop_to_cancel(client, images):
     args[9] = 0.0  # style strength: refused
     with pytest.raises(Exception, match="Style strength"):
         client.predict(*args, api_name="/stylize")
-    # Nothing to stop: a toast says so and the status line is left as it was (a no-op update).
+    # Nothing to stop: the status line is left as it was (a no-op update).
     assert client.predict(api_name="/stop") == {"__type__": "update"}
     assert "Waiting" in client.predict(api_name="/reserve")
     *_, status = client.predict(*stylize_args(images["content"], images["style"]), api_name="/stylize")
