@@ -58,6 +58,9 @@ PAGE_CSS = "\n".join([
     # border-style drawn at the default 3 px in the text colour; the group's border is the frame.
     "#style-image-1 { border-width: 0; }",
 ])
+# Screen readers announce the status line as it changes (Gradio's Markdown has no such option).
+PAGE_JS = ("() => { const status = document.querySelector('#run-status');"
+           " if (status) { status.setAttribute('role', 'status'); status.setAttribute('aria-live', 'polite'); } }")
 MIN_SIZE = 256
 MAX_SIZE = 4096
 # An uploaded image larger than this is refused before decoding (decompression-bomb guard).
@@ -725,6 +728,7 @@ def launch(
         allowed_paths=[str(getattr(app, "artopt_assets_dir", ASSETS_DIR))],
         theme=gr.themes.Default(),  # fonts ship with Gradio: nothing is fetched from the web
         css=PAGE_CSS,
+        js=PAGE_JS,
         ssr_mode=False,
         mcp_server=False,
     )

@@ -138,6 +138,8 @@ def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tm
     assert "artopt" in page.title()
     assert "loss network" in page.locator("#device-info").inner_text()
 
+    # Screen readers are told to announce the status line's changes.
+    assert page.locator("#run-status").get_attribute("aria-live") == "polite"
     # Stop is off until this page has a run waiting or running.
     assert page.locator("#stylize-button").is_enabled() and page.locator("#stop-button").is_disabled()
     _upload(page, "content-image", content)
@@ -161,6 +163,7 @@ def test_page_stylizes_an_upload_and_shows_the_result(browser, server, shots, tm
         timeout=30_000,
     )
     assert "Done" in page.locator("#run-status").inner_text()
+    assert page.locator("#run-status").get_attribute("aria-live") == "polite"  # kept through the updates
     # The whole picture fits the before/after box (a 4:3 result lost its bottom 7% before).
     box = page.locator("#before-after .content").bounding_box()
     for image_box in (result_images.nth(i).bounding_box() for i in range(2)):
