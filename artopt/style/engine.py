@@ -118,7 +118,7 @@ class StylizeConfig:
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
             if not (0 <= value <= MAX_LOSS_WEIGHT):
-                raise ValueError(f"{name.replace('_', ' ')} must be between 0 and 1e12 (the losses are "
+                raise ValueError(f"{name.replace('_', ' ')} must be between 0 and {MAX_LOSS_WEIGHT:g} (the losses are "
                                  f"normalised; the defaults are 1 / 20 / 1), got {value}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")

@@ -68,11 +68,11 @@ def parse_task_args(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         try:
+            if not sep or not key:
+                raise ValueError
             kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or not key:
-            raise ValueError(f"--task-arg expects KEY=JSON, got {item!r}")
+        except ValueError:  # json.JSONDecodeError is one
+            raise ValueError(f"--task-arg expects KEY=JSON, got {item!r}") from None
     return kwargs
 
 
