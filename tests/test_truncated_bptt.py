@@ -371,3 +371,89 @@ def test_ema_survives_a_resume(tmp_path):
         torch.testing.assert_close(resumed[key], straight[key])
     with pytest.raises(ValueError, match="ema"):
         MetaTrainConfig(ema=1.0)
+
+
+def _events(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_hogwild_workers_share_the_networks_and_count_every_episode(tmp_path):
+    import multiprocessing
+
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    cfg = MetaTrainConfig(steps=20, unroll=5, episodes=60, meta_lr=3e-3, val_every=20, val_problems=8, workers=2)
+    res = meta_train(TinyQuadratic(), nets, cfg, out_dir=tmp_path, name="h", progress=False)
+    events = _events(tmp_path / "h.log.jsonl")
+    train = [e for e in events if e["event"] == "train"]
+    helper = [e for e in train if e.get("worker") == 1]
+    # The helper trained too, and every finished episode has its own number.
+    assert helper and len(helper) < len(train)
+    assert res.episodes_done == 60
+    assert sorted(e["episode"] for e in train) == list(range(1, len(train) + 1))
+    vals = [e for e in events if e["event"] == "val"]
+    # Validated when the count passes a multiple of val_every (helpers may pass it first), and at the end,
+    # whoever finished the last episode.
+    assert len(vals) == 4 and vals[-1]["episode"] == 60
+    assert res.best_val < 0.7 * vals[0]["val"]
+    assert not multiprocessing.active_children()  # the helper is gone
+    # Only this process's networks are saved, and they load back.
+    assert load_learned(tmp_path / "h.safetensors")["default"].config == nets["default"].config
+
+
+def test_an_interrupted_hogwild_run_stops_its_helper_and_resumes(tmp_path, monkeypatch):
+    import multiprocessing
+
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real, calls = tb.run_episode, []
+
+    def interrupted_at_the_fourth(nets, problem, steps, *args, **kwargs):
+        if args:
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+        return real(nets, problem, steps, *args, **kwargs)
+
+    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_fourth)  # in this process only
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="r", progress=False)
+    assert not multiprocessing.active_children()
+    saved = torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"]
+    counted = [e for e in _events(tmp_path / "r.log.jsonl") if e["event"] == "train"]
+    assert saved == len(counted) >= 3  # this process's three and whatever the helper finished
+    monkeypatch.setattr(tb, "run_episode", real)
+    cfg.episodes = saved + 6
+    res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                     name="r", progress=False)
+    assert res.episodes_done == saved + 6
+    with pytest.raises(ValueError, match="workers"):
+        MetaTrainConfig(workers=0)
+
+
+class FailsInHelpers(TinyQuadratic):
+    """A task that cannot draw problems outside the process that made it."""
+
+    def __init__(self):
+        import os
+
+        self.home = os.getpid()
+
+    def sample(self, generator, split="train"):
+        import os
+
+        if os.getpid() != self.home:
+            raise RuntimeError("no problems here")
+        return super().sample(generator, split)
+
+
+def test_a_helper_that_cannot_start_is_named_not_waited_for(tmp_path):
+    import multiprocessing
+
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=50, val_every=1000, val_problems=1, workers=2)
+    with pytest.raises(RuntimeError, match="meta-train helper 1 did not start"):
+        meta_train(FailsInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="f", progress=False)
+    assert not multiprocessing.active_children()

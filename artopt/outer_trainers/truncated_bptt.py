@@ -4,7 +4,9 @@ Each episode draws a fresh problem, runs the learned optimizer on it for ``steps
 ``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as
 in the paper unless ``trajectory_weights`` says otherwise), then cuts the graph (truncation).
 ``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon;
-``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead.
+``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead.  ``workers=N`` adds N - 1 processes that
+meta-train the same φ (in shared memory) on problems of their own, each with its own Adam, lock-free
+("Hogwild"): N cores make about N times the meta-updates in the same wall time.
 
 Second derivatives are dropped as in the paper: ∇f(θ_t) enters the LSTM as a constant.  Then
 d f(θ_t)/dφ = ∇f(θ_t)ᵀ dθ_t/dφ exactly, so we backpropagate the surrogate Σ_t ⟨∇f(θ_t), θ_t⟩
@@ -13,6 +15,7 @@ instead of f itself: the same gradient for φ, without keeping the optimizee's g
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -100,6 +103,13 @@ class MetaTrainConfig:
     # Meta-gradients are noisy (one random problem per episode), so the averaged networks usually
     # validate better than the last iterate; when on, they are what is validated and saved.
     ema: float = 0.0
+    # Processes meta-training φ at once: this one and workers - 1 helpers, each on its own problems with
+    # its own Adam, all writing the one φ in shared memory without locks (Hogwild; φ is tiny and an update
+    # is a small step, so a read that misses another process's last step costs little).  Meta-training is
+    # update-limited: on a 2-core machine, workers=2 makes twice the updates in the same wall time.  The
+    # helpers' Adam moments are not checkpointed (a resumed helper starts a fresh Adam), and with
+    # workers > 1 a run is not bit-for-bit repeatable: the interleaving of updates depends on timing.
+    workers: int = 1
     # Per-coordinate gradient rescaling seen by the LSTM is left to the task.
     extra: dict = field(default_factory=dict)
 
@@ -116,6 +126,8 @@ class MetaTrainConfig:
             raise ValueError(f"meta-fraction must be in (0, 1], got {self.meta_fraction}")
         if not 0 <= self.loss_scale_jitter < math.inf:
             raise ValueError(f"loss-scale-jitter must be non-negative, got {self.loss_scale_jitter}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.problems_per_episode < 1:
             raise ValueError(f"problems_per_episode must be at least 1, got {self.problems_per_episode}")
         if not 0.0 <= self.ema < 1.0:
@@ -227,6 +239,10 @@ def add_meta_train_flags(parser) -> None:
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="validate and keep an exponential moving average of the optimizer's weights "
                              "(decay per episode, e.g. 0.98; 0: off)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that meta-train the optimizer at once, each on its own problems, sharing "
+                             "its weights (Hogwild): about this many times the meta-updates per minute; give each "
+                             "a core (--threads is per process)")
     parser.add_argument("--meta-fraction", type=float, default=1.0,
                         help="backpropagate through this random fraction of the coordinates (an unbiased "
                              "estimate of the meta-gradient at a fraction of the cost: more episodes per minute)")
@@ -236,7 +252,7 @@ def add_meta_train_flags(parser) -> None:
 
 def meta_train_flag_values(args) -> dict:
     """MetaTrainConfig keywords from the flags ``add_meta_train_flags`` added."""
-    names = ("loss_scale_jitter", "meta_fraction", "problems_per_episode", "ema", *OBJECTIVE_OPTIONS)
+    names = ("loss_scale_jitter", "meta_fraction", "problems_per_episode", "ema", "workers", *OBJECTIVE_OPTIONS)
     return {name: getattr(args, name) for name in names}
 
 
@@ -371,6 +387,25 @@ def meta_train(
         _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
                          elapsed, averaged, run_settings)
 
+    last_validated = episode
+
+    def validate_and_keep() -> None:
+        """Validate φ now, keep it if it is the best so far, checkpoint the run."""
+        nonlocal best_val, best_episode, last_validated
+        last_validated = episode
+        # Helpers keep updating φ while it is validated: validate (and keep) a copy.
+        validated = copy.deepcopy(kept) if helpers else kept
+        val = validate(validated)
+        elapsed = elapsed_before + time.perf_counter() - start
+        event = {"event": "val", "episode": episode, "val": val, "elapsed": elapsed}
+        if averaged is not None:  # the last iterate too, to see what the averaging gains
+            event["val_last_iterate"] = validate(copy.deepcopy(nets) if helpers else nets)
+        emit(event)
+        if val < best_val:
+            best_val, best_episode = val, episode
+            _save_best(out_dir, name, validated, card, config, best_val, best_episode, elapsed)
+        save_checkpoint(elapsed)
+
     if best_episode < 0:
         best_val = validate()
         best_episode = episode
@@ -386,12 +421,18 @@ def meta_train(
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    helpers = None
+    next_val = (episode // config.val_every + 1) * config.val_every
     try:
+        if config.workers > 1:
+            helpers = _Helpers(task, nets, config, episode, elapsed_before, log_path)
         while episode < config.episodes:
             elapsed = elapsed_before + time.perf_counter() - start
             if config.max_minutes is not None and elapsed > config.max_minutes * 60:
                 emit({"event": "time_budget", "episode": episode, "elapsed": elapsed})
                 break
+            if helpers and not helpers.claim():
+                break  # the helpers have begun the budget's last episodes
             for group in meta_opt.param_groups:
                 group["lr"] = meta_lr_at(config, episode, elapsed)
             problem = sample_problems(task, train_gen, "train", config.problems_per_episode)
@@ -402,28 +443,28 @@ def meta_train(
                                  config.meta_loss)
             if averaged is not None:
                 averaged.update_parameters(nets)
-            episode += 1
+            done_before, episode = episode, (helpers.count_episode() if helpers else episode + 1)
             event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
             history.append(event)
             emit(event)
             if bar:
-                bar.update(1)
+                bar.update(episode - done_before)
                 bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}")
-            if episode % config.val_every == 0 or episode == config.episodes:
-                val = validate()
-                elapsed = elapsed_before + time.perf_counter() - start
-                event = {"event": "val", "episode": episode, "val": val, "elapsed": elapsed}
-                if averaged is not None:  # the last iterate too, to see what the averaging gains
-                    event["val_last_iterate"] = validate(nets)
-                emit(event)
-                if val < best_val:
-                    best_val, best_episode = val, episode
-                    _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed)
-                save_checkpoint(elapsed)
+            if helpers:
+                helpers.check()
+            if episode >= next_val or episode >= config.episodes:
+                next_val = (episode // config.val_every + 1) * config.val_every
+                validate_and_keep()
+        if helpers:  # the helpers end their last episodes (the budget's) and stop by themselves
+            episode = helpers.stop(wait=True)
+            if episode >= config.episodes and last_validated != episode:
+                validate_and_keep()  # the budget's last episode was a helper's: validate its end too
     except KeyboardInterrupt:
         # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
         # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
+        if helpers:
+            episode = helpers.stop()
         elapsed = elapsed_before + time.perf_counter() - start
         save_checkpoint(elapsed)
         emit({"event": "interrupted", "episode": episode, "elapsed": elapsed})
@@ -431,6 +472,8 @@ def meta_train(
             bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run")
         raise
     finally:
+        if helpers:
+            helpers.stop()
         if bar:
             bar.close()
         if in_main_thread:
@@ -438,6 +481,116 @@ def meta_train(
     wall = elapsed_before + time.perf_counter() - start
     save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
+
+
+class _Helpers:
+    """The ``config.workers - 1`` helper processes of a Hogwild run and the episode count they share
+    with this process.  ``nets`` moves to shared memory, so every process's Adam steps write the same φ."""
+
+    def __init__(self, task, nets: nn.ModuleDict, config: MetaTrainConfig, episode: int, elapsed_before: float,
+                 log_path: Path):
+        # torch's context: it sends shared-memory tensors as handles.  Spawn, not fork: a forked child
+        # inherits this process's OpenMP thread pool in an unusable state.
+        ctx = torch.multiprocessing.get_context("spawn")
+        nets.share_memory()
+        self.episodes = ctx.Value("q", episode)  # episodes finished by all processes together
+        self.claimed = ctx.Value("q", episode)  # ... and begun: a process claims an episode before it starts one
+        self._stop = ctx.Event()
+        ready = ctx.Semaphore(0)
+        # Wall-clock time (time.time) is what the processes share; elapsed = elapsed_at + time.time().
+        elapsed_at = elapsed_before - time.time()
+        self.procs = [ctx.Process(target=_helper_main, name=f"meta-train helper {rank}", daemon=True,
+                                  args=(rank, task, nets, config, elapsed_at, self.episodes, self.claimed,
+                                        self._stop, ready, str(log_path), torch.get_num_threads(), os.getpid()))
+                      for rank in range(1, config.workers)]
+        self.stopped = False
+        self.config = config
+        for proc in self.procs:
+            proc.start()
+        # Start together: a helper takes seconds to import torch and build its task.
+        for _ in self.procs:
+            while not ready.acquire(timeout=1.0):
+                dead = [proc for proc in self.procs if proc.exitcode is not None]
+                if dead:
+                    self.stop()
+                    raise RuntimeError(f"{dead[0].name} did not start (exit code {dead[0].exitcode}; its traceback "
+                                       "is above)")
+
+    def claim(self) -> bool:
+        """Whether this process may begin another episode within the episode budget."""
+        return _claim(self.claimed, self.config.episodes)
+
+    def count_episode(self) -> int:
+        with self.episodes.get_lock():
+            self.episodes.value += 1
+            return self.episodes.value
+
+    def check(self) -> None:
+        for proc in self.procs:
+            if proc.exitcode not in (None, 0):
+                raise RuntimeError(f"{proc.name} stopped with exit code {proc.exitcode} (its traceback is above); "
+                                   "the checkpoint holds the last validation's state: rerun the command to resume")
+
+    def stop(self, wait: bool = False) -> int:
+        """Stop the helpers after their current episode (``wait``: once they stop by themselves, at the end of
+        the budget); the episode count once they have."""
+        if not self.stopped:
+            if not wait:
+                self._stop.set()
+            for proc in self.procs:
+                proc.join(timeout=600)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+            self.stopped = True
+        return self.episodes.value
+
+
+def _claim(claimed, budget: int) -> bool:
+    with claimed.get_lock():
+        if claimed.value >= budget:
+            return False
+        claimed.value += 1
+        return True
+
+
+def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, elapsed_at: float, episodes,
+                 claimed, stop, ready, log_path: str, threads: int, parent: int) -> None:
+    """A helper's loop: episodes on its own problems, its own Adam on the shared φ, until the budget is
+    spent, the main process asks it to stop, or the main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the helpers
+    torch.set_num_threads(threads)
+    meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
+    # Its own problems: seeded by the run's seed, the helper and the episode it starts at (a resumed run
+    # draws new ones).
+    first = episodes.value
+    gen = torch.Generator().manual_seed(config.seed + 1_000_003 * rank + 7919 * first)
+    rng = random.Random(gen.initial_seed())
+    sample_problems(task, torch.Generator().manual_seed(0), "train", 1)  # builds what the task caches
+    ready.release()
+    while not stop.is_set() and os.getppid() == parent:
+        elapsed = elapsed_at + time.time()
+        episode = episodes.value
+        over_time = config.max_minutes is not None and elapsed > config.max_minutes * 60
+        if over_time or not _claim(claimed, config.episodes):
+            break
+        for group in meta_opt.param_groups:
+            group["lr"] = meta_lr_at(config, episode, elapsed)
+        problem = sample_problems(task, gen, "train", config.problems_per_episode)
+        scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
+        nets.train()
+        losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,
+                             config.grad_clip, scale, config.meta_fraction, gen, config.trajectory_weights,
+                             config.meta_loss)
+        if stop.is_set():
+            break  # the main process has taken its count already; this episode's updates stay in φ
+        with episodes.get_lock():
+            episodes.value += 1
+            episode = episodes.value
+        event = {"event": "train", "episode": episode, "worker": rank, "score": trajectory_score(losses),
+                 "final": losses[-1], "elapsed": elapsed_at + time.time()}
+        with open(log_path, "a") as f:  # one short line per append: whole lines, whatever the interleaving
+            f.write(json.dumps(event) + "\n")
 
 
 def _raise_interrupt(signum, frame):
