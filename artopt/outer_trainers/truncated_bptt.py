@@ -458,6 +458,8 @@ def meta_train(
                 validate_and_keep()
         if helpers:  # the helpers end their last episodes (the budget's) and stop by themselves
             episode = helpers.stop(wait=True)
+            if bar:
+                bar.update(episode - bar.n)
             if episode >= config.episodes and last_validated != episode:
                 validate_and_keep()  # the budget's last episode was a helper's: validate its end too
     except KeyboardInterrupt:
