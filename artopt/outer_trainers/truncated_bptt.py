@@ -433,14 +433,7 @@ def meta_train(
                 break
             if helpers and not helpers.claim():
                 break  # the helpers have begun the budget's last episodes
-            for group in meta_opt.param_groups:
-                group["lr"] = meta_lr_at(config, episode, elapsed)
-            problem = sample_problems(task, train_gen, "train", config.problems_per_episode)
-            scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
-            nets.train()
-            losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,
-                                 config.grad_clip, scale, config.meta_fraction, train_gen, config.trajectory_weights,
-                                 config.meta_loss)
+            losses = _training_episode(task, nets, config, meta_opt, train_gen, rng, episode, elapsed)
             if averaged is not None:
                 averaged.update_parameters(nets)
             done_before, episode = episode, (helpers.count_episode() if helpers else episode + 1)
@@ -483,6 +476,18 @@ def meta_train(
     wall = elapsed_before + time.perf_counter() - start
     save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
+
+
+def _training_episode(task, nets: nn.ModuleDict, config: MetaTrainConfig, meta_opt: torch.optim.Optimizer,
+                      gen: torch.Generator, rng: random.Random, episode: int, elapsed: float) -> list[float]:
+    """One meta-training episode on a fresh problem, with the schedules' values for this point of the run."""
+    for group in meta_opt.param_groups:
+        group["lr"] = meta_lr_at(config, episode, elapsed)
+    problem = sample_problems(task, gen, "train", config.problems_per_episode)
+    scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
+    nets.train()
+    return run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt, config.grad_clip,
+                       scale, config.meta_fraction, gen, config.trajectory_weights, config.meta_loss)
 
 
 class _Helpers:
@@ -576,14 +581,7 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         over_time = config.max_minutes is not None and elapsed > config.max_minutes * 60
         if over_time or not _claim(claimed, config.episodes):
             break
-        for group in meta_opt.param_groups:
-            group["lr"] = meta_lr_at(config, episode, elapsed)
-        problem = sample_problems(task, gen, "train", config.problems_per_episode)
-        scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
-        nets.train()
-        losses = run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt,
-                             config.grad_clip, scale, config.meta_fraction, gen, config.trajectory_weights,
-                             config.meta_loss)
+        losses = _training_episode(task, nets, config, meta_opt, gen, rng, episode, elapsed)
         if stop.is_set():
             break  # the main process has taken its count already; this episode's updates stay in φ
         with episodes.get_lock():
