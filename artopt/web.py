@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import logging
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -369,10 +370,13 @@ class _Stylist:
         worker.start()
         last_step = "starting"
         finished = False
-        # Gradio caches an image under a hash of its bytes and rewrites that file every time it is
-        # sent, so sending the image already shown again (the last step's preview is the result)
-        # truncates the file while the browser may still be reading it: a broken preview.
-        shown: torch.Tensor | None = None
+        # Images go to Gradio as files of this run, never as PIL images: Gradio caches a PIL image
+        # under a hash of its bytes and rewrites that file each time it is sent, so an identical image
+        # (this run's result after its last preview, or another visitor's same photo) truncated a file a
+        # browser was still reading.  A file is copied into the cache only when it is not there yet.
+        run_dir = Path(tempfile.mkdtemp(prefix="artopt-run-", dir=self.output_dir))
+        previews = 0
+        shown: torch.Tensor | None = None  # the image already on the page is not sent again
         try:
             outcome: Any = done
             while outcome is done:
@@ -401,33 +405,40 @@ class _Stylist:
                         newest_image = item.image
                 if newest_image is not None and outcome is done and not _same_image(newest_image, shown):
                     shown = newest_image
+                    previews += 1
+                    preview_path = run_dir / f"preview-{previews}.webp"
+                    tensor_to_pil(newest_image).save(preview_path)
                     yield (
-                        tensor_to_pil(newest_image),
+                        str(preview_path),
                         gr.skip(),
                         gr.skip(),
                         self._status(f"Working: {last_step}, {time.perf_counter() - started:.1f} s", notices),
                     )
             finished = True
+            worker.join()
+            stopped_by_user = stop_flag.is_set()
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+            result = tensor_to_pil(outcome)
+            elapsed = time.perf_counter() - started
+            out_path = self._output_path(config)
+            save_image(result, out_path)
+            before_path = run_dir / "before.webp"
+            content_img.resize(result.size, Image.Resampling.LANCZOS).save(before_path)
+            verb = f"Stopped at {last_step}" if stopped_by_user else "Done"
+            status = self._status(
+                f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} "
+                f"with {OPTIMIZER_LABELS[resolve_optimizer(config.optimizer, config.size, config.pyramid)]}.",
+                notices,
+            )
+            yield (gr.skip() if _same_image(outcome, shown) else str(out_path),
+                   (str(before_path), str(out_path)), str(out_path), status)
         finally:
             if not finished:  # the page went away or the run was cancelled: end the worker too
                 stop_flag.set()
-        worker.join()
-        stopped_by_user = stop_flag.is_set()
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-        result = tensor_to_pil(outcome)
-        elapsed = time.perf_counter() - started
-        out_path = self._output_path(config)
-        save_image(result, out_path)
-        before = content_img.resize(result.size, Image.Resampling.LANCZOS)
-        verb = f"Stopped at {last_step}" if stopped_by_user else "Done"
-        status = self._status(
-            f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} "
-            f"with {OPTIMIZER_LABELS[resolve_optimizer(config.optimizer, config.size, config.pyramid)]}.",
-            notices,
-        )
-        yield (gr.skip() if _same_image(outcome, shown) else result, (before, result), str(out_path), status)
+            # Gradio has copied every file yielded so far: it asks for the next value only after that.
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     def _output_path(self, config) -> Path:
         self._prune_outputs()
