@@ -211,7 +211,7 @@ class _Stylist:
 
         path = _payload_path(payload)
         if path is None:
-            raise gr.Error(f"{what}: no file was received.")
+            raise gr.Error(f"{what}: no file was received.", title="Missing upload")
         shown_name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
         try:
             if Path(path).stat().st_size == 0:  # say plainly what happened rather than "not an image"
@@ -231,9 +231,9 @@ class _Stylist:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+            raise gr.Error(f"{name} must be a number, got {value!r}.", title="Bad setting") from None
         if number != number or not low <= number <= high:  # NaN fails the first test
-            raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}.")
+            raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}.", title="Bad setting")
         return int(round(number)) if integer else number
 
     # -- the run ---------------------------------------------------------------------------
@@ -248,7 +248,8 @@ class _Stylist:
         strength = self._check_number(strength, "Style strength", 0.01, 100.0, integer=False)
         seed = self._check_number(seed, "Seed", 0, 2**31 - 1, integer=True)
         if optimizer not in OPTIMIZER_LABELS:
-            raise gr.Error(f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_LABELS)}.")
+            raise gr.Error(f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_LABELS)}.",
+                           title="Bad setting")
 
         if content is None:
             raise gr.Error("Upload a content photo first.", title="Missing photo")

@@ -154,10 +154,12 @@ def test_missing_style_and_out_of_range_settings_are_refused(client, images):
     args[2] = 0.0  # a style is there, but its blend weight is 0: say that, not "add a style"
     with pytest.raises(gradio_client.exceptions.AppError, match="blend weight 0"):
         client.predict(*args, api_name="/stylize")
-    with pytest.raises(gradio_client.exceptions.AppError, match="Output size must be between 48 and 256"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="Output size must be between 48 and 256") as info:
         client.predict(*stylize_args(images["content"], images["style"], size=5000), api_name="/stylize")
-    with pytest.raises(gradio_client.exceptions.AppError, match="Unknown optimizer"):
+    assert info.value.title == "Bad setting"  # the toast's title, not Gradio's default "Error"
+    with pytest.raises(gradio_client.exceptions.AppError, match="Unknown optimizer") as info:
         client.predict(*stylize_args(images["content"], images["style"], optimizer="sgd!"), api_name="/stylize")
+    assert info.value.title == "Bad setting"
 
 
 def test_upload_over_the_size_limit_is_refused(client, images, tmp_path):
