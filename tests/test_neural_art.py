@@ -318,6 +318,25 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert len(runs["adam"]["mean_curve"]) < 4  # the first steps went to the 128 px scale
     assert runs["lstm-flat"]["learned"] and report["best_baseline"] in ("adam", "adam-flat")
     assert set(report["timing"]) == {"adam", "adam-flat", "lstm-flat"}
+    assert set(report["speed"]) == {"adam-flat", "lstm-flat"} and report["speed"]["lstm-flat"]["photos"] == 1
+    assert report["timing_conditions"]["threads"] == 1
+
+
+def test_speed_summary_compares_mean_times_to_adams_final_loss():
+    script = _train_script("eval_neural_art")
+
+    def row(seconds, share):
+        return {"seconds_to_adam_final": seconds, "total_seconds": 99.0, "loss_net_seconds_to_adam_final": None,
+                "loss_net_share": share}
+
+    speed = script._speed_summary({"adam": [row(30.0, 0.98), row(50.0, 0.98)],
+                                   "lstm": [row(10.0, 0.3), row(30.0, 0.4)],
+                                   "lbfgs": [row(None, 0.9), row(45.0, 0.9)]})
+    assert speed["lstm"]["mean_seconds_to_adam_final"] == 20.0 and speed["lstm"]["adam_over_this"] == 2.0
+    assert abs(speed["lstm"]["update_share"] - 0.65) < 1e-12
+    # a photo that never reached Adam's loss leaves no mean: it would flatter the optimizer
+    assert speed["lbfgs"]["photos_reaching_adam_final"] == 1 and speed["lbfgs"]["adam_over_this"] is None
+    assert script._speed_summary({"lstm": [row(1.0, 0.5)]}) == {}
 
 
 def test_evaluation_summary_reads_and_writes_the_out_folder(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -177,6 +178,11 @@ def engine_setting(args) -> dict:
     curves: dict[str, list[list[float]]] = {n: [] for n in args.optimizers}
     timing: dict[str, list[dict]] = {n: [] for n in args.optimizers}
     inference: dict[str, dict] = {}
+    load_start = _load_average()
+    if load_start is not None and load_start > torch.get_num_threads() + 0.5:
+        print(f"warning: load average {load_start:.1f} with {os.cpu_count()} CPUs: other work is running, so "
+              "this run's timings (and the LSTM's memory-bound update most) will be slower than alone",
+              file=sys.stderr, flush=True)
     for photo in photos:
         for name in args.optimizers:
             weights, basis, raw = None, None, False
@@ -196,7 +202,41 @@ def engine_setting(args) -> dict:
     report.update(_reach_steps(report), setting=f"{size}px-pyramid-{args.pyramid}", style=style_name, size=size,
                   photos=photos, weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     report["timing"] = _timing_summary(report, curves, timing)
+    report["speed"] = _speed_summary(report["timing"])
+    # Timings are comparable only between runs made alone: a second run beside this one slows the
+    # LSTM's update (memory-bound) far more than the loss network.
+    report["timing_conditions"] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                                   "load_average_1min_start": load_start, "load_average_1min_end": _load_average()}
     return report
+
+
+def _speed_summary(timing: dict) -> dict:
+    """Per optimizer: mean wall time to the Adam run's final loss over the photos, Adam's mean time to
+    its own final loss, their ratio (``adam_over_this``: above 1 is faster than Adam) and the share of
+    the time not spent in the loss network (the optimizer's update, for a learned optimizer)."""
+    if "adam" not in timing:
+        return {}
+    adam = [row["seconds_to_adam_final"] for row in timing["adam"]]
+    adam_mean = sum(adam) / len(adam)
+    out = {}
+    for name, rows in timing.items():
+        if name == "adam":
+            continue
+        reached = [row["seconds_to_adam_final"] for row in rows if row["seconds_to_adam_final"] is not None]
+        shares = [row["loss_net_share"] for row in rows if row["loss_net_share"] is not None]
+        mean = sum(reached) / len(reached) if len(reached) == len(rows) else None
+        out[name] = {"photos_reaching_adam_final": len(reached), "photos": len(rows),
+                     "mean_seconds_to_adam_final": mean, "adam_mean_seconds": adam_mean,
+                     "adam_over_this": adam_mean / mean if mean else None,
+                     "update_share": 1 - sum(shares) / len(shares) if shares else None}
+    return out
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not available on every platform
+        return None
 
 
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False) -> dict:
