@@ -204,7 +204,7 @@ def engine_setting(args) -> dict:
     report["timing"] = _timing_summary(report, curves, timing)
     report["speed"] = _speed_summary(report["timing"])
     # Timings are comparable only between runs made alone: a second run beside this one slows the
-    # LSTM's update (memory-bound) far more than the loss network.
+    # LSTM's update (memory-bound) more than the loss network.
     report["timing_conditions"] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                                    "load_average_1min_start": load_start, "load_average_1min_end": _load_average()}
     return report
