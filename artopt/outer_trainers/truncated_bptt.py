@@ -528,9 +528,7 @@ class _Helpers:
         return _claim(self.claimed, self.config.episodes)
 
     def count_episode(self) -> int:
-        with self.episodes.get_lock():
-            self.episodes.value += 1
-            return self.episodes.value
+        return _count(self.episodes)
 
     def check(self) -> None:
         for proc in self.procs:
@@ -551,6 +549,13 @@ class _Helpers:
                     proc.join()
             self.stopped = True
         return self.episodes.value
+
+
+def _count(episodes) -> int:
+    """Count one finished episode in the shared total; the new total."""
+    with episodes.get_lock():
+        episodes.value += 1
+        return episodes.value
 
 
 def _claim(claimed, budget: int) -> bool:
@@ -584,10 +589,7 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         losses = _training_episode(task, nets, config, meta_opt, gen, rng, episode, elapsed)
         if stop.is_set():
             break  # the main process has taken its count already; this episode's updates stay in φ
-        with episodes.get_lock():
-            episodes.value += 1
-            episode = episodes.value
-        event = {"event": "train", "episode": episode, "worker": rank, "score": trajectory_score(losses),
+        event = {"event": "train", "episode": _count(episodes), "worker": rank, "score": trajectory_score(losses),
                  "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a") as f:  # one short line per append: whole lines, whatever the interleaving
             f.write(json.dumps(event) + "\n")
