@@ -322,6 +322,71 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert report["timing_conditions"]["threads"] == 1
 
 
+def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path, monkeypatch):
+    """A best rate at the grid's edge is followed past it; the rate cache is re-read before each write,
+    so an entry another tuning run saved in the meantime survives."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)
+    (tmp_path / "lrs.json").write_text(json.dumps({"kept": {"lr": 1.0}}))
+    best = 4 * script.STYLIZE_LR["adam"]
+    tried = []
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
+        if not tried:
+            script._save_lr_entry("written-meanwhile", {"lr": 2.0})
+        tried.append(lr)
+        final = 1.0 + math.log(lr / best) ** 2
+        return {"curve": [3.0, final], "final": final, "seconds": 1.0, "loss_seconds": 0.5,
+                "times": [(0.5, 0.25), (1.0, 0.5)], "first_final_scale_step": 0}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    rc = script.main(["256", "--pyramid", "on", "--optimizers", "adam", "--photos", "1", "--tune-photos", "1",
+                      "--steps", "4", "--retune", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    cache = json.loads((tmp_path / "lrs.json").read_text())
+    entry = cache["engine-256px/steps=4/adam"]
+    assert entry["lr"] == pytest.approx(best) and not entry["at_edge"]
+    assert len(entry["scores"]) == 5  # x0.5, x1, x2, then x4 (best) and x8 past the edge
+    assert cache["kept"] == {"lr": 1.0} and cache["written-meanwhile"] == {"lr": 2.0}
+    assert list(cache) == sorted(cache)
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("lrs.json", "out")]  # no lock or temp file left
+    assert len(tried) == 6  # 5 tuning runs on 1 photo, then the test photo
+
+
+def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch):
+    """--add runs only the named optimizers on the setting's photos and ranks them with those already
+    in its JSON, which keep their curves and timings."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)
+    (tmp_path / "lrs.json").write_text(json.dumps({f"engine-256px/steps=4/{o}": {"lr": 0.1} for o in ("adam", "sgd")}))
+    finals = {"lstm": 0.5, "adam": 1.0, "sgd": 0.8}
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
+        return {"curve": [3.0, finals[name]], "final": finals[name], "seconds": 2.0, "loss_seconds": 1.0,
+                "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 0}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    out = tmp_path / "out"
+    common = ["256", "--pyramid", "on", "--photos", "2", "--steps", "4", "--out", str(out)]
+    assert script.main([*common, "--optimizers", "lstm,adam"]) == 0
+    first = json.loads((out / "256-pyramid-on.json").read_text())
+    assert first["best_baseline"] == "adam" and first["lstm_over_best_baseline"] == 0.5 and first["steps"] == 4
+    assert script.main([*common, "--optimizers", "sgd", "--add"]) == 0
+    merged = json.loads((out / "256-pyramid-on.json").read_text())
+    assert set(merged["optimizers"]) == {"lstm", "adam", "sgd"}
+    assert merged["best_baseline"] == "sgd" and merged["lstm_over_best_baseline"] == pytest.approx(0.5 / 0.8)
+    assert merged["optimizers"]["adam"] == first["optimizers"]["adam"]
+    assert (merged["timing"], merged["speed"]) == (first["timing"], first["speed"])  # timed run untouched
+    assert merged["added"][0]["optimizers"] == ["sgd"]
+    with pytest.raises(SystemExit, match="already has sgd"):
+        script.main([*common, "--optimizers", "sgd", "--add"])
+    with pytest.raises(SystemExit, match="other photos"):
+        script.main([*common, "--optimizers", "adam", "--add", "--seed", "1"])
+    with pytest.raises(SystemExit):
+        script.main(["512", "--optimizers", "adam", "--add", "--out", str(out)])  # nothing to add to
+    assert json.loads((out / "256-pyramid-on.json").read_text()) == merged
+
+
 def test_speed_summary_compares_mean_times_to_adams_final_loss():
     script = _train_script("eval_neural_art")
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from artopt.optimizers.tuning import LRSearchResult, TunedLRCache, score_curves, search_lr
+from artopt.optimizers.tuning import LRSearchResult, TunedLRCache, grid_search, score_curves, search_lr
 from artopt.tasks.quadratic import quadratic_problem
 
 
@@ -41,6 +41,38 @@ def test_trajectory_criterion_and_edge_flag():
     task = IsotropicQuadratics()
     res = search_lr(task, "sgd", grid=[0.01, 0.1, 0.3], problems=2, criterion="trajectory")
     assert res.lr == 0.3 and res.at_edge and res.criterion == "trajectory"
+
+
+def test_grid_search_widens_past_an_edge_until_the_best_is_inside():
+    calls = []
+
+    def score(lr):  # minimum at lr = 0.5, above the grid
+        calls.append(lr)
+        return (math.log(lr) - math.log(0.5)) ** 2
+
+    found = grid_search(score, [0.01, 0.02, 0.04], widen=10)
+    assert found.lr == pytest.approx(0.64) and not found.at_edge
+    assert found.grid == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28])  # x2 steps, as the grid
+    assert len(calls) == len(set(calls)) == 8  # each rate scored once
+    low = grid_search(lambda lr: (math.log(lr) - math.log(0.5)) ** 2, [3.0, 9.0], widen=10)
+    assert low.lr == pytest.approx(1 / 3) and low.grid[0] == pytest.approx(1 / 9) and not low.at_edge
+    capped = grid_search(score, [0.01, 0.02], widen=2)
+    assert capped.lr == pytest.approx(0.08) and capped.at_edge and len(capped.grid) == 4
+    assert grid_search(score, [0.01, 0.02], widen=0).grid == [0.01, 0.02]  # widen=0: the grid as given
+    single = grid_search(lambda lr: math.inf if lr > 0.3 else -lr, [1.0], widen=3)  # diverged: go smaller
+    assert single.lr == pytest.approx(0.25) and single.grid == pytest.approx([0.125, 0.25, 0.5, 1.0])
+    with pytest.raises(ValueError, match="widen"):
+        grid_search(score, [0.1], widen=-1)
+    with pytest.raises(ValueError, match="grid"):
+        grid_search(score, [0.1, math.inf])
+
+
+def test_search_lr_widens_the_grid():
+    task = IsotropicQuadratics()
+    res = search_lr(task, "sgd", grid=[0.01, 0.1], problems=2, widen=4)  # best is 0.5 (exact in 1 step)
+    assert res.grid == pytest.approx([0.01, 0.1, 1.0]) and res.lr == pytest.approx(0.1)
+    res = search_lr(task, "sgd", grid=[0.2, 0.3], problems=2, widen=4)
+    assert res.lr == pytest.approx(0.45) and not res.at_edge and res.grid[-1] == pytest.approx(0.675)
 
 
 def test_divergence_scores_inf_and_all_diverging_raises():

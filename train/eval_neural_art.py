@@ -16,6 +16,7 @@ Results: train/results/neural_art/<setting>.json and .png.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -31,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
-from artopt.optimizers.tuning import search_lr  # noqa: E402
+from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
+from artopt.optimizers.tuning import grid_search, search_lr  # noqa: E402
 from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 
@@ -51,9 +53,18 @@ def _lr_cache() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _save_lr_cache(data: dict) -> None:
+def _save_lr_entry(key: str, entry: dict) -> None:
+    """Record one tuned rate.  The file is re-read under a lock and replaced atomically, so tuning
+    runs of other settings going on at the same time keep theirs."""
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lrs.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    folder = os.open(OUT, os.O_RDONLY)  # the lock: the results folder itself, so no lock file is left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        data = _lr_cache()
+        data[key] = entry
+        write_json_atomic(OUT / "lrs.json", dict(sorted(data.items())))
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _say_cached(name: str, key: str, entry: dict) -> None:
@@ -75,10 +86,14 @@ def crop_setting(args) -> dict:
         key = f"{task.name}/steps={args.steps}/{name}"
         if key not in cache or args.retune:
             grid = [STYLIZE_LR[name] * f for f in args.grid_factors]
-            res = search_lr(task, name, grid=grid, problems=args.tune_photos, steps=args.steps, seed=args.seed)
+            res = search_lr(task, name, grid=grid, problems=args.tune_photos, steps=args.steps, seed=args.seed,
+                            widen=args.widen)
             cache[key] = res.to_dict()
-            _save_lr_cache(cache)
+            _save_lr_entry(key, cache[key])
             print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
+            if res.at_edge:
+                print(f"warning: {name}'s best rate {res.lr:g} is still at the edge of the rates tried; "
+                      "raise --widen", file=sys.stderr, flush=True)
         else:
             _say_cached(name, key, cache[key])
         lrs[name] = cache[key]["lr"]
@@ -147,6 +162,9 @@ def engine_setting(args) -> dict:
     style_name = HELD_OUT_STYLES[0]
     task = NeuralArtTask(size=64)  # only for the split
     photos = random.Random(args.seed).sample(task.split["test"], args.photos)
+    if args.existing is not None and (args.existing["photos"], args.existing["style"]) != (photos, style_name):
+        raise SystemExit("--add: the setting's JSON was run on other photos or another style "
+                         f"({args.existing['photos']}, {args.existing['style']}); use its --photos and --seed")
     style = _load_rgb(str(task.root / "styles" / style_name), 1024).unsqueeze(0)
     pyramid = {"on": True, "off": False}[args.pyramid]
     cache = _lr_cache()
@@ -157,17 +175,22 @@ def engine_setting(args) -> dict:
             key = f"engine-{args.tune_size or size}px{'' if run_pyramid else '-pyramid-off'}/steps={args.steps}/{base}"
             if key not in cache or args.retune:
                 val_photo = sorted(task.split["val"])[: args.tune_photos]
-                scores = {}
-                for f in args.engine_grid_factors:
-                    lr = STYLIZE_LR[base] * f
+
+                def score(lr, base=base, run_pyramid=run_pyramid, val_photo=val_photo):
                     finals = [_engine_run(task, p, style, args.tune_size or size, run_pyramid, base, lr,
                                           args.steps)["final"]
                               for p in val_photo]
-                    scores[repr(lr)] = sum(finals) / len(finals)
-                    print(f"tune {base} lr={lr:g}: {scores[repr(lr)]:.4g}", flush=True)
-                best = min(scores, key=lambda k: scores[k])
-                cache[key] = {"lr": float(best), "scores": scores, "photos": val_photo, "pyramid": run_pyramid}
-                _save_lr_cache(cache)
+                    mean = sum(finals) / len(finals)
+                    print(f"tune {base} lr={lr:g}: {mean:.4g}", flush=True)
+                    return mean if math.isfinite(mean) else math.inf
+
+                found = grid_search(score, [STYLIZE_LR[base] * f for f in args.engine_grid_factors], args.widen)
+                cache[key] = {"lr": found.lr, "scores": found.scores, "photos": val_photo, "pyramid": run_pyramid,
+                              "at_edge": found.at_edge}
+                _save_lr_entry(key, cache[key])
+                if found.at_edge:
+                    print(f"warning: {base}'s best rate {found.lr:g} is still at the edge of the rates tried; "
+                          "raise --widen", file=sys.stderr, flush=True)
             else:
                 _say_cached(base, key, cache[key])
             lrs[name] = cache[key]["lr"]
@@ -200,6 +223,7 @@ def engine_setting(args) -> dict:
             print(f"{photo} {name}: final {run['final']:.4g} in {run['seconds']:.1f}s", flush=True)
     report = _summarize_curves(curves, lrs)
     report.update(_reach_steps(report), setting=f"{size}px-pyramid-{args.pyramid}", style=style_name, size=size,
+                  steps=args.steps,
                   photos=photos, weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     report["timing"] = _timing_summary(report, curves, timing)
     report["speed"] = _speed_summary(report["timing"])
@@ -275,13 +299,38 @@ def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
                                    "final_loss_ci95": [float(mean[-1] - half[-1]), float(mean[-1] + half[-1])],
                                    "mean_curve": mean.tolist(), "band_lo": (mean - half).tolist(),
                                    "band_hi": (mean + half).tolist()}
+    _rank(out)
+    return out
+
+
+def _rank(report: dict) -> None:
+    """The best baseline by mean final loss and each learned optimizer's ratio to it (in place)."""
+    finals = {k: v["mean_final_loss"] for k, v in report["optimizers"].items()}
     base = {k: v for k, v in finals.items() if not k.startswith("lstm")}
     best = min(base, key=base.get) if base else None
-    out["best_baseline"] = best
-    out["best_baseline_final_loss"] = base.get(best)
-    out["lstm_over_best_baseline"] = finals["lstm"] / base[best] if "lstm" in finals and best else None
-    out["learned_over_best_baseline"] = {k: v / base[best] for k, v in finals.items() if k.startswith("lstm") and best}
-    return out
+    report["best_baseline"] = best
+    report["best_baseline_final_loss"] = base.get(best)
+    report["lstm_over_best_baseline"] = finals["lstm"] / base[best] if "lstm" in finals and best else None
+    report["learned_over_best_baseline"] = {k: v / base[best] for k, v in finals.items()
+                                            if k.startswith("lstm") and best}
+
+
+def _add_to(existing: dict, report: dict, path: Path) -> dict:
+    """``existing`` (the setting's JSON at ``path``) with the optimizers of ``report``, a run of the same
+    photos, added: the best baseline and the ratios are ranked again over all of them.  The optimizers
+    already there keep their curves, timings and speed; the added run's timing is kept apart."""
+    clash = sorted(set(existing["optimizers"]) & set(report["optimizers"]))
+    if clash:
+        raise SystemExit(f"{path} already has {', '.join(clash)}: leave them out of --optimizers or rerun the setting")
+    lengths = {len(e["mean_curve"]) for e in [*existing["optimizers"].values(), *report["optimizers"].values()]}
+    if len(lengths) != 1:
+        raise SystemExit(f"{path} was run with other steps or pyramid than this run (curve lengths {sorted(lengths)})")
+    merged = {**existing, "optimizers": {**existing["optimizers"], **report["optimizers"]}}
+    _rank(merged)
+    merged.update(_reach_steps(merged))
+    merged.setdefault("added", []).append({"optimizers": sorted(report["optimizers"]), "timing": report.get("timing"),
+                                           "timing_conditions": report.get("timing_conditions")})
+    return merged
 
 
 def _reach_steps(report: dict) -> dict:
@@ -363,8 +412,6 @@ def summary(out: Path = OUT) -> list[dict]:
 
 def record_in_card(rows: list[dict], card_path: Path) -> None:
     """Put the evaluation table into a shipped optimizer's JSON card, and whether it wins anywhere."""
-    from artopt.learned_optimizers.weights import write_json_atomic
-
     card = json.loads(card_path.read_text())
     table = {r["setting"]: {"style": r["style"], "best_baseline": r["best_baseline"],
                             "best_baseline_final": r["best_baseline_final"], "lstm_final": r["lstm_final"],
@@ -431,10 +478,17 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-size", type=int, default=None, help="engine settings: tune lrs at this size")
     ap.add_argument("--grid-factors", type=float, nargs="+", default=[1 / 9, 1 / 3, 1, 3, 9])
     ap.add_argument("--engine-grid-factors", type=float, nargs="+", default=[0.5, 1, 2])
+    ap.add_argument("--widen", type=int, default=3,
+                    help="while a tuned rate is the smallest or largest on its grid, try up to this many more "
+                         "beyond it, one grid step each (0: the grid as given)")
     ap.add_argument("--retune", action="store_true",
                     help="tune the baselines' learning rates again; otherwise a rate cached in "
                          "train/results/neural_art/lrs.json for the same setting and steps is reused, whatever "
                          "--tune-photos / --grid-factors say (each run prints what it reused)")
+    ap.add_argument("--add", action="store_true",
+                    help="engine settings: run only --optimizers and add them to the setting's JSON already in the "
+                         "results folder (same photos; those already there keep their curves and timings), e.g. "
+                         "slow untimed baselines beside a timed run")
     ap.add_argument("--steps", type=int, default=None, help="default: 128 for crops, 200 for the engine")
     ap.add_argument("--size", type=int, default=256, help="grid: output size")
     ap.add_argument("--pyramid", choices=("on", "off"), default="off")
@@ -463,11 +517,20 @@ def main(argv=None) -> int:
         return 0
     crops = args.setting in ("64", "128")
     args.steps = args.steps or (128 if crops else 200)
-    report = crop_setting(args) if crops else engine_setting(args)
     out = args.out or OUT
-    out.mkdir(parents=True, exist_ok=True)
     stem = args.setting if crops else f"{args.setting}-pyramid-{args.pyramid}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.existing = None
+    if args.add:
+        if crops:
+            ap.error("--add is for the engine settings (256, 384, 512)")
+        if not (out / f"{stem}.json").is_file():
+            ap.error(f"--add: {out / f'{stem}.json'} does not exist yet; run the setting first")
+        args.existing = json.loads((out / f"{stem}.json").read_text())
+    report = crop_setting(args) if crops else engine_setting(args)
+    if args.existing is not None:
+        report = _add_to(args.existing, report, out / f"{stem}.json")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{stem}.json", report)
     plot(report, out / f"{stem}.png", f"neural art {stem}, style {report['style']}")
     print(json.dumps({k: report.get(k) for k in ("setting", "best_baseline", "best_baseline_final_loss",
                                                   "lstm_over_best_baseline", "steps_to_reach_best_baseline_final")}))

@@ -77,32 +77,81 @@ def search_lr(
     seed: int = 0,
     criterion: str = "final",
     progress: Callable[[TuneProgress], None] | None = None,
+    widen: int = 0,
 ) -> LRSearchResult:
     """Try every lr in ``grid`` on the same ``problems`` val problems; pick the best by ``criterion``.
 
-    Ties (e.g. several lrs reaching the same optimum) go to the smaller lr.
+    Ties (e.g. several lrs reaching the same optimum) go to the smaller lr.  ``widen``: while the
+    best lr is the grid's smallest or largest, try up to this many more beyond it (see ``grid_search``).
     """
-    grid = sorted(float(x) for x in grid)
-    if not grid or any(not x > 0 for x in grid):
-        raise ValueError("the lr grid must be non-empty and positive")
+    grid = _checked_grid(grid)
     if problems < 1:
         raise ValueError(f"problems must be at least 1, got {problems}")
     score_curves(torch.zeros(1, 2), criterion)  # validate the criterion before any work
     steps = task.steps if steps is None else int(steps)
     gen = torch.Generator().manual_seed(TUNE_SEED_OFFSET + seed)
     val_problems = [task.sample(gen, "val") for _ in range(problems)]
-    scores: dict[str, float] = {}
-    for i, lr in enumerate(grid):
+    done = 0
+
+    def score(lr: float) -> float:
+        nonlocal done
         factory = baseline_factory(optimizer, lr)
         curves = torch.stack([run_optimizer(p, factory, steps).curve for p in val_problems])
-        scores[repr(lr)] = score_curves(curves, criterion)
+        value = score_curves(curves, criterion)
+        done += 1
         if progress:
-            progress(TuneProgress(optimizer, lr, scores[repr(lr)], i + 1, len(grid)))
-    best = min(grid, key=lambda lr: (scores[repr(lr)], lr))
-    if not math.isfinite(scores[repr(best)]):
-        raise RuntimeError(f"{optimizer} diverged on {task.name} at every learning rate in {grid}")
-    return LRSearchResult(optimizer, best, criterion, scores, problems, steps, seed,
-                          at_edge=best in (grid[0], grid[-1]), grid=grid)
+            progress(TuneProgress(optimizer, lr, value, done, max(done, len(grid))))
+        return value
+
+    found = grid_search(score, grid, widen)
+    if not math.isfinite(found.scores[repr(found.lr)]):
+        raise RuntimeError(f"{optimizer} diverged on {task.name} at every learning rate in {found.grid}")
+    return LRSearchResult(optimizer, found.lr, criterion, found.scores, problems, steps, seed,
+                          at_edge=found.at_edge, grid=found.grid)
+
+
+@dataclass
+class GridSearch:
+    lr: float  # the best rate tried (ties: the smaller)
+    scores: dict[str, float]  # repr(lr) -> score, for every rate tried
+    grid: list[float]  # every rate tried, ascending
+    at_edge: bool  # the best is still the smallest or largest rate tried
+
+
+def _checked_grid(grid: Sequence[float]) -> list[float]:
+    grid = sorted(float(x) for x in grid)
+    if not grid or any(not (x > 0 and math.isfinite(x)) for x in grid):
+        raise ValueError("the lr grid must be non-empty, positive and finite")
+    return grid
+
+
+def grid_search(score: Callable[[float], float], grid: Sequence[float], widen: int = 0) -> GridSearch:
+    """Score every rate in ``grid`` (lower is better; inf for a diverged run) and keep the best.
+
+    A best rate at the grid's edge means the optimum may lie beyond it, so with ``widen`` > 0 the
+    search steps past that edge, by the ratio between the edge and its neighbour (×2 for a single
+    rate), up to ``widen`` times, until the best rate has a worse one on each side.
+    """
+    grid = _checked_grid(grid)
+    if widen < 0:
+        raise ValueError(f"widen must be at least 0, got {widen}")
+    scores = {repr(lr): score(lr) for lr in grid}
+
+    def best_rate() -> float:
+        return min(grid, key=lambda lr: (scores[repr(lr)], lr))
+
+    for _ in range(widen):
+        best = best_rate()
+        if best == grid[-1] and math.isfinite(scores[repr(best)]):
+            new = best * (best / grid[-2] if len(grid) > 1 else 2.0)
+        elif best == grid[0]:
+            new = best / (grid[1] / best if len(grid) > 1 else 2.0)
+        else:
+            break
+        scores[repr(new)] = score(new)
+        grid = sorted(grid + [new])
+    best = best_rate()
+    return GridSearch(best, scores, grid, at_edge=best in (grid[0], grid[-1]))
 
 
 class TunedLRCache:
