@@ -359,21 +359,24 @@ def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monk
     script = _train_script("eval_neural_art")
     monkeypatch.setattr(script, "OUT", tmp_path)
     (tmp_path / "lrs.json").write_text(json.dumps({f"engine-256px/steps=4/{o}": {"lr": 0.1} for o in ("adam", "sgd")}))
-    finals = {"lstm": 0.5, "adam": 1.0, "sgd": 0.8}
+    finals = {"lstm": 0.5, "adam": 1.0, "sgd": 0.8, "lbfgs": 1.2}
 
     def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
-        return {"curve": [3.0, finals[name]], "final": finals[name], "seconds": 2.0, "loss_seconds": 1.0,
-                "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 0}
+        curve = [3.0, 2.0, finals[name]][-steps:]  # L-BFGS records fewer points than the others
+        if name == "lbfgs":
+            curve = curve[1:]
+        return {"curve": curve, "final": finals[name], "seconds": 2.0, "loss_seconds": 1.0,
+                "times": [(1.0, 0.5)] * len(curve), "first_final_scale_step": 0}
 
     monkeypatch.setattr(script, "_engine_run", fake_run)
     out = tmp_path / "out"
     common = ["256", "--pyramid", "on", "--photos", "2", "--steps", "4", "--out", str(out)]
-    assert script.main([*common, "--optimizers", "lstm,adam"]) == 0
+    assert script.main([*common, "--optimizers", "lstm,adam,lbfgs"]) == 0
     first = json.loads((out / "256-pyramid-on.json").read_text())
     assert first["best_baseline"] == "adam" and first["lstm_over_best_baseline"] == 0.5 and first["steps"] == 4
     assert script.main([*common, "--optimizers", "sgd", "--add"]) == 0
     merged = json.loads((out / "256-pyramid-on.json").read_text())
-    assert set(merged["optimizers"]) == {"lstm", "adam", "sgd"}
+    assert set(merged["optimizers"]) == {"lstm", "adam", "lbfgs", "sgd"}
     assert merged["best_baseline"] == "sgd" and merged["lstm_over_best_baseline"] == pytest.approx(0.5 / 0.8)
     assert merged["optimizers"]["adam"] == first["optimizers"]["adam"]
     assert (merged["timing"], merged["speed"]) == (first["timing"], first["speed"])  # timed run untouched
@@ -384,6 +387,13 @@ def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monk
         script.main([*common, "--optimizers", "adam", "--add", "--seed", "1"])
     with pytest.raises(SystemExit):
         script.main(["512", "--optimizers", "adam", "--add", "--out", str(out)])  # nothing to add to
+    with pytest.raises(SystemExit):  # refused before any run
+        script.main([*common[:-4], "--steps", "2", "--out", str(out), "--optimizers", "nag", "--add"])
+    legacy = {**merged, "optimizers": {**merged["optimizers"], "adam": {**merged["optimizers"]["adam"],
+                                                                         "mean_curve": [1.0, 1.0]}}}
+    legacy.pop("steps")  # written before reports recorded their steps: the curves tell
+    with pytest.raises(SystemExit, match="other steps"):
+        script._add_to(legacy, {"optimizers": {"nag": merged["optimizers"]["sgd"]}}, out / "x.json")
     assert json.loads((out / "256-pyramid-on.json").read_text()) == merged
 
 
