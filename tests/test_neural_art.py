@@ -351,6 +351,9 @@ def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path,
     assert list(cache) == sorted(cache)
     assert not [p for p in tmp_path.iterdir() if p.name not in ("lrs.json", "out")]  # no lock or temp file left
     assert len(tried) == 6  # 5 tuning runs on 1 photo, then the test photo
+    with pytest.raises(SystemExit):
+        script.main(["256", "--widen", "-1", "--out", str(tmp_path / "out")])
+    assert len(tried) == 6
 
 
 def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch):

@@ -502,6 +502,8 @@ def main(argv=None) -> int:
                     help="results folder instead of train/results/neural_art: a setting's JSON and PNG, the grid, "
                          "and the JSONs summary reads and its summary.json (the lr cache stays shared)")
     args = ap.parse_args(argv)
+    if args.widen < 0:
+        ap.error(f"--widen must be at least 0, got {args.widen}")
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
         rows = summary(args.out or OUT)
