@@ -67,6 +67,11 @@ def _save_lr_entry(key: str, entry: dict) -> None:
         os.close(folder)  # releases the lock
 
 
+def _warn_at_edge(name: str, lr: float) -> None:
+    print(f"warning: {name}'s best rate {lr:g} is still at the edge of the rates tried; raise --widen",
+          file=sys.stderr, flush=True)
+
+
 def _say_cached(name: str, key: str, entry: dict) -> None:
     """Cached rates are reused whatever --tune-photos / --grid-factors say: say so, with what they came from."""
     photos = entry.get("problems", len(entry.get("photos", [])))
@@ -92,8 +97,7 @@ def crop_setting(args) -> dict:
             _save_lr_entry(key, cache[key])
             print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
             if res.at_edge:
-                print(f"warning: {name}'s best rate {res.lr:g} is still at the edge of the rates tried; "
-                      "raise --widen", file=sys.stderr, flush=True)
+                _warn_at_edge(name, res.lr)
         else:
             _say_cached(name, key, cache[key])
         lrs[name] = cache[key]["lr"]
@@ -189,8 +193,7 @@ def engine_setting(args) -> dict:
                               "at_edge": found.at_edge}
                 _save_lr_entry(key, cache[key])
                 if found.at_edge:
-                    print(f"warning: {base}'s best rate {found.lr:g} is still at the edge of the rates tried; "
-                          "raise --widen", file=sys.stderr, flush=True)
+                    _warn_at_edge(base, found.lr)
             else:
                 _say_cached(base, key, cache[key])
             lrs[name] = cache[key]["lr"]
