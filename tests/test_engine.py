@@ -300,11 +300,13 @@ def test_lstm_runs_in_the_basis_its_card_records(monkeypatch, tmp_path, basis):
     assert torch.isfinite(image).all()
     # the bound on the optimizer's state: at most 500 B per pixel
     assert opt.state_bytes() / (64 * 128) <= 500
+    # a network with moment inputs also keeps m and v in bfloat16: 4 B more per coordinate
+    moments = 4 if next(iter(inner.nets.values())).config.moment_inputs else 0
     if basis == "multiscale":
         assert opt.coordinates == 3 * (64 * 128 + 32 * 64 + 16 * 32 + 8 * 16)
-        assert inner.state_dtype == torch.int8 and opt.state_bytes() == 120 * opt.coordinates
+        assert inner.state_dtype == torch.int8 and opt.state_bytes() == (120 + moments) * opt.coordinates
     else:
-        assert inner.state_dtype == torch.float16 and opt.state_bytes() == 160 * 3 * 64 * 128
+        assert inner.state_dtype == torch.float16 and opt.state_bytes() == (160 + moments) * 3 * 64 * 128
     out, infos = _run(_config(optimizer="lstm", steps=4))
     assert infos[-1].losses["total"] < infos[0].losses["total"] and torch.isfinite(out).all()
     (tmp_path / "neural_art.json").write_text(json.dumps({"basis": {"kind": "wavelets"}}))

@@ -112,3 +112,66 @@ def test_grad_normalization_config_is_checked():
     new_small, st_small = learned_update(nets, p, [torch.ones(5)], ["default"], {})
     new_big, st_big = learned_update(nets, p, [torch.ones(5) * 1e6], ["default"], {})
     torch.testing.assert_close(new_small[0], new_big[0])
+
+
+def test_moments_start_at_g_and_g2_then_decay():
+    net = LSTMOptimizerNet(moment_inputs=True, beta1=0.9, beta2=0.5)
+    assert net.lstm.input_size == 4
+    g1, g2 = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([0.0, 3.0, float("nan")])
+    m, v = net.update_moments(g1, None)
+    torch.testing.assert_close(m, g1)
+    torch.testing.assert_close(v, g1 * g1)
+    m, v = net.update_moments(g2, (m.bfloat16(), v.bfloat16()))  # stored moments may be 16-bit
+    assert m.dtype == v.dtype == torch.float32
+    torch.testing.assert_close(m, torch.tensor([1.8, -0.6, 0.0]))  # NaN counts as 0
+    torch.testing.assert_close(v, torch.tensor([2.0, 5.0, 0.0]))
+    x = net.features(g2, (m, v))
+    assert x.shape == (3, 4) and torch.isfinite(x).all()
+    torch.testing.assert_close(x[:, 2], torch.tensor([1.8 / 2 ** 0.5, -0.6 / 5 ** 0.5, 0.0]))
+    torch.testing.assert_close(x[:, 3], torch.tensor([0.0, 3 / 5 ** 0.5, 0.0]))
+    with pytest.raises(ValueError, match="moment"):
+        net(torch.randn(3), net.init_state(3))  # moments are not optional for this network
+    with pytest.raises(ValueError, match="beta2"):
+        LSTMOptimizerConfig(moment_inputs=True, beta2=1.0)
+
+
+def test_moment_inputs_are_scale_free():
+    """m/√v and g/√v do not change when the loss is scaled; only the log-magnitude input does."""
+    net = LSTMOptimizerNet(moment_inputs=True)
+    g = [torch.randn(100) for _ in range(3)]
+    mom_a = mom_b = None
+    for gi in g:
+        mom_a, mom_b = net.update_moments(gi, mom_a), net.update_moments(1000 * gi, mom_b)
+    xa, xb = net.features(g[-1], mom_a), net.features(1000 * g[-1], mom_b)
+    torch.testing.assert_close(xa[:, 1:], xb[:, 1:])
+
+
+def test_moment_inputs_paths_agree_and_meta_fraction_keeps_the_update():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True)
+    g = torch.randn(9000) * torch.logspace(-6, 0, 9000)
+    moments = net.update_moments(g, net.update_moments(torch.randn(9000), None))
+    state = (torch.randn(2, 9000, 20) * 0.5, torch.randn(2, 9000, 20))
+    u_diff, (h_diff, c_diff) = net(g, state, moments)
+    u_fast, (h_fast, c_fast) = net._inference(g, state, chunk=1000, moments=moments)
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    # learned_update keeps the moments in its states, and a meta-fraction changes no value.
+    nets = torch.nn.ModuleDict({"default": net})
+    params, states_full, states_sub = [torch.zeros(300)], {}, {}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(300)]
+        full, states_full = learned_update(nets, params, grads, ["default"], states_full)
+        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen)
+        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
+    m, v = states_full["default/moments"]
+    assert m.shape == v.shape == (300,)
+    sub[0].sum().backward()
+    assert net.lstm.weight_ih_l0.grad[:, 2:].abs().sum() > 0  # the moment inputs are trained
+
+
+def test_old_configs_load_without_moment_inputs():
+    cfg = LSTMOptimizerConfig.from_dict({"hidden_size": 20, "num_layers": 2, "preprocess": True, "p": 10.0,
+                                         "output_scale": 0.1, "grad_normalization": "none"})
+    assert not cfg.moment_inputs and LSTMOptimizerNet(cfg).lstm.input_size == 2

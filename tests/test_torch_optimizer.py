@@ -252,3 +252,42 @@ def test_refuses_what_it_cannot_optimize():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
+
+
+@pytest.mark.parametrize("state_dtype,moment_dtype,bytes_per_coordinate",
+                         [(torch.float32, torch.float32, 328), (torch.int8, torch.bfloat16, 124)])
+def test_moment_inputs_state(tmp_path, state_dtype, moment_dtype, bytes_per_coordinate):
+    """A network with moment inputs keeps m and v per coordinate (bfloat16 beside a reduced-precision
+    LSTM state: 124 B per coordinate, 496 B per pixel in the 4/3-coordinate multi-scale basis), steps
+    parameters in one batch as it would one by one, and carries the moments through state_dict."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True)
+    a, b = nn.Parameter(torch.randn(30)), nn.Parameter(torch.randn(20))
+    whole = nn.Parameter(torch.cat([a.detach(), b.detach()]))
+    opt = LearnedOptimizer([a, b], nets={"default": net}, state_dtype=state_dtype)
+    opt_whole = LearnedOptimizer([whole], nets={"default": net}, state_dtype=state_dtype)
+    for _ in range(4):
+        g = torch.randn(50)
+        a.grad, b.grad, whole.grad = g[:30].clone(), g[30:].clone(), g.clone()
+        opt.step(), opt_whole.step()
+    torch.testing.assert_close(torch.cat([a.detach(), b.detach()]), whole.detach())
+    assert opt.state[a]["m"].dtype == opt.state[a]["v"].dtype == moment_dtype
+    assert opt.state_bytes() == 50 * bytes_per_coordinate
+    path = save_learned(tmp_path / "m.safetensors", {"default": net})
+    again = LearnedOptimizer([a, b], weights=path, state_dtype=state_dtype)
+    again.load_state_dict(opt.state_dict())
+    assert again.state[b]["v"].dtype == moment_dtype
+    torch.testing.assert_close(again.state[b]["v"], opt.state[b]["v"])
+
+
+def test_non_finite_gradient_resets_the_moments_too():
+    net = LSTMOptimizerNet(moment_inputs=True)
+    p = nn.Parameter(torch.ones(3))
+    opt = LearnedOptimizer([p], nets={"default": net})
+    p.grad = torch.tensor([1.0, float("inf"), 2.0])
+    opt.step()
+    assert torch.isfinite(p).all() and p[1].item() == 1.0
+    assert opt.state[p]["v"][1].item() == 0.0 and opt.state[p]["v"][0].item() == 1.0
+    p.grad = torch.tensor([1.0, 1.0, 2.0])
+    opt.step()
+    assert torch.isfinite(opt.state[p]["v"]).all() and torch.isfinite(p).all()

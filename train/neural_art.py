@@ -48,6 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("--val-problems", type=int, default=4)
     ap.add_argument("--grad-normalization", choices=("none", "first_rms"), default="none")
     ap.add_argument("--output-scale", type=float, default=0.1)
+    ap.add_argument("--moment-inputs", action="store_true",
+                    help="also feed the LSTM m/sqrt(v) and g/sqrt(v) from running means of g and g^2 "
+                         "(LSTMOptimizerConfig.moment_inputs)")
+    ap.add_argument("--moment-betas", type=float, nargs=2, default=(0.95, 0.95), metavar=("BETA1", "BETA2"),
+                    help="decays of those running means (default 0.95 0.95)")
     ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
                     help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
                          "0: pixels (artopt.learned_optimizers.multiscale)")
@@ -74,7 +79,12 @@ def main(argv=None) -> int:
     task = NeuralArtTask(size=args.size, styles=styles, steps=args.steps, unroll=args.unroll,
                          size_range=tuple(args.size_range) if args.size_range else None, init=args.init,
                          basis_levels=args.basis_levels)
-    cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization)
+    try:
+        cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization,
+                                  moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
+                                  beta2=args.moment_betas[1])
+    except ValueError as err:
+        ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
     if args.init_from:
         from artopt.learned_optimizers import load_learned
@@ -100,7 +110,10 @@ def main(argv=None) -> int:
         "crop": f"{args.size}x{args.size}" if not args.size_range else f"square, side {args.size_range} (multiple of 8)",
         "loss": "artopt.style.StyleLoss on efficientnet-lite0, engine default weights",
         "init": args.init,
-        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
+        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head"
+                        + (f"; inputs: Appendix-A preprocessed gradient plus m/sqrt(v) and g/sqrt(v) "
+                           f"(running means of g and g^2, decays {cfg.beta1} and {cfg.beta2})"
+                           if cfg.moment_inputs else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),

@@ -15,6 +15,7 @@ from torch import nn
 from .preprocessing import preprocess_gradients, sanitize
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, N, hidden_size)
+Moments = tuple[torch.Tensor, torch.Tensor]  # (m, v), each (N,): running means of g and g²
 # An int8 h (it always lies in (-1, 1)) is stored in steps of 1/INT8_STEPS.
 INT8_STEPS = 127
 GRAD_NORMALIZATIONS = ("none", "first_rms")
@@ -43,10 +44,20 @@ class LSTMOptimizerConfig:
     # root-mean-square of the first gradient of the run, making the optimizer invariant to the
     # loss's scale (new styles, other resolutions) while keeping how gradients shrink over time.
     grad_normalization: str = "none"
+    # Two more inputs besides the preprocessed gradient (as in RNNprop, Lv et al. 2017): m/√v and
+    # g/√v from running means m of g and v of g² (decays beta1, beta2; they start at g and g², so
+    # no bias correction).  Both are scale-free and bounded, and they give the LSTM Adam's
+    # per-coordinate normalisation for 2 stored numbers per coordinate instead of 80 of its state.
+    moment_inputs: bool = False
+    beta1: float = 0.95
+    beta2: float = 0.95
 
     def __post_init__(self):
         if self.grad_normalization not in GRAD_NORMALIZATIONS:
             raise ValueError(f"grad_normalization must be one of {GRAD_NORMALIZATIONS}, got {self.grad_normalization!r}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +85,7 @@ class LSTMOptimizerNet(nn.Module):
         if overrides:
             config = LSTMOptimizerConfig(**{**config.to_dict(), **overrides})
         self.config = config
-        in_features = 2 if config.preprocess else 1
+        in_features = (2 if config.preprocess else 1) + (2 if config.moment_inputs else 0)
         self.lstm = nn.LSTM(in_features, config.hidden_size, config.num_layers)
         self.head = nn.Linear(config.hidden_size, 1)
 
@@ -86,13 +97,32 @@ class LSTMOptimizerNet(nn.Module):
         shape = (self.config.num_layers, n, self.config.hidden_size)
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
-    def features(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.config.preprocess:
-            return preprocess_gradients(grad, self.config.p)
-        return sanitize(grad.float()).unsqueeze(-1)
+    def update_moments(self, grad: torch.Tensor, moments: Moments | None) -> Moments:
+        """The running means after this gradient, in float32 (``moments``: the previous ones, in any
+        float dtype, or None on the first step).  They do not depend on φ: meta-training never
+        differentiates through them."""
+        g = sanitize(grad.detach().float())
+        if moments is None:
+            return g.clone(), g * g
+        m, v = moments
+        b1, b2 = self.config.beta1, self.config.beta2
+        return torch.lerp(g, m.float(), b1), torch.lerp(g * g, v.float(), b2)
 
-    def forward(self, grad: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def features(self, grad: torch.Tensor, moments: Moments | None = None) -> torch.Tensor:
+        x = preprocess_gradients(grad, self.config.p) if self.config.preprocess else sanitize(grad.float()).unsqueeze(-1)
+        if not self.config.moment_inputs:
+            return x
+        if moments is None:
+            raise ValueError("this network takes moment inputs: pass the moments from update_moments")
+        m, v = moments
+        g = sanitize(grad.float())
+        # 1e-30: a coordinate whose gradient has always been 0 gets inputs 0, not NaN.
+        rms = v.float().sqrt().clamp_min(1e-30)
+        return torch.cat((x, torch.stack((m.float() / rms, g / rms), dim=-1)), dim=-1)
+
+    def forward(self, grad: torch.Tensor, state: State, moments: Moments | None = None) -> tuple[torch.Tensor, State]:
         """grad: (N,) flattened gradients (treated as constants); returns (update (N,), new state).
+        ``moments``: for a network with moment inputs, ``update_moments`` of this gradient.
 
         Differentiable (meta-training) calls take ``_differentiable``; inference takes a chunked,
         fused path that computes the same function several times faster on large images (it keeps
@@ -101,15 +131,15 @@ class LSTMOptimizerNet(nn.Module):
         what a small loss network spends per pixel: that, not Python, bounds its speed.
         """
         if torch.is_grad_enabled() and self.lstm.weight_ih_l0.requires_grad:
-            return self._differentiable(grad, state)
+            return self._differentiable(grad, state, moments)
         with torch.no_grad():
-            return self._inference(grad, state)
+            return self._inference(grad, state, moments=moments)
 
-    def _differentiable(self, grad: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None) -> tuple[torch.Tensor, State]:
         """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
         this module's weights, but forward+backward runs about 2x faster on CPU for the small,
         single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
-        x = self.features(grad.detach())
+        x = self.features(grad.detach(), moments)
         h_in, c_in = state
         hs, cs = [], []
         for layer in range(self.config.num_layers):
@@ -143,7 +173,8 @@ class LSTMOptimizerNet(nn.Module):
             packed.append((w_ih.t().contiguous(), w_hh.t().contiguous(), b))
         return packed
 
-    def _inference(self, grad: torch.Tensor, state: State, chunk: int | None = None) -> tuple[torch.Tensor, State]:
+    def _inference(self, grad: torch.Tensor, state: State, chunk: int | None = None,
+                   moments: Moments | None = None) -> tuple[torch.Tensor, State]:
         """The no-grad step.  The new state has the dtypes of ``state``: fp32, fp16/bf16, or (h only)
         int8.  Each chunk converts its slice of the state to fp32 and rounds the result back, so a
         reduced-precision state never exists in fp32 as a whole (that copying cost more than the
@@ -165,7 +196,7 @@ class LSTMOptimizerNet(nn.Module):
             e = min(n, s + chunk)
             if scratch is None or scratch.shape[1] != e - s:
                 scratch = torch.empty(3, e - s, H, device=grad.device)
-            x = self.features(grad[s:e])
+            x = self.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e]))
             for layer, (w_ih, w_hh, b) in enumerate(packed):
                 gates = torch.addmm(b, x, w_ih)
                 h_prev = h_in[layer, s:e]
@@ -206,7 +237,8 @@ def learned_update(
 
     All coordinates served by one network go through it as a single batch, in parameter order;
     ``states[group]`` holds their hidden states in that same order (and ``states[group + "/grad_scale"]``
-    the gradient normalization, for networks that use one).
+    the gradient normalization, ``states[group + "/moments"]`` the running moments, for networks that
+    use them).
 
     ``meta_fraction < 1`` (with gradients enabled) backpropagates through a random subset of the
     coordinates only, drawn once per run from ``generator``; the others take the same update
@@ -227,10 +259,14 @@ def learned_update(
                 new_states[key] = first_rms_scale(flat)
             if new_states[key] is not None:
                 flat = flat * new_states[key]
+        moments = None
+        if nets[group].config.moment_inputs:
+            key = f"{group}/moments"
+            moments = new_states[key] = nets[group].update_moments(flat, new_states.get(key))
         if meta_fraction < 1.0 and torch.is_grad_enabled():
-            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator)
+            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments)
         else:
-            update, new_states[group] = nets[group](flat, new_states[group])
+            update, new_states[group] = nets[group](flat, new_states[group], moments)
         offset = 0
         for i in idx:
             n = params[i].numel()
@@ -240,7 +276,7 @@ def learned_update(
 
 
 def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states: dict, fraction: float,
-                   generator: torch.Generator | None) -> torch.Tensor:
+                   generator: torch.Generator | None, moments: Moments | None = None) -> torch.Tensor:
     """The update of all coordinates, differentiable through a fixed random subset of them only."""
     n = flat.numel()
     key_idx, key_state = f"{group}/meta_idx", f"{group}/meta_state"
@@ -250,8 +286,9 @@ def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states
         states[key_state] = net.init_state(k, device=flat.device)
     idx = states[key_idx]
     with torch.no_grad():
-        update, states[group] = net._inference(flat, states[group])
-    sub_update, states[key_state] = net(flat[idx], states[key_state])
+        update, states[group] = net._inference(flat, states[group], moments=moments)
+    sub_moments = None if moments is None else (moments[0][idx], moments[1][idx])
+    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments)
     # Same values as the no-grad path; the gradient is scaled so the estimate stays unbiased.
     scale = n / idx.numel()
     sub_update = sub_update.detach() + (sub_update - sub_update.detach()) * scale

@@ -5,7 +5,8 @@
         opt.zero_grad(); loss = model_loss(batch); loss.backward(); opt.step()
 
 Each coordinate's LSTM state lives in ``opt.state[p]`` as ``h`` and ``c`` of shape
-(num_layers, p.numel(), hidden), so ``state_dict`` / ``load_state_dict`` carry it.  Parameter
+(num_layers, p.numel(), hidden) (and, for a network with moment inputs, ``m`` and ``v`` of shape
+(p.numel(),)), so ``state_dict`` / ``load_state_dict`` carry it.  Parameter
 groups may name the network that serves them (``{"params": ..., "net": "conv"}``).
 """
 
@@ -100,13 +101,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().add_param_group({**param_group, "params": params})
 
     def state_bytes(self) -> int:
-        """Bytes of optimizer state held now: every coordinate's LSTM h and c."""
+        """Bytes of optimizer state held now: every coordinate's LSTM h and c (and moments m, v)."""
         return sum(t.numel() * t.element_size() for st in self.state.values() for t in st.values()
                    if isinstance(t, torch.Tensor))
 
     @property
     def _c_dtype(self) -> torch.dtype:
         return torch.float16 if self.state_dtype == torch.int8 else self.state_dtype
+
+    @property
+    def _moment_dtype(self) -> torch.dtype:
+        # Reduced-precision state keeps the moments in bfloat16: v (a mean of g²) needs float32's
+        # exponent range, which float16 lacks.  Its 8-bit mantissa still resolves the decays of
+        # 0.95 (a step moves a moment by 5% of its distance to g or g²).
+        return self.state_dtype if self.state_dtype in (torch.float32, torch.float64) else torch.bfloat16
 
     def load_state_dict(self, state_dict: dict) -> None:
         """``torch.optim``'s load, keeping the LSTM state in this optimizer's storage dtypes.
@@ -117,11 +125,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         state_dict["state"] = {
             key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
-                          in (("h", self.state_dtype), ("c", self._c_dtype)) if isinstance(st.get(name), torch.Tensor)}}
+                          in (("h", self.state_dtype), ("c", self._c_dtype), ("m", self._moment_dtype),
+                              ("v", self._moment_dtype)) if isinstance(st.get(name), torch.Tensor)}}
             for key, st in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         for st in self.state.values():
-            for name, dtype in (("h", self.state_dtype), ("c", self._c_dtype)):
+            for name, dtype in (("h", self.state_dtype), ("c", self._c_dtype),
+                                ("m", self._moment_dtype), ("v", self._moment_dtype)):
                 if isinstance(st.get(name), torch.Tensor):
                     st[name] = st[name].to(dtype)  # exact: the values were already representable
 
@@ -170,7 +180,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if st0.get("grad_scale") is not None:
                 flat = flat * st0["grad_scale"]
 
-        update, (h, c) = net(flat, (h, c))
+        moments = None
+        if net.config.moment_inputs:
+            if "m" in self.state[params[0]]:
+                prev = tuple(torch.cat([self.state[p][k] for p in params]) if len(params) > 1
+                             else self.state[params[0]][k] for k in ("m", "v"))
+            else:
+                prev = None
+            moments = net.update_moments(flat, prev)
+
+        update, (h, c) = net(flat, (h, c), moments)
         if lr != 1.0:
             update = update * lr
 
@@ -187,6 +206,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             update = torch.where(bad, fallback.to(update.dtype), update)
             h = torch.where(bad.view(1, -1, 1), torch.zeros_like(h), h)
             c = torch.where(bad.view(1, -1, 1), torch.zeros_like(c), c)
+            if moments is not None:
+                moments = tuple(torch.where(bad, torch.zeros_like(t), t) for t in moments)
             self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
                                 "used an Adam step (or no step) there and reset their LSTM state")
 
@@ -198,6 +219,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             st["h"], st["c"] = h[:, offset : offset + n], c[:, offset : offset + n]
             if len(params) > 1:  # don't keep the concatenated buffer alive through views
                 st["h"], st["c"] = st["h"].clone(), st["c"].clone()
+            if moments is not None:
+                st["m"], st["v"] = (t[offset : offset + n].to(self._moment_dtype, copy=True) for t in moments)
             offset += n
 
 

@@ -312,7 +312,8 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
         # pixel) instead of 320 B; float16 keeps 11 significant bits to bfloat16's 8, and a stored c
         # cannot overflow it (c grows by at most 1 a step; float16 rounds to its 65504 maximum).  The
         # multi-scale basis has 4/3 as many coordinates, so h (always in (-1, 1)) goes to int8: 120 B
-        # per coordinate, 480 B per pixel again.  Measured effects on the loss: the weights' card.
+        # per coordinate, 480 B per pixel again (the moments of a network with moment inputs add 4 B
+        # per coordinate in bfloat16: 496 B).  Measured effects on the loss: the weights' card.
         # A non-finite LSTM update falls back to Adam's first step at Adam's image learning rate.
         multiscale = setup.basis == "multiscale"
         # The card's calibration (update multiplier) unless --lr overrides it.
