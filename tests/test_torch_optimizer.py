@@ -291,3 +291,18 @@ def test_non_finite_gradient_resets_the_moments_too():
     p.grad = torch.tensor([1.0, 1.0, 2.0])
     opt.step()
     assert torch.isfinite(opt.state[p]["v"]).all() and torch.isfinite(p).all()
+
+
+def test_a_parameter_added_later_starts_its_moments_fresh():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True)
+    a, b = nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([a], nets={"default": net})
+    a.grad = torch.randn(5)
+    opt.step()
+    opt.add_param_group({"params": [b]})
+    a.grad, b.grad = torch.randn(5), torch.tensor([1.0, -2.0, 0.5])
+    opt.step()
+    torch.testing.assert_close(opt.state[b]["m"], b.grad)  # as on its first step
+    torch.testing.assert_close(opt.state[b]["v"], b.grad ** 2)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()

@@ -182,11 +182,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         moments = None
         if net.config.moment_inputs:
-            if "m" in self.state[params[0]]:
-                prev = tuple(torch.cat([self.state[p][k] for p in params]) if len(params) > 1
-                             else self.state[params[0]][k] for k in ("m", "v"))
-            else:
-                prev = None
+            prev = None
+            if any("m" in self.state[p] for p in params):
+                # A parameter without moments yet (added after the first step) starts from its
+                # gradient, as on a first step: m = g, v = g².
+                g = sanitize(flat.float())
+                ms, vs, offset = [], [], 0
+                for p in params:
+                    st, n = self.state[p], p.numel()
+                    ms.append(st["m"].float() if "m" in st else g[offset : offset + n])
+                    vs.append(st["v"].float() if "v" in st else g[offset : offset + n].square())
+                    offset += n
+                prev = (torch.cat(ms), torch.cat(vs))
             moments = net.update_moments(flat, prev)
 
         update, (h, c) = net(flat, (h, c), moments)
