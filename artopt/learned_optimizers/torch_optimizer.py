@@ -182,19 +182,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         moments = None
         if net.config.moment_inputs:
-            prev = None
-            if any("m" in self.state[p] for p in params):
-                # A parameter without moments yet (added after the first step) starts from its
-                # gradient, as on a first step: m = g, v = g².
-                g = sanitize(flat.float())
-                ms, vs, offset = [], [], 0
-                for p in params:
-                    st, n = self.state[p], p.numel()
-                    ms.append(st["m"].float() if "m" in st else g[offset : offset + n])
-                    vs.append(st["v"].float() if "v" in st else g[offset : offset + n].square())
-                    offset += n
-                prev = (torch.cat(ms), torch.cat(vs))
-            moments = net.update_moments(flat, prev)
+            # A parameter without moments yet (its first step, or added later) starts from its
+            # gradient: m = g, v = g², which the update leaves as they are.
+            g = sanitize(flat.float())
+            ms, vs, offset = [], [], 0
+            for p in params:
+                st, n = self.state[p], p.numel()
+                ms.append(st["m"] if "m" in st else g[offset : offset + n])
+                vs.append(st["v"] if "v" in st else g[offset : offset + n].square())
+                offset += n
+            moments = net.update_moments(flat, (torch.cat([m.float() for m in ms]), torch.cat([v.float() for v in vs])))
 
         update, (h, c) = net(flat, (h, c), moments)
         if lr != 1.0:
