@@ -116,6 +116,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # 0.95 (a step moves a moment by 5% of its distance to g or g²).
         return self.state_dtype if self.state_dtype in (torch.float32, torch.float64) else torch.bfloat16
 
+    @property
+    def _storage_dtypes(self) -> tuple[tuple[str, torch.dtype], ...]:
+        """Each per-coordinate state tensor's name and the dtype it is stored in."""
+        return (("h", self.state_dtype), ("c", self._c_dtype), ("m", self._moment_dtype), ("v", self._moment_dtype))
+
     def load_state_dict(self, state_dict: dict) -> None:
         """``torch.optim``'s load, keeping the LSTM state in this optimizer's storage dtypes.
 
@@ -125,13 +130,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         state_dict["state"] = {
             key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
-                          in (("h", self.state_dtype), ("c", self._c_dtype), ("m", self._moment_dtype),
-                              ("v", self._moment_dtype)) if isinstance(st.get(name), torch.Tensor)}}
+                          in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
             for key, st in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         for st in self.state.values():
-            for name, dtype in (("h", self.state_dtype), ("c", self._c_dtype),
-                                ("m", self._moment_dtype), ("v", self._moment_dtype)):
+            for name, dtype in self._storage_dtypes:
                 if isinstance(st.get(name), torch.Tensor):
                     st[name] = st[name].to(dtype)  # exact: the values were already representable
 
@@ -184,7 +187,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if net.config.moment_inputs:
             # A parameter without moments yet (its first step, or added later) starts from its
             # gradient: m = g, v = g², which the update leaves as they are.
-            g = sanitize(flat.float())
+            fresh = any("m" not in self.state[p] for p in params)
+            g = sanitize(flat.float()) if fresh else None  # only then: this runs every step
             ms, vs, offset = [], [], 0
             for p in params:
                 st, n = self.state[p], p.numel()
