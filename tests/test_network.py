@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
+from artopt.learned_optimizers.network import TIME_SCALES
 
 
 def test_shapes_and_state_size():
@@ -175,3 +176,34 @@ def test_old_configs_load_without_moment_inputs():
     cfg = LSTMOptimizerConfig.from_dict({"hidden_size": 20, "num_layers": 2, "preprocess": True, "p": 10.0,
                                          "output_scale": 0.1, "grad_normalization": "none"})
     assert not cfg.moment_inputs and LSTMOptimizerNet(cfg).lstm.input_size == 2
+
+
+def test_time_inputs_paths_agree_and_learned_update_counts_steps():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, time_inputs=True)
+    assert net.lstm.input_size == 4 + len(TIME_SCALES)
+    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
+    moments = net.update_moments(g, None)
+    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
+    with pytest.raises(ValueError, match="time inputs"):
+        net(g, state, moments)
+    x = net.features(g, moments, 7)
+    torch.testing.assert_close(x[0, 4:], torch.tanh(torch.tensor([7 / s for s in TIME_SCALES])))
+    assert torch.equal(x[:, 4:], x[:1, 4:].expand(5000, -1))  # the same for every coordinate
+    u_diff, (h_diff, _) = net(g, state, moments, 7)
+    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, step=7)
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net._inference(g, state, moments=moments, step=50)[0], u_fast)  # time matters
+    # learned_update counts the steps per group; a meta-fraction changes no value; the time inputs train.
+    nets = torch.nn.ModuleDict({"default": net})
+    params, states_full, states_sub = [torch.zeros(300)], {}, {}
+    gen = torch.Generator().manual_seed(0)
+    for t in range(3):
+        grads = [torch.randn(300)]
+        full, states_full = learned_update(nets, params, grads, ["default"], states_full)
+        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen)
+        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
+        assert states_full["default/step"] == states_sub["default/step"] == t + 1
+    sub[0].sum().backward()
+    assert net.lstm.weight_ih_l0.grad[:, 4:].abs().sum() > 0

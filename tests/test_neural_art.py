@@ -163,7 +163,8 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
                           "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
                           "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "2",
-                          "--moment-inputs", "--moment-betas", "0.9", "0.99", "--runs", str(tmp_path), "--ship", ""])
+                          "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--runs", str(tmp_path),
+                          "--ship", ""])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -171,7 +172,8 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     assert written["basis"]["kind"] == "multiscale" and written["basis"]["levels"] == 2
     assert "m/sqrt(v)" in written["architecture"]
     net = load_learned(tmp_path / "tiny" / "tiny.safetensors")["default"]
-    assert (net.config.moment_inputs, net.config.beta1, net.config.beta2) == (True, 0.9, 0.99)
+    assert (net.config.moment_inputs, net.config.beta1, net.config.beta2, net.config.time_inputs) == (True, 0.9, 0.99, True)
+    assert "tanh(t/s)" in written["architecture"]
     meta = written["meta_training"]
     assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"],
             meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, save_learned
+from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, load_learned, save_learned
 
 
 def sign_descent_net():
@@ -306,3 +306,32 @@ def test_a_parameter_added_later_starts_its_moments_fresh():
     torch.testing.assert_close(opt.state[b]["m"], b.grad)  # as on its first step
     torch.testing.assert_close(opt.state[b]["v"], b.grad ** 2)
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
+
+
+def test_time_inputs_count_each_parameters_steps(tmp_path):
+    """A network with time inputs gets the steps each parameter has taken: a parameter added later
+    starts at 0 (it is stepped apart from the others meanwhile), and the count survives state_dict."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, time_inputs=True)
+    a, b = nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([a], nets={"default": net}, state_dtype=torch.int8)
+    for _ in range(2):
+        a.grad = torch.randn(5)
+        opt.step()
+    opt.add_param_group({"params": [b]})
+    ga, gb = torch.randn(5), torch.randn(3)
+    a.grad, b.grad = ga, gb
+    b_before = b.detach().clone()
+    opt.step()
+    assert (opt.state[a]["step"], opt.state[b]["step"]) == (3, 1)
+    # b's first step is what a fresh optimizer gives it alone
+    b2 = nn.Parameter(b_before.clone())
+    alone = LearnedOptimizer([b2], nets={"default": net}, state_dtype=torch.int8)
+    b2.grad = gb.clone()
+    alone.step()
+    torch.testing.assert_close(b2.detach(), b.detach())
+    path = save_learned(tmp_path / "t.safetensors", {"default": net})
+    again = LearnedOptimizer([{"params": [a]}, {"params": [b]}], weights=path, state_dtype=torch.int8)
+    again.load_state_dict(opt.state_dict())
+    assert (again.state[a]["step"], again.state[b]["step"]) == (3, 1)
+    assert load_learned(path)["default"].config.time_inputs

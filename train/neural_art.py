@@ -53,6 +53,9 @@ def main(argv=None) -> int:
                          "(LSTMOptimizerConfig.moment_inputs)")
     ap.add_argument("--moment-betas", type=float, nargs=2, default=(0.95, 0.95), metavar=("BETA1", "BETA2"),
                     help="decays of those running means (default 0.95 0.95)")
+    ap.add_argument("--time-inputs", action="store_true",
+                    help="also feed the LSTM tanh(t/s) for s = 3, 10, 30, 100, t the steps taken so far "
+                         "(LSTMOptimizerConfig.time_inputs): a schedule without counting in its state")
     ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
                     help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
                          "0: pixels (artopt.learned_optimizers.multiscale)")
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
     try:
         cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization,
                                   moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
-                                  beta2=args.moment_betas[1])
+                                  beta2=args.moment_betas[1], time_inputs=args.time_inputs)
     except ValueError as err:
         ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
         "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head"
                         + (f"; inputs: Appendix-A preprocessed gradient plus m/sqrt(v) and g/sqrt(v) "
                            f"(running means of g and g^2, decays {cfg.beta1} and {cfg.beta2})"
-                           if cfg.moment_inputs else ""),
+                           if cfg.moment_inputs else "")
+                        + ("; plus tanh(t/s), s in (3, 10, 30, 100), t the steps taken" if cfg.time_inputs else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),

@@ -19,6 +19,9 @@ Moments = tuple[torch.Tensor, torch.Tensor]  # (m, v), each (N,): running means 
 # An int8 h (it always lies in (-1, 1)) is stored in steps of 1/INT8_STEPS.
 INT8_STEPS = 127
 GRAD_NORMALIZATIONS = ("none", "first_rms")
+# Time inputs: tanh(t / s) for these s, t the number of steps taken before this one.  Saturating, so
+# a run longer than the training horizon sees values close to those it was trained on.
+TIME_SCALES = (3.0, 10.0, 30.0, 100.0)
 
 
 def first_rms_scale(grad: torch.Tensor) -> torch.Tensor | None:
@@ -51,6 +54,9 @@ class LSTMOptimizerConfig:
     moment_inputs: bool = False
     beta1: float = 0.95
     beta2: float = 0.95
+    # Inputs that tell the LSTM how many steps it has taken (``TIME_SCALES``), the same for every
+    # coordinate: a step-dependent schedule without having to count in its state.
+    time_inputs: bool = False
 
     def __post_init__(self):
         if self.grad_normalization not in GRAD_NORMALIZATIONS:
@@ -85,7 +91,8 @@ class LSTMOptimizerNet(nn.Module):
         if overrides:
             config = LSTMOptimizerConfig(**{**config.to_dict(), **overrides})
         self.config = config
-        in_features = (2 if config.preprocess else 1) + (2 if config.moment_inputs else 0)
+        in_features = ((2 if config.preprocess else 1) + (2 if config.moment_inputs else 0)
+                       + (len(TIME_SCALES) if config.time_inputs else 0))
         self.lstm = nn.LSTM(in_features, config.hidden_size, config.num_layers)
         self.head = nn.Linear(config.hidden_size, 1)
 
@@ -108,21 +115,29 @@ class LSTMOptimizerNet(nn.Module):
         b1, b2 = self.config.beta1, self.config.beta2
         return torch.lerp(g, m.float(), b1), torch.lerp(g * g, v.float(), b2)
 
-    def features(self, grad: torch.Tensor, moments: Moments | None = None) -> torch.Tensor:
+    def features(self, grad: torch.Tensor, moments: Moments | None = None, step: int | None = None) -> torch.Tensor:
         x = preprocess_gradients(grad, self.config.p) if self.config.preprocess else sanitize(grad.float()).unsqueeze(-1)
-        if not self.config.moment_inputs:
-            return x
-        if moments is None:
-            raise ValueError("this network takes moment inputs: pass the moments from update_moments")
-        m, v = moments
-        g = sanitize(grad.float())
-        # 1e-30: a coordinate whose gradient has always been 0 gets inputs 0, not NaN.
-        rms = v.float().sqrt().clamp_min(1e-30)
-        return torch.cat((x, torch.stack((m.float() / rms, g / rms), dim=-1)), dim=-1)
+        parts = [x]
+        if self.config.moment_inputs:
+            if moments is None:
+                raise ValueError("this network takes moment inputs: pass the moments from update_moments")
+            m, v = moments
+            g = sanitize(grad.float())
+            # 1e-30: a coordinate whose gradient has always been 0 gets inputs 0, not NaN.
+            rms = v.float().sqrt().clamp_min(1e-30)
+            parts.append(torch.stack((m.float() / rms, g / rms), dim=-1))
+        if self.config.time_inputs:
+            if step is None:
+                raise ValueError("this network takes time inputs: pass the number of steps taken so far")
+            tf = torch.tanh(torch.tensor([step / s for s in TIME_SCALES], device=x.device, dtype=x.dtype))
+            parts.append(tf.expand(x.shape[0], -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
-    def forward(self, grad: torch.Tensor, state: State, moments: Moments | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
+                step: int | None = None) -> tuple[torch.Tensor, State]:
         """grad: (N,) flattened gradients (treated as constants); returns (update (N,), new state).
         ``moments``: for a network with moment inputs, ``update_moments`` of this gradient.
+        ``step``: for a network with time inputs, the number of steps taken before this one.
 
         Differentiable (meta-training) calls take ``_differentiable``; inference takes a chunked,
         fused path that computes the same function several times faster on large images (it keeps
@@ -131,15 +146,16 @@ class LSTMOptimizerNet(nn.Module):
         what a small loss network spends per pixel: that, not Python, bounds its speed.
         """
         if torch.is_grad_enabled() and self.lstm.weight_ih_l0.requires_grad:
-            return self._differentiable(grad, state, moments)
+            return self._differentiable(grad, state, moments, step)
         with torch.no_grad():
-            return self._inference(grad, state, moments=moments)
+            return self._inference(grad, state, moments=moments, step=step)
 
-    def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None) -> tuple[torch.Tensor, State]:
+    def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
+                        step: int | None = None) -> tuple[torch.Tensor, State]:
         """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
         this module's weights, but forward+backward runs about 2x faster on CPU for the small,
         single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
-        x = self.features(grad.detach(), moments)
+        x = self.features(grad.detach(), moments, step)
         h_in, c_in = state
         hs, cs = [], []
         for layer in range(self.config.num_layers):
@@ -174,7 +190,7 @@ class LSTMOptimizerNet(nn.Module):
         return packed
 
     def _inference(self, grad: torch.Tensor, state: State, chunk: int | None = None,
-                   moments: Moments | None = None) -> tuple[torch.Tensor, State]:
+                   moments: Moments | None = None, step: int | None = None) -> tuple[torch.Tensor, State]:
         """The no-grad step.  The new state has the dtypes of ``state``: fp32, fp16/bf16, or (h only)
         int8.  Each chunk converts its slice of the state to fp32 and rounds the result back, so a
         reduced-precision state never exists in fp32 as a whole (that copying cost more than the
@@ -196,7 +212,7 @@ class LSTMOptimizerNet(nn.Module):
             e = min(n, s + chunk)
             if scratch is None or scratch.shape[1] != e - s:
                 scratch = torch.empty(3, e - s, H, device=grad.device)
-            x = self.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e]))
+            x = self.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e]), step)
             for layer, (w_ih, w_hh, b) in enumerate(packed):
                 gates = torch.addmm(b, x, w_ih)
                 h_prev = h_in[layer, s:e]
@@ -237,8 +253,8 @@ def learned_update(
 
     All coordinates served by one network go through it as a single batch, in parameter order;
     ``states[group]`` holds their hidden states in that same order (and ``states[group + "/grad_scale"]``
-    the gradient normalization, ``states[group + "/moments"]`` the running moments, for networks that
-    use them).
+    the gradient normalization, ``states[group + "/moments"]`` the running moments and
+    ``states[group + "/step"]`` the steps taken, for networks that use them).
 
     ``meta_fraction < 1`` (with gradients enabled) backpropagates through a random subset of the
     coordinates only, drawn once per run from ``generator``; the others take the same update
@@ -263,10 +279,15 @@ def learned_update(
         if nets[group].config.moment_inputs:
             key = f"{group}/moments"
             moments = new_states[key] = nets[group].update_moments(flat, new_states.get(key))
+        step = None
+        if nets[group].config.time_inputs:
+            key = f"{group}/step"
+            step = new_states.get(key, 0)
+            new_states[key] = step + 1
         if meta_fraction < 1.0 and torch.is_grad_enabled():
-            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments)
+            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments, step)
         else:
-            update, new_states[group] = nets[group](flat, new_states[group], moments)
+            update, new_states[group] = nets[group](flat, new_states[group], moments, step)
         offset = 0
         for i in idx:
             n = params[i].numel()
@@ -276,7 +297,8 @@ def learned_update(
 
 
 def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states: dict, fraction: float,
-                   generator: torch.Generator | None, moments: Moments | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None, moments: Moments | None = None,
+                   step: int | None = None) -> torch.Tensor:
     """The update of all coordinates, differentiable through a fixed random subset of them only."""
     n = flat.numel()
     key_idx, key_state = f"{group}/meta_idx", f"{group}/meta_state"
@@ -286,9 +308,9 @@ def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states
         states[key_state] = net.init_state(k, device=flat.device)
     idx = states[key_idx]
     with torch.no_grad():
-        update, states[group] = net._inference(flat, states[group], moments=moments)
+        update, states[group] = net._inference(flat, states[group], moments=moments, step=step)
     sub_moments = None if moments is None else (moments[0][idx], moments[1][idx])
-    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments)
+    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments, step)
     # Same values as the no-grad path; the gradient is scaled so the estimate stays unbiased.
     scale = n / idx.numel()
     sub_update = sub_update.detach() + (sub_update - sub_update.detach()) * scale

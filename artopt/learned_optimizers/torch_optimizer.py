@@ -142,17 +142,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = evaluate_closure(closure)
         self.last_notice = None
-        # Batch every coordinate served by the same network (and lr) into one LSTM call.
-        batches: dict[tuple[str, float], list[torch.Tensor]] = {}
+        # Batch every coordinate served by the same network (and lr) into one LSTM call; a network
+        # with time inputs also batches by the steps each parameter has taken (one for all, usually).
+        batches: dict[tuple[str, float, int | None], list[torch.Tensor]] = {}
         for group in self.param_groups:
+            timed = self.nets[group["net"]].config.time_inputs
             for p in group["params"]:
                 if p.grad is not None:
-                    batches.setdefault((group["net"], group["lr"]), []).append(p)
-        for (net_name, lr), params in batches.items():
-            self._step_batch(self.nets[net_name], params, lr)
+                    step = self.state[p].get("step", 0) if timed else None
+                    batches.setdefault((group["net"], group["lr"], step), []).append(p)
+        for (net_name, lr, step), params in batches.items():
+            self._step_batch(self.nets[net_name], params, lr, step)
         return loss
 
-    def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lr: float) -> None:
+    def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lr: float,
+                    step: int | None = None) -> None:
         net_device = next(net.parameters()).device
         device = params[0].device
         if net_device != device:
@@ -197,7 +201,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 offset += n
             moments = net.update_moments(flat, (torch.cat([m.float() for m in ms]), torch.cat([v.float() for v in vs])))
 
-        update, (h, c) = net(flat, (h, c), moments)
+        update, (h, c) = net(flat, (h, c), moments, step)
         if lr != 1.0:
             update = update * lr
 
@@ -229,6 +233,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 st["h"], st["c"] = st["h"].clone(), st["c"].clone()
             if moments is not None:
                 st["m"], st["v"] = (t[offset : offset + n].to(self._moment_dtype, copy=True) for t in moments)
+            if step is not None:
+                st["step"] = step + 1
             offset += n
 
 
