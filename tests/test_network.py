@@ -147,6 +147,21 @@ def test_moment_inputs_are_scale_free():
     torch.testing.assert_close(xa[:, 1:], xb[:, 1:])
 
 
+def _full_and_subset_updates(net, steps: int = 3):
+    """``steps`` learned_update calls on one 300-coordinate parameter, through every coordinate and
+    through a random tenth, checked to give the same values; returns both states and the last subset
+    update (differentiable)."""
+    nets = torch.nn.ModuleDict({"default": net})
+    params, states_full, states_sub = [torch.zeros(300)], {}, {}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        grads = [torch.randn(300)]
+        full, states_full = learned_update(nets, params, grads, ["default"], states_full)
+        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen)
+        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
+    return states_full, states_sub, sub
+
+
 def test_moment_inputs_paths_agree_and_meta_fraction_keeps_the_update():
     torch.manual_seed(0)
     net = LSTMOptimizerNet(moment_inputs=True)
@@ -158,14 +173,7 @@ def test_moment_inputs_paths_agree_and_meta_fraction_keeps_the_update():
     torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
     # learned_update keeps the moments in its states, and a meta-fraction changes no value.
-    nets = torch.nn.ModuleDict({"default": net})
-    params, states_full, states_sub = [torch.zeros(300)], {}, {}
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        grads = [torch.randn(300)]
-        full, states_full = learned_update(nets, params, grads, ["default"], states_full)
-        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen)
-        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
+    states_full, _, sub = _full_and_subset_updates(net)
     m, v = states_full["default/moments"]
     assert m.shape == v.shape == (300,)
     sub[0].sum().backward()
@@ -196,14 +204,7 @@ def test_time_inputs_paths_agree_and_learned_update_counts_steps():
     torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(net._inference(g, state, moments=moments, step=50)[0], u_fast)  # time matters
     # learned_update counts the steps per group; a meta-fraction changes no value; the time inputs train.
-    nets = torch.nn.ModuleDict({"default": net})
-    params, states_full, states_sub = [torch.zeros(300)], {}, {}
-    gen = torch.Generator().manual_seed(0)
-    for t in range(3):
-        grads = [torch.randn(300)]
-        full, states_full = learned_update(nets, params, grads, ["default"], states_full)
-        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen)
-        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
-        assert states_full["default/step"] == states_sub["default/step"] == t + 1
+    states_full, states_sub, sub = _full_and_subset_updates(net)
+    assert states_full["default/step"] == states_sub["default/step"] == 3
     sub[0].sum().backward()
     assert net.lstm.weight_ih_l0.grad[:, 4:].abs().sum() > 0
