@@ -438,3 +438,27 @@ def test_evaluation_summary_reads_and_writes_the_out_folder(tmp_path, monkeypatc
     rows = json.loads((out / "summary.json").read_text())
     assert [(r["setting"], r["lstm_final"]) for r in rows] == [("64", 0.48)]
     assert not shared.exists()
+
+
+def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_path, monkeypatch):
+    """--split val (for choosing between weights) runs on validation photos and records so; it is
+    refused without --out, which would overwrite the test results."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)
+    (tmp_path / "lrs.json").write_text(json.dumps({"engine-256px-pyramid-off/steps=4/adam": {"lr": 0.02}}))
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
+        return {"curve": [3.0, 1.0], "final": 1.0, "seconds": 1.0, "loss_seconds": 0.5,
+                "times": [(0.5, 0.25), (1.0, 0.5)], "first_final_scale_step": 0}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    with pytest.raises(SystemExit):
+        script.main(["256", "--split", "val", "--optimizers", "adam", "--photos", "2", "--steps", "4"])
+    out = tmp_path / "val"
+    for split in ("val", "test"):
+        assert script.main(["256", "--split", split, "--optimizers", "adam", "--photos", "2", "--steps", "4",
+                            "--out", str(out / split)]) == 0
+    split = script.NeuralArtTask(size=64).split
+    reports = {s: json.loads((out / s / "256-pyramid-off.json").read_text()) for s in ("val", "test")}
+    for s, report in reports.items():
+        assert report["split"] == s and len(report["photos"]) == 2 and set(report["photos"]) <= set(split[s])

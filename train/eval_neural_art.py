@@ -122,10 +122,11 @@ def crop_setting(args) -> dict:
         else:
             factories[name] = baseline_factory(name, lrs[name])
     t0 = time.time()
-    result = evaluate(task, factories, instances=args.photos, steps=args.steps, seed=args.seed, split="test",
+    result = evaluate(task, factories, instances=args.photos, steps=args.steps, seed=args.seed, split=args.split,
                       with_metrics=False)
     report = compare(result, lrs=lrs, learned=[n for n in factories if n.startswith("lstm")])
-    report.update(_reach_steps(report), setting=args.setting, style=style, size=size, seconds=time.time() - t0,
+    report.update(_reach_steps(report), setting=args.setting, split=args.split, style=style, size=size,
+                  seconds=time.time() - t0,
                   weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     return report
 
@@ -165,7 +166,7 @@ def engine_setting(args) -> dict:
     size = int(args.setting)
     style_name = HELD_OUT_STYLES[0]
     task = NeuralArtTask(size=64)  # only for the split
-    photos = random.Random(args.seed).sample(task.split["test"], args.photos)
+    photos = random.Random(args.seed).sample(task.split[args.split], args.photos)
     if args.existing is not None and (args.existing["photos"], args.existing["style"]) != (photos, style_name):
         raise SystemExit("--add: the setting's JSON was run on other photos or another style "
                          f"({args.existing['photos']}, {args.existing['style']}); use its --photos and --seed")
@@ -226,7 +227,7 @@ def engine_setting(args) -> dict:
             print(f"{photo} {name}: final {run['final']:.4g} in {run['seconds']:.1f}s", flush=True)
     report = _summarize_curves(curves, lrs)
     report.update(_reach_steps(report), setting=f"{size}px-pyramid-{args.pyramid}", style=style_name, size=size,
-                  steps=args.steps,
+                  split=args.split, steps=args.steps,
                   photos=photos, weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     report["timing"] = _timing_summary(report, curves, timing)
     report["speed"] = _speed_summary(report["timing"])
@@ -439,7 +440,7 @@ def grid(args) -> None:
     from artopt.style.images import tensor_to_pil
 
     task = NeuralArtTask(size=64)
-    photos = random.Random(args.seed).sample(task.split["test"], args.photos)
+    photos = random.Random(args.seed).sample(task.split[args.split], args.photos)
     styles = [TRAIN_STYLE, HELD_OUT_STYLES[0]]
     tiles = []
     for photo in photos:
@@ -480,6 +481,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="test photos")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="photos to evaluate on: val chooses between weights without looking at test photos "
+                         "(needs --out, so the test results stay as they are)")
     ap.add_argument("--tune-photos", type=int, default=2, help="validation photos for lr tuning")
     ap.add_argument("--tune-size", type=int, default=None, help="engine settings: tune lrs at this size")
     ap.add_argument("--grid-factors", type=float, nargs="+", default=[1 / 9, 1 / 3, 1, 3, 9])
@@ -505,6 +509,8 @@ def main(argv=None) -> int:
                     help="results folder instead of train/results/neural_art: a setting's JSON and PNG, the grid, "
                          "and the JSONs summary reads and its summary.json (the lr cache stays shared)")
     args = ap.parse_args(argv)
+    if args.split == "val" and args.out is None:
+        ap.error("--split val needs --out (train/results/neural_art holds the test results)")
     if args.widen < 0:
         ap.error(f"--widen must be at least 0, got {args.widen}")
     torch.set_num_threads(args.threads)
