@@ -174,6 +174,8 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     net = load_learned(tmp_path / "tiny" / "tiny.safetensors")["default"]
     assert (net.config.moment_inputs, net.config.beta1, net.config.beta2, net.config.time_inputs) == (True, 0.9, 0.99, True)
     assert "tanh(t/s)" in written["architecture"]
+    from artopt.learned_optimizers import shipped
+    assert shipped.trained_pixels(tmp_path / "tiny" / "tiny.safetensors") == 16 * 16  # for the engine's input scale
     meta = written["meta_training"]
     assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"],
             meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)

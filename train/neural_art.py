@@ -111,6 +111,11 @@ def main(argv=None) -> int:
         "photos": "../shared/data/imagenet-sample, split by file: artopt.tasks.neural_art.split_photos "
                   f"(train {len(task.split['train'])}, val {len(task.split['val'])}, test {len(task.split['test'])})",
         "crop": f"{args.size}x{args.size}" if not args.size_range else f"square, side {args.size_range} (multiple of 8)",
+        # The engine scales the gradients the LSTM sees by (image pixels) / this (lstm_input_scale);
+        # without it a retrained file would see 16x too small gradients at 256 px.  For random crop
+        # sizes: the middle size's pixels.
+        "trained_pixels": (args.size ** 2 if not args.size_range
+                           else ((args.size_range[0] + args.size_range[1]) // 2) ** 2),
         "loss": "artopt.style.StyleLoss on efficientnet-lite0, engine default weights",
         "init": args.init,
         "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head"
