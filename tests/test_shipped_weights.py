@@ -21,10 +21,16 @@ def test_the_paper_suites_and_neural_art_are_shipped():
 KEPT = sorted((WEIGHTS_DIR.parent / "train" / "results").glob("*/*.safetensors"))
 
 
-def test_a_kept_candidate_is_the_time_input_run():
-    assert [p.name for p in KEPT] == ["na_time_18.safetensors"]
-    (net,) = load_learned(KEPT[0]).values()
-    assert net.config.time_inputs and net.config.moment_inputs
+def test_the_kept_candidates_are_the_time_input_run_and_the_seed_17_replicate():
+    kept = {p.name: p for p in KEPT}
+    assert set(kept) == {"na_time_18.safetensors", "na_u16_17.safetensors"}
+    (timed,) = load_learned(kept["na_time_18.safetensors"]).values()
+    (replicate,) = load_learned(kept["na_u16_17.safetensors"]).values()
+    assert timed.config.time_inputs and timed.config.moment_inputs
+    (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
+    assert replicate.config == shipped.config  # the shipped recipe, another seed
+    for path in kept.values():  # the engine's input scale needs it
+        assert json.loads(path.with_suffix(".json").read_text())["trained_pixels"] == 64 * 64
 
 
 @pytest.mark.parametrize("path", [WEIGHTS_DIR / f"{n}.safetensors" for n in SHIPPED] + KEPT,
