@@ -480,7 +480,7 @@ def main(argv=None) -> int:
                          "NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against its Adam)")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
-    ap.add_argument("--photos", type=int, default=8, help="test photos")
+    ap.add_argument("--photos", type=int, default=8, help="photos to evaluate on (of --split)")
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="photos to evaluate on: val chooses between weights without looking at test photos "
                          "(needs --out, so the test results stay as they are)")
