@@ -254,8 +254,12 @@ def test_lstm_weights_option_runs_the_given_weights(tmp_path):
     from artopt.learned_optimizers.shipped import learned_setup
 
     frozen = save_learned(tmp_path / "frozen.safetensors", {"default": LSTMOptimizerNet(output_scale=0.0)})
+    with pytest.raises(ValueError, match="has no card"):  # it would run blind to its basis and crop size
+        _config(optimizer="lstm", steps=1, lstm_weights=str(frozen)).validated()
+    assert learned_setup(frozen, basis="pixels").basis == "pixels"  # unless the caller names the basis
+    frozen.with_suffix(".json").write_text(json.dumps({"task": "neural-art", "basis": "pixels"}))
     setup = learned_setup(frozen)
-    assert (setup.basis, setup.lr, setup.trained_pixels) == ("pixels", 1.0, None)  # no card: as trained
+    assert (setup.basis, setup.lr, setup.trained_pixels) == ("pixels", 1.0, None)  # nothing calibrated: as trained
     assert learned_setup(frozen, basis="multiscale").basis == "multiscale"
     start = _run(_config(optimizer="lstm", steps=0))[0]
     for config, kwargs in [(_config(optimizer="lstm", steps=3, lstm_weights=str(frozen)), {}),

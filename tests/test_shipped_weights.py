@@ -69,12 +69,15 @@ def test_neural_art_card_records_its_training_crop_size():
 
 def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_path):
     """What the engine runs a neural-art file with: the card's calibrated settings, or (raw) the
-    ones it was meta-trained with; no card means pixels, multiplier 1."""
+    ones it was meta-trained with; a file without a card is refused."""
     from artopt.learned_optimizers import save_learned
     from artopt.learned_optimizers.shipped import learned_setup
 
     w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
-    assert learned_setup(w) == learned_setup(w, raw=True)  # no card: as trained either way
+    with pytest.raises(ValueError, match="has no card"):
+        learned_setup(w)
+    w.with_suffix(".json").write_text(json.dumps({"basis": "pixels"}))
+    assert learned_setup(w) == learned_setup(w, raw=True)  # nothing calibrated: as trained either way
     card = {"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": 64 * 64,
             "inference": {"lr": 1.25, "coarsest": 2}}
     w.with_suffix(".json").write_text(json.dumps(card))

@@ -109,7 +109,8 @@ def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False
                   basis: str | None = None) -> LearnedSetup:
     """The setup of ``weights`` (default: the shipped neural-art file) from its card: the card's
     calibrated ``inference_settings``, or with ``raw`` the settings it was meta-trained with;
-    ``basis`` overrides the card's.  Raises ValueError for a missing file or a bad card."""
+    ``basis`` overrides the card's.  Raises ValueError for a missing file, a missing card (unless
+    ``basis`` is given) or a bad card."""
     if weights is None and not neural_art_available():
         raise ValueError(f"no trained neural-art optimizer is shipped (expected {weights_path(NEURAL_ART)}); "
                          "use --optimizer adam or lbfgs")
@@ -118,6 +119,12 @@ def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False
         raise ValueError(f"no neural-art optimizer weights at {path}")
     if basis is not None and basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; expected one of {BASES}")
+    if basis is None and not path.with_suffix(".json").is_file():
+        # Run without its card, a file would run in pixels at an unknown crop scale: the shipped
+        # weights copied alone did about 3x worse, and nothing said why.
+        raise ValueError(f"{path} has no card ({path.with_suffix('.json').name}) beside it; the card records how "
+                         "the optimizer was meta-trained (image basis, crop size), and it runs badly without "
+                         "them: copy the card along with the weights")
     check_neural_art(path)
     settings = {"lr": 1.0, "coarsest": trained_coarsest(path)} if raw else inference_settings(path)
     return LearnedSetup(weights=path, basis=basis or trained_basis(path), lr=settings["lr"],

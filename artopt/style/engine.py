@@ -133,9 +133,9 @@ class StylizeConfig:
         if self.lstm_weights is not None:
             if not Path(self.lstm_weights).is_file():
                 raise ValueError(f"lstm weights file not found: {self.lstm_weights}")
-            from artopt.learned_optimizers.shipped import check_neural_art
+            from artopt.learned_optimizers.shipped import learned_setup
 
-            check_neural_art(self.lstm_weights)
+            learned_setup(self.lstm_weights)  # its card: present, for neural art, well-formed
         return self
 
 
