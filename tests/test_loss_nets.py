@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 
 from artopt.style import loss_nets
 from artopt.style.loss_nets import (
@@ -80,8 +83,6 @@ def test_efficientnet_weights_classify_imagenet_photos(shared_data):
     info = ImageNetInfo()
     index_of = {info.index_to_label_name(i): i for i in range(1000)}
     files = sorted((shared_data / "imagenet-sample").glob("*.JPEG"))[::45][:20]
-    from PIL import Image
-
     batch, labels = [], []
     for f in files:
         image = TF.center_crop(TF.resize(Image.open(f).convert("RGB"), 256), 224)
@@ -96,6 +97,23 @@ def test_efficientnet_weights_classify_imagenet_photos(shared_data):
 
 def test_auto_uses_efficientnet_without_vgg_weights(no_vgg):
     assert resolve_loss_net_name("auto") == "efficientnet-lite0"
+
+
+def test_auto_uses_efficientnet_when_the_torch_cache_cannot_be_read(no_vgg, monkeypatch):
+    # e.g. HOME=/root kept under another user: the unreadable cache holds nothing this user can use
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", refuse)
+    assert resolve_loss_net_name("auto") == "efficientnet-lite0"
+
+
+def test_a_non_checkpoint_vgg_file_gets_a_short_safe_message(no_vgg, tmp_path):
+    image = tmp_path / "style.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(LossNetError, match="weights_only=True") as raised:
+        build_loss_net("vgg19", vgg_weights=image)
+    assert "weights_only set to False" not in str(raised.value)  # torch's advice would run the file's code
 
 
 def test_vgg_without_weights_says_how_to_provide_them(no_vgg, tmp_path):

@@ -67,7 +67,8 @@ class StylizeConfig:
 
     size: int = field(default=512, metadata={
         "help": f"long side of the output in pixels, {MIN_OUTPUT_SIZE}-{MAX_OUTPUT_SIZE} (aspect kept)"})
-    steps: int = field(default=150, metadata={"help": "loss evaluations in total, over all pyramid scales"})
+    steps: int = field(default=150, metadata={"help": "loss evaluations in total, over all pyramid scales (an L-BFGS iteration "
+                                                   "counts its line search's too, so its last may end a few past)"})
     optimizer: str = field(default="auto", metadata={
         "help": "optimizer: auto (the learned 'lstm' where its card says it beats the tuned baselines, else adam), "
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -161,7 +162,10 @@ def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None
             raise LossNetError(f"{VGG_WEIGHTS_ENV} points to a missing file: {path}")
         return path
     cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
-    return cached if cached.is_file() else None
+    try:
+        return cached if cached.is_file() else None
+    except OSError:  # a cache folder this user may not read counts as no cache (auto: the offline default)
+        return None
 
 
 def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Tensor]:
@@ -171,9 +175,15 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Ten
             return _load_state_dict_file(path)
         except LossNetError:
             raise
-        except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
+        except pickle.UnpicklingError:
+            # torch's own message for this advises weights_only=False, i.e. running the file's code
             raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
-                               f"(.pth) or safetensors file ({type(exc).__name__}: {exc})") from None
+                               "(.pth) or safetensors file (artopt loads .pth files with torch.load(weights_only=True), "
+                               "which accepts plain tensors only)") from None
+        except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
+                               f"(.pth) or safetensors file ({type(exc).__name__}: {detail})") from None
     # Last resort: torchvision's own download (works only when online).
     from torchvision.models import VGG19_Weights
 
