@@ -54,6 +54,14 @@ def test_lbfgs_steps_count_loss_evaluations():
     assert steps[-1] <= 10 + 25  # at most one line search past the budget
 
 
+def test_a_content_image_too_elongated_for_the_size_says_what_would_work():
+    strip = torch.rand(1, 3, 10, 200)  # 32 px high needs a 640 px long side
+    with pytest.raises(ValueError, match="needs at least 32: choose an output size of at least 640 px"):
+        stylize(strip, [STYLE], _config(size=64, steps=1))
+    with pytest.raises(ValueError, match="crop the photo: its long side is 1000x its short side"):
+        stylize(torch.rand(1, 3, 1, 1000), [STYLE], _config(size=64, steps=1))
+
+
 def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
     assert pyramid_sizes(128, True) == [32, 64, 128]

@@ -383,8 +383,13 @@ def stylize(content: Image.Image | torch.Tensor,
     style_tensors = [resize_long_side(s, style_cap) if max(s.shape[-2:]) > style_cap else s for s in style_tensors]
     content_final = resize_long_side(content_full, config.size)
     if min(content_final.shape[-2:]) < loss_net.min_size:
+        short, long = sorted(content_full.shape[-2:])
+        needed = math.ceil(loss_net.min_size * long / short)
+        fix = (f"choose an output size of at least {needed} px" if needed <= MAX_OUTPUT_SIZE else
+               f"crop the photo: its long side is {long / short:.0f}x its short side, too elongated even at "
+               f"{MAX_OUTPUT_SIZE} px")
         raise ValueError(f"at {config.size} px the content image's shorter side is {min(content_final.shape[-2:])} px; "
-                         f"{loss_net.name} needs at least {loss_net.min_size}")
+                         f"{loss_net.name} needs at least {loss_net.min_size}: {fix}")
     if config.keep_colors:
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 

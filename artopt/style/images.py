@@ -67,7 +67,10 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{label}: refused as a possible decompression bomb (too many pixels)") from None
+        # Pillow refuses from the header alone, before the size check above could state the limit.
+        over, limit = Image.MAX_IMAGE_PIXELS / 1e6, min(max_pixels, Image.MAX_IMAGE_PIXELS) / 1e6
+        raise ImageError(f"{label}: too large (over {over:.3g} megapixels, refused before decoding as a possible "
+                         f"decompression bomb; the limit is {limit:.3g})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
     except OSError as exc:
