@@ -81,6 +81,15 @@ def test_non_finite_gradient_never_reaches_a_cuda_parameter():
     assert "non-finite" in opt.last_notice
 
 
+def test_parameters_on_two_devices_are_refused_before_anything_moves():
+    p, q = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3, device="cuda"))
+    opt = LearnedOptimizer([{"params": [p]}, {"params": [q]}], nets={"default": LSTMOptimizerNet()})
+    p.grad, q.grad = torch.ones(3), torch.ones(3, device="cuda")
+    with pytest.raises(ValueError, match="one device at a time"):
+        opt.step()
+    assert next(opt.nets.parameters()).device.type == "cpu"
+
+
 def test_shipped_weights_load_onto_the_gpu():
     nets = load_learned(weights_path(NEURAL_ART), device="cuda")
     assert all(p.is_cuda for net in nets.values() for p in net.parameters())

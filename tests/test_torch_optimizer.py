@@ -335,3 +335,51 @@ def test_time_inputs_count_each_parameters_steps(tmp_path):
     again.load_state_dict(opt.state_dict())
     assert (again.state[a]["step"], again.state[b]["step"]) == (3, 1)
     assert load_learned(path)["default"].config.time_inputs
+
+
+def test_a_late_parameter_joins_the_first_rms_scale_instead_of_resetting_it():
+    a, b = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
+    opt = LearnedOptimizer([a, b], nets={"default": LSTMOptimizerNet(grad_normalization="first_rms")})
+    b.grad = torch.ones(4)  # a gets no gradient on the first step
+    opt.step()
+    a.grad, b.grad = torch.full((4,), 50.0), torch.ones(4)
+    opt.step()
+    assert float(opt.state[a]["grad_scale"]) == float(opt.state[b]["grad_scale"]) == pytest.approx(1.0)
+
+
+def test_an_update_that_overflows_a_half_precision_parameter_is_not_applied():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.ones(2, dtype=torch.float16))
+    opt = LearnedOptimizer([p], nets={"default": sign_descent_net()}, lr=1e9)  # steps of about 1e8
+    p.grad = torch.tensor([1.0, -1.0], dtype=torch.float16)
+    opt.step()
+    assert torch.equal(p.detach(), torch.ones(2, dtype=torch.float16))
+    assert "overflow torch.float16 at 2 coordinate(s)" in opt.last_notice and opt.fallback_count == 2
+    opt.param_groups[0]["lr"] = 1.0
+    opt.step()  # an ordinary step goes through again, and the notice is gone
+    assert torch.isfinite(p).all() and not torch.equal(p.detach(), torch.ones(2, dtype=torch.float16))
+    assert opt.last_notice is None
+
+
+def test_refuses_meta_tensors_and_mixed_devices_without_breaking():
+    p, q = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3, device="meta"))
+    opt = LearnedOptimizer([{"params": [p]}, {"params": [q]}], nets={"default": sign_descent_net()})
+    p.grad, q.grad = torch.ones(3), torch.ones(3, device="meta")
+    with pytest.raises(ValueError, match="meta device"):
+        opt.step()
+    q.grad, p.grad = None, torch.ones(3)
+    opt.step()  # the networks stayed where they were
+    assert torch.allclose(p.detach(), torch.full((3,), -0.1), atol=0.02)
+
+
+def test_refuses_duplicates_and_unknown_networks_when_added_or_loaded():
+    net = {"default": sign_descent_net()}
+    p, q = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="appears twice"):
+        LearnedOptimizer([p, p], nets=net)
+    opt = LearnedOptimizer([p], nets=net)
+    with pytest.raises(ValueError, match="network 'conv'"):
+        opt.add_param_group({"params": [q], "net": "conv"})
+    other = LearnedOptimizer([nn.Parameter(torch.zeros(3))], nets={"fc": sign_descent_net()})
+    with pytest.raises(ValueError, match=r"network\(s\) \['fc'\]"):
+        opt.load_state_dict(other.state_dict())

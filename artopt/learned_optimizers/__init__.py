@@ -2,6 +2,7 @@
 
 from .network import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
 from .preprocessing import preprocess_gradients
+from .shipped import weights_path
 from .torch_optimizer import LearnedOptimizer
 from .weights import WeightsError, load_learned, save_learned
 
@@ -14,4 +15,5 @@ __all__ = [
     "WeightsError",
     "load_learned",
     "save_learned",
+    "weights_path",
 ]

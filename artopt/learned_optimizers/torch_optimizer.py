@@ -1,6 +1,6 @@
 """``LearnedOptimizer``: the meta-trained LSTM as a drop-in ``torch.optim.Optimizer``.
 
-    opt = LearnedOptimizer(model.parameters(), weights="weights/mnist.safetensors")
+    opt = LearnedOptimizer(model.parameters(), weights=weights_path("mnist"))  # a shipped file, or any path
     for batch in data:
         opt.zero_grad(); loss = model_loss(batch); loss.backward(); opt.step()
 
@@ -95,9 +95,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params = param_group["params"]
         if not isinstance(params, (torch.Tensor, set)):  # a set is left for torch to refuse (no order)
             params = list(params)  # a generator can be read once: keep what was read
-        if any(torch.is_tensor(p) and p.is_complex() for p in ([params] if torch.is_tensor(params) else params)):
+        listed = [params] if torch.is_tensor(params) else params
+        if any(torch.is_tensor(p) and p.is_complex() for p in listed):
             raise ValueError("LearnedOptimizer does not support complex parameters; optimize "
                              "torch.view_as_real(p) instead")
+        if not isinstance(listed, set) and len({id(p) for p in listed}) != len(listed):
+            # torch only warns; here the update would be applied twice and the LSTM state overwritten
+            raise ValueError("a parameter appears twice in this parameter group")
+        nets = getattr(self, "nets", None)  # None while __init__ adds the first groups (it checks them)
+        if nets is not None and param_group.get("net", self.defaults["net"]) not in nets:
+            raise ValueError(f"parameter group asks for network {param_group['net']!r}; "
+                             f"the optimizer has {sorted(nets)}")
         super().add_param_group({**param_group, "params": params})
 
     def state_bytes(self) -> int:
@@ -128,6 +136,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         stored) into float32 values up to 127 and silently widen a 16-bit state.  The state is
         converted to this optimizer's dtypes first (rescaling int8 h), and restored to them after."""
         state_dict = dict(state_dict)
+        unknown = sorted({g.get("net") for g in state_dict.get("param_groups", [])} - set(self.nets))
+        if unknown:  # e.g. an MNIST optimizer's state loaded into a CIFAR one: fail now, not at step()
+            raise ValueError(f"the state dict's parameter groups use network(s) {unknown}; "
+                             f"this optimizer has {sorted(self.nets)}")
         state_dict["state"] = {
             key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
                           in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
@@ -140,8 +152,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One learned update of every parameter that has a gradient (``closure``: re-evaluates the
+        loss first, as in ``torch.optim``; its loss is returned).  ``last_notice`` says whether the
+        non-finite guard had to step in."""
         loss = evaluate_closure(closure)
         self.last_notice = None
+        devices = {p.device for g in self.param_groups for p in g["params"] if p.grad is not None}
+        # Checked before anything moves: the networks follow the parameters to their device.
+        if any(d.type == "meta" for d in devices):
+            raise ValueError("LearnedOptimizer cannot step parameters on the meta device: they hold no values")
+        if len(devices) > 1:
+            raise ValueError(f"LearnedOptimizer steps parameters on one device at a time, got "
+                             f"{sorted(map(str, devices))}: use one optimizer per device")
         # Batch every coordinate served by the same network (and lr) into one LSTM call; a network
         # with time inputs also batches by the steps each parameter has taken (one for all, usually).
         batches: dict[tuple[str, float, int | None], list[torch.Tensor]] = {}
@@ -179,13 +201,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self.input_scale != 1.0:
             flat = flat * self.input_scale
         if net.config.grad_normalization == "first_rms":
-            st0 = self.state[params[0]]
-            if st0.get("grad_scale") is None:
+            # One scale for the whole batch, fixed by the first gradients seen: a parameter whose
+            # first gradient comes later joins it rather than resetting it for everyone.
+            scale = next((self.state[p]["grad_scale"] for p in params
+                          if self.state[p].get("grad_scale") is not None), None)
+            if scale is None:
                 scale = first_rms_scale(flat)
-                for p in params:
-                    self.state[p]["grad_scale"] = scale
-            if st0.get("grad_scale") is not None:
-                flat = flat * st0["grad_scale"]
+            for p in params:
+                self.state[p]["grad_scale"] = scale
+            if scale is not None:
+                flat = flat * scale
 
         moments = None
         if net.config.moment_inputs:
@@ -223,10 +248,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
                                 "used an Adam step (or no step) there and reset their LSTM state")
 
-        offset = 0
+        offset, overflowed = 0, 0
         for p in params:
             n = p.numel()
-            p.add_(update[offset : offset + n].view_as(p).to(p.dtype))
+            new = p + update[offset : offset + n].view_as(p).to(p.dtype)
+            # A finite update can still overflow the parameter's dtype (float16 tops out at 65504).
+            lost = ~torch.isfinite(new) & torch.isfinite(p)
+            if bool(lost.any()):
+                overflowed += int(lost.sum())
+                new = torch.where(lost, p, new)
+            p.copy_(new)
             st = self.state[p]
             st["h"], st["c"] = h[:, offset : offset + n], c[:, offset : offset + n]
             if len(params) > 1:  # don't keep the concatenated buffer alive through views
@@ -236,6 +267,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if step is not None:
                 st["step"] = step + 1
             offset += n
+        if overflowed:
+            self.fallback_count += overflowed
+            notice = (f"learned optimizer: the update would overflow {params[0].dtype} at {overflowed} "
+                      "coordinate(s); left them as they were")
+            self.last_notice = notice if self.last_notice is None else f"{self.last_notice}; {notice}"
 
 
 def _check_lr(lr) -> None:
