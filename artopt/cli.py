@@ -11,8 +11,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,6 +31,10 @@ Press Ctrl-C once to stop early and still save the current image.
 
 # Kept equal to artopt.web.DEFAULT_MAX_UPLOAD_MB (tested) without importing gradio for every command.
 DEFAULT_MAX_UPLOAD_MB = 25.0
+
+# bench/stylize.py's targets, then the scripts script_for() maps; a typo lists them all (tested to match).
+BENCH_TARGETS = ("layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs", "lr-sweep", "gpu",
+                 "web", "task-step-time")
 
 
 class CLIError(Exception):
@@ -58,7 +64,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type={"int": int, "float": float, "str": str}[base], help=help_text + ("" if f.default is None else " (default: %(default)s)"))
             if "choices" in meta:
                 kwargs["choices"] = meta["choices"]
+                kwargs["type"] = str.lower  # the engine takes any case (--optimizer LSTM)
         parser.add_argument(_flag(f.name), **kwargs)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -74,11 +91,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         epilog=STYLIZE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("content", metavar="CONTENT", help="content photo")
     st.add_argument("styles", metavar="STYLE", nargs="+", help="style image(s)")
-    st.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (.png, .jpg or .jpeg)")
+    st.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output image (.png, .jpg or .jpeg); an existing file is replaced unless --no-clobber")
     _add_config_flags(st)
     st.add_argument("--save-every", type=int, default=0, metavar="N",
                     help="also save the image every N steps as OUT_stepN.ext (default: off)")
     st.add_argument("--log-json", metavar="FILE", help="write per-step losses and wall time plus the settings to FILE")
+    st.add_argument("--no-clobber", action="store_true",
+                    help="refuse to run if the output, the --log-json file or an OUT_stepN.ext already exists")
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     st.set_defaults(handler=_stylize, subparser=st)
 
@@ -89,7 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     sv.add_argument("--share", action="store_true", help="create a public Gradio share link")
     sv.add_argument("--concurrency", type=int, default=1, help="stylizations run at once (default: %(default)s)")
-    sv.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                     help="largest upload accepted, in MB (default: %(default)s)")
     sv.add_argument("--max-size", type=int, default=None,
                     help="largest output long side allowed, 256-4096 (default: 4096 on a GPU, 2048 on CPU)")
@@ -146,6 +166,9 @@ def _run_script(args: argparse.Namespace) -> int:
     if args.target is None:
         args.subparser.print_help()
         return 0 if args.wants_help else 2
+    if args.script_kind == "bench" and args.target not in BENCH_TARGETS:
+        args.subparser.error(f"argument TARGET: invalid choice: {args.target!r} "
+                             f"(choose from {', '.join(BENCH_TARGETS)})")
     script, lead = script_for(args.script_kind, args.target)
     if not script.is_file():
         raise CLIError(f"'artopt {args.script_kind}' runs {script.relative_to(_source_root())} from a source "
@@ -168,6 +191,11 @@ def _run_script(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:  # Gradio would report an unresolvable host as "Cannot find empty port"
+        socket.getaddrinfo(args.host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CLIError(f"--host {args.host}: cannot resolve this name or address "
+                       f"({getattr(exc, 'strerror', None) or exc})") from None
     from artopt import web  # lazy: gradio is an optional dependency
 
     web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
@@ -176,19 +204,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output_path(path: Path) -> None:
+def _check_output_path(path: Path, no_clobber: bool = False) -> None:
     from artopt.style.images import SAVE_FORMATS
 
     if path.suffix.lower() not in SAVE_FORMATS:
         raise CLIError(f"{path}: output must end in .png, .jpg or .jpeg")
-    _check_writable_file(path)
+    _check_writable_file(path, no_clobber)
 
 
-def _check_writable_file(path: Path) -> None:
+def _check_writable_file(path: Path, no_clobber: bool = False) -> None:
     if path.is_dir():
         raise CLIError(f"{path} is a folder; give a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CLIError(f"{path}: {path.parent} is a file, not a folder")
     if not path.parent.is_dir():
         raise CLIError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # else it fails only after the whole run
+        raise CLIError(f"{path}: folder {path.parent} is not writable")
+    if no_clobber and path.exists():
+        raise CLIError(f"{path} exists and --no-clobber is given; remove it or choose another name")
+
+
+def _step_image_pattern(output: Path) -> re.Pattern:
+    """Names of the OUT_stepN.ext intermediates --save-every writes beside ``output``."""
+    return re.compile(re.escape(output.stem) + r"_step\d+" + re.escape(output.suffix) + "$")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -212,7 +251,7 @@ def _refuse_overwriting(outputs: dict[str, Path], inputs: dict[str, Path], step_
             if _same_file(out, other):
                 raise CLIError(f"{out_name} and {other_name} are the same file ({out}); give them different names")
     if step_images is not None:
-        pattern = re.compile(re.escape(step_images.stem) + r"_step\d+" + re.escape(step_images.suffix) + "$")
+        pattern = _step_image_pattern(step_images)
         for name, path in [*inputs.items(), *outputs.items()]:
             if pattern.match(path.name) and path.resolve().parent == step_images.resolve().parent:
                 raise CLIError(f"--save-every would write {path.name} over the {name}; choose another output name")
@@ -223,19 +262,55 @@ def _finite_or_none(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+def _with_flag_names(message: str) -> str:
+    """The engine names its settings ("tv weight must be ..."); the user typed flags (--tv-weight)."""
+    from artopt.style.engine import StylizeConfig
+
+    names = {"learning rate": "lr", **{f.name.replace("_", " "): f.name for f in dataclasses.fields(StylizeConfig)}}
+    for name, field_name in names.items():
+        if message.startswith(name + " "):
+            return _flag(field_name) + message[len(name):]
+    return message
+
+
+def _save(image, path: Path) -> None:
+    """save_image, with an error that names ``path`` rather than the temporary file it writes first."""
+    from artopt.style.images import ImageError, save_image
+
+    try:
+        save_image(image, path)
+    except ImageError as exc:
+        cause = exc.__context__  # save_image raises "from None", which keeps the OSError here
+        if not isinstance(cause, OSError) or not cause.strerror:
+            raise
+        raise CLIError(f"{path}: cannot write image ({cause.strerror})") from None
+
+
 def _stylize(args: argparse.Namespace) -> int:
     from artopt.style.engine import StylizeConfig, resolve_device, resolve_optimizer, stylize
-    from artopt.style.images import load_image, save_image
+    from artopt.style.images import load_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
-    config = StylizeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StylizeConfig)}).validated()
+    try:
+        config = StylizeConfig(**{f.name: getattr(args, f.name)
+                                  for f in dataclasses.fields(StylizeConfig)}).validated()
+    except ValueError as exc:
+        raise CLIError(_with_flag_names(str(exc))) from None
     output = Path(args.output)
-    _check_output_path(output)
-    log_path = Path(args.log_json) if args.log_json else None
+    _check_output_path(output, args.no_clobber)  # the --save-every images go beside it: checked too
+    if args.log_json == "":
+        raise CLIError("--log-json needs a file name")
+    log_path = Path(args.log_json) if args.log_json is not None else None
     if log_path is not None:
-        _check_writable_file(log_path)
+        _check_writable_file(log_path, args.no_clobber)
     if args.save_every < 0:
         raise CLIError("--save-every must be 0 (off) or a positive number of steps")
+    if args.no_clobber and args.save_every:
+        pattern = _step_image_pattern(output)
+        for existing in sorted(output.parent.iterdir()):
+            if pattern.match(existing.name):
+                raise CLIError(f"--save-every would replace {existing} and --no-clobber is given; "
+                               f"remove it or choose another output name")
     inputs = {"content image": Path(args.content),
               **{(f"style image {i + 1}" if len(args.styles) > 1 else "style image"): Path(p)
                  for i, p in enumerate(args.styles)},
@@ -243,6 +318,10 @@ def _stylize(args: argparse.Namespace) -> int:
                                                  ("vgg weights", config.vgg_weights)) if p}}
     outputs = {"output": output, **({"--log-json file": log_path} if log_path is not None else {})}
     _refuse_overwriting(outputs, inputs, output if args.save_every else None)
+    optimizer = resolve_optimizer(config.optimizer, config.size, config.pyramid)
+    if config.lstm_weights and optimizer != "lstm":  # warned even with --quiet: the user asked for them
+        print(f"artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, "
+              f"and this run uses {optimizer}", file=sys.stderr)
 
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     device = resolve_device(config.device)
@@ -278,13 +357,15 @@ def _stylize(args: argparse.Namespace) -> int:
                         "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),
                         **({"notice": info.notice} if info.notice else {})})
         if bar is not None:
+            if info.step > bar.total:  # L-BFGS's last line search may end past the budget
+                bar.total = info.step
             bar.update(info.step - bar.n)
             bar.set_postfix(loss=f"{info.losses.get('total', float('nan')):.4g}",
                             scale=f"{info.scale_index + 1}/{info.n_scales}")
             if info.notice:
                 bar.write(info.notice)
         if args.save_every and info.image is not None and info.step % args.save_every == 0:
-            save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+            _save(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
 
     start = time.perf_counter()
     try:
@@ -295,15 +376,19 @@ def _stylize(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-    save_image(result, output)
+    _save(result, output)
     if log_path is not None:
         settings = dataclasses.asdict(config)
-        settings.update(resolved_optimizer=resolve_optimizer(config.optimizer, config.size, config.pyramid),
+        settings.update(resolved_optimizer=optimizer,
                         resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "steps": records}
-        log_path.write_text(json.dumps(log, indent=1, allow_nan=False))
+        try:
+            log_path.write_text(json.dumps(log, indent=1, allow_nan=False))
+        except OSError as exc:
+            raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc}); "
+                           f"the image was saved to {output}") from None
     if not args.quiet:
         print(f"wrote {output}" + (" (stopped early)" if stop_requested else ""), file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -42,8 +43,13 @@ def test_save_every_writes_intermediate_images(tmp_path):
     (lambda d: [str(d / "text.jpg"), str(STYLE), "-o", str(d / "o.png")], "not an image"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.gif")], "output must end in"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "no" / "o.png")], "does not exist"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "text.jpg" / "o.png")], "text.jpg is a file, not a folder"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--log-json", ""], "--log-json needs a file name"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1", "2"], "2 value(s) for 1 style"),
-    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "learning rate"),
+    # Engine messages name the flag the user typed, not the setting.
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "--lr must be positive"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--tv-weight", "-1"], "--tv-weight must be between"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-scale", "9"], "--style-scale must be in"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
     (tmp_path / "text.jpg").write_text("hello")
@@ -171,3 +177,138 @@ def test_a_script_that_exits_with_a_message_shows_it(tmp_path, monkeypatch, caps
     monkeypatch.setattr(cli, "_source_root", lambda: tmp_path)
     assert main(["train", "neural-art"]) == 1
     assert capsys.readouterr().err.strip() == "artopt: error: the config does not match"
+
+
+@pytest.fixture
+def instant_stylize(monkeypatch):
+    """stylize() returns the content image at once: for tests of what happens around the run."""
+    from artopt.style import engine
+
+    def instant(content, styles, config, **kwargs):
+        instant.calls += 1
+        return content
+
+    instant.calls = 0
+    monkeypatch.setattr(engine, "stylize", instant)
+    return instant
+
+
+@pytest.mark.parametrize("flag", ["-o", "--log-json"])
+def test_unwritable_folder_is_refused_before_the_run(tmp_path, monkeypatch, capsys, instant_stylize, flag):
+    import os
+
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    access = os.access
+    # Root may write anywhere, so the locked folder is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode, **kw))
+    names = {"-o": locked / "x.png", "--log-json": locked / "log.json"}
+    args = ["-o", str(tmp_path / "o.png"), "--log-json", str(tmp_path / "log.json"), flag, str(names[flag])]
+    code = main(["stylize", str(PHOTO), str(STYLE), *args, *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {names[flag]}: folder {locked} is not writable"
+    assert instant_stylize.calls == 0
+
+
+def test_write_failures_after_the_run_are_one_line_errors_naming_the_users_file(tmp_path, monkeypatch, capsys,
+                                                                                 instant_stylize):
+    import errno
+    import shutil
+
+    out, log = tmp_path / "o.png", tmp_path / "logs" / "log.json"
+    log.parent.mkdir()
+
+    def refuse(image, fp, *args, **kwargs):  # what PIL raises in a folder it may not write
+        raise PermissionError(errno.EACCES, "Permission denied", str(fp))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Image.Image, "save", refuse)
+        code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {out}: cannot write image (Permission denied)"  # not .o.png.tmp
+
+    from artopt.style import engine
+
+    def stylize_then_lose_the_log_folder(content, styles, config, **kwargs):
+        shutil.rmtree(log.parent)
+        return content
+
+    monkeypatch.setattr(engine, "stylize", stylize_then_lose_the_log_folder)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"artopt: error: --log-json {log}: cannot write it (No such file")
+    assert "\n" not in err and out.is_file()
+
+
+@pytest.mark.parametrize("existing, make_extra, message", [
+    ("o.png", lambda d: [], "o.png exists and --no-clobber is given"),
+    ("log.json", lambda d: ["--log-json", str(d / "log.json")], "log.json exists and --no-clobber is given"),
+    ("o_step4.png", lambda d: ["--save-every", "2"], "--save-every would replace"),
+])
+def test_no_clobber_refuses_existing_outputs_before_the_run(tmp_path, capsys, instant_stylize, existing, make_extra,
+                                                            message):
+    (tmp_path / existing).write_text("mine")
+    extra = make_extra(tmp_path)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *extra, "--no-clobber", *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("artopt: error:") and message in err and "\n" not in err
+    assert instant_stylize.calls == 0 and (tmp_path / existing).read_text() == "mine"
+    # Without the flag an existing output is replaced, as scripts expect.
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *extra, *FAST]) == 0
+    assert Image.open(tmp_path / "o.png").format == "PNG"
+
+
+def test_optimizer_and_other_names_take_any_case():
+    from artopt.cli import _build_parser
+
+    args = _build_parser().parse_args(["stylize", "p.jpg", "s.jpg", "-o", "o.png", "--optimizer", "LSTM",
+                                       "--loss-net", "EfficientNet-Lite0", "--init", "Noise"])
+    assert (args.optimizer, args.loss_net, args.init) == ("lstm", "efficientnet-lite0", "noise")
+
+
+def test_lstm_weights_with_another_optimizer_warn(tmp_path, capsys, instant_stylize):
+    from artopt.learned_optimizers.shipped import weights_path
+
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--optimizer", "adam",
+                 "--lstm-weights", str(weights_path("neural_art")), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 0 and instant_stylize.calls == 1
+    assert err == "artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, and this run uses adam"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "lots"])
+def test_serve_refuses_a_bad_upload_limit(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--max-upload-mb", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument --max-upload-mb: must be a positive number, got '{value}'" in err
+
+
+def test_serve_refuses_a_host_that_does_not_resolve(monkeypatch, capsys):
+    import socket
+
+    def unresolvable(host, port, *args, **kwargs):  # no lookup leaves the test
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    assert main(["serve", "--host", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "artopt: error: --host 999.1.1.1: cannot resolve this name or address (Name or service not known)"
+
+
+def test_bench_typo_lists_every_target(capsys):
+    import artopt.cli as cli
+    from artopt.cli import BENCH_TARGETS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "foo"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: artopt bench ")
+    assert f"invalid choice: 'foo' (choose from {', '.join(BENCH_TARGETS)})" in err
+    # BENCH_TARGETS matches bench/stylize.py's own choices plus the targets script_for() maps elsewhere.
+    script = runpy.run_path(str(cli._source_root() / "bench" / "stylize.py"))
+    with pytest.raises(SystemExit):
+        script["main"](["--help"])
+    own = set(re.search(r"\{([a-z,-]+)\}", capsys.readouterr().out).group(1).split(","))
+    others = {t for t in BENCH_TARGETS if cli.script_for("bench", t)[0].name != "stylize.py"}
+    assert own | others == set(BENCH_TARGETS) and not own & others
