@@ -38,6 +38,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 N_STYLE_SLOTS = 3
 WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run starts
+WITHDRAWN_STATUS = "Withdrawn: this request will not run; the page frees up when the run ahead of it ends."
 # Height (px) of the live preview and the before/after slider.
 RESULT_HEIGHT = 420
 PAGE_CSS = "\n".join([
@@ -69,6 +70,10 @@ DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 DEFAULT_MAX_UPLOAD_MB = 25
 # On out-of-memory the run is retried at this fraction of the long side, down to min_size.
 OOM_SHRINK = 0.75
+# Uploads, previews and results (ours and the copies in Gradio's cache) are kept this long: people's
+# photos must not pile up on the server.  Gradio's cache is swept every CACHE_SWEEP_S.
+FILE_MAX_AGE_S = 6 * 3600
+CACHE_SWEEP_S = 3600
 
 OPTIMIZER_INFO = ("what changes the image at each step: the learned (LSTM) optimizer was meta-trained on style "
                   "transfer and reaches a lower loss in the same steps; Adam and L-BFGS are the classic choices")
@@ -126,6 +131,11 @@ def _payload_path(payload: Any) -> str | None:
     return getattr(payload, "path", None)
 
 
+def _user_error(message: str, title: str) -> gr.Error:
+    """An error the person can fix (a setting, an upload): a toast, and no traceback in the server log."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
@@ -144,11 +154,16 @@ class _StopFlags:
     person's requests."""
 
     STALE_S = 3600.0  # a reservation whose request never started (e.g. refused by a full queue)
+    SWEEP_S = 60.0  # every session's stale reservations go at most this often (a pass over all of them)
+    # The page has one run at a time; more reservations are a script calling /reserve, whose
+    # oldest ones go.
+    MAX_RESERVED = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[tuple[float, threading.Event]]] = {}
         self._running: dict[str, set[threading.Event]] = {}
+        self._swept = float("-inf")
 
     def _waiting_now(self, session: str) -> list[tuple[float, threading.Event]]:
         """The session's reservations, oldest first, without stale ones (call with the lock held)."""
@@ -160,8 +175,14 @@ class _StopFlags:
 
     def reserve(self, session: str) -> None:
         with self._lock:
-            self._waiting_now(session)
-            self._waiting.setdefault(session, []).append((time.monotonic(), threading.Event()))
+            # Every session's stale ones go, not just this one's: a session may never come back.
+            if time.monotonic() - self._swept >= self.SWEEP_S:
+                self._swept = time.monotonic()
+                for other in list(self._waiting):
+                    self._waiting_now(other)
+            waiting = self._waiting.setdefault(session, [])
+            waiting.append((time.monotonic(), threading.Event()))
+            del waiting[:-self.MAX_RESERVED]
 
     def start(self, session: str) -> threading.Event:
         """The flag of the session's oldest waiting request (queue order), or a new one."""
@@ -173,12 +194,14 @@ class _StopFlags:
             self._running.setdefault(session, set()).add(flag)
             return flag
 
-    def stop(self, session: str) -> bool:
+    def stop(self, session: str) -> tuple[int, int]:
+        """Sets the session's flags; returns how many (running, waiting) requests it reached."""
         with self._lock:
-            flags = list(self._running.get(session, ())) + [f for _, f in self._waiting.get(session, [])]
-        for flag in flags:
+            running = list(self._running.get(session, ()))
+            waiting = [f for _, f in self._waiting.get(session, [])]
+        for flag in running + waiting:
             flag.set()
-        return bool(flags)
+        return len(running), len(waiting)
 
     def release(self, session: str) -> None:
         """Drop the session's reservations whose requests never started (e.g. a full queue refused
@@ -198,9 +221,11 @@ class _StopFlags:
 class _Stylist:
     """Turns the page's inputs into an engine run, streaming previews and handling failures."""
 
-    def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None):
+    def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None,
+                 optimizers: list[str]):
         self.device = device
         self.limits = limits
+        self.optimizers = list(optimizers)  # the page's menu, in its order
         self.output_dir = output_dir
         self.preview_every = preview_every
         self.stop_flags = _StopFlags()
@@ -211,29 +236,29 @@ class _Stylist:
 
         path = _payload_path(payload)
         if path is None:
-            raise gr.Error(f"{what}: no file was received.", title="Missing upload")
+            raise _user_error(f"{what}: no file was received.", "Missing upload")
         shown_name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
         try:
             if Path(path).stat().st_size == 0:  # say plainly what happened rather than "not an image"
-                raise gr.Error(
+                raise _user_error(
                     f"{what}: {shown_name} is empty (0 bytes). Choose the file again, or another one.",
-                    title="Bad image",
+                    "Bad image",
                 )
             return load_image(path, max_pixels=self.limits.max_input_pixels)
         except ImageError as err:
             # The loader names the server's temporary copy; the person knows their own file name.
             message = str(err).replace(str(path), shown_name)
-            raise gr.Error(f"{what}: {message}", title="Bad image") from err
+            raise _user_error(f"{what}: {message}", "Bad image") from err
         except OSError as err:  # unreadable temp file, disk trouble
-            raise gr.Error(f"{what}: could not read the upload ({err}).", title="Bad image") from err
+            raise _user_error(f"{what}: could not read the upload ({err}).", "Bad image") from err
 
     def _check_number(self, value: Any, name: str, low: float, high: float, integer: bool) -> float | int:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise gr.Error(f"{name} must be a number, got {value!r}.", title="Bad setting") from None
+            raise _user_error(f"{name} must be a number, got {value!r}.", "Bad setting") from None
         if number != number or not low <= number <= high:  # NaN fails the first test
-            raise gr.Error(f"{name} must be between {low:g} and {high:g}, got {value!r}.", title="Bad setting")
+            raise _user_error(f"{name} must be between {low:g} and {high:g}, got {value!r}.", "Bad setting")
         return int(round(number)) if integer else number
 
     # -- the run ---------------------------------------------------------------------------
@@ -247,12 +272,12 @@ class _Stylist:
         steps = self._check_number(steps, "Quality (steps)", 1, lim.max_steps, integer=True)
         strength = self._check_number(strength, "Style strength", 0.01, 100.0, integer=False)
         seed = self._check_number(seed, "Seed", 0, 2**31 - 1, integer=True)
-        if optimizer not in OPTIMIZER_LABELS:
-            raise gr.Error(f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_LABELS)}.",
-                           title="Bad setting")
+        if optimizer not in self.optimizers:  # the API offers what the page's menu does, no more
+            raise _user_error(f"Unknown optimizer {optimizer!r}; choose one of {', '.join(self.optimizers)}.",
+                              "Bad setting")
 
         if content is None:
-            raise gr.Error("Upload a content photo first.", title="Missing photo")
+            raise _user_error("Upload a content photo first.", "Missing photo")
         content_img = self._load(content, "Content photo")
         styles, weights = [], []
         for i, (payload, weight) in enumerate(zip(style_payloads, style_weights), start=1):
@@ -264,9 +289,9 @@ class _Stylist:
                 weights.append(weight)
         if not styles:
             if any(payload is not None for payload in style_payloads):
-                raise gr.Error("Every style image has blend weight 0: raise at least one weight above 0.",
-                               title="Missing style")
-            raise gr.Error("Add a style image first (upload one or click a preset).", title="Missing style")
+                raise _user_error("Every style image has blend weight 0: raise at least one weight above 0.",
+                                  "Missing style")
+            raise _user_error("Add a style image first (upload one or click a preset).", "Missing style")
 
         base = StylizeConfig()
         config = replace(
@@ -317,10 +342,10 @@ class _Stylist:
                     _free_device_memory(self.device)
                     smaller = int(config.size * OOM_SHRINK) // 32 * 32
                     if smaller < self.limits.min_size:
-                        raise gr.Error(
+                        raise _user_error(
                             f"Ran out of memory at {config.size} px on {self.device}. "
                             f"Choose a smaller output size (or fewer style images) and try again.",
-                            title="Out of memory",
+                            "Out of memory",
                         ) from err
                     notice = f"Ran out of memory at {config.size} px on {self.device}; retrying at {smaller} px."
                     log.warning(notice)
@@ -328,13 +353,15 @@ class _Stylist:
                     notices.append(f"⚠ {notice}")
                     config = replace(config, size=smaller)
         except Exception as exc:  # the page must show something useful, and the server go on
-            if isinstance(exc, gr.Error):
-                err = exc
-            elif isinstance(exc, ValueError):  # the engine's messages for unusable settings or inputs
-                err = gr.Error(str(exc), title="Cannot stylize")
+            # gr.Error is a ValueError; a plain one is the engine's message for unusable settings or inputs.
+            if isinstance(exc, ValueError):
+                err = exc if isinstance(exc, gr.Error) else _user_error(str(exc), "Cannot stylize")
+                log.info("not stylized: %s", err.message)
             else:
                 log.exception("stylization failed")
-                err = gr.Error(f"Stylization failed: {type(exc).__name__}: {exc}", title="Error")
+                # The line above logged the traceback; Gradio's queue would print it a second time.
+                err = gr.Error(f"Stylization failed: {type(exc).__name__}: {exc}", title="Error",
+                               print_exception=False)
             # The toast shows the error; the status line must not go on saying "Waiting for a free slot…".
             yield (gr.skip(), gr.skip(), gr.skip(), f"Not stylized: {err.message}")
             if err is exc:
@@ -450,7 +477,7 @@ class _Stylist:
         os.close(fd)
         return Path(name)
 
-    def _prune_outputs(self, max_age_s: float = 6 * 3600) -> None:
+    def _prune_outputs(self, max_age_s: float = FILE_MAX_AGE_S) -> None:
         """Results are copied into Gradio's cache when shown; old originals here can go."""
         now = time.time()
         for path in self.output_dir.glob("artopt-*.png"):
@@ -482,8 +509,12 @@ class _Stylist:
         return (*self.release(request), busy if status == WAITING_STATUS else gr.skip())
 
     def stop(self, request: gr.Request | None = None):
-        if self.stop_flags.stop(_session(request)):
+        running, waiting = self.stop_flags.stop(_session(request))
+        if running:
             return "Stopping after the current step…"
+        if waiting:
+            # Gradio hands the request over only when it reaches the front; it then ends at once.
+            return WITHDRAWN_STATUS
         # The page's Stop is off when nothing runs; an API call gets a no-op, and the status line
         # keeps the last run's result ("Done …", "Stopped at …").
         return gr.skip()
@@ -544,7 +575,6 @@ def build_app(
     if output_dir is None:
         output_dir = Path(tempfile.gettempdir()) / "artopt-web"
     output_dir.mkdir(parents=True, exist_ok=True)
-    stylist = _Stylist(device, limits, output_dir, preview_every)
 
     optimizers = ["adam", "lbfgs"]
     if neural_art_available():
@@ -562,13 +592,15 @@ def build_app(
         default_optimizer = "auto"
     else:
         default_optimizer = "adam"
+    stylist = _Stylist(device, limits, output_dir, preview_every, optimizers)
     size = default_size or default_size_for(device)
     size = min(max(size, limits.min_size), limits.max_size)
     steps = min(default_steps or base.steps, limits.max_steps)
     presets = preset_styles(assets_dir)
     photos = example_photos(assets_dir)
 
-    with gr.Blocks(title="artopt: neural style transfer", analytics_enabled=False) as app:
+    with gr.Blocks(title="artopt: neural style transfer", analytics_enabled=False,
+                   delete_cache=(CACHE_SWEEP_S, FILE_MAX_AGE_S)) as app:
         gr.Markdown(
             "# artopt — neural style transfer\n"
             "Upload a photo and a style (or click a preset), press **Stylize**, watch it form, "

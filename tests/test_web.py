@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import threading
@@ -223,7 +224,7 @@ def test_stop_reaches_a_request_still_waiting_in_the_queue(server, images, tmp_p
     assert "Waiting" in waiting.predict(api_name="/reserve")  # what the page's button does first
     second = waiting.submit(*stylize_args(images["content"], images["style"], steps=400), api_name="/stylize")
     time.sleep(0.5)
-    assert "Stopping" in waiting.predict(api_name="/stop")
+    assert waiting.predict(api_name="/stop") == web.WITHDRAWN_STATUS  # it never started: not "Stopping"
     assert not first.done()  # Stop is per person: the busy client's run goes on
     assert "Stopping" in busy.predict(api_name="/stop")
     assert first.result(timeout=120)[3].startswith("Stopped at step")
@@ -253,8 +254,59 @@ def test_the_pages_release_drops_a_reservation_whose_request_never_ran():
     flags = web._StopFlags()
     flags.reserve("page")
     flags.release("page")
-    assert flags.stop("page") is False
+    assert flags.stop("page") == (0, 0)
     assert not flags.start("page").is_set()
+
+
+def test_a_reservation_goes_stale_even_if_its_session_never_comes_back():
+    # /reserve is a public endpoint: a script calling it from many sessions filled memory, since
+    # stale reservations were swept only when the same session reserved again.
+    flags = web._StopFlags()
+    flags.reserve("gone")
+    flags.STALE_S = flags.SWEEP_S = 0.0  # every reservation made so far is now stale; sweep now
+    flags.reserve("other")
+    assert flags.stop("gone") == (0, 0)
+    assert flags.stop("other") == (0, 1)
+
+
+def test_reservations_of_one_session_are_capped():
+    flags = web._StopFlags()
+    for _ in range(100):
+        flags.reserve("script")
+    assert flags.stop("script") == (0, web._StopFlags.MAX_RESERVED)
+
+
+def _stylist(tmp_path) -> web._Stylist:
+    return web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam", "lbfgs"])
+
+
+def test_stop_says_a_request_still_waiting_is_withdrawn_not_stopping(tmp_path):
+    stylist = _stylist(tmp_path)
+    stylist.reserve()  # clicked; the request waits behind someone else's run
+    assert stylist.stop() == web.WITHDRAWN_STATUS
+    flag = stylist.stop_flags.start("anonymous")  # it reaches the front: it ends before it starts
+    assert flag.is_set()
+    stylist.stop_flags.forget("anonymous", flag)
+    running = stylist.stop_flags.start("anonymous")
+    assert stylist.stop().startswith("Stopping after the current step") and running.is_set()
+
+
+@pytest.mark.parametrize("failure", ["bad setting", "engine refuses", "bug"])
+def test_only_an_unexpected_failure_logs_a_traceback_and_only_once(tmp_path, monkeypatch, caplog, failure):
+    """Gradio's queue prints the traceback of every error unless print_exception is False: a
+    person's mistake needs one log line, and a bug's traceback is logged by us already."""
+    stylist = _stylist(tmp_path)
+    size = 5000 if failure == "bad setting" else 64
+    if failure != "bad setting":
+        exc = ValueError("content and style differ in size") if failure == "engine refuses" else KeyError("x")
+        monkeypatch.setattr(stylist, "_checked", lambda *args: (_ for _ in ()).throw(exc))
+    caplog.set_level(logging.INFO, logger=web.log.name)
+    with pytest.raises(gr.Error) as caught:
+        list(stylist.run(None, [None] * 3, [1.0] * 3, size, STEPS, 1.0, "adam", False, 0))
+    assert caught.value.print_exception is False
+    records = [r for r in caplog.records if r.name == web.log.name]
+    assert len(records) == 1
+    assert (records[0].exc_info is not None) == (failure == "bug")
 
 
 def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):
@@ -281,6 +333,12 @@ def test_out_of_memory_retries_smaller_and_says_so(client, images, monkeypatch):
     monkeypatch.setattr(engine, "stylize", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(gradio_client.exceptions.AppError, match="smaller output size"):
         client.predict(*stylize_args(images["content"], images["style"], size=64, steps=1), api_name="/stylize")
+
+
+def test_gradios_cache_is_emptied_like_the_results(server):
+    # Uploaded photos (and previews) stayed in Gradio's cache for as long as the server ran.
+    assert server.delete_cache == (3600, 6 * 3600)
+    assert web.FILE_MAX_AGE_S == 6 * 3600  # _prune_outputs' age for the results
 
 
 def test_serve_refuses_bad_settings():
@@ -322,6 +380,15 @@ def test_optimizer_menu_follows_the_neural_art_card(monkeypatch, scope, default)
     assert menus[0].value == default and ("auto" in values) == (scope == "coarse-to-fine")
     if scope == "coarse-to-fine":
         assert "from 384 px" in dict((v, k) for k, v in menus[0].choices)["auto"]
+    # The API takes the menu's optimizers, no others (it ran "auto" where the menu had no such entry).
+    stylize = next(f.fn for f in app.fns.values() if f.api_name == "stylize")
+    for name in [*web.OPTIMIZER_LABELS, "sgd"]:
+        with pytest.raises(gr.Error) as caught:
+            list(stylize(None, None, 1.0, None, 1.0, None, 1.0, 64, STEPS, 1.0, name, False, 0, request=None))
+        if name in values:
+            assert caught.value.message == "Upload a content photo first."
+        else:
+            assert caught.value.message == f"Unknown optimizer {name!r}; choose one of {', '.join(values)}."
 
 
 def test_auto_label_names_the_cards_single_scale_size(monkeypatch):
