@@ -112,7 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                     help="largest upload accepted, in MB (default: %(default)s)")
     sv.add_argument("--max-size", type=int, default=None,
-                    help="largest output long side allowed, 256-4096 (default: 4096 on a GPU, 2048 on CPU)")
+                    help="largest output long side allowed, 256-4096 (default: 4096 on a CUDA GPU, 2048 otherwise)")
     sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                     help="where stylizations run (default: %(default)s: a GPU when there is one)")
     sv.add_argument("--queue-size", type=int, default=32,
@@ -123,7 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
             ("train", "meta-train a learned optimizer (train/meta_train.py, train/neural_art.py)",
              "what to meta-train on: neural-art, or a suite of train/meta_train.py (quadratic, mnist, cifar10, ...)"),
             ("evaluate", "learned optimizer vs tuned baselines (train/evaluate.py, train/eval_neural_art.py)",
-             "what to evaluate: neural-art (then its setting: 64, 128, 256, 512, summary, grid), or a suite of "
+             "what to evaluate: neural-art (then its setting: 64, 128, 256, 384, 512, summary, grid), or a suite of "
              "train/evaluate.py (quadratic, mnist, cifar10, ...)"),
             ("bench", "engine benchmarks (bench/stylize.py, bench/web_timing.py, bench/task_step_time.py)",
              "which benchmark: quality, speed, memory, ... (bench/stylize.py), web, task-step-time")):

@@ -70,7 +70,7 @@ DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 DEFAULT_MAX_UPLOAD_MB = 25
 # On out-of-memory the run is retried at this fraction of the long side, down to min_size.
 OOM_SHRINK = 0.75
-# Uploads, previews and results (ours and the copies in Gradio's cache) are kept this long: people's
+# Gradio's copies of uploads and results are kept this long (ours go when each run ends): people's
 # photos must not pile up on the server.  Gradio's cache is swept every CACHE_SWEEP_S.
 FILE_MAX_AGE_S = 6 * 3600
 CACHE_SWEEP_S = 3600
@@ -450,7 +450,9 @@ class _Stylist:
 
             result = tensor_to_pil(outcome)
             elapsed = time.perf_counter() - started
-            out_path = self._output_path(config)
+            # In the run's folder like the previews: Gradio keeps its own copy (named like this one,
+            # for the download) and sweeps it; ours goes when the run ends.
+            out_path = run_dir / f"artopt-{time.strftime('%Y%m%d-%H%M%S')}-seed{config.seed}.png"
             save_image(result, out_path)
             before_path = run_dir / "before.webp"
             content_img.resize(result.size, Image.Resampling.LANCZOS).save(before_path)
@@ -467,25 +469,6 @@ class _Stylist:
                 stop_flag.set()
             # Gradio has copied every file yielded so far: it asks for the next value only after that.
             shutil.rmtree(run_dir, ignore_errors=True)
-
-    def _output_path(self, config) -> Path:
-        self._prune_outputs()
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        fd, name = tempfile.mkstemp(
-            prefix=f"artopt-{stamp}-seed{config.seed}-", suffix=".png", dir=self.output_dir
-        )
-        os.close(fd)
-        return Path(name)
-
-    def _prune_outputs(self, max_age_s: float = FILE_MAX_AGE_S) -> None:
-        """Results are copied into Gradio's cache when shown; old originals here can go."""
-        now = time.time()
-        for path in self.output_dir.glob("artopt-*.png"):
-            try:
-                if now - path.stat().st_mtime > max_age_s:
-                    path.unlink()
-            except OSError:
-                pass
 
     @staticmethod
     def _status(text: str, notices: list[str]) -> str:
@@ -806,7 +789,7 @@ def serve(
     """Build and launch the web app (the ``artopt serve`` command).
 
     ``concurrency`` stylizations run at once (1: one per GPU); more requests wait in a queue of
-    ``queue_size``.  ``max_size`` caps the output long side (default: 4096 on a GPU, 2048 on CPU).
+    ``queue_size``.  ``max_size`` caps the output long side (default: 4096 on a CUDA GPU, 2048 otherwise).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
