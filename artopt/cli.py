@@ -287,7 +287,7 @@ def _save(image, path: Path) -> None:
 
 
 def _stylize(args: argparse.Namespace) -> int:
-    from artopt.style.engine import StylizeConfig, resolve_device, resolve_optimizer, stylize
+    from artopt.style.engine import StylizeConfig, resolve_device, resolve_lr, resolve_optimizer, stylize
     from artopt.style.images import load_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
@@ -380,6 +380,7 @@ def _stylize(args: argparse.Namespace) -> int:
     if log_path is not None:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=optimizer,
+                        resolved_lr=resolve_lr(optimizer, config.lr, config.lstm_weights),
                         resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),

@@ -28,6 +28,7 @@ def test_stylize_writes_image_and_json_log(tmp_path):
     record = json.loads(log.read_text())
     assert record["settings"]["size"] == 48 and record["settings"]["style_weights"] == [0.25, 0.75]
     assert record["settings"]["resolved_loss_net"] == "efficientnet-lite0"
+    assert record["settings"]["lr"] is None and record["settings"]["resolved_lr"] == 0.02  # what adam ran with
     assert [s["step"] for s in record["steps"]] == [1, 2, 3]
     assert {"total", "content", "style", "tv", "wall_time"} <= set(record["steps"][0])
 

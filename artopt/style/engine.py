@@ -67,8 +67,9 @@ class StylizeConfig:
 
     size: int = field(default=512, metadata={
         "help": f"long side of the output in pixels, {MIN_OUTPUT_SIZE}-{MAX_OUTPUT_SIZE} (aspect kept)"})
-    steps: int = field(default=150, metadata={"help": "loss evaluations in total, over all pyramid scales (an L-BFGS iteration "
-                                                   "counts its line search's too, so its last may end a few past)"})
+    steps: int = field(default=150, metadata={
+        "help": "loss evaluations in total, over all pyramid scales (an L-BFGS iteration counts its line "
+                "search's too, so its last may end a few past)"})
     optimizer: str = field(default="auto", metadata={
         "help": "optimizer: auto (the learned 'lstm' where its card says it beats the tuned baselines, else adam), "
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
@@ -299,6 +300,18 @@ def lstm_input_scale(image: torch.Tensor, trained_pixels: int | None) -> float:
     if not trained_pixels:
         return 1.0
     return image.shape[-2] * image.shape[-1] / float(trained_pixels)
+
+
+def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = None) -> float:
+    """The learning rate a run of optimizer ``name`` (resolved, not "auto") uses: ``lr`` if given,
+    else the stylizer's default, or for lstm the multiplier its weights' card records."""
+    if lr is not None:
+        return float(lr)
+    if name == "lstm":
+        from artopt.learned_optimizers.shipped import learned_setup
+
+        return learned_setup(lstm_weights).lr
+    return STYLIZE_LR[name]
 
 
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
