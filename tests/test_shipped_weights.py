@@ -21,14 +21,17 @@ def test_the_paper_suites_and_neural_art_are_shipped():
 KEPT = sorted((WEIGHTS_DIR.parent / "train" / "results").glob("*/*.safetensors"))
 
 
-def test_the_kept_candidates_are_the_time_input_run_and_the_seed_17_replicate():
+def test_the_kept_candidates_are_the_time_input_seed_17_and_multi_style_runs():
     kept = {p.name: p for p in KEPT}
-    assert set(kept) == {"na_time_18.safetensors", "na_u16_17.safetensors"}
+    assert set(kept) == {"na_time_18.safetensors", "na_u16_17.safetensors", "na_multi_19.safetensors"}
     (timed,) = load_learned(kept["na_time_18.safetensors"]).values()
     (replicate,) = load_learned(kept["na_u16_17.safetensors"]).values()
+    (multi,) = load_learned(kept["na_multi_19.safetensors"]).values()
     assert timed.config.time_inputs and timed.config.moment_inputs
     (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
-    assert replicate.config == shipped.config  # the shipped recipe, another seed
+    assert replicate.config == shipped.config == multi.config  # the shipped recipe: another seed, other styles
+    multi_card = json.loads(kept["na_multi_19.safetensors"].with_suffix(".json").read_text())
+    assert multi_card["mode"] == "multi" and len(multi_card["training_styles"]) > 1
     for path in kept.values():  # the engine's input scale needs it
         assert json.loads(path.with_suffix(".json").read_text())["trained_pixels"] == 64 * 64
 
