@@ -345,11 +345,14 @@ def bench_lr_sweep(args) -> None:
                             "engine_defaults": STYLIZE_LR})
 
 
+# What `artopt bench TARGET` runs here (the CLI reads this list to name every target on a typo).
+TARGETS = ["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs", "lr-sweep", "gpu"]
+
+
 def main(argv=None) -> None:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs",
-                                         "lr-sweep", "gpu"])
+    parser.add_argument("what", choices=TARGETS)
     parser.add_argument("--size", type=int, default=None, help="image long side (default per benchmark)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--photos", nargs="+", help="quality: photo names (default: all shipped)")
