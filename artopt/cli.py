@@ -279,22 +279,9 @@ def _with_flag_names(message: str) -> str:
     return message
 
 
-def _save(image, path: Path) -> None:
-    """save_image, with an error that names ``path`` rather than the temporary file it writes first."""
-    from artopt.style.images import ImageError, save_image
-
-    try:
-        save_image(image, path)
-    except ImageError as exc:
-        cause = exc.__context__  # save_image raises "from None", which keeps the OSError here
-        if not isinstance(cause, OSError) or not cause.strerror:
-            raise
-        raise CLIError(f"{path}: cannot write image ({cause.strerror})") from None
-
-
 def _stylize(args: argparse.Namespace) -> int:
     from artopt.style.engine import StylizeConfig, resolve_device, resolve_lr, resolve_optimizer, stylize
-    from artopt.style.images import load_image
+    from artopt.style.images import load_image, save_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
     try:
@@ -371,7 +358,7 @@ def _stylize(args: argparse.Namespace) -> int:
             if info.notice:
                 bar.write(info.notice)
         if args.save_every and info.image is not None and info.step % args.save_every == 0:
-            _save(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+            save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
 
     start = time.perf_counter()
     try:
@@ -382,7 +369,7 @@ def _stylize(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-    _save(result, output)
+    save_image(result, output)
     if log_path is not None:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=optimizer,

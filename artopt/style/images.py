@@ -149,7 +149,8 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, qu
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ImageError(f"{path}: cannot write image ({exc})") from None
+        # the reason alone: the OSError names the temporary file, which the user never asked for
+        raise ImageError(f"{path}: cannot write image ({exc.strerror or exc})") from None
     return path
 
 
