@@ -253,8 +253,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             n = p.numel()
             new = p + update[offset : offset + n].view_as(p).to(p.dtype)
             # A finite update can still overflow the parameter's dtype (float16 tops out at 65504).
-            lost = ~torch.isfinite(new) & torch.isfinite(p)
-            if bool(lost.any()):
+            nonfinite = ~torch.isfinite(new)
+            if bool(nonfinite.any()):  # rare: only then look at which were finite before
+                lost = nonfinite & torch.isfinite(p)
                 overflowed += int(lost.sum())
                 new = torch.where(lost, p, new)
             p.copy_(new)
