@@ -69,6 +69,40 @@ def test_optimizer_and_problem_forms_follow_the_same_path():
     assert a.params[0].min() >= 0 and a.params[0].max() <= 1
 
 
+def test_level_inputs_follow_the_same_path_in_both_forms():
+    """A network with level inputs sees each coefficient's level in the optimizer form (one flat tensor
+    per image, declared through set_basis_levels) as in the problem form (one parameter per level)."""
+    from artopt.learned_optimizers import LSTMOptimizerNet
+
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, level_inputs=True)
+    with torch.no_grad():  # a fresh network's level weights are small; make the level count
+        net.lstm.weight_ih_l0[:, 4:] *= 20
+    nets = {"default": net}
+    problem = _problem()
+    a = run_optimizer(problem, lambda ps, gs: MultiscaleOptimizer(ps, lambda zs: LearnedOptimizer(zs, nets=nets),
+                                                                  levels=3), 10)
+    ms = multiscale_problem(problem, 3)
+    assert ms.levels == [0, 1, 2]
+    b = run_optimizer(ms, lstm_factory(nets=nets, basis="pixels"), 10)
+    assert not torch.allclose(a.curve, b.curve)  # per-level parameters, each undeclared: all level 0
+    from artopt.outer_trainers.truncated_bptt import run_episode
+    with torch.no_grad():
+        c = run_episode(nets, ms, 10)
+    torch.testing.assert_close(torch.tensor(c, dtype=a.curve.dtype), a.curve, rtol=1e-5, atol=1e-7)
+
+
+def test_set_basis_levels_checks_its_parameter_and_sizes():
+    p, q = torch.zeros(10, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = LearnedOptimizer([p], nets=_nets())
+    with pytest.raises(ValueError, match="not optimized"):
+        opt.set_basis_levels(q, [3])
+    with pytest.raises(ValueError, match="add up"):
+        opt.set_basis_levels(p, [8, 1])
+    opt.set_basis_levels(p, [8, 2])
+    assert opt.state[p]["level_sizes"] == [8, 2]
+
+
 def test_inner_optimizer_sees_one_flat_tensor_per_image():
     """The levels are views of one tensor, so the LSTM state is never concatenated or split per level."""
     images = [torch.rand(1, 3, 20, 13, requires_grad=True), torch.rand(1, 3, 9, 9, requires_grad=True)]

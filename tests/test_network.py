@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
-from artopt.learned_optimizers.network import TIME_SCALES
+from artopt.learned_optimizers.network import LEVEL_INPUTS, TIME_SCALES
 
 
 def test_shapes_and_state_size():
@@ -208,3 +208,41 @@ def test_time_inputs_paths_agree_and_learned_update_counts_steps():
     assert states_full["default/step"] == states_sub["default/step"] == 3
     sub[0].sum().backward()
     assert net.lstm.weight_ih_l0.grad[:, 4:].abs().sum() > 0
+
+
+def test_level_inputs_are_a_capped_one_hot_and_the_paths_agree():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, level_inputs=True)
+    assert net.lstm.input_size == 4 + LEVEL_INPUTS
+    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
+    moments = net.update_moments(g, None)
+    level = torch.arange(5000, dtype=torch.uint8) % 7  # levels 0..6: 3 and coarser share one input
+    x = net.features(g, moments, level=level)
+    assert torch.equal(x[:, 4:].argmax(1), level.long().clamp(max=LEVEL_INPUTS - 1))
+    assert torch.equal(x[:, 4:].sum(1), torch.ones(5000))
+    assert torch.equal(net.features(g, moments)[:, 4:], net.features(g, moments, level=level * 0)[:, 4:])
+    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
+    u_diff, (h_diff, _) = net(g, state, moments, level=level)
+    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, level=level)
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net._inference(g, state, moments=moments)[0], u_fast)  # the level matters
+
+
+def test_learned_update_gives_each_parameter_its_level():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(level_inputs=True)
+    nets = torch.nn.ModuleDict({"default": net})
+    params = [torch.zeros(40), torch.zeros(10)]
+    grads = [torch.randn(40), torch.randn(10)]
+    _, states = learned_update(nets, params, grads, ["default"] * 2, {}, levels=[0, 2])
+    assert torch.equal(states["default/level"], torch.tensor([0] * 40 + [2] * 10, dtype=torch.uint8))
+    # through a random subset of the coordinates the values are the same, and the level inputs train
+    full, _ = learned_update(nets, params, grads, ["default"] * 2, {}, levels=[0, 2])
+    sub, _ = learned_update(nets, params, grads, ["default"] * 2, {}, 0.5, torch.Generator().manual_seed(0),
+                            levels=[0, 2])
+    torch.testing.assert_close(sub[1], full[1], rtol=1e-5, atol=1e-7)
+    sum(p.sum() for p in sub).backward()
+    assert net.lstm.weight_ih_l0.grad[:, 2:].abs().sum() > 0
+    flat, _ = learned_update(nets, params, grads, ["default"] * 2, {})  # no levels: all level 0
+    assert not torch.allclose(flat[1], full[1])

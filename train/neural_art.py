@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-inputs", action="store_true",
                     help="also feed the LSTM tanh(t/s) for s = 3, 10, 30, 100, t the steps taken so far "
                          "(LSTMOptimizerConfig.time_inputs): a schedule without counting in its state")
+    ap.add_argument("--level-inputs", action="store_true",
+                    help="also feed the LSTM a one-hot of each coordinate's level in the multi-scale basis "
+                         "(levels 0, 1, 2, 3 and coarser; LSTMOptimizerConfig.level_inputs); needs --basis-levels")
     ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
                     help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
                          "0: pixels (artopt.learned_optimizers.multiscale)")
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
+    if args.level_inputs and not args.basis_levels:
+        ap.error("--level-inputs needs --basis-levels: in pixels every coordinate is level 0")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -85,7 +90,8 @@ def main(argv=None) -> int:
     try:
         cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization,
                                   moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
-                                  beta2=args.moment_betas[1], time_inputs=args.time_inputs)
+                                  beta2=args.moment_betas[1], time_inputs=args.time_inputs,
+                                  level_inputs=args.level_inputs)
     except ValueError as err:
         ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
@@ -122,7 +128,9 @@ def main(argv=None) -> int:
                         + (f"; inputs: Appendix-A preprocessed gradient plus m/sqrt(v) and g/sqrt(v) "
                            f"(running means of g and g^2, decays {cfg.beta1} and {cfg.beta2})"
                            if cfg.moment_inputs else "")
-                        + ("; plus tanh(t/s), s in (3, 10, 30, 100), t the steps taken" if cfg.time_inputs else ""),
+                        + ("; plus tanh(t/s), s in (3, 10, 30, 100), t the steps taken" if cfg.time_inputs else "")
+                        + ("; plus a one-hot of the coordinate's basis level (0, 1, 2, 3 and coarser)"
+                           if cfg.level_inputs else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),

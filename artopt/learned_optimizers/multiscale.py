@@ -91,6 +91,9 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             self.coefficients.append([v.view(s) for v, s in zip(flat.detach().split(sizes), shapes)])
             self.flat.append(flat)
         self.inner = inner(self.flat)
+        if hasattr(self.inner, "set_basis_levels"):  # a learned optimizer may take each coordinate's level
+            for flat, zs in zip(self.flat, self.coefficients):
+                self.inner.set_basis_levels(flat, [z.numel() for z in zs])
 
     @property
     def last_notice(self) -> str | None:
@@ -161,5 +164,6 @@ def multiscale_problem(problem: Problem, levels: int | None = None, coarsest: in
             return out
 
     groups = [g for g, n in zip(problem.groups, counts) for _ in range(n)]
+    levels = [k for n in counts for k in range(n)]
     return Problem(params, loss, groups=groups, project=project, info={**problem.info, "levels": counts},
-                   count=problem.count)
+                   count=problem.count, levels=levels)

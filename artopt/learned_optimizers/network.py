@@ -22,6 +22,11 @@ GRAD_NORMALIZATIONS = ("none", "first_rms")
 # Time inputs: tanh(t / s) for these s, t the number of steps taken before this one.  Saturating, so
 # a run longer than the training horizon sees values close to those it was trained on.
 TIME_SCALES = (3.0, 10.0, 30.0, 100.0)
+# Level inputs: a one-hot of the coordinate's level in the multi-scale image basis (0: pixels,
+# k: 2^k times coarser), levels from LEVEL_INPUTS - 1 up sharing the last entry.  Level k means the
+# same neighbourhood (2^k px) at every image size, so levels 0-3 are those of the 64 px training
+# crops wherever they appear; the coarser ones of large images count as the coarsest seen.
+LEVEL_INPUTS = 4
 
 
 def first_rms_scale(grad: torch.Tensor) -> torch.Tensor | None:
@@ -57,6 +62,10 @@ class LSTMOptimizerConfig:
     # Inputs that tell the LSTM how many steps it has taken (``TIME_SCALES``), the same for every
     # coordinate: a step-dependent schedule without having to count in its state.
     time_inputs: bool = False
+    # Inputs that tell the LSTM which level of the multi-scale basis a coordinate belongs to
+    # (``LEVEL_INPUTS``): a coarse coefficient moves a whole neighbourhood, so it may want other
+    # step sizes and momentum than a pixel.  Coordinates outside a basis count as level 0.
+    level_inputs: bool = False
 
     def __post_init__(self):
         if self.grad_normalization not in GRAD_NORMALIZATIONS:
@@ -92,7 +101,8 @@ class LSTMOptimizerNet(nn.Module):
             config = LSTMOptimizerConfig(**{**config.to_dict(), **overrides})
         self.config = config
         in_features = ((2 if config.preprocess else 1) + (2 if config.moment_inputs else 0)
-                       + (len(TIME_SCALES) if config.time_inputs else 0))
+                       + (len(TIME_SCALES) if config.time_inputs else 0)
+                       + (LEVEL_INPUTS if config.level_inputs else 0))
         self.lstm = nn.LSTM(in_features, config.hidden_size, config.num_layers)
         self.head = nn.Linear(config.hidden_size, 1)
 
@@ -115,7 +125,8 @@ class LSTMOptimizerNet(nn.Module):
         b1, b2 = self.config.beta1, self.config.beta2
         return torch.lerp(g, m.float(), b1), torch.lerp(g * g, v.float(), b2)
 
-    def features(self, grad: torch.Tensor, moments: Moments | None = None, step: int | None = None) -> torch.Tensor:
+    def features(self, grad: torch.Tensor, moments: Moments | None = None, step: int | None = None,
+                 level: torch.Tensor | None = None) -> torch.Tensor:
         x = preprocess_gradients(grad, self.config.p) if self.config.preprocess else sanitize(grad.float()).unsqueeze(-1)
         parts = [x]
         if self.config.moment_inputs:
@@ -131,13 +142,22 @@ class LSTMOptimizerNet(nn.Module):
                 raise ValueError("this network takes time inputs: pass the number of steps taken so far")
             tf = torch.tanh(torch.tensor([step / s for s in TIME_SCALES], device=x.device, dtype=x.dtype))
             parts.append(tf.expand(x.shape[0], -1))
+        if self.config.level_inputs:
+            if level is None:
+                parts.append(x.new_zeros(x.shape[0], LEVEL_INPUTS))
+                parts[-1][:, 0] = 1
+            else:
+                idx = level.to(device=x.device, dtype=torch.long).clamp(0, LEVEL_INPUTS - 1)
+                parts.append(torch.nn.functional.one_hot(idx, LEVEL_INPUTS).to(x.dtype))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
-                step: int | None = None) -> tuple[torch.Tensor, State]:
+                step: int | None = None, level: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """grad: (N,) flattened gradients (treated as constants); returns (update (N,), new state).
         ``moments``: for a network with moment inputs, ``update_moments`` of this gradient.
         ``step``: for a network with time inputs, the number of steps taken before this one.
+        ``level``: for a network with level inputs, each coordinate's basis level ((N,) integers;
+        None: all 0).
 
         Differentiable (meta-training) calls take ``_differentiable``; inference takes a chunked,
         fused path that computes the same function several times faster on large images (it keeps
@@ -146,16 +166,16 @@ class LSTMOptimizerNet(nn.Module):
         what a small loss network spends per pixel: that, not Python, bounds its speed.
         """
         if torch.is_grad_enabled() and self.lstm.weight_ih_l0.requires_grad:
-            return self._differentiable(grad, state, moments, step)
+            return self._differentiable(grad, state, moments, step, level)
         with torch.no_grad():
-            return self._inference(grad, state, moments=moments, step=step)
+            return self._inference(grad, state, moments=moments, step=step, level=level)
 
     def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
-                        step: int | None = None) -> tuple[torch.Tensor, State]:
+                        step: int | None = None, level: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
         this module's weights, but forward+backward runs about 2x faster on CPU for the small,
         single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
-        x = self.features(grad.detach(), moments, step)
+        x = self.features(grad.detach(), moments, step, level)
         h_in, c_in = state
         hs, cs = [], []
         for layer in range(self.config.num_layers):
@@ -190,7 +210,8 @@ class LSTMOptimizerNet(nn.Module):
         return packed
 
     def _inference(self, grad: torch.Tensor, state: State, chunk: int | None = None,
-                   moments: Moments | None = None, step: int | None = None) -> tuple[torch.Tensor, State]:
+                   moments: Moments | None = None, step: int | None = None,
+                   level: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """The no-grad step.  The new state has the dtypes of ``state``: fp32, fp16/bf16, or (h only)
         int8.  Each chunk converts its slice of the state to fp32 and rounds the result back, so a
         reduced-precision state never exists in fp32 as a whole (that copying cost more than the
@@ -212,7 +233,8 @@ class LSTMOptimizerNet(nn.Module):
             e = min(n, s + chunk)
             if scratch is None or scratch.shape[1] != e - s:
                 scratch = torch.empty(3, e - s, H, device=grad.device)
-            x = self.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e]), step)
+            x = self.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e]), step,
+                              None if level is None else level[s:e])
             for layer, (w_ih, w_hh, b) in enumerate(packed):
                 gates = torch.addmm(b, x, w_ih)
                 h_prev = h_in[layer, s:e]
@@ -248,13 +270,16 @@ def learned_update(
     states: dict[str, State],
     meta_fraction: float = 1.0,
     generator: torch.Generator | None = None,
+    levels: list[int] | None = None,
 ) -> tuple[list[torch.Tensor], dict[str, State]]:
     """One functional optimizer step θ ← θ + m(∇f) for meta-training (differentiable w.r.t. φ).
 
     All coordinates served by one network go through it as a single batch, in parameter order;
     ``states[group]`` holds their hidden states in that same order (and ``states[group + "/grad_scale"]``
-    the gradient normalization, ``states[group + "/moments"]`` the running moments and
-    ``states[group + "/step"]`` the steps taken, for networks that use them).
+    the gradient normalization, ``states[group + "/moments"]`` the running moments,
+    ``states[group + "/step"]`` the steps taken and ``states[group + "/level"]`` each coordinate's
+    basis level, for networks that use them).  ``levels``: the multi-scale basis level of each
+    parameter (``Problem.levels``; None: all 0).
 
     ``meta_fraction < 1`` (with gradients enabled) backpropagates through a random subset of the
     coordinates only, drawn once per run from ``generator``; the others take the same update
@@ -284,10 +309,18 @@ def learned_update(
             key = f"{group}/step"
             step = new_states.get(key, 0)
             new_states[key] = step + 1
+        level = None
+        if nets[group].config.level_inputs and levels is not None:
+            key = f"{group}/level"
+            if new_states.get(key) is None:
+                new_states[key] = torch.cat([torch.full((grads[i].numel(),), levels[i], dtype=torch.uint8,
+                                                        device=flat.device) for i in idx])
+            level = new_states[key]
         if meta_fraction < 1.0 and torch.is_grad_enabled():
-            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments, step)
+            update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments, step,
+                                    level)
         else:
-            update, new_states[group] = nets[group](flat, new_states[group], moments, step)
+            update, new_states[group] = nets[group](flat, new_states[group], moments, step, level)
         offset = 0
         for i in idx:
             n = params[i].numel()
@@ -298,7 +331,7 @@ def learned_update(
 
 def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states: dict, fraction: float,
                    generator: torch.Generator | None, moments: Moments | None = None,
-                   step: int | None = None) -> torch.Tensor:
+                   step: int | None = None, level: torch.Tensor | None = None) -> torch.Tensor:
     """The update of all coordinates, differentiable through a fixed random subset of them only."""
     n = flat.numel()
     key_idx, key_state = f"{group}/meta_idx", f"{group}/meta_state"
@@ -308,9 +341,10 @@ def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states
         states[key_state] = net.init_state(k, device=flat.device)
     idx = states[key_idx]
     with torch.no_grad():
-        update, states[group] = net._inference(flat, states[group], moments=moments, step=step)
+        update, states[group] = net._inference(flat, states[group], moments=moments, step=step, level=level)
     sub_moments = None if moments is None else (moments[0][idx], moments[1][idx])
-    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments, step)
+    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments, step,
+                                        None if level is None else level[idx])
     # Same values as the no-grad path; the gradient is scaled so the estimate stays unbiased.
     scale = n / idx.numel()
     sub_update = sub_update.detach() + (sub_update - sub_update.detach()) * scale

@@ -108,6 +108,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              f"the optimizer has {sorted(nets)}")
         super().add_param_group({**param_group, "params": params})
 
+    def set_basis_levels(self, param: torch.Tensor, level_sizes: list[int]) -> None:
+        """Declare ``param`` (flattened) as consecutive runs of coordinates from the levels 0, 1, ...
+        of a multi-scale basis, ``level_sizes[k]`` of level k (``MultiscaleOptimizer`` does this).
+        Networks with level inputs see each coordinate's level; the rest ignore it.  Parameters
+        never declared are level 0."""
+        if not any(param is q for g in self.param_groups for q in g["params"]):
+            raise ValueError("set_basis_levels: the parameter is not optimized by this optimizer")
+        sizes = [int(n) for n in level_sizes]
+        if any(n < 0 for n in sizes) or sum(sizes) != param.numel():
+            raise ValueError(f"set_basis_levels: level sizes {sizes} do not add up to the parameter's "
+                             f"{param.numel()} coordinates")
+        self.state[param]["level_sizes"] = sizes
+
     def state_bytes(self) -> int:
         """Bytes of optimizer state held now: every coordinate's LSTM h and c (and moments m, v)."""
         return sum(t.numel() * t.element_size() for st in self.state.values() for t in st.values()
@@ -226,7 +239,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 offset += n
             moments = net.update_moments(flat, (torch.cat([m.float() for m in ms]), torch.cat([v.float() for v in vs])))
 
-        update, (h, c) = net(flat, (h, c), moments, step)
+        level = None
+        if net.config.level_inputs and any("level_sizes" in self.state[p] for p in params):
+            # rebuilt each step (1 byte per coordinate, next to the LSTM's 13k FLOPs) rather than kept
+            # as state
+            sizes = [n for p in params for n in self.state[p].get("level_sizes", [p.numel()])]
+            ks = [k for p in params for k in range(len(self.state[p].get("level_sizes", [0])))]
+            level = torch.repeat_interleave(torch.tensor(ks, dtype=torch.uint8, device=device),
+                                            torch.tensor(sizes, device=device))
+
+        update, (h, c) = net(flat, (h, c), moments, step, level)
         if lr != 1.0:
             update = update * lr
 

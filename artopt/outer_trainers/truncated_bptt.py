@@ -200,7 +200,7 @@ def run_episode(
         with torch.set_grad_enabled(training):
             for _ in range(n):
                 params, states = learned_update(nets, params, grads, problem.groups, states, meta_fraction,
-                                                generator)
+                                                generator, problem.levels)
                 if problem.project is not None:
                     params = problem.project(params)
                 t += 1

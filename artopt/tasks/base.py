@@ -36,12 +36,17 @@ class Problem:
     # How many independent problems this one stacks (a meta-batch, see ``stack_problems``): its loss
     # is their sum, so each keeps its own gradient; meta-training averages over them.
     count: int = 1
+    # The multi-scale basis level of each parameter (``multiscale_problem``), for learned optimizers
+    # with level inputs; None: not in a basis (all level 0).
+    levels: list[int] | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
             self.groups = ["default"] * len(self.params)
         if len(self.groups) != len(self.params):
             raise ValueError("Problem.groups must name one network group per parameter")
+        if self.levels is not None and len(self.levels) != len(self.params):
+            raise ValueError("Problem.levels must give one basis level per parameter")
 
     def fresh_params(self, requires_grad: bool = True) -> list[torch.Tensor]:
         return [p.detach().clone().requires_grad_(requires_grad) for p in self.params]
@@ -83,4 +88,6 @@ def stack_problems(problems: Sequence[Problem]) -> Problem:
 
     return Problem([x for p in problems for x in p.params], loss,
                    groups=[g for p in problems for g in p.groups], project=project,
-                   info={"stacked": [p.info for p in problems]}, count=sum(p.count for p in problems))
+                   info={"stacked": [p.info for p in problems]}, count=sum(p.count for p in problems),
+                   levels=(None if all(p.levels is None for p in problems)
+                           else [k for p in problems for k in (p.levels or [0] * len(p.params))]))
