@@ -92,7 +92,7 @@ def test_level_inputs_follow_the_same_path_in_both_forms():
     torch.testing.assert_close(torch.tensor(c, dtype=a.curve.dtype), a.curve, rtol=1e-5, atol=1e-7)
 
 
-def test_set_basis_levels_checks_its_parameter_and_sizes():
+def test_set_basis_levels_checks_its_parameter_and_sizes_and_outlives_a_state_load():
     p, q = torch.zeros(10, requires_grad=True), torch.zeros(3, requires_grad=True)
     opt = LearnedOptimizer([p], nets=_nets())
     with pytest.raises(ValueError, match="not optimized"):
@@ -101,6 +101,23 @@ def test_set_basis_levels_checks_its_parameter_and_sizes():
         opt.set_basis_levels(p, [8, 1])
     opt.set_basis_levels(p, [8, 2])
     assert opt.state[p]["level_sizes"] == [8, 2]
+    saved = opt.state_dict()
+    assert saved["state"][0]["level_sizes"] == [8, 2]
+    # a state saved without levels (an older file) keeps the levels declared here
+    plain = LearnedOptimizer([torch.zeros(10, requires_grad=True)], nets=_nets()).state_dict()
+    opt.load_state_dict(plain)
+    assert opt.state[p]["level_sizes"] == [8, 2]
+
+
+def test_stacked_problems_keep_each_parameters_level():
+    from artopt.tasks.base import stack_problems
+
+    ms = multiscale_problem(_problem(), 3)
+    stacked = stack_problems([ms, _problem(seed=1), ms])
+    assert stacked.levels == [0, 1, 2, 0, 0, 1, 2]
+    assert stack_problems([_problem(), _problem(seed=1)]).levels is None
+    with pytest.raises(ValueError, match="one basis level per parameter"):
+        Problem([torch.zeros(3)], lambda ps, t: ps[0].sum(), levels=[0, 1])
 
 
 def test_inner_optimizer_sees_one_flat_tensor_per_image():

@@ -243,6 +243,8 @@ def test_learned_update_gives_each_parameter_its_level():
                             levels=[0, 2])
     torch.testing.assert_close(sub[1], full[1], rtol=1e-5, atol=1e-7)
     sum(p.sum() for p in sub).backward()
-    assert net.lstm.weight_ih_l0.grad[:, 2:].abs().sum() > 0
+    grad = net.lstm.weight_ih_l0.grad
+    assert grad[:, 2 + 2].abs().sum() > 0  # level 2's input
+    assert grad[:, 2 + 1].abs().sum() == grad[:, 2 + 3].abs().sum() == 0  # no coordinate at levels 1, 3
     flat, _ = learned_update(nets, params, grads, ["default"] * 2, {})  # no levels: all level 0
     assert not torch.allclose(flat[1], full[1])

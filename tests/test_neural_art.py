@@ -162,18 +162,20 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
         rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
                           "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
-                          "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "2",
-                          "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--runs", str(tmp_path),
+                          "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "4",
+                          "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--level-inputs",
+                          "--runs", str(tmp_path),
                           "--ship", ""])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     written = json.loads((tmp_path / "tiny" / "tiny.json").read_text())
-    assert written["basis"]["kind"] == "multiscale" and written["basis"]["levels"] == 2
+    assert written["basis"]["kind"] == "multiscale" and written["basis"]["levels"] == 4
     assert "m/sqrt(v)" in written["architecture"]
     net = load_learned(tmp_path / "tiny" / "tiny.safetensors")["default"]
     assert (net.config.moment_inputs, net.config.beta1, net.config.beta2, net.config.time_inputs) == (True, 0.9, 0.99, True)
     assert "tanh(t/s)" in written["architecture"]
+    assert net.config.level_inputs and "basis level" in written["architecture"]
     from artopt.learned_optimizers import shipped
     assert shipped.trained_pixels(tmp_path / "tiny" / "tiny.safetensors") == 16 * 16  # for the engine's input scale
     meta = written["meta_training"]
@@ -183,6 +185,8 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
         script.main(["--trajectory-weights", "quadratic"])
     with pytest.raises(SystemExit):
         script.main(["--moment-inputs", "--moment-betas", "0.9", "1.5"])
+    with pytest.raises(SystemExit):  # level inputs of levels never trained
+        script.main(["--level-inputs", "--basis-levels", "2"])
 
 
 def _train_script(name: str):

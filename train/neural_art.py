@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
+from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
@@ -75,8 +76,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
-    if args.level_inputs and not args.basis_levels:
-        ap.error("--level-inputs needs --basis-levels: in pixels every coordinate is level 0")
+    if args.level_inputs and args.basis_levels < LEVEL_INPUTS:
+        # with fewer, the inputs of the coarser levels never train, and larger images have them
+        ap.error(f"--level-inputs needs --basis-levels {LEVEL_INPUTS} or more, so that every level input is trained")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 

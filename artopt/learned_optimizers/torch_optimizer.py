@@ -157,7 +157,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
             key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
                           in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
             for key, st in state_dict["state"].items()}
+        # The basis levels describe the parameters, not the run: a state saved without them (an older
+        # file, another optimizer) keeps the levels declared here.
+        declared = {p: st["level_sizes"] for p, st in self.state.items() if "level_sizes" in st}
         super().load_state_dict(state_dict)
+        for p, sizes in declared.items():
+            self.state[p].setdefault("level_sizes", sizes)
         for st in self.state.values():
             for name, dtype in self._storage_dtypes:
                 if isinstance(st.get(name), torch.Tensor):
@@ -246,7 +251,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             sizes = [n for p in params for n in self.state[p].get("level_sizes", [p.numel()])]
             ks = [k for p in params for k in range(len(self.state[p].get("level_sizes", [0])))]
             level = torch.repeat_interleave(torch.tensor(ks, dtype=torch.uint8, device=device),
-                                            torch.tensor(sizes, device=device))
+                                            torch.tensor(sizes, device=device), output_size=flat.numel())
 
         update, (h, c) = net(flat, (h, c), moments, step, level)
         if lr != 1.0:
