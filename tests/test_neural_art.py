@@ -329,6 +329,7 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert (runs["adam"]["lr"], runs["adam-flat"]["lr"]) == (0.02, 0.03)
     assert len(runs["adam-flat"]["mean_curve"]) == len(runs["lstm-flat"]["mean_curve"]) == 4  # every step at 256 px
     assert len(runs["adam"]["mean_curve"]) < 4  # the first steps went to the 128 px scale
+    assert runs["adam"]["final_losses"] == [runs["adam"]["mean_final_loss"]]  # per photo (one here)
     assert runs["lstm-flat"]["learned"] and report["best_baseline"] in ("adam", "adam-flat")
     assert set(report["timing"]) == {"adam", "adam-flat", "lstm-flat"}
     assert set(report["speed"]) == {"adam-flat", "lstm-flat"} and report["speed"]["lstm-flat"]["photos"] == 1

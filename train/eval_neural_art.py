@@ -301,6 +301,8 @@ def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
         out["optimizers"][name] = {"learned": name.startswith("lstm"), "lr": lrs.get(name),
                                    "mean_final_loss": float(mean[-1]),
                                    "final_loss_ci95": [float(mean[-1] - half[-1]), float(mean[-1] + half[-1])],
+                                   # per photo, in the order of "photos": to count where one optimizer wins
+                                   "final_losses": t[:, -1].tolist(),
                                    "mean_curve": mean.tolist(), "band_lo": (mean - half).tolist(),
                                    "band_hi": (mean + half).tolist()}
     _rank(out)
