@@ -143,12 +143,9 @@ class LSTMOptimizerNet(nn.Module):
             tf = torch.tanh(torch.tensor([step / s for s in TIME_SCALES], device=x.device, dtype=x.dtype))
             parts.append(tf.expand(x.shape[0], -1))
         if self.config.level_inputs:
-            if level is None:
-                parts.append(x.new_zeros(x.shape[0], LEVEL_INPUTS))
-                parts[-1][:, 0] = 1
-            else:
-                idx = level.to(device=x.device, dtype=torch.long).clamp(0, LEVEL_INPUTS - 1)
-                parts.append(torch.nn.functional.one_hot(idx, LEVEL_INPUTS).to(x.dtype))
+            idx = (torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if level is None
+                   else level.to(device=x.device, dtype=torch.long).clamp(0, LEVEL_INPUTS - 1))
+            parts.append(torch.nn.functional.one_hot(idx, LEVEL_INPUTS).to(x.dtype))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
@@ -262,6 +259,13 @@ class LSTMOptimizerNet(nn.Module):
         return update, (h_out, c_out)
 
 
+def coordinate_levels(levels: list[int], sizes: list[int], device=None) -> torch.Tensor:
+    """Each coordinate's basis level (uint8, for ``forward``'s ``level``): ``sizes[i]`` coordinates
+    of level ``levels[i]``, one run after the other."""
+    return torch.repeat_interleave(torch.tensor(levels, dtype=torch.uint8, device=device),
+                                   torch.tensor(sizes, device=device), output_size=sum(sizes))
+
+
 def learned_update(
     nets: nn.ModuleDict | dict,
     params: list[torch.Tensor],
@@ -313,8 +317,8 @@ def learned_update(
         if nets[group].config.level_inputs and levels is not None:
             key = f"{group}/level"
             if new_states.get(key) is None:
-                new_states[key] = torch.cat([torch.full((grads[i].numel(),), levels[i], dtype=torch.uint8,
-                                                        device=flat.device) for i in idx])
+                new_states[key] = coordinate_levels([levels[i] for i in idx], [grads[i].numel() for i in idx],
+                                                    flat.device)
             level = new_states[key]
         if meta_fraction < 1.0 and torch.is_grad_enabled():
             update = _subset_update(nets[group], group, flat, new_states, meta_fraction, generator, moments, step,

@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .network import INT8_STEPS, LSTMOptimizerNet, first_rms_scale
+from .network import INT8_STEPS, LSTMOptimizerNet, coordinate_levels, first_rms_scale
 from .preprocessing import sanitize
 from .weights import load_learned
 
@@ -250,8 +250,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             # as state
             sizes = [n for p in params for n in self.state[p].get("level_sizes", [p.numel()])]
             ks = [k for p in params for k in range(len(self.state[p].get("level_sizes", [0])))]
-            level = torch.repeat_interleave(torch.tensor(ks, dtype=torch.uint8, device=device),
-                                            torch.tensor(sizes, device=device), output_size=flat.numel())
+            level = coordinate_levels(ks, sizes, device)
 
         update, (h, c) = net(flat, (h, c), moments, step, level)
         if lr != 1.0:
