@@ -248,3 +248,39 @@ def test_learned_update_gives_each_parameter_its_level():
     assert grad[:, 2 + 1].abs().sum() == grad[:, 2 + 3].abs().sum() == 0  # no coordinate at levels 1, 3
     flat, _ = learned_update(nets, params, grads, ["default"] * 2, {})  # no levels: all level 0
     assert not torch.allclose(flat[1], full[1])
+
+
+def test_mlp_head_reads_h_and_the_inputs_and_the_paths_agree():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, head_hidden=16)
+    assert net.head[0].in_features == 20 + 4 and net.state_numbers_per_coordinate == 80  # no added state
+    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
+    moments = net.update_moments(g, net.update_moments(torch.randn(5000), None))
+    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
+    u_diff, (h_diff, _) = net(g, state, moments)
+    # the update is the head of [top h, inputs]
+    want = net.head(torch.cat((h_diff[1], net.features(g, moments)), -1)).squeeze(-1) * net.config.output_scale
+    torch.testing.assert_close(u_diff, want)
+    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments)
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    # int8 h / float16 c, as the engine stores them: the fast path still follows the differentiable one
+    h8, c16 = (state[0] * 127).round().clamp(-127, 127).to(torch.int8), state[1].half()
+    u8, _ = net._inference(g, (h8, c16), chunk=700, moments=moments)
+    torch.testing.assert_close(u8, net._differentiable(g, (h8, c16), moments)[0].detach(), rtol=1e-5, atol=1e-6)
+    # the skip matters: the same h with other inputs gives another update
+    hidden_only = net.head(torch.cat((h_diff[1], torch.zeros(5000, 4)), -1)).squeeze(-1) * net.config.output_scale
+    assert not torch.allclose(hidden_only, u_diff)
+    # through a random subset of the coordinates the values are the same, and the head trains
+    _, _, sub = _full_and_subset_updates(net)
+    sub[0].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.head.parameters())
+    assert net.lstm.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_head_config_is_checked_and_old_configs_keep_the_linear_head():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="head_hidden"):
+            LSTMOptimizerConfig(head_hidden=bad)
+    net = LSTMOptimizerNet(LSTMOptimizerConfig.from_dict({"hidden_size": 20, "num_layers": 2}))
+    assert isinstance(net.head, torch.nn.Linear) and net.head.in_features == 20

@@ -8,11 +8,12 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, Wei
 
 def test_round_trip_with_card(tmp_path):
     torch.manual_seed(0)
-    nets = {"conv": LSTMOptimizerNet(), "fc": LSTMOptimizerNet(LSTMOptimizerConfig(output_scale=0.05))}
+    nets = {"conv": LSTMOptimizerNet(), "fc": LSTMOptimizerNet(LSTMOptimizerConfig(output_scale=0.05)),
+            "mlp": LSTMOptimizerNet(moment_inputs=True, head_hidden=8)}
     path = save_learned(tmp_path / "opt.safetensors", nets, {"task": "test"})
     loaded = load_learned(path)
-    assert set(loaded) == {"conv", "fc"}
-    assert loaded["fc"].config.output_scale == 0.05
+    assert set(loaded) == {"conv", "fc", "mlp"}
+    assert loaded["fc"].config.output_scale == 0.05 and loaded["mlp"].config.head_hidden == 8
     for name in nets:
         for (k, a), (_, b) in zip(nets[name].state_dict().items(), loaded[name].state_dict().items()):
             assert torch.equal(a, b), k

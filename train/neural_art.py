@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--level-inputs", action="store_true",
                     help="also feed the LSTM a one-hot of each coordinate's level in the multi-scale basis "
                          "(levels 0, 1, 2, 3 and coarser; LSTMOptimizerConfig.level_inputs); needs --basis-levels")
+    ap.add_argument("--head-hidden", type=int, default=0, metavar="K",
+                    help="output layer: a K-unit ReLU layer reading the top h and the LSTM's inputs, then a "
+                         "linear map (LSTMOptimizerConfig.head_hidden; no added state); 0: the paper's linear map")
     ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
                     help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
                          "0: pixels (artopt.learned_optimizers.multiscale)")
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
         cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization,
                                   moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
                                   beta2=args.moment_betas[1], time_inputs=args.time_inputs,
-                                  level_inputs=args.level_inputs)
+                                  level_inputs=args.level_inputs, head_hidden=args.head_hidden)
     except ValueError as err:
         ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
@@ -126,13 +129,16 @@ def main(argv=None) -> int:
                            else ((args.size_range[0] + args.size_range[1]) // 2) ** 2),
         "loss": "artopt.style.StyleLoss on efficientnet-lite0, engine default weights",
         "init": args.init,
-        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head"
+        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights"
+                        + ("" if cfg.head_hidden else ", linear head")
                         + (f"; inputs: Appendix-A preprocessed gradient plus m/sqrt(v) and g/sqrt(v) "
                            f"(running means of g and g^2, decays {cfg.beta1} and {cfg.beta2})"
                            if cfg.moment_inputs else "")
                         + ("; plus tanh(t/s), s in (3, 10, 30, 100), t the steps taken" if cfg.time_inputs else "")
                         + ("; plus a one-hot of the coordinate's basis level (0, 1, 2, 3 and coarser)"
-                           if cfg.level_inputs else ""),
+                           if cfg.level_inputs else "")
+                        + (f"; output: a {cfg.head_hidden}-unit ReLU layer on the top h and these inputs, then "
+                           "a linear map" if cfg.head_hidden else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),
