@@ -21,27 +21,23 @@ def test_the_paper_suites_and_neural_art_are_shipped():
 KEPT = sorted((WEIGHTS_DIR.parent / "train" / "results").glob("*/*.safetensors"))
 
 
-def test_the_kept_candidates_are_the_time_input_seed_17_multi_style_level_input_mlp_head_and_unroll_8_runs():
-    kept = {p.name: p for p in KEPT}
-    assert set(kept) == {"na_time_18.safetensors", "na_u16_17.safetensors", "na_multi_19.safetensors",
-                         "na_level_20.safetensors", "na_head_21.safetensors", "na_u8_22.safetensors"}
-    (timed,) = load_learned(kept["na_time_18.safetensors"]).values()
-    (replicate,) = load_learned(kept["na_u16_17.safetensors"]).values()
-    (multi,) = load_learned(kept["na_multi_19.safetensors"]).values()
-    (unroll8,) = load_learned(kept["na_u8_22.safetensors"]).values()
-    assert timed.config.time_inputs and timed.config.moment_inputs
-    (levelled,) = load_learned(kept["na_level_20.safetensors"]).values()
-    assert levelled.config.level_inputs and levelled.config.moment_inputs and not levelled.config.time_inputs
-    (headed,) = load_learned(kept["na_head_21.safetensors"]).values()
-    assert headed.config.head_hidden == 32 and headed.config.moment_inputs and not headed.config.level_inputs
+def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_name():
+    kept = {p.stem: p for p in KEPT}
+    assert set(kept) == {"na_time_18", "na_u16_17", "na_multi_19", "na_level_20", "na_head_21", "na_u8_22"}
+    config = {name: next(iter(load_learned(path).values())).config for name, path in kept.items()}
+    card = {name: json.loads(path.with_suffix(".json").read_text()) for name, path in kept.items()}
     (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
+    assert config["na_time_18"].time_inputs and config["na_time_18"].moment_inputs
+    levelled = config["na_level_20"]
+    assert levelled.level_inputs and levelled.moment_inputs and not levelled.time_inputs
+    headed = config["na_head_21"]
+    assert headed.head_hidden == 32 and headed.moment_inputs and not headed.level_inputs
     # the shipped recipe: another seed, other styles, shorter truncations (the card records the unroll)
-    assert replicate.config == shipped.config == multi.config == unroll8.config
-    assert json.loads(kept["na_u8_22.safetensors"].with_suffix(".json").read_text())["meta_training"]["unroll"] == 8
-    multi_card = json.loads(kept["na_multi_19.safetensors"].with_suffix(".json").read_text())
-    assert multi_card["mode"] == "multi" and len(multi_card["training_styles"]) > 1
-    for path in kept.values():  # the engine's input scale needs it
-        assert json.loads(path.with_suffix(".json").read_text())["trained_pixels"] == 64 * 64
+    assert config["na_u16_17"] == shipped.config == config["na_multi_19"] == config["na_u8_22"]
+    assert card["na_u8_22"]["meta_training"]["unroll"] == 8
+    assert card["na_multi_19"]["mode"] == "multi" and len(card["na_multi_19"]["training_styles"]) > 1
+    for name in kept:  # the engine's input scale needs it
+        assert card[name]["trained_pixels"] == 64 * 64
 
 
 @pytest.mark.parametrize("path", [WEIGHTS_DIR / f"{n}.safetensors" for n in SHIPPED] + KEPT,
