@@ -1,0 +1,86 @@
+"""Does the learned optimizer still beat Adam when a user changes the loss weights?
+
+The shipped LSTM was meta-trained with the default weights (content 1, style 20, TV 1).  Its inputs
+(log|g| / p and sign, m/√v, g/√v) see the gradient's scale, so a user's other weighting shows it
+gradients unlike those it was trained on.  This script runs the CLI, as a user would, with each
+optimizer at its default rate (`artopt stylize ... --optimizer lstm|adam --log-json`) at 256 px on
+the shipped photos with a held-out style, for weightings 10x either side of the defaults, and
+reports the final total loss of each and the ratio LSTM / Adam:
+
+    .venv/bin/python bench/loss_weights.py            # 2 photos x 7 weightings x 2 optimizers, ~20 min
+
+Writes bench/results/loss_weights.json; the images and logs go to --out (kept there: ``--reuse``
+reads finished runs instead of repeating them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "defaults": [],
+    "style x0.1": ["--style-weight", "2"],
+    "style x10": ["--style-weight", "200"],
+    "content x0.1": ["--content-weight", "0.1"],
+    "tv x10": ["--tv-weight", "10"],
+    "tv 0": ["--tv-weight", "0"],
+    "all x10": ["--content-weight", "10", "--style-weight", "200", "--tv-weight", "10"],
+}
+
+
+def artopt() -> list[str]:
+    exe = shutil.which("artopt", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "artopt"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
+    ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "loss_weights")
+    ap.add_argument("--reuse", action="store_true", help="read a run's log from --out when it is there")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "loss_weights.json")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    style = ROOT / "assets" / "styles" / f"{args.style}.jpg"
+    rows = []
+    for photo in args.photos:
+        for setting, flags in SETTINGS.items():
+            row = {"photo": photo, "setting": setting, "flags": " ".join(flags)}
+            for opt in ("lstm", "adam"):
+                stem = f"{photo}_{setting.replace(' ', '_')}_{opt}"  # "x0.1": no Path.with_suffix
+                log = args.out / f"{stem}.json"
+                if not (args.reuse and log.exists()):
+                    subprocess.run([*artopt(), "stylize", str(ROOT / "assets" / "photos" / f"{photo}.jpg"), str(style),
+                                    "-o", str(args.out / f"{stem}.png"), "--size", str(args.size), "--quiet",
+                                    "--optimizer", opt, *flags, "--log-json", str(log)], check=True)
+                run = json.loads(log.read_text())
+                row[opt] = run["steps"][-1]["total"]
+                row[f"{opt}_seconds"] = run["seconds"]
+            row["lstm_over_adam"] = row["lstm"] / row["adam"]
+            rows.append(row)
+            print(f"{photo:10s} {setting:14s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "
+                  f"ratio {row['lstm_over_adam']:.3f}", flush=True)
+    report = {
+        "size": args.size, "style": style.name, "optimizers": "lstm and adam at their default rates (CLI defaults)",
+        "steps": "the CLI default (150)", "runs": rows,
+        "median_ratio_by_setting": {s: statistics.median(r["lstm_over_adam"] for r in rows if r["setting"] == s)
+                                    for s in SETTINGS},
+        "worst_ratio": max(r["lstm_over_adam"] for r in rows),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
