@@ -33,7 +33,8 @@ Press Ctrl-C once to stop early and still save the current image.
 DEFAULT_MAX_UPLOAD_MB = 25.0
 
 # `artopt bench` targets with a script of their own; the rest are bench/stylize.py's TARGETS.
-OTHER_BENCH_SCRIPTS = {"web": "web_timing.py", "task-step-time": "task_step_time.py"}
+OTHER_BENCH_SCRIPTS = {"web": "web_timing.py", "task-step-time": "task_step_time.py", "loss-weights": "loss_weights.py",
+                       "long-runs": "long_runs.py"}
 
 
 class CLIError(Exception):
