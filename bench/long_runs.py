@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def artopt() -> list[str]:
-    exe = shutil.which("artopt", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "artopt"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import ROOT, stylize_totals  # noqa: E402
 
 
 def main(argv=None) -> int:
-    import subprocess
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
     ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
@@ -47,13 +40,9 @@ def main(argv=None) -> int:
     for photo in args.photos:
         row: dict = {"photo": photo}
         for opt in ("lstm", "adam"):
-            stem = f"{photo}_{args.size}px_{args.steps}steps_{opt}"
-            log = args.out / f"{stem}.json"
-            if not (args.reuse and log.exists()):
-                subprocess.run([*artopt(), "stylize", str(ROOT / "assets" / "photos" / f"{photo}.jpg"), str(style),
-                                "-o", str(args.out / f"{stem}.png"), "--size", str(args.size), "--steps", str(args.steps),
-                                "--quiet", "--optimizer", opt, "--log-json", str(log)], check=True)
-            totals = [s["total"] for s in json.loads(log.read_text())["steps"]]
+            totals = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
+                                    ["--size", str(args.size), "--steps", str(args.steps), "--optimizer", opt],
+                                    args.out, f"{photo}_{args.size}px_{args.steps}steps_{opt}", args.reuse)["totals"]
             row[opt] = {str(p): totals[p - 1] for p in points}
             if opt == "lstm":
                 best, worst_rise = float("inf"), 0.0

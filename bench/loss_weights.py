@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import ROOT, stylize_totals  # noqa: E402
+
 SETTINGS = {
     "defaults": [],
     "style x0.1": ["--style-weight", "2"],
@@ -33,11 +33,6 @@ SETTINGS = {
     "tv 0": ["--tv-weight", "0"],
     "all x10": ["--content-weight", "10", "--style-weight", "200", "--tv-weight", "10"],
 }
-
-
-def artopt() -> list[str]:
-    exe = shutil.which("artopt", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "artopt"]
 
 
 def main(argv=None) -> int:
@@ -56,14 +51,10 @@ def main(argv=None) -> int:
         for setting, flags in SETTINGS.items():
             row = {"photo": photo, "setting": setting, "flags": " ".join(flags)}
             for opt in ("lstm", "adam"):
-                stem = f"{photo}_{setting.replace(' ', '_')}_{opt}"  # "x0.1": no Path.with_suffix
-                log = args.out / f"{stem}.json"
-                if not (args.reuse and log.exists()):
-                    subprocess.run([*artopt(), "stylize", str(ROOT / "assets" / "photos" / f"{photo}.jpg"), str(style),
-                                    "-o", str(args.out / f"{stem}.png"), "--size", str(args.size), "--quiet",
-                                    "--optimizer", opt, *flags, "--log-json", str(log)], check=True)
-                run = json.loads(log.read_text())
-                row[opt] = run["steps"][-1]["total"]
+                run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
+                                     ["--size", str(args.size), "--optimizer", opt, *flags], args.out,
+                                     f"{photo}_{setting.replace(' ', '_')}_{opt}", args.reuse)
+                row[opt] = run["totals"][-1]
                 row[f"{opt}_seconds"] = run["seconds"]
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
