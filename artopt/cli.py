@@ -34,7 +34,7 @@ DEFAULT_MAX_UPLOAD_MB = 25.0
 
 # `artopt bench` targets with a script of their own; the rest are bench/stylize.py's TARGETS.
 OTHER_BENCH_SCRIPTS = {"web": "web_timing.py", "task-step-time": "task_step_time.py", "loss-weights": "loss_weights.py",
-                       "long-runs": "long_runs.py"}
+                       "long-runs": "long_runs.py", "style-sweep": "style_sweep.py"}
 
 
 class CLIError(Exception):

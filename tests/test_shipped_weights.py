@@ -97,3 +97,17 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
         learned_setup(w)
     with pytest.raises(ValueError, match="no neural-art optimizer weights"):
         learned_setup(tmp_path / "missing.safetensors")
+
+
+def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results():
+    """The card's 'LSTM lower in N of N runs' lines are read off the bench JSONs they name."""
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["user_settings_checks"]
+    results = WEIGHTS_DIR.parent / "bench" / "results"
+    weights = json.loads((results / "loss_weights.json").read_text())["runs"]
+    assert len(weights) == 14 and all(r["lstm_over_adam"] < 1 for r in weights)
+    assert "14 of 14" in card["loss_weights"]
+    sweep = json.loads((results / "style_sweep.json").read_text())
+    assert sweep["lstm_lower"] == sweep["runs_count"] == 16 and "16 of 16" in card["styles"]
+    assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
+    for run in json.loads((results / "long_runs.json").read_text())["runs"]:
+        assert all(r < 1 for r in run["lstm_over_adam"].values())
