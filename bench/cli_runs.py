@@ -30,3 +30,10 @@ def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem
     run = json.loads(log.read_text())
     run["totals"] = [s["total"] for s in run["steps"]]
     return run
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write a benchmark's JSON report and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -14,12 +14,11 @@ Writes bench/results/long_runs.json; images and logs go to --out (``--reuse`` re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, stylize_totals  # noqa: E402
+from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,9 +56,7 @@ def main(argv=None) -> int:
               f"largest rise {row['lstm_largest_rise_over_its_best']:.4f}", flush=True)
     report = {"size": args.size, "steps": args.steps, "style": style.name,
               "optimizers": "lstm and adam at their default rates (CLI defaults)", "runs": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(report, args.json)
     return 0
 
 

@@ -16,13 +16,12 @@ reads finished runs instead of repeating them).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, stylize_totals  # noqa: E402
+from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
 
 SETTINGS = {
     "defaults": [],
@@ -67,9 +66,7 @@ def main(argv=None) -> int:
                                     for s in SETTINGS},
         "worst_ratio": max(r["lstm_over_adam"] for r in rows),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(report, args.json)
     return 0
 
 

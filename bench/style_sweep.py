@@ -13,13 +13,12 @@ Writes bench/results/style_sweep.json; images and logs go to --out (``--reuse`` 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, stylize_totals  # noqa: E402
+from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
 
 TRAINING_STYLE = "starry_night"
 
@@ -50,9 +49,7 @@ def main(argv=None) -> int:
               "optimizers": "lstm and adam at their default rates (CLI defaults)", "runs": rows,
               "lstm_lower": sum(r < 1 for r in ratios), "runs_count": len(rows),
               "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(report, args.json)
     return 0
 
 
