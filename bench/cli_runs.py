@@ -37,3 +37,14 @@ def write_report(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def add_run_flags(ap, name: str, style: bool = True) -> None:
+    """The flags every user-setting benchmark takes; ``name`` names its run folder and JSON."""
+    ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
+    if style:
+        ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / name)
+    ap.add_argument("--reuse", action="store_true", help="read a run's log from --out when it is there")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")

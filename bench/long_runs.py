@@ -18,19 +18,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
+from cli_runs import ROOT, add_run_flags, stylize_totals, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
-    ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
-    ap.add_argument("--size", type=int, default=256)
+    add_run_flags(ap, "long_runs")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--points", type=int, nargs="+", default=[50, 100, 150, 200, 300, 400, 600])
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "long_runs")
-    ap.add_argument("--reuse", action="store_true", help="read a run's log from --out when it is there")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "long_runs.json")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     style = ROOT / "assets" / "styles" / f"{args.style}.jpg"

@@ -18,18 +18,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
+from cli_runs import ROOT, add_run_flags, stylize_totals, write_report  # noqa: E402
 
 TRAINING_STYLE = "starry_night"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "style_sweep")
-    ap.add_argument("--reuse", action="store_true", help="read a run's log from --out when it is there")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "style_sweep.json")
+    add_run_flags(ap, "style_sweep", style=False)
     args = ap.parse_args(argv)
     styles = sorted(p for p in (ROOT / "assets" / "styles").glob("*.jpg") if p.stem != TRAINING_STYLE)
     rows = []
