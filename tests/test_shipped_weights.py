@@ -106,8 +106,9 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
     weights = json.loads((results / "loss_weights.json").read_text())["runs"]
     assert len(weights) == 14 and all(r["lstm_over_adam"] < 1 for r in weights)
     assert "14 of 14" in card["loss_weights"]
-    sweep = json.loads((results / "style_sweep.json").read_text())
-    assert sweep["lstm_lower"] == sweep["runs_count"] == 16 and "16 of 16" in card["styles"]
-    assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
+    for name, key in (("style_sweep", "styles"), ("style_sweep_512", "styles_512px")):
+        sweep = json.loads((results / f"{name}.json").read_text())
+        assert sweep["lstm_lower"] == sweep["runs_count"] == 16 and "16 of 16" in card[key]
+        assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
     for run in json.loads((results / "long_runs.json").read_text())["runs"]:
         assert all(r < 1 for r in run["lstm_over_adam"].values())
