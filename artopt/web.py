@@ -646,7 +646,8 @@ def build_app(
                 )
                 strength = gr.Slider(
                     0.1, 10, value=1.0, step=0.1, label="Style strength (× the default style weight)",
-                    info="higher: more of the style, less of the photo",
+                    info=("higher: more of the style, less of the photo; lower it if a pale or sparse style "
+                          "washes the photo out"),
                 )
                 optimizer = gr.Dropdown(
                     [(labels[o], o) for o in optimizers],
