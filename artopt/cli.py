@@ -316,6 +316,14 @@ def _stylize(args: argparse.Namespace) -> int:
     if config.lstm_weights and optimizer != "lstm":  # warned even with --quiet: the user asked for them
         print(f"artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, "
               f"and this run uses {optimizer}", file=sys.stderr)
+    if optimizer == "lstm" and config.lr is not None:
+        # An Adam-sized rate (0.01) given to the LSTM shrinks its meta-trained steps 100-fold.
+        card_lr = resolve_lr("lstm", None, config.lstm_weights)
+        ratio = config.lr / card_lr
+        if not 0.25 <= ratio <= 4:
+            size = f"{1 / ratio:.3g}x smaller" if ratio < 1 else f"{ratio:.3g}x larger"
+            print(f"artopt: warning: for --optimizer lstm, --lr multiplies the learned step (its weights' card: "
+                  f"{card_lr:g}); {config.lr:g} makes every step {size} than that", file=sys.stderr)
 
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
     device = resolve_device(config.device)

@@ -258,6 +258,25 @@ def test_no_clobber_refuses_existing_outputs_before_the_run(tmp_path, capsys, in
     assert Image.open(tmp_path / "o.png").format == "PNG"
 
 
+@pytest.mark.parametrize("lr, warned", [("0.02", "50x smaller"), ("10", "10x larger"), ("0.5", None), ("3", None)])
+def test_an_lstm_lr_far_from_its_cards_multiplier_warns(tmp_path, capsys, instant_stylize, lr, warned):
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--optimizer", "lstm",
+                 "--lr", lr, *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 0 and instant_stylize.calls == 1
+    if warned:  # the shipped card's multiplier is 1
+        assert err == (f"artopt: warning: for --optimizer lstm, --lr multiplies the learned step (its weights' "
+                       f"card: 1); {lr} makes every step {warned} than that")
+    else:
+        assert "warning" not in err
+
+
+def test_adam_takes_any_lr_without_a_warning(tmp_path, capsys, instant_stylize):
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--optimizer", "adam",
+                 "--lr", "0.002", *FAST])
+    assert code == 0 and "warning" not in capsys.readouterr().err
+
+
 def test_optimizer_and_other_names_take_any_case():
     from artopt.cli import _build_parser
 
