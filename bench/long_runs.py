@@ -27,7 +27,6 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--points", type=int, nargs="+", default=[50, 100, 150, 200, 300, 400, 600])
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     style = ROOT / "assets" / "styles" / f"{args.style}.jpg"
     points = [p for p in args.points if p <= args.steps]
     rows = []

@@ -38,7 +38,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(ap, "loss_weights")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     style = ROOT / "assets" / "styles" / f"{args.style}.jpg"
     rows = []
     for photo in args.photos:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,6 +47,9 @@ from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: 
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.style.images import load_image  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from cli_runs import write_report  # noqa: E402
 
 LIBRARY_INFERENCE = LSTMOptimizerNet._inference
 
@@ -73,7 +77,7 @@ def side_by_side(pool: ThreadPoolExecutor, workers: int):
 
     def inference(net, grad, state, chunk=None, moments=None, step=None, level=None):
         n, chunk = grad.numel(), chunk or CPU_CHUNK
-        per = -(-(-(-n // chunk)) // workers) * chunk  # whole chunks per worker
+        per = math.ceil(math.ceil(n / chunk) / workers) * chunk  # whole chunks per worker
         h_in, c_in = state
         update = torch.empty(n)
         h_out, c_out = torch.empty_like(h_in), torch.empty_like(c_in)
@@ -179,8 +183,7 @@ def main(argv=None) -> int:
               "runs": {names[v]: runs[v] for v in VARIANTS},
               "load_average_1min_end": os.getloadavg()[0]}
     print(json.dumps(report, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.json)
     return 0
 
 
