@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
-from artopt.learned_optimizers.network import LEVEL_INPUTS, TIME_SCALES
+from artopt.learned_optimizers.network import LEVEL_INPUTS, LOSS_SCALES, TIME_SCALES, loss_change
 
 
 def test_shapes_and_state_size():
@@ -207,6 +207,50 @@ def test_time_inputs_paths_agree_and_learned_update_counts_steps():
     states_full, states_sub, sub = _full_and_subset_updates(net)
     assert states_full["default/step"] == states_sub["default/step"] == 3
     sub[0].sum().backward()
+    assert net.lstm.weight_ih_l0.grad[:, 4:].abs().sum() > 0
+
+
+def test_loss_change_is_the_log_ratio_or_0_where_it_cannot_be_taken():
+    assert loss_change(2.0, 1.0) == pytest.approx(-0.6931472)
+    assert loss_change(1.0, 1.0) == 0.0
+    for previous, now in ((None, 1.0), (1.0, None), (0.0, 1.0), (1.0, -1.0), (float("nan"), 1.0), (1.0, float("inf"))):
+        assert loss_change(previous, now) == 0.0
+
+
+def test_loss_inputs_paths_agree_and_learned_update_keeps_the_previous_loss():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, loss_inputs=True)
+    assert net.lstm.input_size == 4 + len(LOSS_SCALES)
+    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
+    moments = net.update_moments(g, None)
+    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
+    with pytest.raises(ValueError, match="loss inputs"):
+        net(g, state, moments)
+    x = net.features(g, moments, change=-0.02)
+    torch.testing.assert_close(x[0, 4:], torch.tanh(torch.tensor([-0.02 * s for s in LOSS_SCALES])))
+    assert torch.equal(x[:, 4:], x[:1, 4:].expand(5000, -1))  # the same for every coordinate
+    u_diff, (h_diff, _) = net(g, state, moments, change=-0.02)
+    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, change=-0.02)
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net._inference(g, state, moments=moments, change=0.3)[0], u_fast)  # the loss matters
+    # learned_update needs the loss, keeps it per group, and a meta-fraction changes no value
+    nets = torch.nn.ModuleDict({"default": net})
+    with pytest.raises(ValueError, match="loss inputs"):
+        learned_update(nets, [torch.zeros(300)], [torch.randn(300)], ["default"], {})
+    params, states_full, states_sub = [torch.zeros(300)], {}, {}
+    gen = torch.Generator().manual_seed(0)
+    for loss in (4.0, 3.0, 3.3):
+        grads = [torch.randn(300)]
+        full, states_full = learned_update(nets, params, grads, ["default"], states_full, loss=loss)
+        sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen, loss=loss)
+        torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
+    assert states_full["default/loss"] == states_sub["default/loss"] == 3.3
+    # the first step sees no change; the same gradient after a rise gets another update
+    first, st = learned_update(nets, [torch.zeros(300)], grads, ["default"], {}, loss=5.0)
+    zero_change, _ = net(grads[0], net.init_state(300), net.update_moments(grads[0], None), change=0.0)
+    torch.testing.assert_close(first[0], zero_change.detach())
+    sub[0].sum().backward()  # the loss inputs train
     assert net.lstm.weight_ih_l0.grad[:, 4:].abs().sum() > 0
 
 

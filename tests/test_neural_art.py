@@ -164,7 +164,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
                           "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "4",
                           "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--level-inputs",
-                          "--head-hidden", "8", "--runs", str(tmp_path),
+                          "--head-hidden", "8", "--loss-inputs", "--runs", str(tmp_path),
                           "--ship", ""])
     finally:
         torch.set_num_threads(threads)
@@ -177,6 +177,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     assert "tanh(t/s)" in written["architecture"]
     assert net.config.level_inputs and "basis level" in written["architecture"]
     assert net.config.head_hidden == 8 and "8-unit ReLU layer" in written["architecture"]
+    assert net.config.loss_inputs and "loss change" in written["architecture"]
     assert "linear head" not in written["architecture"]
     from artopt.learned_optimizers import shipped
     assert shipped.trained_pixels(tmp_path / "tiny" / "tiny.safetensors") == 16 * 16  # for the engine's input scale

@@ -337,6 +337,59 @@ def test_time_inputs_count_each_parameters_steps(tmp_path):
     assert load_learned(path)["default"].config.time_inputs
 
 
+def test_loss_inputs_take_the_loss_from_the_closure_or_the_caller(tmp_path):
+    """A network with loss inputs sees log(f_t / f_(t-1)): from step(closure) or step(loss=...), the
+    same update either way; without a loss it says what to pass; the last loss survives state_dict."""
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, loss_inputs=True)
+    target = torch.randn(6)
+
+    def run(use_closure: bool, steps: int = 3):
+        p = nn.Parameter(torch.zeros(6))
+        opt = LearnedOptimizer([p], nets={"default": net})
+        seen = []
+
+        def closure():
+            opt.zero_grad()
+            loss = ((p - target) ** 2).sum()
+            loss.backward()
+            seen.append(float(loss.detach()))
+            return loss
+
+        for _ in range(steps):
+            if use_closure:
+                opt.step(closure)
+            else:
+                opt.step(loss=closure())
+        return p, opt, seen
+
+    (p1, opt1, seen), (p2, _, _) = run(True), run(False)
+    assert torch.equal(p1.detach(), p2.detach())
+    assert opt1.state[p1]["loss"] == seen[-1]  # the loss at the point the last update started from
+    p1.grad = torch.ones(6)
+    with pytest.raises(ValueError, match="loss inputs"):
+        opt1.step()
+    path = save_learned(tmp_path / "l.safetensors", {"default": net})
+    again = LearnedOptimizer([p1], weights=path)
+    again.load_state_dict(opt1.state_dict())
+    assert again.state[p1]["loss"] == opt1.state[p1]["loss"] and load_learned(path)["default"].config.loss_inputs
+    # through the multi-scale basis, the loss reaches the learned optimizer
+    image = nn.Parameter(torch.rand(1, 3, 16, 16))
+    ms = MultiscaleOptimizer([image], lambda zs: LearnedOptimizer(zs, nets={"default": net}), levels=2)
+
+    def image_closure():
+        ms.zero_grad()
+        loss = image.square().sum()
+        loss.backward()
+        return loss
+
+    start = float(image.detach().square().sum())
+    ms.step(image_closure)
+    assert ms.inner.state[ms.flat[0]]["loss"] == start
+
+
 def test_a_late_parameter_joins_the_first_rms_scale_instead_of_resetting_it():
     a, b = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
     opt = LearnedOptimizer([a, b], nets={"default": LSTMOptimizerNet(grad_normalization="first_rms")})

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--level-inputs", action="store_true",
                     help="also feed the LSTM a one-hot of each coordinate's level in the multi-scale basis "
                          "(levels 0, 1, 2, 3 and coarser; LSTMOptimizerConfig.level_inputs); needs --basis-levels")
+    ap.add_argument("--loss-inputs", action="store_true",
+                    help="the LSTM also sees tanh(s log(f_t/f_(t-1))), s in 1, 10, 100, the same for every coordinate "
+                         "(LSTMOptimizerConfig.loss_inputs): whether and how fast the last step lowered the loss")
     ap.add_argument("--head-hidden", type=int, default=0, metavar="K",
                     help="output layer: a K-unit ReLU layer reading the top h and the LSTM's inputs, then a "
                          "linear map (LSTMOptimizerConfig.head_hidden; no added state); 0: the paper's linear map")
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
         cfg = LSTMOptimizerConfig(output_scale=args.output_scale, grad_normalization=args.grad_normalization,
                                   moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
                                   beta2=args.moment_betas[1], time_inputs=args.time_inputs,
-                                  level_inputs=args.level_inputs, head_hidden=args.head_hidden)
+                                  level_inputs=args.level_inputs, loss_inputs=args.loss_inputs,
+                                  head_hidden=args.head_hidden)
     except ValueError as err:
         ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
@@ -137,6 +141,8 @@ def main(argv=None) -> int:
                         + ("; plus tanh(t/s), s in (3, 10, 30, 100), t the steps taken" if cfg.time_inputs else "")
                         + ("; plus a one-hot of the coordinate's basis level (0, 1, 2, 3 and coarser)"
                            if cfg.level_inputs else "")
+                        + ("; plus tanh(s log(f_t/f_(t-1))), s in (1, 10, 100), the last step's loss change"
+                           if cfg.loss_inputs else "")
                         + (f"; output: a {cfg.head_hidden}-unit ReLU layer on the top h and these inputs, then "
                            "a linear map" if cfg.head_hidden else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,

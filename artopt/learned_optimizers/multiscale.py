@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks.base import Problem
-from .torch_optimizer import evaluate_closure
+from .torch_optimizer import LearnedOptimizer, evaluate_closure
 
 COARSEST = 8  # px: levels stop where the coarsest one would have fewer pixels across than this
 
@@ -117,8 +117,10 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         self.inner.zero_grad(set_to_none)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = evaluate_closure(closure)
+    def step(self, closure=None, loss=None):
+        """As the inner optimizer's step; ``loss`` (f at the current images, when no closure gives
+        it) passes on to a learned optimizer, whose network may take loss inputs."""
+        loss = evaluate_closure(closure) if closure is not None else loss
         active = []
         for p, flat, zs in zip(self.images, self.flat, self.coefficients):
             if p.grad is None:
@@ -126,7 +128,10 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             flat.zero_()  # after the inner step, the coefficients hold the update alone
             flat.grad = torch.cat([g.reshape(-1) for g in adjoint(p.grad, [z.shape for z in zs])])
             active.append((p, zs))
-        self.inner.step()
+        if loss is not None and isinstance(self.inner, LearnedOptimizer):
+            self.inner.step(loss=loss)
+        else:
+            self.inner.step()
         for p, zs in active:
             p.add_(synthesize(zs, tuple(p.shape[-2:])))
         return loss

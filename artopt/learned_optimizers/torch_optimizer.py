@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .network import INT8_STEPS, LSTMOptimizerNet, coordinate_levels, first_rms_scale
+from .network import INT8_STEPS, LSTMOptimizerNet, coordinate_levels, first_rms_scale, loss_change
 from .preprocessing import sanitize
 from .weights import load_learned
 
@@ -169,11 +169,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     st[name] = st[name].to(dtype)  # exact: the values were already representable
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, loss=None):
         """One learned update of every parameter that has a gradient (``closure``: re-evaluates the
         loss first, as in ``torch.optim``; its loss is returned).  ``last_notice`` says whether the
-        non-finite guard had to step in."""
-        loss = evaluate_closure(closure)
+        non-finite guard had to step in.
+
+        Networks with loss inputs need the loss at the current parameters: from ``closure``, or
+        given as ``loss`` by a caller that computed it already."""
+        loss = evaluate_closure(closure) if closure is not None else loss
+        value = None if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
+        if value is None and any(self.nets[g["net"]].config.loss_inputs for g in self.param_groups):
+            raise ValueError("this learned optimizer's network takes loss inputs: call step(closure) "
+                             "or step(loss=<the loss at the current parameters>)")
         self.last_notice = None
         devices = {p.device for g in self.param_groups for p in g["params"] if p.grad is not None}
         # Checked before anything moves: the networks follow the parameters to their device.
@@ -192,11 +199,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     step = self.state[p].get("step", 0) if timed else None
                     batches.setdefault((group["net"], group["lr"], step), []).append(p)
         for (net_name, lr, step), params in batches.items():
-            self._step_batch(self.nets[net_name], params, lr, step)
+            self._step_batch(self.nets[net_name], params, lr, step, value)
         return loss
 
     def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lr: float,
-                    step: int | None = None) -> None:
+                    step: int | None = None, loss: float | None = None) -> None:
         net_device = next(net.parameters()).device
         device = params[0].device
         if net_device != device:
@@ -252,7 +259,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
             ks = [k for p in params for k in range(len(self.state[p].get("level_sizes", [0])))]
             level = coordinate_levels(ks, sizes, device)
 
-        update, (h, c) = net(flat, (h, c), moments, step, level)
+        change = None
+        if net.config.loss_inputs:
+            # the previous loss this batch saw (a parameter new to the batch has none: change 0)
+            change = loss_change(next((self.state[p]["loss"] for p in params if "loss" in self.state[p]), None), loss)
+
+        update, (h, c) = net(flat, (h, c), moments, step, level, change)
         if lr != 1.0:
             update = update * lr
 
@@ -293,6 +305,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 st["m"], st["v"] = (t[offset : offset + n].to(self._moment_dtype, copy=True) for t in moments)
             if step is not None:
                 st["step"] = step + 1
+            if change is not None:
+                st["loss"] = loss
             offset += n
         if overflowed:
             self.fallback_count += overflowed

@@ -192,7 +192,8 @@ def run_episode(
     losses: list[float] = []
     per_problem = loss_scale * problem.count  # a stacked problem reports (and is trained on) its mean
     loss, grads = _grads(problem, params, 0, loss_scale)
-    losses.append(float(loss) / per_problem)
+    value = float(loss)  # f at the params the next update starts from (for loss inputs)
+    losses.append(value / per_problem)
     t = 0
     while t < steps:
         n = min(unroll, steps - t)
@@ -200,7 +201,7 @@ def run_episode(
         with torch.set_grad_enabled(training):
             for _ in range(n):
                 params, states = learned_update(nets, params, grads, problem.groups, states, meta_fraction,
-                                                generator, problem.levels)
+                                                generator, problem.levels, value)
                 if problem.project is not None:
                     params = problem.project(params)
                 t += 1
