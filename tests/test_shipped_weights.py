@@ -23,13 +23,16 @@ KEPT = sorted((WEIGHTS_DIR.parent / "train" / "results").glob("*/*.safetensors")
 
 def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_name():
     kept = {p.stem: p for p in KEPT}
-    assert set(kept) == {"na_time_18", "na_u16_17", "na_multi_19", "na_level_20", "na_head_21", "na_u8_22"}
+    assert set(kept) == {"na_time_18", "na_u16_17", "na_multi_19", "na_level_20", "na_head_21", "na_u8_22",
+                         "na_loss_23"}
     config = {name: next(iter(load_learned(path).values())).config for name, path in kept.items()}
     card = {name: json.loads(path.with_suffix(".json").read_text()) for name, path in kept.items()}
     (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
     assert config["na_time_18"].time_inputs and config["na_time_18"].moment_inputs
     levelled = config["na_level_20"]
     assert levelled.level_inputs and levelled.moment_inputs and not levelled.time_inputs
+    assert config["na_loss_23"].loss_inputs and config["na_loss_23"].moment_inputs
+    assert not shipped.config.loss_inputs  # the engine runs the shipped weights without a loss input
     headed = config["na_head_21"]
     assert headed.head_hidden == 32 and headed.moment_inputs and not headed.level_inputs
     # the shipped recipe: another seed, other styles, shorter truncations (the card records the unroll)
