@@ -177,10 +177,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         Networks with loss inputs need the loss at the current parameters: from ``closure``, or
         given as ``loss`` by a caller that computed it already."""
         loss = evaluate_closure(closure) if closure is not None else loss
-        value = None if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
-        if value is None and any(self.nets[g["net"]].config.loss_inputs for g in self.param_groups):
-            raise ValueError("this learned optimizer's network takes loss inputs: call step(closure) "
-                             "or step(loss=<the loss at the current parameters>)")
+        value = None  # read only where a network needs it: on a GPU, float() waits for the device
+        if any(self.nets[g["net"]].config.loss_inputs for g in self.param_groups):
+            if loss is None:
+                raise ValueError("this learned optimizer's network takes loss inputs: call step(closure) "
+                                 "or step(loss=<the loss at the current parameters>)")
+            value = float(loss.detach() if torch.is_tensor(loss) else loss)
         self.last_notice = None
         devices = {p.device for g in self.param_groups for p in g["params"] if p.grad is not None}
         # Checked before anything moves: the networks follow the parameters to their device.
