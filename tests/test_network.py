@@ -186,23 +186,31 @@ def test_old_configs_load_without_moment_inputs():
     assert not cfg.moment_inputs and LSTMOptimizerNet(cfg).lstm.input_size == 2
 
 
+def _check_inputs_shared_by_every_coordinate(net, name: str, value, expected, other, error: str) -> None:
+    """A network whose inputs past the gradient and moments (4) are the same for every coordinate and
+    set by the keyword ``name``: without it the network says so (``error``); with ``value`` they
+    are ``expected``; both paths agree; ``other`` changes the update."""
+    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
+    moments = net.update_moments(g, None)
+    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
+    with pytest.raises(ValueError, match=error):
+        net(g, state, moments)
+    x = net.features(g, moments, **{name: value})
+    torch.testing.assert_close(x[0, 4:], expected)
+    assert torch.equal(x[:, 4:], x[:1, 4:].expand(5000, -1))
+    u_diff, (h_diff, _) = net(g, state, moments, **{name: value})
+    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, **{name: value})
+    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net._inference(g, state, moments=moments, **{name: other})[0], u_fast)
+
+
 def test_time_inputs_paths_agree_and_learned_update_counts_steps():
     torch.manual_seed(0)
     net = LSTMOptimizerNet(moment_inputs=True, time_inputs=True)
     assert net.lstm.input_size == 4 + len(TIME_SCALES)
-    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
-    moments = net.update_moments(g, None)
-    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
-    with pytest.raises(ValueError, match="time inputs"):
-        net(g, state, moments)
-    x = net.features(g, moments, 7)
-    torch.testing.assert_close(x[0, 4:], torch.tanh(torch.tensor([7 / s for s in TIME_SCALES])))
-    assert torch.equal(x[:, 4:], x[:1, 4:].expand(5000, -1))  # the same for every coordinate
-    u_diff, (h_diff, _) = net(g, state, moments, 7)
-    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, step=7)
-    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(net._inference(g, state, moments=moments, step=50)[0], u_fast)  # time matters
+    _check_inputs_shared_by_every_coordinate(net, "step", 7, torch.tanh(torch.tensor([7 / s for s in TIME_SCALES])), 50,
+                                             "time inputs")
     # learned_update counts the steps per group; a meta-fraction changes no value; the time inputs train.
     states_full, states_sub, sub = _full_and_subset_updates(net)
     assert states_full["default/step"] == states_sub["default/step"] == 3
@@ -221,19 +229,9 @@ def test_loss_inputs_paths_agree_and_learned_update_keeps_the_previous_loss():
     torch.manual_seed(0)
     net = LSTMOptimizerNet(moment_inputs=True, loss_inputs=True)
     assert net.lstm.input_size == 4 + len(LOSS_SCALES)
-    g = torch.randn(5000) * torch.logspace(-6, 0, 5000)
-    moments = net.update_moments(g, None)
-    state = (torch.randn(2, 5000, 20) * 0.5, torch.randn(2, 5000, 20))
-    with pytest.raises(ValueError, match="loss inputs"):
-        net(g, state, moments)
-    x = net.features(g, moments, change=-0.02)
-    torch.testing.assert_close(x[0, 4:], torch.tanh(torch.tensor([-0.02 * s for s in LOSS_SCALES])))
-    assert torch.equal(x[:, 4:], x[:1, 4:].expand(5000, -1))  # the same for every coordinate
-    u_diff, (h_diff, _) = net(g, state, moments, change=-0.02)
-    u_fast, (h_fast, _) = net._inference(g, state, chunk=700, moments=moments, change=-0.02)
-    torch.testing.assert_close(u_fast, u_diff.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(h_fast, h_diff.detach(), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(net._inference(g, state, moments=moments, change=0.3)[0], u_fast)  # the loss matters
+    _check_inputs_shared_by_every_coordinate(net, "change", -0.02,
+                                             torch.tanh(torch.tensor([-0.02 * s for s in LOSS_SCALES])), 0.3,
+                                             "loss inputs")
     # learned_update needs the loss, keeps it per group, and a meta-fraction changes no value
     nets = torch.nn.ModuleDict({"default": net})
     with pytest.raises(ValueError, match="loss inputs"):
@@ -246,8 +244,8 @@ def test_loss_inputs_paths_agree_and_learned_update_keeps_the_previous_loss():
         sub, states_sub = learned_update(nets, params, grads, ["default"], states_sub, 0.1, gen, loss=loss)
         torch.testing.assert_close(sub[0], full[0], rtol=1e-5, atol=1e-7)
     assert states_full["default/loss"] == states_sub["default/loss"] == 3.3
-    # the first step sees no change; the same gradient after a rise gets another update
-    first, st = learned_update(nets, [torch.zeros(300)], grads, ["default"], {}, loss=5.0)
+    # a run's first step sees a change of 0
+    first, _ = learned_update(nets, [torch.zeros(300)], grads, ["default"], {}, loss=5.0)
     zero_change, _ = net(grads[0], net.init_state(300), net.update_moments(grads[0], None), change=0.0)
     torch.testing.assert_close(first[0], zero_change.detach())
     sub[0].sum().backward()  # the loss inputs train
