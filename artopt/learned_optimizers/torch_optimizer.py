@@ -263,7 +263,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         change = None
         if net.config.loss_inputs:
-            # the previous loss this batch saw (a parameter new to the batch has none: change 0)
+            # the previous loss any parameter of this batch saw (none on the first step: a change of 0)
             change = loss_change(next((self.state[p]["loss"] for p in params if "loss" in self.state[p]), None), loss)
 
         update, (h, c) = net(flat, (h, c), moments, step, level, change)
