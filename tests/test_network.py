@@ -326,3 +326,29 @@ def test_head_config_is_checked_and_old_configs_keep_the_linear_head():
             LSTMOptimizerConfig(head_hidden=bad)
     net = LSTMOptimizerNet(LSTMOptimizerConfig.from_dict({"hidden_size": 20, "num_layers": 2}))
     assert isinstance(net.head, torch.nn.Linear) and net.head.in_features == 20
+
+
+@pytest.mark.parametrize("n", [10_001, 2_800])
+def test_inputs_computed_per_block_give_the_update_of_inputs_per_chunk(monkeypatch, n):
+    """The inference path computes the inputs for blocks of whole chunks and slices each chunk's
+    rows from them; several blocks, a last block and chunk cut short, and per-coordinate level inputs
+    must give what inputs computed chunk by chunk give, to the bit."""
+    from artopt.learned_optimizers import network
+
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, level_inputs=True)
+    g = torch.randn(n) * torch.logspace(-8, 0, n)[torch.randperm(n)]
+    m, v = net.update_moments(g, None)
+    moments = (m.bfloat16(), v.bfloat16())
+    level = torch.randint(0, LEVEL_INPUTS, (n,))
+    state = (torch.randint(-127, 128, (2, n, 20), dtype=torch.int8), torch.randn(2, n, 20).half())
+    monkeypatch.setattr(network, "FEATURE_BLOCK", 3000)  # blocks of 4 chunks of 700
+    u_block, (h_block, c_block) = net._inference(g, state, chunk=700, moments=moments, level=level)
+    monkeypatch.setattr(network, "FEATURE_BLOCK", 1)  # each chunk its own block
+    u_chunk, (h_chunk, c_chunk) = net._inference(g, state, chunk=700, moments=moments, level=level)
+    assert torch.equal(u_block, u_chunk) and torch.equal(h_block, h_chunk) and torch.equal(c_block, c_chunk)
+    # and the blocks read the right rows: each coordinate's update is its own
+    perm = torch.randperm(n)
+    u_perm, _ = net._inference(g[perm], (state[0][:, perm], state[1][:, perm]), chunk=700,
+                               moments=(moments[0][perm], moments[1][perm]), level=level[perm])
+    torch.testing.assert_close(u_perm, u_chunk[perm])
