@@ -7,7 +7,8 @@ library now computes them for a block of 64 chunks at once (``network.FEATURE_BL
 each chunk's rows from that.  This script times both on the shipped weights, in the engine's state
 dtypes (int8 h, float16 c, bfloat16 moments), on a 341x512 image's 699k coefficients, alternating
 the two over several rounds at each thread count, and checks that they compute the same update to
-the bit:
+the bit.  Then whole stylize steps at 512 px without the pyramid (loss network and update) on
+``--engine-threads``, the two alternating again:
 
     .venv/bin/python bench/lstm_features.py
 
@@ -32,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import network  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
+from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
+from artopt.style.images import load_image  # noqa: E402
 
 VARIANTS = {"inputs per chunk (before)": 1, "inputs per block (library)": network.FEATURE_BLOCK}
 
@@ -41,11 +44,27 @@ def _update(net, grad, state, moments, block: int):
     return net._inference(grad, state, moments=moments)
 
 
+def engine_step(block: int, steps: int) -> dict:
+    """Seconds per stylize step (and the loss network's part) at 512 px, no pyramid, shipped LSTM."""
+    network.FEATURE_BLOCK = block
+    content = load_image(ROOT / "assets" / "photos" / "chelsea.jpg")
+    style = load_image(ROOT / "assets" / "styles" / "woman_with_a_hat.jpg")
+    infos = []
+    stylize(content, style, StylizeConfig(size=512, steps=steps, optimizer="lstm", pyramid=False), callback=infos.append)
+    n = len(infos) - 1  # from the end of step 1 (targets and set-up come before it) to the last
+    return {"step_seconds": (infos[-1].elapsed - infos[0].elapsed) / n,
+            "loss_net_seconds_per_step": (infos[-1].loss_seconds - infos[0].loss_seconds) / n,
+            "final_loss": infos[-1].losses["total"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--coords", type=int, default=699_000)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--engine-threads", type=int, default=2)
+    ap.add_argument("--engine-steps", type=int, default=30)
+    ap.add_argument("--engine-rounds", type=int, default=4)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_features.json")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -78,6 +97,21 @@ def main(argv=None) -> int:
         med = {k: statistics.median(v) for k, v in times.items()}
         report["median_update_seconds"][str(threads)] = med
         report["before_over_library"][str(threads)] = med["inputs per chunk (before)"] / med["inputs per block (library)"]
+    if args.engine_rounds:
+        torch.set_num_threads(args.engine_threads)
+        runs = {k: [] for k in VARIANTS}
+        for _ in range(args.engine_rounds):
+            for k, b in VARIANTS.items():
+                runs[k].append(engine_step(b, args.engine_steps))
+        med = {k: statistics.median(r["step_seconds"] for r in v) for k, v in runs.items()}
+        report["engine"] = {"what": f"stylize, 512 px, no pyramid, chelsea.jpg, woman_with_a_hat.jpg, shipped LSTM, "
+                                    f"{args.engine_steps} steps, {args.engine_threads} threads",
+                            "median_step_seconds": med,
+                            "before_over_library": med["inputs per chunk (before)"] / med["inputs per block (library)"],
+                            "median_loss_net_seconds_per_step": {
+                                k: statistics.median(r["loss_net_seconds_per_step"] for r in v) for k, v in runs.items()},
+                            "same_final_loss": len({r["final_loss"] for v in runs.values() for r in v}) == 1,
+                            "runs": runs}
     network.FEATURE_BLOCK = VARIANTS["inputs per block (library)"]
     report["load_average_1min_end"] = os.getloadavg()[0]
     print(json.dumps(report, indent=2))
