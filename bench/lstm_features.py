@@ -18,7 +18,6 @@ Writes bench/results/lstm_features.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import network  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
-from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
-from artopt.style.images import load_image  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from cli_runs import write_report  # noqa: E402
+from lstm_threads import engine_step_seconds  # noqa: E402
 
 VARIANTS = {"inputs per chunk (before)": 1, "inputs per block (library)": network.FEATURE_BLOCK}
 
@@ -42,19 +43,6 @@ VARIANTS = {"inputs per chunk (before)": 1, "inputs per block (library)": networ
 def _update(net, grad, state, moments, block: int):
     network.FEATURE_BLOCK = block  # 1: every chunk is its own block, as before
     return net._inference(grad, state, moments=moments)
-
-
-def engine_step(block: int, steps: int) -> dict:
-    """Seconds per stylize step (and the loss network's part) at 512 px, no pyramid, shipped LSTM."""
-    network.FEATURE_BLOCK = block
-    content = load_image(ROOT / "assets" / "photos" / "chelsea.jpg")
-    style = load_image(ROOT / "assets" / "styles" / "woman_with_a_hat.jpg")
-    infos = []
-    stylize(content, style, StylizeConfig(size=512, steps=steps, optimizer="lstm", pyramid=False), callback=infos.append)
-    n = len(infos) - 1  # from the end of step 1 (targets and set-up come before it) to the last
-    return {"step_seconds": (infos[-1].elapsed - infos[0].elapsed) / n,
-            "loss_net_seconds_per_step": (infos[-1].loss_seconds - infos[0].loss_seconds) / n,
-            "final_loss": infos[-1].losses["total"]}
 
 
 def main(argv=None) -> int:
@@ -102,7 +90,8 @@ def main(argv=None) -> int:
         runs = {k: [] for k in VARIANTS}
         for _ in range(args.engine_rounds):
             for k, b in VARIANTS.items():
-                runs[k].append(engine_step(b, args.engine_steps))
+                network.FEATURE_BLOCK = b
+                runs[k].append(engine_step_seconds(args.engine_steps))
         med = {k: statistics.median(r["step_seconds"] for r in v) for k, v in runs.items()}
         report["engine"] = {"what": f"stylize, 512 px, no pyramid, chelsea.jpg, woman_with_a_hat.jpg, shipped LSTM, "
                                     f"{args.engine_steps} steps, {args.engine_threads} threads",
@@ -114,9 +103,7 @@ def main(argv=None) -> int:
                             "runs": runs}
     network.FEATURE_BLOCK = VARIANTS["inputs per block (library)"]
     report["load_average_1min_end"] = os.getloadavg()[0]
-    print(json.dumps(report, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.json)
     return 0
 
 

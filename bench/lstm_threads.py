@@ -75,7 +75,7 @@ def single_threaded_pool(workers: int) -> ThreadPoolExecutor:
 def side_by_side(pool: ThreadPoolExecutor, workers: int):
     """A drop-in for ``LSTMOptimizerNet._inference``: contiguous runs of whole chunks, one per worker."""
 
-    def inference(net, grad, state, chunk=None, moments=None, step=None, level=None):
+    def inference(net, grad, state, chunk=None, moments=None, step=None, level=None, change=None):
         n, chunk = grad.numel(), chunk or CPU_CHUNK
         per = math.ceil(math.ceil(n / chunk) / workers) * chunk  # whole chunks per worker
         h_in, c_in = state
@@ -88,7 +88,7 @@ def side_by_side(pool: ThreadPoolExecutor, workers: int):
                 u, (h, c) = LIBRARY_INFERENCE(
                     net, grad[s:e], (h_in[:, s:e], c_in[:, s:e]), chunk,
                     None if moments is None else (moments[0][s:e], moments[1][s:e]), step,
-                    None if level is None else level[s:e])
+                    None if level is None else level[s:e], change)
             update[s:e], h_out[:, s:e], c_out[:, s:e] = u, h, c
 
         for job in [pool.submit(run, s) for s in range(0, n, per)]:
@@ -130,15 +130,20 @@ def measure(variant: str, args) -> dict:
             t0 = time.perf_counter()
             net(grad, state, moments)
             update_s.append(time.perf_counter() - t0)
+    return {"same_as_1_thread_to_the_bit": same, "update_seconds": statistics.median(update_s),
+            **engine_step_seconds(args.engine_steps)}
+
+
+def engine_step_seconds(steps: int) -> dict:
+    """Seconds per stylize step and the loss network's part of them, 512 px without the pyramid, the
+    shipped LSTM on chelsea.jpg with woman_with_a_hat.jpg; and the final loss."""
     content = load_image(ROOT / "assets" / "photos" / "chelsea.jpg")
     style = load_image(ROOT / "assets" / "styles" / "woman_with_a_hat.jpg")
     infos = []
-    stylize(content, style, StylizeConfig(size=512, steps=args.engine_steps, optimizer="lstm", pyramid=False),
-            callback=infos.append)
-    steps = len(infos) - 1  # from the end of step 1 (targets and set-up come before it) to the last
-    return {"same_as_1_thread_to_the_bit": same, "update_seconds": statistics.median(update_s),
-            "step_seconds": (infos[-1].elapsed - infos[0].elapsed) / steps,
-            "loss_net_seconds_per_step": (infos[-1].loss_seconds - infos[0].loss_seconds) / steps,
+    stylize(content, style, StylizeConfig(size=512, steps=steps, optimizer="lstm", pyramid=False), callback=infos.append)
+    n = len(infos) - 1  # from the end of step 1 (targets and set-up come before it) to the last
+    return {"step_seconds": (infos[-1].elapsed - infos[0].elapsed) / n,
+            "loss_net_seconds_per_step": (infos[-1].loss_seconds - infos[0].loss_seconds) / n,
             "final_loss": infos[-1].losses["total"]}
 
 
