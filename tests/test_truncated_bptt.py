@@ -243,10 +243,11 @@ class Recorder(torch.optim.SGD):
         self.seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
 
 
-@pytest.mark.parametrize("kind", ["linear", "sqrt"])
+@pytest.mark.parametrize("kind", ["linear", "sqrt", "quadratic"])
 def test_trajectory_weights_scale_each_steps_meta_gradient(kind):
     """With φ frozen (lr 0) every weighting follows one trajectory; with unroll 1, unroll t's
-    meta-gradient is w_t times the uniform one (linear: 2t / (T + 1); sqrt: √t scaled to mean 1)."""
+    meta-gradient is w_t times the uniform one (linear: 2t / (T + 1); sqrt: √t scaled to mean 1;
+    quadratic: t² scaled to mean 1)."""
     torch.manual_seed(0)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
     steps, recorded = 3, {}
@@ -257,7 +258,8 @@ def test_trajectory_weights_scale_each_steps_meta_gradient(kind):
         recorded[weights] = rec.seen
     assert len(recorded["uniform"]) == len(recorded[kind]) == steps
     expected = {"linear": [2 * t / (steps + 1) for t in (1, 2, 3)],
-                "sqrt": [3 * math.sqrt(t) / (1 + math.sqrt(2) + math.sqrt(3)) for t in (1, 2, 3)]}[kind]
+                "sqrt": [3 * math.sqrt(t) / (1 + math.sqrt(2) + math.sqrt(3)) for t in (1, 2, 3)],
+                "quadratic": [3 * t * t / (1 + 4 + 9) for t in (1, 2, 3)]}[kind]
     assert sum(expected) == pytest.approx(steps)  # mean 1
     for w, uni, other in zip(expected, recorded["uniform"], recorded[kind]):
         for gu, go in zip(uni, other):

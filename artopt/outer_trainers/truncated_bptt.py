@@ -37,7 +37,7 @@ from ..learned_optimizers.weights import save_learned, write_json_atomic
 from ..tasks.base import Problem, Task, stack_problems
 
 
-TRAJECTORY_WEIGHTS = ("uniform", "linear", "sqrt")
+TRAJECTORY_WEIGHTS = ("uniform", "linear", "sqrt", "quadratic")
 META_LOSSES = ("sum", "log")
 
 # The string options of MetaTrainConfig: allowed values (the first is the default) and a one-line
@@ -49,7 +49,8 @@ OBJECTIVE_OPTIONS = {
                          "cosine: decay the meta learning rate to 0 over the wall-time (or episode) budget"),
     "trajectory_weights": (TRAJECTORY_WEIGHTS,
                            "w_t of the meta-loss: uniform (the paper); linear, 2t/(T+1) (favours the final loss); "
-                           "sqrt, √t scaled to mean 1 (between the two)"),
+                           "sqrt, √t scaled to mean 1 (between the two); quadratic, 6t²/((T+1)(2T+1)) (the final "
+                           "loss more still)"),
     "meta_loss": (META_LOSSES,
                   "sum: Σ w_t f(θ_t) (the paper); log: Σ w_t log f(θ_t), each step counted by its relative "
                   "progress, so late steps with small losses are not drowned out by the first ones"),
@@ -145,6 +146,8 @@ def trajectory_weight(kind: str, t: int, steps: int) -> float:
         return 2.0 * t / (steps + 1)
     if kind == "sqrt":
         return math.sqrt(t) / _mean_sqrt(steps)
+    if kind == "quadratic":
+        return 6.0 * t * t / ((steps + 1) * (2 * steps + 1))
     raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {kind!r}")
 
 
