@@ -40,6 +40,22 @@ from lstm_threads import engine_step_seconds  # noqa: E402
 VARIANTS = {"inputs per chunk (before)": 1, "inputs per block (library)": network.FEATURE_BLOCK}
 
 
+def shipped_update_inputs(n: int):
+    """The shipped network and one step's inputs on ``n`` coefficients in the engine's dtypes: a
+    gradient spread over 8 decades, as a stylize run's are, and the int8-h / float16-c state and
+    bfloat16 moments after three such steps from zero (so the state is not trivial).  Seeded."""
+    torch.manual_seed(0)
+    net = load_learned(weights_path(NEURAL_ART))["default"]
+    L, H = net.config.num_layers, net.config.hidden_size
+    grads = [torch.randn(n) * torch.logspace(-8, 0, n)[torch.randperm(n)] for _ in range(4)]
+    state, moments = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16)), None
+    for g in grads[:3]:
+        m, v = net.update_moments(g, moments)
+        moments = (m.bfloat16(), v.bfloat16())
+        _, state = net._inference(g, state, moments=moments)
+    return net, grads[3], state, moments
+
+
 def _update(net, grad, state, moments, block: int):
     network.FEATURE_BLOCK = block  # 1: every chunk is its own block, as before
     return net._inference(grad, state, moments=moments)
@@ -55,17 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--engine-rounds", type=int, default=4)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_features.json")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    net = load_learned(weights_path(NEURAL_ART))["default"]
-    L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
-    # gradients over 8 decades, as a stylize run's are; a few steps from zero so the state is not trivial
-    grads = [torch.randn(n) * torch.logspace(-8, 0, n)[torch.randperm(n)] for _ in range(4)]
-    state, moments = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16)), None
-    for g in grads[:3]:
-        m, v = net.update_moments(g, moments)
-        moments = (m.bfloat16(), v.bfloat16())
-        _, state = _update(net, g, state, moments, network.FEATURE_BLOCK)
-    grad = grads[3]
+    net, grad, state, moments = shipped_update_inputs(args.coords)
+    n = args.coords
     outs = {k: _update(net, grad, state, moments, b) for k, b in VARIANTS.items()}
     (u0, (h0, c0)), (u1, (h1, c1)) = outs.values()
     same = bool(torch.equal(u0, u1) and torch.equal(h0, h1) and torch.equal(c0, c1))

@@ -28,11 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
-from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
-from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from cli_runs import write_report  # noqa: E402
+from lstm_features import shipped_update_inputs  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -69,17 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_onednn.json")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    net = load_learned(weights_path(NEURAL_ART))["default"]
-    L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
-    # gradients over 8 decades, as a stylize run's are; a few steps from zero so the state is not trivial
-    grads = [torch.randn(n) * torch.logspace(-8, 0, n)[torch.randperm(n)] for _ in range(4)]
-    state, moments = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16)), None
-    for g in grads[:3]:
-        m, v = net.update_moments(g, moments)
-        moments = (m.bfloat16(), v.bfloat16())
-        _, state = net._inference(g, state, moments=moments)
-    grad = grads[3]
+    net, grad, state, moments = shipped_update_inputs(args.coords)
+    n = args.coords
 
     def library():
         return net._inference(grad, state, moments=moments)
