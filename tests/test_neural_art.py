@@ -158,14 +158,15 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     threads = torch.get_num_threads()  # the script sets its own; keep the session's
+    # one episode on 16 px crops that ships nowhere
+    tiny = ["--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1", "--val-every", "1",
+            "--val-problems", "1", "--runs", str(tmp_path), "--ship", ""]
     try:
-        rc = script.main(["--name", "tiny", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
-                          "--val-every", "1", "--val-problems", "1", "--trajectory-weights", "linear",
+        rc = script.main(["--name", "tiny", *tiny, "--trajectory-weights", "linear",
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
                           "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "4",
                           "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--level-inputs",
-                          "--head-hidden", "8", "--loss-inputs", "--runs", str(tmp_path),
-                          "--ship", ""])
+                          "--head-hidden", "8", "--loss-inputs"])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -184,16 +185,14 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     meta = written["meta_training"]
     assert (meta["trajectory_weights"], meta["meta_lr_schedule"], meta["val_criterion"], meta["unroll_schedule"],
             meta["meta_loss"], meta["meta_fraction"]) == ("linear", "cosine", "final", "grow", "log", 0.5)
-    # Each rejected flag rides on a tiny run that ships nowhere: should the flag ever become valid,
-    # the call finishes in seconds and fails here, instead of meta-training into weights/.
-    tiny = ["--name", "rejected", "--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1",
-            "--val-every", "1", "--val-problems", "1", "--runs", str(tmp_path), "--ship", ""]
+    # Each rejected flag rides on the tiny run: should the flag ever become valid, the call finishes
+    # in seconds and fails here, instead of meta-training into weights/.
     for bad in (["--trajectory-weights", "cubic"],
                 ["--moment-inputs", "--moment-betas", "0.9", "1.5"],
                 ["--level-inputs", "--basis-levels", "2"],  # level inputs of levels never trained
                 ["--head-hidden", "-1"]):
         with pytest.raises(SystemExit):
-            script.main(tiny + bad)
+            script.main(["--name", "rejected", *tiny, *bad])
     assert not (tmp_path / "rejected").exists()
 
 

@@ -37,10 +37,10 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     assert headed.head_hidden == 32 and headed.moment_inputs and not headed.level_inputs
     # the shipped recipe: another seed, other styles, shorter truncations (the card records the unroll)
     assert config["na_u16_17"] == shipped.config == config["na_multi_19"] == config["na_u8_22"] == config["na_jit_24"]
-    assert config["na_frac_25"] == shipped.config  # with another meta-fraction (the card records it)
+    # ... and with another meta-fraction or meta-loss weighting (the card records it)
+    assert config["na_frac_25"] == shipped.config == config["na_quad_26"]
     assert card["na_jit_24"]["meta_training"]["loss_scale_jitter"] == 1.0
     assert card["na_frac_25"]["meta_training"]["meta_fraction"] == 0.3
-    assert config["na_quad_26"] == shipped.config  # with another meta-loss weighting (the card records it)
     assert card["na_quad_26"]["meta_training"]["trajectory_weights"] == "quadratic"
     assert card["na_u8_22"]["meta_training"]["unroll"] == 8
     assert card["na_multi_19"]["mode"] == "multi" and len(card["na_multi_19"]["training_styles"]) > 1
