@@ -40,11 +40,25 @@ class EvalProgress:
     final_loss: float
 
 
-def baseline_factory(name: str, lr: float | None = None) -> OptimizerFactory:
-    """A hand-designed optimizer (``make_optimizer`` names) with learning rate ``lr``."""
+def baseline_factory(name: str, lr: float | None = None, basis: str = "pixels",
+                     coarsest: int | None = None) -> OptimizerFactory:
+    """A hand-designed optimizer (``make_optimizer`` names) with learning rate ``lr``.
+
+    ``basis="multiscale"`` runs it on the coefficients of each image parameter's multi-scale basis
+    (down to ``coarsest`` px), as the neural-art LSTM runs: the ablation that tells how much of the
+    LSTM's lead is the basis and how much is learned.  L-BFGS is not offered there (its line search
+    needs the closure, which the basis does not pass on)."""
+    if basis not in ("pixels", "multiscale"):
+        raise ValueError(f"basis must be 'pixels' or 'multiscale', got {basis!r}")
+    if basis == "multiscale" and name == "lbfgs":
+        raise ValueError("lbfgs does not run in the multi-scale basis")
     make_optimizer(name, [torch.zeros(1, requires_grad=True)], lr)  # validate name and lr now
 
     def build(params, groups):
+        if basis == "multiscale":
+            from .learned_optimizers.multiscale import COARSEST, MultiscaleOptimizer
+
+            return MultiscaleOptimizer(params, lambda zs: make_optimizer(name, zs, lr), coarsest=coarsest or COARSEST)
         return make_optimizer(name, params, lr)
 
     return build

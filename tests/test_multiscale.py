@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from artopt.evaluation import lstm_factory, run_optimizer
+from artopt.evaluation import baseline_factory, lstm_factory, run_optimizer
 from artopt.learned_optimizers import LearnedOptimizer, load_learned
 from artopt.learned_optimizers.multiscale import (MultiscaleOptimizer, adjoint, auto_levels, level_shapes,
                                                   multiscale_problem, synthesize)
@@ -148,6 +148,28 @@ def test_multiscale_differs_from_pixels_and_lstm_factory_selects_it():
     assert isinstance(opt, MultiscaleOptimizer) and opt.coordinates == 3 * (32 * 24 + 16 * 12)
     with pytest.raises(ValueError, match="basis"):
         lstm_factory(nets=nets, basis="wavelets")
+
+
+def test_a_baseline_runs_in_the_basis_as_the_lstm_does():
+    """baseline_factory(basis="multiscale"): SGD on the coefficients moves the image by -lr·B Bᵀ∇f,
+    which is not the pixel step; L-BFGS is refused there."""
+    problem = _problem((1, 3, 32, 24))  # 2 levels
+    params = problem.fresh_params()
+    opt = baseline_factory("sgd", 0.1, basis="multiscale")(params, problem.groups)
+    assert isinstance(opt, MultiscaleOptimizer) and opt.coordinates == 3 * (32 * 24 + 16 * 12)
+    x0 = params[0].detach().clone()
+    params[0].requires_grad_(True)
+    problem.loss(params, 0).backward()
+    grad = params[0].grad.clone()
+    opt.step()
+    shapes = level_shapes(x0.shape, 2)
+    expected = x0 - 0.1 * synthesize(adjoint(grad, shapes), tuple(x0.shape[-2:]))
+    torch.testing.assert_close(params[0].detach(), expected)
+    assert not torch.allclose(params[0].detach(), x0 - 0.1 * grad, atol=1e-4)
+    with pytest.raises(ValueError, match="lbfgs"):
+        baseline_factory("lbfgs", 1.0, basis="multiscale")
+    with pytest.raises(ValueError, match="basis"):
+        baseline_factory("adam", 0.01, basis="wavelets")
 
 
 def test_non_finite_updates_are_guarded_and_reported():

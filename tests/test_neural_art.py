@@ -343,6 +343,31 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert report["timing_conditions"]["threads"] == 1
 
 
+def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path, monkeypatch, capsys):
+    """eval_neural_art 64/128: BASELINE-ms is the baseline on the multi-scale basis's coefficients, tuned
+    and cached under its own name; names it cannot run are refused before any work."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)  # the learning-rate cache lives there
+    (tmp_path / "lrs.json").write_text(json.dumps({"neural-art-64px-starry_night/steps=3/adam": {"lr": 0.04},
+                                                   "neural-art-64px-starry_night/steps=3/adam-ms": {"lr": 0.01}}))
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(["64", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
+                            "--out", str(tmp_path)]) == 0
+        for setting, names, message in [("64", "adam,lbfgs-ms", "lbfgs does not run in the multi-scale basis"),
+                                        ("64", "adam,adamw", "unknown optimizer 'adamw'"),
+                                        ("256", "adam,adam-ms", "NAME-ms, runs in the 64 and 128 settings only")]:
+            with pytest.raises(SystemExit):
+                script.main([setting, "--optimizers", names, "--out", str(tmp_path)])
+            assert message in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+    runs = json.loads((tmp_path / "64.json").read_text())["optimizers"]
+    assert (runs["adam"]["lr"], runs["adam-ms"]["lr"]) == (0.04, 0.01)
+    assert runs["adam"]["mean_final_loss"] != runs["adam-ms"]["mean_final_loss"]
+    assert not runs["adam-ms"]["learned"]
+
+
 def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path, monkeypatch):
     """A best rate at the grid's edge is followed past it; the rate cache is re-read before each write,
     so an entry another tuning run saved in the meantime survives."""

@@ -87,12 +87,13 @@ def crop_setting(args) -> dict:
     task.name = f"neural-art-{size}px-{style.rsplit('.', 1)[0]}"
     cache = _lr_cache()
     lrs = {}
-    for name in [o for o in args.optimizers if o in BASELINES]:
+    for name in [o for o in args.optimizers if _baseline(o)]:
         key = f"{task.name}/steps={args.steps}/{name}"
         if key not in cache or args.retune:
-            grid = [STYLIZE_LR[name] * f for f in args.grid_factors]
-            res = search_lr(task, name, grid=grid, problems=args.tune_photos, steps=args.steps, seed=args.seed,
-                            widen=args.widen)
+            base, basis = _baseline(name)
+            grid = [STYLIZE_LR[base] * f for f in args.grid_factors]
+            res = search_lr(task, base, grid=grid, problems=args.tune_photos, steps=args.steps, seed=args.seed,
+                            widen=args.widen, basis=basis)
             cache[key] = res.to_dict()
             _save_lr_entry(key, cache[key])
             print(f"tuned {name}: lr={res.lr:g} (at grid edge: {res.at_edge})", flush=True)
@@ -120,7 +121,8 @@ def crop_setting(args) -> dict:
             factories[name] = baseline_factory("lbfgs", 1.0)
             lrs[name] = 1.0
         else:
-            factories[name] = baseline_factory(name, lrs[name])
+            base, basis = _baseline(name)
+            factories[name] = baseline_factory(base, lrs[name], basis=basis)
     t0 = time.time()
     result = evaluate(task, factories, instances=args.photos, steps=args.steps, seed=args.seed, split=args.split,
                       with_metrics=False)
@@ -129,6 +131,32 @@ def crop_setting(args) -> dict:
                   seconds=time.time() - t0,
                   weights={k: str(v) for k, v in args.weights.items()}, inference=inference)
     return report
+
+
+def _baseline(name: str) -> tuple[str, str] | None:
+    """(optimizer, basis) for a tuned baseline's name ("adam"; "adam-ms": Adam on the multi-scale
+    basis's coefficients, as the LSTM runs), None for any other name."""
+    base = name.removesuffix(MULTISCALE)
+    if base in BASELINES:
+        return base, "multiscale" if name.endswith(MULTISCALE) else "pixels"
+    return None
+
+
+def _check_optimizers(names: list[str], crops: bool) -> str | None:
+    """What is wrong with the --optimizers list, or None."""
+    if not names:
+        return "--optimizers names no optimizer"
+    for name in names:
+        base = name.removesuffix(FLAT) if not crops else name
+        if base.startswith("lstm") or base == "lbfgs" or base in BASELINES:
+            continue
+        if crops and _baseline(name):
+            continue
+        if name.removesuffix(FLAT) == f"lbfgs{MULTISCALE}":
+            return "lbfgs does not run in the multi-scale basis (its line search needs a closure the basis does not pass on)"
+        where = "" if crops else " (a baseline in the multi-scale basis, NAME-ms, runs in the 64 and 128 settings only)"
+        return f"unknown optimizer {name!r}{where}"
+    return None
 
 
 def _flat(name: str, pyramid: bool) -> tuple[str, bool]:
@@ -478,8 +506,10 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
                          "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, then -raw to ignore the card's "
-                         "calibrated update multiplier and coarsest basis level), the rest baselines; engine settings: "
-                         "NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against its Adam)")
+                         "calibrated update multiplier and coarsest basis level), the rest baselines (64 and 128: BASELINE-ms "
+                         "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
+                         "engine settings: NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against "
+                         "its Adam)")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="photos to evaluate on (of --split)")
@@ -532,6 +562,9 @@ def main(argv=None) -> int:
         grid(args)
         return 0
     crops = args.setting in ("64", "128")
+    problem = _check_optimizers(args.optimizers, crops)
+    if problem:
+        ap.error(problem)
     args.steps = args.steps or (128 if crops else 200)
     out = args.out or OUT
     stem = args.setting if crops else f"{args.setting}-pyramid-{args.pyramid}"

@@ -78,11 +78,13 @@ def search_lr(
     criterion: str = "final",
     progress: Callable[[TuneProgress], None] | None = None,
     widen: int = 0,
+    basis: str = "pixels",
 ) -> LRSearchResult:
     """Try every lr in ``grid`` on the same ``problems`` val problems; pick the best by ``criterion``.
 
     Ties (e.g. several lrs reaching the same optimum) go to the smaller lr.  ``widen``: while the
     best lr is the grid's smallest or largest, try up to this many more beyond it (see ``grid_search``).
+    ``basis``: as ``baseline_factory``'s.
     """
     grid = _checked_grid(grid)
     if problems < 1:
@@ -95,7 +97,7 @@ def search_lr(
 
     def score(lr: float) -> float:
         nonlocal done
-        factory = baseline_factory(optimizer, lr)
+        factory = baseline_factory(optimizer, lr, basis=basis)
         curves = torch.stack([run_optimizer(p, factory, steps).curve for p in val_problems])
         value = score_curves(curves, criterion)
         done += 1
