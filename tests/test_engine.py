@@ -47,6 +47,27 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"], optimizer
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_baseline_on_the_multiscale_basis_lowers_the_loss_its_own_way(optimizer):
+    """basis="multiscale": the optimizer moves the basis's coefficients (its first step already differs
+    from the pixel one), says so in the first notice, and still lowers the loss."""
+    pixels, pixel_infos = _run(_config(optimizer=optimizer, steps=8))
+    multi, infos = _run(_config(optimizer=optimizer, steps=8, basis="multiscale"))
+    assert infos[0].notice.endswith(f"optimizer: {optimizer} on the multi-scale basis")
+    assert "multi-scale" not in pixel_infos[0].notice
+    assert infos[0].losses == pixel_infos[0].losses  # the same start
+    assert infos[1].losses["total"] != pixel_infos[1].losses["total"]
+    assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"]
+    assert multi.shape == pixels.shape and 0 <= multi.min() and multi.max() <= 1
+
+
+def test_the_basis_setting_is_checked():
+    with pytest.raises(ValueError, match="lbfgs runs on the pixels only"):
+        _config(optimizer="lbfgs", basis="multiscale").validated()
+    with pytest.raises(ValueError, match="basis must be one of pixels, multiscale"):
+        _config(basis="wavelets").validated()
+
+
 def test_lbfgs_steps_count_loss_evaluations():
     _, infos = _run(_config(optimizer="lbfgs", steps=10))
     steps = [i.step for i in infos]

@@ -356,7 +356,7 @@ def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path
                             "--out", str(tmp_path)]) == 0
         for setting, names, message in [("64", "adam,lbfgs-ms", "lbfgs does not run in the multi-scale basis"),
                                         ("64", "adam,adamw", "unknown optimizer 'adamw'"),
-                                        ("256", "adam,adam-ms", "NAME-ms, runs in the 64 and 128 settings only")]:
+                                        ("256", "adam,lbfgs-ms-flat", "lbfgs does not run in the multi-scale")]:
             with pytest.raises(SystemExit):
                 script.main([setting, "--optimizers", names, "--out", str(tmp_path)])
             assert message in capsys.readouterr().err
@@ -366,6 +366,26 @@ def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path
     assert (runs["adam"]["lr"], runs["adam-ms"]["lr"]) == (0.04, 0.01)
     assert runs["adam"]["mean_final_loss"] != runs["adam-ms"]["mean_final_loss"]
     assert not runs["adam-ms"]["learned"]
+
+
+def test_engine_evaluation_runs_a_baseline_in_the_basis(tmp_path, monkeypatch):
+    """eval_neural_art 256-512: BASELINE-ms goes through the engine with basis multiscale and its own rate."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)
+    (tmp_path / "lrs.json").write_text(json.dumps({"engine-256px-pyramid-off/steps=3/adam": {"lr": 0.02},
+                                                   "engine-256px-pyramid-off/steps=3/adam-ms": {"lr": 0.01}}))
+    seen = []
+    real = script.stylize
+    monkeypatch.setattr(script, "stylize", lambda *a, **k: seen.append((a[2].optimizer, a[2].basis, a[2].lr)) or real(*a, **k))
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(["256", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
+                            "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [("adam", "pixels", 0.02), ("adam", "multiscale", 0.01)]
+    runs = json.loads((tmp_path / "256-pyramid-off.json").read_text())["optimizers"]
+    assert runs["adam"]["mean_final_loss"] != runs["adam-ms"]["mean_final_loss"]
 
 
 def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path, monkeypatch):

@@ -148,14 +148,11 @@ def _check_optimizers(names: list[str], crops: bool) -> str | None:
         return "--optimizers names no optimizer"
     for name in names:
         base = name.removesuffix(FLAT) if not crops else name
-        if base.startswith("lstm") or base == "lbfgs" or base in BASELINES:
+        if base.startswith("lstm") or base == "lbfgs" or _baseline(base):
             continue
-        if crops and _baseline(name):
-            continue
-        if name.removesuffix(FLAT) == f"lbfgs{MULTISCALE}":
+        if base == f"lbfgs{MULTISCALE}":
             return "lbfgs does not run in the multi-scale basis (its line search needs a closure the basis does not pass on)"
-        where = "" if crops else " (a baseline in the multi-scale basis, NAME-ms, runs in the 64 and 128 settings only)"
-        return f"unknown optimizer {name!r}{where}"
+        return f"unknown optimizer {name!r}"
     return None
 
 
@@ -204,7 +201,7 @@ def engine_setting(args) -> dict:
     lrs: dict[str, float | None] = {}
     for name in args.optimizers:
         base, run_pyramid = _flat(name, pyramid)
-        if base in BASELINES:
+        if _baseline(base):
             key = f"engine-{args.tune_size or size}px{'' if run_pyramid else '-pyramid-off'}/steps={args.steps}/{base}"
             if key not in cache or args.retune:
                 val_photo = sorted(task.split["val"])[: args.tune_photos]
@@ -217,7 +214,8 @@ def engine_setting(args) -> dict:
                     print(f"tune {base} lr={lr:g}: {mean:.4g}", flush=True)
                     return mean if math.isfinite(mean) else math.inf
 
-                found = grid_search(score, [STYLIZE_LR[base] * f for f in args.engine_grid_factors], args.widen)
+                found = grid_search(score, [STYLIZE_LR[_baseline(base)[0]] * f for f in args.engine_grid_factors],
+                                    args.widen)
                 cache[key] = {"lr": found.lr, "scores": found.scores, "photos": val_photo, "pyramid": run_pyramid,
                               "at_edge": found.at_edge}
                 _save_lr_entry(key, cache[key])
@@ -297,8 +295,9 @@ def _load_average() -> float | None:
 
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
-    cfg = StylizeConfig(size=size, steps=steps, optimizer="lstm" if name.startswith("lstm") else name, lr=lr,
-                        pyramid=pyramid, device="cpu", seed=0)
+    optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
+    cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
+                        basis=pixel_basis)
     curve, times, = [], []
     final_scale_start = [0]
 
@@ -506,7 +505,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
                          "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, then -raw to ignore the card's "
-                         "calibrated update multiplier and coarsest basis level), the rest baselines (64 and 128: BASELINE-ms "
+                         "calibrated update multiplier and coarsest basis level), the rest baselines (BASELINE-ms "
                          "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
                          "engine settings: NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against "
                          "its Adam)")

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("auto", "adam", "lbfgs", "sgd", "rmsprop", "nag", "lstm")
 INITS = ("content", "noise")
+# Where a hand-designed optimizer runs: on the pixels, or on the coefficients of the multi-scale image
+# basis the learned optimizer was meta-trained in (artopt.learned_optimizers.multiscale), which moves
+# a whole neighbourhood with one coefficient.  The LSTM always runs in the basis its card records.
+BASES = ("pixels", "multiscale")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Learning rates for pixels in [0, 1] under the default loss weights.  Adam's was measured
@@ -73,6 +77,10 @@ class StylizeConfig:
     optimizer: str = field(default="auto", metadata={
         "help": "optimizer: auto (the learned 'lstm' where its card says it beats the tuned baselines, else adam), "
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
+    basis: str = field(default="pixels", metadata={
+        "help": "adam, sgd, rmsprop, nag: run on the pixels or on the coefficients of the multi-scale image basis "
+                "the learned optimizer runs in (lower losses at the same steps in the evaluation; lbfgs: pixels "
+                "only; lstm: the basis its card records)", "choices": BASES})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (default: per optimizer, tuned for images); for lstm, a multiplier on its learned "
                 "step (default: its card's)"})
@@ -115,6 +123,11 @@ class StylizeConfig:
             raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.basis not in BASES:
+            raise ValueError(f"basis must be one of {', '.join(BASES)}, got {self.basis!r}")
+        if self.basis == "multiscale" and self.optimizer.lower() == "lbfgs":
+            raise ValueError("lbfgs runs on the pixels only (its line search needs a closure the multi-scale basis "
+                             "does not pass on): use basis pixels, or adam, sgd, rmsprop or nag")
         if self.lr is not None and not (0 < self.lr < math.inf):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -315,8 +328,9 @@ def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = No
 
 
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
-                    setup: "LearnedSetup | None" = None) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over ``image``; "lstm" runs ``setup`` (default: the shipped weights)."""
+                    setup: "LearnedSetup | None" = None, basis: str = "pixels") -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``image``; "lstm" runs ``setup`` (default: the shipped weights) in
+    its card's basis, the others in ``basis``."""
     if name == "lstm":
         from artopt.learned_optimizers import LearnedOptimizer
         from artopt.learned_optimizers.shipped import learned_setup
@@ -347,7 +361,12 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
         return learned([image])
     from artopt.optimizers import make_optimizer
 
-    return make_optimizer(name, [image], STYLIZE_LR[name] if lr is None else lr)
+    lr = STYLIZE_LR[name] if lr is None else lr
+    if basis == "multiscale":
+        from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+        return MultiscaleOptimizer([image], lambda zs: make_optimizer(name, zs, lr))
+    return make_optimizer(name, [image], lr)
 
 
 def stylize(content: Image.Image | torch.Tensor,
@@ -386,6 +405,10 @@ def stylize(content: Image.Image | torch.Tensor,
         lstm_setup = learned_setup(config.lstm_weights)  # read once, used at every scale
     elif optimizer_name != "lstm" and config.lstm_weights is not None:
         notice += f" (the lstm weights {config.lstm_weights} are not used)"
+    if optimizer_name != "lstm" and config.basis == "multiscale":
+        notice += " on the multi-scale basis"
+    elif optimizer_name == "lstm" and config.basis == "multiscale" and lstm_setup.basis != "multiscale":
+        notice += f" (in pixels, as its weights were meta-trained; basis {config.basis} is for the other optimizers)"
     if config.size < loss_net.min_size:
         raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
 
@@ -447,7 +470,7 @@ def stylize(content: Image.Image | torch.Tensor,
                             content_weight=config.content_weight, style_weight=config.style_weight,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
-        optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup)
+        optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
         evals = 0
 
         def closure():
