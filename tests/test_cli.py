@@ -32,6 +32,16 @@ def test_stylize_writes_image_and_json_log(tmp_path):
     assert {"total", "content", "style", "tv", "wall_time"} <= set(record["steps"][0])
 
 
+def test_the_log_records_the_basis_and_the_rate_it_ran_with(tmp_path):
+    from artopt.style.engine import STYLIZE_LR_MULTISCALE
+
+    out, log = tmp_path / "out.png", tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), "--optimizer", "adam",
+                 "--basis", "multiscale", *FAST]) == 0
+    settings = json.loads(log.read_text())["settings"]
+    assert settings["basis"] == "multiscale" and settings["resolved_lr"] == STYLIZE_LR_MULTISCALE["adam"]
+
+
 def test_save_every_writes_intermediate_images(tmp_path):
     out = tmp_path / "out.png"
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "2", *FAST]) == 0

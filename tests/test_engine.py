@@ -47,7 +47,7 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"], optimizer
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop", "nag"])
 def test_a_baseline_on_the_multiscale_basis_lowers_the_loss_its_own_way(optimizer):
     """basis="multiscale": the optimizer moves the basis's coefficients (its first step already differs
     from the pixel one), says so in the first notice, and still lowers the loss."""
@@ -59,6 +59,19 @@ def test_a_baseline_on_the_multiscale_basis_lowers_the_loss_its_own_way(optimize
     assert infos[1].losses["total"] != pixel_infos[1].losses["total"]
     assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"]
     assert multi.shape == pixels.shape and 0 <= multi.min() and multi.max() <= 1
+
+
+def test_the_multiscale_basis_has_its_own_default_rates():
+    """A coarse coefficient moves a whole neighbourhood, so each baseline has its own default rate on
+    the basis; an explicit lr still wins, and the pixel defaults stay as they were."""
+    image = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    for name in ("adam", "sgd", "rmsprop", "nag"):
+        default = engine.STYLIZE_LR_MULTISCALE[name]
+        assert engine.resolve_lr(name, basis="multiscale") == default != engine.STYLIZE_LR[name]
+        assert engine.resolve_lr(name) == engine.STYLIZE_LR[name]
+        assert engine._make_optimizer(name, image, None, basis="multiscale").inner.param_groups[0]["lr"] == default
+        assert engine._make_optimizer(name, image, 0.1, basis="multiscale").inner.param_groups[0]["lr"] == 0.1
+    assert set(engine.STYLIZE_LR_MULTISCALE) == set(engine.OPTIMIZERS) - {"auto", "lbfgs", "lstm"}
 
 
 def test_the_basis_setting_is_checked():

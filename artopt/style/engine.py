@@ -42,6 +42,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # yet: starting values that lower the loss (tests/test_engine.py); the sweep covers them too.
 # ``lstm``'s lr is a multiplier on its learned step: by default the one its card's calibration chose.
 STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05, "lstm": None}
+# On the multi-scale basis one coarse coefficient moves a whole neighbourhood, so the rates differ
+# from the pixels' (Adam's and RMSprop's are 4-11x smaller than their tuned pixel rates).  Tuned at
+# the default 512 px (pyramid on, 200 steps) on 3 validation photos, adam and rmsprop on sqrt(2)
+# grids, sgd and nag on x4 grids (train/eval_neural_art.py 512 ... --optimizers NAME-ms, cached in
+# train/results/neural_art/lrs.json; docs/retraining.md).
+STYLIZE_LR_MULTISCALE = {"adam": 0.0036, "sgd": 2.0, "rmsprop": 0.00064, "nag": 0.8}
 
 # The first step's notice names the loss network and optimizer a run uses (for logs; the web page
 # shows both elsewhere and leaves this line out).
@@ -79,8 +85,8 @@ class StylizeConfig:
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
     basis: str = field(default="pixels", metadata={
         "help": "adam, sgd, rmsprop, nag: run on the pixels or on the coefficients of the multi-scale image basis "
-                "the learned optimizer runs in (lower losses at the same steps in the evaluation; lbfgs: pixels "
-                "only; lstm: the basis its card records)", "choices": BASES})
+                "the learned optimizer runs in (each with a default rate of its own; lower losses at the same steps in the "
+                "evaluation; lbfgs: pixels only; lstm: the basis its card records)", "choices": BASES})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (default: per optimizer, tuned for images); for lstm, a multiplier on its learned "
                 "step (default: its card's)"})
@@ -315,16 +321,18 @@ def lstm_input_scale(image: torch.Tensor, trained_pixels: int | None) -> float:
     return image.shape[-2] * image.shape[-1] / float(trained_pixels)
 
 
-def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = None) -> float:
-    """The learning rate a run of optimizer ``name`` (resolved, not "auto") uses: ``lr`` if given,
-    else the stylizer's default, or for lstm the multiplier its weights' card records."""
+def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = None,
+               basis: str = "pixels") -> float:
+    """The learning rate a run of optimizer ``name`` (resolved, not "auto") in ``basis`` uses: ``lr``
+    if given, else the stylizer's default for that basis, or for lstm the multiplier its weights'
+    card records."""
     if lr is not None:
         return float(lr)
     if name == "lstm":
         from artopt.learned_optimizers.shipped import learned_setup
 
         return learned_setup(lstm_weights).lr
-    return STYLIZE_LR[name]
+    return (STYLIZE_LR_MULTISCALE if basis == "multiscale" else STYLIZE_LR)[name]
 
 
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
@@ -361,7 +369,7 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
         return learned([image])
     from artopt.optimizers import make_optimizer
 
-    lr = STYLIZE_LR[name] if lr is None else lr
+    lr = resolve_lr(name, lr, basis=basis)
     if basis == "multiscale":
         from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
