@@ -105,6 +105,18 @@ def test_stylize_small_image_end_to_end(server, client, images):
     assert not any(server.artopt_output_dir.iterdir())
 
 
+def test_the_menus_multiscale_adam_runs_adam_on_the_basis(client, images):
+    """'Adam, multi-scale basis' runs Adam on the learned optimizer's basis, says so, and gives
+    another image than Adam on the pixels."""
+    results = {}
+    for optimizer in ("adam-ms", "adam"):
+        _, _, png_path, status = client.predict(*stylize_args(images["content"], images["style"], optimizer=optimizer),
+                                                api_name="/stylize")
+        assert f"with {web.OPTIMIZER_LABELS[optimizer]}." in status, status
+        results[optimizer] = Image.open(png_path).convert("RGB").tobytes()
+    assert results["adam-ms"] != results["adam"]
+
+
 def test_an_image_already_on_the_page_is_not_sent_again(client, images):
     """Gradio caches a sent image under a hash of its bytes and rewrites that file each time it is
     sent. The run's last preview is the result, and sending it again as the final preview

@@ -85,8 +85,8 @@ class StylizeConfig:
                 + ", ".join(OPTIMIZERS[1:]), "choices": OPTIMIZERS})
     basis: str = field(default="pixels", metadata={
         "help": "adam, sgd, rmsprop, nag: run on the pixels or on the coefficients of the multi-scale image basis "
-                "the learned optimizer runs in (each with a default rate of its own; lower losses at the same steps in the "
-                "evaluation; lbfgs: pixels only; lstm: the basis its card records)", "choices": BASES})
+                "the learned optimizer runs in (each with a default rate of its own; lower losses at the same steps "
+                "in the evaluation; lbfgs: pixels only; lstm: the basis its card records)", "choices": BASES})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (default: per optimizer, tuned for images); for lstm, a multiplier on its learned "
                 "step (default: its card's)"})
