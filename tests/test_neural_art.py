@@ -207,6 +207,22 @@ def _train_script(name: str):
     return script
 
 
+@pytest.fixture
+def eval_script(tmp_path, monkeypatch):
+    """train/eval_neural_art.py with its learning-rate cache in tmp_path; torch's thread count (the
+    script sets its own) is restored afterwards."""
+    script = _train_script("eval_neural_art")
+    monkeypatch.setattr(script, "OUT", tmp_path)
+    threads = torch.get_num_threads()
+    yield script
+    torch.set_num_threads(threads)
+
+
+def _cache_rates(folder, rates: dict[str, float]) -> None:
+    """Cached tuned rates, by lrs.json key, so an evaluation runs without tuning."""
+    (folder / "lrs.json").write_text(json.dumps({key: {"lr": lr} for key, lr in rates.items()}))
+
+
 def test_selection_script_scores_every_file_on_the_same_fresh_validation_problems(tmp_path, capsys):
     """train/select_neural_art.py: two copies of one file score the same; the lowest mean is named best."""
     script = _train_script("select_neural_art")
@@ -316,21 +332,14 @@ def test_calibration_script_records_the_best_grid_point_in_the_card(tmp_path):
         shipped.inference_settings(w)
 
 
-def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monkeypatch):
+def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, eval_script):
     """eval_neural_art's engine settings: NAME-flat runs NAME at full size only, in the same run as the
     coarse-to-fine entries, with the baseline's learning rate tuned for single-scale runs, and is timed
     against that run's Adam."""
-    script = _train_script("eval_neural_art")
-    monkeypatch.setattr(script, "OUT", tmp_path)  # the learning-rate cache lives there
-    (tmp_path / "lrs.json").write_text(json.dumps({"engine-256px/steps=4/adam": {"lr": 0.02},
-                                                   "engine-256px-pyramid-off/steps=4/adam": {"lr": 0.03}}))
-    threads = torch.get_num_threads()
-    try:
-        rc = script.main(["256", "--pyramid", "on", "--optimizers", "adam,adam-flat,lstm-flat", "--photos", "1",
-                          "--steps", "4", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
-    assert rc == 0
+    script = eval_script
+    _cache_rates(tmp_path, {"engine-256px/steps=4/adam": 0.02, "engine-256px-pyramid-off/steps=4/adam": 0.03})
+    assert script.main(["256", "--pyramid", "on", "--optimizers", "adam,adam-flat,lstm-flat", "--photos", "1",
+                        "--steps", "4", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
     runs = report["optimizers"]
     assert (runs["adam"]["lr"], runs["adam-flat"]["lr"]) == (0.02, 0.03)
@@ -343,57 +352,46 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, monke
     assert report["timing_conditions"]["threads"] == 1
 
 
-def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path, monkeypatch, capsys):
+def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path, eval_script, capsys):
     """eval_neural_art 64/128: BASELINE-ms is the baseline on the multi-scale basis's coefficients, tuned
     and cached under its own name; names it cannot run are refused before any work."""
-    script = _train_script("eval_neural_art")
-    monkeypatch.setattr(script, "OUT", tmp_path)  # the learning-rate cache lives there
-    (tmp_path / "lrs.json").write_text(json.dumps({"neural-art-64px-starry_night/steps=3/adam": {"lr": 0.04},
-                                                   "neural-art-64px-starry_night/steps=3/adam-ms": {"lr": 0.01}}))
-    threads = torch.get_num_threads()
-    try:
-        assert script.main(["64", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
-                            "--out", str(tmp_path)]) == 0
-        for setting, names, message in [("64", "adam,lbfgs-ms", "lbfgs does not run in the multi-scale basis"),
-                                        ("64", "adam,adamw", "unknown optimizer 'adamw'"),
-                                        ("256", "adam,lbfgs-ms-flat", "lbfgs does not run in the multi-scale")]:
-            with pytest.raises(SystemExit):
-                script.main([setting, "--optimizers", names, "--out", str(tmp_path)])
-            assert message in capsys.readouterr().err
-    finally:
-        torch.set_num_threads(threads)
+    script = eval_script
+    _cache_rates(tmp_path, {"neural-art-64px-starry_night/steps=3/adam": 0.04,
+                            "neural-art-64px-starry_night/steps=3/adam-ms": 0.01})
+    assert script.main(["64", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
+                        "--out", str(tmp_path)]) == 0
+    for setting, names, message in [("64", "adam,lbfgs-ms", "lbfgs does not run in the multi-scale basis"),
+                                    ("64", "adam,adamw", "unknown optimizer 'adamw'"),
+                                    ("256", "adam,lbfgs-ms-flat", "lbfgs does not run in the multi-scale")]:
+        with pytest.raises(SystemExit):
+            script.main([setting, "--optimizers", names, "--out", str(tmp_path)])
+        assert message in capsys.readouterr().err
     runs = json.loads((tmp_path / "64.json").read_text())["optimizers"]
     assert (runs["adam"]["lr"], runs["adam-ms"]["lr"]) == (0.04, 0.01)
     assert runs["adam"]["mean_final_loss"] != runs["adam-ms"]["mean_final_loss"]
     assert not runs["adam-ms"]["learned"]
 
 
-def test_engine_evaluation_runs_a_baseline_in_the_basis(tmp_path, monkeypatch):
+def test_engine_evaluation_runs_a_baseline_in_the_basis(tmp_path, monkeypatch, eval_script):
     """eval_neural_art 256-512: BASELINE-ms goes through the engine with basis multiscale and its own rate."""
-    script = _train_script("eval_neural_art")
-    monkeypatch.setattr(script, "OUT", tmp_path)
-    (tmp_path / "lrs.json").write_text(json.dumps({"engine-256px-pyramid-off/steps=3/adam": {"lr": 0.02},
-                                                   "engine-256px-pyramid-off/steps=3/adam-ms": {"lr": 0.01}}))
+    script = eval_script
+    _cache_rates(tmp_path, {"engine-256px-pyramid-off/steps=3/adam": 0.02,
+                            "engine-256px-pyramid-off/steps=3/adam-ms": 0.01})
     seen = []
     real = script.stylize
     monkeypatch.setattr(script, "stylize", lambda *a, **k: seen.append((a[2].optimizer, a[2].basis, a[2].lr)) or real(*a, **k))
-    threads = torch.get_num_threads()
-    try:
-        assert script.main(["256", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
-                            "--out", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert script.main(["256", "--optimizers", "adam,adam-ms", "--photos", "1", "--steps", "3",
+                        "--out", str(tmp_path)]) == 0
     assert seen == [("adam", "pixels", 0.02), ("adam", "multiscale", 0.01)]
     runs = json.loads((tmp_path / "256-pyramid-off.json").read_text())["optimizers"]
     assert runs["adam"]["mean_final_loss"] != runs["adam-ms"]["mean_final_loss"]
 
 
-def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path, monkeypatch):
+def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path, monkeypatch, eval_script):
     """A best rate at the grid's edge is followed past it; the rate cache is re-read before each write,
     so an entry another tuning run saved in the meantime survives."""
-    script = _train_script("eval_neural_art")
-    monkeypatch.setattr(script, "OUT", tmp_path)
-    (tmp_path / "lrs.json").write_text(json.dumps({"kept": {"lr": 1.0}}))
+    script = eval_script
+    _cache_rates(tmp_path, {"kept": 1.0})
     best = 4 * script.STYLIZE_LR["adam"]
     tried = []
 
@@ -422,12 +420,11 @@ def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path,
     assert len(tried) == 6
 
 
-def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch):
+def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch, eval_script):
     """--add runs only the named optimizers on the setting's photos and ranks them with those already
     in its JSON, which keep their curves and timings."""
-    script = _train_script("eval_neural_art")
-    monkeypatch.setattr(script, "OUT", tmp_path)
-    (tmp_path / "lrs.json").write_text(json.dumps({f"engine-256px/steps=4/{o}": {"lr": 0.1} for o in ("adam", "sgd")}))
+    script = eval_script
+    _cache_rates(tmp_path, {f"engine-256px/steps=4/{o}": 0.1 for o in ("adam", "sgd")})
     finals = {"lstm": 0.5, "adam": 1.0, "sgd": 0.8, "lbfgs": 1.2}
 
     def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
