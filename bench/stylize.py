@@ -32,7 +32,7 @@ RESULTS = ROOT / "bench" / "results"
 ASSETS = ROOT / "assets"
 
 from artopt.style import engine as engine_module  # noqa: E402
-from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
+from artopt.style.engine import STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, stylize  # noqa: E402
 from artopt.style.images import load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil  # noqa: E402
 from artopt.style.loss_nets import EfficientNetLite0LossNet, build_loss_net  # noqa: E402
 from artopt.style.losses import StyleLoss  # noqa: E402
@@ -342,7 +342,7 @@ def bench_lr_sweep(args) -> None:
             print(name, lr, infos[-1].losses["total"], flush=True)
     best = {k: min(v, key=v.get) for k, v in results.items()}
     write_json("lr_sweep", {"size": args.size, "steps": args.steps, "final_total_loss": results, "best_lr": best,
-                            "engine_defaults": STYLIZE_LR})
+                            "engine_defaults": {**STYLIZE_LR, "per_pixel": STYLIZE_LR_PER_PIXEL["pixels"]}})
 
 
 # What `artopt bench TARGET` runs here (the CLI reads this list to name every target on a typo).

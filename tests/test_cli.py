@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from artopt.cli import main
+from artopt.style.images import pil_to_tensor
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PHOTO, STYLE = ASSETS / "photos" / "chelsea.jpg", ASSETS / "styles" / "starry_night.jpg"
@@ -32,14 +33,17 @@ def test_stylize_writes_image_and_json_log(tmp_path):
     assert {"total", "content", "style", "tv", "wall_time"} <= set(record["steps"][0])
 
 
-def test_the_log_records_the_basis_and_the_rate_it_ran_with(tmp_path):
-    from artopt.style.engine import STYLIZE_LR_MULTISCALE
+@pytest.mark.parametrize("optimizer, basis", [("adam", "multiscale"), ("sgd", "pixels")])
+def test_the_log_records_the_basis_and_the_rate_it_ran_with(tmp_path, optimizer, basis):
+    from artopt.style.engine import resolve_lr
 
     out, log = tmp_path / "out.png", tmp_path / "log.json"
-    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), "--optimizer", "adam",
-                 "--basis", "multiscale", *FAST]) == 0
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), "--optimizer", optimizer,
+                 "--basis", basis, *FAST]) == 0
     settings = json.loads(log.read_text())["settings"]
-    assert settings["basis"] == "multiscale" and settings["resolved_lr"] == STYLIZE_LR_MULTISCALE["adam"]
+    assert settings["basis"] == basis
+    # sgd's default is per pixel: the log has the rate of the output's size (48 x 32 px)
+    assert settings["resolved_lr"] == resolve_lr(optimizer, basis=basis, pixels=48 * 32)
 
 
 def test_save_every_writes_intermediate_images(tmp_path):
@@ -191,12 +195,13 @@ def test_a_script_that_exits_with_a_message_shows_it(tmp_path, monkeypatch, caps
 
 @pytest.fixture
 def instant_stylize(monkeypatch):
-    """stylize() returns the content image at once: for tests of what happens around the run."""
+    """stylize() returns the content image at once (as a tensor, like the real one): for tests of what
+    happens around the run."""
     from artopt.style import engine
 
     def instant(content, styles, config, **kwargs):
         instant.calls += 1
-        return content
+        return pil_to_tensor(content)
 
     instant.calls = 0
     monkeypatch.setattr(engine, "stylize", instant)
@@ -241,7 +246,7 @@ def test_write_failures_after_the_run_are_one_line_errors_naming_the_users_file(
 
     def stylize_then_lose_the_log_folder(content, styles, config, **kwargs):
         shutil.rmtree(log.parent)
-        return content
+        return pil_to_tensor(content)
 
     monkeypatch.setattr(engine, "stylize", stylize_then_lose_the_log_folder)
     code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), *FAST])

@@ -66,12 +66,28 @@ def test_the_multiscale_basis_has_its_own_default_rates():
     the basis; an explicit lr still wins, and the pixel defaults stay as they were."""
     image = torch.zeros(1, 3, 32, 32, requires_grad=True)
     for name in ("adam", "sgd", "rmsprop", "nag"):
-        default = engine.STYLIZE_LR_MULTISCALE[name]
-        assert engine.resolve_lr(name, basis="multiscale") == default != engine.STYLIZE_LR[name]
-        assert engine.resolve_lr(name) == engine.STYLIZE_LR[name]
+        default = engine.resolve_lr(name, basis="multiscale", pixels=32 * 32)
+        assert default != engine.resolve_lr(name, pixels=32 * 32)
         assert engine._make_optimizer(name, image, None, basis="multiscale").inner.param_groups[0]["lr"] == default
         assert engine._make_optimizer(name, image, 0.1, basis="multiscale").inner.param_groups[0]["lr"] == 0.1
-    assert set(engine.STYLIZE_LR_MULTISCALE) == set(engine.OPTIMIZERS) - {"auto", "lbfgs", "lstm"}
+    baselines = set(engine.OPTIMIZERS) - {"auto", "lbfgs", "lstm"}
+    assert set(engine.STYLIZE_LR_MULTISCALE) | set(engine.STYLIZE_LR_PER_PIXEL["multiscale"]) == baselines
+
+
+@pytest.mark.parametrize("basis", engine.BASES)
+def test_sgd_and_nag_default_rates_follow_the_pixel_count(basis):
+    """Their steps are the raw gradient times the rate, and the gradient shrinks with the pixel count
+    (the losses are means): the default rate is per pixel of the image (each pyramid scale its own);
+    an explicit lr is taken as given."""
+    for name in ("sgd", "nag"):
+        rates = [getattr(opt, "inner", opt).param_groups[0]["lr"] for opt in
+                 (engine._make_optimizer(name, torch.zeros(1, 3, h, w, requires_grad=True), None, basis=basis)
+                  for h, w in ((32, 48), (64, 96)))]
+        assert rates[0] == pytest.approx(engine.STYLIZE_LR_PER_PIXEL[basis][name] * 32 * 48)
+        assert rates[1] == pytest.approx(4 * rates[0])
+        assert engine.resolve_lr(name, 0.3, basis=basis) == 0.3
+        with pytest.raises(ValueError, match="per pixel"):
+            engine.resolve_lr(name, basis=basis)
 
 
 def test_the_basis_setting_is_checked():

@@ -392,7 +392,7 @@ def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path,
     so an entry another tuning run saved in the meantime survives."""
     script = eval_script
     _cache_rates(tmp_path, {"kept": 1.0})
-    best = 4 * script.STYLIZE_LR["adam"]
+    best = 4 * script.GRID_REFERENCE_LR["adam"]
     tried = []
 
     def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):

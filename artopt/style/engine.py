@@ -38,16 +38,24 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Learning rates for pixels in [0, 1] under the default loss weights.  Adam's was measured
 # (``bench/stylize.py lr-sweep --size 128 --steps 60 --optimizers adam``: final loss 1.106 at
-# 0.01, 0.635 at 0.02, 0.642 at 0.05; bench/results/lr_sweep.json).  The others are not tuned
-# yet: starting values that lower the loss (tests/test_engine.py); the sweep covers them too.
+# 0.01, 0.635 at 0.02, 0.642 at 0.05; bench/results/lr_sweep.json).  RMSprop's is the rate the
+# evaluation's tuning chose at 128 px and with the pyramid at 256 and 384 px (0.007 at 512 px;
+# train/results/neural_art/lrs.json).  L-BFGS's line search scales its step.
 # ``lstm``'s lr is a multiplier on its learned step: by default the one its card's calibration chose.
-STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05, "lstm": None}
+STYLIZE_LR = {"adam": 0.02, "lbfgs": 1.0, "rmsprop": 0.005, "lstm": None}
+# SGD and NAG step by the raw gradient, which shrinks in proportion to the pixel count (the losses
+# are means over positions), so their default rates are per pixel of the scale being optimized.
+# Their single-scale rates tuned in the evaluation (lrs.json: 64 and 128 px crops, 256 and 512 px
+# whole photos without the pyramid) lie at 4.9e-4 to 9.6e-4 per pixel for sgd and 1.0e-4 to 1.5e-4
+# for nag; on the multi-scale basis (256 px without the pyramid, 3 validation photos, x2 grids) at
+# 2.1e-5 for sgd and 8.5e-6 for nag.
+STYLIZE_LR_PER_PIXEL = {"pixels": {"sgd": 7e-4, "nag": 1.3e-4},
+                        "multiscale": {"sgd": 2.1e-5, "nag": 8.5e-6}}
 # On the multi-scale basis one coarse coefficient moves a whole neighbourhood, so the rates differ
-# from the pixels' (Adam's and RMSprop's are 4-11x smaller than their tuned pixel rates).  Tuned at
-# the default 512 px (pyramid on, 200 steps) on 3 validation photos, adam and rmsprop on sqrt(2)
-# grids, sgd and nag on x4 grids (train/eval_neural_art.py 512 ... --optimizers NAME-ms, cached in
-# train/results/neural_art/lrs.json; docs/retraining.md).
-STYLIZE_LR_MULTISCALE = {"adam": 0.0036, "sgd": 2.0, "rmsprop": 0.00064, "nag": 0.8}
+# from the pixels' (4-11x smaller than the tuned pixel rates).  Tuned at the default 512 px (pyramid
+# on, 200 steps) on 3 validation photos on sqrt(2) grids (train/eval_neural_art.py 512 ...
+# --optimizers NAME-ms, cached in train/results/neural_art/lrs.json; docs/retraining.md).
+STYLIZE_LR_MULTISCALE = {"adam": 0.0036, "rmsprop": 0.00064}
 
 # The first step's notice names the loss network and optimizer a run uses (for logs; the web page
 # shows both elsewhere and leaves this line out).
@@ -88,8 +96,8 @@ class StylizeConfig:
                 "the learned optimizer runs in (each with a default rate of its own; lower losses at the same steps "
                 "in the evaluation; lbfgs: pixels only; lstm: the basis its card records)", "choices": BASES})
     lr: float | None = field(default=None, metadata={
-        "help": "learning rate (default: per optimizer, tuned for images); for lstm, a multiplier on its learned "
-                "step (default: its card's)"})
+        "help": "learning rate (default: per optimizer, tuned for images; sgd's and nag's grow with the pixel "
+                "count); for lstm, a multiplier on its learned step (default: its card's)"})
     style_weights: list[float] | None = field(default=None, metadata={
         "help": "blend weights of the style images, one per style (default: equal)"})
     content_weight: float = field(default=1.0, metadata={"help": "weight of the content loss"})
@@ -322,16 +330,20 @@ def lstm_input_scale(image: torch.Tensor, trained_pixels: int | None) -> float:
 
 
 def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = None,
-               basis: str = "pixels") -> float:
-    """The learning rate a run of optimizer ``name`` (resolved, not "auto") in ``basis`` uses: ``lr``
-    if given, else the stylizer's default for that basis, or for lstm the multiplier its weights'
-    card records."""
+               basis: str = "pixels", pixels: int | None = None) -> float:
+    """The learning rate a run of optimizer ``name`` (resolved, not "auto") in ``basis`` uses on an
+    image of ``pixels`` pixels (height × width; needed by sgd and nag): ``lr`` if given, else the
+    stylizer's default, or for lstm the multiplier its weights' card records."""
     if lr is not None:
         return float(lr)
     if name == "lstm":
         from artopt.learned_optimizers.shipped import learned_setup
 
         return learned_setup(lstm_weights).lr
+    if name in STYLIZE_LR_PER_PIXEL[basis]:
+        if not pixels:
+            raise ValueError(f"{name}'s default rate is per pixel: pass the image's pixel count")
+        return STYLIZE_LR_PER_PIXEL[basis][name] * pixels
     return (STYLIZE_LR_MULTISCALE if basis == "multiscale" else STYLIZE_LR)[name]
 
 
@@ -369,7 +381,7 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
         return learned([image])
     from artopt.optimizers import make_optimizer
 
-    lr = resolve_lr(name, lr, basis=basis)
+    lr = resolve_lr(name, lr, basis=basis, pixels=image.shape[-2] * image.shape[-1])
     if basis == "multiscale":
         from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
