@@ -383,7 +383,7 @@ def _stylize(args: argparse.Namespace) -> int:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=optimizer,
                         resolved_lr=resolve_lr(optimizer, config.lr, config.lstm_weights, config.basis,
-                                               result.shape[-2] * result.shape[-1]),  # the last scale's
+                                               result.shape[-2] * result.shape[-1]),  # sgd, nag: the output size's
                         resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
