@@ -80,15 +80,8 @@ OPTIMIZER_INFO = ("what changes the image at each step: the learned (LSTM) optim
                   "in less time on a CPU; Adam and L-BFGS on the pixels are the classic choices")
 OPTIMIZER_LABELS = {"auto": "auto", "lstm": "learned (LSTM)", "adam-ms": "Adam, multi-scale basis",
                     "adam": "Adam", "lbfgs": "L-BFGS"}
-# Menu entries that run a hand-designed optimizer on the learned optimizer's multi-scale basis.
-MULTISCALE_ENTRIES = {"adam-ms": "adam"}
-
-
-def _optimizer_label(name: str, basis: str) -> str:
-    """The menu's name for what ran: optimizer ``name`` (resolved) in ``basis``."""
-    if basis == "multiscale":
-        name = next(entry for entry, base in MULTISCALE_ENTRIES.items() if base == name)
-    return OPTIMIZER_LABELS[name]
+# A menu entry NAME-ms runs optimizer NAME on the learned optimizer's multi-scale basis.
+MULTISCALE_SUFFIX = "-ms"
 
 
 @dataclass(frozen=True)
@@ -309,8 +302,8 @@ class _Stylist:
             base,
             size=size,
             steps=steps,
-            optimizer=MULTISCALE_ENTRIES.get(optimizer, optimizer),
-            basis="multiscale" if optimizer in MULTISCALE_ENTRIES else "pixels",
+            optimizer=optimizer.removesuffix(MULTISCALE_SUFFIX),
+            basis="multiscale" if optimizer.endswith(MULTISCALE_SUFFIX) else "pixels",
             style_weight=base.style_weight * strength,
             style_weights=[w / sum(weights) for w in weights],
             keep_colors=bool(keep_colors),
@@ -469,7 +462,8 @@ class _Stylist:
             before_path = run_dir / "before.webp"
             content_img.resize(result.size, Image.Resampling.LANCZOS).save(before_path)
             verb = f"Stopped at {last_step}" if stopped_by_user else "Done"
-            ran = _optimizer_label(resolve_optimizer(config.optimizer, config.size, config.pyramid), config.basis)
+            ran = resolve_optimizer(config.optimizer, config.size, config.pyramid)
+            ran = OPTIMIZER_LABELS[ran + MULTISCALE_SUFFIX if config.basis == "multiscale" else ran]
             status = self._status(
                 f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} with {ran}.",
                 notices,

@@ -62,8 +62,8 @@ def test_a_baseline_on_the_multiscale_basis_lowers_the_loss_its_own_way(optimize
 
 
 def test_the_multiscale_basis_has_its_own_default_rates():
-    """A coarse coefficient moves a whole neighbourhood, so each baseline has its own default rate on
-    the basis; an explicit lr still wins, and the pixel defaults stay as they were."""
+    """A coarse coefficient moves a whole neighbourhood, so each baseline has a default rate on the
+    basis that differs from its pixel one; an explicit lr still wins."""
     image = torch.zeros(1, 3, 32, 32, requires_grad=True)
     for name in ("adam", "sgd", "rmsprop", "nag"):
         default = engine.resolve_lr(name, basis="multiscale", pixels=32 * 32)

@@ -34,14 +34,13 @@ from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory 
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, search_lr  # noqa: E402
-from artopt.style.engine import STYLIZE_LR, StylizeConfig, stylize  # noqa: E402
+from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
 # The rates --grid-factors and --engine-grid-factors multiply (docs/retraining.md's grids): the
-# engine's fixed defaults when the baselines were tuned.  The engine's sgd and nag defaults are per
-# pixel since, so theirs are kept here.
-GRID_REFERENCE_LR = {**{k: v for k, v in STYLIZE_LR.items() if v is not None}, "sgd": 0.5, "nag": 0.05}
+# engine's defaults when the baselines were tuned, fixed here so those factors keep their meaning.
+GRID_REFERENCE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05}
 BASELINES = ("adam", "rmsprop", "sgd", "nag")
 # reduced-precision LSTM state ("-int8": h in int8, c in float16)
 STATE_DTYPES = {"-bf16": torch.bfloat16, "-fp16": torch.float16, "-int8": torch.int8}
