@@ -107,6 +107,28 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
         learned_setup(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("card_text, message", [
+    ("[1, 2]", "the card must be a JSON object, got list"),
+    ("{not json", "not a readable JSON card"),
+    (b"\xff\xfe", "not a readable JSON card"),
+    ('{"basis": "pixels", "trained_pixels": "x"}', "trained_pixels must be a positive number of pixels, got 'x'"),
+    ('{"basis": "pixels", "trained_pixels": -5}', "trained_pixels must be a positive number of pixels, got -5"),
+    ('{"basis": "pixels", "inference": [1]}', "bad inference settings"),
+])
+def test_a_broken_card_is_a_value_error_naming_the_card(tmp_path, card_text, message):
+    """Users pass cards of their own (--lstm-weights): a broken one is an error naming the file, found
+    before the run, not an AttributeError or a bad scale halfway through."""
+    from artopt.learned_optimizers import save_learned
+    from artopt.learned_optimizers.shipped import learned_setup
+
+    w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    card_path = w.with_suffix(".json")
+    card_path.write_bytes(card_text if isinstance(card_text, bytes) else card_text.encode())
+    with pytest.raises(ValueError) as exc:
+        learned_setup(w)
+    assert str(exc.value).startswith(f"{card_path}: ") and message in str(exc.value)
+
+
 def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results():
     """The card's 'LSTM lower in N of N runs' lines are read off the bench JSONs they name."""
     card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["user_settings_checks"]

@@ -28,9 +28,18 @@ def card(name: str) -> dict | None:
 
 
 def _card_beside(weights: str | os.PathLike) -> tuple[Path, dict]:
-    """(path, contents) of the JSON card beside a weights file; contents {} when there is none."""
+    """(path, contents) of the JSON card beside a weights file; contents {} when there is none.
+    ValueError, naming the card, when it is not a readable JSON object."""
     card_path = Path(weights).with_suffix(".json")
-    return card_path, json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if not card_path.is_file():
+        return card_path, {}
+    try:
+        found = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{card_path}: not a readable JSON card ({e})") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{card_path}: the card must be a JSON object, got {type(found).__name__}")
+    return card_path, found
 
 
 def check_neural_art(weights: str | os.PathLike) -> None:
@@ -44,8 +53,15 @@ def check_neural_art(weights: str | os.PathLike) -> None:
 
 
 def trained_pixels(weights: str | os.PathLike) -> int | None:
-    """Pixels of the training crops recorded in the card beside a neural-art weights file, if any."""
-    return _card_beside(weights)[1].get("trained_pixels")
+    """Pixels of the training crops recorded in the card beside a neural-art weights file, if any
+    (ValueError for a value that is not a positive number)."""
+    card_path, found = _card_beside(weights)
+    pixels = found.get("trained_pixels")
+    if pixels is None:
+        return None
+    if isinstance(pixels, bool) or not isinstance(pixels, (int, float)) or not (0 < pixels < math.inf):
+        raise ValueError(f"{card_path}: trained_pixels must be a positive number of pixels, got {pixels!r}")
+    return pixels
 
 
 BASES = ("pixels", "multiscale")
@@ -87,6 +103,8 @@ def inference_settings(weights: str | os.PathLike) -> dict:
     without one run as trained (1.0, ``trained_coarsest``)."""
     card_path, card = _card_beside(weights)
     found = card.get("inference") or {}
+    if not isinstance(found, dict):
+        raise ValueError(f"{card_path}: bad inference settings {found!r} (a JSON object with lr and coarsest)")
     lr = found.get("lr", 1.0)
     coarsest = found["coarsest"] if "coarsest" in found else _coarsest_in(card)
     if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
