@@ -205,15 +205,31 @@ def _serve(args: argparse.Namespace) -> int:
                        f"({getattr(exc, 'strerror', None) or exc})") from None
     from artopt import web  # lazy: gradio is an optional dependency
 
-    web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
-              max_upload_mb=args.max_upload_mb, max_size=args.max_size, device=args.device,
-              queue_size=args.queue_size)
+    try:
+        web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
+                  max_upload_mb=args.max_upload_mb, max_size=args.max_size, device=args.device,
+                  queue_size=args.queue_size)
+    except ValueError as exc:  # web.serve names its parameters; the user typed flags
+        message = str(exc)
+        for name in ("concurrency", "max_upload_mb", "max_size", "port", "queue size"):
+            if message.startswith(name + " "):
+                message = _flag(name.replace(" ", "_")) + message[len(name):]
+        raise CLIError(message) from None
+    except OSError as exc:
+        if "Cannot find empty port" not in str(exc):  # Gradio's words for a port already taken
+            raise
+        raise CLIError(f"--port {args.port}: the port is in use on {args.host} (another server?); "
+                       "choose another with --port") from None
     return 0
 
 
 def _check_output_path(path: Path, no_clobber: bool = False) -> None:
     from artopt.style.images import SAVE_FORMATS
 
+    if str(path) in ("", "."):
+        raise CLIError("-o needs a file name (ending in .png, .jpg or .jpeg)")
+    if path.suffix == "" and path.name.lower() in SAVE_FORMATS:  # "dir/.png": a hidden name, no extension
+        raise CLIError(f"{path}: give the output a name before its extension, e.g. {path.with_name('out' + path.name)}")
     if path.suffix.lower() not in SAVE_FORMATS:
         raise CLIError(f"{path}: output must end in .png, .jpg or .jpeg")
     _check_writable_file(path, no_clobber)
@@ -290,6 +306,8 @@ def _stylize(args: argparse.Namespace) -> int:
                                   for f in dataclasses.fields(StylizeConfig)}).validated()
     except ValueError as exc:
         raise CLIError(_with_flag_names(str(exc))) from None
+    if config.style_weights is not None and len(config.style_weights) != len(args.styles):
+        raise CLIError(f"--style-weights has {len(config.style_weights)} value(s) for {len(args.styles)} style image(s)")
     output = Path(args.output)
     _check_output_path(output, args.no_clobber)  # the --save-every images go beside it: checked too
     if args.log_json == "":
@@ -331,8 +349,6 @@ def _stylize(args: argparse.Namespace) -> int:
                               pooling=config.vgg_pooling).min_size
     content = load_image(args.content, min_size=min_size)
     styles = [load_image(s, min_size=min_size) for s in args.styles]
-    if config.style_weights is not None and len(config.style_weights) != len(styles):
-        raise CLIError(f"--style-weights has {len(config.style_weights)} value(s) for {len(styles)} style image(s)")
 
     # First Ctrl-C: finish the current step and save; a second one aborts.
     stop_requested = False

@@ -99,6 +99,13 @@ def default_size_for(device: str) -> int:
     return 1024 if str(device).startswith("cuda") else 512
 
 
+def _as_bool(value: Any) -> bool:
+    """A checkbox's value; API callers may send it as text ("false" is not true)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
 def default_max_size_for(device: str) -> int:
     """Largest output long side allowed by default: a CPU would take hours beyond 2048 px."""
     return MAX_SIZE if str(device).startswith("cuda") else 2048
@@ -253,8 +260,12 @@ class _Stylist:
             # The loader names the server's temporary copy; the person knows their own file name.
             message = str(err).replace(str(path), shown_name)
             raise _user_error(f"{what}: {message}", "Bad image") from err
+        except FileNotFoundError as err:  # e.g. a page left open past Gradio's sweep of old uploads
+            raise _user_error(f"{what}: {shown_name} is no longer on the server (uploads are deleted after some "
+                              "hours). Upload it again.", "Upload gone") from err
         except OSError as err:  # unreadable temp file, disk trouble
-            raise _user_error(f"{what}: could not read the upload ({err}).", "Bad image") from err
+            raise _user_error(f"{what}: could not read the upload {shown_name} ({err.strerror or err}).",
+                              "Bad image") from err
 
     def _check_number(self, value: Any, name: str, low: float, high: float, integer: bool) -> float | int:
         try:
@@ -269,7 +280,8 @@ class _Stylist:
     def _checked(self, content, style_payloads, style_weights, size, steps, strength, optimizer, keep_colors,
                  seed) -> tuple[Image.Image, list[Image.Image], Any]:
         """The page's inputs, checked and loaded: (content image, style images, StylizeConfig)."""
-        from artopt.style.engine import StylizeConfig
+        from artopt.style.engine import StylizeConfig, content_size_problem
+        from artopt.style.loss_nets import MIN_SIDE
 
         lim = self.limits
         size = self._check_number(size, "Output size", lim.min_size, lim.max_size, integer=True)
@@ -283,6 +295,11 @@ class _Stylist:
         if content is None:
             raise _user_error("Upload a content photo first.", "Missing photo")
         content_img = self._load(content, "Content photo")
+        # The engine checks this too, but its advice may name a size above the page's maximum.
+        problem = content_size_problem((content_img.height, content_img.width), size, MIN_SIDE, "the loss network",
+                                       max_size=lim.max_size)
+        if problem:
+            raise _user_error(problem[0].upper() + problem[1:] + ".", "Photo too narrow")
         styles, weights = [], []
         for i, (payload, weight) in enumerate(zip(style_payloads, style_weights), start=1):
             if payload is None:
@@ -306,7 +323,7 @@ class _Stylist:
             basis="multiscale" if optimizer.endswith(MULTISCALE_SUFFIX) else "pixels",
             style_weight=base.style_weight * strength,
             style_weights=[w / sum(weights) for w in weights],
-            keep_colors=bool(keep_colors),
+            keep_colors=_as_bool(keep_colors),
             seed=seed,
             device=self.device,
         )
@@ -401,7 +418,7 @@ class _Stylist:
         worker = threading.Thread(target=work, name="artopt-stylize", daemon=True)
         started = time.perf_counter()
         worker.start()
-        last_step = "starting"
+        last_step = "the start, before the first step"
         finished = False
         # Images go to Gradio as files of this run, never as PIL images: Gradio caches a PIL image
         # under a hash of its bytes and rewrites that file each time it is sent, so an identical image

@@ -64,6 +64,13 @@ def test_save_every_writes_intermediate_images(tmp_path):
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "--lr must be positive"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--tv-weight", "-1"], "--tv-weight must be between"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-scale", "9"], "--style-scale must be in"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "-1"], "--style-weights must be"),
+    # Each weight is finite, but their sum is not: the blend would have zeroed every style target.
+    (lambda d: [str(PHOTO), str(STYLE), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1e308", "1e308"],
+     "--style-weights must be between 0 and 1e+12"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--seed", str(2**64)], "--seed must be an integer"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", ""], "-o needs a file name"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / ".png")], "give the output a name before its extension"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
     (tmp_path / "text.jpg").write_text("hello")
@@ -342,3 +349,41 @@ def test_bench_typo_lists_every_target(capsys):
     # bench/stylize.py's own targets and those with their own script, each once
     assert {"quality", "gpu", "web", "task-step-time"} <= set(targets) and len(set(targets)) == len(targets)
     assert all(cli.script_for("bench", t)[0].is_file() for t in targets)
+
+@pytest.mark.parametrize("flags, message", [
+    (["--style-weights", "nan"], "--style-weights must be between"),
+    (["--seed", str(-(2**63) - 1)], "--seed must be an integer between"),
+    (["--style-weights", "1", "1"], "--style-weights has 2 value(s) for 1 style image(s)"),
+])
+def test_blend_weights_and_seed_are_checked_before_anything_loads(tmp_path, monkeypatch, capsys, flags, message):
+    from artopt.style import loss_nets
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the loss network was loaded before the flags were checked")
+
+    monkeypatch.setattr(loss_nets, "build_loss_net", no_loading)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *flags, *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("artopt: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-size", "100"], "artopt: error: --max-size must be between"),
+    (["--queue-size", "0"], "artopt: error: --queue-size must be at least 1, got 0"),
+    (["--concurrency", "0"], "artopt: error: --concurrency must be at least 1, got 0"),
+])
+def test_serve_errors_name_the_flags(capsys, flags, message):
+    assert main(["serve", *flags]) == 2
+    assert capsys.readouterr().err.strip().startswith(message)
+
+
+def test_serve_on_a_busy_port_says_so(monkeypatch, capsys):
+    from artopt import web
+
+    def busy(*args, **kwargs):  # what Gradio raises when the port is taken
+        raise OSError("Cannot find empty port in range: 7999-7999. You can specify a different port by ...")
+
+    monkeypatch.setattr(web, "serve", busy)
+    assert main(["serve", "--port", "7999"]) == 2
+    assert capsys.readouterr().err.strip() == ("artopt: error: --port 7999: the port is in use on 127.0.0.1 "
+                                               "(another server?); choose another with --port")

@@ -112,6 +112,15 @@ def test_a_content_image_too_elongated_for_the_size_says_what_would_work():
         stylize(torch.rand(1, 3, 1, 1000), [STYLE], _config(size=64, steps=1))
 
 
+def test_the_size_advice_stays_within_the_callers_largest_size():
+    from artopt.style.engine import content_size_problem
+
+    assert content_size_problem((40, 1000), 800, 32, "net") is None  # 32 px high at 800 px: fits
+    assert content_size_problem((40, 1000), 256, 32, "net").endswith("choose an output size of at least 800 px")
+    advice = content_size_problem((40, 1000), 256, 32, "net", max_size=512)  # e.g. the web page's limit
+    assert advice.endswith("crop the photo: its long side is 25x its short side, too elongated even at 512 px")
+
+
 def test_pyramid_gives_requested_size_and_aspect(monkeypatch):
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
     assert pyramid_sizes(128, True) == [32, 64, 128]

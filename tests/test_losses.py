@@ -71,6 +71,8 @@ def test_blend_weights_interpolate_between_styles(net):
         StyleLoss(net, content, [a, b], style_weights=[1.0])
     with pytest.raises(ValueError, match="non-negative"):
         StyleLoss(net, content, [a], style_weights=[-1.0])
+    with pytest.raises(ValueError, match="finite"):  # each is finite, their sum is not: every blend weight would be 0
+        StyleLoss(net, content, [a, b], style_weights=[1e308, 1e308])
 
 
 def test_total_is_weighted_sum_and_differentiable(net):

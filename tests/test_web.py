@@ -422,3 +422,35 @@ def test_auto_label_names_the_cards_single_scale_size(monkeypatch):
     menu = next(b for b in app.blocks.values() if isinstance(b, gr.Dropdown)
                 and {"adam", "lbfgs"} <= {value for _, value in b.choices})
     assert "from 256 px" in dict((v, k) for k, v in menu.choices)["auto"]
+
+
+def _error_of(stylist, content, **settings) -> str:
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    args = {"size": 64, "keep_colors": False, **settings}
+    with pytest.raises(gr.Error) as caught:
+        list(stylist.run(content, [style, None, None], [1.0] * 3, args["size"], STEPS, 1.0, "adam",
+                         args["keep_colors"], 0))
+    return caught.value.message
+
+
+def test_a_too_narrow_photo_gets_advice_the_page_can_follow(tmp_path):
+    # 25x its height: at least 800 px would do, but this page stops at 256 px
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1000, 40), (90, 120, 150)).save(strip)
+    message = _error_of(_stylist(tmp_path), str(strip), size=256)
+    assert "crop the photo" in message and "even at 256 px" in message and "800" not in message
+
+
+def test_an_upload_gone_from_the_server_asks_for_it_again(tmp_path):
+    message = _error_of(_stylist(tmp_path), str(tmp_path / "swept.png"))
+    assert message == "Content photo: swept.png is no longer on the server (uploads are deleted after some hours). " \
+                      "Upload it again."
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("False", False), ("0", False), ("true", True),
+                                             (True, True), (False, False), (None, False)])
+def test_keep_colors_sent_as_text_through_the_api_means_what_it_says(tmp_path, value, expected):
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    config = _stylist(tmp_path)._checked(photo, [style, None, None], [1.0] * 3, 64, STEPS, 1.0, "adam", value, 0)[2]
+    assert config.keep_colors is expected

@@ -72,6 +72,8 @@ MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 32, 8192
 # this leaves twelve orders of magnitude of room while keeping the weighted loss far from float32's
 # overflow (a style weight of 1e300 made every loss infinite).
 MAX_LOSS_WEIGHT = 1e12
+# torch.Generator.manual_seed's range (it takes uint64 and negative int64 values).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # An explicit ``pyramid=True`` always gets at least one coarser scale (half the size) while that
@@ -149,8 +151,15 @@ class StylizeConfig:
             if not (0 <= value <= MAX_LOSS_WEIGHT):
                 raise ValueError(f"{name.replace('_', ' ')} must be between 0 and {MAX_LOSS_WEIGHT:g} (the losses are "
                                  f"normalised; the defaults are 1 / 20 / 1), got {value}")
+        if self.style_weights is not None:
+            if not self.style_weights or any(not (0 <= w <= MAX_LOSS_WEIGHT) for w in self.style_weights) \
+                    or not any(w > 0 for w in self.style_weights):
+                raise ValueError(f"style weights must be between 0 and {MAX_LOSS_WEIGHT:g}, not all 0 (they are "
+                                 f"normalised to sum to 1), got {' '.join(f'{w:g}' for w in self.style_weights)}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer between {SEED_MIN} and {SEED_MAX}, got {self.seed}")
         check_edge_pad(self.edge_pad)
         if str(self.init).lower() not in INITS:  # case-insensitive, like the optimizer and loss-net names
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
@@ -389,6 +398,22 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
     return make_optimizer(name, [image], lr)
 
 
+def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, net_name: str,
+                         max_size: int = MAX_OUTPUT_SIZE) -> str | None:
+    """Why a content image of (height, width) ``content_hw`` cannot be made at ``size`` px (long
+    side) for a loss network that needs ``min_side`` px on the short side, and what to do, with
+    output sizes up to ``max_size`` (the web page's may be lower); None when it fits."""
+    short, long = sorted(content_hw)
+    short_out = max(1, round(short * size / long))  # as resize_long_side rounds
+    if short_out >= min_side:
+        return None
+    needed = math.ceil(min_side * long / short)
+    fix = (f"choose an output size of at least {needed} px" if needed <= max_size else
+           f"crop the photo: its long side is {long / short:.0f}x its short side, too elongated even at "
+           f"{max_size} px")
+    return f"at {size} px the content image's shorter side is {short_out} px; {net_name} needs at least {min_side}: {fix}"
+
+
 def stylize(content: Image.Image | torch.Tensor,
             styles: Sequence[Image.Image | torch.Tensor] | Image.Image | torch.Tensor,
             config: StylizeConfig | None = None,
@@ -437,15 +462,10 @@ def stylize(content: Image.Image | torch.Tensor,
     # Styles never need more pixels than the largest scale uses: shrink huge ones once.
     style_cap = max(loss_net.min_size, round(config.size * config.style_scale))
     style_tensors = [resize_long_side(s, style_cap) if max(s.shape[-2:]) > style_cap else s for s in style_tensors]
+    problem = content_size_problem(tuple(content_full.shape[-2:]), config.size, loss_net.min_size, loss_net.name)
+    if problem:
+        raise ValueError(problem)
     content_final = resize_long_side(content_full, config.size)
-    if min(content_final.shape[-2:]) < loss_net.min_size:
-        short, long = sorted(content_full.shape[-2:])
-        needed = math.ceil(loss_net.min_size * long / short)
-        fix = (f"choose an output size of at least {needed} px" if needed <= MAX_OUTPUT_SIZE else
-               f"crop the photo: its long side is {long / short:.0f}x its short side, too elongated even at "
-               f"{MAX_OUTPUT_SIZE} px")
-        raise ValueError(f"at {config.size} px the content image's shorter side is {min(content_final.shape[-2:])} px; "
-                         f"{loss_net.name} needs at least {loss_net.min_size}: {fix}")
     if config.keep_colors:
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 

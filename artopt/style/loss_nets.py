@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 LOSS_NETS = ("auto", "vgg19", "efficientnet-lite0")
+# Smallest image side either network uses meaningfully: the deepest style layers sit at 1/16 of it.
+MIN_SIDE = 32
 
 # Environment variable naming a VGG-19 weights file (torchvision's state dict, .pth or .safetensors).
 VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
@@ -114,7 +116,7 @@ class VGG19LossNet(LossNet):
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
         self.style_layer_weights = {n: 1.0 / len(self.style_layers) for n in self.style_layers}
-        self.min_size = 32  # relu5_1 sits at 1/16 resolution: 2x2 positions at 32 px
+        self.min_size = MIN_SIDE  # relu5_1 sits at 1/16 resolution: 2x2 positions at 32 px
         last = max(_VGG19_RELU_INDEX[n] for n in self.layers)
         modules = []
         for m in list(features)[: last + 1]:
@@ -217,7 +219,7 @@ class EfficientNetLite0LossNet(LossNet):
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
         self.style_layer_weights = {n: 1.0 / len(self.style_layers) for n in self.style_layers}
-        self.min_size = 32
+        self.min_size = MIN_SIDE
         net = build_efficientnet_lite0_classifier()
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         self._hooks_by_module: dict[nn.Module, str] = {}

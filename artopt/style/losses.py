@@ -85,7 +85,7 @@ class StyleLoss(nn.Module):
         style_weights = [float(w) for w in style_weights]
         if len(style_weights) != len(styles):
             raise ValueError(f"{len(style_weights)} style weights given for {len(styles)} style images")
-        if any(not (w >= 0) or w == float("inf") for w in style_weights) or sum(style_weights) <= 0:
+        if any(not (w >= 0) or w == float("inf") for w in style_weights) or not 0 < sum(style_weights) < float("inf"):
             raise ValueError("style weights must be finite, non-negative and not all zero")
         for label, value in (("content", content_weight), ("style", style_weight), ("tv", tv_weight)):
             if not (value >= 0) or value == float("inf"):
