@@ -62,6 +62,25 @@ def test_16_bit_grayscale_is_scaled_not_clipped():
     assert abs(image.getpixel((0, 0))[0] - 128) <= 1
 
 
+def test_a_non_finite_float_pixel_leaves_the_rest_of_the_image_as_it_was():
+    from artopt.style.images import to_rgb
+
+    array = np.full((8, 8), 0.5, dtype=np.float32)  # a 0-1 float image, mid-gray
+    array[0, 0], array[0, 1], array[0, 2] = np.inf, -np.inf, np.nan
+    with np.errstate(all="raise"):  # no overflow on the way
+        image = to_rgb(Image.fromarray(array, mode="F"))
+    assert abs(image.getpixel((5, 5))[0] - 128) <= 1
+    assert [image.getpixel((x, 0))[0] for x in range(3)] == [255, 0, 0]
+
+
+def test_32_bit_grayscale_past_16_bits_is_scaled_not_clipped():
+    from artopt.style.images import to_rgb
+
+    array = np.tile(np.array([0, 100_000, 200_000], dtype=np.int32), (3, 1))
+    image = to_rgb(Image.fromarray(array, mode="I"))
+    assert [image.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display

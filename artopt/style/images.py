@@ -93,11 +93,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # 16/32-bit grayscale: Pillow's convert("L") clips instead of scaling, so scale by hand.
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0
+        top = max(top, float(array.max()))  # 32-bit values past 16 bits: scaled, not clipped to white
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-        top = 1.0 if array.max() <= 1.0 else 255.0
+        array = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(array)
+        # The range (0-1 or 0-255) is read off the finite values: one inf pixel made all the rest black.
+        top = 1.0 if not finite.any() or array[finite].max() <= 1.0 else 255.0
+        array = np.where(finite, array, np.where(array == np.inf, top, 0.0))  # +inf: white; -inf, NaN: black
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P" or image.mode == "PA":
