@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -436,3 +438,117 @@ def test_refuses_duplicates_and_unknown_networks_when_added_or_loaded():
     other = LearnedOptimizer([nn.Parameter(torch.zeros(3))], nets={"fc": sign_descent_net()})
     with pytest.raises(ValueError, match=r"network\(s\) \['fc'\]"):
         opt.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16, torch.int8])
+def test_half_precision_parameters_resume_exactly(tmp_path, param_dtype, state_dtype):
+    # torch's load casts floating-point state to the parameter's dtype: a float32 h came back
+    # rounded to float16, and the resumed run drifted from the uninterrupted one.
+    torch.manual_seed(0)
+    path = save_learned(tmp_path / "o.safetensors", {"default": LSTMOptimizerNet(moment_inputs=True)})
+    target = torch.randn(50)
+
+    def run(opt, p, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            ((p.float() - target) ** 2).sum().backward()
+            opt.step()
+
+    p = nn.Parameter(torch.zeros(50, dtype=param_dtype))
+    opt = LearnedOptimizer([p], weights=path, state_dtype=state_dtype)
+    run(opt, p, 3)
+    saved, start = copy.deepcopy(opt.state_dict()), p.detach().clone()  # a snapshot, as torch.save makes
+    saved_state = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+    run(opt, p, 2)
+    q = nn.Parameter(start.clone())
+    resumed = LearnedOptimizer([q], weights=path, state_dtype=state_dtype)
+    resumed.load_state_dict(saved)
+    for name, value in saved_state.items():
+        assert resumed.state[q][name].dtype == value.dtype and torch.equal(resumed.state[q][name], value), name
+    run(resumed, q, 2)
+    assert torch.equal(q.detach(), p.detach())
+
+
+def test_a_float16_parameter_keeps_training_after_its_first_rms_scale_is_reloaded():
+    # The scale of tiny gradients (about 1e5) overflowed float16 when torch cast it to the
+    # parameter's dtype on load: every later update was non-finite and nothing moved again.
+    net = {"default": LSTMOptimizerNet(grad_normalization="first_rms")}
+    p = nn.Parameter(torch.zeros(100, dtype=torch.float16))
+    opt = LearnedOptimizer([p], nets=net)
+    g = (torch.randn(100, generator=torch.Generator().manual_seed(0)) * 1e-5).half()
+    p.grad = g.clone()
+    opt.step()
+    scale = opt.state[p]["grad_scale"].clone()
+    opt.load_state_dict(opt.state_dict())
+    assert torch.equal(opt.state[p]["grad_scale"], scale)
+    before = p.detach().clone()
+    p.grad = g.clone()
+    opt.step()
+    assert opt.last_notice is None and bool((p != before).all())
+
+
+def test_a_state_dict_of_other_parameters_is_refused_when_loaded():
+    def stepped(*sizes):
+        params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+        opt = LearnedOptimizer(params, nets={"default": sign_descent_net()})
+        for q in params:
+            q.grad = torch.ones_like(q)
+        opt.step()
+        return opt
+
+    other = stepped(5, 3).state_dict()
+    for sizes in [(3, 3), (3, 5)]:  # another model; the same one with its parameters in another order
+        fresh = LearnedOptimizer([nn.Parameter(torch.zeros(n)) for n in sizes], nets={"default": sign_descent_net()})
+        with pytest.raises(ValueError, match="does not fit a parameter of 3 coordinate"):
+            fresh.load_state_dict(other)
+    stepped(5, 3).load_state_dict(other)  # the same shapes load
+
+
+def test_the_notice_counts_every_groups_coordinates():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    opt = LearnedOptimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], nets={"default": sign_descent_net()})
+    nan = float("nan")
+    a.grad, b.grad = torch.full((3,), nan), torch.tensor([nan, 1.0, 1.0])
+    opt.step()
+    assert "non-finite gradient or update at 4 coordinate(s)" in opt.last_notice and opt.fallback_count == 4
+
+
+def test_a_groups_lr_scales_its_step_and_nothing_else():
+    # With a shared first_rms scale, a group whose lr differed by 0.1% used to be batched apart and
+    # normalised by its own gradients: its steps changed by far more than its lr.
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(grad_normalization="first_rms")
+
+    def steps(lr_b):
+        a, b = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
+        opt = LearnedOptimizer([{"params": [a]}, {"params": [b], "lr": lr_b}], nets={"default": net})
+        a.grad, b.grad = torch.full((4,), 10.0), torch.full((4,), 0.01)
+        opt.step()
+        return a.detach().clone(), b.detach().clone()
+
+    (a1, b1), (a2, b2) = steps(1.0), steps(0.999)
+    assert torch.equal(a1, a2) and bool((b1 != 0).all())
+    torch.testing.assert_close(b2, 0.999 * b1, rtol=1e-5, atol=0)
+
+
+def test_numbers_of_any_real_type_are_accepted_and_nonsense_is_refused():
+    import numpy as np
+
+    net = {"default": sign_descent_net()}
+    p = nn.Parameter(torch.zeros(2))
+    opt = LearnedOptimizer([{"params": [p], "lr": np.float32(0.5)}], nets=net, fallback_lr=np.float64(1e-3))
+    assert opt.param_groups[0]["lr"] == 0.5 and type(opt.param_groups[0]["lr"]) is float
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "lr": None})  # None: as trained, as in the constructor
+    assert opt.param_groups[1]["lr"] == 1.0
+    for kwargs in ({"input_scale": None}, {"fallback_lr": True}, {"lr": float("nan")}):
+        with pytest.raises(ValueError):
+            LearnedOptimizer([nn.Parameter(torch.zeros(2))], nets=net, **kwargs)
+
+
+def test_input_scale_does_not_overflow_a_float16_gradient():
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    opt = LearnedOptimizer([p], nets={"default": sign_descent_net()}, input_scale=100.0)
+    p.grad = torch.tensor([1000.0, -1000.0], dtype=torch.float16)  # x100 is past float16's 65504
+    opt.step()
+    assert opt.last_notice is None and p[0] < 0 < p[1]

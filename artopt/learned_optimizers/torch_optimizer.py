@@ -13,6 +13,7 @@ groups may name the network that serves them (``{"params": ..., "net": "conv"}``
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Iterable
 
@@ -65,7 +66,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError("LearnedOptimizer needs exactly one of weights= or nets=")
         if lr is not None:
             _check_lr(lr)
-        if not (isinstance(fallback_lr, (int, float)) and 0 < fallback_lr < math.inf):
+        if not (_is_real(fallback_lr) and 0 < fallback_lr < math.inf):
             raise ValueError(f"fallback_lr must be positive and finite, got {fallback_lr}")
         loaded = load_learned(weights) if weights is not None else dict(nets)
         default_net = next(iter(loaded)) if len(loaded) == 1 else "default"
@@ -80,8 +81,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if state_dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8):
             raise ValueError(f"state_dtype must be a float dtype or torch.int8, got {state_dtype}")
         self.state_dtype = state_dtype
-        self.fallback_lr = fallback_lr
-        if not (input_scale > 0 and math.isfinite(input_scale)):
+        self.fallback_lr = float(fallback_lr)
+        if not (_is_real(input_scale) and 0 < input_scale < math.inf):
             raise ValueError(f"input_scale must be positive and finite, got {input_scale}")
         self.input_scale = float(input_scale)
         self.last_notice: str | None = None
@@ -90,8 +91,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """torch's, plus checks: a group's lr multiplier must be positive and finite, and the LSTM
         works on real coordinates only."""
+        if param_group.get("lr", 1.0) is None:  # as in the constructor: None is the multiplier 1 (as trained)
+            param_group = {**param_group, "lr": 1.0}
         if "lr" in param_group:
             _check_lr(param_group["lr"])
+            param_group = {**param_group, "lr": float(param_group["lr"])}
         params = param_group["params"]
         if not isinstance(params, (torch.Tensor, set)):  # a set is left for torch to refuse (no order)
             params = list(params)  # a generator can be read once: keep what was read
@@ -153,20 +157,31 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if unknown:  # e.g. an MNIST optimizer's state loaded into a CIFAR one: fail now, not at step()
             raise ValueError(f"the state dict's parameter groups use network(s) {unknown}; "
                              f"this optimizer has {sorted(self.nets)}")
-        state_dict["state"] = {
+        converted = {
             key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
                           in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
             for key, st in state_dict["state"].items()}
+        state_dict["state"] = converted
+        saved_groups = state_dict.get("param_groups", [])
+        matched: list[tuple[object, torch.Tensor]] = []  # (saved id, parameter), as torch pairs them
+        if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in self.param_groups]:
+            matched = [(i, p) for sg, g in zip(saved_groups, self.param_groups) for i, p in zip(sg["params"], g["params"])]
+            for k, (i, p) in enumerate(matched):  # torch would take any shape and the LSTM states would mix
+                _check_state_fits(converted.get(i, {}), p, k)
+        # (otherwise torch's own load refuses the groups, with its message)
         # The basis levels describe the parameters, not the run: a state saved without them (an older
         # file, another optimizer) keeps the levels declared here.
         declared = {p: st["level_sizes"] for p, st in self.state.items() if "level_sizes" in st}
         super().load_state_dict(state_dict)
+        # torch cast every floating-point tensor to its parameter's dtype: a float32 h rounded to
+        # float16, and a first_rms grad_scale of 1e5 overflowed to inf.  Put back the saved tensors as
+        # they were (in this optimizer's storage dtypes), on the parameter's device.
+        for i, p in matched:
+            for name, value in converted.get(i, {}).items():
+                if torch.is_tensor(value) and name != "step":
+                    self.state[p][name] = value.to(device=p.device, copy=True)
         for p, sizes in declared.items():
             self.state[p].setdefault("level_sizes", sizes)
-        for st in self.state.values():
-            for name, dtype in self._storage_dtypes:
-                if isinstance(st.get(name), torch.Tensor):
-                    st[name] = st[name].to(dtype)  # exact: the values were already representable
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -191,21 +206,37 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"LearnedOptimizer steps parameters on one device at a time, got "
                              f"{sorted(map(str, devices))}: use one optimizer per device")
-        # Batch every coordinate served by the same network (and lr) into one LSTM call; a network
-        # with time inputs also batches by the steps each parameter has taken (one for all, usually).
-        batches: dict[tuple[str, float, int | None], list[torch.Tensor]] = {}
+        # Batch every coordinate served by the same network into one LSTM call, whatever its group's
+        # lr (which scales only the step: it must not change what the network sees, such as a shared
+        # first_rms scale); a network with time inputs also batches by the steps each parameter has
+        # taken (one for all, usually).
+        batches: dict[tuple[str, int | None], list[tuple[torch.Tensor, float]]] = {}
         for group in self.param_groups:
             timed = self.nets[group["net"]].config.time_inputs
             for p in group["params"]:
                 if p.grad is not None:
                     step = self.state[p].get("step", 0) if timed else None
-                    batches.setdefault((group["net"], group["lr"], step), []).append(p)
-        for (net_name, lr, step), params in batches.items():
-            self._step_batch(self.nets[net_name], params, lr, step, value)
+                    batches.setdefault((group["net"], step), []).append((p, group["lr"]))
+        nonfinite, overflowed = 0, {}
+        for (net_name, step), members in batches.items():
+            bad, over = self._step_batch(self.nets[net_name], [p for p, _ in members], [lr for _, lr in members],
+                                         step, value)
+            nonfinite += bad
+            for dtype, n in over.items():
+                overflowed[dtype] = overflowed.get(dtype, 0) + n
+        # One notice for the whole step, counting every batch's coordinates.
+        notices = [f"learned optimizer: non-finite gradient or update at {nonfinite} coordinate(s); used an Adam "
+                   "step (or no step) there and reset their LSTM state"] if nonfinite else []
+        notices += [f"learned optimizer: the update would overflow {dtype} at {n} coordinate(s); left them as they were"
+                    for dtype, n in overflowed.items() if n]
+        self.last_notice = "; ".join(notices) or None
         return loss
 
-    def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lr: float,
-                    step: int | None = None, loss: float | None = None) -> None:
+    def _step_batch(self, net: LSTMOptimizerNet, params: list[torch.Tensor], lrs: list[float],
+                    step: int | None = None, loss: float | None = None) -> tuple[int, dict[torch.dtype, int]]:
+        """Step ``params`` (each with its group's lr) through ``net`` in one call.  Returns the number of
+        coordinates the non-finite guard handled and, per parameter dtype, those an update would have
+        overflowed."""
         net_device = next(net.parameters()).device
         device = params[0].device
         if net_device != device:
@@ -226,6 +257,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
 
         if self.input_scale != 1.0:
+            if flat.dtype in (torch.float16, torch.bfloat16):  # a large finite float16 gradient would overflow
+                flat = flat.float()
             flat = flat * self.input_scale
         if net.config.grad_normalization == "first_rms":
             # One scale for the whole batch, fixed by the first gradients seen: a parameter whose
@@ -267,13 +300,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
             change = loss_change(next((self.state[p]["loss"] for p in params if "loss" in self.state[p]), None), loss)
 
         update, (h, c) = net(flat, (h, c), moments, step, level, change)
-        if lr != 1.0:
-            update = update * lr
+        if len(set(lrs)) > 1:  # groups with different multipliers in one batch: one per coordinate
+            counts = torch.tensor([p.numel() for p in params], device=device)
+            update = update * torch.repeat_interleave(torch.tensor(lrs, dtype=update.dtype, device=device), counts)
+        elif lrs[0] != 1.0:
+            update = update * lrs[0]
 
         # Non-finite guard: never write NaN/Inf into a parameter.
         grad_ok = torch.isfinite(flat)
         update_ok = torch.isfinite(update)
         bad = ~(grad_ok & update_ok)
+        n_bad = 0
         if bool(bad.any()):
             n_bad = int(bad.sum())
             self.fallback_count += n_bad
@@ -285,10 +322,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             c = torch.where(bad.view(1, -1, 1), torch.zeros_like(c), c)
             if moments is not None:
                 moments = tuple(torch.where(bad, torch.zeros_like(t), t) for t in moments)
-            self.last_notice = (f"learned optimizer: non-finite gradient or update at {n_bad} coordinate(s); "
-                                "used an Adam step (or no step) there and reset their LSTM state")
 
-        offset, overflowed = 0, 0
+        offset, overflowed = 0, {}
         for p in params:
             n = p.numel()
             new = p + update[offset : offset + n].view_as(p).to(p.dtype)
@@ -296,7 +331,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             nonfinite = ~torch.isfinite(new)
             if bool(nonfinite.any()):  # rare: only then look at which were finite before
                 lost = nonfinite & torch.isfinite(p)
-                overflowed += int(lost.sum())
+                overflowed[p.dtype] = overflowed.get(p.dtype, 0) + int(lost.sum())
                 new = torch.where(lost, p, new)
             p.copy_(new)
             st = self.state[p]
@@ -310,15 +345,27 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if change is not None:
                 st["loss"] = loss
             offset += n
-        if overflowed:
-            self.fallback_count += overflowed
-            notice = (f"learned optimizer: the update would overflow {params[0].dtype} at {overflowed} "
-                      "coordinate(s); left them as they were")
-            self.last_notice = notice if self.last_notice is None else f"{self.last_notice}; {notice}"
+        self.fallback_count += sum(overflowed.values())
+        return n_bad, overflowed
+
+
+def _check_state_fits(st: dict, p: torch.Tensor, index: int) -> None:
+    """ValueError unless a loaded state has one LSTM state (and moment) per coordinate of ``p``."""
+    for name, dim in (("h", 1), ("c", 1), ("m", 0), ("v", 0)):
+        t = st.get(name)
+        if torch.is_tensor(t) and (t.dim() <= dim or t.shape[dim] != p.numel()):
+            raise ValueError(f"the state dict's parameter {index} has {name} of shape {tuple(t.shape)}, which does "
+                             f"not fit a parameter of {p.numel()} coordinate(s): it was saved for another model "
+                             "or another order of parameters")
+
+
+def _is_real(x) -> bool:
+    """A real number (int, float, numpy's scalars), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check_lr(lr) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+    if not _is_real(lr) or not 0 < lr < math.inf:
         raise ValueError(f"lr multiplier must be a positive, finite number, got {lr!r}")
 
 
