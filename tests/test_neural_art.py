@@ -190,7 +190,11 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     for bad in (["--trajectory-weights", "cubic"],
                 ["--moment-inputs", "--moment-betas", "0.9", "1.5"],
                 ["--level-inputs", "--basis-levels", "2"],  # level inputs of levels never trained
-                ["--head-hidden", "-1"]):
+                ["--head-hidden", "-1"],
+                ["--size-range", "96", "48"],
+                ["--output-scale", "nan"],
+                ["--prior-minutes", "-5"],
+                ["--unroll", "64"]):  # longer than the run's steps
         with pytest.raises(SystemExit):
             script.main(["--name", "rejected", *tiny, *bad])
     assert not (tmp_path / "rejected").exists()

@@ -459,3 +459,60 @@ def test_a_helper_that_cannot_start_is_named_not_waited_for(tmp_path):
         meta_train(FailsInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                    name="f", progress=False)
     assert not multiprocessing.active_children()
+
+
+def test_the_last_episodes_of_a_time_budget_are_validated(tmp_path):
+    # Before, a --minutes budget ended without validating what it trained since the last validation:
+    # with rare validations the run shipped its starting networks.
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=1000, val_every=1000, val_problems=2, max_minutes=0.02)
+    res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                     name="t", progress=False)
+    vals = [e["episode"] for e in _events(tmp_path / "t.log.jsonl") if e["event"] == "val"]
+    assert 0 < res.episodes_done < 1000 and vals == [0, res.episodes_done]
+
+
+def test_a_validation_due_when_the_run_stopped_comes_first_on_resume(tmp_path):
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+               progress=False)
+    ckpt = torch.load(tmp_path / "r.ckpt", weights_only=True)
+    assert ckpt["last_validated"] == 2
+    ckpt["last_validated"] = 0  # as if stopped while validating episode 2
+    torch.save(ckpt, tmp_path / "r.ckpt")
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+               progress=False)
+    events = _events(tmp_path / "r.log.jsonl")
+    resumed = next(i for i, e in enumerate(events) if e["event"] == "resumed")
+    assert [e["episode"] for e in events[resumed:] if e["event"] == "val"] == [2]
+    assert [e["event"] for e in events[:1]] == ["start"]
+
+
+def test_a_run_resumed_with_another_task_is_refused(tmp_path):
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    run = lambda task_settings: meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg,
+                                           out_dir=tmp_path, name="r", progress=False, task_settings=task_settings)
+    run({"size": 64})
+    with pytest.raises(ValueError, match=r"other settings \(task \{'size': 64\} -> \{'size': 48\}"):
+        run({"size": 48})
+    run({"size": 64})  # the same task resumes
+
+
+def test_shipping_the_same_networks_again_keeps_what_was_added_to_their_card(tmp_path):
+    from artopt.outer_trainers import ship_best
+
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path / "run",
+                     name="r", progress=False, card={"task": "tiny"})
+    dest = ship_best(tmp_path / "run", "r", tmp_path / "ship", res)
+    card = json.loads(dest.with_suffix(".json").read_text())
+    dest.with_suffix(".json").write_text(json.dumps({**card, "evaluation": [1, 2]}))
+    ship_best(tmp_path / "run", "r", tmp_path / "ship", res)  # a finished run's command rerun
+    assert json.loads(dest.with_suffix(".json").read_text())["evaluation"] == [1, 2]
+    (tmp_path / "ship" / "r.safetensors").write_bytes(b"other networks")
+    ship_best(tmp_path / "run", "r", tmp_path / "ship", res)  # new networks: the old evaluation is gone
+    assert "evaluation" not in json.loads(dest.with_suffix(".json").read_text())
+
+
+def test_an_unroll_longer_than_the_run_is_refused():
+    with pytest.raises(ValueError, match="unroll must be at most steps"):
+        MetaTrainConfig(steps=8, unroll=16)

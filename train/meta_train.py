@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
+    if not 0 < args.output_scale < math.inf:
+        ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
         "command": "python train/meta_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     t0 = time.time()
-    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / name, name=name, card=card)
+    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / name, name=name, card=card,
+                     task_settings={"suite": args.suite, "task_kwargs": task_kwargs})
     print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
                       "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
     if args.ship:

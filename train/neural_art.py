@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
+    if args.size < 8:
+        ap.error(f"--size must be at least 8 px, got {args.size}")
+    if args.size_range and not 8 <= args.size_range[0] <= args.size_range[1]:
+        ap.error(f"--size-range needs 8 <= MIN <= MAX, got {args.size_range[0]} {args.size_range[1]}")
+    if not 0 < args.output_scale < math.inf:
+        ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
+    if not 0 <= args.prior_minutes < math.inf:
+        ap.error(f"--prior-minutes must be 0 or more, got {args.prior_minutes}")
     if args.level_inputs and args.basis_levels < LEVEL_INPUTS:
         # with fewer, the inputs of the coarser levels never train, and larger images have them
         ap.error(f"--level-inputs needs --basis-levels {LEVEL_INPUTS} or more, so that every level input is trained")
@@ -153,7 +162,10 @@ def main(argv=None) -> int:
         "prior_meta_training_minutes": args.prior_minutes,
     }
     t0 = time.time()
-    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / args.name, name=args.name, card=card)
+    task_settings = {"mode": args.mode, "size": args.size, "size_range": args.size_range, "init": args.init,
+                     "basis_levels": args.basis_levels, "init_from": args.init_from}
+    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / args.name, name=args.name, card=card,
+                     task_settings=task_settings)
     print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
                       "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
     if args.ship:

@@ -118,6 +118,8 @@ class MetaTrainConfig:
         for name in ("steps", "unroll", "episodes", "val_every", "val_problems"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        if self.unroll > self.steps:
+            raise ValueError(f"unroll must be at most steps ({self.steps}), got {self.unroll}")
         for name in ("meta_lr", "grad_clip"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -332,8 +334,10 @@ def meta_train(
     card: dict | None = None,
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
+    task_settings: dict | None = None,
 ) -> MetaTrainResult:
-    """Meta-train ``nets`` on ``task``; resumable from ``out_dir/<name>.ckpt``.
+    """Meta-train ``nets`` on ``task``; resumable from ``out_dir/<name>.ckpt``.  ``task_settings`` (the
+    script's task flags) are checked on resume like the trainer's: a run must not change its task.
 
     Writes ``<name>.ckpt`` (resumable state, atomically replaced), ``<name>.safetensors`` + ``.json``
     (best networks so far, by validation) and ``<name>.log.jsonl`` (one JSON line per event).
@@ -352,7 +356,8 @@ def meta_train(
     episode, best_val, best_episode, history, elapsed_before = 0, float("inf"), -1, [], 0.0
     train_gen = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
-    run_settings = _run_settings(config, nets)
+    run_settings = _run_settings(config, nets, task_settings)
+    last_validated = None  # the episode of the last validation (checkpoints before this was stored: unknown)
     if ckpt_path.is_file():
         try:
             ck = torch.load(ckpt_path, weights_only=True)
@@ -367,6 +372,7 @@ def meta_train(
             rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
             episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
             history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
+            last_validated = ck.get("last_validated", episode)
         except Exception as exc:  # a checkpoint that loads but lacks or garbles a part
             raise _unresumable(ckpt_path, exc) from None
         if averaged is not None:
@@ -389,9 +395,13 @@ def meta_train(
 
     def save_checkpoint(elapsed: float) -> None:
         _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
-                         elapsed, averaged, run_settings)
+                         elapsed, averaged, run_settings, last_validated)
 
-    last_validated = episode
+    # A log that continues after a kill shows where (episodes after a hard kill repeat from the checkpoint).
+    emit({"event": "resumed" if ckpt_path.is_file() else "start", "episode": episode, "elapsed": elapsed_before})
+    if last_validated is None:
+        last_validated = episode
+    helpers = None
 
     def validate_and_keep() -> None:
         """Validate φ now, keep it if it is the best so far, checkpoint the run."""
@@ -417,6 +427,9 @@ def meta_train(
         emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
 
     start = time.perf_counter()
+    next_val = (last_validated // config.val_every + 1) * config.val_every
+    if last_validated < episode and (episode >= next_val or episode >= config.episodes):
+        validate_and_keep()  # due when the run was stopped (e.g. interrupted while validating)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -425,7 +438,6 @@ def meta_train(
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
-    helpers = None
     next_val = (episode // config.val_every + 1) * config.val_every
     try:
         if config.workers > 1:
@@ -457,8 +469,10 @@ def meta_train(
             episode = helpers.stop(wait=True)
             if bar:
                 bar.update(episode - bar.n)
-            if episode >= config.episodes and last_validated != episode:
-                validate_and_keep()  # the budget's last episode was a helper's: validate its end too
+        if last_validated != episode:
+            # The budget's last episodes (a time budget's, or a helper's) are validated too: a run
+            # must not ship networks older than what it trained.
+            validate_and_keep()
     except KeyboardInterrupt:
         # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
         # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
@@ -608,9 +622,11 @@ def _raise_interrupt(signum, frame):
 RESUMABLE_CHANGES = ("episodes", "max_minutes")
 
 
-def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict) -> dict:
+def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict, task_settings: dict | None = None) -> dict:
     settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     settings["nets"] = {name: net.config.to_dict() for name, net in nets.items()}
+    if task_settings is not None:
+        settings["task"] = task_settings
     return json.loads(json.dumps(settings))  # as stored: tuples become lists
 
 
@@ -623,6 +639,8 @@ def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
     if stored_json is None:  # written before settings were recorded
         return
     stored = json.loads(stored_json)
+    if "task" not in stored:  # written before the task's settings were recorded: only the rest is known
+        settings = {k: v for k, v in settings.items() if k != "task"}
     changed = [f"{k} {stored.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(stored) | set(settings))
                if stored.get(k) != settings.get(k)]
     if changed:
@@ -636,7 +654,7 @@ def _tuple_state(state):
 
 
 def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed,
-                     averaged=None, settings: dict | None = None):
+                     averaged=None, settings: dict | None = None, last_validated: int | None = None):
     ck = {
         "nets": nets.state_dict(),
         "meta_opt": meta_opt.state_dict(),
@@ -648,6 +666,8 @@ def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_epi
         "history": json.dumps(history),
         "elapsed": elapsed,
     }
+    if last_validated is not None:
+        ck["last_validated"] = last_validated
     if averaged is not None:
         ck["averaged"] = averaged.state_dict()
     if settings is not None:
@@ -673,10 +693,21 @@ def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike
     run_dir, ship_dir = Path(run_dir), Path(ship_dir)
     ship_dir.mkdir(parents=True, exist_ok=True)
     dest = ship_dir / f"{name}.safetensors"
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes((run_dir / f"{name}.safetensors").read_bytes())
-    os.replace(tmp, dest)
+    best = (run_dir / f"{name}.safetensors").read_bytes()
     card = json.loads((run_dir / f"{name}.json").read_text())
+    shipped_card = dest.with_suffix(".json")
+    if dest.is_file() and dest.read_bytes() == best and shipped_card.is_file():
+        # The same networks again (e.g. a finished run's command rerun): what was added to their card
+        # since (evaluation tables, calibration) still describes them, so it stays.
+        try:
+            earlier = json.loads(shipped_card.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict):
+            card = {**earlier, **card}
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(best)
+    os.replace(tmp, dest)
     card["meta_training"]["total_wall_time_s"] = round(result.wall_time_s + prior_seconds, 1)
     card["meta_training"]["episodes_done"] = result.episodes_done
     write_json_atomic(ship_dir / f"{name}.json", card)
