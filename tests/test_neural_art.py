@@ -522,3 +522,16 @@ def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_pat
     reports = {s: json.loads((out / s / "256-pyramid-off.json").read_text()) for s in ("val", "test")}
     for s, report in reports.items():
         assert report["split"] == s and len(report["photos"]) == 2 and set(report["photos"]) <= set(split[s])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["64", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["64", "--steps", "0"], "--steps must be at least 1, got 0"),  # it used to run the default 128 steps
+    (["256", "--photos", "200"], "at most 100"),
+    (["256", "--tune-photos", "0"], "--tune-photos must be at least 1, got 0"),
+])
+def test_evaluation_counts_are_checked_before_anything_runs(eval_script, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        eval_script.main([*args, "--optimizers", "lstm", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert message in err and out == "" and not (tmp_path / "out").exists()

@@ -547,6 +547,12 @@ def main(argv=None) -> int:
         ap.error("--split val needs --out (train/results/neural_art holds the test results)")
     if args.widen < 0:
         ap.error(f"--widen must be at least 0, got {args.widen}")
+    for flag, value in (("--threads", args.threads), ("--photos", args.photos), ("--tune-photos", args.tune_photos),
+                        ("--steps", args.steps), ("--tune-size", args.tune_size)):
+        if value is not None and value < 1:  # --steps 0 used to run the default 128; the others failed late
+            ap.error(f"{flag} must be at least 1, got {value}")
+    if args.photos > 100 or args.tune_photos > 100:  # split_photos: 100 validation and 100 test photos
+        ap.error("--photos and --tune-photos can be at most 100 (the photos of a split)")
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
         rows = summary(args.out or OUT)

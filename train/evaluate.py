@@ -76,6 +76,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.instances < 1:
         ap.error("--instances must be at least 1")
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
     if args.card and not args.json:
