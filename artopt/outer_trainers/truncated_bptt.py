@@ -631,7 +631,9 @@ def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict, task_settings: d
 
 
 def _unresumable(path: Path, exc: Exception) -> ValueError:
-    return ValueError(f"{path} cannot be resumed ({type(exc).__name__}: {exc}); delete it to start the run over, "
+    # The first line only: torch.load's refusal goes on for lines about weights_only and filing issues.
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return ValueError(f"{path} cannot be resumed ({type(exc).__name__}: {reason}); delete it to start the run over, "
                       "or choose another --name")
 
 
