@@ -517,3 +517,10 @@ def test_shipping_the_same_networks_again_keeps_what_was_added_to_their_card(tmp
 def test_an_unroll_longer_than_the_run_is_refused():
     with pytest.raises(ValueError, match="unroll must be at most steps"):
         MetaTrainConfig(steps=8, unroll=16)
+
+
+def test_under_a_time_budget_the_progress_bar_shows_minutes_left_not_a_share_of_the_episode_cap(tmp_path, capsys):
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=100000, val_every=1000, val_problems=1, max_minutes=0.01)
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="b")
+    err = capsys.readouterr().err
+    assert "min_left=" in err and "/100000" not in err and "%" not in err

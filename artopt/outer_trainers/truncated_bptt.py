@@ -434,7 +434,10 @@ def meta_train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.episodes, initial=episode, desc=f"meta-train {name}", unit="ep")
+        # Under a time budget the episode cap (100000 by default) is not what ends the run: no
+        # percentage of it, and the minutes left beside the scores instead.
+        bar = tqdm(total=None if config.max_minutes is not None else config.episodes, initial=episode,
+                   desc=f"meta-train {name}", unit="ep")
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
@@ -457,9 +460,11 @@ def meta_train(
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
             history.append(event)
             emit(event)
-            if bar:
+            if bar is not None:
                 bar.update(episode - done_before)
-                bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}")
+                left = ({} if config.max_minutes is None else
+                        {"min_left": f"{max(0.0, config.max_minutes - event['elapsed'] / 60):.1f}"})
+                bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}", **left)
             if helpers:
                 helpers.check()
             if episode >= next_val or episode >= config.episodes:
@@ -467,7 +472,7 @@ def meta_train(
                 validate_and_keep()
         if helpers:  # the helpers end their last episodes (the budget's) and stop by themselves
             episode = helpers.stop(wait=True)
-            if bar:
+            if bar is not None:
                 bar.update(episode - bar.n)
         if last_validated != episode:
             # The budget's last episodes (a time budget's, or a helper's) are validated too: a run
@@ -481,13 +486,13 @@ def meta_train(
         elapsed = elapsed_before + time.perf_counter() - start
         save_checkpoint(elapsed)
         emit({"event": "interrupted", "episode": episode, "elapsed": elapsed})
-        if bar:
+        if bar is not None:
             bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run")
         raise
     finally:
         if helpers:
             helpers.stop()
-        if bar:
+        if bar is not None:
             bar.close()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_sigterm)
