@@ -524,3 +524,15 @@ def test_under_a_time_budget_the_progress_bar_shows_minutes_left_not_a_share_of_
     meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="b")
     err = capsys.readouterr().err
     assert "min_left=" in err and "/100000" not in err and "%" not in err
+
+
+def test_log_lines_are_strict_json_when_a_run_diverges():
+    from artopt.outer_trainers.truncated_bptt import _log_line
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    line = _log_line({"event": "val", "episode": 3, "val": float("inf"), "final": float("nan"), "score": 1.5})
+    assert line.endswith("\n")
+    assert json.loads(line, parse_constant=refuse) == {"event": "val", "episode": 3, "val": None, "final": None,
+                                                      "score": 1.5}

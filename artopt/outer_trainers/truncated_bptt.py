@@ -382,7 +382,7 @@ def meta_train(
 
     def emit(event: dict) -> None:
         with open(log_path, "a") as f:
-            f.write(json.dumps(event) + "\n")
+            f.write(_log_line(event))
         if log:
             log(event)
 
@@ -615,7 +615,7 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         event = {"event": "train", "episode": _count(episodes), "worker": rank, "score": trajectory_score(losses),
                  "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a") as f:  # one short line per append: whole lines, whatever the interleaving
-            f.write(json.dumps(event) + "\n")
+            f.write(_log_line(event))
 
 
 def _raise_interrupt(signum, frame):
@@ -653,6 +653,12 @@ def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
     if changed:
         raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
                          "its own flags (only --episodes and --minutes may change), or choose another --name")
+
+
+def _log_line(event: dict) -> str:
+    """One line of the JSON log, strict JSON: a diverged loss (NaN, inf) is logged as null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in event.items()}) + "\n"
 
 
 def _tuple_state(state):
