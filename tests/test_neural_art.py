@@ -529,9 +529,25 @@ def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_pat
     (["64", "--steps", "0"], "--steps must be at least 1, got 0"),  # it used to run the default 128 steps
     (["256", "--photos", "200"], "at most 100"),
     (["256", "--tune-photos", "0"], "--tune-photos must be at least 1, got 0"),
+    (["64", "--out", __file__], "is a file; give a folder"),  # it failed with 'File exists' after the run
 ])
 def test_evaluation_counts_are_checked_before_anything_runs(eval_script, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):
-        eval_script.main([*args, "--optimizers", "lstm", "--out", str(tmp_path / "out")])
+        eval_script.main(["--optimizers", "lstm", "--out", str(tmp_path / "out"), *args])  # a later --out wins
     out, err = capsys.readouterr()
     assert message in err and out == "" and not (tmp_path / "out").exists()
+
+
+def test_the_suite_evaluation_refuses_an_output_it_cannot_write_before_running(tmp_path, capsys):
+    script = _train_script("evaluate")
+    (tmp_path / "file").write_text("x")
+    threads = torch.get_num_threads()
+    try:
+        for flag, path, message in (("--json", tmp_path, "is a folder"),
+                                    ("--plot", tmp_path / "file" / "p.png", "cannot make its folder")):
+            with pytest.raises(SystemExit):
+                script.main(["quadratic", flag, str(path)])
+            out, err = capsys.readouterr()
+            assert message in err and out == ""
+    finally:
+        torch.set_num_threads(threads)

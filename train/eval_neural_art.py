@@ -551,6 +551,8 @@ def main(argv=None) -> int:
                         ("--steps", args.steps), ("--tune-size", args.tune_size)):
         if value is not None and value < 1:  # --steps 0 used to run the default 128; the others failed late
             ap.error(f"{flag} must be at least 1, got {value}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        ap.error(f"--out {args.out} is a file; give a folder (made if missing)")
     if args.photos > 100 or args.tune_photos > 100:  # split_photos: 100 validation and 100 test photos
         ap.error("--photos and --tune-photos can be at most 100 (the photos of a split)")
     torch.set_num_threads(args.threads)

@@ -82,6 +82,15 @@ def parse_args(argv=None):
         ap.error("--steps must be at least 1")
     if args.card and not args.json:
         ap.error("--card needs --json (the card points at the result file)")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # checked now, not after the whole evaluation: its folder is made now, as it would be then
+        if path is not None:
+            if path.is_dir():
+                ap.error(f"{flag} {path} is a folder; give a file name")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                ap.error(f"{flag} {path}: cannot make its folder ({exc.strerror or exc})")
     args.card_map = {}
     for c in args.card:
         name, sep, path = c.partition("=")
