@@ -209,12 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
         web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
                   max_upload_mb=args.max_upload_mb, max_size=args.max_size, device=args.device,
                   queue_size=args.queue_size)
-    except ValueError as exc:  # web.serve names its parameters; the user typed flags
-        message = str(exc)
-        for name in ("concurrency", "max_upload_mb", "max_size", "port", "queue size"):
-            if message.startswith(name + " "):
-                message = _flag(name.replace(" ", "_")) + message[len(name):]
-        raise CLIError(message) from None
+    except ValueError as exc:
+        raise CLIError(_with_flag_names(str(exc), ["concurrency", "max_upload_mb", "max_size", "port",
+                                                   "queue_size"])) from None
     except OSError as exc:
         if "Cannot find empty port" not in str(exc):  # Gradio's words for a port already taken
             raise
@@ -285,11 +282,11 @@ def _finite_or_none(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def _with_flag_names(message: str) -> str:
-    """The engine names its settings ("tv weight must be ..."); the user typed flags (--tv-weight)."""
-    from artopt.style.engine import StylizeConfig
-
-    names = {"learning rate": "lr", **{f.name.replace("_", " "): f.name for f in dataclasses.fields(StylizeConfig)}}
+def _with_flag_names(message: str, fields: list[str], aliases: dict[str, str] | None = None) -> str:
+    """The library names its settings ("tv weight must be ...", "max_size must be ..."); the user
+    typed flags (--tv-weight, --max-size).  ``fields``: the settings behind flags; ``aliases``:
+    other names for them in messages."""
+    names = {**(aliases or {}), **{spelling: f for f in fields for spelling in (f.replace("_", " "), f)}}
     for name, field_name in names.items():
         if message.startswith(name + " "):
             return _flag(field_name) + message[len(name):]
@@ -305,7 +302,8 @@ def _stylize(args: argparse.Namespace) -> int:
         config = StylizeConfig(**{f.name: getattr(args, f.name)
                                   for f in dataclasses.fields(StylizeConfig)}).validated()
     except ValueError as exc:
-        raise CLIError(_with_flag_names(str(exc))) from None
+        raise CLIError(_with_flag_names(str(exc), [f.name for f in dataclasses.fields(StylizeConfig)],
+                                        {"learning rate": "lr"})) from None
     if config.style_weights is not None and len(config.style_weights) != len(args.styles):
         raise CLIError(f"--style-weights has {len(config.style_weights)} value(s) for {len(args.styles)} style image(s)")
     output = Path(args.output)

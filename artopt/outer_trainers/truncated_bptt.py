@@ -357,7 +357,7 @@ def meta_train(
     train_gen = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     run_settings = _run_settings(config, nets, task_settings)
-    last_validated = None  # the episode of the last validation (checkpoints before this was stored: unknown)
+    last_validated = 0  # the episode of the last validation
     if ckpt_path.is_file():
         try:
             ck = torch.load(ckpt_path, weights_only=True)
@@ -372,7 +372,7 @@ def meta_train(
             rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
             episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
             history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
-            last_validated = ck.get("last_validated", episode)
+            last_validated = ck.get("last_validated", episode)  # older checkpoints: at their episode
         except Exception as exc:  # a checkpoint that loads but lacks or garbles a part
             raise _unresumable(ckpt_path, exc) from None
         if averaged is not None:
@@ -399,8 +399,6 @@ def meta_train(
 
     # A log that continues after a kill shows where (episodes after a hard kill repeat from the checkpoint).
     emit({"event": "resumed" if ckpt_path.is_file() else "start", "episode": episode, "elapsed": elapsed_before})
-    if last_validated is None:
-        last_validated = episode
     helpers = None
 
     def validate_and_keep() -> None:
