@@ -383,3 +383,59 @@ def test_lstm_runs_in_the_basis_its_card_records(monkeypatch, tmp_path, basis):
     (tmp_path / "neural_art.json").write_text(json.dumps({"basis": {"kind": "wavelets"}}))
     with pytest.raises(ValueError, match="unknown basis"):
         engine._make_optimizer("lstm", image, None)
+
+
+def test_an_empty_pil_image_is_refused_clearly():
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="content image is empty"):  # was a ZeroDivisionError
+        stylize(Image.new("RGB", (0, 0)), [STYLE], _config())
+    with pytest.raises(ValueError, match="style image is empty"):
+        stylize(CONTENT, [Image.new("RGB", (40, 0))], _config())
+
+
+def test_keep_colors_with_a_one_pixel_style():
+    # the std of one pixel is NaN: it was refused as "style image contains NaN"
+    out = stylize(CONTENT, [torch.rand(1, 3, 1, 1)], _config(keep_colors=True, steps=1))
+    assert out.shape == (1, 3, 43, 64) and torch.isfinite(out).all()
+
+
+def test_no_steps_with_the_pyramid_gives_the_start_image_at_full_resolution(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    content = _image(4, 96, 128)
+    assert pyramid_sizes(128, True) == [32, 64, 128]
+    out = stylize(content, [STYLE], _config(size=128, steps=0, pyramid=True))
+    assert torch.equal(out, content)  # was the content made at 64 px and upsampled: blurred
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr="0.1"), "lr must be a number"), (dict(content_weight="1"), "content weight must be a number"),
+    (dict(style_scale=None), "style scale must be a number"), (dict(style_weights=["1"]), "style weights must be numbers"),
+    (dict(optimizer=None), "optimizer must be a string"), (dict(loss_net=None), "loss net must be a string"),
+    (dict(steps=True), "steps must be a non-negative integer"),
+])
+def test_settings_of_the_wrong_type_are_refused_clearly(bad, message):
+    # these met a bare TypeError or AttributeError (or, for steps=True, ran one step)
+    with pytest.raises(ValueError, match=message):
+        _config(**bad).validated()
+
+
+def test_a_config_that_is_not_a_stylize_config_is_a_type_error():
+    with pytest.raises(TypeError, match="config must be a StylizeConfig, got dict .*config_from_dict"):
+        stylize(CONTENT, [STYLE], {"size": 64})
+
+
+def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
+    from artopt.style import losses
+
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    built = []
+    real_init = losses.StyleLoss.__init__
+    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    infos = []
+    # scales 64 and 128 px (32 px would be 24 high), split_steps(6, 2) == [4, 2]: the stop comes with the
+    # coarse scale's last step
+    out = stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
+                  should_stop=lambda: len(infos) >= 4)
+    assert [i.scale_index for i in infos] == [0, 0, 0, 0] and len(built) == 1
+    assert out.shape == (1, 3, 96, 128)

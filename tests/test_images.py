@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -138,3 +140,57 @@ def test_resize_long_side_keeps_aspect():
     tensor = torch.rand(1, 3, 60, 90)
     assert resize_long_side(tensor, 30).shape[-2:] == (20, 30)
     assert resize_long_side(tensor, 180).shape[-2:] == (120, 180)
+
+
+def test_tensor_to_pil_refuses_integer_tensors():
+    # 0-255 data clamped to [0, 1] used to come out all white, silently
+    for tensor in (torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8), torch.ones(3, 4, 4, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"floats in \[0, 1\].*/ 255"):
+            tensor_to_pil(tensor)
+    assert tensor_to_pil(torch.full((3, 4, 4), 0.5, dtype=torch.float64)).getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])
+def test_a_colour_key_transparency_is_composited_on_white(mode, key):
+    """A PNG tRNS colour key on an RGB or gray image is transparency like an alpha channel's."""
+    image = Image.new(mode, (40, 40), key)
+    image.paste(Image.new(mode, (20, 40), (200, 0, 0) if mode == "RGB" else 200), (0, 0))
+    loaded = load_image(_encode(image, transparency=key))
+    assert loaded.getpixel((30, 5)) == (255, 255, 255)  # the keyed colour: white, as for RGBA and palettes
+    assert loaded.getpixel((5, 5)) == ((200, 0, 0) if mode == "RGB" else (200, 200, 200))
+    assert load_image(_encode(image)).getpixel((30, 5)) == (0, 0, 0)  # without the key: as it was
+
+
+def test_a_photo_with_damaged_exif_still_loads():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "hello world description"
+    data = bytearray(_encode(Image.new("RGB", (40, 32), (255, 0, 0)), "JPEG", exif=exif))
+    start = data.find(b"Exif\x00\x00")
+    for offset, value in ((14, 162), (65, 11), (17, 64)):  # garbles the IFD: Pillow raised struct.error
+        data[start + offset] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" warnings
+        image = load_image(bytes(data))
+    assert image.mode == "RGB" and image.getpixel((0, 0))[0] > 200
+
+
+def test_an_animated_gif_gives_its_first_frame_and_closes_its_file(tmp_path):
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    gc.collect()  # other tests' leftovers warn now, not below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_image(path)
+        gc.collect()
+    assert image.getpixel((0, 0)) == (255, 0, 0)
+    # Pillow left its handle on a multi-frame file open: "unclosed file <... name='.../anim.gif'>"
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and str(path) in str(w.message)]
+
+
+def test_wrong_argument_types_are_type_errors():
+    with pytest.raises(TypeError, match="path, bytes or a binary file object, got Image"):
+        load_image(_gradient())
+    with pytest.raises(TypeError, match="PIL image, got ndarray"):
+        pil_to_tensor(np.zeros((4, 4, 3), np.uint8))

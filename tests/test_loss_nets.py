@@ -157,3 +157,44 @@ def test_vgg_average_pooling_and_bad_weight_files(no_vgg, vgg_file, tmp_path):
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown loss network"):
         build_loss_net("resnet")
+
+
+def test_vgg_files_that_do_not_fit_say_which_file_and_what_is_wrong(no_vgg, vgg_file, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(str(vgg_file))
+    cases = {
+        "shape.pth": ({**state, "features.0.weight": torch.zeros(64, 3, 5, 5)},
+                      r"wrong shape: features\.0\.weight is \(64, 3, 5, 5\), VGG-19 has \(64, 3, 3, 3\)"),
+        "missing.pth": ({k: v for k, v in state.items() if k != "features.34.weight"}, r"missing features\.34\.weight$"),
+        "nested.pth": ({"state_dict": state}, r"no 'features\.\*' tensors.*top-level keys: state_dict\)"),
+        "nan.pth": ({**state, "features.2.bias": torch.full((64,), float("nan"))},
+                    r"non-finite or non-float values in features\.2\.bias"),
+    }
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(LossNetError, match=message) as raised:
+            build_loss_net("vgg19", vgg_weights=tmp_path / name)
+        assert f"the VGG-19 weights file {tmp_path / name} " in str(raised.value)
+        assert "\n" not in str(raised.value)  # one line, not torch's key-by-key listing
+
+
+def test_a_vgg_weights_path_that_is_a_folder_says_so(no_vgg, monkeypatch, tmp_path):
+    with pytest.raises(LossNetError, match="is a folder"):
+        build_loss_net("vgg19", vgg_weights=tmp_path)
+    monkeypatch.setenv(loss_nets.VGG_WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(LossNetError, match=f"{loss_nets.VGG_WEIGHTS_ENV} points to a folder"):
+        build_loss_net("auto")
+
+
+def test_vgg_refuses_images_its_pooling_would_empty(no_vgg, vgg_file):
+    net = build_loss_net("vgg19", vgg_weights=vgg_file)
+    assert net.min_input_side == 16 and build_loss_net("efficientnet-lite0").min_input_side == 1
+    assert net(torch.rand(1, 3, 16, 40))["relu5_1"].shape[-2:] == (1, 2)
+    with pytest.raises(ValueError, match=r"at least 16 px on each side, got \(8, 40\)"):
+        net(torch.rand(1, 3, 8, 40))
+
+
+def test_a_loss_net_name_that_is_not_a_string_is_refused():
+    with pytest.raises(ValueError, match="loss network must be a name"):
+        build_loss_net(None)

@@ -132,3 +132,59 @@ def test_edge_pad_gives_the_border_pixels_interior_gradients(net):
     for bad in (-1, 1.5, 10_000):
         with pytest.raises(ValueError, match="edge pad"):
             StyleLoss(net, content, [style], edge_pad=bad)
+
+
+def test_tv_of_a_one_pixel_side_is_finite():
+    # an empty mean (no vertical neighbours) made the TV, and so the total, NaN
+    assert total_variation(torch.rand(1, 3, 1, 1)).item() == 0.0
+    row = torch.rand(1, 3, 1, 5)
+    assert total_variation(row).item() == pytest.approx((row[..., 1:] - row[..., :-1]).pow(2).mean().item())
+    image = torch.rand(1, 3, 6, 7)  # the usual case is unchanged, bit for bit
+    dy, dx = image[..., 1:, :] - image[..., :-1, :], image[..., 1:] - image[..., :-1]
+    assert torch.equal(total_variation(image), dy.pow(2).mean() + dx.pow(2).mean())
+
+
+def test_images_of_the_wrong_kind_are_refused_clearly(net):
+    content, style = _smooth_image(0, (40, 40)), _smooth_image(1, (40, 40))
+    for bad, message in ((torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8), "floats in"),
+                         (torch.rand(1, 3, 0, 40), "empty")):
+        with pytest.raises(ValueError, match=f"content image .*{message}"):
+            StyleLoss(net, bad, [style])
+        with pytest.raises(ValueError, match=f"style image .*{message}"):
+            StyleLoss(net, content, [bad])
+    loss = StyleLoss(net, content, [style])
+    # these were scored silently (broadcast to 3 channels, or the batch summed)
+    for bad in (content[0], content[:, :1], content.expand(2, -1, -1, -1), content.long()):
+        with pytest.raises(ValueError, match=r"float tensor of shape \(1, 3, H, W\)"):
+            loss(bad)
+    with pytest.raises(ValueError, match="image is on meta, the loss network on cpu"):
+        loss(torch.empty(1, 3, 40, 40, device="meta"))
+
+
+def test_float64_images_are_accepted(net):
+    content, style = _smooth_image(0, (40, 40)), _smooth_image(1, (40, 40))
+    loss32 = StyleLoss(net, content, [style], tv_weight=1.0)
+    loss64 = StyleLoss(net, content.double(), [style.double()], tv_weight=1.0)  # a dtype error inside the net
+    image = _smooth_image(2, (40, 40)).double().requires_grad_(True)
+    total = loss64(image)["total"]
+    total.backward()
+    assert total.item() == pytest.approx(loss32(image.detach().float())["total"].item(), rel=1e-5)
+    assert image.grad is not None and image.grad.dtype == torch.float64
+
+
+def test_a_style_too_small_for_vgg_is_refused_clearly():
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from artopt.style.loss_nets import VGG19LossNet
+
+    torch.manual_seed(0)
+    vgg = VGG19LossNet({f"features.{k}": v for k, v in make_layers(cfgs["E"]).state_dict().items()})
+    content = _smooth_image(0, (48, 64))
+    strip = torch.rand(1, 3, 20, 1000)  # 64 px long: 1 px high, which VGG-19's pooling empties
+    with pytest.raises(ValueError, match="style image is 64x1 px at this size and style scale; vgg19 needs at least 16"):
+        StyleLoss(vgg, content, [strip])
+    with pytest.raises(ValueError, match="style image 2 is 64x1 px"):
+        StyleLoss(vgg, content, [content, strip])
+    assert torch.isfinite(StyleLoss(vgg, content, [torch.rand(1, 3, 20, 70)])(content)["total"])  # 64x18 fits
+    with pytest.raises(ValueError, match=r"content image is 64x8 px; vgg19 needs at least 16 .*\(use a larger image\)"):
+        StyleLoss(vgg, torch.rand(1, 3, 8, 64), [content])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,19 @@ class StylizeConfig:
 
     def validated(self) -> "StylizeConfig":
         """Check every field; return self.  Raises ValueError with a user-facing message."""
+        # Types first: a string weight or a None name met a bare TypeError / AttributeError below.
+        for name in ("optimizer", "basis", "init", "device", "loss_net", "vgg_pooling"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name.replace('_', ' ')} must be a string, got {getattr(self, name)!r}")
+        for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale"):
+            value = getattr(self, name)
+            if not (value is None and name == "lr") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
+        if self.style_weights is not None and any(isinstance(w, bool) or not isinstance(w, numbers.Real)
+                                                  for w in self.style_weights):
+            raise ValueError(f"style weights must be numbers, got {self.style_weights!r}")
+        if isinstance(self.steps, bool):
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
         if not isinstance(self.size, int) or not MIN_OUTPUT_SIZE <= self.size <= MAX_OUTPUT_SIZE:
             raise ValueError(f"size must be an integer between {MIN_OUTPUT_SIZE} and {MAX_OUTPUT_SIZE}, got {self.size}")
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -270,6 +284,8 @@ def split_steps(steps: int, n_scales: int) -> list[int]:
 
 def _to_tensor(image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:  # else a ZeroDivisionError further on
+            raise ValueError(f"{label} image is empty ({image.height}x{image.width} pixels)")
         return pil_to_tensor(image)
     if isinstance(image, torch.Tensor):
         if image.dim() == 3:
@@ -312,7 +328,9 @@ def _luminance_as_rgb(image: torch.Tensor, like: torch.Tensor | None = None) -> 
     y = rgb_to_ycbcr(image)[:, :1]
     if like is not None:
         ref = rgb_to_ycbcr(like)[:, :1]
-        y = (y - y.mean()) / y.std().clamp_min(1e-6) * ref.std() + ref.mean()
+        # A one-pixel image has no spread (torch's std of one value is NaN, which poisoned the style).
+        spread = y.std().clamp_min(1e-6) if y.numel() > 1 else 1.0
+        y = (y - y.mean()) / spread * (ref.std() if ref.numel() > 1 else 0.0) + ref.mean()
     return y.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 
@@ -429,6 +447,9 @@ def stylize(content: Image.Image | torch.Tensor,
     settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
     bad settings or inputs.
     """
+    if config is not None and not isinstance(config, StylizeConfig):
+        raise TypeError(f"config must be a StylizeConfig, got {type(config).__name__} "
+                        "(config_from_dict makes one from a dict)")
     config = (config or StylizeConfig()).validated()
     start = time.perf_counter()
     if isinstance(styles, (Image.Image, torch.Tensor)):
@@ -488,9 +509,17 @@ def stylize(content: Image.Image | torch.Tensor,
 
     # The last scale with work to do (tiny budgets leave the finer scales empty: the result is
     # then upsampled at the end rather than optimized at a size that gets no steps).
-    last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=0)
+    # With no steps at all the start image is made at the output size (it was made at the coarsest
+    # scale and upsampled: a blurred copy of the content).
+    last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
+            break
+        if scale_steps == 0 and scale_index < last_active:
+            continue
+        if image is not None and should_stop is not None and should_stop():
+            # asked during the last step of the previous scale: stop before computing this scale's targets
+            stopped = True
             break
         target = resize_long_side(content_full, long_side)
         if config.keep_colors:

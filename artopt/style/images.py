@@ -46,48 +46,80 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``max_pixels`` pixels and images whose shorter side is below ``min_size``.
     """
     label = _describe(source)
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray)) and not hasattr(source, "read"):
+        raise TypeError(f"load_image takes a path, bytes or a binary file object, got {type(source).__name__}")
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = source = Path(source)
         if not path.exists():
             raise ImageError(f"{label}: file not found")
         if path.is_dir():
             raise ImageError(f"{label}: is a folder, not an image")
+    opened = None
+    if isinstance(source, Path):
+        # Opened here and closed below: for a multi-frame file (GIF, MPO) Pillow would keep its own
+        # handle open until garbage collection (a ResourceWarning, one descriptor per image meanwhile).
+        try:
+            source = opened = open(source, "rb")
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (rather than raises) between 1x and 2x its limit; make both an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"{label}: {width}x{height} is too large "
-                                 f"({width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f})")
-            image.load()  # decode now so that truncated data fails here
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow refuses from the header alone, before the size check above could state the limit.
-        over, limit = Image.MAX_IMAGE_PIXELS / 1e6, min(max_pixels, Image.MAX_IMAGE_PIXELS) / 1e6
-        raise ImageError(f"{label}: too large (over {over:.3g} megapixels, refused before decoding as a possible "
-                         f"decompression bomb; the limit is {limit:.3g})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
-    except OSError as exc:
-        raise ImageError(f"{label}: damaged or truncated image ({exc})") from None
-    except Exception as exc:  # any other decoder failure is still the file's fault
-        raise ImageError(f"{label}: cannot decode image ({exc})") from None
-    image = ImageOps.exif_transpose(image)
-    image = to_rgb(image)
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns (rather than raises) between 1x and 2x its limit; make both an error.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(f"{label}: {width}x{height} is too large "
+                                     f"({width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f})")
+                image.load()  # decode now so that truncated data fails here
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow refuses from the header alone, before the size check above could state the limit.
+            over, limit = Image.MAX_IMAGE_PIXELS / 1e6, min(max_pixels, Image.MAX_IMAGE_PIXELS) / 1e6
+            raise ImageError(f"{label}: too large (over {over:.3g} megapixels, refused before decoding as a possible "
+                             f"decompression bomb; the limit is {limit:.3g})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+        except OSError as exc:
+            raise ImageError(f"{label}: damaged or truncated image ({exc})") from None
+        except Exception as exc:  # any other decoder failure is still the file's fault
+            raise ImageError(f"{label}: cannot decode image ({exc})") from None
+        image = _apply_exif_orientation(image)
+        image = to_rgb(image)
+    finally:
+        if opened is not None:
+            opened.close()
     if min(image.size) < min_size:
         raise ImageError(f"{label}: {image.width}x{image.height} is too small "
                          f"(the shorter side must be at least {min_size} px)")
     return image
 
 
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """``ImageOps.exif_transpose``, tolerating damaged EXIF data (a photo stays usable)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # e.g. struct.error while Pillow re-encodes a corrupt EXIF block
+        pass
+    try:
+        method = _ORIENTATION_TRANSPOSE.get(image.getexif().get(0x0112))
+    except Exception:
+        return image
+    return image.transpose(method) if method is not None else image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit grayscale: Pillow's convert("L") clips instead of scaling, so scale by hand.
@@ -104,6 +136,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.where(finite, array, np.where(array == np.inf, top, 0.0))  # +inf: white; -inf, NaN: black
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        # A PNG colour key (tRNS) marks a transparent colour: composite it on white like an
+        # alpha channel (it came out as the key colour itself, usually black).
+        image = image.convert("RGBA")
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode == "La":  # premultiplied; Pillow converts it to LA only
@@ -117,6 +153,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor (1, 3, H, W) in [0, 1]."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
 
@@ -129,6 +167,9 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
         tensor = tensor[0]
     if tensor.dim() != 3 or tensor.shape[0] != 3:
         raise ValueError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        # clamping 0-255 integers (or booleans) to [0, 1] silently gave an all-white image
+        raise ValueError(f"expected floats in [0, 1], got {tensor.dtype} (for 0-255 data: tensor.float() / 255)")
     array = tensor.detach().float().cpu().nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 

@@ -53,6 +53,8 @@ class LossNet(nn.Module):
         style_layer_weights: relative weight of each style layer (sums to 1).
         min_size: smallest image side the network can use meaningfully (the deepest style layer
             still has a few positions).
+        min_input_side: smallest image side the network runs on at all (below it a pooling layer
+            would have no output).
     """
 
     name: str
@@ -60,6 +62,7 @@ class LossNet(nn.Module):
     style_layers: tuple[str, ...]
     style_layer_weights: dict[str, float]
     min_size: int
+    min_input_side: int = 1
 
     def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]):
         super().__init__()
@@ -94,10 +97,46 @@ _VGG19_RELU_INDEX = {
 }
 
 
+def _names(keys, limit: int = 4) -> str:
+    keys = sorted(map(str, keys))
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _check_vgg19_features(features: nn.Module, features_sd: dict, state_dict: dict, source: str) -> None:
+    """One readable line naming ``source`` for a state dict that does not fit VGG-19's conv stack
+    (torch's load_state_dict error names no file and lists every key over many lines)."""
+    if not features_sd:
+        found = f"its top-level keys: {_names(state_dict)}" if state_dict else "it is empty"
+        raise LossNetError(f"{source} has no 'features.*' tensors, so it is not a torchvision VGG-19 state dict "
+                           f"({found})")
+    expected = features.state_dict()
+    problems = []
+    not_tensors = [f"features.{k}" for k, v in features_sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        problems.append(f"not tensors: {_names(not_tensors)}")
+    missing = [f"features.{k}" for k in expected if k not in features_sd]
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    unexpected = [f"features.{k}" for k in features_sd if k not in expected]
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    wrong = [f"features.{k} is {tuple(v.shape)}, VGG-19 has {tuple(expected[k].shape)}" for k, v in features_sd.items()
+             if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape]
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""))
+    if problems:
+        raise LossNetError(f"{source} does not match torchvision's VGG-19 (e.g. VGG-16 or vgg19_bn weights?): "
+                           + "; ".join(problems))
+    bad = [f"features.{k}" for k, v in features_sd.items() if not (v.is_floating_point() and torch.isfinite(v).all())]
+    if bad:  # NaN weights made every loss NaN: the run "diverged" at its first step
+        raise LossNetError(f"{source} holds non-finite or non-float values in {_names(bad)}")
+
+
 class VGG19LossNet(LossNet):
     def __init__(self, state_dict: dict[str, torch.Tensor], pooling: str = "max",
                  content_layers=("relu4_2",),
-                 style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")):
+                 style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+                 source: str = "the VGG-19 weights"):
         super().__init__(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
         from torchvision.models.vgg import cfgs, make_layers
 
@@ -105,13 +144,13 @@ class VGG19LossNet(LossNet):
             raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
         # Only the convolutional stack: the 120M-parameter classifier is never used.
         features = make_layers(cfgs["E"], batch_norm=False)
-        features_sd = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
-        if not features_sd:
-            raise LossNetError("the VGG-19 weights file has no 'features.*' tensors (not a torchvision VGG-19 state dict)")
+        features_sd = {k[len("features."):]: v for k, v in state_dict.items()
+                       if isinstance(k, str) and k.startswith("features.")}
+        _check_vgg19_features(features, features_sd, state_dict, source)
         try:
             features.load_state_dict(features_sd)
         except RuntimeError as exc:
-            raise LossNetError(f"the VGG-19 weights file does not match torchvision's VGG-19: {exc}") from None
+            raise LossNetError(f"{source} does not match torchvision's VGG-19: {exc}") from None
         self.name = "vgg19"
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
@@ -126,10 +165,15 @@ class VGG19LossNet(LossNet):
                 m = nn.AvgPool2d(kernel_size=2, stride=2)
             modules.append(m)
         self.features = nn.Sequential(*modules)
+        # Each 2x2 pooling halves the side (rounding down): the last used layer needs 2**pools px.
+        self.min_input_side = 2 ** sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in modules)
         self._index_to_name = {_VGG19_RELU_INDEX[n]: n for n in self.layers}
         self._freeze()
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if min(image.shape[-2:]) < self.min_input_side:  # torch's own error names no image
+            raise ValueError(f"vgg19 needs images of at least {self.min_input_side} px on each side, "
+                             f"got {tuple(image.shape[-2:])}")
         x = (image - self.mean) / self.std
         out = {}
         for i, module in enumerate(self.features):
@@ -154,12 +198,16 @@ def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None
     """The local VGG-19 weights file to use: explicit path, $ARTOPT_VGG_WEIGHTS, torchvision's cache."""
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            raise LossNetError(f"VGG-19 weights file {path} is a folder (name the .pth or .safetensors file in it)")
         if not path.is_file():
             raise LossNetError(f"VGG-19 weights file not found: {path}")
         return path
     env = os.environ.get(VGG_WEIGHTS_ENV)
     if env:
         path = Path(env).expanduser()
+        if path.is_dir():
+            raise LossNetError(f"{VGG_WEIGHTS_ENV} points to a folder, not a weights file: {path}")
         if not path.is_file():
             raise LossNetError(f"{VGG_WEIGHTS_ENV} points to a missing file: {path}")
         return path
@@ -170,11 +218,12 @@ def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None
         return None
 
 
-def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict, and where it came from (for error messages)."""
     path = vgg19_weights_file(explicit)
     if path is not None:
         try:
-            return _load_state_dict_file(path)
+            return _load_state_dict_file(path), f"the VGG-19 weights file {path}"
         except LossNetError:
             raise
         except pickle.UnpicklingError:
@@ -190,7 +239,7 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> dict[str, torch.Ten
     from torchvision.models import VGG19_Weights
 
     try:
-        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True), "torchvision's VGG-19 download"
     except Exception:
         raise LossNetError(vgg_howto()) from None
 
@@ -306,6 +355,8 @@ def build_efficientnet_lite0_classifier() -> nn.Module:
 
 
 def resolve_loss_net_name(name: str = "auto", vgg_weights: str | os.PathLike | None = None) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"loss network must be a name ({', '.join(LOSS_NETS)}), got {name!r}")
     name = name.lower()
     if name not in LOSS_NETS:
         raise ValueError(f"unknown loss network {name!r}; choose from {', '.join(LOSS_NETS)}")
@@ -331,7 +382,8 @@ def build_loss_net(name: str = "auto", device: str | torch.device = "cpu",
 @functools.lru_cache(maxsize=4)
 def _build_cached(name: str, device: str, vgg_weights: str, pooling: str) -> LossNet:
     if name == "vgg19":
-        net: LossNet = VGG19LossNet(_vgg19_state_dict(vgg_weights or None), pooling=pooling)
+        state_dict, source = _vgg19_state_dict(vgg_weights or None)
+        net: LossNet = VGG19LossNet(state_dict, pooling=pooling, source=source)
     else:
         net = EfficientNetLite0LossNet()
     return net.to(device)

@@ -41,7 +41,8 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between vertically and horizontally adjacent pixels."""
     dy = image[..., 1:, :] - image[..., :-1, :]
     dx = image[..., :, 1:] - image[..., :, :-1]
-    return dy.pow(2).mean() + dx.pow(2).mean()
+    # A side of one pixel has no neighbours along it: 0, not the NaN of an empty mean.
+    return sum((d.pow(2).mean() for d in (dy, dx) if d.numel()), image.new_zeros(()))
 
 
 def _relative_sq_error(value: torch.Tensor, target: torch.Tensor, target_norm_sq: torch.Tensor) -> torch.Tensor:
@@ -103,20 +104,23 @@ class StyleLoss(nn.Module):
         self.tv_weight = float(tv_weight)
         self.edge_pad = edge_pad
         self.size = tuple(content.shape[-2:])
-        device = loss_net.mean.device
+        device, dtype = loss_net.mean.device, loss_net.mean.dtype
         total = sum(style_weights)
         blend = [w / total for w in style_weights]
 
         with torch.no_grad():
-            content = content.to(device)
+            content = content.to(device=device, dtype=dtype)  # e.g. float64 input: the network's own dtype
+            _check_side(content, loss_net, "content image", hint="use a larger image")
             features = self.features(content)
             self.content_targets = {n: features[n].detach() for n in loss_net.content_layers}
             self.style_targets = {n: torch.zeros(()) for n in loss_net.style_layers}
-            for weight, style in zip(blend, styles):
-                style = style.to(device)
+            for i, (weight, style) in enumerate(zip(blend, styles)):
+                style = style.to(device=device, dtype=dtype)
                 if style_scale is not None:
                     long_side = max(loss_net.min_size, round(max(self.size) * style_scale))
                     style = resize_long_side(style, long_side)
+                _check_side(style, loss_net, f"style image {i + 1}" if len(styles) > 1 else "style image",
+                            "at this size and style scale" if style_scale is not None else "")
                 style_features = loss_net(style)
                 for n in loss_net.style_layers:
                     self.style_targets[n] = self.style_targets[n].to(device) + weight * gram_matrix(style_features[n])
@@ -125,8 +129,17 @@ class StyleLoss(nn.Module):
         self._style_norms = {n: t.pow(2).sum().clamp_min(1e-8) for n, t in self.style_targets.items()}
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Checked here rather than met as a broadcast (a (3, H, W) or one-channel image was scored
+        # silently) or as a dtype/device error deep inside the network.
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) \
+                or not image.is_floating_point():
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a float tensor of shape (1, 3, H, W), got {shape}"
+                             + (f" {image.dtype}" if isinstance(image, torch.Tensor) else ""))
         if tuple(image.shape[-2:]) != self.size:
             raise ValueError(f"image is {tuple(image.shape[-2:])}, the loss was built for {self.size}")
+        if image.device != self.loss_net.mean.device:
+            raise ValueError(f"image is on {image.device}, the loss network on {self.loss_net.mean.device}")
         return self.from_features(self.features(image), image)
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,7 +151,7 @@ class StyleLoss(nn.Module):
             framed = F.pad(image.detach(), (pad, pad, pad, pad), mode="reflect")
             framed[..., pad:-pad, pad:-pad] = image
             image = framed
-        return self.loss_net(image)
+        return self.loss_net(image.to(self.loss_net.mean.dtype))  # no-op for float32
 
     def from_features(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of ``image`` given its loss-network ``features`` (computed by the caller, e.g.
@@ -158,5 +171,19 @@ def _check_image(image: torch.Tensor, label: str) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"{label} image must be a tensor of shape (1, 3, H, W), got {shape}")
+    if not image.is_floating_point():
+        raise ValueError(f"{label} image must hold floats in [0, 1], got {image.dtype}")
+    if image.shape[2] == 0 or image.shape[3] == 0:
+        raise ValueError(f"{label} image is empty ({image.shape[2]}x{image.shape[3]} pixels)")
     if not torch.isfinite(image).all():
         raise ValueError(f"{label} image contains NaN or infinite values")
+
+
+def _check_side(image: torch.Tensor, loss_net: LossNet, label: str, where: str = "",
+                hint: str = "use a larger style scale or a less elongated image") -> None:
+    """Refuse an image too small for the network to run on at all (VGG-19's pooling would empty it)."""
+    need = getattr(loss_net, "min_input_side", 1)
+    if min(image.shape[-2:]) < need:
+        height, width = image.shape[-2:]
+        raise ValueError(f"{label} is {width}x{height} px{' ' + where if where else ''}; {loss_net.name} needs at "
+                         f"least {need} px on the shorter side ({hint})")
