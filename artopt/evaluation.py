@@ -117,6 +117,7 @@ class Run:
     curve: torch.Tensor  # (steps + 1,) float64; +inf from the step where the loss stopped being finite
     params: list[torch.Tensor]  # final θ
     evaluations: int  # loss + gradient evaluations (L-BFGS's line search takes several per step)
+    steps: int = -1  # steps taken: fewer than asked when the run diverged (-1: not recorded)
 
 
 def run_optimizer(problem: Problem, factory: OptimizerFactory, steps: int) -> Run:
@@ -141,7 +142,7 @@ def run_optimizer(problem: Problem, factory: OptimizerFactory, steps: int) -> Ru
     for t in range(steps):
         value = float(opt.step(closure).detach())  # f_t(θ_t), evaluated before the update
         if not math.isfinite(value):
-            return Run(curve, [p.detach() for p in params], evaluations)
+            return Run(curve, [p.detach() for p in params], evaluations, t + 1)
         curve[t] = value
         if problem.project is not None:
             with torch.no_grad():
@@ -151,7 +152,7 @@ def run_optimizer(problem: Problem, factory: OptimizerFactory, steps: int) -> Ru
         value = float(problem.loss(params, steps))
     if math.isfinite(value):
         curve[steps] = value
-    return Run(curve, [p.detach() for p in params], evaluations)
+    return Run(curve, [p.detach() for p in params], evaluations, steps)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class EvalResult:
     curves: dict[str, torch.Tensor]  # optimizer -> (instances, steps + 1)
     metrics: dict[str, list[dict]] = field(default_factory=dict)  # optimizer -> final metric per instance
     seconds: dict[str, float] = field(default_factory=dict)  # optimizer -> total wall time
-    evaluations: dict[str, float] = field(default_factory=dict)  # optimizer -> mean evaluations per step
+    evaluations: dict[str, float] = field(default_factory=dict)  # optimizer -> mean evaluations per step taken
 
 
 def sample_problems(task: Task, instances: int, seed: int, split: str = "test") -> list[Problem]:
@@ -191,18 +192,20 @@ def evaluate(
     problems = sample_problems(task, instances, seed, split)
     result = EvalResult(task.name, steps, seed, split, {})
     for name, factory in factories.items():
-        rows, metrics, evaluations = [], [], 0
+        rows, metrics, evaluations, taken = [], [], 0, 0
         start = time.perf_counter()
         for i, problem in enumerate(problems):
             run = run_optimizer(problem, factory, steps)
             rows.append(run.curve)
             evaluations += run.evaluations
+            taken += run.steps
             if with_metrics and problem.metric is not None:
                 metrics.append(problem.metric(run.params))
             if progress:
                 progress(EvalProgress(name, i + 1, instances, float(run.curve[-1])))
         result.seconds[name] = time.perf_counter() - start
-        result.evaluations[name] = evaluations / (instances * steps)
+        # per step taken: a diverged run stops early, and its missing steps took no evaluations
+        result.evaluations[name] = evaluations / taken
         result.curves[name] = torch.stack(rows)
         if metrics:
             result.metrics[name] = metrics
@@ -225,13 +228,24 @@ def band(curves: torch.Tensor, resamples: int = 2000, seed: int = 0) -> dict[str
     if k > 1:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, k, (resamples, k), generator=g)
-        means = safe[idx].mean(1)  # (resamples, steps + 1)
+        # (resamples, steps + 1), a block of resamples at a time: all at once, safe[idx] would hold
+        # resamples x k x (steps + 1) doubles (1.6 GB for 1000 instances of 100 steps)
+        block = max(1, (1 << 22) // max(1, k * curves.shape[1]))
+        means = torch.cat([safe[idx[i : i + block]].mean(1) for i in range(0, resamples, block)])
         lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
     else:
         lo, hi = mean.clone(), mean.clone()
     inf = torch.full_like(mean, math.inf)
     return {"mean": torch.where(finite, mean, inf), "lo": torch.where(finite, lo, inf),
             "hi": torch.where(finite, hi, inf)}
+
+
+def _median(x: torch.Tensor) -> float:
+    """The median: for an even count the mean of the two middle values (torch's ``median`` returns
+    the lower one).  A diverged run's inf sorts last, so it counts as a high loss."""
+    s = x.to(torch.float64).sort().values
+    n = s.numel()
+    return float((s[(n - 1) // 2] + s[n // 2]) / 2)
 
 
 def _num(x: float) -> float | str:
@@ -275,7 +289,7 @@ def compare(
             "lr": lrs.get(name),
             "mean_final_loss": _num(b["mean"][-1]),
             "final_loss_ci95": [_num(b["lo"][-1]), _num(b["hi"][-1])],
-            "median_final_loss": _num(final.median()),
+            "median_final_loss": _num(_median(final)),
             "mean_trajectory_loss": _num(traj.mean()),
             "mean_last_window_loss": _num(last.mean()),
             "diverged": diverged,
@@ -295,19 +309,24 @@ def compare(
     best = min(baselines, key=lambda n: baselines[n]) if baselines else None
     out["best_baseline"] = best
     out["best_baseline_final_loss"] = _num(baselines[best]) if best else None
+
+    def ratio(num: float, den: float):
+        # None where undefined: over 0, or over a baseline that diverged (x / inf would read 0.0,
+        # "infinitely better", when that baseline merely blew up on some instance)
+        return _num(num / den) if 0 < den < math.inf else None
+
     ratios = {}
     for name in finals:
         if name in learned and best is not None:
-            ratios[name] = _num(finals[name] / baselines[best]) if baselines[best] > 0 else None
+            ratios[name] = ratio(finals[name], baselines[best])
     out["learned_over_best_baseline"] = ratios
     out["lstm_over_best_baseline"] = ratios.get(reference)
     out["window"] = window
-    if reference in windows and best is not None and windows[best] > 0:
-        out["lstm_over_best_baseline_last_window"] = _num(windows[reference] / windows[best])
+    if reference in windows and best is not None and 0 < windows[best] < math.inf:
+        out["lstm_over_best_baseline_last_window"] = ratio(windows[reference], windows[best])
     if reference in finals:
         # Against each baseline too: e.g. the paper's quadratic figure leaves L-BFGS out.
-        out["lstm_over_each_baseline"] = {n: _num(finals[reference] / v) if v > 0 else None
-                                          for n, v in baselines.items()}
+        out["lstm_over_each_baseline"] = {n: ratio(finals[reference], v) for n, v in baselines.items()}
     if reference in result.curves and best is not None:
         # Per instance: how often the learned optimizer ends below the best baseline.
         wins = result.curves[reference][:, -1] < result.curves[best][:, -1]

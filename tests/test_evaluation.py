@@ -201,3 +201,139 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
         cli.parse_args(["quadratic", "--lr", "sgd=-1"])
     assert cli.main(["quadratic", "--optimizers", "lstm", "--weights", str(tmp_path / "missing.safetensors"),
                      "--quiet"]) == 2
+
+
+def test_ratios_over_a_diverged_best_baseline_are_undefined_not_zero():
+    # Every baseline diverged on its instance: LSTM / inf used to read 0.0 ("infinitely better").
+    res = _result({"lstm": [[1.0, 0.5, 0.2]], "adam": [[1.0, math.inf, math.inf]], "sgd": [[1.0, 2.0, math.inf]]})
+    out = compare(res, lrs={"adam": 0.1, "sgd": 0.1})
+    assert out["best_baseline_final_loss"] == "inf"
+    assert out["lstm_over_best_baseline"] is None and out["learned_over_best_baseline"] == {"lstm": None}
+    assert out["lstm_over_each_baseline"] == {"adam": None, "sgd": None}
+    assert "lstm_over_best_baseline_last_window" not in out
+    json.dumps(out, allow_nan=False)
+    # One finite baseline: the ratios are against it, and the diverged one's stays undefined.
+    res = _result({"lstm": [[1.0, 0.5, 0.2]], "adam": [[1.0, math.inf, math.inf]], "sgd": [[1.0, 0.5, 0.4]]})
+    out = compare(res)
+    assert out["best_baseline"] == "sgd" and out["lstm_over_best_baseline"] == pytest.approx(0.5)
+    assert out["lstm_over_each_baseline"] == {"adam": None, "sgd": pytest.approx(0.5)}
+
+
+def test_evaluations_per_step_counts_the_steps_a_diverged_run_took():
+    # SGD takes one evaluation per step; a run that diverges at step 3 of 50 took 4 steps, not 50.
+    run = run_optimizer(iso_problem([1.0]), baseline_factory("sgd", 1e20), steps=50)
+    assert run.steps < 50 and run.evaluations == run.steps
+    res = evaluate(RecordingTask(), {"sgd": baseline_factory("sgd", 1e20), "adam": baseline_factory("adam", 0.1)},
+                   instances=2, steps=50)
+    assert res.evaluations == {"sgd": 1.0, "adam": 1.0}
+    assert run_optimizer(iso_problem([1.0]), baseline_factory("sgd", 0.1), steps=5).steps == 5
+
+
+def test_band_in_blocks_equals_the_bootstrap_in_one_piece():
+    # 300 instances x 200 steps: the resamples are averaged a block at a time (memory); same numbers.
+    curves = torch.exp(torch.randn(300, 200, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    b = band(curves, resamples=500, seed=3)
+    idx = torch.randint(0, 300, (500, 300), generator=torch.Generator().manual_seed(3))
+    lo, hi = torch.quantile(curves[idx].mean(1), torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    assert torch.equal(b["lo"], lo) and torch.equal(b["hi"], hi)
+
+
+def _cli():
+    sys.path.insert(0, str(ROOT / "train"))
+    import evaluate as cli
+
+    return cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tune-grid", "1e-4:inf:2"], "--tune-grid"),  # was an OverflowError traceback
+    (["--tune-grid", "1e-4:10:nan"], "--tune-grid"),
+    (["--tune-grid", "1e-9:1e9:1000"], "at most 1000"),
+    (["--lr", "adam=inf"], "finite"),  # was accepted: every run diverged
+    (["--lr", "adma=0.01"], "'adma'"),  # a typo was ignored and the tuned lr used
+    (["--weights", "lstm-x=w.safetensors"], "'lstm-x'"),
+    (["--optimizers", "adam", "--weights", "adam=w.safetensors"], "learned"),
+    (["--tune-problems", "0"], "--tune-problems"),  # was a ValueError from search_lr, mid-run
+    (["--plot", "out.xyz"], "--plot"),  # was refused by savefig after the whole evaluation
+    (["--json", "same.png", "--plot", "same.png"], "same file"),
+    (["--json", "lrs.json", "--tuned-lrs", "lrs.json"], "same file"),  # the report overwrote the cache
+])
+def test_cli_bad_flags_exit_2_before_work(tmp_path, monkeypatch, capsys, argv, message):
+    cli = _cli()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli.parse_args(["quadratic", *argv])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_cli_card_is_checked_before_the_run_and_bad_flags_leave_no_folder(tmp_path, capsys):
+    cli = _cli()
+    out = tmp_path / "new" / "q.json"
+    with pytest.raises(SystemExit) as done:  # the missing card was found after the whole evaluation
+        cli.parse_args(["quadratic", "--json", str(out), "--card", str(tmp_path / "missing.json")])
+    assert done.value.code == 2 and "--card" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["quadratic", "--json", str(out), "--card", str(tmp_path / "list.json")])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["quadratic", "--json", str(out), "--lr", "sgd=-1"])
+    assert not (tmp_path / "new").exists()  # the --json folder was made before the --lr check
+
+
+def test_cli_tune_grid_stays_within_low_and_high():
+    # 1.5 points per decade over 5 decades: 8 rates from 1e-4, the last 10**1.33, not 10**1.33 x 10**0.67
+    grid = _cli().parse_args(["quadratic", "--tune-grid", "1e-4:10:1.5"]).grid
+    assert grid[0] == pytest.approx(1e-4) and max(grid) <= 10 and len(grid) == 8
+    assert _cli().parse_args(["quadratic", "--tune-grid", "1e-4:10:2"]).grid == pytest.approx(
+        [10 ** (k / 2) for k in range(-8, 3)])
+    assert _cli().parse_args(["quadratic", "--tune-grid", "0.1:0.1:1"]).grid == [pytest.approx(0.1)]
+
+
+def test_cli_bad_lr_cache_and_missing_data_are_errors_before_work(tmp_path, monkeypatch, capsys):
+    cli = _cli()
+    lrs = tmp_path / "lrs.json"
+    lrs.write_text('{"quadratic": {"steps=2": {"sgd": 5}}}')
+    assert cli.main(["quadratic", "--optimizers", "sgd", "--steps", "2", "--tuned-lrs", str(lrs), "--quiet"]) == 2
+    assert "lrs.json" in capsys.readouterr().err  # was a TypeError traceback
+    monkeypatch.setenv("ARTOPT_DATA", str(tmp_path / "absent"))
+    assert cli.main(["mnist", "--optimizers", "sgd", "--lr", "sgd=0.1", "--steps", "2", "--instances", "1",
+                     "--tuned-lrs", str(tmp_path / "ok.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "ARTOPT_DATA" in err  # was a DataNotFoundError traceback
+
+
+def test_cli_retunes_an_lr_cached_for_another_criterion(tmp_path):
+    cli = _cli()
+    lrs = tmp_path / "lrs.json"
+    lrs.write_text(json.dumps({"quadratic": {"steps=2": {"sgd": {"lr": 0.5, "criterion": "final", "problems": 1,
+                                                                 "steps": 2, "seed": 0, "at_edge": False}}}}))
+    argv = ["quadratic", "--optimizers", "sgd", "--steps", "2", "--tune-only", "--tune-problems", "1",
+            "--tune-grid", "1e-2:1e-1:1", "--tuned-lrs", str(lrs), "--quiet"]
+    assert cli.main(argv) == 0  # the same criterion: the cached lr, untouched
+    assert json.loads(lrs.read_text())["quadratic"]["steps=2"]["sgd"]["lr"] == 0.5
+    assert cli.main(argv + ["--tune-criterion", "trajectory"]) == 0  # used to take the 'final' one
+    entry = json.loads(lrs.read_text())["quadratic"]["steps=2"]["sgd"]
+    assert entry["criterion"] == "trajectory" and entry["lr"] in (0.01, 0.1)
+
+
+def test_median_final_loss_of_an_even_count_is_the_mean_of_the_middle_two():
+    # torch's median returns the lower middle value: 2.0 here, where the median is 2.5.
+    res = _result({"adam": [[9.0, 1.0], [9.0, 2.0], [9.0, 3.0], [9.0, 4.0]],
+                   "sgd": [[9.0, 1.0], [9.0, 2.0], [9.0, math.inf]]})
+    out = compare(res)
+    assert out["optimizers"]["adam"]["median_final_loss"] == 2.5
+    assert out["optimizers"]["sgd"]["median_final_loss"] == 2.0  # odd count; the diverged run sorts last
+    out = compare(_result({"sgd": [[9.0, 1.0], [9.0, math.inf]]}))
+    assert out["optimizers"]["sgd"]["median_final_loss"] == "inf"
+
+
+def test_plot_survives_curves_with_nothing_to_log_scale(tmp_path):
+    cli = _cli()
+    inf = math.inf
+    for name, curves in (("diverged", {"lstm": [[inf, inf, inf]], "adam": [[inf, inf, inf]]}),  # savefig raised
+                         ("mixed", {"lstm": [[1.0, 0.5, 0.0]], "adam": [[1.0, inf, inf]]})):
+        out = compare(_result(curves), lrs={"adam": 0.1})
+        cli.plot_curves(out, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000

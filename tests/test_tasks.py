@@ -312,3 +312,28 @@ def test_task_args_parse_as_json_and_name_a_malformed_one():
     for bad in ("foo", "batch=abc", "=3"):
         with pytest.raises(ValueError, match=f"KEY=JSON, got '{bad}'"):
             parse_task_args([bad])
+
+
+def test_bad_data_under_the_data_folder_names_the_file_and_artopt_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTOPT_DATA", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "mnist" / "mnist_train.npz").write_bytes(b"junk, not a zip")  # np.load took it for a pickle
+    with pytest.raises(ValueError, match=r"mnist_train\.npz: corrupt or not an \.npz file.*ARTOPT_DATA"):
+        load_mnist("train")
+    np.savez(tmp_path / "cifar10" / "cifar10_subset.npz", x_train=np.zeros((2, 32, 32, 3), np.float32),
+             y_train=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"cifar10_subset\.npz.*ARTOPT_DATA"):  # the file, not just "CIFAR-10 train"
+        load_cifar10("train")
+    # A folder passed as root= is the user's own: the message names the file, no hint about ARTOPT_DATA.
+    np.savez(tmp_path / "mnist_t10k.npz", x=np.zeros((0, 28, 28), np.uint8), y=np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match="holds no images") as err:  # was torch.randint's error at the first step
+        load_mnist("test", str(tmp_path))
+    assert "mnist_t10k.npz" in str(err.value) and "ARTOPT_DATA" not in str(err.value)
+
+
+def test_cifar_metric_with_a_batch_larger_than_the_split(cifar_dir):
+    # 10 test images of labels 5 and 7, batches of 16: the metric divided by zero after the run.
+    p = CIFARTask(root=cifar_dir, labels=(5, 7), batch_size=16).sample(gen(), "test")
+    m = p.metric(p.params)
+    assert 0.0 <= m["accuracy"] <= 1.0 and np.isfinite(m["loss"])

@@ -143,3 +143,52 @@ def test_cache_rejects_corrupt_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         TunedLRCache(path)
+
+
+@pytest.mark.parametrize("text, where", [
+    ('{"quadratic": []}', "quadratic"),
+    ('{"quadratic": {"steps=2": 5}}', "steps=2"),
+    ('{"quadratic": {"steps=2": {"sgd": 5}}}', "sgd"),
+    ('{"quadratic": {"steps=2": {"sgd": {"lr": "abc"}}}}', "'lr'"),
+    ('{"quadratic": {"steps=2": {"sgd": {"lr": -1}}}}', "'lr'"),
+    ('{"quadratic": {"steps=2": {"sgd": {"lr": true}}}}', "'lr'"),
+    ('{"quadratic": {"steps=2": {"sgd": {"criterion": "final"}}}}', "'lr'"),
+    ('{"quadratic": {"steps=2": {"sgd": {"lr": Infinity}}}}', "not valid JSON"),  # Python reads it; JSON has none
+    ('{"quadratic": {"steps=2": {"sgd": {"lr": 0.1, "scores": {"0.1": NaN}}}}}', "not valid JSON"),
+])
+def test_cache_refuses_wrong_types_naming_file_and_entry(tmp_path, text, where):
+    # They used to load and then fail as AttributeError / KeyError / TypeError deep in evaluate.py
+    # (or, for lr -1, only when the optimizer was built).
+    path = tmp_path / "tuned.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="tuned.json") as err:
+        TunedLRCache(path)
+    assert where in str(err.value)
+
+
+def test_cache_entry_with_only_an_lr_is_usable_and_saved_as_strict_json(tmp_path):
+    path = tmp_path / "tuned.json"
+    path.write_text('{"quadratic": {"steps=2": {"sgd": {"lr": 1}}}}')
+    cache = TunedLRCache(path)
+    assert cache.get("quadratic", 2, "sgd") == {"lr": 1}
+    res = LRSearchResult("adam", 0.1, "final", {"0.1": 1.0, "10.0": math.inf}, 1, 2, 0, False, [0.1, 10.0])
+    cache.put("quadratic", res)
+    cache.save()
+    assert '"inf"' in path.read_text()
+    assert TunedLRCache(path).get("quadratic", 2, "adam")["scores"]["10.0"] == "inf"
+
+
+def test_search_lr_refuses_zero_steps():
+    # With 0 steps every lr ties at the initial loss and the smallest would be "tuned".
+    with pytest.raises(ValueError, match="steps"):
+        search_lr(IsotropicQuadratics(), "sgd", grid=[0.1, 1.0], problems=1, steps=0)
+
+
+def test_make_optimizer_refuses_non_finite_rates():
+    from artopt.optimizers import make_optimizer
+
+    p = [torch.zeros(2, requires_grad=True)]
+    for lr in (math.inf, math.nan, 0.0, -1.0):
+        with pytest.raises(ValueError, match="learning rate"):
+            make_optimizer("adam", p, lr)
+    assert make_optimizer("sgd", p, 0.5).param_groups[0]["lr"] == 0.5

@@ -10,9 +10,10 @@ Evaluation problems are fresh: the task's "test" split (MNIST / CIFAR: the test 
 generator seeded 1 000 000 + --seed and salted by split, so they never coincide with meta-training
 ("train") or tuning / validation ("val") problems.  Baseline learning rates come from
 train/results/tuned_lrs.json; a missing entry is tuned first (log-spaced search on val problems, see
-artopt/optimizers/tuning.py) and cached; --tune re-tunes.  Names starting with "lstm" are learned
-optimizers and need weights (default: weights/<base suite>.safetensors).  Writes a JSON summary
-(mean final loss per optimizer, 95% bands, LSTM / best baseline) and a Figure 4/5/7-style plot.
+artopt/optimizers/tuning.py) and cached; --tune re-tunes, as does a --tune-criterion other than the
+cached entry's.  Names starting with "lstm" are learned optimizers and need weights (default:
+weights/<base suite>.safetensors).  Writes a JSON summary (mean final loss per optimizer, 95% bands,
+LSTM / best baseline) and a Figure 4/5/7-style plot.
 """
 
 from __future__ import annotations
@@ -80,21 +81,39 @@ def parse_args(argv=None):
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
+    if args.tune_problems < 1:
+        ap.error(f"--tune-problems must be at least 1, got {args.tune_problems}")
     if args.card and not args.json:
         ap.error("--card needs --json (the card points at the result file)")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        # checked now, not after the whole evaluation: its folder is made now, as it would be then
-        if path is not None:
-            if path.is_dir():
-                ap.error(f"{flag} {path} is a folder; give a file name")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                ap.error(f"{flag} {path}: cannot make its folder ({exc.strerror or exc})")
+    if args.plot is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if args.plot.suffix.lower().lstrip(".") not in kinds:  # savefig's refusal came after the run
+            ap.error(f"--plot {args.plot}: give a file name ending in an image type matplotlib writes "
+                     f"(.png, .pdf, .svg, ...; it writes {', '.join(sorted(kinds))})")
     args.card_map = {}
     for c in args.card:
         name, sep, path = c.partition("=")
         args.card_map[name.strip().lower() if sep else "lstm"] = Path(path if sep else c)
+    for name, path in args.card_map.items():
+        # read now: a missing or broken card would otherwise fail after the whole evaluation
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            ap.error(f"--card {path}: cannot read it as JSON ({getattr(exc, 'strerror', None) or exc})")
+        if not isinstance(card, dict) or not isinstance(card.get("evaluation", []), list):
+            ap.error(f"--card {path}: not a weights card (a JSON object)")
+    outputs = [("--json", args.json), ("--plot", args.plot), ("--tuned-lrs", args.tuned_lrs),
+               *(("--card", p) for p in args.card_map.values())]
+    seen = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:  # e.g. --json onto the lr cache would overwrite it with the report
+            ap.error(f"{seen[key]} and {flag} name the same file {path}")
+        seen[key] = flag
     args.optimizer_list = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
     if not args.optimizer_list:
         ap.error("--optimizers is empty")
@@ -116,8 +135,16 @@ def parse_args(argv=None):
             args.lr_map[name.strip().lower()] = float(value)
         except ValueError:
             ap.error(f"--lr expects NAME=LR, got {kv!r}")
-        if not sep or not args.lr_map[name.strip().lower()] > 0:
-            ap.error(f"--lr expects NAME=LR with LR > 0, got {kv!r}")
+        lr = args.lr_map[name.strip().lower()]
+        if not sep or not (lr > 0 and math.isfinite(lr)):
+            ap.error(f"--lr expects NAME=LR with a finite LR > 0, got {kv!r}")
+    # A name that is not run (a typo such as adma=0.01) would be ignored without a word.
+    for flag, names in (("--weights", args.weight_map), ("--lr", args.lr_map), ("--card", args.card_map)):
+        for name in names:
+            if name not in args.optimizer_list:
+                ap.error(f"{flag} names {name!r}, which --optimizers ({','.join(args.optimizer_list)}) does not run")
+            if flag != "--lr" and not name.startswith("lstm"):
+                ap.error(f"{flag} is for learned optimizers (lstm, lstm-NAME), not {name!r}")
     try:
         args.task_kwargs = parse_task_args(args.task_arg)
     except ValueError as err:
@@ -125,15 +152,31 @@ def parse_args(argv=None):
     if args.tune_grid:
         try:
             lo, hi, per = (float(x) for x in args.tune_grid.split(":"))
+            if not (0 < lo <= hi < math.inf and 0 < per < math.inf):
+                raise ValueError
             lo, hi = math.log10(lo), math.log10(hi)
-            n = int(round((hi - lo) * per))
+            # points up to HIGH, not past it (the 1e-9 absorbs rounding: 1e-4:10:2 ends at 10)
+            n = math.floor((hi - lo) * per + 1e-9)
+            if n >= 1000:  # each rate costs --tune-problems runs
+                ap.error(f"--tune-grid {args.tune_grid!r} gives {n + 1} learning rates; at most 1000")
             args.grid = [10 ** (lo + i / per) for i in range(n + 1)]
-        except (ValueError, ZeroDivisionError):
-            ap.error(f"--tune-grid expects LOW:HIGH:POINTS_PER_DECADE with 0 < LOW <= HIGH, got {args.tune_grid!r}")
-        if not args.grid:
-            ap.error("--tune-grid gives no learning rates")
+        except ValueError:
+            ap.error(f"--tune-grid expects LOW:HIGH:POINTS_PER_DECADE with 0 < LOW <= HIGH and "
+                     f"POINTS_PER_DECADE > 0, all finite, got {args.tune_grid!r}")
     else:
         args.grid = list(DEFAULT_GRID)
+    if args.tuned_lrs.is_dir():
+        ap.error(f"--tuned-lrs {args.tuned_lrs} is a folder; give a file name")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # checked now, not after the whole evaluation: its folder is made now, as it would be then
+        # (last, so that a bad flag found above leaves no folder behind)
+        if path is not None:
+            if path.is_dir():
+                ap.error(f"{flag} {path} is a folder; give a file name")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                ap.error(f"{flag} {path}: cannot make its folder ({exc.strerror or exc})")
     return args
 
 
@@ -156,7 +199,9 @@ def plot_curves(report: dict, path: Path) -> None:
         style = "-" if entry["learned"] else "--"
         (line,) = ax.plot(steps, mean, style, lw=2 if entry["learned"] else 1.3, label=label)
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_yscale("log")
+    shown = [v for e in report["optimizers"].values() for v in arr(e["mean_curve"]) if math.isfinite(v)]
+    if any(v > 0 for v in shown) and not any(v < 0 for v in shown):
+        ax.set_yscale("log")  # matplotlib refuses a log axis with nothing positive (e.g. all diverged)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ratio = report.get("lstm_over_best_baseline")
@@ -182,13 +227,17 @@ def main(argv=None) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     try:
         task = get_task(args.suite, **args.task_kwargs)
-    except ValueError as e:
+        # one problem of each split used, now: a missing or corrupt dataset is named before any
+        # tuning or evaluation, not in the middle of it
+        for split in ("val", "test"):
+            task.sample(torch.Generator().manual_seed(0), split)
+        cache = TunedLRCache(args.tuned_lrs)
+    except (ValueError, OSError) as e:  # DataNotFoundError is an OSError
         print(f"error: {e}", file=sys.stderr)
         return 2
     steps = args.steps or task.steps
 
     factories, lrs, tuning = {}, {}, {}
-    cache = TunedLRCache(args.tuned_lrs)
     for name in args.optimizer_list:
         if name.startswith("lstm"):
             path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
@@ -206,6 +255,10 @@ def main(argv=None) -> int:
             lrs[name], tuning[name] = args.lr_map[name], "given on the command line"
         else:
             entry = None if args.tune else cache.get(task.name, steps, name)
+            if entry is not None and entry.get("criterion", args.tune_criterion) != args.tune_criterion:
+                say(f"cached {name} lr was tuned by the {entry['criterion']} loss; re-tuning by the "
+                    f"{args.tune_criterion} loss")
+                entry = None
             if entry is None:
                 t0 = time.perf_counter()
                 say(f"tuning {name} on {task.name} ({len(args.grid)} lrs x {args.tune_problems} val problems, {steps} steps)")
@@ -218,7 +271,7 @@ def main(argv=None) -> int:
                 entry = res.to_dict()
                 say(f"  -> {name} lr={res.lr:.3g} ({time.perf_counter() - t0:.0f}s)")
             lrs[name] = entry["lr"]
-            tuning[name] = {k: entry[k] for k in ("criterion", "problems", "steps", "seed", "at_edge")}
+            tuning[name] = {k: entry.get(k) for k in ("criterion", "problems", "steps", "seed", "at_edge")}
         factories[name] = baseline_factory(name, lrs[name])
 
     if args.tune_only:

@@ -6,6 +6,7 @@ style engine, evaluation scripts and learning-rate search all go through it.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -23,8 +24,8 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float | None =
     if name not in BASELINES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(BASELINES)}")
     lr = DEFAULT_LR[name] if lr is None else float(lr)
-    if not lr > 0:
-        raise ValueError(f"learning rate must be positive, got {lr}")
+    if not (lr > 0 and math.isfinite(lr)):  # an inf rate would only make every run diverge
+        raise ValueError(f"learning rate must be positive and finite, got {lr}")
     params = list(params)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
@@ -34,6 +35,7 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float | None =
         return torch.optim.RMSprop(params, lr=lr)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
-    # L-BFGS: one outer iteration per step() so that "steps" count loss-network evaluations
-    # comparably with the first-order methods; strong-Wolfe line search keeps it stable.
+    # L-BFGS: one outer iteration per step(), so a "step" is one iteration, as for the first-order
+    # methods; its strong-Wolfe line search (which keeps it stable) takes one or more loss
+    # evaluations per step, which evaluation reports as ``evaluations_per_step``.
     return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=10, line_search_fn="strong_wolfe")

@@ -91,6 +91,8 @@ def search_lr(
         raise ValueError(f"problems must be at least 1, got {problems}")
     score_curves(torch.zeros(1, 2), criterion)  # validate the criterion before any work
     steps = task.steps if steps is None else int(steps)
+    if steps < 1:  # 0 steps: every lr would tie at the initial loss and the smallest "win"
+        raise ValueError(f"steps must be at least 1, got {steps}")
     gen = torch.Generator().manual_seed(TUNE_SEED_OFFSET + seed)
     val_problems = [task.sample(gen, "val") for _ in range(problems)]
     done = 0
@@ -156,19 +158,45 @@ def grid_search(score: Callable[[float], float], grid: Sequence[float], widen: i
     return GridSearch(best, scores, grid, at_edge=best in (grid[0], grid[-1]))
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python writes them, strict JSON has none
+
+
 class TunedLRCache:
-    """Tuned learning rates in a JSON file: {task: {"steps=N": {optimizer: LRSearchResult dict}}}."""
+    """Tuned learning rates in a JSON file: {task: {"steps=N": {optimizer: LRSearchResult dict}}}.
+
+    A file that is not strict JSON of that shape, or an entry without a positive finite "lr", is
+    refused when it is read (ValueError naming the file and the entry), never half-used."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.data: dict = {}
         if self.path.is_file():
             try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as e:
+                self.data = json.loads(self.path.read_text(), parse_constant=_no_constant)
+            except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
                 raise ValueError(f"{self.path}: not valid JSON ({e}); fix or delete it") from None
             if not isinstance(self.data, dict):
                 raise ValueError(f"{self.path}: expected a JSON object")
+            self._check()
+
+    def _check(self) -> None:
+        def bad(where: str, what: str):
+            return ValueError(f"{self.path}: {where}: {what}; fix or delete it")
+
+        for task, by_steps in self.data.items():
+            if not isinstance(by_steps, dict):
+                raise bad(task, 'expected an object of {"steps=N": ...}')
+            for steps_key, by_opt in by_steps.items():
+                if not isinstance(by_opt, dict):
+                    raise bad(f"{task} / {steps_key}", "expected an object of {optimizer: entry}")
+                for opt, entry in by_opt.items():
+                    where = f"{task} / {steps_key} / {opt}"
+                    if not isinstance(entry, dict):
+                        raise bad(where, "expected an object with an 'lr'")
+                    lr = entry.get("lr")
+                    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+                        raise bad(where, f"'lr' must be a positive finite number, got {lr!r}")
 
     def get(self, task: str, steps: int, optimizer: str) -> dict | None:
         return self.data.get(task, {}).get(f"steps={steps}", {}).get(optimizer)
@@ -185,5 +213,5 @@ class TunedLRCache:
                 merged.setdefault(task, {}).setdefault(steps_key, {}).update(by_opt)
         self.data = merged
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.replace(tmp, self.path)

@@ -133,10 +133,11 @@ class CIFARTask:
             # Batch norm uses batch statistics, so evaluate in shuffled minibatches of the training
             # size (the stored images are sorted by class); at most 2 048 images, for speed.
             order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:2048]
+            size = min(batch_size, order.numel())  # a batch larger than the split: one batch of it all
             with torch.no_grad():
                 total, correct, n = 0.0, 0, 0
-                for start in range(0, order.numel() - batch_size + 1, batch_size):
-                    idx = order[start : start + batch_size]
+                for start in range(0, order.numel() - size + 1, size):
+                    idx = order[start : start + size]
                     logits = forward(params, x[idx])
                     labels = y[idx]
                     total += float(F.cross_entropy(logits, labels, reduction="sum"))

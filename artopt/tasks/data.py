@@ -37,6 +37,9 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, np.nda
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"dataset file not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip; np.load would take anything else for a pickle
+            raise ValueError(f"{path}: corrupt or not an .npz file (no zip header)")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]
@@ -53,10 +56,20 @@ def _check_labelled(name: str, x: np.ndarray, y: np.ndarray, image_shape: tuple[
     if x.dtype != np.uint8 or x.shape[1:] != image_shape:
         raise ValueError(f"{name}: expected uint8 images of shape (N, {', '.join(map(str, image_shape))}), "
                          f"got {x.dtype} {x.shape}")
+    if x.shape[0] == 0:  # minibatches are drawn from it: say so now, not in torch.randint
+        raise ValueError(f"{name}: holds no images")
     if y.shape != (x.shape[0],):
         raise ValueError(f"{name}: {x.shape[0]} images but labels of shape {y.shape}")
     if y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
         raise ValueError(f"{name}: labels outside 0..{classes - 1}")
+
+
+def _data_hint(root) -> str:
+    """Where a bad file under the data folder came from, so the user knows what to change."""
+    if root is not None:
+        return ""
+    env = os.environ.get(ENV_VAR)
+    return f" (data folder from ${ENV_VAR}={env})" if env else f" (default data folder; set ${ENV_VAR} to use another)"
 
 
 def _resolve(root: str | os.PathLike | None, default_sub: str) -> Path:
@@ -80,8 +93,12 @@ def load_mnist(split: str, root: str | None = None) -> tuple[torch.Tensor, torch
     folder = _resolve(root, "mnist")
     npz = folder / ("mnist_train.npz" if split == "train" else "mnist_t10k.npz")
     if npz.is_file():
-        arrays = load_npz(npz, ("x", "y"))
+        try:
+            arrays = load_npz(npz, ("x", "y"))
+        except ValueError as e:
+            raise ValueError(f"{e}{_data_hint(root)}") from None
         x, y = arrays["x"], arrays["y"].astype(np.int64)
+        source = npz
     elif (folder / "MNIST" / "raw").is_dir():
         from torchvision.datasets import MNIST
 
@@ -90,10 +107,11 @@ def load_mnist(split: str, root: str | None = None) -> tuple[torch.Tensor, torch
         except RuntimeError as e:  # torchvision: "Dataset not found..."
             raise DataNotFoundError(f"{folder}: torchvision MNIST folder incomplete ({e})") from None
         x, y = ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+        source = folder
     else:
         raise DataNotFoundError(f"MNIST not found in {folder}: expected {npz.name} or a torchvision "
                                 f"MNIST/raw folder (set ${ENV_VAR} or pass root=)")
-    _check_labelled(f"MNIST {split}", x, y, (28, 28), 10)
+    _check_labelled(f"MNIST {split} ({source}{_data_hint(root)})", x, y, (28, 28), 10)
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
 
@@ -109,8 +127,12 @@ def load_cifar10(split: str, root: str | None = None) -> tuple[torch.Tensor, tor
     folder = _resolve(root, "cifar10")
     npz = folder / "cifar10_subset.npz"
     if npz.is_file():
-        arrays = load_npz(npz, (f"x_{split}", f"y_{split}"))
+        try:
+            arrays = load_npz(npz, (f"x_{split}", f"y_{split}"))
+        except ValueError as e:
+            raise ValueError(f"{e}{_data_hint(root)}") from None
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64)
+        source = npz
     elif (folder / "cifar-10-batches-py").is_dir():
         from torchvision.datasets import CIFAR10
 
@@ -119,10 +141,11 @@ def load_cifar10(split: str, root: str | None = None) -> tuple[torch.Tensor, tor
         except RuntimeError as e:
             raise DataNotFoundError(f"{folder}: torchvision CIFAR-10 folder incomplete ({e})") from None
         x, y = ds.data, np.asarray(ds.targets, dtype=np.int64)
+        source = folder
     else:
         raise DataNotFoundError(f"CIFAR-10 not found in {folder}: expected cifar10_subset.npz or a "
                                 f"torchvision cifar-10-batches-py folder (set ${ENV_VAR} or pass root=)")
-    _check_labelled(f"CIFAR-10 {split}", x, y, (32, 32, 3), 10)
+    _check_labelled(f"CIFAR-10 {split} ({source}{_data_hint(root)})", x, y, (32, 32, 3), 10)
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
 
