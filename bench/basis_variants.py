@@ -17,7 +17,6 @@ an inference setting; the bench reports whether any is worth one.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import sys
@@ -38,6 +37,9 @@ from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import check_output_file, dumps, positive_int  # noqa: E402
 
 _S3, _S2, _S6 = math.sqrt(3), math.sqrt(2), math.sqrt(6)
 # columns: luminance, red-green, yellow-blue
@@ -125,12 +127,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
     ap.add_argument("--val-seeds", type=int, nargs="+", default=[8, 9])
-    ap.add_argument("--problems", type=int, default=6, help="validation problems per seed")
-    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
+    ap.add_argument("--steps", type=positive_int, default=128)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
-    ap.add_argument("--jobs", type=int, default=2, help="variants scored in parallel processes (1 thread each)")
+    ap.add_argument("--jobs", type=positive_int, default=2,
+                    help="variants scored in parallel processes (1 thread each)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "basis_variants.json")
     args = ap.parse_args(argv)
+    # checked now, not in the worker processes or after every variant has been scored
+    if args.weights is not None and not args.weights.is_file():
+        ap.error(f"--weights {args.weights}: no such file")
+    check_output_file(ap, "--json", args.json)
     weights = args.weights or weights_path("neural_art")
     names = args.variants if "as shipped" in args.variants else ["as shipped", *args.variants]
     work = partial(_score, weights, args.val_seeds, args.problems, args.steps)
@@ -146,7 +153,7 @@ def main(argv=None) -> int:
               "criterion": "mean loss over the last 5% of steps, averaged over the problems",
               "threads_per_job": 1, "jobs": args.jobs, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    args.json.write_text(dumps(report, indent=2) + "\n")  # a diverged run's inf is null
     print(f"wrote {args.json}")
     return 0
 

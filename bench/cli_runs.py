@@ -4,10 +4,14 @@ start it, and its per-step total losses read back from its --log-json."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_args import check_names, check_output_dir, check_output_file, check_photo_sizes, dumps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,19 +27,44 @@ def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem
     (or, with ``reuse``, read that log if it is there); return the log with ``totals`` added: the
     total loss after each step."""
     log = out / f"{stem}.json"  # f-strings, not Path.with_suffix: stems hold dots ("x0.1")
-    if not (reuse and log.exists()):
+    if not (reuse and log.exists() and _log_matches(log, content, style, flags)):
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*artopt(), "stylize", str(content), str(style), "-o", str(out / f"{stem}.png"), "--quiet",
-                        *flags, "--log-json", str(log)], check=True)
+        cmd = [*artopt(), "stylize", str(content), str(style), "-o", str(out / f"{stem}.png"), "--quiet",
+               *flags, "--log-json", str(log)]
+        if subprocess.run(cmd).returncode:  # artopt has printed why
+            raise SystemExit(f"this run failed: {' '.join(cmd)}")
     run = json.loads(log.read_text())
-    run["totals"] = [s["total"] for s in run["steps"]]
+    # the log has null for a non-finite loss; inf keeps the arithmetic on it (written back as null)
+    run["totals"] = [math.inf if s["total"] is None else s["total"] for s in run["steps"]]
     return run
 
 
+def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> bool:
+    """Whether a finished run's log is one of these inputs and flags: a log left in --out by a run
+    at another --size (the stems of some benchmarks do not name it) is not reused."""
+    try:
+        settings = json.loads(log.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    styles = [Path(s) for s in settings.get("style_paths", [])]
+    if Path(settings.get("content_path", "")) != content or styles != [style]:
+        return False
+    for flag, value in zip(flags[::2], flags[1::2]):  # every flag here takes one value
+        have = settings.get(flag[2:].replace("-", "_"))
+        try:
+            same = float(have) == float(value)
+        except (TypeError, ValueError):
+            same = str(have) == value
+        if not same:
+            print(f"not reusing {log}: it has {flag} {have}, not {value}", flush=True)
+            return False
+    return True
+
+
 def write_report(report: dict, path: Path) -> None:
-    """Write a benchmark's JSON report and say where."""
+    """Write a benchmark's JSON report (strict JSON: a non-finite number is null) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 
 
@@ -44,7 +73,26 @@ def add_run_flags(ap, name: str, style: bool = True) -> None:
     ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
     if style:
         ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / name)
-    ap.add_argument("--reuse", action="store_true", help="read a run's log from --out when it is there")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")
+    ap.add_argument("--size", type=int, default=256, help="output long side (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / name,
+                    help="folder for the runs' images and logs (default: runs/%s)" % name)
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a run's log from --out when it is there (and has this run's settings)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"{name}.json",
+                    help="the report (default: bench/results/%s.json, the committed one)" % name)
+
+
+def check_run_flags(ap, args) -> None:
+    """Refuse bad values of add_run_flags' flags now, not when the first of many runs fails."""
+    from artopt.style.engine import StylizeConfig
+
+    try:
+        StylizeConfig(size=args.size).validated()
+    except ValueError as exc:
+        ap.error(f"--size: {exc}")
+    check_names(ap, "--photos", args.photos, ROOT / "assets" / "photos")
+    check_photo_sizes(ap, [ROOT / "assets" / "photos" / f"{p}.jpg" for p in args.photos], [args.size])
+    if getattr(args, "style", None) is not None:
+        check_names(ap, "--style", [args.style], ROOT / "assets" / "styles")
+    check_output_dir(ap, "--out", args.out)
+    check_output_file(ap, "--json", args.json)

@@ -18,32 +18,41 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, add_run_flags, stylize_totals, write_report  # noqa: E402
+from bench_args import positive_int  # noqa: E402
+from cli_runs import ROOT, add_run_flags, check_run_flags, stylize_totals, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(ap, "long_runs")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--points", type=int, nargs="+", default=[50, 100, 150, 200, 300, 400, 600])
+    ap.add_argument("--steps", type=positive_int, default=600, help="steps per run (default: %(default)s)")
+    # a point of 0 or less read totals[p - 1] from the end of the run and labelled it p
+    ap.add_argument("--points", type=positive_int, nargs="+", default=[50, 100, 150, 200, 300, 400, 600],
+                    help="steps at which the losses are reported (those above --steps are left out)")
     args = ap.parse_args(argv)
+    check_run_flags(ap, args)
     style = ROOT / "assets" / "styles" / f"{args.style}.jpg"
     points = [p for p in args.points if p <= args.steps]
     rows = []
     for photo in args.photos:
         row: dict = {"photo": photo}
         for opt in ("lstm", "adam"):
-            totals = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
-                                    ["--size", str(args.size), "--steps", str(args.steps), "--optimizer", opt],
-                                    args.out, f"{photo}_{args.size}px_{args.steps}steps_{opt}", args.reuse)["totals"]
+            run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
+                                 ["--size", str(args.size), "--steps", str(args.steps), "--optimizer", opt],
+                                 args.out, f"{photo}_{args.size}px_{args.steps}steps_{opt}", args.reuse)
+            totals = run["totals"]
             row[opt] = {str(p): totals[p - 1] for p in points}
             if opt == "lstm":
+                # on the final scale only: from 384 px the run is coarse-to-fine, and the loss of a
+                # coarser scale's image is not comparable (the step to the next scale is no rise)
+                last = run["steps"][-1]["scale"]
+                final = [(r["step"], t) for r, t in zip(run["steps"], totals) if r["scale"] == last]
                 best, worst_rise = float("inf"), 0.0
-                for v in totals:
+                for _, v in final:
                     best = min(best, v)
                     worst_rise = max(worst_rise, v / best - 1)
                 row["lstm_largest_rise_over_its_best"] = worst_rise
-                row["lstm_lowest_at_step"] = totals.index(min(totals)) + 1
+                row["lstm_lowest_at_step"] = min(final, key=lambda sv: sv[1])[0]
         row["lstm_over_adam"] = {str(p): row["lstm"][str(p)] / row["adam"][str(p)] for p in points}
         rows.append(row)
         print(photo, {p: round(r, 3) for p, r in row["lstm_over_adam"].items()},

@@ -6,7 +6,7 @@ need (the library's) against one run through its whole last stage (what it did b
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,8 +18,17 @@ sys.path.insert(0, str(ROOT))
 
 from artopt.style.loss_nets import EFFNET_STYLE_LAYERS, EfficientNetLite0LossNet  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import check_output_file, dumps  # noqa: E402
 
-def main() -> int:
+
+def main(argv=None) -> int:
+    # Flags at all so that --help (or a typo) does not run the benchmark and overwrite the committed JSON.
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "loss_net_truncation.json",
+                    help="the report (default: bench/results/loss_net_truncation.json, the committed one)")
+    args = ap.parse_args(argv)
+    check_output_file(ap, "--json", args.json)
     torch.set_num_threads(1)
     needed = EfficientNetLite0LossNet()
     whole = EfficientNetLite0LossNet(style_layers=EFFNET_STYLE_LAYERS + ("s5",))  # runs all of stage 5
@@ -42,8 +51,8 @@ def main() -> int:
         best["speedup"] = best["whole_last_stage"] / best["needed_blocks"]
         report["ms_per_forward_backward"][f"{height}x{width}"] = best
         print(f"{height}x{width}: {best}", flush=True)
-    out = ROOT / "bench" / "results" / "loss_net_truncation.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    args.json.write_text(dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
     return 0
 
 

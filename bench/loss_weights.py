@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, add_run_flags, stylize_totals, write_report  # noqa: E402
+from cli_runs import ROOT, add_run_flags, check_run_flags, stylize_totals, write_report  # noqa: E402
 
 SETTINGS = {
     "defaults": [],
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(ap, "loss_weights")
     args = ap.parse_args(argv)
+    check_run_flags(ap, args)
     style = ROOT / "assets" / "styles" / f"{args.style}.jpg"
     rows = []
     for photo in args.photos:

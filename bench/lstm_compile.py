@@ -17,7 +17,6 @@ library.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -33,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
-from lstm_layout import _best_of, write_report  # noqa: E402  (bench/ is on sys.path when a script here runs)
+sys.path.insert(0, str(ROOT / "bench"))  # also when it is run from elsewhere (runpy)
+from bench_args import check_output_file, positive_int  # noqa: E402
+from lstm_layout import _best_of, write_report  # noqa: E402
 
 
 def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_w, head_b, p: float):
@@ -78,14 +79,18 @@ def compiled_update(net, fn, grad, state, chunk):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coords", type=int, default=699_000)
-    ap.add_argument("--chunks", type=int, nargs="+", default=[4096, 32768])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--coords", type=positive_int, default=699_000)
+    ap.add_argument("--chunks", type=positive_int, nargs="+", default=[4096, 32768])
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_compile.json")
     args = ap.parse_args(argv)
+    check_output_file(ap, "--json", args.json)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="artopt-inductor-")
     torch.manual_seed(0)
     net = load_learned(weights_path(NEURAL_ART))["default"]
+    if net.config.moment_inputs:  # it failed on its first chunk, in a traceback
+        raise SystemExit(f"{Path(__file__).name}: the shipped neural-art network takes moment inputs "
+                         "(m/sqrt(v), g/sqrt(v)), which this prototype, written before them, does not compute")
     L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
     state = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
     with torch.no_grad():

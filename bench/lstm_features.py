@@ -34,6 +34,7 @@ from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: 
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import at_least, check_output_file, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 from lstm_threads import engine_step_seconds  # noqa: E402
 
@@ -63,14 +64,16 @@ def _update(net, grad, state, moments, block: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coords", type=int, default=699_000)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--engine-threads", type=int, default=2)
-    ap.add_argument("--engine-steps", type=int, default=30)
-    ap.add_argument("--engine-rounds", type=int, default=4)
+    ap.add_argument("--coords", type=positive_int, default=699_000)
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=positive_int, default=9)
+    ap.add_argument("--engine-threads", type=positive_int, default=2)
+    # a step's time is measured from the end of the first step: one step measures nothing
+    ap.add_argument("--engine-steps", type=at_least(2), default=30)
+    ap.add_argument("--engine-rounds", type=at_least(0), default=4, help="0: no whole stylize steps")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_features.json")
     args = ap.parse_args(argv)
+    check_output_file(ap, "--json", args.json)
     net, grad, state, moments = shipped_update_inputs(args.coords)
     n = args.coords
     outs = {k: _update(net, grad, state, moments, b) for k, b in VARIANTS.items()}

@@ -15,7 +15,6 @@ Writes bench/results/lstm_layout.json.  The prototype lives here, not in the lib
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import CPU_CHUNK, INT8_STEPS  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import check_output_file, dumps, positive_int  # noqa: E402
 
 
 def _gate_major_weights(net, h_scale: float):
@@ -71,10 +73,10 @@ def gate_major_update(net, grad, state, chunk):
 
 
 def write_report(report: dict, path: Path) -> None:
-    """Print the report and write it as JSON."""
-    print(json.dumps(report, indent=2))
+    """Print the report and write it as (strict) JSON."""
+    print(dumps(report, indent=2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(dumps(report, indent=2) + "\n")
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -89,13 +91,17 @@ def _best_of(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coords", type=int, default=699_000)
-    ap.add_argument("--chunk", type=int, default=CPU_CHUNK)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--coords", type=positive_int, default=699_000)
+    ap.add_argument("--chunk", type=positive_int, default=CPU_CHUNK)
+    ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_layout.json")
     args = ap.parse_args(argv)
+    check_output_file(ap, "--json", args.json)
     torch.manual_seed(0)
     net = load_learned(weights_path(NEURAL_ART))["default"]
+    if net.config.moment_inputs:  # it failed on its first chunk, in a traceback
+        raise SystemExit(f"{Path(__file__).name}: the shipped neural-art network takes moment inputs "
+                         "(m/sqrt(v), g/sqrt(v)), which this prototype, written before them, does not compute")
     L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
     row = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
     col = (torch.zeros(L, H, n, dtype=torch.int8), torch.zeros(L, H, n, dtype=torch.float16))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import check_output_file, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 from lstm_features import shipped_update_inputs  # noqa: E402
 
@@ -62,12 +63,13 @@ def onednn_update(net, grad, state, moments, chunk: int, dtype: torch.dtype):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coords", type=int, default=699_000)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--chunks", type=int, nargs="+", default=[4096, 32768, 262144])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--coords", type=positive_int, default=699_000)
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--chunks", type=positive_int, nargs="+", default=[4096, 32768, 262144])
+    ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_onednn.json")
     args = ap.parse_args(argv)
+    check_output_file(ap, "--json", args.json)
     net, grad, state, moments = shipped_update_inputs(args.coords)
     n = args.coords
 

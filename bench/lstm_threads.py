@@ -49,6 +49,7 @@ from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.style.images import load_image  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import at_least, check_output_file, dumps, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 
 LIBRARY_INFERENCE = LSTMOptimizerNet._inference
@@ -149,19 +150,21 @@ def engine_step_seconds(steps: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--coords", type=int, default=699_000)
-    ap.add_argument("--big-chunk", type=int, default=16384)
-    ap.add_argument("--rounds", type=int, default=4, help="processes per variant, alternating")
-    ap.add_argument("--repeats", type=int, default=5, help="timed updates per process")
-    ap.add_argument("--engine-steps", type=int, default=30, help="stylize steps at 512 px per process")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--coords", type=positive_int, default=699_000)
+    ap.add_argument("--big-chunk", type=positive_int, default=16384)
+    ap.add_argument("--rounds", type=positive_int, default=4, help="processes per variant, alternating")
+    ap.add_argument("--repeats", type=positive_int, default=5, help="timed updates per process")
+    # a step's time is measured from the end of the first step: one step measures nothing
+    ap.add_argument("--engine-steps", type=at_least(2), default=30, help="stylize steps at 512 px per process")
     ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # a worker process: print its JSON
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_threads.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args)))
+        print(dumps(measure(args.one, args)))
         return 0
+    check_output_file(ap, "--json", args.json)
     names = {"library": f"torch threads, chunk {CPU_CHUNK} (library)", "big-chunk": f"torch threads, chunk {args.big_chunk}",
              "side-by-side": f"chunks side by side, chunk {CPU_CHUNK}"}
     flags = ["--threads", str(args.threads), "--coords", str(args.coords), "--big-chunk", str(args.big_chunk),
@@ -170,7 +173,9 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         for v in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--one", v, *flags], check=True, capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--one", v, *flags], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"the {v} process failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
             runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds} {names[v]}: {runs[v][-1]}", flush=True)
     summary = {}
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
               "final_losses": {names[v]: [x["final_loss"] for x in runs[v]] for v in VARIANTS},
               "runs": {names[v]: runs[v] for v in VARIANTS},
               "load_average_1min_end": os.getloadavg()[0]}
-    print(json.dumps(report, indent=2))
+    print(dumps(report, indent=2))
     write_report(report, args.json)
     return 0
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_runs import ROOT, add_run_flags, stylize_totals, write_report  # noqa: E402
+from cli_runs import ROOT, add_run_flags, check_run_flags, stylize_totals, write_report  # noqa: E402
 
 TRAINING_STYLE = "starry_night"
 
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(ap, "style_sweep", style=False)
     args = ap.parse_args(argv)
+    check_run_flags(ap, args)
     styles = sorted(p for p in (ROOT / "assets" / "styles").glob("*.jpg") if p.stem != TRAINING_STYLE)
     rows = []
     for style in styles:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -30,9 +31,13 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ASSETS = ROOT / "assets"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when `artopt bench` runs this file
+
+from bench_args import check_names, check_output_dir, check_photo_sizes, dumps, positive_int  # noqa: E402
 
 from artopt.style import engine as engine_module  # noqa: E402
-from artopt.style.engine import STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, stylize  # noqa: E402
+from artopt.style.engine import (STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, pyramid_sizes,  # noqa: E402
+                                 split_steps, stylize)
 from artopt.style.images import load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil  # noqa: E402
 from artopt.style.loss_nets import EfficientNetLite0LossNet, build_loss_net  # noqa: E402
 from artopt.style.losses import StyleLoss  # noqa: E402
@@ -55,7 +60,7 @@ def machine() -> dict:
 def write_json(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    path.write_text(dumps({"machine": machine(), **data}, indent=2))  # strict JSON: a non-finite loss is null
     print(f"wrote {path}")
     return path
 
@@ -81,6 +86,9 @@ def grid(rows: list[list[Image.Image]], labels_top: list[str], labels_left: list
 # ------------------------------------------------------------------------------------------
 
 
+LAYER_PAIRS = [("chelsea", "starry_night"), ("astronaut", "composition_vii"), ("coffee", "woman_with_a_hat")]
+
+
 def bench_layers(args) -> None:
     """Compare EfficientNet-Lite0 content/style layer sets on photos x styles at 256 px."""
     candidates = {
@@ -90,7 +98,7 @@ def bench_layers(args) -> None:
         "D exp deep": (("b4.0.exp",), ("b1.0.exp", "b2.0.exp", "b3.0.exp", "b4.0.exp", "b5.0.exp")),
         "E dw acts": (("b3.0.dw",), ("stem", "b1.0.dw", "b2.0.dw", "b3.0.dw", "b5.0.dw")),
     }
-    pairs = [("chelsea", "starry_night"), ("astronaut", "composition_vii"), ("coffee", "woman_with_a_hat")]
+    pairs = LAYER_PAIRS
     rows, results = [], {}
     for name, (content_layers, style_layers) in candidates.items():
         net = EfficientNetLite0LossNet(content_layers=content_layers, style_layers=style_layers)
@@ -220,6 +228,9 @@ def _run_curve(photo, style, size: int, optimizer: str, steps: int, device: str)
     return {"curve": curve, "times": times, "seconds": time.perf_counter() - t}
 
 
+GPU_RUN_SIZES = (512, 1024)  # the whole-run comparisons of bench_gpu
+
+
 def bench_gpu(args) -> None:
     """On a CUDA GPU: the per-step split (loss network vs update) at each of --sizes, the LSTM update
     in GPU-sized chunks against CPU-sized ones, and whole 200-step runs, LSTM against Adam (its lr tuned
@@ -244,7 +255,7 @@ def bench_gpu(args) -> None:
         print("lstm, CPU chunks", results["per_step_lstm_cpu_chunks"][-1], flush=True)
     write_json("gpu", results)
     style = _load_assets(["woman_with_a_hat"], "styles")[0]
-    for size in (512, 1024):
+    for size in GPU_RUN_SIZES:
         for photo_name in args.photos or ["chelsea", "astronaut"]:
             photo = _load_assets([photo_name], "photos")[0]
             runs = {name: _run_curve(photo, style, size, name, args.steps, "cuda") for name in ("adam", "lstm")}
@@ -270,7 +281,9 @@ def bench_memory(args) -> None:
     results = []
     for size in args.sizes:
         cmd = [sys.executable, __file__, "memory-one", "--size", str(size)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"memory-one --size {size} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
     write_json("memory", {"runs": results, "limit_gb": 24})
@@ -303,11 +316,15 @@ def bench_adam_vs_lbfgs(args) -> None:
         curves[name] = [(i.step, i.losses["total"], c) for i, c in zip(infos, cpu)]
         print(name, curves[name][-1], flush=True)
     target = curves["adam"][-1][1]
-    reach = {}
+    reach, reach_seconds = {}, {}
     for name, curve in curves.items():
         hit = next(((s, t) for s, loss, t in curve if loss <= target), None)
         reach[name] = {"steps": hit[0], "cpu_seconds": round(hit[1], 2)} if hit else None
-    ratio = (reach["lbfgs"]["cpu_seconds"] / reach["adam"]["cpu_seconds"]) if reach["lbfgs"] else None
+        if hit:
+            reach_seconds[name] = hit[1]
+    # from the unrounded times: on short runs the rounded ones are 0.0 or off by a lot
+    ratio = (reach_seconds["lbfgs"] / reach_seconds["adam"]
+             if "lbfgs" in reach_seconds and reach_seconds["adam"] else None)
     write_json("adam_vs_lbfgs", {"size": args.size, "adam_steps": args.adam_steps, "adam_final_loss": target,
                                  "reach": reach, "time_ratio_lbfgs_over_adam": ratio,
                                  "curves": {k: [[s, round(l, 6), round(t, 3)] for s, l, t in v] for k, v in curves.items()}})
@@ -325,11 +342,14 @@ def bench_adam_vs_lbfgs(args) -> None:
     fig.tight_layout(); fig.savefig(RESULTS / "adam_vs_lbfgs.png", dpi=100)
 
 
+LR_GRIDS = {"adam": [0.01, 0.02, 0.05], "rmsprop": [0.001, 0.002, 0.005, 0.01],
+            "sgd": [0.5, 2, 8, 32], "nag": [0.1, 0.5, 2, 8], "lbfgs": [0.5, 1.0]}
+
+
 def bench_lr_sweep(args) -> None:
     """Final loss after --steps steps at --size px for a grid of learning rates per optimizer."""
     photo, style = _load_assets(["chelsea"], "photos")[0], _load_assets(["starry_night"], "styles")[0]
-    grids = {"adam": [0.01, 0.02, 0.05], "rmsprop": [0.001, 0.002, 0.005, 0.01],
-             "sgd": [0.5, 2, 8, 32], "nag": [0.1, 0.5, 2, 8], "lbfgs": [0.5, 1.0]}
+    grids = LR_GRIDS
     if args.optimizers:
         grids = {k: v for k, v in grids.items() if k in args.optimizers}
     results = {}
@@ -340,7 +360,8 @@ def bench_lr_sweep(args) -> None:
                                                   pyramid=False), callback=infos.append)
             results.setdefault(name, {})[str(lr)] = infos[-1].losses["total"]
             print(name, lr, infos[-1].losses["total"], flush=True)
-    best = {k: min(v, key=v.get) for k, v in results.items()}
+    # a diverged rate (NaN) must not win: min() keeps a NaN it met first, as no number is below it
+    best = {k: min((lr for lr in v if math.isfinite(v[lr])), key=v.get, default=None) for k, v in results.items()}
     write_json("lr_sweep", {"size": args.size, "steps": args.steps, "final_total_loss": results, "best_lr": best,
                             "engine_defaults": {**STYLIZE_LR, "per_pixel": STYLIZE_LR_PER_PIXEL["pixels"]}})
 
@@ -353,14 +374,23 @@ def main(argv=None) -> None:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=TARGETS)
-    parser.add_argument("--size", type=int, default=None, help="image long side (default per benchmark)")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--photos", nargs="+", help="quality: photo names (default: all shipped)")
+    parser.add_argument("--size", type=positive_int, default=None,
+                        help="layers, quality, adam-vs-lbfgs, lr-sweep: image long side "
+                             "(default: 512 for quality, 256 for the others)")
+    parser.add_argument("--steps", type=positive_int, default=100,
+                        help="layers, lr-sweep, gpu: steps per run (default: %(default)s; "
+                             "quality runs the engine's default)")
+    parser.add_argument("--photos", nargs="+",
+                        help="quality, gpu: photo names (default: all shipped; gpu: chelsea astronaut)")
     parser.add_argument("--styles", nargs="+", help="quality: style names (default: all shipped)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="memory: sizes")
-    parser.add_argument("--timed-steps", type=int, default=3, help="speed: steps timed per size")
-    parser.add_argument("--adam-steps", type=int, default=500, help="adam-vs-lbfgs: Adam's budget")
-    parser.add_argument("--optimizers", nargs="+", help="lr-sweep: optimizers (default: all)")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[512, 1024, 2048],
+                        help="memory, gpu: sizes (default: %(default)s)")
+    parser.add_argument("--timed-steps", type=positive_int, default=3,
+                        help="speed, gpu: steps timed per size (default: %(default)s)")
+    parser.add_argument("--adam-steps", type=positive_int, default=500,
+                        help="adam-vs-lbfgs: Adam's budget (default: %(default)s)")
+    parser.add_argument("--optimizers", nargs="+", choices=list(LR_GRIDS), metavar="NAME",
+                        help=f"lr-sweep: optimizers, of {', '.join(LR_GRIDS)} (default: all)")
     parser.add_argument("--results", type=Path, default=None,
                         help="folder for the JSON and PNG (default: bench/results, the committed ones)")
     args = parser.parse_args(argv)
@@ -368,7 +398,28 @@ def main(argv=None) -> None:
         RESULTS = args.results
     if args.size is None:
         args.size = {"quality": 512, "memory-one": 512}.get(args.what, 256)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    # Checked now, not when the first run (or the last write) fails after minutes of work.
+    for flag, sizes in (("--size", [args.size]), ("--sizes", args.sizes)):
+        for size in sizes:
+            try:
+                StylizeConfig(size=size).validated()
+            except ValueError as exc:
+                parser.error(f"{flag}: {exc}")
+    if args.what == "gpu":
+        for size in GPU_RUN_SIZES:
+            if split_steps(args.steps, len(pyramid_sizes(size, None)))[-1] < 1:
+                parser.error(f"gpu: --steps {args.steps} leaves no step for the final scale of the {size} px runs")
+    check_names(parser, "--photos", args.photos or [], ASSETS / "photos")
+    check_names(parser, "--styles", args.styles or [], ASSETS / "styles")
+    # The photos each benchmark stylizes, and at which sizes: a wide photo at a small size is too
+    # short for the loss network (the engine refuses it, which ended the benchmark in a traceback).
+    used = {"layers": ([p for p, _ in LAYER_PAIRS], [args.size]),
+            "quality": (args.photos or [p.stem for p in photos()], [args.size]),
+            "adam-vs-lbfgs": (["chelsea"], [args.size]), "lr-sweep": (["chelsea"], [args.size]),
+            "memory": (["astronaut"], args.sizes), "memory-one": (["astronaut"], [args.size]),
+            "gpu": (["chelsea"], args.sizes)}.get(args.what, ([], []))
+    check_photo_sizes(parser, [ASSETS / "photos" / f"{name}.jpg" for name in used[0]], used[1])
+    check_output_dir(parser, "--results", RESULTS)
     handlers = {"layers": bench_layers, "quality": bench_quality, "speed": bench_speed, "memory": bench_memory,
                 "memory-one": bench_memory_one, "adam-vs-lbfgs": bench_adam_vs_lbfgs, "lr-sweep": bench_lr_sweep,
                 "gpu": bench_gpu}

@@ -10,7 +10,6 @@ machine's load average is recorded too: on a shared machine it inflates every nu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,7 +23,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from artopt.learned_optimizers import LSTMOptimizerNet, learned_update  # noqa: E402
-from artopt.tasks import get_task  # noqa: E402
+from artopt.tasks import TASKS, get_task  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_args import check_output_file, dumps, positive_int  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -63,11 +65,18 @@ def measure(suite: str, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suites", default="quadratic,mnist,mnist-40,mnist-2layer,cifar10,cifar2")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--suites", default="quadratic,mnist,mnist-40,mnist-2layer,cifar10,cifar2",
+                    help=f"comma-separated, of {', '.join(TASKS)} (default: %(default)s)")
+    ap.add_argument("--repeats", type=positive_int, default=20, help="timed steps per suite (default: %(default)s)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: %(default)s)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results there too (default: print only)")
     args = ap.parse_args(argv)
+    # checked now: an unknown suite or an unwritable --json failed after the suites before it had run
+    unknown = [s for s in args.suites.split(",") if s not in TASKS]
+    if unknown:
+        ap.error(f"--suites: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(TASKS)})")
+    if args.json:
+        check_output_file(ap, "--json", args.json)
     torch.set_num_threads(args.threads)
     out = {"threads": args.threads, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "suites": {}}
@@ -77,7 +86,7 @@ def main(argv=None) -> int:
     out["load_average_after"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        args.json.write_text(dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -5,7 +5,8 @@ on the page and to the finished before/after result; saves a screenshot of the f
 one of the page's answer to a 0-byte upload; writes everything to a JSON file.
 
     .venv/bin/python bench/web_timing.py                      # 512 px, the engine's default steps
-    .venv/bin/python bench/web_timing.py --size 256 --steps 20 --json /tmp/t.json
+    .venv/bin/python bench/web_timing.py --size 256 --steps 20 --json /tmp/t.json \
+        --screenshot /tmp/t.png --zero-byte-screenshot /tmp/z.png   # not over docs/'s screenshots
 
 Needs ``bash .ci/install-browser`` (system chromium + the playwright package).
 """
@@ -13,16 +14,20 @@ Needs ``bash .ci/install-browser`` (system chromium + the playwright package).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when `artopt bench web` runs this file
+
+from bench_args import check_output_file, dumps, positive_int  # noqa: E402
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -35,29 +40,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
+def menu_option(label: str) -> re.Pattern:
+    """The Optimizer menu entry ``label`` names.  The whole label: Playwright's default substring
+    match for "Adam" also found "Adam, multi-scale basis" (and failed: two elements); "auto" has
+    the page's note after a colon."""
+    return re.compile(rf"^{re.escape(label)}(:.*)?$")
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=None, help="default: the engine's default")
-    parser.add_argument("--optimizer", default=None, help="default: the page's default")
+    parser.add_argument("--size", type=positive_int, default=512,
+                        help="output long side on the page (default: %(default)s; 256 up to the page's maximum)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="default: the engine's default")
+    parser.add_argument("--optimizer", default=None,
+                        help="the page's Optimizer menu entry, by key or label: auto, lstm, adam-ms, adam, lbfgs "
+                             "(default: the page's default)")
     parser.add_argument("--content", default=str(REPO / "assets/photos/chelsea.jpg"))
     parser.add_argument("--style", default=str(REPO / "assets/styles/starry_night.jpg"))
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (default 1: the CPUs here are shared, and 2 threads "
                              "on busy cores ran ~10x slower than 1)")
-    parser.add_argument("--json", default=str(REPO / "bench/results/web_timing.json"))
-    parser.add_argument("--screenshot", default=str(REPO / "docs/screenshot.png"))
-    parser.add_argument("--zero-byte-screenshot", default=str(REPO / "docs/zero_byte_upload.png"))
+    parser.add_argument("--json", default=str(REPO / "bench/results/web_timing.json"),
+                        help="default: bench/results/web_timing.json, the committed one")
+    parser.add_argument("--screenshot", default=str(REPO / "docs/screenshot.png"),
+                        help="the finished page (default: docs/screenshot.png, the committed one)")
+    parser.add_argument("--zero-byte-screenshot", default=str(REPO / "docs/zero_byte_upload.png"),
+                        help="the page's answer to a 0-byte upload "
+                             "(default: docs/zero_byte_upload.png, the committed one)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+
+    # Checked now, not after the app, the browser and the run: each of these failed late (a
+    # traceback, a 30 s Playwright timeout, or the JSON lost after the whole run).
+    for flag in ("--content", "--style"):
+        if not Path(getattr(args, flag[2:])).is_file():
+            parser.error(f"{flag} {getattr(args, flag[2:])}: no such file")
+    for flag in ("--json", "--screenshot", "--zero-byte-screenshot"):
+        check_output_file(parser, flag, getattr(args, flag[2:].replace("-", "_")))
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from playwright.sync_api import sync_playwright
 
     from artopt import web
-    from artopt.style.engine import StylizeConfig
+    from artopt.style.engine import StylizeConfig, resolve_device
+
+    # The page clamps its size and steps into its limits; the record would name the asked-for ones.
+    max_size = web.default_max_size_for(str(resolve_device("auto")))
+    if not web.MIN_SIZE <= args.size <= max_size:
+        parser.error(f"--size must be between {web.MIN_SIZE} and {max_size} (the page's limits), got {args.size}")
+    if args.steps is not None and args.steps > web.WebLimits().max_steps:
+        parser.error(f"--steps must be at most {web.WebLimits().max_steps} (the page's limit), got {args.steps}")
+    option = None
+    if args.optimizer:
+        option = web.OPTIMIZER_LABELS.get(args.optimizer, args.optimizer)
+        if option not in web.OPTIMIZER_LABELS.values():
+            parser.error(f"--optimizer: no menu entry {args.optimizer!r} "
+                         f"(choose from {', '.join(web.OPTIMIZER_LABELS)})")
+    if not (Path(args.chromium).is_file() and os.access(args.chromium, os.X_OK)):
+        parser.error(f"--chromium {args.chromium}: no such program (bash .ci/install-browser installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        parser.error("needs the playwright package: bash .ci/install-browser")
 
     steps = args.steps or StylizeConfig().steps
     t_build = time.perf_counter()
@@ -82,9 +127,9 @@ def main() -> int:
             page.locator("#style-image-1 input[type=file]").set_input_files(args.style)
             page.locator("#content-image img").first.wait_for(state="visible")
             page.locator("#style-image-1 img").first.wait_for(state="visible")
-            if args.optimizer:
+            if option:
                 page.get_by_role("combobox", name="Optimizer").click()
-                page.get_by_role("option", name=args.optimizer).click()
+                page.get_by_role("option", name=menu_option(option)).click()
             record["optimizer"] = page.get_by_role("combobox", name="Optimizer").input_value()
 
             clicked = time.perf_counter()
@@ -126,8 +171,8 @@ def main() -> int:
     finally:
         app.close()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    Path(args.json).write_text(dumps(record, indent=2) + "\n")
+    print(dumps(record, indent=2))
     return 0
 
 

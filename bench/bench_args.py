@@ -1,0 +1,113 @@
+"""Checks shared by the benchmark scripts: a bad flag or an output path that cannot be written ends
+in one argparse ``error:`` line (exit 2) before any work starts, not in a traceback minutes later;
+and the JSON they write is strict (a non-finite number is written as null: JSON has no NaN or
+Infinity, and strict readers refuse them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: an int of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+positive_int = at_least(1)
+
+
+def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) -> Path:
+    """Refuse, now, an output file that could not be written at the end of the run; its folder is
+    made now, as it would be then."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        ap.error(f"{flag} needs a file name")
+    if path.is_dir():
+        ap.error(f"{flag} {path} is a folder; give a file name")
+    _refuse_file_above(ap, flag, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"{flag} {path}: cannot make its folder ({exc.strerror or exc})")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        ap.error(f"{flag} {path} is not writable")
+    return path
+
+
+def _refuse_file_above(ap: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    for above in path.absolute().parents:  # mkdir's own error there is "File exists"
+        if above.exists():
+            if not above.is_dir():
+                ap.error(f"{flag} {path}: {above} is a file, not a folder")
+            return
+
+
+def check_output_dir(ap: argparse.ArgumentParser, flag: str, path: Path | str) -> Path:
+    """Refuse, now, an output folder that could not be written; it is made now."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        ap.error(f"{flag} {path} is a file; give a folder (made if missing)")
+    _refuse_file_above(ap, flag, path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"{flag} {path}: cannot make the folder ({exc.strerror or exc})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        ap.error(f"{flag} {path} is not writable")
+    return path
+
+
+def check_names(ap: argparse.ArgumentParser, flag: str, names, folder: Path) -> None:
+    """Each name must be a ``NAME.jpg`` in ``folder`` (the shipped photos or styles)."""
+    known = sorted(p.stem for p in folder.glob("*.jpg"))
+    for name in names:
+        if not (folder / f"{name}.jpg").is_file():
+            ap.error(f"{flag}: no {name}.jpg in {folder} (choose from {', '.join(known)})")
+
+
+def check_photo_sizes(ap: argparse.ArgumentParser, photos, sizes) -> None:
+    """Each photo must be stylizable at each size: a wide one made small is too short for the loss
+    network, which the engine refuses only when that run starts."""
+    from PIL import Image
+
+    from artopt.style.engine import content_size_problem
+    from artopt.style.loss_nets import MIN_SIDE
+
+    for photo in photos:
+        with Image.open(photo) as im:
+            width, height = im.size
+        for size in sizes:
+            problem = content_size_problem((height, width), size, MIN_SIDE, "the loss network")
+            if problem:
+                ap.error(f"{Path(photo).name}: {problem}")
+
+
+def finite_or_none(value):
+    """``value`` with every non-finite float (NaN, inf) in it replaced by None; tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def dumps(data, **kwargs) -> str:
+    """Strict JSON: a non-finite number is written as null."""
+    return json.dumps(finite_or_none(data), allow_nan=False, **kwargs)

@@ -1,0 +1,239 @@
+"""The benchmark scripts (bench/*.py): bad flags and unwritable outputs end in one argparse error
+line (exit 2) before any work, the JSON they write is strict, and a few of their numbers and labels.
+No benchmark runs here: each test stops at the checks or fakes the runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def load(name: str):
+    """bench/NAME.py as a module (not run as __main__)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def strict_loads(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def no_cli_runs(monkeypatch):
+    """The user-setting benchmarks' `artopt stylize` runs fail the test: nothing may run before the checks."""
+    load("bench_args")  # puts bench/ on sys.path
+    import cli_runs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a run started before the flags were checked: {args}")
+
+    monkeypatch.setattr(cli_runs.subprocess, "run", refuse)
+
+
+def expect_usage_error(capsys, name: str, argv: list[str], words: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        load(name).main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and words in last, err
+    return last
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("stylize", ["speed", "--timed-steps", "0"]),
+    ("stylize", ["layers", "--steps", "0"]),
+    ("task_step_time", ["--suites", "quadratic", "--repeats", "0"]),
+    ("web_timing", ["--steps", "0"]),  # 0 used to run the engine's default steps
+    ("long_runs", ["--steps", "1", "--size", "64", "--points", "0"]),  # labelled the last loss "0"
+    ("basis_variants", ["--problems", "0"]),
+    ("lstm_features", ["--engine-steps", "1"]),
+    ("lstm_threads", ["--rounds", "0"]),
+    ("lstm_onednn", ["--coords", "1000", "--rounds", "0"]),
+    ("lstm_layout", ["--repeats", "0"]),
+])
+def test_counts_below_their_minimum_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv):
+    expect_usage_error(capsys, name, [*argv, *(["--results", str(tmp_path)] if name == "stylize" else [])],
+                       "must be at least")
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("stylize", ["layers", "--results"]),
+    ("task_step_time", ["--suites", "quadratic", "--repeats", "1", "--json"]),
+    ("loss_net_truncation", ["--json"]),
+    ("web_timing", ["--json"]),
+    ("style_sweep", ["--json"]),
+    ("loss_weights", ["--out"]),
+    ("basis_variants", ["--json"]),
+    ("lstm_features", ["--json"]),
+    ("lstm_threads", ["--json"]),
+])
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    last = expect_usage_error(capsys, name, [*argv, str(blocker / "out" / "x.json")], "is a file, not a folder")
+    assert str(blocker) in last
+
+
+def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_path):
+    expect_usage_error(capsys, "long_runs", ["--json", str(tmp_path), "--out", str(tmp_path / "runs")],
+                       "is a folder; give a file name")
+    expect_usage_error(capsys, "stylize", ["layers", "--results", __file__], "is a file; give a folder")
+
+
+@pytest.mark.parametrize("name, argv, words", [
+    ("stylize", ["quality", "--photos", "nope"], "no nope.jpg"),
+    ("stylize", ["lr-sweep", "--optimizers", "lstm"], "invalid choice: 'lstm'"),  # was silently no optimizer
+    ("stylize", ["lr-sweep", "--size", "40"], "at least 49 px"),  # chelsea.jpg is 3:2
+    ("stylize", ["memory", "--sizes", "512", "9000"], "--sizes"),
+    ("stylize", ["gpu", "--steps", "3"], "no step for the final scale"),  # curve[-1] of an empty curve
+    ("long_runs", ["--photos", "nope"], "no nope.jpg"),
+    ("loss_weights", ["--style", "nope"], "no nope.jpg"),
+    ("style_sweep", ["--size", "16"], "--size"),
+    ("task_step_time", ["--suites", "quadratic,nope"], "unknown 'nope'"),
+    ("web_timing", ["--size", "64"], "the page's limits"),  # the page would run 256 px, recorded as 64
+    ("web_timing", ["--optimizer", "foo"], "no menu entry 'foo'"),
+    ("web_timing", ["--content", "/no/such.jpg"], "no such file"),
+    ("web_timing", ["--chromium", "/no/such/chromium"], "no such program"),
+])
+def test_bad_inputs_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv, words):
+    extra = {"stylize": ["--results", str(tmp_path)], "task_step_time": ["--repeats", "1"]}.get(name, [])
+    expect_usage_error(capsys, name, [*argv, *extra], words)
+
+
+def test_artopt_bench_passes_the_scripts_usage_errors_on(capsys):
+    from artopt.cli import main
+
+    assert main(["bench", "task-step-time", "--suites", "quadratic", "--repeats", "0"]) == 2
+    assert "error: argument --repeats: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("bench_args", "cli_runs")))
+def test_every_script_has_help(capsys, name):
+    """--help prints the flags and runs nothing (loss_net_truncation ran the benchmark and replaced
+    its committed JSON)."""
+    with pytest.raises(SystemExit) as exc:
+        load(name).main(["--help"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_json_is_strict_non_finite_numbers_are_null(tmp_path):
+    dumps = load("bench_args").dumps
+    assert strict_loads(dumps({"a": math.nan, "b": [math.inf, 1.5], "c": (2, -math.inf)})) == \
+        {"a": None, "b": [None, 1.5], "c": [2, None]}
+    cli_runs = load("cli_runs")
+    cli_runs.write_report({"ratio": math.inf, "losses": [math.nan]}, tmp_path / "r.json")
+    assert strict_loads((tmp_path / "r.json").read_text()) == {"ratio": None, "losses": [None]}
+    stylize = load("stylize")
+    stylize.RESULTS = tmp_path
+    stylize.write_json("x", {"loss": math.nan})
+    assert strict_loads((tmp_path / "x.json").read_text())["loss"] is None
+
+
+def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
+    """min() keeps a NaN it meets first: a diverged first rate was reported as the best."""
+    stylize = load("stylize")
+    losses = {0.01: math.nan, 0.02: 3.0, 0.05: 2.0}
+
+    def fake_stylize(content, styles, config, callback):
+        callback(SimpleNamespace(losses={"total": losses[config.lr]}))
+
+    monkeypatch.setattr(stylize, "stylize", fake_stylize)
+    monkeypatch.setattr(stylize, "_load_assets", lambda names, folder: [None])
+    monkeypatch.setattr(stylize, "RESULTS", tmp_path)
+    stylize.bench_lr_sweep(SimpleNamespace(size=64, steps=1, optimizers=["adam"]))
+    report = strict_loads((tmp_path / "lr_sweep.json").read_text())
+    assert report["best_lr"] == {"adam": "0.05"}
+    assert report["final_total_loss"]["adam"]["0.01"] is None
+
+
+def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
+    path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "content_path": str(content),
+                                             "style_paths": [str(style)]},
+                                "steps": [{"step": 1, "scale": 0, "total": 2.0}]}))
+
+
+def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
+    """loss_weights' and style_sweep's run names do not name the size: --reuse read a run made at
+    another --size as this one."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        _fake_log(Path(cmd[cmd.index("--log-json") + 1]), content, style, int(cmd[cmd.index("--size") + 1]))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(cli_runs.subprocess, "run", fake_run)
+    _fake_log(tmp_path / "run.json", content, style, 128)
+    cli_runs.stylize_totals(content, style, ["--size", "128", "--optimizer", "lstm"], tmp_path, "run", reuse=True)
+    assert calls == []  # the same settings: reused
+    run = cli_runs.stylize_totals(content, style, ["--size", "64", "--optimizer", "lstm"], tmp_path, "run", reuse=True)
+    assert len(calls) == 1 and run["settings"]["size"] == 64
+
+
+def test_a_failed_cli_run_is_one_line_not_a_traceback(monkeypatch, tmp_path):
+    cli_runs = load("cli_runs")
+    monkeypatch.setattr(cli_runs.subprocess, "run", lambda cmd, **kwargs: SimpleNamespace(returncode=2))
+    with pytest.raises(SystemExit) as exc:
+        cli_runs.stylize_totals(Path("c.jpg"), Path("s.jpg"), ["--size", "64"], tmp_path, "run")
+    assert isinstance(exc.value.code, str) and exc.value.code.startswith("this run failed: ")
+
+
+def test_long_runs_rise_is_measured_on_the_final_scale(monkeypatch, tmp_path):
+    """From 384 px a run is coarse-to-fine: the jump in loss at the next scale is no rise of the LSTM."""
+    long_runs = load("long_runs")
+    steps = [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.0},
+             {"step": 3, "scale": 1, "total": 5.0}, {"step": 4, "scale": 1, "total": 4.0}]
+
+    def fake_totals(content, style, flags, out, stem, reuse):
+        return {"steps": steps, "totals": [s["total"] for s in steps]}
+
+    monkeypatch.setattr(long_runs, "stylize_totals", fake_totals)
+    assert long_runs.main(["--photos", "chelsea", "--size", "512", "--steps", "4", "--points", "2", "4",
+                           "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    row = strict_loads((tmp_path / "r.json").read_text())["runs"][0]
+    assert row["lstm_largest_rise_over_its_best"] == 0.0 and row["lstm_lowest_at_step"] == 4
+    assert row["lstm"] == {"2": 1.0, "4": 4.0}
+
+
+def test_web_timing_picks_exactly_one_menu_entry():
+    """Playwright's substring match for "Adam" found two entries and failed (strict mode)."""
+    from artopt.web import OPTIMIZER_LABELS
+
+    web_timing = load("web_timing")
+    # the page's menu: its "auto" entry, when there is one, carries a note
+    entries = [v for k, v in OPTIMIZER_LABELS.items() if k != "auto"] + ["auto: learned (LSTM) from 256 px, Adam below"]
+    for label in OPTIMIZER_LABELS.values():
+        matches = [e for e in entries if web_timing.menu_option(label).search(e)]
+        assert len(matches) == 1 and matches[0].startswith(label), (label, matches)
+
+
+@pytest.mark.parametrize("name", ["lstm_layout", "lstm_compile"])
+def test_prototypes_without_moment_inputs_say_so(monkeypatch, tmp_path, name):
+    from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
+    from artopt.learned_optimizers.weights import load_learned
+
+    if not load_learned(weights_path(NEURAL_ART))["default"].config.moment_inputs:
+        pytest.skip("the shipped network takes no moment inputs")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # lstm_compile sets it for the process
+    with pytest.raises(SystemExit) as exc:
+        load(name).main(["--coords", "64", "--repeats", "1", "--json", str(tmp_path / "x.json")])
+    assert "moment inputs" in str(exc.value.code)
