@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -125,8 +126,9 @@ def _build_parser() -> argparse.ArgumentParser:
             ("evaluate", "learned optimizer vs tuned baselines (train/evaluate.py, train/eval_neural_art.py)",
              "what to evaluate: neural-art (then its setting: 64, 128, 256, 384, 512, summary, grid), or a suite of "
              "train/evaluate.py (quadratic, mnist, cifar10, ...)"),
-            ("bench", "engine benchmarks (bench/stylize.py, bench/web_timing.py, bench/task_step_time.py)",
-             "which benchmark: quality, speed, memory, ... (bench/stylize.py), web, task-step-time")):
+            ("bench", "engine benchmarks (bench/stylize.py, "
+                      + ", ".join(f"bench/{s}" for s in OTHER_BENCH_SCRIPTS.values()) + ")",
+             "which benchmark: quality, speed, memory, ... (bench/stylize.py), " + ", ".join(OTHER_BENCH_SCRIPTS))):
         sp = sub.add_parser(name, help=help_text, add_help=False,
                             description=f"{help_text}; every argument goes to the script: "
                                         f"'artopt {name} TARGET --help' shows its flags.")
@@ -295,7 +297,7 @@ def _with_flag_names(message: str, fields: list[str], aliases: dict[str, str] | 
 
 def _stylize(args: argparse.Namespace) -> int:
     from artopt.style.engine import StylizeConfig, resolve_device, resolve_lr, resolve_optimizer, stylize
-    from artopt.style.images import load_image, save_image
+    from artopt.style.images import ImageError, load_image, save_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
     try:
@@ -381,7 +383,10 @@ def _stylize(args: argparse.Namespace) -> int:
             if info.notice:
                 bar.write(info.notice)
         if args.save_every and info.image is not None and info.step % args.save_every == 0:
-            save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+            try:
+                save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+            except ImageError as exc:  # e.g. a full disk: the run, and its final image, go on
+                (bar.write if bar is not None else print)(f"artopt: warning: {exc}", file=sys.stderr)
 
     start = time.perf_counter()
     try:
@@ -392,7 +397,22 @@ def _stylize(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-    save_image(result, output)
+    failed_save = None
+    try:
+        save_image(result, output)
+    except ImageError as exc:
+        # The run's work is not thrown away: the image goes to a temporary file, which the error names.
+        failed_save = exc
+        try:
+            fd, fallback = tempfile.mkstemp(prefix=f"artopt-{output.stem}-", suffix=output.suffix)
+            os.close(fd)
+        except OSError:
+            raise exc from None
+        try:
+            output = save_image(result, fallback)
+        except ImageError:  # nowhere to write: the error is the user's file's
+            Path(fallback).unlink(missing_ok=True)
+            raise exc from None
     if log_path is not None:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=optimizer,
@@ -407,6 +427,8 @@ def _stylize(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc}); "
                            f"the image was saved to {output}") from None
+    if failed_save is not None:
+        raise CLIError(f"{failed_save}; the image was saved to {output} instead")
     if not args.quiet:
         print(f"wrote {output}" + (" (stopped early)" if stop_requested else ""), file=sys.stderr)
     return 0

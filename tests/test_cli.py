@@ -52,6 +52,44 @@ def test_save_every_writes_intermediate_images(tmp_path):
     assert (tmp_path / "out_step2.png").is_file() and out.is_file()
 
 
+def _failing_save(monkeypatch, fails):
+    """save_image that fails (as on a full disk) for the paths ``fails`` picks."""
+    import artopt.style.images as images
+    from artopt.style.images import ImageError
+
+    real = images.save_image
+
+    def save(image, path, **kwargs):
+        if fails(Path(path)):
+            raise ImageError(f"{path}: cannot write image (No space left on device)")
+        return real(image, path, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", save)
+
+
+def test_an_intermediate_image_that_cannot_be_written_does_not_end_the_run(tmp_path, monkeypatch, capsys):
+    _failing_save(monkeypatch, lambda p: "_step" in p.name)
+    out = tmp_path / "out.png"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "2", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file() and not (tmp_path / "out_step2.png").exists()
+    assert f"artopt: warning: {tmp_path / 'out_step2.png'}: cannot write image (No space left on device)" in err
+
+
+def test_a_final_image_that_cannot_be_written_is_saved_elsewhere(tmp_path, monkeypatch, capsys):
+    _failing_save(monkeypatch, lambda p: p.parent == tmp_path)
+    out, log = tmp_path / "out.png", tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"artopt: error: {out}: cannot write image (No space left on device); the image was saved to ")
+    fallback = Path(err.rsplit(" was saved to ", 1)[1].removesuffix(" instead"))
+    try:
+        assert not out.exists() and Image.open(fallback).size == (48, 32)
+        assert json.loads(log.read_text())["settings"]["output_path"] == str(fallback)
+    finally:
+        fallback.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: [str(d / "missing.jpg"), str(STYLE), "-o", str(d / "o.png")], "not found"),
     (lambda d: [str(d / "text.jpg"), str(STYLE), "-o", str(d / "o.png")], "not an image"),
@@ -349,6 +387,15 @@ def test_bench_typo_lists_every_target(capsys):
     # bench/stylize.py's own targets and those with their own script, each once
     assert {"quality", "gpu", "web", "task-step-time"} <= set(targets) and len(set(targets)) == len(targets)
     assert all(cli.script_for("bench", t)[0].is_file() for t in targets)
+
+
+def test_bench_help_names_every_script_and_target(capsys):
+    import artopt.cli as cli
+
+    assert main(["bench", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    for target, script in cli.OTHER_BENCH_SCRIPTS.items():
+        assert f"bench/{script}" in out and target in out
 
 @pytest.mark.parametrize("flags, message", [
     (["--style-weights", "nan"], "--style-weights must be between"),
