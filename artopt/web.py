@@ -30,10 +30,11 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from artopt.shipped_files import shipped_dir
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS_DIR = REPO_ROOT / "assets"
+ASSETS_DIR = shipped_dir("assets")  # preset photos and styles: the checkout's, or an installed wheel's
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 N_STYLE_SLOTS = 3

@@ -8,8 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# The repository's weights/ folder; ARTOPT_WEIGHTS_DIR points elsewhere (e.g. an installed copy).
-WEIGHTS_DIR = Path(os.environ.get("ARTOPT_WEIGHTS_DIR", Path(__file__).resolve().parents[2] / "weights"))
+from ..shipped_files import shipped_dir
+
+# The repository's weights/ folder, or the copy an installed wheel carries; ARTOPT_WEIGHTS_DIR
+# points elsewhere.
+WEIGHTS_DIR = Path(os.environ.get("ARTOPT_WEIGHTS_DIR") or shipped_dir("weights"))
 
 NEURAL_ART = "neural_art"
 
