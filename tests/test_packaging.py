@@ -4,6 +4,7 @@ app's presets (pyproject.toml maps weights/ and assets/ into the package)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,10 +25,16 @@ def test_the_package_list_names_every_sub_package():
 
 @pytest.mark.slow
 def test_an_installed_wheel_has_its_weights_and_presets(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Built from a copy: setuptools leaves build/ (and egg-info) in the folder it builds.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("artopt", "weights", "assets"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # No build isolation and no dependencies: nothing is downloaded, the venv's setuptools builds it.
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True,
                    cwd=tmp_path, capture_output=True)
     (wheel,) = wheels.glob("artopt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
