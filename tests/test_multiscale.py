@@ -194,3 +194,84 @@ def test_problem_form_starts_at_the_image_and_keeps_groups_and_count():
     assert all(float(p.abs().sum()) == 0 for p in mp.params)
     assert mp.groups == ["default", "default"] and mp.count == 2 and mp.info["levels"] == [2]
     assert torch.allclose(mp.loss(mp.params, 0), problem.loss(problem.params, 0))
+
+
+@pytest.mark.parametrize("shape, levels", [((1, 1, 1, 1), 3), ((1, 1, 1, 7), 4), ((7, 1), 2), ((3, 5), 6),
+                                           ((2, 3, 17, 9), 3), ((1, 2, 2, 3), 5)])
+def test_adjoint_is_exact_for_odd_sides_1_pixel_sides_and_more_levels_than_the_image_has(shape, levels):
+    g = torch.Generator().manual_seed(2)
+    shapes = level_shapes(shape, levels)
+    assert all(min(s[-2:]) >= 1 for s in shapes)  # levels past 1 px stay 1 px
+    zs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    y = torch.randn(shape, generator=g, dtype=torch.float64)
+    adj = adjoint(y, shapes)
+    assert [tuple(a.shape) for a in adj] == [tuple(s) for s in shapes]
+    lhs = (synthesize(zs, shape[-2:]) * y).sum()
+    torch.testing.assert_close(lhs, sum((z * a).sum() for z, a in zip(zs, adj)), rtol=1e-12, atol=1e-12)
+
+
+def test_state_dict_carries_the_inner_optimizers_state():
+    """The state dict held the outer optimizer's state only (empty): a reloaded run restarted the
+    LSTM from zero state and took another step than the run it was saved from."""
+    nets = _nets()
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+
+    def make(x):
+        return MultiscaleOptimizer([x], lambda zs: LearnedOptimizer(zs, nets=nets), levels=2)
+
+    opt = make(image)
+    for _ in range(3):
+        image.grad = torch.randn_like(image)
+        opt.step()
+    saved = opt.state_dict()
+    copy = image.detach().clone().requires_grad_(True)
+    reloaded = make(copy)
+    reloaded.load_state_dict(saved)
+    grad = torch.randn_like(image)
+    image.grad, copy.grad = grad.clone(), grad.clone()
+    opt.step()
+    reloaded.step()
+    assert torch.equal(image, copy)
+    with pytest.raises(ValueError, match="inner"):
+        reloaded.load_state_dict({k: v for k, v in saved.items() if k != "inner"})
+    # a plain torch inner optimizer round-trips too
+    sgd = MultiscaleOptimizer([torch.rand(4, 4, requires_grad=True)], lambda zs: torch.optim.SGD(zs, lr=0.1, momentum=0.9))
+    sgd.images[0].grad = torch.ones(4, 4)
+    sgd.step()
+    other = MultiscaleOptimizer([torch.rand(4, 4, requires_grad=True)], lambda zs: torch.optim.SGD(zs, lr=0.1, momentum=0.9))
+    other.load_state_dict(sgd.state_dict())
+    assert torch.equal(other.inner.state[other.flat[0]]["momentum_buffer"], sgd.inner.state[sgd.flat[0]]["momentum_buffer"])
+
+
+def test_an_image_without_a_gradient_leaves_its_coefficients_state_alone():
+    """Without a zero_grad, an image whose gradient was set to None kept its coefficients' old gradient,
+    and the inner optimizer stepped on it (the LSTM state moved while the image did not)."""
+    nets = _nets()
+    a, b = torch.rand(1, 1, 8, 8, requires_grad=True), torch.rand(1, 1, 8, 8, requires_grad=True)
+    opt = MultiscaleOptimizer([a, b], lambda zs: LearnedOptimizer(zs, nets=nets), levels=2)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    h = opt.inner.state[opt.flat[1]]["h"].clone()
+    b_before = b.detach().clone()
+    b.grad = None
+    opt.step()
+    assert torch.equal(opt.inner.state[opt.flat[1]]["h"], h) and torch.equal(b, b_before)
+
+
+def test_bad_coarsest_and_late_images_are_refused():
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    for coarsest in (0, -1, float("inf")):
+        with pytest.raises(ValueError, match="coarsest"):
+            MultiscaleOptimizer([image], lambda zs: torch.optim.SGD(zs, lr=0.1), coarsest=coarsest)
+    assert auto_levels(16, 16, 8.0) == auto_levels(16, 16, 8) == 2
+    opt = MultiscaleOptimizer([image], lambda zs: torch.optim.SGD(zs, lr=0.1))
+    with pytest.raises(NotImplementedError, match="images"):  # it would get no coefficients and never move
+        opt.add_param_group({"params": [torch.rand(1, 3, 8, 8, requires_grad=True)]})
+
+
+def test_problem_form_keeps_the_coefficients_on_the_images_device():
+    """The coefficients were made on the CPU whatever the image's device (a CUDA problem failed)."""
+    image = torch.zeros(1, 3, 16, 16, device="meta")
+    mp = multiscale_problem(Problem([image], lambda ps, t: ps[0].sum()), 2)
+    assert [p.device for p in mp.params] == [image.device] * 2

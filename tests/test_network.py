@@ -352,3 +352,68 @@ def test_inputs_computed_per_block_give_the_update_of_inputs_per_chunk(monkeypat
     u_perm, _ = net._inference(g[perm], (state[0][:, perm], state[1][:, perm]), chunk=700,
                                moments=(moments[0][perm], moments[1][perm]), level=level[perm])
     torch.testing.assert_close(u_perm, u_chunk[perm])
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 64, 100, 257])
+def test_inference_equals_the_differentiable_path_for_any_chunking(n):
+    """Chunks that divide n, that do not, larger than n, of 1; n = 0 and 1; fp32 state to rounding,
+    reduced-precision state keeping its dtypes."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, head_hidden=8)
+    g = torch.randn(n) * torch.logspace(-6, 1, n)
+    moments = net.update_moments(g, None)
+    state = (torch.randn(2, n, 20) * 0.5, torch.randn(2, n, 20))
+    u_d, (h_d, c_d) = net._differentiable(g, state, moments)
+    for chunk in (1, 7, 64, 100, 1000):
+        u, (h, c) = net._inference(g, state, chunk=chunk, moments=moments)
+        torch.testing.assert_close(u, u_d.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h, h_d.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c, c_d.detach(), rtol=1e-5, atol=1e-6)
+        _, (h16, c16) = net._inference(g, (state[0].half(), state[1].bfloat16()), chunk=chunk, moments=moments)
+        assert h16.dtype == torch.float16 and c16.dtype == torch.bfloat16
+
+
+def test_a_state_or_gradient_of_the_wrong_shape_is_refused():
+    """A state for more coordinates than the gradient came back from the no-grad path with its extra
+    rows uninitialised (torch.empty); a 2-D gradient or a chunk of 0 or less failed obscurely or
+    returned uninitialised updates."""
+    net = LSTMOptimizerNet()
+    for grad_enabled in (False, True):
+        with torch.set_grad_enabled(grad_enabled):
+            with pytest.raises(ValueError, match=r"state h has shape \(2, 6, 20\).*\(2, 4, 20\)"):
+                net(torch.randn(4), net.init_state(6))
+            with pytest.raises(ValueError, match="state c"):
+                net(torch.randn(4), (net.init_state(4)[0], torch.zeros(2, 4, 10)))
+            with pytest.raises(ValueError, match=r"flat gradient of shape \(N,\), got \(2, 3\)"):
+                net(torch.randn(2, 3), net.init_state(6))
+            with pytest.raises(ValueError, match="dtypes"):
+                net(torch.randn(4), (net.init_state(4)[0], torch.zeros(2, 4, 20, dtype=torch.int8)))
+    moody = LSTMOptimizerNet(moment_inputs=True)
+    g = torch.randn(5)
+    m, v = moody.update_moments(g, None)
+    with pytest.raises(ValueError, match="moment v"):
+        moody(g, moody.init_state(5), (m, v[:4]))
+    for chunk in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="chunk"):
+            net._inference(g, net.init_state(5), chunk=chunk)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("preprocess", "false"), ("moment_inputs", 1), ("output_scale", "0.1"), ("output_scale", float("nan")),
+    ("p", float("inf")), ("p", 0.0), ("beta1", None), ("hidden_size", True), ("hidden_size", 20.0), ("num_layers", "2"),
+])
+def test_config_values_of_the_wrong_type_are_refused_naming_the_field(field, value):
+    """The string "false" for preprocess was truthy and ran as True; a string output_scale failed only
+    at the first step; p = inf gave NaN features."""
+    with pytest.raises(ValueError, match=field):
+        LSTMOptimizerConfig(**{field: value})
+    LSTMOptimizerConfig(p=10, output_scale=1, beta1=0)  # whole numbers are numbers
+
+
+def test_learned_update_takes_an_empty_parameter_with_or_without_a_meta_fraction():
+    """A parameter of 0 coordinates got a 1-coordinate subset state (refused since states are checked)."""
+    nets = torch.nn.ModuleDict({"default": LSTMOptimizerNet()})
+    for fraction in (1.0, 0.5):
+        new, states = learned_update(nets, [torch.zeros(0)], [torch.zeros(0)], ["default"], {}, fraction,
+                                     torch.Generator().manual_seed(0))
+        assert new[0].shape == (0,) and states["default"][0].shape == (2, 0, 20)

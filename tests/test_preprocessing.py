@@ -41,3 +41,10 @@ def test_non_finite_inputs_give_finite_features():
     assert torch.isfinite(out).all()
     assert out[0].tolist() == [-1.0, 0.0]  # NaN treated as a zero gradient
     assert out[1, 1].item() == 1.0 and out[2, 1].item() == -1.0
+
+
+@pytest.mark.parametrize("p", [float("nan"), float("inf"), -1.0])
+def test_p_must_be_positive_and_finite(p):
+    # NaN passed the old `p <= 0` check and gave NaN features; inf gave NaN for a zero gradient
+    with pytest.raises(ValueError, match="positive and finite"):
+        preprocess_gradients(torch.tensor([0.0, 1.0]), p=p)

@@ -18,6 +18,7 @@ The levels add a third to the coordinates (1 + 1/4 + 1/16 + ...), and with it to
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Iterable
 
 import torch
@@ -31,6 +32,9 @@ COARSEST = 8  # px: levels stop where the coarsest one would have fewer pixels a
 
 def auto_levels(height: int, width: int, coarsest: int = COARSEST) -> int:
     """Levels for an image: halve until the short side would drop below ``coarsest`` (64 px: 4)."""
+    if isinstance(coarsest, bool) or not isinstance(coarsest, numbers.Real) or not 0 < coarsest < math.inf:
+        # 0, negative and infinite values failed inside math.log2 with no word about which argument
+        raise ValueError(f"coarsest must be a positive number of pixels, got {coarsest!r}")
     short = min(height, width)
     return 1 + max(0, int(math.floor(math.log2(max(short, 1) / coarsest))))
 
@@ -112,6 +116,25 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         """Coordinates the inner optimizer keeps state for (about 4/3 of the pixels)."""
         return sum(f.numel() for f in self.flat)
 
+    def state_dict(self) -> dict:
+        """torch's, plus the inner optimizer's (all the state there is: the learned optimizer's LSTM
+        state, Adam's moments).  Without it a saved and reloaded run restarted the inner optimizer."""
+        return {**super().state_dict(), "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "inner" not in state_dict:
+            raise ValueError("this state dict holds no inner optimizer state ('inner'): it was not saved by a "
+                             "MultiscaleOptimizer")
+        state_dict = dict(state_dict)
+        inner = state_dict.pop("inner")
+        super().load_state_dict(state_dict)
+        self.inner.load_state_dict(inner)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "inner"):  # an image added later would get no coefficients and never move
+            raise NotImplementedError("MultiscaleOptimizer takes its images when it is made; make a new one")
+        super().add_param_group(param_group)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         self.inner.zero_grad(set_to_none)
@@ -124,6 +147,9 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         active = []
         for p, flat, zs in zip(self.images, self.flat, self.coefficients):
             if p.grad is None:
+                # An image without a gradient takes no step: its coefficients must not either (their
+                # gradient from an earlier step would still be there without a zero_grad).
+                flat.grad = None
                 continue
             flat.zero_()  # after the inner step, the coefficients hold the update alone
             flat.grad = torch.cat([g.reshape(-1) for g in adjoint(p.grad, [z.shape for z in zs])])
@@ -150,7 +176,7 @@ def multiscale_problem(problem: Problem, levels: int | None = None, coarsest: in
         s = level_shapes(x.shape, levels if levels is not None else auto_levels(*x.shape[-2:], coarsest))
         counts.append(len(s))
         shapes.append(s)
-        params += [torch.zeros(shape, dtype=x.dtype) for shape in s]
+        params += [torch.zeros(shape, dtype=x.dtype, device=x.device) for shape in s]  # (was always on the CPU)
     bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
 
     def images(zs):

@@ -8,6 +8,7 @@ numbers).  The update is ``output_scale · Linear(h)``; θ ← θ + update.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -94,6 +95,22 @@ class LSTMOptimizerConfig:
     head_hidden: int = 0
 
     def __post_init__(self):
+        # Checked here, not where the value is first used: a config read from a weights file with a
+        # mistyped value (the string "false" for preprocess is truthy; a string output_scale fails
+        # only at the first step) is refused when the file loads, naming the field.
+        for name in ("hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("preprocess", "moment_inputs", "time_inputs", "level_inputs", "loss_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("p", "output_scale", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not self.p > 0:
+            raise ValueError(f"p must be positive, got {self.p!r}")
         if self.grad_normalization not in GRAD_NORMALIZATIONS:
             raise ValueError(f"grad_normalization must be one of {GRAD_NORMALIZATIONS}, got {self.grad_normalization!r}")
         for name in ("beta1", "beta2"):
@@ -110,7 +127,8 @@ class LSTMOptimizerConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown learned-optimizer config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown learned-optimizer config keys: {sorted(unknown)} (written by a newer "
+                             "version of artopt?)")
         return cls(**d)
 
 
@@ -212,12 +230,40 @@ class LSTMOptimizerNet(nn.Module):
         with torch.no_grad():
             return self._inference(grad, state, moments=moments, step=step, level=level, change=change)
 
+    def _check_call(self, grad: torch.Tensor, state: State, moments: Moments | None,
+                    level: torch.Tensor | None) -> None:
+        """ValueError unless ``grad`` is (N,) and the state, moments and levels are N coordinates' worth
+        on its device.  A state with more coordinates than the gradient used to come back from the
+        inference path with its extra rows uninitialised (torch.empty) instead of an error."""
+        if not torch.is_tensor(grad) or grad.dim() != 1:
+            raise ValueError(f"the learned optimizer takes a flat gradient of shape (N,), got "
+                             f"{tuple(grad.shape) if torch.is_tensor(grad) else type(grad).__name__}")
+        n = grad.numel()
+        if not (isinstance(state, (tuple, list)) and len(state) == 2 and all(map(torch.is_tensor, state))):
+            raise ValueError("the LSTM state must be a pair of tensors (h, c)")
+        want = (self.config.num_layers, n, self.config.hidden_size)
+        for name, t in zip("hc", state):
+            if tuple(t.shape) != want:
+                raise ValueError(f"LSTM state {name} has shape {tuple(t.shape)}; a gradient of {n} coordinate(s) "
+                                 f"needs (num_layers, N, hidden_size) = {want}")
+            if t.device != grad.device:
+                raise ValueError(f"LSTM state {name} is on {t.device}, the gradient on {grad.device}")
+        if not (state[0].is_floating_point() or state[0].dtype == torch.int8) or not state[1].is_floating_point():
+            raise ValueError(f"LSTM state dtypes must be float (h may be int8), got h {state[0].dtype}, "
+                             f"c {state[1].dtype}")
+        extra = [] if moments is None else [("moment m", moments[0]), ("moment v", moments[1])]
+        extra += [] if level is None else [("level", level)]
+        for name, t in extra:
+            if tuple(t.shape) != (n,):
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, the gradient has {n} coordinate(s)")
+
     def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
                         step: int | None = None, level: torch.Tensor | None = None,
                         change: float | None = None) -> tuple[torch.Tensor, State]:
         """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
         this module's weights, but forward+backward runs about 2x faster on CPU for the small,
         single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
+        self._check_call(grad, state, moments, level)
         x = inputs = self.features(grad.detach(), moments, step, level, change)
         h_in, c_in = state
         hs, cs = [], []
@@ -261,11 +307,15 @@ class LSTMOptimizerNet(nn.Module):
         int8.  Each chunk converts its slice of the state to fp32 and rounds the result back, so a
         reduced-precision state never exists in fp32 as a whole (that copying cost more than the
         LSTM itself on large images)."""
+        self._check_call(grad, state, moments, level)
         H = self.config.hidden_size
         h_in, c_in = state
         n = grad.numel()
         if chunk is None:
             chunk = CPU_CHUNK if grad.device.type == "cpu" else GPU_CHUNK
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+            # 0 failed with a ZeroDivisionError; a negative chunk ran no chunk and returned torch.empty
+            raise ValueError(f"chunk must be a whole number >= 1, got {chunk!r}")
         h_out, c_out = torch.empty_like(h_in), torch.empty_like(c_in)
         int8_h = h_in.dtype == torch.int8
         fp32_h, fp32_c = h_out.dtype == torch.float32, c_out.dtype == torch.float32
@@ -413,13 +463,15 @@ def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states
     n = flat.numel()
     key_idx, key_state = f"{group}/meta_idx", f"{group}/meta_state"
     if states.get(key_idx) is None:
-        k = max(1, min(n, round(fraction * n)))
+        k = min(n, max(1, round(fraction * n)))  # (the same for n >= 1; an empty group gets an empty subset)
         states[key_idx] = torch.randperm(n, generator=generator)[:k].sort().values.to(flat.device)
         states[key_state] = net.init_state(k, device=flat.device)
     idx = states[key_idx]
     with torch.no_grad():
         update, states[group] = net._inference(flat, states[group], moments=moments, step=step, level=level,
                                                change=change)
+    if idx.numel() == 0:  # an empty group: nothing to backpropagate through (and n / 0 below)
+        return update
     sub_moments = None if moments is None else (moments[0][idx], moments[1][idx])
     sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments, step,
                                         None if level is None else level[idx], change)

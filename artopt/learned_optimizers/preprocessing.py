@@ -22,8 +22,9 @@ def sanitize(grad: torch.Tensor) -> torch.Tensor:
 
 def preprocess_gradients(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """Map gradients of shape (N,) to LSTM inputs of shape (N, 2); non-finite values are sanitized."""
-    if p <= 0:
-        raise ValueError(f"preprocessing exponent p must be positive, got {p}")
+    # NaN passed `p <= 0` and gave NaN features; p = inf gave NaN (0 · log 0) for zero gradients.
+    if not (p > 0 and math.isfinite(p)):
+        raise ValueError(f"preprocessing exponent p must be positive and finite, got {p}")
     g = sanitize(grad.float())
     magnitude = g.abs()
     large = magnitude >= math.exp(-p)

@@ -18,6 +18,9 @@ from safetensors.torch import load_file, save_file
 from .network import LSTMOptimizerConfig, LSTMOptimizerNet
 
 FORMAT = 1
+# The config fields every format-1 file has carried (later fields default to off when missing).  A
+# file without one of these is damaged: a missing output_scale must not silently become 0.1.
+REQUIRED_CONFIG_KEYS = ("hidden_size", "num_layers", "preprocess", "p", "output_scale")
 
 
 class WeightsError(ValueError):
@@ -27,6 +30,10 @@ class WeightsError(ValueError):
 def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], card: dict | None = None) -> Path:
     """Write ``nets`` to ``path`` (.safetensors) atomically, and ``card`` to the sibling .json."""
     path = Path(path)
+    for name in nets:
+        # tensors are named "<net>.<parameter>": a dotted name would be read back as another network
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"network names must be non-empty strings without '.', got {name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         f"{name}.{key}": value.detach().to("cpu", torch.float32).contiguous()
@@ -62,8 +69,10 @@ def _read_metadata(path: Path) -> dict:
         raise WeightsError(f"{path}: corrupt artopt metadata ({e})") from None
     if not isinstance(info, dict):
         raise WeightsError(f"{path}: corrupt artopt metadata (a JSON object expected)")
-    if info.get("format") != FORMAT:
-        raise WeightsError(f"{path}: unsupported weights format {info.get('format')!r} (expected {FORMAT})")
+    fmt = info.get("format")
+    if isinstance(fmt, bool) or fmt != FORMAT:  # (True == 1 in Python)
+        newer = " (written by a newer version of artopt?)" if isinstance(fmt, int) and fmt > FORMAT else ""
+        raise WeightsError(f"{path}: unsupported weights format {fmt!r} (expected {FORMAT}){newer}")
     nets = info.get("nets")
     if not isinstance(nets, dict) or not nets or not all(isinstance(c, dict) for c in nets.values()):
         raise WeightsError(f"{path}: corrupt artopt metadata ('nets' must map network names to configs)")
@@ -82,6 +91,9 @@ def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimize
         raise WeightsError(f"{path}: corrupt or not a safetensors file ({e})") from None
     nets: dict[str, LSTMOptimizerNet] = {}
     for name, cfg in info["nets"].items():
+        missing = [k for k in REQUIRED_CONFIG_KEYS if k not in cfg]
+        if missing:
+            raise WeightsError(f"{path}: the config of network {name!r} lacks {missing}")
         try:
             net = LSTMOptimizerNet(LSTMOptimizerConfig.from_dict(cfg))
         except (TypeError, ValueError) as e:
