@@ -337,3 +337,29 @@ def test_cifar_metric_with_a_batch_larger_than_the_split(cifar_dir):
     p = CIFARTask(root=cifar_dir, labels=(5, 7), batch_size=16).sample(gen(), "test")
     m = p.metric(p.params)
     assert 0.0 <= m["accuracy"] <= 1.0 and np.isfinite(m["loss"])
+
+
+def test_a_problem_refuses_parameters_it_cannot_optimize():
+    from artopt.tasks import Problem
+
+    loss = lambda ps, t: ps[0].sum()
+    with pytest.raises(ValueError, match="at least one parameter"):
+        Problem([], loss)
+    with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor, got ndarray"):
+        Problem([np.zeros(3, np.float32)], loss)
+    with pytest.raises(TypeError, match=r"params\[1\] must be floating point.*int64"):
+        Problem([torch.zeros(3), torch.tensor([0, 0])], loss)
+    with pytest.raises(TypeError, match="loss must be a function"):
+        Problem([torch.zeros(3)], 0.0)
+    # model.parameters(), a generator, is read once into the list every optimizer indexes.
+    model = torch.nn.Linear(3, 2)
+    p = Problem(model.parameters(), loss)
+    assert [tuple(x.shape) for x in p.params] == [(2, 3), (2,)] and p.groups == ["default", "default"]
+
+
+def test_a_task_of_ones_own_gets_split_seed_from_artopt_tasks():
+    from artopt.tasks import split_seed as exported
+
+    assert exported is split_seed
+    g1, g2 = gen(3), gen(3)
+    assert exported(g1, "val") == split_seed(g2, "val") != split_seed(gen(3), "train")

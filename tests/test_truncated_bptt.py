@@ -536,3 +536,139 @@ def test_log_lines_are_strict_json_when_a_run_diverges():
     assert line.endswith("\n")
     assert json.loads(line, parse_constant=refuse) == {"event": "val", "episode": 3, "val": None, "final": None,
                                                       "score": 1.5}
+
+
+# ---- a task of one's own: the README's example, and the mistakes a user makes -------------------
+
+def _readme_custom_task_example() -> str:
+    """The indented code block of the README that meta-trains on a task of one's own."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## The learned optimizer in your own training loop", 1)[1].split("\n## ", 1)[0]
+    blocks, current = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("    ") or (current and not line.strip()):
+            current.append(line[4:])
+        else:
+            if current:
+                blocks.append("\n".join(current))
+            current = []
+    return next(b for b in blocks if "meta_train(" in b)
+
+
+def test_the_readme_example_meta_trains_on_a_task_of_ones_own_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    code = _readme_custom_task_example()
+    ns = {}
+    exec(code, ns)
+    vals = [e["val"] for e in map(json.loads, (tmp_path / "runs/lsq/lsq.log.jsonl").read_text().splitlines())
+            if e["event"] == "val"]
+    assert ns["result"].episodes_done == 30 and ns["result"].best_val < 0.7 * vals[0]  # it learned
+    # What it learned optimizes the user's own model through LearnedOptimizer.
+    model, opt = ns["model"], ns["opt"]
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    # Run again, the example resumes the finished run instead of starting over.
+    best = (tmp_path / "runs/lsq/lsq.safetensors").read_bytes()
+    ns2 = {}
+    exec(code, ns2)
+    assert ns2["result"].best_val == ns["result"].best_val and ns2["result"].episodes_done == 30
+    assert (tmp_path / "runs/lsq/lsq.safetensors").read_bytes() == best
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path):
+    """Checkpoints hold everything the run draws from: an interrupted run, resumed, ends bit for bit
+    where the run that was never stopped does (schedules, jitter, coordinate subsets, EMA included)."""
+    cfg = dict(steps=10, unroll=5, episodes=6, val_every=4, val_problems=2, meta_lr=3e-3, loss_scale_jitter=0.5,
+               meta_fraction=0.67, meta_lr_schedule="cosine", unroll_schedule="grow", ema=0.5)
+
+    def run(out, stop_after=None):
+        def log(event):
+            if event["event"] == "train" and event["episode"] == stop_after:
+                raise KeyboardInterrupt
+        for attempt in range(2):
+            torch.manual_seed(0)
+            nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+            try:
+                res = meta_train(TinyQuadratic(), nets, MetaTrainConfig(**cfg), out_dir=out, name="r",
+                                 progress=False, log=log if attempt == 0 else None)
+                return nets, res
+            except KeyboardInterrupt:
+                assert stop_after is not None and attempt == 0
+
+    straight, (resumed, res) = run(tmp_path / "a"), run(tmp_path / "b", stop_after=3)
+    assert res.episodes_done == 6 and res.best_val == straight[1].best_val
+    assert all(torch.equal(a, b) for a, b in zip(straight[0].parameters(), resumed.parameters()))
+
+
+def _least_squares(loss):
+    A, b = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), torch.ones(8)
+    return Problem([torch.zeros(4), torch.zeros(2)], lambda ps, t: loss(A, b, ps))
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # the float() case's own
+@pytest.mark.parametrize("loss, message", [
+    (lambda A, b, ps: (A @ ps[0] - b) ** 2 + ps[1].sum(), r"must be a scalar, got a tensor of shape \(8,\).*sum"),
+    (lambda A, b, ps: float(((A @ ps[0] - b) ** 2).sum()), "returned float, not a tensor"),
+    (lambda A, b, ps: ((A @ ps[0].detach() - b) ** 2).sum() + ps[1].detach().sum(), "does not depend on the params"),
+    (lambda A, b, ps: (b ** 2).sum(), "does not depend on the params"),  # e.g. a model's own parameters
+    (lambda A, b, ps: ((A @ ps[0] - b) ** 2).sum(), r"does not depend on params\[1\] \(of 2\)"),
+])
+def test_a_loss_closure_gone_wrong_is_named_not_an_autograd_error(loss, message):
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    with pytest.raises((ValueError, TypeError), match=message):
+        run_episode(nets, _least_squares(loss), steps=3)
+
+
+def test_a_problem_group_without_a_network_is_named():
+    problem = Problem([torch.zeros(3)], lambda ps, t: (ps[0] ** 2).sum(), groups=["conv"])
+    with pytest.raises(ValueError, match=r"groups \['conv'\] have no network; the networks are \['default'\]"):
+        run_episode(nn.ModuleDict({"default": LSTMOptimizerNet()}), problem, steps=3)
+
+
+class _NaNAtTheStart(TinyQuadratic):
+    def sample(self, generator, split="train"):
+        p = super().sample(generator, split)
+        return Problem(p.params, lambda ps, t: torch.log(-p.loss(ps, t)))  # log of a negative number
+
+
+class _GlobalRandomness(TinyQuadratic):
+    def sample(self, generator, split="train"):
+        W, y = torch.randn(3, 3), torch.randn(3)  # torch's global generator, not the one given
+        return Problem([torch.zeros(3)], lambda ps, t: ((W @ ps[0] - y) ** 2).sum())
+
+
+@pytest.mark.parametrize("task, message", [
+    (_NaNAtTheStart(), r"validation problem 0: the loss at its starting point θ₀ is not finite \(loss nan\)"),
+    (_GlobalRandomness(), "task.sample drew two different problems from generators in the same state"),
+])
+def test_meta_training_refuses_a_task_it_could_not_learn_from_or_validate_on(tmp_path, task, message):
+    # Before: the NaN run "finished" with best_val inf and untrained networks; the other trained on,
+    # its validation problems different on every (re)start.
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_problems=2)
+    with pytest.raises(ValueError, match=message):
+        meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "optimizer.ckpt").exists()
+
+
+def test_meta_train_takes_one_network_or_a_plain_dict_and_trains_it_in_place(tmp_path):
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    for i, make in enumerate([lambda net: net, lambda net: {"default": net}]):
+        torch.manual_seed(0)
+        net = LSTMOptimizerNet()
+        before = [p.clone() for p in net.parameters()]
+        meta_train(TinyQuadratic(), make(net), cfg, out_dir=tmp_path / str(i), progress=False)
+        assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+        assert set(load_learned(tmp_path / str(i) / "optimizer.safetensors")) == {"default"}
+    with pytest.raises(TypeError, match="nets must map parameter groups to networks"):
+        meta_train(TinyQuadratic(), [LSTMOptimizerNet()], cfg, out_dir=tmp_path / "x", progress=False)

@@ -163,9 +163,29 @@ def _grads(problem: Problem, params: list[torch.Tensor], t: int, scale: float = 
     """Loss and gradient at ``params`` with the optimizee graph discarded right away."""
     with torch.enable_grad():
         leaves = [p.detach().requires_grad_(True) for p in params]
-        loss = problem.loss(leaves, t) * scale
-        grads = torch.autograd.grad(loss, leaves)
+        loss = problem.loss(leaves, t)
+        _check_loss(loss)
+        loss = loss * scale
+        # allow_unused: a parameter the loss ignores is named below, not by autograd's generic error.
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    unused = [i for i, g in enumerate(grads) if g is None]
+    if unused:
+        raise ValueError(f"the problem's loss does not depend on params{unused} (of {len(leaves)}): every "
+                         "parameter must enter the loss, computed from the tensors it is given")
     return loss.detach(), [g.detach() for g in grads]
+
+
+def _check_loss(loss) -> None:
+    """A user's loss closure gone wrong, said plainly rather than as an autograd error."""
+    if not torch.is_tensor(loss):
+        raise TypeError(f"the problem's loss returned {type(loss).__name__}, not a tensor: compute it with "
+                        "torch from the params it is given (no float(), .item() or numpy)")
+    if loss.numel() != 1:
+        raise ValueError(f"the problem's loss must be a scalar, got a tensor of shape {tuple(loss.shape)}: "
+                         "reduce it (e.g. .sum() or .mean())")
+    if not loss.requires_grad:
+        raise ValueError("the problem's loss does not depend on the params it is given: compute it from "
+                         "them (not from detached copies, or a model's own parameters)")
 
 
 def run_episode(
@@ -190,6 +210,10 @@ def run_episode(
         raise ValueError(f"trajectory_weights must be one of {TRAJECTORY_WEIGHTS}, got {trajectory_weights!r}")
     if meta_loss not in META_LOSSES:
         raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {meta_loss!r}")
+    missing = [g for g in dict.fromkeys(problem.groups) if g not in nets]
+    if missing:  # else a bare KeyError from the ModuleDict, mid-episode
+        raise ValueError(f"the problem's parameter groups {missing} have no network; the networks are "
+                         f"{sorted(nets)} (Problem.groups names one per parameter, default 'default')")
     training = meta_opt is not None
     unroll = unroll or steps
     params = [p.detach().clone() for p in problem.params]
@@ -339,9 +363,17 @@ def meta_train(
     """Meta-train ``nets`` on ``task``; resumable from ``out_dir/<name>.ckpt``.  ``task_settings`` (the
     script's task flags) are checked on resume like the trainer's: a run must not change its task.
 
+    ``nets`` maps each of the problems' parameter groups to its network (usually just
+    ``{"default": LSTMOptimizerNet()}``; a single network serves as "default"); it is trained in place.
+    Episodes are ``config.steps`` long (the task's own ``steps`` is not read).  Before training, the
+    validation problems must have a finite loss and gradient at θ₀, and ``task.sample`` must draw the
+    same problem from generators in the same state (ValueError otherwise).
+
     Writes ``<name>.ckpt`` (resumable state, atomically replaced), ``<name>.safetensors`` + ``.json``
-    (best networks so far, by validation) and ``<name>.log.jsonl`` (one JSON line per event).
+    (best networks so far, by validation: ``LearnedOptimizer(params, weights=...)`` loads it) and
+    ``<name>.log.jsonl`` (one JSON line per event).
     """
+    nets = _as_module_dict(nets)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / f"{name}.ckpt"
@@ -352,6 +384,7 @@ def meta_train(
 
     # Validation problems are fixed for the whole run so scores are comparable between episodes.
     val_problems = validation_problems(task, config.seed, config.val_problems)
+    _check_validation_problems(task, config.seed, val_problems)
 
     episode, best_val, best_episode, history, elapsed_before = 0, float("inf"), -1, [], 0.0
     train_gen = torch.Generator().manual_seed(config.seed)
@@ -497,6 +530,44 @@ def meta_train(
     wall = elapsed_before + time.perf_counter() - start
     save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
+
+
+def _as_module_dict(nets) -> nn.ModuleDict:
+    """``nets`` as the ModuleDict meta-training needs: a plain dict of networks, or one network
+    (it serves the group "default"), are wrapped; the networks themselves are not copied."""
+    if isinstance(nets, nn.ModuleDict):
+        return nets
+    if isinstance(nets, LSTMOptimizerNet):
+        return nn.ModuleDict({"default": nets})
+    if isinstance(nets, dict) and nets and all(isinstance(n, LSTMOptimizerNet) for n in nets.values()):
+        return nn.ModuleDict(nets)
+    raise TypeError("nets must map parameter groups to networks, e.g. nn.ModuleDict({'default': "
+                    f"LSTMOptimizerNet()}}), got {type(nets).__name__}")
+
+
+def _check_validation_problems(task, seed: int, problems: list[Problem]) -> None:
+    """Refuse, before any training, a task meta-training cannot learn from or validate on: a loss or
+    gradient that is not finite at θ₀ (every episode would be skipped, and the run would end with an
+    inf score and untrained networks), or a ``sample`` not determined by its generator (the validation
+    problems, and so the scores a resumed run compares with, would change from run to run)."""
+    start = []
+    for i, problem in enumerate(problems):
+        loss, grads = _grads(problem, problem.params, 0)
+        if not (math.isfinite(float(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)):
+            what = "loss" if not math.isfinite(float(loss)) else "gradient"
+            raise ValueError(f"validation problem {i}: the {what} at its starting point θ₀ is not finite (loss "
+                             f"{float(loss)}); meta-training could learn nothing from it: fix the loss or θ₀")
+        start.append(float(loss))
+    again = task.sample(torch.Generator().manual_seed(10_000 + seed), "val")
+    first = problems[0]
+    same = (len(again.params) == len(first.params)
+            and all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+                    for a, b in zip(again.params, first.params))
+            and math.isclose(float(_grads(again, again.params, 0)[0]), start[0], rel_tol=1e-4, abs_tol=1e-12))
+    if not same:
+        raise ValueError("task.sample drew two different problems from generators in the same state: draw all of a "
+                         "problem's randomness from the generator it is given (e.g. torch.randn(..., generator=g)), "
+                         "not from torch's global one, so validation problems and resumed runs stay the same")
 
 
 def _training_episode(task, nets: nn.ModuleDict, config: MetaTrainConfig, meta_opt: torch.optim.Optimizer,

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .base import Problem, Task, stack_problems
 from .cifar import CIFARTask
-from .data import DataNotFoundError, data_root
+from .data import DataNotFoundError, data_root, split_seed
 from .mnist import MNISTTask
 from .quadratic import QuadraticTask
 
@@ -83,4 +83,4 @@ def _fmt(v) -> str:
 
 
 __all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "parse_task_args", "QuadraticTask", "MNISTTask", "CIFARTask",
-           "DataNotFoundError", "data_root"]
+           "DataNotFoundError", "data_root", "split_seed"]

@@ -2,7 +2,19 @@
 
 A *task* is a distribution over problems; a *problem* is a starting point θ₀ and a loss closure.
 Meta-training, baseline tuning and evaluation only ever see this interface, so a new task needs
-nothing but a ``sample`` method.
+nothing but a ``sample`` method.  A least-squares task of your own (``from artopt.tasks import
+Problem, split_seed``)::
+
+    class LeastSquares:
+        name, steps, unroll = "lsq", 20, 5
+
+        def sample(self, generator, split="train"):
+            g = torch.Generator().manual_seed(split_seed(generator, split))  # all randomness from here
+            A, b = torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
+            return Problem([torch.zeros(4)], lambda ps, t: ((A @ ps[0] - b) ** 2).mean())
+
+The loss must be computed from the tensors it is given (``ps``), not from a model's own parameters.
+``artopt.outer_trainers.meta_train`` then meta-trains a learned optimizer on it (see the README).
 """
 
 from __future__ import annotations
@@ -41,6 +53,19 @@ class Problem:
     levels: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.params, list):  # e.g. model.parameters(), a generator: read it once
+            self.params = list(self.params)
+        if not self.params:
+            raise ValueError("a Problem needs at least one parameter tensor")
+        for i, p in enumerate(self.params):
+            # Caught here, not as an autograd or "no attribute 'detach'" error deep in an optimizer.
+            if not torch.is_tensor(p):
+                raise TypeError(f"Problem.params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+            if not p.is_floating_point():
+                raise TypeError(f"Problem.params[{i}] must be floating point (the optimizers step it "
+                                f"continuously), got {p.dtype}; e.g. torch.zeros(n) or t.float()")
+        if not callable(self.loss):
+            raise TypeError(f"Problem.loss must be a function loss(params, t), got {type(self.loss).__name__}")
         if not self.groups:
             self.groups = ["default"] * len(self.params)
         if len(self.groups) != len(self.params):
@@ -54,11 +79,18 @@ class Problem:
 
 class Task(Protocol):
     name: str
-    steps: int  # optimization horizon the task is defined with (e.g. 100)
-    unroll: int  # truncation length for meta-training (e.g. 20)
+    # The horizon and truncation the task is defined with (e.g. 100 and 20): the training scripts'
+    # defaults.  ``meta_train`` uses its config's ``steps`` and ``unroll`` instead.
+    steps: int
+    unroll: int
 
     def sample(self, generator: torch.Generator, split: str = "train") -> Problem:
-        """Draw a fresh problem.  ``split`` is "train", "val" or "test" where the data has splits."""
+        """Draw a fresh problem.  ``split`` is "train" (meta-training), "val" (checkpoint selection) or
+        "test" (evaluation); ``split_seed(generator, split)`` gives each its own stream of problems.
+
+        All of the problem's randomness must come from ``generator``: the same generator state must
+        give the same problem (``meta_train`` checks this), or validation scores and resumed runs mean
+        nothing."""
         ...
 
 
