@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 ASSETS_DIR = shipped_dir("assets")  # preset photos and styles: the checkout's, or an installed wheel's
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
+READABLE_FORMATS_HINT = ("Use a JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF image; SVG drawings and HEIC photos need "
+                         "converting first")
 N_STYLE_SLOTS = 3
 WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run starts
 WITHDRAWN_STATUS = "Withdrawn: this request will not run; the page frees up when the run ahead of it ends."
@@ -50,6 +53,9 @@ PAGE_CSS = "\n".join([
     # After a failed run Gradio may lay an "Error" pill (and a × to clear it) over the middle of the
     # status line's "Not stylized: why"; the toast already says it is an error.
     "#run-status .error, #run-status .clear-status { display: none; }",
+    # Gradio's progress tracker sits inside the status line, invisible (show_progress="hidden") but
+    # not gone: its queue timer ("queue: 1/1 | 0.8/2.5s", every 100 ms) was read out by the live region.
+    "#run-status [data-testid='status-tracker'] { display: none; }",
     # A gallery without a fixed height gets a 450 px minimum (an empty band under the presets' two
     # rows), and its floating label covered the top of the first row.
     "#preset-gallery .grid-wrap { min-height: 0; }",
@@ -141,6 +147,11 @@ def _payload_path(payload: Any) -> str | None:
     if isinstance(payload, dict):
         return payload.get("path")
     return getattr(payload, "path", None)
+
+
+def _plain(number: float) -> str:
+    """A limit as people write it: {:g} made the seed's 2147483647 "2.14748e+09"."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -260,6 +271,10 @@ class _Stylist:
         except ImageError as err:
             # The loader names the server's temporary copy; the person knows their own file name.
             message = str(err).replace(str(path), shown_name)
+            if "not an image file" in message:
+                # An SVG or HEIC shows in the browser's upload box (or is "a photo" on the phone), so
+                # "not an image" alone left the person puzzled: say what to send instead.
+                message += f". {READABLE_FORMATS_HINT}"
             raise _user_error(f"{what}: {message}", "Bad image") from err
         except FileNotFoundError as err:  # e.g. a page left open past Gradio's sweep of old uploads
             raise _user_error(f"{what}: {shown_name} is no longer on the server (uploads are deleted after some "
@@ -269,12 +284,17 @@ class _Stylist:
                               "Bad image") from err
 
     def _check_number(self, value: Any, name: str, low: float, high: float, integer: bool) -> float | int:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            # A number box the person cleared arrives as None: "got None" meant nothing to them.
+            raise _user_error(f"{name} is empty: enter a number from {_plain(low)} to {_plain(high)}.",
+                              "Bad setting")
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise _user_error(f"{name} must be a number, got {value!r}.", "Bad setting") from None
         if number != number or not low <= number <= high:  # NaN fails the first test
-            raise _user_error(f"{name} must be between {low:g} and {high:g}, got {value!r}.", "Bad setting")
+            raise _user_error(f"{name} must be between {_plain(low)} and {_plain(high)}, got {value!r}.",
+                              "Bad setting")
         return int(round(number)) if integer else number
 
     # -- the run ---------------------------------------------------------------------------
@@ -381,10 +401,14 @@ class _Stylist:
                 err = exc if isinstance(exc, gr.Error) else _user_error(str(exc), "Cannot stylize")
                 log.info("not stylized: %s", err.message)
             else:
-                log.exception("stylization failed")
+                # The page gets no exception text (it may name server paths or internals), only a
+                # reference to find the traceback in the server log.
+                reference = uuid.uuid4().hex[:8]
+                log.exception("stylization failed [%s]", reference)
                 # The line above logged the traceback; Gradio's queue would print it a second time.
-                err = gr.Error(f"Stylization failed: {type(exc).__name__}: {exc}", title="Error",
-                               print_exception=False)
+                err = gr.Error(f"Stylization failed because of an error on the server (reference {reference} "
+                               "in its log). Try again; if it fails again, tell whoever runs this server.",
+                               title="Error", print_exception=False)
             # The toast shows the error; the status line must not go on saying "Waiting for a free slot…".
             yield (gr.skip(), gr.skip(), gr.skip(), f"Not stylized: {err.message}")
             if err is exc:
@@ -416,16 +440,19 @@ class _Stylist:
             except BaseException as err:  # handed to the generator, which re-raises it
                 events.put((done, err))
 
-        worker = threading.Thread(target=work, name="artopt-stylize", daemon=True)
-        started = time.perf_counter()
-        worker.start()
-        last_step = "the start, before the first step"
-        finished = False
+        # Before the worker starts, which nothing would stop if this failed.
+        # Made again if gone: a /tmp cleaner (or a person) removing it made every later run fail.
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         # Images go to Gradio as files of this run, never as PIL images: Gradio caches a PIL image
         # under a hash of its bytes and rewrites that file each time it is sent, so an identical image
         # (this run's result after its last preview, or another visitor's same photo) truncated a file a
         # browser was still reading.  A file is copied into the cache only when it is not there yet.
         run_dir = Path(tempfile.mkdtemp(prefix="artopt-run-", dir=self.output_dir))
+        worker = threading.Thread(target=work, name="artopt-stylize", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        last_step = "the start, before the first step"
+        finished = False
         previews = 0
         shown: torch.Tensor | None = None  # the image already on the page is not sent again
         try:

@@ -454,3 +454,51 @@ def test_keep_colors_sent_as_text_through_the_api_means_what_it_says(tmp_path, v
     style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
     config = _stylist(tmp_path)._checked(photo, [style, None, None], [1.0] * 3, 64, STEPS, 1.0, "adam", value, 0)[2]
     assert config.keep_colors is expected
+
+
+@pytest.mark.parametrize("seed, expected", [
+    (-1, "Seed must be between 0 and 2147483647, got -1."),  # was "… and 2.14748e+09"
+    (None, "Seed is empty: enter a number from 0 to 2147483647."),  # a cleared box; was "got None"
+])
+def test_a_refused_setting_names_its_limits_plainly(tmp_path, seed, expected):
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    with pytest.raises(gr.Error) as caught:
+        list(_stylist(tmp_path).run(photo, [style, None, None], [1.0] * 3, 64, STEPS, 1.0, "adam", False, seed))
+    assert caught.value.message == expected
+
+
+def test_an_svg_upload_is_told_what_to_send_instead(tmp_path):
+    # The browser shows an SVG in the upload box, so "not an image file" alone puzzled people.
+    drawing = tmp_path / "logo.svg"
+    drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="90" height="90"/>')
+    message = _error_of(_stylist(tmp_path), str(drawing))
+    assert message.startswith("Content photo: logo.svg: not an image file") and "SVG" in message and "PNG" in message
+
+
+def test_an_unexpected_failure_shows_a_reference_not_the_exception(tmp_path, monkeypatch, caplog):
+    # Exception text may name server paths and internals; the log has it, the page a reference to it.
+    stylist = _stylist(tmp_path)
+    leaky = FileNotFoundError(2, "No such file or directory", "/srv/secret/artopt-run-x")
+    monkeypatch.setattr(stylist, "_checked", lambda *args: (_ for _ in ()).throw(leaky))
+    caplog.set_level(logging.INFO, logger=web.log.name)
+    with pytest.raises(gr.Error) as caught:
+        list(stylist.run(None, [None] * 3, [1.0] * 3, 64, STEPS, 1.0, "adam", False, 0))
+    message = caught.value.message
+    assert "/srv/secret" not in message and "FileNotFoundError" not in message
+    reference = re.search(r"reference (\w+)", message).group(1)
+    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records if r.name == web.log.name)
+
+
+def test_a_run_makes_its_output_folder_again_if_it_was_removed(tmp_path):
+    # A /tmp cleaner removing the output folder made every later run fail until a restart.
+    import shutil
+
+    out = tmp_path / "artopt-web"
+    stylist = web._Stylist("cpu", TEST_LIMITS, out, None, ["adam"])
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    for _ in range(2):
+        shutil.rmtree(out, ignore_errors=True)
+        *_, (_, _, _, status) = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 1, 1.0, "adam", False, 0)
+        assert status.startswith("Done"), status

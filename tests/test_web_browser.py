@@ -210,6 +210,16 @@ def test_page_shows_a_clear_error_for_a_zero_byte_upload(browser, server, shots,
     page.close()
 
 
+def test_the_status_lines_live_region_holds_the_status_alone(browser, server):
+    # Gradio's hidden progress tracker inside the status line fed its ticking queue timer to screen
+    # readers while a request waited; display:none takes it out of the accessibility tree.
+    page = _open(browser, server.local_url, height=900)
+    tracker = page.locator("#run-status [data-testid=status-tracker]")
+    assert tracker.count() == 1, "Gradio's tracker moved: check what the live region holds now"
+    assert tracker.evaluate("el => getComputedStyle(el).display") == "none"
+    page.close()
+
+
 def test_a_preset_goes_into_the_chosen_style_slot_and_opens_it(browser, server, shots):
     page = _open(browser, server.local_url)
     assert not page.locator("#style-image-2").is_visible()  # blend slots start closed

@@ -83,7 +83,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"{label}: too large (over {over:.3g} megapixels, refused before decoding as a possible "
                              f"decompression bomb; the limit is {limit:.3g})") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+            raise ImageError(f"{label}: not an image file (or a format artopt cannot read)") from None
         except OSError as exc:
             raise ImageError(f"{label}: damaged or truncated image ({exc})") from None
         except Exception as exc:  # any other decoder failure is still the file's fault
