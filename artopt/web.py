@@ -295,7 +295,9 @@ class _Stylist:
         if number != number or not low <= number <= high:  # NaN fails the first test
             raise _user_error(f"{name} must be between {_plain(low)} and {_plain(high)}, got {value!r}.",
                               "Bad setting")
-        return int(round(number)) if integer else number
+        if integer and not number.is_integer():  # rounding 1.5 to 2 in silence ran another seed than typed
+            raise _user_error(f"{name} must be a whole number, got {value!r}.", "Bad setting")
+        return int(number) if integer else number
 
     # -- the run ---------------------------------------------------------------------------
     def _checked(self, content, style_payloads, style_weights, size, steps, strength, optimizer, keep_colors,

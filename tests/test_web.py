@@ -459,6 +459,7 @@ def test_keep_colors_sent_as_text_through_the_api_means_what_it_says(tmp_path, v
 @pytest.mark.parametrize("seed, expected", [
     (-1, "Seed must be between 0 and 2147483647, got -1."),  # was "… and 2.14748e+09"
     (None, "Seed is empty: enter a number from 0 to 2147483647."),  # a cleared box; was "got None"
+    (1.5, "Seed must be a whole number, got 1.5."),  # was run as seed 2 in silence
 ])
 def test_a_refused_setting_names_its_limits_plainly(tmp_path, seed, expected):
     photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
