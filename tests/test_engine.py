@@ -236,9 +236,44 @@ def test_divergence_stops_with_last_finite_image(monkeypatch):
 
     poisoned.calls = 0
     monkeypatch.setattr(losses.StyleLoss, "forward", poisoned)
-    out, infos = _run(_config(steps=10))
+    out, infos = _run(_config(steps=10), image_every=1)
     assert torch.isfinite(out).all()
-    assert "diverged" in (infos[-1].notice or "") and infos[-1].step < 10
+    # the third evaluation diverges: the run stops there with the image of step 2 (the last finite one),
+    # neither the start image nor the broken one
+    assert [i.step for i in infos] == [1, 2, 3] and "diverged" in (infos[-1].notice or "")
+    assert torch.equal(out, infos[1].image) and not torch.equal(out, CONTENT)
+
+
+def test_the_loss_settings_reach_the_loss():
+    """Every loss setting of the config (weights, blend weights, style scale, edge pad) is the loss the
+    run reports: its first evaluation, at the start image (noise drawn from the seed), is that of a
+    StyleLoss built with those settings."""
+    from artopt.style.loss_nets import build_loss_net
+    from artopt.style.losses import StyleLoss
+
+    other_style = _image(7, 64, 48)
+    settings = dict(content_weight=2.0, style_weight=3.0, tv_weight=4.0, style_weights=[1.0, 3.0],
+                    style_scale=0.5, edge_pad=4)
+    infos = []
+    stylize(CONTENT, [STYLE, other_style], _config(steps=1, init="noise", seed=5, **settings), callback=infos.append)
+    start = torch.rand(CONTENT.shape, generator=torch.Generator().manual_seed(5))
+    expected = StyleLoss(build_loss_net("efficientnet-lite0"), CONTENT, [STYLE, other_style], **settings)(start)
+    assert infos[0].losses == pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-5)
+    assert min(infos[0].losses.values()) > 0  # every term counts in the total
+
+
+def test_finer_pyramid_scales_start_from_the_coarser_result(monkeypatch):
+    """Coarse-to-fine: each finer scale starts from the upsampled result of the coarser one, so its first
+    Adam step (at most lr per pixel) stays that close to it, not to the content at that size."""
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    content = _image(4, 96, 128)
+    infos = []
+    stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append, image_every=1)
+    assert [i.scale_index for i in infos] == [0, 0, 0, 0, 1, 1]  # 64 then 128 px, split_steps(6, 2)
+    coarse_end, fine_first = infos[3].image, infos[4].image
+    upsampled = F.interpolate(coarse_end, size=fine_first.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    assert (fine_first - upsampled).abs().max() <= 0.02 + 1e-6  # adam's rate
+    assert (fine_first - content).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("bad, message", [

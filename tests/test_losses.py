@@ -86,6 +86,22 @@ def test_total_is_weighted_sum_and_differentiable(net):
     assert image.grad is not None and torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
 
 
+def test_parts_are_relative_squared_errors_weighted_per_layer(net):
+    """As documented: content = mean over content layers of ||F - P||^2 / ||P||^2, style = sum over style
+    layers of w_l ||G - A||^2 / ||A||^2 (w_l the network's style layer weights), TV the mean squared
+    neighbour difference; computed here from the network's features directly."""
+    content, style, image = _smooth_image(12), _smooth_image(13), _smooth_image(14)
+    parts = StyleLoss(net, content, [style], style_scale=None, tv_weight=1.0)(image)
+    fx, fc, fs = net(image), net(content), net(style)
+    rel = lambda a, b: float((a - b).pow(2).sum() / b.pow(2).sum())
+    want_content = sum(rel(fx[n], fc[n]) for n in net.content_layers) / len(net.content_layers)
+    want_style = sum(net.style_layer_weights[n] * rel(gram_matrix(fx[n]), gram_matrix(fs[n])) for n in net.style_layers)
+    assert parts["content"].item() == pytest.approx(want_content, rel=1e-4)
+    assert parts["style"].item() == pytest.approx(want_style, rel=1e-4)
+    assert parts["tv"].item() == pytest.approx(total_variation(image).item(), rel=1e-6)
+    assert min(want_content, want_style) > 1e-4  # neither term is trivially zero here
+
+
 def test_style_scale_resizes_style_and_construction_is_deterministic(net):
     content, style = _smooth_image(9), _smooth_image(10, size=(200, 300))
     first = StyleLoss(net, content, [style], style_scale=0.5)(content)["style"].item()

@@ -44,6 +44,12 @@ def test_the_finest_level_is_the_image_and_coarse_levels_are_smooth():
     assert torch.allclose(synthesize(z, (8, 8)), torch.ones(1, 1, 8, 8))
     fine = torch.randn(1, 1, 8, 8)
     assert torch.equal(synthesize([fine], (8, 8)), fine)
+    # One coarse coefficient is a smooth (bilinear, half-pixel centred) bump, not a hard 2x2 block as
+    # nearest-neighbour upsampling would make: along each axis it spreads as 1/4, 3/4, 3/4, 1/4.
+    delta = torch.zeros(1, 1, 4, 4)
+    delta[0, 0, 1, 1] = 1.0
+    profile = torch.tensor([0.0, 0.25, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(synthesize([torch.zeros(1, 1, 8, 8), delta], (8, 8))[0, 0], torch.outer(profile, profile))
 
 
 def test_adjoint_is_the_transpose_of_synthesis():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, load_learned, save_learned
+from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, learned_update, load_learned, save_learned
 
 
 def sign_descent_net():
@@ -157,6 +157,10 @@ def test_non_finite_gradient_never_reaches_parameters():
     assert torch.isfinite(p).all()
     assert p[0].item() == 1.0 and p[1].item() == 1.0  # no direction, no step
     assert opt.last_notice and "non-finite" in opt.last_notice
+    # ... and the LSTM state of those coordinates is reset (zero), while the finite one keeps its own
+    h, c = opt.state[p]["h"], opt.state[p]["c"]
+    assert torch.equal(h[:, :3], torch.zeros_like(h[:, :3])) and torch.equal(c[:, :3], torch.zeros_like(c[:, :3]))
+    assert h[:, 3].abs().sum() > 0 and c[:, 3].abs().sum() > 0
 
 
 def test_non_finite_update_falls_back_to_adam_step():
@@ -169,7 +173,10 @@ def test_non_finite_update_falls_back_to_adam_step():
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([-0.01, 0.01, -0.01]))
     assert opt.fallback_count == 3
-    assert torch.isfinite(opt.state[p]["h"]).all()
+    # every coordinate needed the fallback: its LSTM state starts over from zero (h alone stays finite
+    # here anyway: only the output head is broken)
+    assert torch.equal(opt.state[p]["h"], torch.zeros_like(opt.state[p]["h"]))
+    assert torch.equal(opt.state[p]["c"], torch.zeros_like(opt.state[p]["c"]))
 
 
 def test_bfloat16_state_storage():
@@ -369,6 +376,21 @@ def test_loss_inputs_take_the_loss_from_the_closure_or_the_caller(tmp_path):
 
     (p1, opt1, seen), (p2, _, _) = run(True), run(False)
     assert torch.equal(p1.detach(), p2.detach())
+    # The loss really reaches the network: the same steps as meta-training's learned_update given those
+    # losses, and not the steps of a run that sees no change of the loss (a constant loss).
+    theta, states = torch.zeros(6), {}
+    for _ in range(3):
+        loss = float(((theta - target) ** 2).sum())
+        with torch.no_grad():
+            (theta,), states = learned_update({"default": net}, [theta], [2 * (theta - target)], ["default"],
+                                              states, loss=loss)
+    torch.testing.assert_close(p1.detach(), theta, rtol=1e-5, atol=1e-7)
+    q = nn.Parameter(torch.zeros(6))
+    flat = LearnedOptimizer([q], nets={"default": net})
+    for _ in range(3):
+        q.grad = 2 * (q.detach() - target)
+        flat.step(loss=1.0)
+    assert not torch.allclose(q.detach(), p1.detach(), rtol=0, atol=1e-6)
     assert opt1.state[p1]["loss"] == seen[-1]  # the loss at the point the last update started from
     p1.grad = torch.ones(6)
     with pytest.raises(ValueError, match="loss inputs"):

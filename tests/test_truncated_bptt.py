@@ -342,6 +342,7 @@ def test_ema_keeps_the_moving_average_of_the_iterates_and_validates_it(tmp_path)
             iterates.append(_flat(nets).clone())
 
     cfg = MetaTrainConfig(steps=10, unroll=5, episodes=3, meta_lr=1e-2, val_every=3, val_problems=2, ema=decay)
+    initial = _flat(nets).clone()
     res = meta_train(TinyQuadratic(), nets, cfg, out_dir=tmp_path, name="e", progress=False, log=log)
     expected = iterates[0]
     for w in iterates[1:]:
@@ -353,9 +354,10 @@ def test_ema_keeps_the_moving_average_of_the_iterates_and_validates_it(tmp_path)
     # The averaged networks are what is validated and saved; the last iterate is logged beside them.
     last_val = [json.loads(l) for l in (tmp_path / "e.log.jsonl").read_text().splitlines()][-1]
     assert last_val["event"] == "val" and last_val["val"] != last_val["val_last_iterate"]
-    if res.best_episode == 3:
-        saved = nn.ModuleDict(load_learned(tmp_path / "e.safetensors"))
-        torch.testing.assert_close(_flat(saved), expected)
+    # validated at episodes 0 (the start: the average is the initial networks) and 3
+    assert res.best_episode in (0, 3)
+    saved = nn.ModuleDict(load_learned(tmp_path / "e.safetensors"))
+    torch.testing.assert_close(_flat(saved), expected if res.best_episode == 3 else initial)
 
 
 def test_ema_survives_a_resume(tmp_path):
@@ -672,3 +674,35 @@ def test_meta_train_takes_one_network_or_a_plain_dict_and_trains_it_in_place(tmp
         assert set(load_learned(tmp_path / str(i) / "optimizer.safetensors")) == {"default"}
     with pytest.raises(TypeError, match="nets must map parameter groups to networks"):
         meta_train(TinyQuadratic(), [LSTMOptimizerNet()], cfg, out_dir=tmp_path / "x", progress=False)
+
+
+def test_validation_scores_count_a_diverged_run_as_infinitely_bad():
+    from artopt.outer_trainers.truncated_bptt import final_score
+
+    assert trajectory_score([1.0, 2.0, 6.0]) == 3.0
+    assert trajectory_score([1.0, float("nan"), 0.5]) == float("inf")  # not the mean of the finite ones
+    losses = [10.0] * 38 + [2.0, 4.0]  # 40 losses: the last 5% are 2
+    assert final_score(losses) == 3.0
+    assert final_score([5.0, 1.0]) == 1.0  # at least one
+    assert final_score(losses[:-1] + [float("nan")]) == float("inf")  # NaN is no score
+
+
+def test_run_episode_clips_skips_non_finite_meta_gradients_and_stops_a_diverged_episode():
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    problem = TinyQuadratic().sample(torch.Generator().manual_seed(4))
+    norms = {}
+    for clip in (1e-3, 1e12):
+        rec = Recorder(nets.parameters())
+        run_episode(nets, problem, 4, unroll=2, meta_opt=rec, grad_clip=clip)
+        assert len(rec.seen) == 2
+        norms[clip] = [float(torch.cat([g.flatten() for g in seen]).norm()) for seen in rec.seen]
+    assert all(n <= 1e-3 * (1 + 1e-4) for n in norms[1e-3])
+    assert all(n > 1e-2 for n in norms[1e12])
+    # From step 1 on the loss is NaN: no meta-update from a NaN meta-gradient, and the episode ends
+    # after the unroll that diverged instead of running its 6 steps.
+    W, y = torch.randn(3, 3), torch.randn(3)
+    poisoned = Problem([torch.randn(3)], lambda ps, t: ((W @ ps[0] - y) ** 2).sum() * (1.0 if t == 0 else float("nan")))
+    rec = Recorder(nets.parameters())
+    losses = run_episode(nets, poisoned, 6, unroll=2, meta_opt=rec)
+    assert rec.seen == [] and len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[-1])
