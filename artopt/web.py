@@ -16,6 +16,7 @@ import os
 # Before gradio is imported: it reads this at import time to decide whether to phone home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import itertools
 import logging
 import queue
 import shutil
@@ -42,6 +43,11 @@ READABLE_FORMATS_HINT = ("Use a JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF image; S
                          "converting first")
 N_STYLE_SLOTS = 3
 WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run starts
+# While others' runs are ahead of the person's request; refreshed every WAITING_REFRESH_S.
+WAITING_AHEAD_STATUS = "Waiting for a free slot: {ahead} run{s} ahead of yours…"
+WAITING_REFRESH_S = 1.0
+# From the moment a waiting request starts until its first preview.
+STARTING_STATUS = "Working: starting…"
 WITHDRAWN_STATUS = "Withdrawn: this request will not run; the page frees up when the run ahead of it ends."
 # Height (px) of the live preview and the before/after slider.
 RESULT_HEIGHT = 420
@@ -174,26 +180,37 @@ def _free_device_memory(device: str) -> None:
 class _StopFlags:
     """Stop flags per browser session: one per running request and one per request still waiting
     in the queue (reserved when the button is clicked), so Stop reaches both, and only that
-    person's requests."""
+    person's requests.  The reservations, in click order, also tell a waiting person how many
+    runs are ahead of theirs (:meth:`places_ahead`)."""
 
     STALE_S = 3600.0  # a reservation whose request never started (e.g. refused by a full queue)
     SWEEP_S = 60.0  # every session's stale reservations go at most this often (a pass over all of them)
     # The page has one run at a time; more reservations are a script calling /reserve, whose
     # oldest ones go.
     MAX_RESERVED = 8
+    # A waiting page asks for its place every WAITING_REFRESH_S; one that stopped asking this long
+    # ago (closed: Gradio dropped its request; or a script's bare /reserve) is not counted as a run
+    # ahead of others.  Generous, as a browser may slow a background tab's timer to once a minute.
+    ASKED_S = 90.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[str, list[tuple[float, threading.Event]]] = {}
+        # session -> its reservations (time made, stop flag, ticket), oldest first; tickets give the
+        # click order across sessions.
+        self._waiting: dict[str, list[tuple[float, threading.Event, int]]] = {}
+        self._tickets = itertools.count()
+        self._asked: dict[str, float] = {}  # session -> when it last reserved or asked for its place
         self._running: dict[str, set[threading.Event]] = {}
         self._swept = float("-inf")
 
-    def _waiting_now(self, session: str) -> list[tuple[float, threading.Event]]:
+    def _waiting_now(self, session: str) -> list[tuple[float, threading.Event, int]]:
         """The session's reservations, oldest first, without stale ones (call with the lock held)."""
         now = time.monotonic()
         waiting = [w for w in self._waiting.pop(session, []) if now - w[0] < self.STALE_S]
         if waiting:
             self._waiting[session] = waiting
+        else:
+            self._asked.pop(session, None)
         return waiting
 
     def reserve(self, session: str) -> None:
@@ -204,24 +221,54 @@ class _StopFlags:
                 for other in list(self._waiting):
                     self._waiting_now(other)
             waiting = self._waiting.setdefault(session, [])
-            waiting.append((time.monotonic(), threading.Event()))
+            waiting.append((time.monotonic(), threading.Event(), next(self._tickets)))
             del waiting[:-self.MAX_RESERVED]
+            self._asked[session] = time.monotonic()
 
     def start(self, session: str) -> threading.Event:
         """The flag of the session's oldest waiting request (queue order), or a new one."""
+        return self.take(session)[0]
+
+    def take(self, session: str) -> tuple[threading.Event, bool]:
+        """``start``, also saying whether the request had been reserved (the page's Stylize)."""
         with self._lock:
             waiting = self._waiting_now(session)
-            flag = waiting.pop(0)[1] if waiting else threading.Event()
+            reserved = bool(waiting)
+            flag = waiting.pop(0)[1] if reserved else threading.Event()
             if not waiting:
                 self._waiting.pop(session, None)
+                self._asked.pop(session, None)
             self._running.setdefault(session, set()).add(flag)
-            return flag
+            return flag, reserved
+
+    def places_ahead(self, session: str) -> int | None:
+        """How many requests are ahead of the session's oldest waiting one: those running and those
+        reserved before it that still wait, by sessions that asked for their place lately (withdrawn
+        ones end as soon as they reach the front, so they do not count).  None when the session has
+        no request waiting, or it was withdrawn.  Asking keeps the session's own request counted.
+
+        Requests sent to /stylize without /reserve (API clients) count only once they run."""
+        with self._lock:
+            mine = self._waiting_now(session)
+            if not mine or mine[0][1].is_set():
+                return None
+            now = time.monotonic()
+            self._asked[session] = now
+            ticket = mine[0][2]
+            earlier = sum(
+                1
+                for other, reservations in self._waiting.items()
+                if now - self._asked.get(other, float("-inf")) < self.ASKED_S
+                for made, flag, number in reservations
+                if number < ticket and not flag.is_set() and now - made < self.STALE_S
+            )
+            return earlier + sum(len(flags) for flags in self._running.values())
 
     def stop(self, session: str) -> tuple[int, int]:
         """Sets the session's flags; returns how many (running, waiting) requests it reached."""
         with self._lock:
             running = list(self._running.get(session, ()))
-            waiting = [f for _, f in self._waiting.get(session, [])]
+            waiting = [f for _, f, _ in self._waiting.get(session, [])]
         for flag in running + waiting:
             flag.set()
         return len(running), len(waiting)
@@ -231,6 +278,7 @@ class _StopFlags:
         them): the page calls this when its run is over, and it has one run at a time."""
         with self._lock:
             self._waiting.pop(session, None)
+            self._asked.pop(session, None)
 
     def forget(self, session: str, flag: threading.Event) -> None:
         with self._lock:
@@ -245,8 +293,9 @@ class _Stylist:
     """Turns the page's inputs into an engine run, streaming previews and handling failures."""
 
     def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None,
-                 optimizers: list[str]):
+                 optimizers: list[str], concurrency: int = 1):
         self.device = device
+        self.concurrency = concurrency  # runs at once: a request with fewer ahead is about to start
         self.limits = limits
         self.optimizers = list(optimizers)  # the page's menu, in its order
         self.output_dir = output_dir
@@ -369,12 +418,17 @@ class _Stylist:
         session = _session(request)
         # Taken first, so this click's reservation is used up even when the checks below refuse it
         # (a leftover one would let a later Stop cancel the person's next run).
-        stop_flag = self.stop_flags.start(session)
+        stop_flag, reserved = self.stop_flags.take(session)
         notices: list[str] = []
         try:
             if stop_flag.is_set():  # Stop was clicked while this request waited in the queue
                 yield (gr.skip(), gr.skip(), gr.skip(), "Stopped before it started (it was waiting in the queue).")
                 return
+            if reserved:
+                # The page's status line said how many runs were ahead; the first preview may be
+                # a while off.  (Sent through the run's own stream, so it comes after the waiting
+                # texts and before every later status.)
+                yield (gr.skip(), gr.skip(), gr.skip(), STARTING_STATUS)
             content_img, styles, config = self._checked(content, style_payloads, style_weights, size, steps,
                                                         strength, optimizer, keep_colors, seed)
             while True:
@@ -530,19 +584,36 @@ class _Stylist:
 
     def reserve(self, request: gr.Request | None = None) -> str:
         """Runs at click time, before the request joins the queue, so Stop can reach it there."""
-        self.stop_flags.reserve(_session(request))
-        return WAITING_STATUS
+        session = _session(request)
+        self.stop_flags.reserve(session)
+        return self._waiting_text(self.stop_flags.places_ahead(session))
+
+    def _waiting_text(self, ahead: int | None) -> str:
+        if ahead is None or ahead < self.concurrency:  # a slot is free, or about to be
+            return WAITING_STATUS
+        return WAITING_AHEAD_STATUS.format(ahead=ahead, s="" if ahead == 1 else "s")
+
+    def waiting_status(self, request: gr.Request | None = None) -> tuple:
+        """The page's timer, while its request waits: (status line, timer).  Once the request has
+        started (its run says so), been withdrawn or refused, the line is left alone and the timer
+        goes off."""
+        ahead = self.stop_flags.places_ahead(_session(request))
+        if ahead is None:
+            return gr.skip(), gr.Timer(active=False)
+        return self._waiting_text(ahead), gr.skip()
 
     def release(self, request: gr.Request | None = None) -> tuple:
-        """Runs when the page's run is over, however it ended: Stylize on again, Stop off."""
+        """Runs when the page's run is over, however it ended: Stylize on again, Stop off, the
+        waiting line's timer off."""
         self.stop_flags.release(_session(request))
-        return gr.Button(interactive=True), gr.Button(interactive=False)
+        return gr.Button(interactive=True), gr.Button(interactive=False), gr.Timer(active=False)
 
     def release_after_failure(self, status: str, request: gr.Request | None = None) -> tuple:
         """``release`` after a failed run; a request the queue refused never ran, so the status line
         would go on saying it is waiting."""
         busy = "Not stylized: the server is busy (its queue is full). Try again in a moment."
-        return (*self.release(request), busy if status == WAITING_STATUS else gr.skip())
+        waiting = isinstance(status, str) and status.startswith(WAITING_STATUS.removesuffix("…"))
+        return (*self.release(request), busy if waiting else gr.skip())
 
     def stop(self, request: gr.Request | None = None):
         running, waiting = self.stop_flags.stop(_session(request))
@@ -628,7 +699,7 @@ def build_app(
         default_optimizer = "auto"
     else:
         default_optimizer = "adam"
-    stylist = _Stylist(device, limits, output_dir, preview_every, optimizers)
+    stylist = _Stylist(device, limits, output_dir, preview_every, optimizers, concurrency=concurrency)
     size = default_size or default_size_for(device)
     size = min(max(size, limits.min_size), limits.max_size)
     steps = min(default_steps or base.steps, limits.max_steps)
@@ -716,6 +787,8 @@ def build_app(
                     # On only while this page's run waits or runs; Stylize is off meanwhile.
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button", interactive=False)
                 status = gr.Markdown("Ready.", elem_id="run-status")
+                # Refreshes the status line's place in the queue while this page's request waits.
+                waiting_timer = gr.Timer(WAITING_REFRESH_S, active=False)
         with gr.Row():
             # One height for both: a small preview would otherwise shrink to its pixel size.
             # No "share" button: it works on Hugging Face Spaces only.
@@ -763,6 +836,8 @@ def build_app(
             return stylist.reserve(request), gr.Button(interactive=False), gr.Button(interactive=True)
 
         paired = [c for pair in zip(style_images, style_weights) for c in pair]
+        # The timer is not an output of /reserve, whose API result stays the status line alone.
+        run_button.click(lambda: gr.Timer(active=True), None, waiting_timer, queue=False, api_visibility="private")
         run = run_button.click(clicked, None, [status, run_button, stop_button], api_name="reserve", queue=False).then(
             stylize_event,
             [content, *paired, size_slider, steps_slider, strength, optimizer, keep_colors, seed],
@@ -774,10 +849,14 @@ def build_app(
             show_progress="hidden",
         )
         # However the run ends. Gradio's page does not follow .then() after an error, hence .failure().
-        run.then(stylist.release, None, [run_button, stop_button], queue=False, api_visibility="private")
-        run.failure(stylist.release_after_failure, status, [run_button, stop_button, status], queue=False,
-                    api_visibility="private")
+        run.then(stylist.release, None, [run_button, stop_button, waiting_timer], queue=False,
+                 api_visibility="private")
+        run.failure(stylist.release_after_failure, status, [run_button, stop_button, waiting_timer, status],
+                    queue=False, api_visibility="private")
         stop_button.click(stylist.stop, None, status, api_name="stop", queue=False)
+        # Not queued: it must answer while this page's own request waits in the queue.
+        waiting_timer.tick(stylist.waiting_status, None, [status, waiting_timer], queue=False,
+                           show_progress="hidden", api_visibility="private")
 
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app.artopt_device = device  # for the CLI's start-up message

@@ -8,6 +8,7 @@ import socket
 import time
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -264,8 +265,11 @@ def test_a_refused_request_leaves_nothing_for_stop_to_cancel(client, images):
     # Nothing to stop: the status line is left as it was (a no-op update).
     assert client.predict(api_name="/stop") == {"__type__": "update"}
     assert "Waiting" in client.predict(api_name="/reserve")
-    *_, status = client.predict(*stylize_args(images["content"], images["style"]), api_name="/stylize")
+    job = client.submit(*stylize_args(images["content"], images["style"]), api_name="/stylize")
+    *_, status = job.result(timeout=180)
     assert status.startswith("Done"), status
+    # The page's waiting line gives way as soon as the run starts, before its first preview.
+    assert job.outputs()[0][3] == web.STARTING_STATUS
 
 
 def test_the_pages_release_drops_a_reservation_whose_request_never_ran():
@@ -299,6 +303,81 @@ def test_reservations_of_one_session_are_capped():
 
 def _stylist(tmp_path) -> web._Stylist:
     return web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam", "lbfgs"])
+
+
+def _page(session: str):
+    """A stand-in for the gr.Request of one browser page."""
+    return SimpleNamespace(session_hash=session)
+
+
+def test_a_waiting_request_is_told_how_many_runs_are_ahead(tmp_path):
+    stylist = _stylist(tmp_path)  # one run at a time, as `artopt serve` runs by default
+    flags = stylist.stop_flags
+    assert stylist.reserve(_page("a")) == web.WAITING_STATUS  # nothing ahead: it is about to start
+    first = flags.start("a")
+    assert stylist.reserve(_page("b")) == "Waiting for a free slot: 1 run ahead of yours…"
+    assert stylist.reserve(_page("c")) == "Waiting for a free slot: 2 runs ahead of yours…"
+    assert stylist.reserve(_page("d")) == "Waiting for a free slot: 3 runs ahead of yours…"
+    assert [flags.places_ahead(s) for s in "abcd"] == [None, 1, 2, 3]  # "a" runs: it waits for nothing
+
+    # b withdraws (Stop while waiting): it ends at once when it reaches the front, so it does not count.
+    assert stylist.stop(_page("b")) == web.WITHDRAWN_STATUS
+    status, timer = stylist.waiting_status(_page("b"))  # b's own line keeps saying it was withdrawn
+    assert status == gr.skip() and timer.active is False
+    status, timer = stylist.waiting_status(_page("d"))
+    assert status == "Waiting for a free slot: 2 runs ahead of yours…" and timer == gr.skip()
+
+    # The run ahead ends: everyone moves up (the withdrawn b starts next, only to end at once).
+    flags.forget("a", first)
+    assert stylist.waiting_status(_page("c"))[0] == web.WAITING_STATUS
+    assert stylist.waiting_status(_page("d"))[0] == "Waiting for a free slot: 1 run ahead of yours…"
+    withdrawn = flags.start("b")
+    assert withdrawn.is_set()
+    flags.forget("b", withdrawn)
+    assert stylist.waiting_status(_page("d"))[0] == "Waiting for a free slot: 1 run ahead of yours…"
+
+    # c's run starts: its own line is left to the run, and its timer stops.
+    running, reserved = flags.take("c")
+    assert reserved and not running.is_set()
+    status, timer = stylist.waiting_status(_page("c"))
+    assert status == gr.skip() and timer.active is False
+    assert stylist.waiting_status(_page("d"))[0] == "Waiting for a free slot: 1 run ahead of yours…"
+
+    # An API client's request that never reserved counts once it runs.
+    flags.start("api")
+    assert flags.places_ahead("d") == 2
+
+
+def test_a_page_that_stopped_asking_for_its_place_is_not_counted_ahead(monkeypatch):
+    # A page closed while it waits: Gradio drops its request, but its reservation stays (for an hour).
+    flags = web._StopFlags()
+    monkeypatch.setattr(flags, "ASKED_S", 0.2)
+    flags.reserve("closed")
+    flags.reserve("open")
+    assert flags.places_ahead("open") == 1
+    time.sleep(0.3)
+    assert flags.places_ahead("open") == 0  # "closed" has not asked for its place since
+    assert flags.places_ahead("closed") == 0  # it asks again (a slow background tab, say) ...
+    assert flags.places_ahead("open") == 1  # ... and counts again
+
+
+def test_with_two_runs_at_once_a_request_with_one_ahead_is_not_told_to_wait_for_it(tmp_path):
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam"], concurrency=2)
+    stylist.stop_flags.start("a")
+    assert stylist.reserve(_page("b")) == web.WAITING_STATUS
+    stylist.stop_flags.start("b")
+    assert stylist.reserve(_page("c")) == "Waiting for a free slot: 2 runs ahead of yours…"
+
+
+def test_a_refused_request_after_a_place_in_the_queue_says_the_queue_is_full(tmp_path):
+    stylist = _stylist(tmp_path)
+    stylist.stop_flags.start("other")
+    status = stylist.reserve(_page("page"))
+    assert "1 run ahead" in status
+    *buttons, timer, shown = stylist.release_after_failure(status, _page("page"))
+    assert "queue is full" in shown and timer.active is False
+    # A run that started and then failed is not "queue full".
+    assert stylist.release_after_failure(web.STARTING_STATUS, _page("page"))[-1] == gr.skip()
 
 
 def test_stop_says_a_request_still_waiting_is_withdrawn_not_stopping(tmp_path):

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -297,3 +298,51 @@ def test_a_full_queue_says_so_and_lets_the_person_try_again(browser, tmp_path):
         page.close()
     finally:
         app.close()
+
+
+def _wait_for_status(page, text: str, timeout: int = 30_000) -> None:
+    page.wait_for_function("text => document.querySelector('#run-status').innerText.includes(text)", arg=text,
+                           timeout=timeout)
+
+
+def test_a_waiting_page_says_how_many_runs_are_ahead_of_it(browser, server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from artopt import web
+
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    Image.open(web.example_photos()[1]).convert("RGB").resize((120, 90)).save(content)
+    Image.open(web.preset_styles()[0]).convert("RGB").resize((100, 100)).save(style)
+    pages = [_open(browser, server.local_url, height=1200) for _ in range(2)]
+    first, second = pages
+    running = None
+    try:
+        for page in pages:
+            _upload(page, "content-image", content)
+            _upload(page, "style-image-1", style)
+        # Someone else's long run holds the one slot (it is stopped below, long before its end).
+        other = Client(server.local_url, verbose=False)
+        args = (handle_file(str(content)), handle_file(str(style)), 1.0, None, 1.0, None, 1.0,
+                64, 2000, 1.0, "adam", False, 0)
+        running = other.submit(*args, api_name="/stylize")
+        while not running.outputs() and not running.done():
+            time.sleep(0.05)
+        first.locator("#stylize-button").click()
+        _wait_for_status(first, "Waiting for a free slot: 1 run ahead of yours")
+        second.locator("#stylize-button").click()
+        _wait_for_status(second, "Waiting for a free slot: 2 runs ahead of yours")
+        # The first page withdraws its request: the second one's line follows, with no click.
+        first.locator("#stop-button").click()
+        _wait_for_status(first, web.WITHDRAWN_STATUS)
+        _wait_for_status(second, "Waiting for a free slot: 1 run ahead of yours")
+        assert not running.done(), "the run ahead ended too soon: this test checked nothing"
+        assert other.predict(api_name="/stop").startswith("Stopping")
+        # Its turn: the waiting line gives way to the run's own status, and stays gone.
+        _wait_for_status(second, "Done", timeout=120_000)
+        second.wait_for_timeout(int(2.5 * web.WAITING_REFRESH_S * 1000))
+        assert "Done" in second.locator("#run-status").inner_text()
+    finally:
+        for page in pages:
+            page.close()
+        if running is not None:
+            running.result(timeout=300)
