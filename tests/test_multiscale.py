@@ -281,3 +281,22 @@ def test_problem_form_keeps_the_coefficients_on_the_images_device():
     image = torch.zeros(1, 3, 16, 16, device="meta")
     mp = multiscale_problem(Problem([image], lambda ps, t: ps[0].sum()), 2)
     assert [p.device for p in mp.params] == [image.device] * 2
+
+
+def test_a_scheduler_on_the_inner_optimizer_sets_the_step():
+    """The documented way to schedule the rate: the scheduler drives ``opt.inner``."""
+    def run(gamma):
+        image = torch.zeros(1, 1, 8, 8, requires_grad=True)
+        opt = MultiscaleOptimizer([image], lambda zs: torch.optim.SGD(zs, lr=0.1), levels=2)
+        schedule = torch.optim.lr_scheduler.StepLR(opt.inner, step_size=1, gamma=gamma)
+        moves = []
+        for _ in range(2):
+            before = image.detach().clone()
+            image.grad = torch.ones_like(image)
+            opt.step()
+            schedule.step()
+            moves.append(float((image.detach() - before).abs().max()))
+        return moves
+
+    constant, halved = run(1.0), run(0.5)
+    assert constant[0] == halved[0] > 0 and halved[1] == pytest.approx(constant[1] / 2)

@@ -76,6 +76,9 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
 
     ``last_notice`` and ``fallback_count`` pass through from the inner optimizer (the learned
     optimizer's non-finite guard), so callers see its warnings as before.
+
+    The learning rate lives in the inner optimizer's groups: give a ``torch.optim.lr_scheduler``
+    ``opt.inner`` (this optimizer's own groups hold the images and no ``lr``).
     """
 
     def __init__(self, params: Iterable[torch.Tensor], inner: Callable[[list[torch.Tensor]], torch.optim.Optimizer],

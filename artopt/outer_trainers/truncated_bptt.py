@@ -4,7 +4,8 @@ Each episode draws a fresh problem, runs the learned optimizer on it for ``steps
 ``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as
 in the paper unless ``trajectory_weights`` says otherwise), then cuts the graph (truncation).
 ``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon;
-``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead.  ``workers=N`` adds N - 1 processes that
+``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead (for stacked problems, ``problems_per_episode > 1``
+or a batched task, f is their mean loss: the log of the mean, not the mean of the logs).  ``workers=N`` adds N - 1 processes that
 meta-train the same φ (in shared memory) on problems of their own, each with its own Adam, lock-free
 ("Hogwild"): N cores make about N times the meta-updates in the same wall time.
 
