@@ -133,12 +133,16 @@ def test_engine_never_writes_non_finite_pixels_with_a_broken_optimizer(tmp_path,
     from artopt.learned_optimizers import shipped
     from artopt.style.engine import StylizeConfig, stylize
 
+    from artopt.learned_optimizers import torch_optimizer
+
     net = LSTMOptimizerNet()
-    with torch.no_grad():
-        net.head.bias.fill_(float("nan"))
     broken = save_learned(tmp_path / "broken.safetensors", {"default": net})
     (tmp_path / "broken.json").write_text(json.dumps({"basis": {"kind": basis}}))
     monkeypatch.setattr(shipped, "weights_path", lambda name: broken)
+    # Broken after loading (a weights file holding NaN is refused when it loads)
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    monkeypatch.setattr(torch_optimizer, "load_learned", lambda path, device=None: {"default": net})
     notices = []
     content = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     style = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))

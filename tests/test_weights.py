@@ -147,3 +147,12 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
         monkeypatch.setattr(module, name, refuse)
     assert load_learned(path)["default"].config.moment_inputs
+
+
+def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
+    net = LSTMOptimizerNet()
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    path = save_learned(tmp_path / "diverged.safetensors", {"default": net})
+    with pytest.raises(WeightsError, match=r"diverged.safetensors: default.head.bias holds NaN or infinite"):
+        load_learned(path)

@@ -110,6 +110,11 @@ def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimize
             if got[key].shape != value.shape:
                 raise WeightsError(f"{path}: {name}.{key} has shape {tuple(got[key].shape)}, "
                                    f"config {cfg} needs {tuple(value.shape)}")
+            if not torch.isfinite(got[key]).all():
+                # e.g. saved from a diverged run: every update would be non-finite, and the guard would
+                # quietly turn the optimizer into Adam's first step at every coordinate
+                raise WeightsError(f"{path}: {name}.{key} holds NaN or infinite values (saved from a run "
+                                   "that diverged?)")
         net.load_state_dict(got)
         nets[name] = net.to(device) if device is not None else net
     leftover = [k for k in tensors if k.split(".", 1)[0] not in info["nets"]]
