@@ -296,7 +296,8 @@ def _with_flag_names(message: str, fields: list[str], aliases: dict[str, str] | 
 
 
 def _stylize(args: argparse.Namespace) -> int:
-    from artopt.style.engine import StylizeConfig, resolve_device, resolve_lr, resolve_optimizer, stylize
+    from artopt.style.engine import (StylizeConfig, cpu_memory_problem, resolve_device, resolve_lr, resolve_optimizer,
+                                     stylize)
     from artopt.style.images import ImageError, load_image, save_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
@@ -349,6 +350,12 @@ def _stylize(args: argparse.Namespace) -> int:
                               pooling=config.vgg_pooling).min_size
     content = load_image(args.content, min_size=min_size)
     styles = [load_image(s, min_size=min_size) for s in args.styles]
+    if device.type == "cpu":  # past the machine's RAM the kernel would kill the run without a word
+        too_big, tight = cpu_memory_problem((content.height, content.width), config.size, "--size")
+        if too_big:
+            raise CLIError(too_big)
+        if tight:
+            print(f"artopt: warning: {tight}", file=sys.stderr)
 
     # First Ctrl-C: finish the current step and save; a second one aborts.
     stop_requested = False
@@ -450,6 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("artopt: aborted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        # torch.OutOfMemoryError (a GPU) and the CPU allocator's RuntimeError: one line, not a traceback
+        if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+                or "can't allocate memory" in str(exc)):
+            raise
+        print(f"artopt: error: out of memory at this size ({str(exc).splitlines()[0] if str(exc) else 'MemoryError'}); "
+              "choose a smaller --size", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"artopt: error: {exc}", file=sys.stderr)
         return 1

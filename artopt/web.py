@@ -352,7 +352,7 @@ class _Stylist:
     def _checked(self, content, style_payloads, style_weights, size, steps, strength, optimizer, keep_colors,
                  seed) -> tuple[Image.Image, list[Image.Image], Any]:
         """The page's inputs, checked and loaded: (content image, style images, StylizeConfig)."""
-        from artopt.style.engine import StylizeConfig, content_size_problem
+        from artopt.style.engine import StylizeConfig, content_size_problem, cpu_memory_problem
         from artopt.style.loss_nets import MIN_SIDE
 
         lim = self.limits
@@ -372,6 +372,10 @@ class _Stylist:
                                        max_size=lim.max_size)
         if problem:
             raise _user_error(problem[0].upper() + problem[1:] + ".", "Photo too narrow")
+        if str(self.device).startswith("cpu"):  # past the server's RAM the kernel would kill it, and every run
+            too_big, _ = cpu_memory_problem((content_img.height, content_img.width), size, "output size")
+            if too_big:
+                raise _user_error(too_big[0].upper() + too_big[1:] + ".", "Output too large")
         styles, weights = [], []
         for i, (payload, weight) in enumerate(zip(style_payloads, style_weights), start=1):
             if payload is None:

@@ -434,3 +434,34 @@ def test_serve_on_a_busy_port_says_so(monkeypatch, capsys):
     assert main(["serve", "--port", "7999"]) == 2
     assert capsys.readouterr().err.strip() == ("artopt: error: --port 7999: the port is in use on 127.0.0.1 "
                                                "(another server?); choose another with --port")
+
+
+def test_an_output_too_large_for_the_machines_memory_is_refused_before_the_run(tmp_path, monkeypatch, capsys,
+                                                                                instant_stylize):
+    from artopt.style import engine
+
+    # 48 x 32 px is estimated at 1 GiB + 1800 B/px, about 1.08 GB
+    monkeypatch.setattr(engine, "system_memory", lambda: (1_000_000_000, None))
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("artopt: error: at 48 px a CPU run needs about 1.08 GB of memory, more than this machine's 1 GB")
+    assert err.endswith("this machine is too small for a CPU run, or run on a GPU") and instant_stylize.calls == 0
+    # enough memory, but less of it free: a warning, and the run goes on
+    monkeypatch.setattr(engine, "system_memory", lambda: (8_000_000_000, 1_050_000_000))
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 0
+    assert "artopt: warning: at 48 px a CPU run needs about 1.08 GB of memory and 1.05 GB is free now" in \
+        capsys.readouterr().err and instant_stylize.calls == 1
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    from artopt.style import engine
+
+    def starved(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 34359738368 bytes.")
+
+    monkeypatch.setattr(engine, "stylize", starved)
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("artopt: error: out of memory at this size (") and err.endswith("choose a smaller --size")
+    assert "\n" not in err

@@ -474,3 +474,19 @@ def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
                   should_stop=lambda: len(infos) >= 4)
     assert [i.scale_index for i in infos] == [0, 0, 0, 0] and len(built) == 1
     assert out.shape == (1, 3, 96, 128)
+
+
+def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory():
+    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem
+
+    need = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * 2048 * 1024  # a 2:1 photo at 2048 px
+    assert cpu_memory_problem((1000, 2000), 2048, memory=(need + 1, need + 1)) == (None, None)
+    assert cpu_memory_problem((1000, 2000), 2048, memory=(None, None)) == (None, None)  # unknown: no advice
+    error, warning = cpu_memory_problem((2000, 1000), 2048, "--size", memory=(need - 1, None))
+    assert warning is None and error.startswith("at 2048 px a CPU run needs about")
+    # the advised size fits in 90% of the RAM, and one more pixel of long side per 100 would not
+    advised = int(error.split("at most about ")[1].split(" px")[0])
+    fits = lambda size: CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * round(size / 2) <= 0.9 * (need - 1)  # noqa: E731
+    assert fits(advised) and not fits(int(advised * 1.01))
+    error, warning = cpu_memory_problem((1000, 2000), 2048, memory=(2 * need, need - 1))
+    assert error is None and warning.startswith("at 2048 px a CPU run needs about") and "may run out of memory" in warning

@@ -582,3 +582,11 @@ def test_a_run_makes_its_output_folder_again_if_it_was_removed(tmp_path):
         shutil.rmtree(out, ignore_errors=True)
         *_, (_, _, _, status) = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 1, 1.0, "adam", False, 0)
         assert status.startswith("Done"), status
+
+
+def test_an_output_too_large_for_the_servers_memory_is_refused(tmp_path, monkeypatch):
+    from artopt.style import engine
+
+    monkeypatch.setattr(engine, "system_memory", lambda: (1_000_000_000, None))  # 64 px needs about 1.08 GB
+    message = _error_of(_stylist(tmp_path), str(web.ASSETS_DIR / "photos" / "chelsea.jpg"))
+    assert message.startswith("At 64 px a CPU run needs about 1.08 GB of memory, more than this machine's 1 GB")

@@ -432,6 +432,57 @@ def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, 
     return f"at {size} px the content image's shorter side is {short_out} px; {net_name} needs at least {min_side}: {fix}"
 
 
+# A CPU run's peak memory grows by about 1.8 kB per output pixel over the ~1 GB the process holds
+# before it (bench/results/memory.json: the learned optimizer at 1024 and 2048 px; Adam needs a
+# little less).  Past the machine's memory the kernel kills the process without a word.
+CPU_BYTES_PER_PIXEL = 1800
+CPU_BASE_BYTES = 1 << 30
+
+
+def system_memory() -> tuple[int | None, int | None]:
+    """(total, available) bytes of RAM; None where this system does not tell."""
+    try:
+        info = {k: v.split() for k, v in (line.split(":", 1) for line in
+                                         Path("/proc/meminfo").read_text().splitlines() if ":" in line)}
+        total = int(info["MemTotal"][0]) * 1024
+        available = int(info["MemAvailable"][0]) * 1024 if "MemAvailable" in info else None
+        return total, available
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), None
+    except (AttributeError, ValueError, OSError):
+        return None, None
+
+
+def cpu_memory_problem(content_hw: tuple[int, int], size: int, size_name: str = "size",
+                       memory: tuple[int | None, int | None] | None = None) -> tuple[str | None, str | None]:
+    """(error, warning) for a CPU run whose output has ``size`` px on its long side: an error when
+    its estimated peak memory exceeds the machine's RAM, a warning when it exceeds what is free now.
+    ``memory`` is (total, available) bytes; default :func:`system_memory`."""
+    total, available = memory if memory is not None else system_memory()
+    short, long = sorted(content_hw)
+    aspect = short / long
+    need = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * max(1, round(size * aspect))
+    gb = lambda n: f"{n / 1e9:.3g} GB"  # noqa: E731
+
+    def largest(limit: int) -> int:  # the long side whose estimate fits in ``limit`` bytes
+        return max(0, int(math.sqrt(max(0, limit - CPU_BASE_BYTES) / (CPU_BYTES_PER_PIXEL * aspect))))
+
+    if total is not None and need > total:
+        fit = largest(int(total * 0.9))
+        advice = (f"choose a {size_name} of at most about {fit} px" if fit >= MIN_OUTPUT_SIZE else
+                  "this machine is too small for a CPU run")
+        return (f"at {size} px a CPU run needs about {gb(need)} of memory, more than this machine's "
+                f"{gb(total)}: {advice}, or run on a GPU", None)
+    if available is not None and need > available:
+        return None, (f"at {size} px a CPU run needs about {gb(need)} of memory and {gb(available)} is free now: "
+                      f"it may run out of memory (about {largest(available)} px would fit)")
+    return None, None
+
+
 def stylize(content: Image.Image | torch.Tensor,
             styles: Sequence[Image.Image | torch.Tensor] | Image.Image | torch.Tensor,
             config: StylizeConfig | None = None,
