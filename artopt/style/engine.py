@@ -432,10 +432,11 @@ def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, 
     return f"at {size} px the content image's shorter side is {short_out} px; {net_name} needs at least {min_side}: {fix}"
 
 
-# A CPU run's peak memory grows by about 1.8 kB per output pixel over the ~1 GB the process holds
-# before it (bench/results/memory.json: the learned optimizer at 1024 and 2048 px; Adam needs a
-# little less).  Past the machine's memory the kernel kills the process without a word.
-CPU_BYTES_PER_PIXEL = 1800
+# A CPU run's peak memory grows by about 2.3 kB per output pixel over the ~1 GB the process holds
+# before it: `artopt stylize --steps 2 --no-pyramid --optimizer lstm` on a 3:2 photo peaked at 1.03,
+# 1.30, 2.70 and 4.69 GB (maximum RSS) at 256, 512, 1024 and 1536 px (Adam: 2.26 GB at 1024 px).
+# Past the machine's memory the kernel kills the process without a word.
+CPU_BYTES_PER_PIXEL = 2300
 CPU_BASE_BYTES = 1 << 30
 
 
