@@ -38,8 +38,7 @@ from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
 
 _S3, _S2, _S6 = math.sqrt(3), math.sqrt(2), math.sqrt(6)
 # columns: luminance, red-green, yellow-blue

@@ -10,8 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_args import check_names, check_output_dir, check_output_file, check_photo_sizes, dumps  # noqa: E402
+from artopt.script_args import check_names, check_output_dir, check_output_file, check_photo_sizes, dumps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

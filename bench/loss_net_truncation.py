@@ -18,8 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from artopt.style.loss_nets import EFFNET_STYLE_LAYERS, EfficientNetLite0LossNet  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import check_output_file, dumps  # noqa: E402
+from artopt.script_args import check_output_file, dumps  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
-sys.path.insert(0, str(ROOT / "bench"))  # also when it is run from elsewhere (runpy)
-from bench_args import check_output_file, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, positive_int  # noqa: E402
 from lstm_layout import _best_of, write_report  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: 
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import at_least, check_output_file, positive_int  # noqa: E402
+from artopt.script_args import at_least, check_output_file, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 from lstm_threads import engine_step_seconds  # noqa: E402
 

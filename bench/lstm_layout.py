@@ -28,8 +28,7 @@ from artopt.learned_optimizers.network import CPU_CHUNK, INT8_STEPS  # noqa: E40
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
 
 
 def _gate_major_weights(net, h_scale: float):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import check_output_file, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 from lstm_features import shipped_update_inputs  # noqa: E402
 

@@ -49,7 +49,7 @@ from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.style.images import load_image  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import at_least, check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import at_least, check_output_file, dumps, positive_int  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 
 LIBRARY_INFERENCE = LSTMOptimizerNet._inference

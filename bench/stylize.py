@@ -31,9 +31,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ASSETS = ROOT / "assets"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when `artopt bench` runs this file
 
-from bench_args import check_names, check_output_dir, check_photo_sizes, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_names, check_output_dir, check_photo_sizes, dumps, positive_int  # noqa: E402
 
 from artopt.style import engine as engine_module  # noqa: E402
 from artopt.style.engine import (STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, pyramid_sizes,  # noqa: E402

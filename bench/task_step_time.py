@@ -25,8 +25,7 @@ import torch  # noqa: E402
 from artopt.learned_optimizers import LSTMOptimizerNet, learned_update  # noqa: E402
 from artopt.tasks import TASKS, get_task  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

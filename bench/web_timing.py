@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when `artopt bench web` runs this file
 
-from bench_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

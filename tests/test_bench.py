@@ -37,7 +37,7 @@ def strict_loads(text: str):
 @pytest.fixture
 def no_cli_runs(monkeypatch):
     """The user-setting benchmarks' `artopt stylize` runs fail the test: nothing may run before the checks."""
-    load("bench_args")  # puts bench/ on sys.path
+    load("cli_runs")  # puts bench/ on sys.path
     import cli_runs
 
     def refuse(*args, **kwargs):
@@ -124,7 +124,7 @@ def test_artopt_bench_passes_the_scripts_usage_errors_on(capsys):
     assert "error: argument --repeats: must be at least 1, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("bench_args", "cli_runs")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "cli_runs"))
 def test_every_script_has_help(capsys, name):
     """--help prints the flags and runs nothing (loss_net_truncation ran the benchmark and replaced
     its committed JSON)."""
@@ -134,7 +134,8 @@ def test_every_script_has_help(capsys, name):
 
 
 def test_json_is_strict_non_finite_numbers_are_null(tmp_path):
-    dumps = load("bench_args").dumps
+    from artopt.script_args import dumps
+
     assert strict_loads(dumps({"a": math.nan, "b": [math.inf, 1.5], "c": (2, -math.inf)})) == \
         {"a": None, "b": [None, 1.5], "c": [2, None]}
     cli_runs = load("cli_runs")
@@ -231,8 +232,8 @@ def test_prototypes_without_moment_inputs_say_so(monkeypatch, tmp_path, name):
     from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
     from artopt.learned_optimizers.weights import load_learned
 
-    if not load_learned(weights_path(NEURAL_ART))["default"].config.moment_inputs:
-        pytest.skip("the shipped network takes no moment inputs")
+    # the premise: the shipped network takes moment inputs (if that changes, so must this test)
+    assert load_learned(weights_path(NEURAL_ART))["default"].config.moment_inputs
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # lstm_compile sets it for the process
     with pytest.raises(SystemExit) as exc:
         load(name).main(["--coords", "64", "--repeats", "1", "--json", str(tmp_path / "x.json")])

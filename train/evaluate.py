@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
+from artopt.script_args import check_output_file  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
 from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
 from artopt.tasks import TASKS, get_task, parse_task_args  # noqa: E402
@@ -168,15 +169,10 @@ def parse_args(argv=None):
     if args.tuned_lrs.is_dir():
         ap.error(f"--tuned-lrs {args.tuned_lrs} is a folder; give a file name")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        # checked now, not after the whole evaluation: its folder is made now, as it would be then
-        # (last, so that a bad flag found above leaves no folder behind)
+        # checked now, not after the whole evaluation (last, so that a bad flag found above leaves no
+        # folder behind)
         if path is not None:
-            if path.is_dir():
-                ap.error(f"{flag} {path} is a folder; give a file name")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                ap.error(f"{flag} {path}: cannot make its folder ({exc.strerror or exc})")
+            check_output_file(ap, flag, path)
     return args
 
 

@@ -559,7 +559,7 @@ def _check_validation_problems(task, seed: int, problems: list[Problem]) -> None
             raise ValueError(f"validation problem {i}: the {what} at its starting point θ₀ is not finite (loss "
                              f"{float(loss)}); meta-training could learn nothing from it: fix the loss or θ₀")
         start.append(float(loss))
-    again = task.sample(torch.Generator().manual_seed(10_000 + seed), "val")
+    (again,) = validation_problems(task, seed, 1)  # the first one, drawn again
     first = problems[0]
     same = (len(again.params) == len(first.params)
             and all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,8 +452,6 @@ def system_memory() -> tuple[int | None, int | None]:
     except (OSError, KeyError, ValueError, IndexError):
         pass
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), None
     except (AttributeError, ValueError, OSError):
         return None, None

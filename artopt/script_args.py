@@ -1,4 +1,4 @@
-"""Checks shared by the benchmark scripts: a bad flag or an output path that cannot be written ends
+"""Checks shared by the train/ and bench/ scripts: a bad flag or an output path that cannot be written ends
 in one argparse ``error:`` line (exit 2) before any work starts, not in a traceback minutes later;
 and the JSON they write is strict (a non-finite number is written as null: JSON has no NaN or
 Infinity, and strict readers refuse them)."""
@@ -39,7 +39,7 @@ def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) 
         ap.error(f"{flag} needs a file name")
     if path.is_dir():
         ap.error(f"{flag} {path} is a folder; give a file name")
-    _refuse_file_above(ap, flag, path)
+    _refuse_file_above(ap, flag, path, "its folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -49,11 +49,11 @@ def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) 
     return path
 
 
-def _refuse_file_above(ap: argparse.ArgumentParser, flag: str, path: Path) -> None:
+def _refuse_file_above(ap: argparse.ArgumentParser, flag: str, path: Path, folder: str) -> None:
     for above in path.absolute().parents:  # mkdir's own error there is "File exists"
         if above.exists():
             if not above.is_dir():
-                ap.error(f"{flag} {path}: {above} is a file, not a folder")
+                ap.error(f"{flag} {path}: cannot make {folder} ({above} is a file, not a folder)")
             return
 
 
@@ -62,7 +62,7 @@ def check_output_dir(ap: argparse.ArgumentParser, flag: str, path: Path | str) -
     path = Path(path)
     if path.exists() and not path.is_dir():
         ap.error(f"{flag} {path} is a file; give a folder (made if missing)")
-    _refuse_file_above(ap, flag, path)
+    _refuse_file_above(ap, flag, path, "the folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
