@@ -409,16 +409,14 @@ def _stylize(args: argparse.Namespace) -> int:
         save_image(result, output)
     except ImageError as exc:
         # The run's work is not thrown away: the image goes to a temporary file, which the error names.
-        failed_save = exc
+        failed_save, fallback = exc, None
         try:
             fd, fallback = tempfile.mkstemp(prefix=f"artopt-{output.stem}-", suffix=output.suffix)
             os.close(fd)
-        except OSError:
-            raise exc from None
-        try:
             output = save_image(result, fallback)
-        except ImageError:  # nowhere to write: the error is the user's file's
-            Path(fallback).unlink(missing_ok=True)
+        except (OSError, ImageError):  # nowhere to write: the error is the user's file's
+            if fallback is not None:
+                Path(fallback).unlink(missing_ok=True)
             raise exc from None
     if log_path is not None:
         settings = dataclasses.asdict(config)
