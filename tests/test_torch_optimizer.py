@@ -574,3 +574,89 @@ def test_input_scale_does_not_overflow_a_float16_gradient():
     p.grad = torch.tensor([1000.0, -1000.0], dtype=torch.float16)  # x100 is past float16's 65504
     opt.step()
     assert opt.last_notice is None and p[0] < 0 < p[1]
+
+
+def test_a_scaled_gradient_that_leaves_its_dtype_still_steps():
+    # first_rms scaled a float16 gradient in float16: a gradient 1e5 times the first one's RMS became
+    # inf, was taken for a non-finite gradient, and the coordinate stopped moving.
+    p = nn.Parameter(torch.zeros(4, dtype=torch.float16))
+    opt = LearnedOptimizer([p], nets={"default": LSTMOptimizerNet(grad_normalization="first_rms")})
+    p.grad = torch.full((4,), 1e-3, dtype=torch.float16)
+    opt.step()
+    before = p.detach().clone()
+    p.grad = torch.full((4,), 100.0, dtype=torch.float16)
+    opt.step()
+    assert opt.last_notice is None and opt.fallback_count == 0 and bool((p != before).all())
+    # The same where the scaled gradient passes float32's range: the gradient itself was finite.
+    q = nn.Parameter(torch.zeros(2))
+    opt = LearnedOptimizer([q], nets={"default": sign_descent_net()}, input_scale=10.0)
+    q.grad = torch.tensor([3e38, -3e38])
+    opt.step()
+    assert opt.last_notice is None and q[0] < 0 < q[1]
+
+
+def test_named_parameters_get_the_same_checks():
+    # torch accepts (name, tensor) pairs; the duplicate and complex checks looked at the pairs and
+    # let a twice-listed parameter (updated twice a step) and a complex one (garbage) through.
+    net = {"default": sign_descent_net()}
+    p = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="appears twice"):
+        LearnedOptimizer([("a", p), ("b", p)], nets=net)
+    with pytest.raises(ValueError, match="complex"):
+        LearnedOptimizer([("z", nn.Parameter(torch.zeros(3, dtype=torch.complex64)))], nets=net)
+    model = nn.Linear(2, 1)
+    opt = LearnedOptimizer(model.named_parameters(), nets=net)
+    assert opt.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+    before = [q.detach().clone() for q in model.parameters()]
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    assert all(bool((q != b).all()) for q, b in zip(model.parameters(), before))
+
+
+def test_the_complex_parameter_error_gives_advice_that_works():
+    # It said "optimize torch.view_as_real(p) instead", which is a non-leaf view torch refuses.
+    z = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex") as err:
+        LearnedOptimizer([z], nets={"default": sign_descent_net()})
+    assert "view_as_complex" in str(err.value)
+    real = nn.Parameter(torch.view_as_real(z.detach()).clone())  # the advice: a real leaf, viewed as complex
+    opt = LearnedOptimizer([real], nets={"default": sign_descent_net()})
+    torch.view_as_complex(real).abs().sum().backward()
+    opt.step()
+
+
+def test_add_param_group_refuses_a_non_dict_as_torch_does():
+    opt = LearnedOptimizer([nn.Parameter(torch.zeros(2))], nets={"default": sign_descent_net()})
+    with pytest.raises(TypeError, match="param_group must be a dict"):
+        opt.add_param_group([nn.Parameter(torch.zeros(2))])
+
+
+def test_another_optimizers_state_dict_is_refused_clearly():
+    model = nn.Linear(2, 2)
+    adam = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    adam.step()
+    opt = LearnedOptimizer(model.parameters(), nets={"default": sign_descent_net()})
+    with pytest.raises(ValueError, match="not saved by a LearnedOptimizer"):
+        opt.load_state_dict(adam.state_dict())
+
+
+def test_a_state_dict_of_parameters_of_other_shapes_is_refused():
+    # Same number of coordinates, other shapes (parameters listed in another order): the LSTM states
+    # would silently go to the wrong coordinates.  (torch's Adam fails at its next step.)
+    def make(*shapes):
+        params = [nn.Parameter(torch.zeros(s)) for s in shapes]
+        return params, LearnedOptimizer(params, nets={"default": sign_descent_net()})
+
+    params, opt = make((2, 3), (3, 2))
+    for q in params:
+        q.grad = torch.ones_like(q)
+    opt.step()
+    _, other = make((3, 2), (2, 3))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*\(3, 2\)"):
+        other.load_state_dict(opt.state_dict())
+    same, again = make((2, 3), (3, 2))
+    again.load_state_dict(opt.state_dict())
+    for q in same:
+        q.grad = torch.ones_like(q)
+    again.step()

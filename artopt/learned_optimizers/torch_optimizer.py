@@ -6,8 +6,8 @@
 
 Each coordinate's LSTM state lives in ``opt.state[p]`` as ``h`` and ``c`` of shape
 (num_layers, p.numel(), hidden) (and, for a network with moment inputs, ``m`` and ``v`` of shape
-(p.numel(),)), so ``state_dict`` / ``load_state_dict`` carry it.  Parameter
-groups may name the network that serves them (``{"params": ..., "net": "conv"}``).
+(p.numel(),)), so ``state_dict`` / ``load_state_dict`` carry it (with the parameter's ``shape``, which
+the load checks).  Parameter groups may name the network that serves them (``{"params": ..., "net": "conv"}``).
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """torch's, plus checks: a group's lr multiplier must be positive and finite, and the LSTM
         works on real coordinates only."""
+        if not isinstance(param_group, dict):
+            return super().add_param_group(param_group)  # torch's TypeError
         if param_group.get("lr", 1.0) is None:  # as in the constructor: None is the multiplier 1 (as trained)
             param_group = {**param_group, "lr": 1.0}
         if "lr" in param_group:
@@ -100,9 +102,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not isinstance(params, (torch.Tensor, set)):  # a set is left for torch to refuse (no order)
             params = list(params)  # a generator can be read once: keep what was read
         listed = [params] if torch.is_tensor(params) else params
+        if not isinstance(listed, set):  # torch takes (name, tensor) pairs too: check the tensors
+            listed = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in listed]
         if any(torch.is_tensor(p) and p.is_complex() for p in listed):
-            raise ValueError("LearnedOptimizer does not support complex parameters; optimize "
-                             "torch.view_as_real(p) instead")
+            # (torch.view_as_real(p) itself is a non-leaf view, which torch refuses to optimize)
+            raise ValueError("LearnedOptimizer does not support complex parameters; keep the parameter real, "
+                             "p = nn.Parameter(torch.view_as_real(z)), and use torch.view_as_complex(p)")
         if not isinstance(listed, set) and len({id(p) for p in listed}) != len(listed):
             # torch only warns; here the update would be applied twice and the LSTM state overwritten
             raise ValueError("a parameter appears twice in this parameter group")
@@ -153,6 +158,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         stored) into float32 values up to 127 and silently widen a 16-bit state.  The state is
         converted to this optimizer's dtypes first (rescaling int8 h), and restored to them after."""
         state_dict = dict(state_dict)
+        if any("net" not in g for g in state_dict.get("param_groups", [])):
+            # e.g. torch.optim.Adam's: say so, rather than that it asks for a network None
+            raise ValueError("the state dict's parameter groups name no network: it was not saved by a "
+                             "LearnedOptimizer")
         unknown = sorted({g.get("net") for g in state_dict.get("param_groups", [])} - set(self.nets))
         if unknown:  # e.g. an MNIST optimizer's state loaded into a CIFAR one: fail now, not at step()
             raise ValueError(f"the state dict's parameter groups use network(s) {unknown}; "
@@ -251,16 +260,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if "h" not in st:
                 st["h"], st["c"] = net.init_state(p.numel(), device=device, dtype=self._c_dtype)
                 st["h"] = st["h"].to(self.state_dtype)
+                # h and c have one row per coordinate whatever p's shape: kept so that a state saved
+                # for another parameter of as many coordinates is refused on load
+                st["shape"] = list(p.shape)
             h_list.append(st["h"])
             c_list.append(st["c"])
         h = h_list[0] if len(params) == 1 else torch.cat(h_list, dim=1)
         c = c_list[0] if len(params) == 1 else torch.cat(c_list, dim=1)
 
+        # Which gradients are finite is decided before any scaling: a finite gradient that a scale
+        # pushes past its dtype's range is a large gradient (the LSTM's inputs saturate), not a
+        # non-finite one that must leave its coordinate unchanged.
+        grad_ok = torch.isfinite(flat)
+        first_rms = net.config.grad_normalization == "first_rms"
+        if (self.input_scale != 1.0 or first_rms) and flat.dtype in (torch.float16, torch.bfloat16):
+            flat = flat.float()  # scaled in float16, a large finite gradient would overflow
         if self.input_scale != 1.0:
-            if flat.dtype in (torch.float16, torch.bfloat16):  # a large finite float16 gradient would overflow
-                flat = flat.float()
             flat = flat * self.input_scale
-        if net.config.grad_normalization == "first_rms":
+        if first_rms:
             # One scale for the whole batch, fixed by the first gradients seen: a parameter whose
             # first gradient comes later joins it rather than resetting it for everyone.
             scale = next((self.state[p]["grad_scale"] for p in params
@@ -307,7 +324,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
             update = update * lrs[0]
 
         # Non-finite guard: never write NaN/Inf into a parameter.
-        grad_ok = torch.isfinite(flat)
         update_ok = torch.isfinite(update)
         bad = ~(grad_ok & update_ok)
         n_bad = 0
@@ -350,13 +366,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
 
 def _check_state_fits(st: dict, p: torch.Tensor, index: int) -> None:
-    """ValueError unless a loaded state has one LSTM state (and moment) per coordinate of ``p``."""
+    """ValueError unless a loaded state has one LSTM state (and moment) per coordinate of ``p``, and
+    was saved for a parameter of ``p``'s shape (where the state says; older ones do not)."""
     for name, dim in (("h", 1), ("c", 1), ("m", 0), ("v", 0)):
         t = st.get(name)
         if torch.is_tensor(t) and (t.dim() <= dim or t.shape[dim] != p.numel()):
             raise ValueError(f"the state dict's parameter {index} has {name} of shape {tuple(t.shape)}, which does "
                              f"not fit a parameter of {p.numel()} coordinate(s): it was saved for another model "
                              "or another order of parameters")
+    shape = st.get("shape")
+    if shape is not None and tuple(shape) != tuple(p.shape):
+        raise ValueError(f"the state dict's parameter {index} was saved for a parameter of shape {tuple(shape)}, "
+                         f"not {tuple(p.shape)}: it was saved for another model or another order of parameters")
 
 
 def _is_real(x) -> bool:
