@@ -4,7 +4,7 @@ Writes JSON + PNG under bench/results/ (or --results DIR).  Examples (run from t
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py quality      # styles x photos grid at 512 px
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py speed        # per-step cost at 256/512/1024 + 512 px default run
-    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py memory       # peak memory at 512/1024/2048 px
+    OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py memory --sizes 256 512 1024 1536   # peak memory (MiB) of 2-step runs
     OMP_NUM_THREADS=2 .venv/bin/python bench/stylize.py adam-vs-lbfgs
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py layers       # EfficientNet-Lite0 layer sets compared
     OMP_NUM_THREADS=1 .venv/bin/python bench/stylize.py lr-sweep     # per-optimizer learning rates
@@ -285,7 +285,10 @@ def bench_memory(args) -> None:
             raise SystemExit(f"memory-one --size {size} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
-    write_json("memory", {"runs": results, "limit_gb": 24})
+    write_json("memory", {"photo": "assets/photos/astronaut.jpg (square)", "style": "assets/styles/starry_night.jpg",
+                          "run": "StylizeConfig(size, steps=2, pyramid=False), optimizer auto, in a fresh process",
+                          "units": "MiB; peak_rss_mb is the process's maximum RSS",
+                          "runs": results, "limit_gb": 24})
 
 
 def bench_memory_one(args) -> None:
@@ -294,9 +297,16 @@ def bench_memory_one(args) -> None:
     build_loss_net(config.loss_net)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    stylize(photo, [style], config)
+    infos = []
+    stylize(photo, [style], config, callback=infos.append)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"size": args.size, "peak_rss_mb": round(peak, 1), "rss_before_mb": round(base, 1),
+    h, w = infos[-1].size
+    # the estimate the engine refuses and warns by (cpu_memory_problem), to hold against the peak
+    estimate = engine_module.CPU_BASE_BYTES + engine_module.CPU_BYTES_PER_PIXEL * h * w
+    optimizer = engine_module.resolve_optimizer(config.optimizer, args.size, False)
+    print(json.dumps({"size": args.size, "output_hw": [h, w], "optimizer": optimizer,
+                      "peak_rss_mb": round(peak, 1), "rss_before_mb": round(base, 1),
+                      "engine_estimate_mb": round(estimate / 2**20, 1),
                       "seconds_2_steps": round(time.perf_counter() - t, 2)}))
 
 

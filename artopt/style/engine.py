@@ -435,7 +435,8 @@ def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, 
 
 # A CPU run's peak memory grows by about 2.3 kB per output pixel over the ~1 GB the process holds
 # before it: `artopt stylize --steps 2 --no-pyramid --optimizer lstm` on a 3:2 photo peaked at 1.03,
-# 1.30, 2.70 and 4.69 GB (maximum RSS) at 256, 512, 1024 and 1536 px (Adam: 2.26 GB at 1024 px).
+# 1.30, 2.70 and 4.69 GB (maximum RSS) at 256, 512, 1024 and 1536 px (Adam: 2.26 GB at 1024 px); square
+# outputs 0.98 / 1.48 / 3.43 / 6.41 GB, each under this estimate (bench/results/memory.json).
 # Past the machine's memory the kernel kills the process without a word.
 CPU_BYTES_PER_PIXEL = 2300
 CPU_BASE_BYTES = 1 << 30
