@@ -9,7 +9,20 @@ import argparse
 import json
 import math
 import os
+import sys
+import time
 from pathlib import Path
+
+
+# Set by ``artopt train|evaluate|bench`` while it runs one of these scripts, so that the script's
+# usage and errors name the command the user typed ("artopt train neural-art"), not the file.
+PROG: str | None = None
+
+
+def script_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a script that ``artopt train|evaluate|bench`` runs."""
+    return argparse.ArgumentParser(prog=PROG, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def at_least(minimum: int):
@@ -111,3 +124,64 @@ def finite_or_none(value):
 def dumps(data, **kwargs) -> str:
     """Strict JSON: a non-finite number is written as null."""
     return json.dumps(finite_or_none(data), allow_nan=False, **kwargs)
+
+
+def folder_problem(path: Path | str) -> str | None:
+    """Why files could not be written in folder ``path`` (made when missing), or None.  Nothing is
+    made: a refused run leaves nothing behind."""
+    existing = Path(path)
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
+        existing = existing.parent  # the first folder that exists is where the rest would be made
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing.is_file() else f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, ship: str | None) -> None:
+    """A meta-training run's --name, --runs and --ship, before it trains: a --ship that is a file
+    used to fail only once the training was done."""
+    from artopt.outer_trainers.truncated_bptt import check_run_name
+
+    try:
+        check_run_name(name)
+    except ValueError as err:
+        ap.error(str(err))
+    for flag, given, folder in (("--runs", runs, Path(runs) / name), ("--ship", ship, ship)):
+        problem = folder and folder_problem(folder)
+        if problem:
+            ap.error(f"{flag} {given}: {problem}")
+
+
+def finish_meta_training(ap: argparse.ArgumentParser, train, ship, ship_to: str | None, kept: Path) -> int:
+    """Run ``train()`` (the script's meta_train call), print its summary as one JSON line, then
+    ``ship(result)`` when the script was given a --ship folder, ``ship_to``.  The script's exit code:
+    a checkpoint that cannot be resumed is one error line (2; a user's file, not a bug: other errors
+    keep their tracebacks); Ctrl-C 130, with no traceback after meta_train's hint on resuming; a
+    failed ship 1, naming ``kept``, where the trained networks stay."""
+    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError
+
+    t0 = time.time()
+    try:
+        res = train()
+    except ResumeError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
+    except KeyboardInterrupt:
+        return 130
+    print(dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
+                 "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
+    if not ship_to:
+        return 0
+    try:
+        dest = ship(res)
+    except NotShippedError as err:  # it says it all
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{ap.prog}: error: not shipped to {ship_to} ({err}); the trained networks are in {kept} (their card beside "
+              "them): rerun the command with a --ship it can write to, to ship them (the finished run does not "
+              "train again)", file=sys.stderr)
+        return 1
+    print(f"shipped {dest}")
+    return 0

@@ -164,7 +164,7 @@ def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
     ckpt = tmp_path / "r.ckpt"
     for damaged in (ckpt.read_bytes()[:1000], b"", b"garbage\n"):
         ckpt.write_bytes(damaged)
-        with pytest.raises(ValueError, match="r.ckpt cannot be resumed .*delete it") as exc:
+        with pytest.raises(ValueError, match="r.ckpt cannot be resumed.*delete it") as exc:
             meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
                        progress=False)
         assert "\n" not in str(exc.value)  # one line, without torch.load's advice
@@ -706,3 +706,120 @@ def test_run_episode_clips_skips_non_finite_meta_gradients_and_stops_a_diverged_
     rec = Recorder(nets.parameters())
     losses = run_episode(nets, poisoned, 6, unroll=2, meta_opt=rec)
     assert rec.seen == [] and len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[-1])
+
+
+# ---- resuming, naming and shipping as users run them ----------------------------------------------
+
+def _tiny_run(out, name="r", **overrides):
+    cfg = MetaTrainConfig(**{**dict(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2), **overrides})
+    return meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=out, name=name,
+                      progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's, on the plain pickle
+def test_a_file_that_is_not_a_checkpoint_is_called_so_not_an_unsafe_one(tmp_path):
+    # Before: garbage bytes quoted torch's "Weights only load failed. In PyTorch 2.6, we changed the default
+    # value of weights_only ...", as if the file were unsafe rather than damaged.
+    import io
+    import pickle
+    import zipfile
+
+    from artopt.outer_trainers.truncated_bptt import ResumeError
+
+    _tiny_run(tmp_path)
+    ckpt = tmp_path / "r.ckpt"
+    good = ckpt.read_bytes()
+    other_zip = io.BytesIO()
+    with zipfile.ZipFile(other_zip, "w") as z:
+        z.writestr("notes.txt", "hello")
+    for damaged in (good[:1000], good[:-10], b"", b"garbage\n", b'{"a": 1}', pickle.dumps({"a": 1}),
+                    other_zip.getvalue()):
+        ckpt.write_bytes(damaged)
+        with pytest.raises(ResumeError) as exc:
+            _tiny_run(tmp_path)
+        message = str(exc.value)
+        assert "r.ckpt cannot be resumed: it is not a readable checkpoint (damaged, truncated or another kind " \
+               "of file); delete it to start the run over, or choose another --name" in message, damaged[:20]
+        assert "\n" not in message and "weights_only" not in message and "PyTorch" not in message
+    # A real torch file holding objects a weights-only load refuses: that refusal is the reason.
+    torch.save({"nets": json.JSONDecoder}, ckpt)
+    with pytest.raises(ResumeError, match=r"cannot be resumed \(UnpicklingError: .*Unsupported global: GLOBAL "
+                                          r"json.decoder.JSONDecoder\); delete it") as exc:
+        _tiny_run(tmp_path)
+    assert "\n" not in str(exc.value) and "\x1b" not in str(exc.value)
+
+
+def test_resume_refusals_have_their_own_error_class(tmp_path):
+    # The scripts turn these (and only these) into one-line errors; a ValueError still, for callers before.
+    from artopt.outer_trainers.truncated_bptt import ResumeError
+
+    assert issubclass(ResumeError, ValueError)
+    _tiny_run(tmp_path)
+    with pytest.raises(ResumeError, match="other settings .*steps 10 -> 12"):
+        _tiny_run(tmp_path, steps=12)
+    (tmp_path / "r.ckpt").write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="cannot be resumed"):
+        _tiny_run(tmp_path)
+
+
+def test_a_run_interrupted_while_validating_validates_again_on_resume(tmp_path, monkeypatch):
+    # Before: Ctrl-C during the last validation checkpointed it as done, so the resumed run ended without
+    # validating (or keeping) what it trained since the one before.
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real, validations = tb.run_episode, []
+
+    def interrupted_in_the_second_validation(nets, problem, steps, *args, **kwargs):
+        if not args:  # a validation episode
+            validations.append(1)
+            if len(validations) == 3:  # episode 0's two problems, then the first of episode 2's
+                raise KeyboardInterrupt
+        return real(nets, problem, steps, *args, **kwargs)
+
+    monkeypatch.setattr(tb, "run_episode", interrupted_in_the_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path)
+    monkeypatch.setattr(tb, "run_episode", real)
+    _tiny_run(tmp_path)
+    events = _events(tmp_path / "r.log.jsonl")
+    resumed = next(i for i, e in enumerate(events) if e["event"] == "resumed")
+    assert [e["episode"] for e in events[resumed:] if e["event"] == "val"] == [2]
+
+
+class _Diverges(TinyQuadratic):
+    """Every step of the learned optimizer overflows: each validation scores inf."""
+
+    def sample(self, generator, split="train"):
+        p = super().sample(generator, split)
+        return Problem(p.params, lambda ps, t: p.loss(ps, t) * (1.0 if t == 0 else float("inf")))
+
+
+def test_a_run_that_never_validated_finitely_writes_strict_json_and_is_not_shipped(tmp_path):
+    # Before: the card held the literal Infinity (not JSON), and ship_best copied the untrained networks
+    # over whatever weights/ held.
+    from artopt.outer_trainers import ship_best
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    cfg = MetaTrainConfig(steps=4, unroll=2, episodes=2, val_every=1, val_problems=1)
+    res = meta_train(_Diverges(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path / "run",
+                     name="d", progress=False)
+    assert res.best_val == float("inf")
+    card = json.loads((tmp_path / "run" / "d.json").read_text(), parse_constant=refuse)
+    assert card["meta_training"]["best_val_trajectory_loss"] is None
+    for line in (tmp_path / "run" / "d.log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
+    with pytest.raises(ValueError, match=r"not shipped: no validation of this run scored a finite loss.*"
+                                         r"run[/\\]d.safetensors"):
+        ship_best(tmp_path / "run", "d", tmp_path / "ship", res)
+    assert not (tmp_path / "ship").exists()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up"])
+def test_a_run_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
+    # Before: "a/b" failed mid-run with a FileNotFoundError; "" and "." wrote hidden files (".ckpt",
+    # "..ckpt") into the folder, ".." into its parent.
+    with pytest.raises(ValueError, match="name must be a plain file name"):
+        _tiny_run(tmp_path / "out", name=name)
+    assert not (tmp_path / "out").exists()

@@ -11,12 +11,10 @@ with a JSON card.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import platform
+import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
+from artopt.script_args import check_run_flags, finish_meta_training, script_parser  # noqa: E402
 from artopt.tasks import get_task, parse_task_args  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def episode_cap(episodes: int | None, minutes: float | None) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("suite", help="task name, e.g. quadratic, mnist, cifar10, cifar5")
     ap.add_argument("--name", help="output name (default: the suite)")
     ap.add_argument("--episodes", type=int, default=None,
@@ -66,6 +65,8 @@ def main(argv=None) -> int:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if not 0 < args.output_scale < math.inf:
         ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
+    name = args.name or args.suite
+    check_run_flags(ap, name, args.runs, args.ship)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -74,7 +75,6 @@ def main(argv=None) -> int:
     except ValueError as err:
         ap.error(str(err))
     task = get_task(args.suite, **task_kwargs)
-    name = args.name or args.suite
     cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale)
     groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
@@ -93,17 +93,15 @@ def main(argv=None) -> int:
         "task_kwargs": task_kwargs,
         "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
         "trained_on": f"{platform.processor() or platform.machine()}, {args.threads} thread(s)",
-        "command": "python train/meta_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python train/meta_train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
-    t0 = time.time()
-    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / name, name=name, card=card,
-                     task_settings={"suite": args.suite, "task_kwargs": task_kwargs})
-    print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
-                      "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
-    if args.ship:
-        dest = ship_best(Path(args.runs) / name, name, args.ship, res, prior_seconds=0.0)
-        print(f"shipped {dest}")
-    return 0
+    run_dir = Path(args.runs) / name
+    return finish_meta_training(
+        ap,
+        lambda: meta_train(task, nets, mcfg, out_dir=run_dir, name=name, card=card,
+                           task_settings={"suite": args.suite, "task_kwargs": task_kwargs}),
+        lambda res: ship_best(run_dir, name, args.ship, res, prior_seconds=0.0), args.ship,
+        kept=run_dir / f"{name}.safetensors")
 
 
 if __name__ == "__main__":

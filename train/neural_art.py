@@ -1,10 +1,14 @@
-"""Meta-train the neural-art optimizer (the paper's Section 3.4) on 64×64 ImageNet crops.
+r"""Meta-train the neural-art optimizer (the paper's Section 3.4) on 64×64 ImageNet crops.
 
     # the paper's setup: one style (starry_night), 128 steps, unroll 32, Appendix-A preprocessing
     python train/neural_art.py --mode paper --name neural_art_paper --minutes 35
-    # generalisation aids: several training styles, random crop sizes, loss-scale invariance
+    # the shipped optimizer's recipe (weights/neural_art.json; 55 min on 2 cores)
+    python train/neural_art.py --mode paper --name neural_art --seed 16 --minutes 55 --val-problems 6 \
+        --val-every 80 --unroll 16 --meta-lr-schedule cosine --trajectory-weights linear --val-criterion final \
+        --meta-fraction 0.1 --threads 1 --basis-levels 4 --workers 2 --moment-inputs
+    # generalisation aids tried: several training styles, random crop sizes, loss-scale invariance
     python train/neural_art.py --mode multi --size-range 48 96 --grad-normalization first_rms \
-        --name neural_art --minutes 35
+        --name neural_art_multi --minutes 35
 
 Resumable (rerun the same command).  Photos are split train/val/test by file
 (artopt.tasks.neural_art.split_photos); validation uses val photos, never test photos.  Two styles
@@ -14,11 +18,9 @@ The best networks by validation are copied to weights/<name>.safetensors with a 
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
+import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,11 +33,12 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # n
 from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
+from artopt.script_args import check_run_flags, finish_meta_training, script_parser  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("--mode", choices=("paper", "multi"), default="paper",
                     help="paper: the one training style; multi: all styles but the held-out ones")
     ap.add_argument("--name", default="neural_art")
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
     if args.level_inputs and args.basis_levels < LEVEL_INPUTS:
         # with fewer, the inputs of the coarser levels never train, and larger images have them
         ap.error(f"--level-inputs needs --basis-levels {LEVEL_INPUTS} or more, so that every level input is trained")
+    check_run_flags(ap, args.name, args.runs, args.ship)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -116,7 +120,10 @@ def main(argv=None) -> int:
     if args.init_from:
         from artopt.learned_optimizers import load_learned
 
-        start = load_learned(args.init_from)
+        try:
+            start = load_learned(args.init_from)
+        except (OSError, ValueError) as err:  # missing, or not a weights file
+            ap.error(f"--init-from: {err}")
         if start["default"].config != cfg:
             raise SystemExit(f"--init-from {args.init_from} has config {start['default'].config}, not {cfg}")
         nets["default"].load_state_dict(start["default"].state_dict())
@@ -157,21 +164,18 @@ def main(argv=None) -> int:
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),
-        "command": "python train/neural_art.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python train/neural_art.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "init_from": args.init_from,
         "prior_meta_training_minutes": args.prior_minutes,
     }
-    t0 = time.time()
     task_settings = {"mode": args.mode, "size": args.size, "size_range": args.size_range, "init": args.init,
                      "basis_levels": args.basis_levels, "init_from": args.init_from}
-    res = meta_train(task, nets, mcfg, out_dir=Path(args.runs) / args.name, name=args.name, card=card,
-                     task_settings=task_settings)
-    print(json.dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
-                      "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
-    if args.ship:
-        dest = ship_best(Path(args.runs) / args.name, args.name, args.ship, res, prior_seconds=60 * args.prior_minutes)
-        print(f"shipped {dest}")
-    return 0
+    run_dir = Path(args.runs) / args.name
+    return finish_meta_training(
+        ap,
+        lambda: meta_train(task, nets, mcfg, out_dir=run_dir, name=args.name, card=card, task_settings=task_settings),
+        lambda res: ship_best(run_dir, args.name, args.ship, res, prior_seconds=60 * args.prior_minutes), args.ship,
+        kept=run_dir / f"{args.name}.safetensors")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ import functools
 import json
 import math
 import os
+import pickle
 import random
+import re
 import signal
 import threading
 import time
@@ -370,10 +372,14 @@ def meta_train(
     validation problems must have a finite loss and gradient at θ₀, and ``task.sample`` must draw the
     same problem from generators in the same state (ValueError otherwise).
 
+    A checkpoint that cannot be resumed (not a readable one, or of other settings) raises ResumeError,
+    a ValueError; ``name`` must be a plain file name.
+
     Writes ``<name>.ckpt`` (resumable state, atomically replaced), ``<name>.safetensors`` + ``.json``
     (best networks so far, by validation: ``LearnedOptimizer(params, weights=...)`` loads it) and
     ``<name>.log.jsonl`` (one JSON line per event).
     """
+    check_run_name(name)
     nets = _as_module_dict(nets)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +403,7 @@ def meta_train(
             ck = torch.load(ckpt_path, weights_only=True)
             stored_settings = ck.get("settings")
         except Exception as exc:  # truncated, empty or foreign file
-            raise _unresumable(ckpt_path, exc) from None
+            raise _unloadable(ckpt_path, exc) from None
         _check_resume(ckpt_path, stored_settings, run_settings)
         try:
             nets.load_state_dict(ck["nets"])
@@ -411,7 +417,7 @@ def meta_train(
             raise _unresumable(ckpt_path, exc) from None
         if averaged is not None:
             if "averaged" not in ck:
-                raise ValueError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
+                raise ResumeError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
             averaged.load_state_dict(ck["averaged"])
 
     def emit(event: dict) -> None:
@@ -438,7 +444,6 @@ def meta_train(
     def validate_and_keep() -> None:
         """Validate φ now, keep it if it is the best so far, checkpoint the run."""
         nonlocal best_val, best_episode, last_validated
-        last_validated = episode
         # Helpers keep updating φ while it is validated: validate (and keep) a copy.
         validated = copy.deepcopy(kept) if helpers else kept
         val = validate(validated)
@@ -450,6 +455,8 @@ def meta_train(
         if val < best_val:
             best_val, best_episode = val, episode
             _save_best(out_dir, name, validated, card, config, best_val, best_episode, elapsed)
+        # Only now: a run interrupted while validating must validate again when resumed.
+        last_validated = episode
         save_checkpoint(elapsed)
 
     if best_episode < 0:
@@ -705,11 +712,37 @@ def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict, task_settings: d
     return json.loads(json.dumps(settings))  # as stored: tuples become lists
 
 
-def _unresumable(path: Path, exc: Exception) -> ValueError:
+class ResumeError(ValueError):
+    """A run's checkpoint that cannot be resumed: not a readable checkpoint, or one of other settings.
+    The training scripts report it in one line (a user's situation, not a bug)."""
+
+
+def _unresumable(path: Path, exc: Exception) -> ResumeError:
     # The first line only: torch.load's refusal goes on for lines about weights_only and filing issues.
     reason = (str(exc).strip().splitlines() or [""])[0]
-    return ValueError(f"{path} cannot be resumed ({type(exc).__name__}: {reason}); delete it to start the run over, "
-                      "or choose another --name")
+    return ResumeError(f"{path} cannot be resumed ({type(exc).__name__}: {reason}); delete it to start the run over, "
+                       "or choose another --name")
+
+
+def _unloadable(path: Path, exc: Exception) -> ResumeError:
+    """Why torch.load could not read the checkpoint at ``path``."""
+    if isinstance(exc, OSError):  # e.g. no permission: the file may be fine
+        return _unresumable(path, exc)
+    refused = isinstance(exc, pickle.UnpicklingError) and re.search(r"Unsupported global: GLOBAL \S+", str(exc))
+    if refused:  # a real torch file, holding objects a weights-only load will not create
+        return ResumeError(f"{path} cannot be resumed (UnpicklingError: a weights-only load refuses it: "
+                           f"{refused.group(0)}); delete it to start the run over, or choose another --name")
+    # Anything else is not what torch.save wrote: torch's words for garbage bytes are its advice on
+    # weights_only, as if the file were unsafe rather than damaged.
+    return ResumeError(f"{path} cannot be resumed: it is not a readable checkpoint (damaged, truncated or another kind "
+                       "of file); delete it to start the run over, or choose another --name")
+
+
+def check_run_name(name: str) -> None:
+    """A run's name names its files (and, in the scripts, its folder): a plain file name, no path."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(sep and sep in name
+                                                                  for sep in ("/", os.sep, os.altsep)):
+        raise ValueError(f"--name must be a plain file name (not empty, '.' or '..', no '/'), got {name!r}")
 
 
 def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
@@ -721,8 +754,8 @@ def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
     changed = [f"{k} {stored.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(stored) | set(settings))
                if stored.get(k) != settings.get(k)]
     if changed:
-        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
-                         "its own flags (only --episodes and --minutes may change), or choose another --name")
+        raise ResumeError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
+                          "its own flags (only --episodes and --minutes may change), or choose another --name")
 
 
 def _log_line(event: dict) -> str:
@@ -762,18 +795,29 @@ def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_epi
 
 def _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed):
     full_card = dict(card or {})
+    best = best_val if math.isfinite(best_val) else None  # strict JSON (no validation was finite yet)
     full_card.update({
-        "meta_training": {**asdict(config), f"best_val_{config.val_criterion}_loss": best_val, "best_episode": best_episode,
+        "meta_training": {**asdict(config), f"best_val_{config.val_criterion}_loss": best, "best_episode": best_episode,
                           "wall_time_s_at_best": round(elapsed, 1)},
         "nets": {k: v.config.to_dict() for k, v in nets.items()},
     })
     save_learned(Path(out_dir) / f"{name}.safetensors", dict(nets.items()), full_card)
 
 
+class NotShippedError(ValueError):
+    """``ship_best``'s refusal of a run whose networks are not worth shipping."""
+
+
 def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike, result: MetaTrainResult,
               prior_seconds: float = 0.0) -> Path:
-    """Copy a run's best networks and card to ``ship_dir`` (e.g. weights/), recording total wall time."""
+    """Copy a run's best networks and card to ``ship_dir`` (e.g. weights/), recording total wall time.
+    Refuses (NotShippedError, a ValueError) a run none of whose validations scored a finite loss: its
+    "best" networks are the ones it started from, and would replace what ``ship_dir`` holds."""
     run_dir, ship_dir = Path(run_dir), Path(ship_dir)
+    if not math.isfinite(result.best_val):
+        raise NotShippedError("not shipped: no validation of this run scored a finite loss (a validation problem "
+                              "diverged every time), so its best networks are the ones it started from; they stay in "
+                              f"{run_dir / (name + '.safetensors')}")
     ship_dir.mkdir(parents=True, exist_ok=True)
     dest = ship_dir / f"{name}.safetensors"
     best = (run_dir / f"{name}.safetensors").read_bytes()

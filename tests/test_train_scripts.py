@@ -1,0 +1,190 @@
+"""train/meta_train.py and train/neural_art.py as users run them: what they say when a run cannot
+start, resume or ship.  Runs are a few episodes of a few steps."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "train" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture
+def suite():
+    """train/meta_train.py; torch's thread count (the script sets its own) is restored afterwards."""
+    threads = torch.get_num_threads()
+    yield _script("meta_train")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def neural_art(shared_data):
+    threads = torch.get_num_threads()
+    yield _script("neural_art")
+    torch.set_num_threads(threads)
+
+
+def _tiny(tmp_path, *extra, ship=""):
+    return ["quadratic", "--steps", "4", "--unroll", "2", "--episodes", "1", "--val-every", "1",
+            "--val-problems", "1", "--runs", str(tmp_path / "runs"), "--ship", str(ship), *extra]
+
+
+def _one_error_line(err: str, *parts: str) -> str:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in lines[0], err
+    return lines[0]
+
+
+def test_a_damaged_checkpoint_is_one_error_line_when_the_script_runs_directly(tmp_path):
+    # Before: a traceback ending in torch's advice about weights_only (only 'artopt train' said it plainly).
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "x.ckpt").write_text("garbage\n")
+    done = subprocess.run([sys.executable, str(ROOT / "train" / "meta_train.py"), *_tiny(tmp_path, "--name", "x")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("meta_train.py: error: ")
+    _one_error_line(done.stderr, "x.ckpt cannot be resumed: it is not a readable checkpoint", "--name")
+
+
+def test_a_checkpoint_of_other_settings_is_one_error_line(tmp_path, suite, capsys):
+    assert suite.main(_tiny(tmp_path, "--name", "x")) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        suite.main(_tiny(tmp_path, "--name", "x", "--meta-lr", "0.01"))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "belongs to a run with other settings (meta_lr 0.001 -> 0.01)")
+    assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "2")) == 0  # a bigger budget resumes
+
+
+def test_a_genuine_bug_still_shows_its_traceback(tmp_path, suite, monkeypatch):
+    # Only the resume refusals become one-line errors, not every ValueError of the run.
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(suite, "meta_train", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        suite.main(_tiny(tmp_path, "--name", "x"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", "a/b"], "--name must be a plain file name"),
+    (["--name", ".."], "--name must be a plain file name"),
+    (["--runs", "{file}"], "--runs {file}: {file} is a file, not a folder"),
+    (["--runs", "{file}/sub"], "--runs {file}/sub: {file} is a file, not a folder"),
+    (["--ship", "{file}"], "--ship {file}: {file} is a file, not a folder"),
+])
+def test_unusable_names_and_folders_are_refused_before_training(tmp_path, suite, capsys, args, message):
+    # Before: a traceback (NotADirectoryError, FileNotFoundError mid-run), hidden files for '' (neural_art.py)
+    # or '..', and a --ship folder that is a file failed only after the whole run.
+    file = tmp_path / "file"
+    file.write_text("x")
+    args = [a.format(file=file) for a in args]
+    with pytest.raises(SystemExit) as done:
+        suite.main(_tiny(tmp_path, *args))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, message.format(file=file))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--ship", "--runs"])
+def test_an_unwritable_folder_is_refused_before_training(tmp_path, suite, capsys, monkeypatch, flag):
+    import os
+
+    real = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    with pytest.raises(SystemExit) as done:
+        suite.main(_tiny(tmp_path, "--name", "x", flag, str(locked / "sub")))  # the later flag wins
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, f"{flag} {locked / 'sub'}: {locked} is not writable")
+
+
+def test_a_failed_ship_says_where_the_trained_networks_are(tmp_path, suite, capsys, monkeypatch):
+    # Before: a traceback after the whole run, without a word on where its result was.
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real_ship = tb.ship_best
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(suite, "ship_best", disk_full)
+    assert suite.main(_tiny(tmp_path, "--name", "x", ship=tmp_path / "weights")) == 1
+    kept = tmp_path / "runs" / "x" / "x.safetensors"
+    _one_error_line(capsys.readouterr().err, f"not shipped to {tmp_path / 'weights'}", "No space left on device",
+                    str(kept), "rerun the command")
+    assert kept.is_file()
+    monkeypatch.setattr(suite, "ship_best", real_ship)  # rerun the same command: the finished run ships
+    assert suite.main(_tiny(tmp_path, "--name", "x", ship=tmp_path / "weights")) == 0
+    assert (tmp_path / "weights" / "x.safetensors").read_bytes() == kept.read_bytes()
+
+
+def test_the_summary_line_is_strict_json(tmp_path, suite, capsys, monkeypatch):
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    def diverged(*args, **kwargs):
+        return tb.MetaTrainResult(float("inf"), 0, 1, 0.1, [])
+
+    monkeypatch.setattr(suite, "meta_train", diverged)
+    assert suite.main(_tiny(tmp_path, "--name", "x")) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(capsys.readouterr().out.splitlines()[-1], parse_constant=refuse)["best_val"] is None
+
+
+def _tiny_art(tmp_path, *extra):
+    return ["--size", "16", "--steps", "2", "--unroll", "1", "--episodes", "1", "--val-every", "1",
+            "--val-problems", "1", "--runs", str(tmp_path / "runs"), "--ship", "", *extra]
+
+
+def test_the_neural_art_script_says_its_errors_in_one_line(tmp_path, neural_art, capsys):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "x.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit) as done:
+        neural_art.main(_tiny_art(tmp_path, "--name", "x"))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "x.ckpt cannot be resumed: it is not a readable checkpoint")
+    for args, message in ((["--name", ""], "--name must be a plain file name"),
+                          (["--init-from", str(tmp_path / "missing.safetensors")], "--init-from")):
+        with pytest.raises(SystemExit) as done:
+            neural_art.main(_tiny_art(tmp_path, *args))
+        assert done.value.code == 2
+        _one_error_line(capsys.readouterr().err, message)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x"]
+
+
+def test_ctrl_c_ends_the_script_with_the_resume_hint_not_a_traceback(tmp_path, suite, monkeypatch, capsys):
+    # Before: Python's traceback followed meta_train's "interrupted: ... the same command resumes the run".
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "meta_train", interrupted)
+    assert suite.main(_tiny(tmp_path, "--name", "x")) == 130
+
+
+def test_the_recorded_command_can_be_rerun_as_written(tmp_path, suite):
+    # Before: " ".join(argv) dropped the empty argument of --ship '', and the card's command failed
+    # with "argument --ship: expected one argument".
+    import shlex
+
+    assert suite.main(_tiny(tmp_path, "--name", "x y")) == 0  # _tiny passes --ship ''
+    command = json.loads((tmp_path / "runs" / "x y" / "x y.json").read_text())["command"]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "train/meta_train.py"]
+    assert words[2:] == _tiny(tmp_path, "--name", "x y")
