@@ -171,6 +171,8 @@ def bench_targets() -> list[str]:
 def _run_script(args: argparse.Namespace) -> int:
     import runpy
 
+    from artopt import script_args
+
     if args.target is None:
         args.subparser.print_help()
         return 0 if args.wants_help else 2
@@ -186,6 +188,9 @@ def _run_script(args: argparse.Namespace) -> int:
     rest = list(args.script_args) + (["--help"] if args.wants_help else [])
     old_argv = sys.argv
     sys.argv = [str(script), *lead, *rest]
+    # the script's usage and errors then name what the user typed; TARGET is the script's own
+    # positional where it has one (lead), else part of the command
+    script_args.PROG = f"artopt {args.script_kind}" + ("" if lead else f" {args.target}")
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as done:
@@ -196,6 +201,7 @@ def _run_script(args: argparse.Namespace) -> int:
         return 1
     finally:
         sys.argv = old_argv
+        script_args.PROG = None
     return 0
 
 
@@ -443,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would name them under the top-level usage; the command's own is more use
-        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        where = (f" (a script's flags go after TARGET: artopt {args.script_kind} TARGET FLAGS)"
+                 if getattr(args, "script_kind", None) else "")
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}{where}")
     from artopt.style.images import ImageError
     from artopt.style.loss_nets import LossNetError
 

@@ -13,17 +13,16 @@ Writes bench/results/long_runs.json; images and logs go to --out (``--reuse`` re
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from artopt.script_args import positive_int  # noqa: E402
+from artopt.script_args import positive_int, script_parser  # noqa: E402
 from cli_runs import ROOT, add_run_flags, check_run_flags, stylize_totals, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     add_run_flags(ap, "long_runs")
     ap.add_argument("--steps", type=positive_int, default=600, help="steps per run (default: %(default)s)")
     # a point of 0 or less read totals[p - 1] from the end of the run and labelled it p

@@ -15,13 +15,13 @@ reads finished runs instead of repeating them).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_runs import ROOT, add_run_flags, check_run_flags, stylize_totals, write_report  # noqa: E402
+from artopt.script_args import script_parser  # noqa: E402
 
 SETTINGS = {
     "defaults": [],
@@ -35,7 +35,7 @@ SETTINGS = {
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     add_run_flags(ap, "loss_weights")
     args = ap.parse_args(argv)
     check_run_flags(ap, args)

@@ -13,7 +13,6 @@ Writes JSON + PNG under bench/results/ (or --results DIR).  Examples (run from t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ASSETS = ROOT / "assets"
 
-from artopt.script_args import check_names, check_output_dir, check_photo_sizes, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_names, check_output_dir, check_photo_sizes, dumps, positive_int, script_parser  # noqa: E402
 
 from artopt.style import engine as engine_module  # noqa: E402
 from artopt.style.engine import (STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, pyramid_sizes,  # noqa: E402
@@ -381,7 +380,7 @@ TARGETS = ["layers", "quality", "speed", "memory", "memory-one", "adam-vs-lbfgs"
 
 def main(argv=None) -> None:
     global RESULTS
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("what", choices=TARGETS)
     parser.add_argument("--size", type=positive_int, default=None,
                         help="layers, quality, adam-vs-lbfgs, lr-sweep: image long side "

@@ -9,7 +9,6 @@ machine's load average is recorded too: on a shared machine it inflates every nu
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -25,7 +24,7 @@ import torch  # noqa: E402
 from artopt.learned_optimizers import LSTMOptimizerNet, learned_update  # noqa: E402
 from artopt.tasks import TASKS, get_task  # noqa: E402
 
-from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int, script_parser  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -63,7 +62,7 @@ def measure(suite: str, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("--suites", default="quadratic,mnist,mnist-40,mnist-2layer,cifar10,cifar2",
                     help=f"comma-separated, of {', '.join(TASKS)} (default: %(default)s)")
     ap.add_argument("--repeats", type=positive_int, default=20, help="timed steps per suite (default: %(default)s)")

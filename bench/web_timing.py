@@ -1,4 +1,4 @@
-"""Time the web page as a person uses it, in headless Debian chromium (Playwright).
+r"""Time the web page as a person uses it, in headless Debian chromium (Playwright).
 
 Measures, at a given output size, the time from the click on *Stylize* to the first live preview
 on the page and to the finished before/after result; saves a screenshot of the finished page and
@@ -13,7 +13,6 @@ Needs ``bash .ci/install-browser`` (system chromium + the playwright package).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int, script_parser  # noqa: E402
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -47,7 +46,7 @@ def menu_option(label: str) -> re.Pattern:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--size", type=positive_int, default=512,
                         help="output long side on the page (default: %(default)s; 256 up to the page's maximum)")
     parser.add_argument("--steps", type=positive_int, default=None, help="default: the engine's default")

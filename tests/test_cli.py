@@ -201,6 +201,32 @@ def test_train_evaluate_bench_map_to_the_checkout_scripts():
         assert script_for(kind, target)[0].is_file()
 
 
+@pytest.mark.parametrize("argv, prog", [
+    (["train", "neural-art"], "artopt train neural-art"),
+    (["train", "quadratic"], "artopt train"),  # the suite is the script's own positional
+    (["evaluate", "neural-art", "64"], "artopt evaluate neural-art"),
+    (["evaluate", "mnist"], "artopt evaluate"),
+    (["bench", "speed"], "artopt bench"),
+    (["bench", "web"], "artopt bench web"),
+])
+def test_a_scripts_usage_and_errors_name_the_command_typed(argv, prog, capsys):
+    # Before: "usage: neural_art.py ..." and "meta_train.py: error: ...", the file runpy ran.
+    from artopt import script_args
+
+    assert main([*argv, "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: {prog} ")
+    assert main([*argv, "--no-such-flag"]) == 2
+    assert f"{prog}: error: unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    assert script_args.PROG is None  # restored: a script run directly names its file again
+
+
+def test_a_scripts_flag_before_target_is_pointed_after_it(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--episodes", "2", "quadratic"])
+    assert exc.value.code == 2
+    assert "a script's flags go after TARGET: artopt train TARGET FLAGS" in capsys.readouterr().err
+
+
 def test_train_runs_a_short_meta_training(tmp_path, capsys):
     rc = main(["train", "quadratic", "--episodes", "2", "--val-every", "2", "--val-problems", "1",
                "--runs", str(tmp_path), "--ship", ""])

@@ -1,4 +1,4 @@
-"""Calibrate how a meta-trained neural-art optimizer is run, on validation problems only.
+r"""Calibrate how a meta-trained neural-art optimizer is run, on validation problems only.
 
     python train/calibrate_neural_art.py weights/neural_art.safetensors --val-seeds 8 9 \
         --lr 1 1.15 1.3 --coarsest 8 2 --json train/results/neural_art_calibration.json --card
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         card["inference"] = {"lr": best["lr"], "coarsest": best["coarsest"], "val_score": best["score"],
                              "as_trained_val_score": as_trained["score"] if as_trained else None,
-                             "how": "train/calibrate_neural_art.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                             "how": "train/calibrate_neural_art.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
         write_json_atomic(card_path, card)
         print(f"wrote inference settings to {card_path}")
     return 0

@@ -15,7 +15,6 @@ Results: train/results/neural_art/<setting>.json and .png.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import math
@@ -36,6 +35,7 @@ from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, search_lr  # noqa: E402
 from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
+from artopt.script_args import script_parser  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
 # The rates --grid-factors and --engine-grid-factors multiply (docs/retraining.md's grids): the
@@ -503,7 +503,7 @@ def grid(args) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
                     help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "

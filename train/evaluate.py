@@ -18,9 +18,9 @@ LSTM / best baseline) and a Figure 4/5/7-style plot.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
-from artopt.script_args import check_output_file  # noqa: E402
+from artopt.script_args import check_output_file, script_parser  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
 from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
 from artopt.tasks import TASKS, get_task, parse_task_args  # noqa: E402
@@ -47,7 +47,7 @@ def default_weights(suite: str) -> Path:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("suite", choices=sorted(TASKS), help="task to evaluate on")
     ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag",
                     help="comma-separated: lstm[-NAME] (learned) and/or " + ", ".join(BASELINES))
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     report["tuning"] = tuning
     report["weights"] = {n: str(p) for n, p in args.weight_map.items()}
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    report["command"] = "python train/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["command"] = "python train/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report["threads"] = args.threads
 
     for name, entry in report["optimizers"].items():
