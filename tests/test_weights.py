@@ -156,3 +156,14 @@ def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
     path = save_learned(tmp_path / "diverged.safetensors", {"default": net})
     with pytest.raises(WeightsError, match=r"diverged.safetensors: default.head.bias holds NaN or infinite"):
         load_learned(path)
+
+
+def test_saved_weights_get_the_same_permissions_as_any_file_written_there(tmp_path):
+    # Before: safetensors' save_file made them owner-only (0600) whatever the umask, so a run's best
+    # weights could not be read by the other users of a shared install; its card was 0644.
+    path = save_learned(tmp_path / "opt.safetensors", {"default": LSTMOptimizerNet()}, card={"task": "x"})
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert path.with_suffix(".json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert load_learned(path)["default"].config == LSTMOptimizerConfig()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .network import LSTMOptimizerConfig, LSTMOptimizerNet
 
@@ -42,7 +42,9 @@ def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], car
     }
     meta = {"artopt": json.dumps({"format": FORMAT, "nets": {n: net.config.to_dict() for n, net in nets.items()}})}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    # written by Python, not safetensors' save_file, which makes the file readable by its owner only
+    # (mode 0600, whatever the umask): shipped weights must be readable by everyone who runs artopt
+    tmp.write_bytes(save(tensors, metadata=meta))
     os.replace(tmp, path)
     if card is not None:
         write_json_atomic(path.with_suffix(".json"), card)
