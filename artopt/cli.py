@@ -351,6 +351,11 @@ def _stylize(args: argparse.Namespace) -> int:
                   f"{card_lr:g}); {config.lr:g} makes every step {size} than that", file=sys.stderr)
 
     net_name = resolve_loss_net_name(config.loss_net, config.vgg_weights)
+    if net_name != "vgg19":  # e.g. --vgg-pooling avg on the offline default, which has no VGG pooling to change
+        for flag, given in (("--vgg-pooling", config.vgg_pooling != "max"), ("--vgg-weights", config.vgg_weights)):
+            if given:
+                print(f"artopt: warning: {flag} is ignored: it is for the vgg19 loss network, and this run uses "
+                      f"{net_name}", file=sys.stderr)
     device = resolve_device(config.device)
     min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights,
                               pooling=config.vgg_pooling).min_size

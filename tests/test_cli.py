@@ -381,6 +381,20 @@ def test_lstm_weights_with_another_optimizer_warn(tmp_path, capsys, instant_styl
     assert err == "artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, and this run uses adam"
 
 
+def test_vgg_flags_on_another_loss_net_warn(tmp_path, capsys, instant_stylize):
+    # Before: --vgg-pooling avg on the default EfficientNet-Lite0 changed nothing, without a word.
+    vgg_file = tmp_path / "vgg.pth"
+    vgg_file.write_bytes(b"not read")
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--loss-net", "efficientnet-lite0",
+                 "--vgg-pooling", "avg", "--vgg-weights", str(vgg_file), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and instant_stylize.calls == 1
+    assert err == [f"artopt: warning: {flag} is ignored: it is for the vgg19 loss network, and this run uses "
+                   "efficientnet-lite0" for flag in ("--vgg-pooling", "--vgg-weights")]
+    main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--vgg-pooling", "max", *FAST])
+    assert "warning" not in capsys.readouterr().err  # the default is no request
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "lots"])
 def test_serve_refuses_a_bad_upload_limit(capsys, value):
     with pytest.raises(SystemExit) as exc:
