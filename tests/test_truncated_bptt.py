@@ -139,6 +139,17 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert [e["episode"] for e in train_events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_rerun_with_its_budget_spent_says_so_on_the_console(tmp_path, capsys):
+    # Before: it stopped at once, and only the log's time_budget event said why.
+    task = TinyQuadratic()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=1)
+    meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r")
+    assert "budget is spent" not in capsys.readouterr().err
+    res = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r")
+    assert res.episodes_done == 2
+    assert "r: its budget is spent (2 episodes, " in capsys.readouterr().err
+
+
 def test_resume_refuses_a_run_with_other_settings(tmp_path):
     from dataclasses import replace
 

@@ -25,6 +25,7 @@ import pickle
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -477,6 +478,10 @@ def meta_train(
         # percentage of it, and the minutes left beside the scores instead.
         bar = tqdm(total=None if config.max_minutes is not None else config.episodes, initial=episode,
                    desc=f"meta-train {name}", unit="ep")
+        if episode >= config.episodes or (config.max_minutes is not None and elapsed_before > config.max_minutes * 60):
+            # a finished run rerun (to ship it again) or resumed with the budget it already spent
+            bar.write(f"{name}: its budget is spent ({episode} episodes, {elapsed_before / 60:.1f} min): nothing "
+                      "more to train; raise --episodes or --minutes to go on", file=sys.stderr)
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
@@ -526,7 +531,8 @@ def meta_train(
         save_checkpoint(elapsed)
         emit({"event": "interrupted", "episode": episode, "elapsed": elapsed})
         if bar is not None:
-            bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run")
+            bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run",
+                      file=sys.stderr)  # beside the progress bar, not in the output a script may parse
         raise
     finally:
         if helpers:
