@@ -50,6 +50,26 @@ def test_size_range_gives_multiples_of_8_and_styles_come_from_the_list():
         assert p.info["style"] not in HELD_OUT_STYLES
 
 
+def test_with_a_size_range_a_crops_gradient_is_scaled_to_the_middle_sizes_pixels():
+    # As the engine scales the gradients it hands the LSTM (lstm_input_scale): without it the
+    # gradients of a 48 px crop were (64/48)^2 those of a 64 px one and the LSTM saw size as loss scale.
+    fixed, ranged = NeuralArtTask(), NeuralArtTask(size_range=(48, 80))
+    photo = fixed.split["val"][0]
+    for size in (48, 64, 80):
+        a = fixed.problem(photo, TRAIN_STYLE, size)
+        b = ranged.problem(photo, TRAIN_STYLE, size)
+        scale = size * size / 64 ** 2
+        assert float(b.loss(b.params, 0)) == pytest.approx(float(a.loss(a.params, 0)) * scale, rel=1e-6)
+    assert fixed.size_scale(80) == 1.0
+    batch = ranged.sample_batch(torch.Generator().manual_seed(3), "train", 2)  # the batched path too
+    unscaled = NeuralArtTask(size_range=(48, 80))
+    unscaled.size_scale = lambda size: 1.0
+    same = unscaled.sample_batch(torch.Generator().manual_seed(3), "train", 2)
+    side = batch.params[0].shape[-1]
+    assert float(batch.loss(batch.params, 0)) == pytest.approx(
+        float(same.loss(same.params, 0)) * side * side / 64 ** 2, rel=1e-6)
+
+
 def test_basis_levels_give_multiscale_coefficients_of_the_same_problem():
     pixels = NeuralArtTask(size=32).sample(torch.Generator().manual_seed(4), "val")
     multi = NeuralArtTask(size=32, basis_levels=2).sample(torch.Generator().manual_seed(4), "val")

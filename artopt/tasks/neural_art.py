@@ -59,7 +59,9 @@ class NeuralArtTask:
     """Distribution over style-transfer problems.
 
     size: crop size (the paper trains on 64×64).  ``size_range`` samples sizes instead (multiples of
-    8), one of the generalisation aids.  ``styles``: training styles; ``fixed style`` mode is simply
+    8), one of the generalisation aids; a crop's loss is then multiplied by its pixels over the middle
+    size's, so the optimizer sees the gradients of every size as the engine hands them to it (scaled to
+    the trained pixels, ``lstm_input_scale``), not ones that shrink as the crop grows.  ``styles``: training styles; ``fixed style`` mode is simply
     ``styles=(TRAIN_STYLE,)``.  ``init``: "content" (the engine's default) or "noise".
     """
 
@@ -128,15 +130,23 @@ class NeuralArtTask:
             parts.append(self._parts(photo, style, size, rnd))
         net = parts[0][1].loss_net
         theta0 = torch.cat([theta for theta, _, _ in parts])
+        scale = self.size_scale(size)
 
         def loss(params, t):
             images = params[0]
             features = net(images)
-            return sum(loss_fn.from_features({n: f[i : i + 1] for n, f in features.items()}, images[i : i + 1])["total"]
-                       for i, (_, loss_fn, _) in enumerate(parts))
+            return scale * sum(loss_fn.from_features({n: f[i : i + 1] for n, f in features.items()},
+                                                     images[i : i + 1])["total"] for i, (_, loss_fn, _) in enumerate(parts))
 
         return self._in_basis(Problem([theta0], loss, project=clamp_image,
                                       info={"stacked": [info for _, _, info in parts]}, count=k))
+
+    def size_scale(self, size: int) -> float:
+        """What a crop of side ``size`` multiplies its loss by: 1 without ``size_range``."""
+        if self.size_range is None:
+            return 1.0
+        middle = (self.size_range[0] + self.size_range[1]) // 2  # the card's trained_pixels: middle ** 2
+        return size * size / (middle * middle)
 
     def _draw(self, rnd: random.Random, split: str, style: str | None, size: int | None) -> tuple[str, str, int]:
         files = self._split[split]
@@ -150,9 +160,10 @@ class NeuralArtTask:
     def problem(self, photo: str, style: str, size: int, rnd: random.Random | None = None) -> Problem:
         """The problem for one photo (random square crop of side ``size``) and one style."""
         theta0, loss_fn, info = self._parts(photo, style, size, rnd or random.Random(0))
+        scale = self.size_scale(size)
 
         def loss(params, t):
-            return loss_fn(params[0])["total"]
+            return loss_fn(params[0])["total"] * scale
 
         return Problem([theta0], loss, project=clamp_image, info=info)
 
