@@ -1,7 +1,7 @@
-"""Checks shared by the train/ and bench/ scripts: a bad flag or an output path that cannot be written ends
-in one argparse ``error:`` line (exit 2) before any work starts, not in a traceback minutes later;
-and the JSON they write is strict (a non-finite number is written as null: JSON has no NaN or
-Infinity, and strict readers refuse them)."""
+"""What the train/ and bench/ scripts share: their argument parser; checks, so that a bad flag or an
+output path that cannot be written ends in one argparse ``error:`` line (exit 2) before any work
+starts, not in a traceback minutes later; strict JSON (a non-finite number is written as null: JSON
+has no NaN or Infinity, and strict readers refuse them); and how a meta-training run starts and ends."""
 
 from __future__ import annotations
 
