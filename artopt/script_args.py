@@ -154,17 +154,41 @@ def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, sh
             ap.error(f"{flag} {given}: {problem}")
 
 
+# Run settings (``truncated_bptt._run_settings``) set by a flag of another name; any other setting is
+# set by the flag whose dest it is, if the script has one.
+SETTING_DESTS = {"beta1": "moment_betas", "beta2": "moment_betas", "preprocess": "no_preprocess",
+                 "task_kwargs": "task_arg", "max_minutes": "minutes"}
+
+
+def setting_flags(ap: argparse.ArgumentParser):
+    """For ``SettingsChangedError.describe``: the flag of ``ap`` that sets a run setting, found from the
+    setting's key path up (``("task", "task_kwargs", "labels")`` is set by --task-arg)."""
+    flags = {action.dest: max(action.option_strings, key=len)
+             for action in ap._actions if action.option_strings}  # argparse has no public list of its flags
+
+    def flag_of(key: tuple[str, ...]):
+        for i in range(len(key) - 1, -1, -1):
+            flag = flags.get(SETTING_DESTS.get(key[i], key[i]))
+            if flag:
+                return flag, i
+        return None
+
+    return flag_of
+
+
 def finish_meta_training(ap: argparse.ArgumentParser, train, ship, ship_to: str | None, kept: Path) -> int:
     """Run ``train()`` (the script's meta_train call), print its summary as one JSON line, then
     ``ship(result)`` when the script was given a --ship folder, ``ship_to``.  The script's exit code:
     a checkpoint that cannot be resumed is one error line (2; a user's file, not a bug: other errors
     keep their tracebacks); Ctrl-C 130, with no traceback after meta_train's hint on resuming; a
     failed ship 1, naming ``kept``, where the trained networks stay."""
-    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError
+    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError, SettingsChangedError
 
     t0 = time.time()
     try:
         res = train()
+    except SettingsChangedError as err:  # said with the flags the user gives, not the settings' names
+        ap.exit(2, f"{ap.prog}: error: {err.describe(setting_flags(ap))}\n")
     except ResumeError as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     except KeyboardInterrupt:

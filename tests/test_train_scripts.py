@@ -65,8 +65,27 @@ def test_a_checkpoint_of_other_settings_is_one_error_line(tmp_path, suite, capsy
     with pytest.raises(SystemExit) as done:
         suite.main(_tiny(tmp_path, "--name", "x", "--meta-lr", "0.01"))
     assert done.value.code == 2
-    _one_error_line(capsys.readouterr().err, "belongs to a run with other settings (meta_lr 0.001 -> 0.01)")
+    # The flag the user changed, not the setting's name (before: "meta_lr 0.001 -> 0.01").
+    _one_error_line(capsys.readouterr().err, "belongs to a run with other settings (--meta-lr 0.001 -> 0.01)")
+    # A flag whose setting has another name says both; before, the whole network config was printed.
+    with pytest.raises(SystemExit):
+        suite.main(_tiny(tmp_path, "--name", "x", "--no-preprocess"))
+    line = _one_error_line(capsys.readouterr().err, "other settings (--no-preprocess (preprocess True -> False))")
+    assert "hidden_size" not in line
     assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "2")) == 0  # a bigger budget resumes
+
+
+def test_a_resumed_neural_art_run_names_the_changed_flags(tmp_path, neural_art, capsys):
+    assert neural_art.main(_tiny_art(tmp_path, "--name", "x")) == 0
+    capsys.readouterr()
+    for args, said in ((["--moment-inputs"], "(--moment-inputs False -> True)"),
+                       (["--moment-betas", "0.9", "0.95"], "(--moment-betas (beta1 0.95 -> 0.9))"),
+                       (["--size", "24"], "(--size 16 -> 24)"),
+                       (["--trajectory-weights", "linear"], "(--trajectory-weights 'uniform' -> 'linear')")):
+        with pytest.raises(SystemExit) as done:
+            neural_art.main(_tiny_art(tmp_path, "--name", "x", *args))
+        assert done.value.code == 2
+        _one_error_line(capsys.readouterr().err, said)
 
 
 def test_a_genuine_bug_still_shows_its_traceback(tmp_path, suite, monkeypatch):

@@ -159,7 +159,8 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
     with pytest.raises(ValueError, match="other settings .*steps 10 -> 12"):
         meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), replace(cfg, steps=12, episodes=3),
                    out_dir=tmp_path, name="r", progress=False)
-    with pytest.raises(ValueError, match="other settings .*output_scale"):
+    # Each changed field of a network's config, not the whole config printed twice.
+    with pytest.raises(ValueError, match=r"other settings \(nets\.default\.output_scale 0\.1 -> 0\.5\)"):
         meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet(output_scale=0.5)}), replace(cfg, episodes=3),
                    out_dir=tmp_path, name="r", progress=False)
     # A bigger budget is what resuming is for.
@@ -506,8 +507,11 @@ def test_a_run_resumed_with_another_task_is_refused(tmp_path):
     run = lambda task_settings: meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg,
                                            out_dir=tmp_path, name="r", progress=False, task_settings=task_settings)
     run({"size": 64})
-    with pytest.raises(ValueError, match=r"other settings \(task \{'size': 64\} -> \{'size': 48\}"):
+    with pytest.raises(ValueError, match=r"other settings \(task\.size 64 -> 48\)") as refused:
         run({"size": 48})
+    assert refused.value.changes == [(("task", "size"), 64, 48)]
+    with pytest.raises(ValueError, match=r"other settings \(task\.mode unset -> 'multi'\)"):
+        run({"size": 64, "mode": "multi"})
     run({"size": 64})  # the same task resumes
 
 
@@ -834,3 +838,15 @@ def test_a_run_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match="name must be a plain file name"):
         _tiny_run(tmp_path / "out", name=name)
     assert not (tmp_path / "out").exists()
+
+
+def test_setting_changes_compares_nested_settings_key_by_key():
+    from artopt.outer_trainers.truncated_bptt import UNSET, _setting_changes
+
+    stored = {"steps": 10, "nets": {"default": {"p": 10.0, "moment_inputs": False}}, "task": {"size": 64}}
+    now = {"steps": 10, "nets": {"default": {"p": 10.0, "moment_inputs": True}}, "task": {"size": 64, "init": "noise"}}
+    assert _setting_changes(stored, now) == [(("nets", "default", "moment_inputs"), False, True),
+                                             (("task", "init"), UNSET, "noise")]
+    # A setting added later whose default is None: runs written before it still resume.
+    assert _setting_changes({"a": 1}, {"a": 1, "init_from": None}) == []
+    assert _setting_changes({"a": 1}, {"a": 1, "init_from": "x.safetensors"}) == [(("init_from",), UNSET, "x.safetensors")]

@@ -723,6 +723,53 @@ class ResumeError(ValueError):
     The training scripts report it in one line (a user's situation, not a bug)."""
 
 
+class SettingsChangedError(ResumeError):
+    """A run resumed with other settings.  ``changes``: (key path, stored value, this run's value) per
+    changed setting, the path into the run's settings (``("nets", "default", "output_scale")``; a
+    setting one side lacks has the value ``UNSET``), so that a script can name its own flags."""
+
+    def __init__(self, path: Path, changes: list[tuple[tuple[str, ...], object, object]]):
+        self.path, self.changes = path, changes
+        super().__init__(self.describe())
+
+    def describe(self, flag_of=None) -> str:
+        """The message.  ``flag_of(key path)``: None, or (flag, i) where the flag sets the setting at
+        ``key[i:]`` (the change is then said with the flag); by default each setting's key path says it."""
+        said = []
+        for key, old, new in self.changes:
+            found = flag_of(key) if flag_of else None
+            change = f"{_shown(old)} -> {_shown(new)}"
+            if found is None:
+                said.append(f"{'.'.join(key)} {change}")
+            elif found[1] == len(key) - 1 and found[0] == "--" + key[-1].replace("_", "-"):
+                said.append(f"{found[0]} {change}")  # the flag is the setting's name
+            else:
+                said.append(f"{found[0]} ({'.'.join(key[found[1]:])} {change})")
+        said = "; ".join(said)
+        return (f"{self.path} belongs to a run with other settings ({said}); resume it with its own flags (only "
+                "--episodes and --minutes may change), or choose another --name")
+
+
+UNSET = object()  # a setting that one of two compared runs does not have
+
+
+def _shown(value) -> str:
+    return "unset" if value is UNSET else repr(value)
+
+
+def _setting_changes(stored: dict, settings: dict, prefix: tuple[str, ...] = ()) -> list:
+    """(key path, stored, now) for every setting that differs, nested dicts compared key by key."""
+    changes = []
+    for key in sorted(set(stored) | set(settings)):
+        old, new = stored.get(key, UNSET), settings.get(key, UNSET)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _setting_changes(old, new, prefix + (key,))
+        elif old != new and not (None in (old, new) and UNSET in (old, new)):
+            # (a setting added later with the default None resumes the runs written before it)
+            changes.append((prefix + (key,), old, new))
+    return changes
+
+
 def _unresumable(path: Path, exc: Exception) -> ResumeError:
     # The first line only: torch.load's refusal goes on for lines about weights_only and filing issues.
     reason = (str(exc).strip().splitlines() or [""])[0]
@@ -757,11 +804,9 @@ def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
     stored = json.loads(stored_json)
     if "task" not in stored:  # written before the task's settings were recorded: only the rest is known
         settings = {k: v for k, v in settings.items() if k != "task"}
-    changed = [f"{k} {stored.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(stored) | set(settings))
-               if stored.get(k) != settings.get(k)]
-    if changed:
-        raise ResumeError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
-                          "its own flags (only --episodes and --minutes may change), or choose another --name")
+    changes = _setting_changes(stored, settings)
+    if changes:
+        raise SettingsChangedError(path, changes)
 
 
 def _log_line(event: dict) -> str:
