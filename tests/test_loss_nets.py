@@ -120,6 +120,9 @@ def test_vgg_without_weights_says_how_to_provide_them(no_vgg, tmp_path):
     with pytest.raises(LossNetError, match="--vgg-weights") as raised:
         build_loss_net("vgg19")
     assert str(tmp_path / "hub" / "checkpoints") in str(raised.value) and "{" not in str(raised.value)
+    # Why the download failed, which follows torchvision's "Downloading: ..." line (before: "not available
+    # offline", whatever the reason, e.g. a full disk).
+    assert "torchvision's download of it failed (OSError: no network)" in str(raised.value)
     with pytest.raises(LossNetError, match="not found"):
         build_loss_net("vgg19", vgg_weights="/nonexistent/vgg19.pth")
 

@@ -32,10 +32,13 @@ VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
 # The file name torchvision uses for ``VGG19_Weights.IMAGENET1K_V1`` in its hub cache.
 VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"
 
-def vgg_howto() -> str:
-    """What to do when VGG-19's weights cannot be had (names this machine's torch hub folder)."""
+def vgg_howto(failure: Exception) -> str:
+    """What to do when VGG-19's weights cannot be had: none is on this machine and torchvision's
+    download raised ``failure`` (names this machine's torch hub folder)."""
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return ("VGG-19 ImageNet weights are not available offline. Download "
+    detail = (str(failure).strip().splitlines() or [""])[0][:200]
+    return ("VGG-19 ImageNet weights: none on this machine, and torchvision's download of it failed "
+            f"({type(failure).__name__}: {detail}). Download "
             f"https://download.pytorch.org/models/{VGG19_CACHE_NAME} and pass it with --vgg-weights FILE "
             f"(or set {VGG_WEIGHTS_ENV}=FILE, or put it in {cache}/), or use --loss-net efficientnet-lite0")
 
@@ -240,8 +243,8 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, tor
 
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True), "torchvision's VGG-19 download"
-    except Exception:
-        raise LossNetError(vgg_howto()) from None
+    except Exception as exc:  # offline (URLError), but also a full disk or an HTTP error
+        raise LossNetError(vgg_howto(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
