@@ -245,6 +245,45 @@ def test_growing_unroll_reaches_the_whole_horizon_halfway_through_the_budget():
         MetaTrainConfig(unroll_schedule="shrink")
 
 
+def test_a_horizon_curriculum_grows_episodes_to_the_whole_horizon_halfway_through_the_budget(tmp_path):
+    from artopt.outer_trainers.truncated_bptt import MetaTrainConfig, horizon_at
+
+    assert horizon_at(MetaTrainConfig(steps=128, unroll=16), 0, 0.0) == 128
+    grow = MetaTrainConfig(steps=128, unroll=16, horizon_schedule="grow", episodes=100)
+    assert horizon_at(grow, 0, 0.0) == 32  # two truncations
+    assert horizon_at(grow, 25, 0.0) == 64  # geometric: 32 * 4 ** 0.5, in whole truncations
+    assert horizon_at(grow, 50, 0.0) == horizon_at(grow, 99, 0.0) == 128
+    assert all(horizon_at(grow, e, 0.0) % 16 == 0 for e in range(100))
+    assert horizon_at(MetaTrainConfig(steps=20, unroll=15, horizon_schedule="grow"), 0, 0.0) == 20
+    with pytest.raises(ValueError, match="horizon_schedule"):
+        MetaTrainConfig(horizon_schedule="shrink")
+    # Training episodes follow it; validation runs the whole horizon from the start.
+    cfg = MetaTrainConfig(steps=8, unroll=2, episodes=4, val_every=4, val_problems=1, horizon_schedule="grow")
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="h",
+               progress=False)
+    events = [json.loads(line) for line in (tmp_path / "h.log.jsonl").read_text().splitlines()]
+    assert [e["steps"] for e in events if e["event"] == "train"] == [4, 6, 8, 8]
+
+
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    # Before: a checkpoint written before a MetaTrainConfig or network field was added could not be resumed
+    # ("unset -> 'constant'"), though the run had used what is now that field's default.
+    from dataclasses import replace
+
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    run = lambda cfg: meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg,
+                                 out_dir=tmp_path, name="r", progress=False)
+    run(cfg)
+    ckpt = torch.load(tmp_path / "r.ckpt", weights_only=True)
+    settings = json.loads(ckpt["settings"])
+    del settings["horizon_schedule"], settings["nets"]["default"]["head_hidden"]
+    ckpt["settings"] = json.dumps(settings)
+    torch.save(ckpt, tmp_path / "r.ckpt")
+    assert run(replace(cfg, episodes=3)).episodes_done == 3
+    with pytest.raises(ValueError, match=r"horizon_schedule 'constant' -> 'grow'"):  # the resumed run wrote it
+        run(replace(cfg, episodes=4, horizon_schedule="grow"))
+
+
 class Recorder(torch.optim.SGD):
     """A meta-optimizer that only records each meta-gradient it is given (lr 0: φ stays frozen)."""
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..learned_optimizers.network import LSTMOptimizerNet, learned_update
+from ..learned_optimizers.network import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
 from ..learned_optimizers.weights import save_learned, write_json_atomic
 from ..tasks.base import Problem, Task, stack_problems
 
@@ -61,6 +61,10 @@ OBJECTIVE_OPTIONS = {
     "unroll_schedule": (("constant", "grow"),
                         "grow: the truncation grows geometrically from --unroll to the whole horizon over the "
                         "first half of the budget (short unrolls learn fast, long ones are less greedy)"),
+    "horizon_schedule": (("constant", "grow"),
+                         "grow: a horizon curriculum: training episodes grow geometrically from two truncations to "
+                         "the whole horizon (--steps) over the first half of the budget, in whole truncations; "
+                         "validation always runs the whole horizon"),
 }
 
 
@@ -95,6 +99,10 @@ class MetaTrainConfig:
     # ``steps`` over the first half of the budget.  Short unrolls give many meta-updates early; long
     # ones remove truncation's short-horizon bias (φ tuned to look good 20 steps ahead, not at the end).
     unroll_schedule: str = "constant"
+    # "constant", or "grow": a horizon curriculum.  Training episodes start at two truncations and grow
+    # geometrically to ``steps`` over the first half of the budget: early on, when φ knows nothing of late
+    # steps, a short episode gives as many meta-updates per truncation on several times the problems.
+    horizon_schedule: str = "constant"
     # "sum" (the paper): Σ_t w_t f(θ_t).  "log": Σ_t w_t log f(θ_t) (f > 0), whose gradient is
     # Σ_t w_t ∇f(θ_t) / f(θ_t): scale-free, and a step that halves a small late loss counts as much as
     # one that halves the large first one (under "sum" the first unroll's gradients dominate Adam's
@@ -330,6 +338,17 @@ def unroll_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
     return min(config.steps, round(config.unroll * (config.steps / config.unroll) ** grown))
 
 
+def horizon_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
+    """The next training episode's number of steps under ``config.horizon_schedule``: whole truncations
+    (``config.unroll``), from two of them to ``config.steps``."""
+    start = min(config.steps, 2 * config.unroll)
+    if config.horizon_schedule == "constant" or start >= config.steps:
+        return config.steps
+    grown = min(1.0, 2 * budget_progress(config, episode, elapsed_s))
+    horizon = start * (config.steps / start) ** grown
+    return min(config.steps, max(start, config.unroll * round(horizon / config.unroll)))
+
+
 def trajectory_score(losses: list[float]) -> float:
     """Validation criterion: mean loss over the trajectory (what the meta-objective optimizes)."""
     finite = [x if math.isfinite(x) else float("inf") for x in losses]
@@ -500,7 +519,7 @@ def meta_train(
             if averaged is not None:
                 averaged.update_parameters(nets)
             done_before, episode = episode, (helpers.count_episode() if helpers else episode + 1)
-            event = {"event": "train", "episode": episode, "score": trajectory_score(losses),
+            event = {"event": "train", "episode": episode, "steps": len(losses) - 1, "score": trajectory_score(losses),
                      "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
             history.append(event)
             emit(event)
@@ -592,8 +611,12 @@ def _training_episode(task, nets: nn.ModuleDict, config: MetaTrainConfig, meta_o
     problem = sample_problems(task, gen, "train", config.problems_per_episode)
     scale = math.exp(rng.uniform(-1, 1) * config.loss_scale_jitter) if config.loss_scale_jitter else 1.0
     nets.train()
-    return run_episode(nets, problem, config.steps, unroll_at(config, episode, elapsed), meta_opt, config.grad_clip,
-                       scale, config.meta_fraction, gen, config.trajectory_weights, config.meta_loss)
+    steps = horizon_at(config, episode, elapsed)
+    # (under a curriculum the trajectory weights span the episode's own horizon: its last step weighs
+    # what a whole run's last step does)
+    return run_episode(nets, problem, steps, min(steps, unroll_at(config, episode, elapsed)), meta_opt,
+                       config.grad_clip, scale, config.meta_fraction, gen, config.trajectory_weights,
+                       config.meta_loss)
 
 
 class _Helpers:
@@ -695,8 +718,8 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         losses = _training_episode(task, nets, config, meta_opt, gen, rng, episode, elapsed)
         if stop.is_set():
             break  # the main process has taken its count already; this episode's updates stay in φ
-        event = {"event": "train", "episode": _count(episodes), "worker": rank, "score": trajectory_score(losses),
-                 "final": losses[-1], "elapsed": elapsed_at + time.time()}
+        event = {"event": "train", "episode": _count(episodes), "worker": rank, "steps": len(losses) - 1,
+                 "score": trajectory_score(losses), "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a") as f:  # one short line per append: whole lines, whatever the interleaving
             f.write(_log_line(event))
 
@@ -757,17 +780,28 @@ def _shown(value) -> str:
     return "unset" if value is UNSET else repr(value)
 
 
-def _setting_changes(stored: dict, settings: dict, prefix: tuple[str, ...] = ()) -> list:
-    """(key path, stored, now) for every setting that differs, nested dicts compared key by key."""
-    changes = []
+def _setting_changes(stored: dict, settings: dict, defaults: dict | None = None,
+                     prefix: tuple[str, ...] = ()) -> list:
+    """(key path, stored, now) for every setting that differs, nested dicts compared key by key.  A
+    setting one side lacks and the other has at its default (``defaults``, the same nesting; None counts
+    as every setting's default) is no change: the run was written before the setting existed."""
+    changes, defaults = [], defaults or {}
     for key in sorted(set(stored) | set(settings)):
         old, new = stored.get(key, UNSET), settings.get(key, UNSET)
+        default = defaults.get(key, UNSET)
         if isinstance(old, dict) and isinstance(new, dict):
-            changes += _setting_changes(old, new, prefix + (key,))
-        elif old != new and not (None in (old, new) and UNSET in (old, new)):
-            # (a setting added later with the default None resumes the runs written before it)
+            changes += _setting_changes(old, new, default if isinstance(default, dict) else None, prefix + (key,))
+        elif old != new and not (UNSET in (old, new)
+                                 and (None in (old, new) or (default is not UNSET and default in (old, new)))):
             changes.append((prefix + (key,), old, new))
     return changes
+
+
+def _default_settings(net_names) -> dict:
+    """What ``_run_settings`` gives for a default MetaTrainConfig and default networks."""
+    settings = {k: v for k, v in asdict(MetaTrainConfig()).items() if k not in RESUMABLE_CHANGES}
+    settings["nets"] = {name: LSTMOptimizerConfig().to_dict() for name in net_names}
+    return json.loads(json.dumps(settings))
 
 
 def _unresumable(path: Path, exc: Exception) -> ResumeError:
@@ -804,7 +838,7 @@ def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
     stored = json.loads(stored_json)
     if "task" not in stored:  # written before the task's settings were recorded: only the rest is known
         settings = {k: v for k, v in settings.items() if k != "task"}
-    changes = _setting_changes(stored, settings)
+    changes = _setting_changes(stored, settings, _default_settings(settings.get("nets", {})))
     if changes:
         raise SettingsChangedError(path, changes)
 
