@@ -302,8 +302,8 @@ def _with_flag_names(message: str, fields: list[str], aliases: dict[str, str] | 
 
 
 def _stylize(args: argparse.Namespace) -> int:
-    from artopt.style.engine import (StylizeConfig, cpu_memory_problem, resolve_device, resolve_lr, resolve_optimizer,
-                                     stylize)
+    from artopt.style.engine import (StylizeConfig, content_size_problem, cpu_memory_problem, resolve_device,
+                                     resolve_lr, resolve_optimizer, stylize)
     from artopt.style.images import ImageError, load_image, save_image
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
@@ -361,6 +361,10 @@ def _stylize(args: argparse.Namespace) -> int:
                               pooling=config.vgg_pooling).min_size
     content = load_image(args.content, min_size=min_size)
     styles = [load_image(s, min_size=min_size) for s in args.styles]
+    # The engine refuses this too, but only once it runs: after the progress bar has been drawn.
+    too_narrow = content_size_problem((content.height, content.width), config.size, min_size, net_name)
+    if too_narrow:
+        raise CLIError(too_narrow)
     if device.type == "cpu":  # past the machine's RAM the kernel would kill the run without a word
         too_big, tight = cpu_memory_problem((content.height, content.width), config.size, "--size")
         if too_big:

@@ -119,6 +119,17 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_photo_too_narrow_for_the_size_is_refused_before_the_progress_bar(tmp_path, capsys):
+    # Before: the progress bar was drawn at 0% first, and the error came when the engine started.
+    Image.new("RGB", (200, 40)).save(tmp_path / "narrow.png")
+    code = main(["stylize", str(tmp_path / "narrow.png"), str(STYLE), "-o", str(tmp_path / "o.png"),
+                 *[a for a in FAST if a != "--quiet"]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "step" not in err, err
+    assert err.startswith("artopt: error: at 48 px the content image's shorter side is 10 px")
+    assert not (tmp_path / "o.png").exists()
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: [str(d / "mine.png"), str(STYLE), "-o", str(d / "mine.png")], "is the content image"),
     (lambda d: [str(PHOTO), str(d / "mine.png"), "-o", str(d / "o.jpg"), "--log-json", str(d / "mine.png")],
