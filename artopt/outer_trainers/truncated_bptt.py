@@ -3,7 +3,8 @@
 Each episode draws a fresh problem, runs the learned optimizer on it for ``steps`` steps and, every
 ``unroll`` steps, updates φ with Adam on the trajectory loss Σ_t w_t f(θ_t) of that unroll (w_t = 1 as
 in the paper unless ``trajectory_weights`` says otherwise), then cuts the graph (truncation).
-``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon;
+``unroll_schedule="grow"`` lengthens the truncation over the run, up to the whole horizon, and
+``horizon_schedule="grow"`` the training episodes (a horizon curriculum);
 ``meta_loss="log"`` uses Σ_t w_t log f(θ_t) instead (for stacked problems, ``problems_per_episode > 1``
 or a batched task, f is their mean loss: the log of the mean, not the mean of the logs).  ``workers=N`` adds N - 1 processes that
 meta-train the same φ (in shared memory) on problems of their own, each with its own Adam, lock-free
@@ -101,7 +102,7 @@ class MetaTrainConfig:
     unroll_schedule: str = "constant"
     # "constant", or "grow": a horizon curriculum.  Training episodes start at two truncations and grow
     # geometrically to ``steps`` over the first half of the budget: early on, when φ knows nothing of late
-    # steps, a short episode gives as many meta-updates per truncation on several times the problems.
+    # steps, short episodes give as many meta-updates a minute, drawn from several times as many problems.
     horizon_schedule: str = "constant"
     # "sum" (the paper): Σ_t w_t f(θ_t).  "log": Σ_t w_t log f(θ_t) (f > 0), whose gradient is
     # Σ_t w_t ∇f(θ_t) / f(θ_t): scale-free, and a step that halves a small late loss counts as much as
@@ -519,8 +520,9 @@ def meta_train(
             if averaged is not None:
                 averaged.update_parameters(nets)
             done_before, episode = episode, (helpers.count_episode() if helpers else episode + 1)
-            event = {"event": "train", "episode": episode, "steps": len(losses) - 1, "score": trajectory_score(losses),
-                     "final": losses[-1], "elapsed": elapsed_before + time.perf_counter() - start}
+            event = {"event": "train", "episode": episode, "steps": len(losses) - 1,
+                     "score": trajectory_score(losses), "final": losses[-1],
+                     "elapsed": elapsed_before + time.perf_counter() - start}
             history.append(event)
             emit(event)
             if bar is not None:
