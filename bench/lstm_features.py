@@ -57,13 +57,8 @@ def shipped_update_inputs(n: int):
     return net, grads[3], state, moments
 
 
-def _update(net, grad, state, moments, block: int):
-    network.FEATURE_BLOCK = block  # 1: every chunk is its own block, as before
-    return net._inference(grad, state, moments=moments)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_update_timing_flags(ap: argparse.ArgumentParser, json_default: Path) -> None:
+    """The flags of a script that times variants of the update, then whole stylize steps."""
     ap.add_argument("--coords", type=positive_int, default=699_000)
     ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=positive_int, default=9)
@@ -71,7 +66,31 @@ def main(argv=None) -> int:
     # a step's time is measured from the end of the first step: one step measures nothing
     ap.add_argument("--engine-steps", type=at_least(2), default=30)
     ap.add_argument("--engine-rounds", type=at_least(0), default=4, help="0: no whole stylize steps")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "lstm_features.json")
+    ap.add_argument("--json", type=Path, default=json_default)
+
+
+def median_seconds(calls: dict, rounds: int) -> dict[str, float]:
+    """The median wall time of each call (name: function of no arguments): one warm-up call each, then
+    ``rounds`` rounds in which the calls alternate, so a slow minute of the machine hits them alike."""
+    for call in calls.values():
+        call()
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _update(net, grad, state, moments, block: int):
+    network.FEATURE_BLOCK = block  # 1: every chunk is its own block, as before
+    return net._inference(grad, state, moments=moments)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_update_timing_flags(ap, ROOT / "bench" / "results" / "lstm_features.json")
     args = ap.parse_args(argv)
     check_output_file(ap, "--json", args.json)
     net, grad, state, moments = shipped_update_inputs(args.coords)
@@ -84,15 +103,8 @@ def main(argv=None) -> int:
               "same_update_to_the_bit": same, "median_update_seconds": {}, "before_over_library": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        times = {k: [] for k in VARIANTS}
-        for k, b in VARIANTS.items():  # warm-up
-            _update(net, grad, state, moments, b)
-        for _ in range(args.rounds):
-            for k, b in VARIANTS.items():
-                t0 = time.perf_counter()
-                _update(net, grad, state, moments, b)
-                times[k].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = median_seconds({k: (lambda b=b: _update(net, grad, state, moments, b)) for k, b in VARIANTS.items()},
+                             args.rounds)
         report["median_update_seconds"][str(threads)] = med
         report["before_over_library"][str(threads)] = med["inputs per chunk (before)"] / med["inputs per block (library)"]
     if args.engine_rounds:

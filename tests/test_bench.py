@@ -64,6 +64,7 @@ def expect_usage_error(capsys, name: str, argv: list[str], words: str) -> str:
     ("long_runs", ["--steps", "1", "--size", "64", "--points", "0"]),  # labelled the last loss "0"
     ("basis_variants", ["--problems", "0"]),
     ("lstm_features", ["--engine-steps", "1"]),
+    ("lstm_ops", ["--rounds", "0"]),
     ("lstm_threads", ["--rounds", "0"]),
     ("lstm_onednn", ["--coords", "1000", "--rounds", "0"]),
     ("lstm_layout", ["--repeats", "0"]),
@@ -82,6 +83,7 @@ def test_counts_below_their_minimum_are_refused_before_any_work(capsys, no_cli_r
     ("loss_weights", ["--out"]),
     ("basis_variants", ["--json"]),
     ("lstm_features", ["--json"]),
+    ("lstm_ops", ["--json"]),
     ("lstm_threads", ["--json"]),
 ])
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv):
@@ -238,3 +240,23 @@ def test_prototypes_without_moment_inputs_say_so(monkeypatch, tmp_path, name):
     with pytest.raises(SystemExit) as exc:
         load(name).main(["--coords", "64", "--repeats", "1", "--json", str(tmp_path / "x.json")])
     assert "moment inputs" in str(exc.value.code)
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "float32"])
+def test_the_fewer_ops_prototype_computes_the_librarys_update(state_dtype):
+    # bench/lstm_ops.py times it against the library: it must compute the same step (up to rounding).
+    import torch
+
+    bench = load("lstm_ops")
+    net, grad, state, moments = bench.shipped_update_inputs(6000)  # the last chunk is a partial one
+    if state_dtype == "float32":
+        state = (state[0].float() / 127, state[1].float())
+    (u0, (h0, c0)), (u1, (h1, c1)) = net._inference(grad, state, moments=moments), \
+        bench.fewer_ops_inference(net, grad, state, moments=moments)
+    assert h1.dtype == h0.dtype and c1.dtype == c0.dtype
+    assert torch.allclose(u0, u1, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(c0.float(), c1.float(), rtol=2e-3, atol=1e-5)
+    if state_dtype == "int8":
+        assert (h0.int() - h1.int()).abs().max() <= 1 and (h0 != h1).float().mean() < 1e-4
+    else:
+        assert torch.allclose(h0, h1, rtol=1e-5, atol=1e-6)
