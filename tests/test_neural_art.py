@@ -554,6 +554,19 @@ def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_pat
     (["256", "--photos", "200"], "at most 100"),
     (["256", "--tune-photos", "0"], "--tune-photos must be at least 1, got 0"),
     (["64", "--out", __file__], "is a file; give a folder"),  # it failed with 'File exists' after the run
+    # Before: a KeyError traceback, once the baselines were tuned.
+    (["64", "--optimizers", "lstm-prev"], "--optimizers lstm-prev runs the weights named lstm-prev: give them "
+                                          "with --weights lstm-prev=PATH"),
+    (["256", "--optimizers", "lstm-prev-raw-flat"], "give them with --weights lstm-prev=PATH"),
+    # Before: they were never run, and nothing said so.
+    (["64", "--weights", "lstm-other=weights/neural_art.safetensors"],
+     "--weights lstm-other: no optimizer in --optimizers runs it"),
+    # Before: found missing only after the baselines were tuned.
+    (["64", "--weights", "lstm=/no/such.safetensors"], "--weights lstm=/no/such.safetensors: no such file"),
+    (["128", "--weights", "/no/such.safetensors"], "--weights lstm=/no/such.safetensors: no such file"),
+    # Before: a rate of -lr was tried when tuning, and ignored while a rate is cached.
+    (["64", "--grid-factors", "1", "-1"], "--grid-factors must be positive and finite, got -1"),
+    (["256", "--engine-grid-factors", "0"], "--engine-grid-factors must be positive and finite, got 0"),
 ])
 def test_evaluation_counts_are_checked_before_anything_runs(eval_script, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):

@@ -159,6 +159,39 @@ def _check_optimizers(names: list[str], crops: bool) -> str | None:
     return None
 
 
+def _weights_name(name: str, weights: dict, crops: bool) -> str:
+    """The --weights name a learned optimizer in --optimizers runs, as the settings resolve it
+    ("lstm-prev-ms-bf16-raw": lstm-prev; an engine setting's "lstm-prev-raw-flat": lstm-prev)."""
+    base, _ = _raw(name if crops else name.removesuffix(FLAT))
+    if crops:
+        for suffix in STATE_DTYPES:
+            base = base.removesuffix(suffix)
+    if base.endswith(MULTISCALE) and base.removesuffix(MULTISCALE) in weights:
+        base = base.removesuffix(MULTISCALE)
+    return base
+
+
+def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool) -> str | None:
+    """What is wrong with the --weights for the --optimizers list, or None: a learned optimizer without
+    weights (a KeyError once the baselines were tuned), a --weights name ``given`` that nothing runs (it
+    was skipped without a word), or a weights file that is not there."""
+    used = {_weights_name(name, weights, crops) for name in names
+            if (name if crops else name.removesuffix(FLAT)).startswith("lstm")}
+    for name in names:
+        if (name if crops else name.removesuffix(FLAT)).startswith("lstm"):
+            key = _weights_name(name, weights, crops)
+            if key not in weights:
+                return f"--optimizers {name} runs the weights named {key}: give them with --weights {key}=PATH"
+    unused = sorted(given - used)
+    if unused:
+        return (f"--weights {unused[0]}: no optimizer in --optimizers runs it (learned ones: "
+                f"{', '.join(sorted(used)) or 'none'})")
+    for key in sorted(used):
+        if not Path(weights[key]).is_file():
+            return f"--weights {key}={weights[key]}: no such file"
+    return None
+
+
 def _flat(name: str, pyramid: bool) -> tuple[str, bool]:
     """(name without "-flat", whether its engine run uses the pyramid)."""
     return (name.removesuffix(FLAT), False) if name.endswith(FLAT) else (name, pyramid)
@@ -555,6 +588,10 @@ def main(argv=None) -> int:
         ap.error(f"--out {args.out} is a file; give a folder (made if missing)")
     if args.photos > 100 or args.tune_photos > 100:  # split_photos: 100 validation and 100 test photos
         ap.error("--photos and --tune-photos can be at most 100 (the photos of a split)")
+    for flag, factors in (("--grid-factors", args.grid_factors), ("--engine-grid-factors", args.engine_grid_factors)):
+        for factor in factors:
+            if not 0 < factor < math.inf:  # (a cached rate skips the grid: it would have failed only when tuning)
+                ap.error(f"{flag} must be positive and finite, got {factor:g}")
     torch.set_num_threads(args.threads)
     if args.setting == "summary":
         rows = summary(args.out or OUT)
@@ -562,17 +599,18 @@ def main(argv=None) -> int:
             record_in_card(rows, args.card)
         return 0
     args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    weights = {"lstm": ROOT / "weights" / "neural_art.safetensors"}
+    weights, given = {"lstm": ROOT / "weights" / "neural_art.safetensors"}, set()
     for w in args.weights:
         name, _, path = w.rpartition("=")
         weights[name or "lstm"] = Path(path)
+        given.add(name or "lstm")
     args.weights = weights
     if args.setting == "grid":
         args.steps = args.steps or 200
         grid(args)
         return 0
     crops = args.setting in ("64", "128")
-    problem = _check_optimizers(args.optimizers, crops)
+    problem = _check_optimizers(args.optimizers, crops) or _check_weights(args.optimizers, weights, given, crops)
     if problem:
         ap.error(problem)
     args.steps = args.steps or (128 if crops else 200)
