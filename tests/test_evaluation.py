@@ -199,8 +199,9 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
         cli.parse_args(["quadratic", "--optimizers", "adagrad"])
     with pytest.raises(SystemExit):
         cli.parse_args(["quadratic", "--lr", "sgd=-1"])
-    assert cli.main(["quadratic", "--optimizers", "lstm", "--weights", str(tmp_path / "missing.safetensors"),
-                     "--quiet"]) == 2
+    with pytest.raises(SystemExit) as done:  # before any tuning
+        cli.main(["quadratic", "--optimizers", "lstm", "--weights", str(tmp_path / "missing.safetensors"), "--quiet"])
+    assert done.value.code == 2
 
 
 def test_ratios_over_a_diverged_best_baseline_are_undefined_not_zero():
@@ -257,6 +258,9 @@ def _cli():
     (["--plot", "out.xyz"], "--plot"),  # was refused by savefig after the whole evaluation
     (["--json", "same.png", "--plot", "same.png"], "same file"),
     (["--json", "lrs.json", "--tuned-lrs", "lrs.json"], "same file"),  # the report overwrote the cache
+    # Before: found by main, as 'error: ...' without the command's name (and the missing file only there).
+    (["--optimizers", "lstm-x,adam"], "lstm-x needs --weights lstm-x=PATH"),
+    (["--weights", "nope.safetensors"], "--weights lstm=nope.safetensors: no such file"),
 ])
 def test_cli_bad_flags_exit_2_before_work(tmp_path, monkeypatch, capsys, argv, message):
     cli = _cli()
@@ -301,7 +305,7 @@ def test_cli_bad_lr_cache_and_missing_data_are_errors_before_work(tmp_path, monk
     assert cli.main(["mnist", "--optimizers", "sgd", "--lr", "sgd=0.1", "--steps", "2", "--instances", "1",
                      "--tuned-lrs", str(tmp_path / "ok.json"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "ARTOPT_DATA" in err  # was a DataNotFoundError traceback
+    assert ": error:" in err.splitlines()[0] and "ARTOPT_DATA" in err  # was a DataNotFoundError traceback
 
 
 def test_cli_retunes_an_lr_cached_for_another_criterion(tmp_path):
@@ -337,3 +341,14 @@ def test_plot_survives_curves_with_nothing_to_log_scale(tmp_path):
         out = compare(_result(curves), lrs={"adam": 0.1})
         cli.plot_curves(out, tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_cli_a_weights_file_that_cannot_be_loaded_is_said_before_any_tuning(tmp_path, capsys):
+    # Before: with the learned optimizer listed after a baseline, the baseline was tuned (and cached) first.
+    cli = _cli()
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    assert cli.main(["quadratic", "--optimizers", "adam,lstm", "--weights", str(tmp_path / "bad.safetensors"),
+                     "--tuned-lrs", str(tmp_path / "lrs.json"), "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert ": error: cannot load lstm:" in err and "\n" not in err.strip()
+    assert not (tmp_path / "lrs.json").exists()

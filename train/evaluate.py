@@ -146,6 +146,14 @@ def parse_args(argv=None):
                 ap.error(f"{flag} names {name!r}, which --optimizers ({','.join(args.optimizer_list)}) does not run")
             if flag != "--lr" and not name.startswith("lstm"):
                 ap.error(f"{flag} is for learned optimizers (lstm, lstm-NAME), not {name!r}")
+    for name in args.optimizer_list:  # before any tuning (main loads each file, with a message if it cannot)
+        if name.startswith("lstm"):
+            path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
+            if path is None:
+                ap.error(f"{name} needs --weights {name}=PATH")
+            if not Path(path).is_file():
+                ap.error(f"--weights {name}={path}: no such file")
+    args.prog = ap.prog  # main's own error lines name the command, as the parser's do
     try:
         args.task_kwargs = parse_task_args(args.task_arg)
     except ValueError as err:
@@ -229,23 +237,23 @@ def main(argv=None) -> int:
             task.sample(torch.Generator().manual_seed(0), split)
         cache = TunedLRCache(args.tuned_lrs)
     except (ValueError, OSError) as e:  # DataNotFoundError is an OSError
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
         return 2
     steps = args.steps or task.steps
 
-    factories, lrs, tuning = {}, {}, {}
+    learned = {}  # loaded first: a file that cannot be loaded is said before any baseline is tuned
     for name in args.optimizer_list:
         if name.startswith("lstm"):
             path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
-            if path is None:
-                print(f"error: {name} needs --weights {name}=PATH", file=sys.stderr)
-                return 2
             try:
-                factories[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
+                learned[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
             except (ValueError, OSError) as e:  # WeightsError is a ValueError
-                print(f"error: cannot load {name}: {e}", file=sys.stderr)
+                print(f"{args.prog}: error: cannot load {name}: {e}", file=sys.stderr)
                 return 2
-            lrs[name] = args.lr_map.get(name)
+    factories, lrs, tuning = {}, {}, {}
+    for name in args.optimizer_list:
+        if name in learned:
+            factories[name], lrs[name] = learned[name], args.lr_map.get(name)
             continue
         if name in args.lr_map:
             lrs[name], tuning[name] = args.lr_map[name], "given on the command line"
