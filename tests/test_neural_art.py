@@ -564,6 +564,7 @@ def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_pat
     # Before: found missing only after the baselines were tuned.
     (["64", "--weights", "lstm=/no/such.safetensors"], "--weights lstm=/no/such.safetensors: no such file"),
     (["128", "--weights", "/no/such.safetensors"], "--weights lstm=/no/such.safetensors: no such file"),
+    (["64", "--weights", __file__], "test_neural_art.py has no card"),
     # Before: a rate of -lr was tried when tuning, and ignored while a rate is cached.
     (["64", "--grid-factors", "1", "-1"], "--grid-factors must be positive and finite, got -1"),
     (["256", "--engine-grid-factors", "0"], "--engine-grid-factors must be positive and finite, got 0"),

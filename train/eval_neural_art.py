@@ -159,36 +159,41 @@ def _check_optimizers(names: list[str], crops: bool) -> str | None:
     return None
 
 
-def _weights_name(name: str, weights: dict, crops: bool) -> str:
-    """The --weights name a learned optimizer in --optimizers runs, as the settings resolve it
-    ("lstm-prev-ms-bf16-raw": lstm-prev; an engine setting's "lstm-prev-raw-flat": lstm-prev)."""
+def _weights_name(name: str, weights: dict, crops: bool) -> tuple[str, bool]:
+    """The --weights name a learned optimizer in --optimizers runs, as the settings resolve it, and
+    whether it runs them in the multi-scale basis whatever their card says ("lstm-prev-ms-bf16-raw":
+    lstm-prev, True; an engine setting's "lstm-prev-raw-flat": lstm-prev, False)."""
     base, _ = _raw(name if crops else name.removesuffix(FLAT))
     if crops:
         for suffix in STATE_DTYPES:
             base = base.removesuffix(suffix)
     if base.endswith(MULTISCALE) and base.removesuffix(MULTISCALE) in weights:
-        base = base.removesuffix(MULTISCALE)
-    return base
+        return base.removesuffix(MULTISCALE), True
+    return base, False
 
 
 def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool) -> str | None:
     """What is wrong with the --weights for the --optimizers list, or None: a learned optimizer without
     weights (a KeyError once the baselines were tuned), a --weights name ``given`` that nothing runs (it
-    was skipped without a word), or a weights file that is not there."""
-    used = {_weights_name(name, weights, crops) for name in names
-            if (name if crops else name.removesuffix(FLAT)).startswith("lstm")}
+    was skipped without a word), or weights that cannot be run (found only after the tuning)."""
+    runs = {}  # --weights name: whether some optimizer runs it in its card's basis (so needs the card)
     for name in names:
         if (name if crops else name.removesuffix(FLAT)).startswith("lstm"):
-            key = _weights_name(name, weights, crops)
+            key, multiscale = _weights_name(name, weights, crops)
             if key not in weights:
                 return f"--optimizers {name} runs the weights named {key}: give them with --weights {key}=PATH"
-    unused = sorted(given - used)
+            runs[key] = runs.get(key, False) or not multiscale
+    unused = sorted(given - set(runs))
     if unused:
         return (f"--weights {unused[0]}: no optimizer in --optimizers runs it (learned ones: "
-                f"{', '.join(sorted(used)) or 'none'})")
-    for key in sorted(used):
+                f"{', '.join(sorted(runs)) or 'none'})")
+    for key, needs_card in sorted(runs.items()):
         if not Path(weights[key]).is_file():
             return f"--weights {key}={weights[key]}: no such file"
+        try:
+            learned_setup(weights[key], basis=None if needs_card else "multiscale")
+        except (ValueError, OSError) as err:  # a damaged file or card, or none beside it
+            return f"--weights {key}={weights[key]}: {err}"
     return None
 
 
