@@ -259,6 +259,8 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     b = save_learned(tmp_path / "b.safetensors", {"default": LSTMOptimizerNet(output_scale=0.0)})  # never moves
     a2 = tmp_path / "a2.safetensors"
     a2.write_bytes(a.read_bytes())
+    for w in (a, b, a2):  # a card that records no basis: pixels
+        w.with_suffix(".json").write_text(json.dumps({"task": "neural-art"}))
     threads = torch.get_num_threads()
     try:
         rc = script.main([str(a), str(b), str(a2), f"{a}@multiscale", "--size", "16", "--steps", "3",
@@ -268,8 +270,13 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
         mnist.write_bytes(a.read_bytes())
         mnist.with_suffix(".json").write_text(json.dumps({"task": "mnist"}))
         capsys.readouterr()
+        bare = tmp_path / "bare.safetensors"  # copied without its card
+        bare.write_bytes(a.read_bytes())
+        # Before: a file without its card was scored in pixels, whatever it was meta-trained in.
         for bad, message in ((f"{a}@wavelets", "unknown basis"), (str(tmp_path / "gone.safetensors"), "not found"),
-                             (str(mnist), "meta-trained on 'mnist', not neural art")):
+                             (str(mnist), "meta-trained on 'mnist', not neural art"),
+                             (str(bare), "has no card (bare.json) beside it: copy it along with the weights, or "
+                                         "name the basis they were meta-trained in: PATH@multiscale or PATH@pixels")):
             with pytest.raises(SystemExit):
                 script.main([str(a), bad, "--size", "16", "--steps", "1", "--problems", "1"])
             out, err = capsys.readouterr()
@@ -284,7 +291,7 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert scores[str(a)] == scores[str(a2)]
     assert scores[str(a)]["basis"] == "pixels" and scores[f"{a}@multiscale"]["basis"] == "multiscale"
     assert scores[f"{a}@multiscale"]["mean"] != scores[str(a)]["mean"]  # 16 px crops: 2 levels
-    assert scores[f"{a}@multiscale"]["coarsest"] == 8  # no card: multiscale.COARSEST
+    assert scores[f"{a}@multiscale"]["coarsest"] == 8  # no levels on the card: multiscale.COARSEST
     assert all(list(s["mean_loss_at_step"]) == ["1"] for s in scores.values())  # 3 steps: 3 // 2
     assert scores[str(a)]["mean_loss_at_step"]["1"] != scores[str(b)]["mean_loss_at_step"]["1"]
     assert all(math.isfinite(s["mean"]) for s in scores.values())

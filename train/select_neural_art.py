@@ -47,6 +47,10 @@ def choose(scores: dict, tie_within: float, tie_step: str) -> tuple[str, list[st
 def _candidate(path: str, basis: str) -> tuple[nn.ModuleDict, str, int]:
     """(networks, basis, coarsest level) of a neural-art weights file, or ValueError / WeightsError."""
     check_neural_art(path)
+    card = Path(path).with_suffix(".json")
+    if not basis and Path(path).is_file() and not card.is_file():  # it would run in pixels, maybe the wrong basis
+        raise ValueError(f"it has no card ({card.name}) beside it: copy it along with the "
+                         "weights, or name the basis they were meta-trained in: PATH@multiscale or PATH@pixels")
     basis = basis or trained_basis(path)
     if basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; choose from {BASES}")
