@@ -146,13 +146,15 @@ def parse_args(argv=None):
                 ap.error(f"{flag} names {name!r}, which --optimizers ({','.join(args.optimizer_list)}) does not run")
             if flag != "--lr" and not name.startswith("lstm"):
                 ap.error(f"{flag} is for learned optimizers (lstm, lstm-NAME), not {name!r}")
-    for name in args.optimizer_list:  # before any tuning (main loads each file, with a message if it cannot)
+    args.learned_paths = {}  # each learned optimizer's weights: checked before any tuning (main loads them)
+    for name in args.optimizer_list:
         if name.startswith("lstm"):
             path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
             if path is None:
                 ap.error(f"{name} needs --weights {name}=PATH")
             if not Path(path).is_file():
                 ap.error(f"--weights {name}={path}: no such file")
+            args.learned_paths[name] = path
     args.prog = ap.prog  # main's own error lines name the command, as the parser's do
     try:
         args.task_kwargs = parse_task_args(args.task_arg)
@@ -242,14 +244,12 @@ def main(argv=None) -> int:
     steps = args.steps or task.steps
 
     learned = {}  # loaded first: a file that cannot be loaded is said before any baseline is tuned
-    for name in args.optimizer_list:
-        if name.startswith("lstm"):
-            path = args.weight_map.get(name, default_weights(args.suite) if name == "lstm" else None)
-            try:
-                learned[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
-            except (ValueError, OSError) as e:  # WeightsError is a ValueError
-                print(f"{args.prog}: error: cannot load {name}: {e}", file=sys.stderr)
-                return 2
+    for name, path in args.learned_paths.items():
+        try:
+            learned[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
+        except (ValueError, OSError) as e:  # WeightsError is a ValueError
+            print(f"{args.prog}: error: cannot load {name}: {e}", file=sys.stderr)
+            return 2
     factories, lrs, tuning = {}, {}, {}
     for name in args.optimizer_list:
         if name in learned:
