@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 import math
 import json
 
@@ -148,6 +149,27 @@ def test_a_rerun_with_its_budget_spent_says_so_on_the_console(tmp_path, capsys):
     res = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r")
     assert res.episodes_done == 2
     assert "r: its budget is spent (2 episodes, " in capsys.readouterr().err
+
+
+def test_a_rerun_with_its_budget_spent_adds_no_wall_time_and_starts_no_helpers(tmp_path, monkeypatch):
+    # Before: each rerun (e.g. to ship again) added its own seconds, helper start-up included, to the run's
+    # recorded meta-training time, and a --workers 2 rerun started a helper process to do nothing.
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    task = TinyQuadratic()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=1, workers=2)
+    first = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), replace(cfg, workers=1),
+                       out_dir=tmp_path, name="r", progress=False)
+
+    def no_helpers(*args, **kwargs):
+        raise AssertionError("helpers started for a run with nothing left to train")
+
+    monkeypatch.setattr(tb, "_Helpers", no_helpers)
+    monkeypatch.setattr(tb, "_check_resume", lambda *args: None)  # (the first run had one worker: quicker)
+    again = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+                       progress=False)
+    assert again.episodes_done == 2 and again.wall_time_s == first.wall_time_s
+    assert torch.load(tmp_path / "r.ckpt", weights_only=True)["elapsed"] == first.wall_time_s
 
 
 def test_resume_refuses_a_run_with_other_settings(tmp_path):

@@ -462,9 +462,12 @@ def meta_train(
     emit({"event": "resumed" if ckpt_path.is_file() else "start", "episode": episode, "elapsed": elapsed_before})
     helpers = None
 
+    validations = 0  # by this call
+
     def validate_and_keep() -> None:
         """Validate φ now, keep it if it is the best so far, checkpoint the run."""
-        nonlocal best_val, best_episode, last_validated
+        nonlocal best_val, best_episode, last_validated, validations
+        validations += 1
         # Helpers keep updating φ while it is validated: validate (and keep) a copy.
         validated = copy.deepcopy(kept) if helpers else kept
         val = validate(validated)
@@ -490,6 +493,8 @@ def meta_train(
     next_val = (last_validated // config.val_every + 1) * config.val_every
     if last_validated < episode and (episode >= next_val or episode >= config.episodes):
         validate_and_keep()  # due when the run was stopped (e.g. interrupted while validating)
+    # A finished run rerun (to ship it again), or resumed with the budget it already spent.
+    spent = episode >= config.episodes or (config.max_minutes is not None and elapsed_before > config.max_minutes * 60)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -498,8 +503,7 @@ def meta_train(
         # percentage of it, and the minutes left beside the scores instead.
         bar = tqdm(total=None if config.max_minutes is not None else config.episodes, initial=episode,
                    desc=f"meta-train {name}", unit="ep")
-        if episode >= config.episodes or (config.max_minutes is not None and elapsed_before > config.max_minutes * 60):
-            # a finished run rerun (to ship it again) or resumed with the budget it already spent
+        if spent:
             bar.write(f"{name}: its budget is spent ({episode} episodes, {elapsed_before / 60:.1f} min): nothing "
                       "more to train; raise --episodes or --minutes to go on", file=sys.stderr)
     # SIGTERM (e.g. a job scheduler) stops like Ctrl-C: with a checkpoint, not just the last validation's.
@@ -507,7 +511,7 @@ def meta_train(
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     next_val = (episode // config.val_every + 1) * config.val_every
     try:
-        if config.workers > 1:
+        if config.workers > 1 and not spent:
             helpers = _Helpers(task, nets, config, episode, elapsed_before, log_path)
         while episode < config.episodes:
             elapsed = elapsed_before + time.perf_counter() - start
@@ -562,7 +566,8 @@ def meta_train(
             bar.close()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    wall = elapsed_before + time.perf_counter() - start
+    # (a rerun that trained and validated nothing adds nothing to the run's meta-training time)
+    wall = elapsed_before + (time.perf_counter() - start if not spent or validations else 0.0)
     save_checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
 
