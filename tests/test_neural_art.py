@@ -367,6 +367,28 @@ def test_calibration_script_records_the_best_grid_point_in_the_card(tmp_path):
         shipped.inference_settings(w)
 
 
+def test_calibration_script_refuses_what_it_could_not_finish_before_any_scoring(tmp_path, capsys):
+    script = _train_script("calibrate_neural_art")
+    w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for args, message in (
+            # Before: a FileExistsError traceback after the whole grid was scored.
+            (["--json", str(blocker / "cal.json")], "is a file, not a folder"),
+            # Before: scored in pixels, whatever the weights were meta-trained in (and --card made a card
+            # that holds nothing else).
+            ([], "has no card (w.json) beside it"),
+            # Before: run, with every update infinite.
+            (["--lr", "inf"], "--lr values must be positive and finite")):
+        with pytest.raises(SystemExit) as done:
+            script.main([str(w), "--size", "16", "--steps", "3", "--problems", "1", *args])
+        out, err = capsys.readouterr()
+        assert done.value.code == 2 and message in err and out == "", err
+        if not args:  # the cardless case: the remaining checks need a card
+            w.with_suffix(".json").write_text(json.dumps({"basis": {"kind": "multiscale", "levels": 2}}))
+    assert not w.with_suffix(".json").read_text().count("inference")
+
+
 def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, eval_script):
     """eval_neural_art's engine settings: NAME-flat runs NAME at full size only, in the same run as the
     coarse-to-fine entries, with the baseline's learning rate tuned for single-scale runs, and is timed

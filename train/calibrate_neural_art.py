@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import shlex
 import sys
@@ -34,6 +35,7 @@ from artopt.learned_optimizers.shipped import check_neural_art, trained_basis, t
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
+from artopt.script_args import check_output_file  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
@@ -71,17 +73,23 @@ def main(argv=None) -> int:
     for flag in ("problems", "steps", "size", "threads", "jobs"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.json is not None:  # before the grid is scored, not after
+        check_output_file(ap, "--json", args.json)
     try:
         check_neural_art(args.weights)
         load_learned(args.weights)  # readable, before any job starts
     except (WeightsError, ValueError) as err:
         ap.error(str(err))
+    card_path = args.weights.with_suffix(".json")
+    if not card_path.is_file():  # without it the weights would be scored in pixels, maybe not their basis
+        ap.error(f"{args.weights} has no card ({card_path.name}) beside it: it records the basis the weights were "
+                 "meta-trained in; copy it along with them")
     if args.coarsest is not None and trained_basis(args.weights) != "multiscale":
         ap.error("--coarsest applies to weights meta-trained in the multi-scale basis; these run on pixels")
     trained = trained_coarsest(args.weights)
     args.coarsest = args.coarsest or [trained]
-    if any(not lr > 0 for lr in args.lr) or any(c < 1 for c in args.coarsest):
-        ap.error("--lr values must be positive and --coarsest values at least 1")
+    if any(not 0 < lr < math.inf for lr in args.lr) or any(c < 1 for c in args.coarsest):
+        ap.error("--lr values must be positive and finite, and --coarsest values at least 1")
 
     basis = trained_basis(args.weights)
     coarsest_grid = args.coarsest if basis == "multiscale" else [trained]
@@ -107,8 +115,7 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report)
     if args.card:
-        card_path = args.weights.with_suffix(".json")
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        card = json.loads(card_path.read_text())
         card["inference"] = {"lr": best["lr"], "coarsest": best["coarsest"], "val_score": best["score"],
                              "as_trained_val_score": as_trained["score"] if as_trained else None,
                              "how": "train/calibrate_neural_art.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
