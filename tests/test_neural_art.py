@@ -299,6 +299,20 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
     assert scores[str(a)]["mean"] != scores[str(b)]["mean"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--tie-within", "nan"], "--tie-within must be a finite number >= 0"),  # was a ValueError traceback
+    (["--json", "{blocker}/sel.json"], "is a file, not a folder"),  # was a FileExistsError after the scoring
+])
+def test_selection_flags_are_checked_before_any_scoring(tmp_path, capsys, args, message):
+    script = _train_script("select_neural_art")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as done:
+        script.main([str(weights_path(NEURAL_ART)), "--problems", "1", "--steps", "2",
+                     *[a.format(blocker=tmp_path / "a_file") for a in args]])
+    out, err = capsys.readouterr()
+    assert done.value.code == 2 and message in err and out == "", err
+
+
 def test_selection_breaks_a_tie_on_the_final_loss_by_the_earlier_loss():
     """select_neural_art.choose: files within --tie-within of the lowest mean are tied, and the tie
     goes to the lowest loss at the tie-break step; without a tie the lowest mean wins."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from artopt.learned_optimizers.shipped import BASES, check_neural_art, trained_b
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
+from artopt.script_args import check_output_file  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
@@ -73,8 +75,10 @@ def main(argv=None) -> int:
                     help="ties go to the lowest mean loss after this many steps (default: steps // 4)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    if args.tie_within < 0:
-        ap.error("--tie-within must be >= 0")
+    if not 0 <= args.tie_within < math.inf:
+        ap.error(f"--tie-within must be a finite number >= 0, got {args.tie_within}")
+    if args.json is not None:  # before the scoring, not after it
+        check_output_file(ap, "--json", args.json)
     for flag in ("problems", "steps", "size", "threads"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
