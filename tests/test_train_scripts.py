@@ -88,6 +88,16 @@ def test_a_resumed_neural_art_run_names_the_changed_flags(tmp_path, neural_art, 
         _one_error_line(capsys.readouterr().err, said)
 
 
+@pytest.mark.parametrize("flag", ["--steps", "--unroll"])
+def test_a_zero_horizon_or_truncation_is_refused_not_read_as_the_default(tmp_path, suite, capsys, flag):
+    # Before: 0 silently ran the task's default (20 steps of truncation for the quadratics).
+    with pytest.raises(SystemExit) as done:
+        suite.main([*_tiny(tmp_path, "--name", "x"), flag, "0"])
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, f"{flag[2:]} must be a positive integer, got 0")
+    assert not (tmp_path / "runs" / "x").exists()
+
+
 def test_a_genuine_bug_still_shows_its_traceback(tmp_path, suite, monkeypatch):
     # Only the resume refusals become one-line errors, not every ValueError of the run.
     def broken(*args, **kwargs):

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
     try:
         mcfg = MetaTrainConfig(
-            steps=args.steps or task.steps, unroll=args.unroll or task.unroll,
+            steps=task.steps if args.steps is None else args.steps,  # (0 is refused, not read as the default)
+            unroll=task.unroll if args.unroll is None else args.unroll,
             episodes=episode_cap(args.episodes, args.minutes),
             meta_lr=args.meta_lr, val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
             max_minutes=args.minutes, **meta_train_flag_values(args),
