@@ -88,6 +88,15 @@ def test_a_resumed_neural_art_run_names_the_changed_flags(tmp_path, neural_art, 
         _one_error_line(capsys.readouterr().err, said)
 
 
+def test_an_empty_run_name_is_refused_not_read_as_the_suite(tmp_path, suite, capsys):
+    # Before: --name '' trained (and shipped) under the suite's name, over that run if there was one.
+    with pytest.raises(SystemExit) as done:
+        suite.main(_tiny(tmp_path, "--name", ""))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "--name must be a plain file name")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("flag", ["--steps", "--unroll"])
 def test_a_zero_horizon_or_truncation_is_refused_not_read_as_the_default(tmp_path, suite, capsys, flag):
     # Before: 0 silently ran the task's default (20 steps of truncation for the quadratics).

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if not 0 < args.output_scale < math.inf:
         ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
-    name = args.name or args.suite
+    name = args.suite if args.name is None else args.name  # (an empty --name is refused below)
     check_run_flags(ap, name, args.runs, args.ship)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
