@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import lstm_factory, run_optimizer  # noqa: E402
-from artopt.learned_optimizers.shipped import check_neural_art, trained_basis, trained_coarsest  # noqa: E402
+from artopt.learned_optimizers.shipped import (check_neural_art, missing_card, trained_basis,  # noqa: E402
+                                              trained_coarsest)
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
@@ -80,10 +81,9 @@ def main(argv=None) -> int:
         load_learned(args.weights)  # readable, before any job starts
     except (WeightsError, ValueError) as err:
         ap.error(str(err))
+    if missing_card(args.weights):  # without it the weights would be scored in pixels, maybe not their basis
+        ap.error(f"{args.weights} {missing_card(args.weights)}")
     card_path = args.weights.with_suffix(".json")
-    if not card_path.is_file():  # without it the weights would be scored in pixels, maybe not their basis
-        ap.error(f"{args.weights} has no card ({card_path.name}) beside it: it records the basis the weights were "
-                 "meta-trained in; copy it along with them")
     if args.coarsest is not None and trained_basis(args.weights) != "multiscale":
         ap.error("--coarsest applies to weights meta-trained in the multi-scale basis; these run on pixels")
     trained = trained_coarsest(args.weights)

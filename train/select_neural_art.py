@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.learned_optimizers.multiscale import multiscale_problem  # noqa: E402
-from artopt.learned_optimizers.shipped import BASES, check_neural_art, trained_basis, trained_coarsest  # noqa: E402
+from artopt.learned_optimizers.shipped import (BASES, check_neural_art, missing_card, trained_basis,  # noqa: E402
+                                              trained_coarsest)
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
@@ -49,10 +50,9 @@ def choose(scores: dict, tie_within: float, tie_step: str) -> tuple[str, list[st
 def _candidate(path: str, basis: str) -> tuple[nn.ModuleDict, str, int]:
     """(networks, basis, coarsest level) of a neural-art weights file, or ValueError / WeightsError."""
     check_neural_art(path)
-    card = Path(path).with_suffix(".json")
-    if not basis and Path(path).is_file() and not card.is_file():  # it would run in pixels, maybe the wrong basis
-        raise ValueError(f"it has no card ({card.name}) beside it: copy it along with the "
-                         "weights, or name the basis they were meta-trained in: PATH@multiscale or PATH@pixels")
+    problem = missing_card(path, ", or name the basis they were meta-trained in: PATH@multiscale or PATH@pixels")
+    if not basis and Path(path).is_file() and problem:  # it would run in pixels, maybe not its basis
+        raise ValueError(f"it {problem}")
     basis = basis or trained_basis(path)
     if basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; choose from {BASES}")

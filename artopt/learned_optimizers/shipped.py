@@ -126,6 +126,18 @@ class LearnedSetup:
     trained_pixels: int | None  # pixels of the training crops: gradients are rescaled to that size
 
 
+def missing_card(weights: str | os.PathLike, alternative: str = "") -> str | None:
+    """Why a neural-art weights file cannot run as it was meta-trained: "has no card ... beside it"
+    and what to do (``alternative``: another way the caller offers, e.g. naming the basis), or None
+    when the card is there.  Without its card a file would run in pixels at an unknown crop scale:
+    the shipped weights copied alone did about 3x worse, and nothing said why."""
+    card_path = Path(weights).with_suffix(".json")
+    if card_path.is_file():
+        return None
+    return (f"has no card ({card_path.name}) beside it: copy it along with the weights{alternative}; it records "
+            "how they were meta-trained (image basis, crop size), and they run badly without it")
+
+
 def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False,
                   basis: str | None = None) -> LearnedSetup:
     """The setup of ``weights`` (default: the shipped neural-art file) from its card: the card's
@@ -140,12 +152,8 @@ def learned_setup(weights: str | os.PathLike | None = None, *, raw: bool = False
         raise ValueError(f"no neural-art optimizer weights at {path}")
     if basis is not None and basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; expected one of {BASES}")
-    if basis is None and not path.with_suffix(".json").is_file():
-        # Run without its card, a file would run in pixels at an unknown crop scale: the shipped
-        # weights copied alone did about 3x worse, and nothing said why.
-        raise ValueError(f"{path} has no card ({path.with_suffix('.json').name}) beside it; the card records how "
-                         "the optimizer was meta-trained (image basis, crop size), and it runs badly without "
-                         "them: copy the card along with the weights")
+    if basis is None and missing_card(path):
+        raise ValueError(f"{path} {missing_card(path)}")
     check_neural_art(path)
     settings = {"lr": 1.0, "coarsest": trained_coarsest(path)} if raw else inference_settings(path)
     return LearnedSetup(weights=path, basis=basis or trained_basis(path), lr=settings["lr"],

@@ -331,12 +331,16 @@ def meta_lr_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> float
     return config.meta_lr * 0.5 * (1 + math.cos(math.pi * budget_progress(config, episode, elapsed_s)))
 
 
+def _grown(config: MetaTrainConfig, episode: int, elapsed_s: float, start: float, end: float) -> float:
+    """A "grow" schedule's value: geometric from ``start`` to ``end`` over the first half of the budget."""
+    return start * (end / start) ** min(1.0, 2 * budget_progress(config, episode, elapsed_s))
+
+
 def unroll_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
     """The truncation length for the next episode under ``config.unroll_schedule``."""
     if config.unroll_schedule == "constant" or config.unroll >= config.steps:
         return config.unroll
-    grown = min(1.0, 2 * budget_progress(config, episode, elapsed_s))
-    return min(config.steps, round(config.unroll * (config.steps / config.unroll) ** grown))
+    return min(config.steps, round(_grown(config, episode, elapsed_s, config.unroll, config.steps)))
 
 
 def horizon_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
@@ -345,8 +349,7 @@ def horizon_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
     start = min(config.steps, 2 * config.unroll)
     if config.horizon_schedule == "constant" or start >= config.steps:
         return config.steps
-    grown = min(1.0, 2 * budget_progress(config, episode, elapsed_s))
-    horizon = start * (config.steps / start) ** grown
+    horizon = _grown(config, episode, elapsed_s, start, config.steps)
     return min(config.steps, max(start, config.unroll * round(horizon / config.unroll)))
 
 
