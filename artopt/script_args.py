@@ -62,12 +62,22 @@ def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) 
     return path
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (a dangling link counts): where making the
+    missing folders would start."""
+    while not path.exists() and not path.is_symlink() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _not_a_folder(path: Path) -> str:
+    return f"{path} is a file, not a folder" if path.is_file() else f"{path} is not a folder"
+
+
 def _refuse_file_above(ap: argparse.ArgumentParser, flag: str, path: Path, folder: str) -> None:
-    for above in path.absolute().parents:  # mkdir's own error there is "File exists"
-        if above.exists():
-            if not above.is_dir():
-                ap.error(f"{flag} {path}: cannot make {folder} ({above} is a file, not a folder)")
-            return
+    above = _nearest_existing(path.absolute().parent)
+    if not above.is_dir():  # mkdir's own error there is "File exists"
+        ap.error(f"{flag} {path}: cannot make {folder} ({_not_a_folder(above)})")
 
 
 def check_output_dir(ap: argparse.ArgumentParser, flag: str, path: Path | str) -> Path:
@@ -129,11 +139,9 @@ def dumps(data, **kwargs) -> str:
 def folder_problem(path: Path | str) -> str | None:
     """Why files could not be written in folder ``path`` (made when missing), or None.  Nothing is
     made: a refused run leaves nothing behind."""
-    existing = Path(path)
-    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
-        existing = existing.parent  # the first folder that exists is where the rest would be made
+    existing = _nearest_existing(Path(path))
     if not existing.is_dir():
-        return f"{existing} is a file, not a folder" if existing.is_file() else f"{existing} is not a folder"
+        return _not_a_folder(existing)
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
     return None

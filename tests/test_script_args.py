@@ -1,0 +1,46 @@
+"""The scripts' shared flag checks (artopt.script_args): refused before any work, with the reason."""
+
+import argparse
+
+import pytest
+
+from artopt import script_args
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="prog")
+    ap.exit_on_error = False
+    return ap
+
+
+def _refusal(capsys, check, *args) -> str:
+    with pytest.raises(SystemExit) as done:
+        check(_parser(), *args)
+    assert done.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("check", [script_args.check_output_file, script_args.check_output_dir])
+def test_output_under_a_file_or_dangling_link_is_refused_with_its_name(tmp_path, capsys, check):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    err = _refusal(capsys, check, "--out", blocker / "sub" / "x.json")
+    assert f"{blocker} is a file, not a folder" in err
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "missing")
+    err = _refusal(capsys, check, "--out", link / "x.json")
+    assert f"{link} is not a folder" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_output_file_in_a_new_folder_is_accepted_and_its_folder_made(tmp_path):
+    out = script_args.check_output_file(_parser(), "--json", tmp_path / "a" / "b" / "r.json")
+    assert out.parent.is_dir() and not out.exists()
+
+
+def test_folder_problem_names_the_first_existing_thing_and_makes_nothing(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    assert script_args.folder_problem(blocker / "a" / "b") == f"{blocker} is a file, not a folder"
+    assert script_args.folder_problem(tmp_path / "new" / "deeper") is None
+    assert not (tmp_path / "new").exists()
