@@ -460,6 +460,18 @@ def test_a_config_that_is_not_a_stylize_config_is_a_type_error():
         stylize(CONTENT, [STYLE], {"size": 64})
 
 
+def test_config_from_dict_round_trips_and_refuses_unknown_or_bad_settings():
+    import dataclasses
+
+    config = StylizeConfig(size=96, steps=7, optimizer="adam", lr=0.01, pyramid=False, seed=3)
+    assert engine.config_from_dict(dataclasses.asdict(config)) == config
+    assert engine.config_from_dict({"size": 80}) == StylizeConfig(size=80)
+    with pytest.raises(ValueError, match="unknown setting.*resolved_device, sizes"):
+        engine.config_from_dict({"size": 80, "sizes": [80], "resolved_device": "cpu"})
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        engine.config_from_dict({"steps": -1})
+
+
 def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
     from artopt.style import losses
 

@@ -648,7 +648,8 @@ def stylize(content: Image.Image | torch.Tensor,
 
 
 def config_from_dict(values: dict) -> StylizeConfig:
-    """A StylizeConfig from a dict, refusing unknown keys (for the web UI and saved settings)."""
+    """A StylizeConfig from a dict of its fields (settings kept as JSON, say), refusing unknown keys and
+    bad values."""
     known = {f.name for f in dataclasses.fields(StylizeConfig)}
     unknown = set(values) - known
     if unknown:
