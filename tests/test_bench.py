@@ -63,6 +63,7 @@ def expect_usage_error(capsys, name: str, argv: list[str], words: str) -> str:
     ("web_timing", ["--steps", "0"]),  # 0 used to run the engine's default steps
     ("long_runs", ["--steps", "1", "--size", "64", "--points", "0"]),  # labelled the last loss "0"
     ("basis_variants", ["--problems", "0"]),
+    ("basis_fourier", ["--jobs", "0"]),
     ("lstm_features", ["--engine-steps", "1"]),
     ("lstm_ops", ["--rounds", "0"]),
     ("lstm_threads", ["--rounds", "0"]),
@@ -82,6 +83,7 @@ def test_counts_below_their_minimum_are_refused_before_any_work(capsys, no_cli_r
     ("style_sweep", ["--json"]),
     ("loss_weights", ["--out"]),
     ("basis_variants", ["--json"]),
+    ("basis_fourier", ["--json"]),
     ("lstm_features", ["--json"]),
     ("lstm_ops", ["--json"]),
     ("lstm_threads", ["--json"]),
@@ -260,3 +262,40 @@ def test_the_fewer_ops_prototype_computes_the_librarys_update(state_dtype):
         assert (h0.int() - h1.int()).abs().max() <= 1 and (h0 != h1).float().mean() < 1e-4
     else:
         assert torch.allclose(h0, h1, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fourier_basis_probe_refuses_decays_it_cannot_use(capsys):
+    expect_usage_error(capsys, "basis_fourier", ["--decays", "1", "nan"], "--decays must be finite")
+    expect_usage_error(capsys, "basis_fourier", ["--decays", "-1"], "--decays must be finite and not negative")
+
+
+def test_the_fourier_basis_probe_hands_the_inner_optimizer_the_coefficients_gradient():
+    # bench/basis_fourier.py: x = x0 + irfft2(S * z); the inner optimizer must see d f / d z, and the
+    # image must move by the image of the inner optimizer's update.
+    import torch
+
+    bench = load("basis_fourier")
+    scale = bench.spectrum_scale(10, 13, 1.5)
+    assert scale.shape == (10, 7) and math.isclose(float(scale.pow(2).mean()), 1.0, rel_tol=1e-5)
+    assert float(scale[0, 0]) == float(scale.max()) and float(scale[5, 6]) == float(scale.min())  # low f: large
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 10, 13)
+    x = torch.rand(1, 3, 10, 13, requires_grad=True)
+    x0 = x.detach().clone()
+    opt = bench.FourierOptimizer([x], lambda zs: torch.optim.SGD(zs, lr=0.001), decay=1.5, gain=2.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((x - target) ** 2).sum()
+        loss.backward()
+        return loss
+
+    z = torch.zeros(1, 3, 10, 7, 2, requires_grad=True)
+    f = ((x0 + bench.FourierOptimizer._image(z, 2.0 * scale, (10, 13)) - target) ** 2).sum()
+    expected, = torch.autograd.grad(f, z)
+    before = float(closure().detach())
+    opt.step(closure)
+    assert torch.allclose(opt.z[0].grad, expected, atol=1e-6)
+    moved = x0 + bench.FourierOptimizer._image(-0.001 * expected, 2.0 * scale, (10, 13))
+    assert torch.allclose(x.detach(), moved, atol=1e-6)
+    assert float(((x.detach() - target) ** 2).sum()) < before
