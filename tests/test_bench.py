@@ -64,6 +64,7 @@ def expect_usage_error(capsys, name: str, argv: list[str], words: str) -> str:
     ("long_runs", ["--steps", "1", "--size", "64", "--points", "0"]),  # labelled the last loss "0"
     ("basis_variants", ["--problems", "0"]),
     ("basis_fourier", ["--jobs", "0"]),
+    ("basis_hybrid", ["--problems", "0"]),
     ("lstm_features", ["--engine-steps", "1"]),
     ("lstm_ops", ["--rounds", "0"]),
     ("lstm_threads", ["--rounds", "0"]),
@@ -84,6 +85,7 @@ def test_counts_below_their_minimum_are_refused_before_any_work(capsys, no_cli_r
     ("loss_weights", ["--out"]),
     ("basis_variants", ["--json"]),
     ("basis_fourier", ["--json"]),
+    ("basis_hybrid", ["--json"]),
     ("lstm_features", ["--json"]),
     ("lstm_ops", ["--json"]),
     ("lstm_threads", ["--json"]),
@@ -299,3 +301,28 @@ def test_the_fourier_basis_probe_hands_the_inner_optimizer_the_coefficients_grad
     moved = x0 + bench.FourierOptimizer._image(-0.001 * expected, 2.0 * scale, (10, 13))
     assert torch.allclose(x.detach(), moved, atol=1e-6)
     assert float(((x.detach() - target) ** 2).sum()) < before
+
+
+def test_the_hybrid_probe_steps_level_0_and_the_coarser_levels_with_their_own_optimizers():
+    # bench/basis_hybrid.py: Adam on level 0 of the multi-scale basis, the LSTM on the rest.  With two
+    # plain SGDs of different rates the image must move by exactly their two updates.
+    import torch
+
+    from artopt.learned_optimizers import multiscale as ms
+
+    bench = load("basis_hybrid")
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 12)
+    x = torch.rand(1, 3, 16, 12, requires_grad=True)
+    x0 = x.detach().clone()
+    n0 = x.numel()
+    opt = ms.MultiscaleOptimizer([x], lambda flats: bench.SplitLevels(
+        flats, [n0], lambda ps: torch.optim.SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.02)), levels=3)
+    opt.zero_grad()
+    ((x - target) ** 2).sum().backward()
+    grads = ms.adjoint(x.grad, [z.shape for z in opt.coefficients[0]])
+    opt.step()
+    expected = x0 + ms.synthesize([-0.1 * grads[0], *(-0.02 * g for g in grads[1:])], (16, 12))
+    assert torch.allclose(x.detach(), expected, atol=1e-6)
+    fine, coarse = opt.inner.parts[0]
+    assert fine.numel() == n0 and coarse.numel() == 3 * (8 * 6 + 4 * 3)

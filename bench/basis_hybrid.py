@@ -1,0 +1,132 @@
+"""Could Adam take over the multi-scale basis's finest level from the neural-art LSTM?
+
+    python bench/basis_hybrid.py            # writes bench/results/basis_hybrid.json
+
+Level 0 of the multi-scale basis (artopt.learned_optimizers.multiscale) has the image's own
+resolution: 3/4 of the coefficients, so 3/4 of the LSTM's update, the larger part of a step at
+512 px on a CPU.  Here the shipped LSTM, as trained, updates only the coarser levels and Adam updates
+level 0.  Scored like bench/basis_fourier.py: 64 px, the training style, 128 steps, Adam's rate on
+level 0 chosen on the 6 validation problems of val seed 8, then both scored on the 6 of val seed 9
+(mean loss over the last 5% of steps), with the wall time of each run on 1 thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from artopt.evaluation import lstm_factory, run_optimizer  # noqa: E402
+from artopt.learned_optimizers import LearnedOptimizer, load_learned  # noqa: E402
+from artopt.learned_optimizers.multiscale import MultiscaleOptimizer  # noqa: E402
+from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
+from artopt.optimizers import make_optimizer  # noqa: E402
+from artopt.outer_trainers import validation_problems  # noqa: E402
+from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
+
+ADAM_GRID = [0.0025, 0.005, 0.01, 0.02]
+
+
+class SplitLevels(torch.optim.Optimizer):
+    """The inner optimizer of a MultiscaleOptimizer: ``fine`` on the first ``n0`` entries of each flat
+    coefficient tensor (level 0), ``coarse`` on the rest.  Each gets tensors of its own, because an
+    optimizer's state is per tensor."""
+
+    def __init__(self, flats, n0s, fine, coarse):
+        super().__init__(flats, {})
+        self.flats, self.n0s = flats, n0s
+        self.parts = [(torch.zeros(n0, requires_grad=True), torch.zeros(f.numel() - n0, requires_grad=True))
+                      for f, n0 in zip(flats, n0s)]
+        self.fine = fine([a for a, _ in self.parts])
+        self.coarse = coarse([b for _, b in self.parts])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for f, n0, (a, b) in zip(self.flats, self.n0s, self.parts):
+            a.zero_()
+            b.zero_()  # after the steps they hold the updates alone, as MultiscaleOptimizer's coefficients do
+            a.grad, b.grad = f.grad[:n0].clone(), f.grad[n0:].clone()
+        self.fine.step()
+        self.coarse.step()
+        for f, n0, (a, b) in zip(self.flats, self.n0s, self.parts):
+            f[:n0] += a
+            f[n0:] += b
+
+
+def hybrid_factory(weights: str, adam_lr: float):
+    nets = load_learned(weights)
+    net = "default" if "default" in nets else next(iter(nets))
+
+    def build(params, groups):
+        n0s = [math.prod(p.shape) for p in params]  # level 0 has the image's shape
+        return MultiscaleOptimizer(params, lambda flats: SplitLevels(
+            flats, n0s, lambda ps: make_optimizer("adam", ps, adam_lr),
+            lambda ps: LearnedOptimizer([{"params": ps, "net": net}], nets=nets)))
+
+    return build
+
+
+def _run(job) -> dict:
+    kind, adam_lr, seed, per_seed, steps, weights = job
+    torch.set_num_threads(1)
+    task = NeuralArtTask(size=64, styles=[TRAIN_STYLE], steps=steps)
+    factory = hybrid_factory(weights, adam_lr) if kind == "hybrid" else lstm_factory(weights, basis="multiscale")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        curves = [run_optimizer(p, factory, steps).curve.tolist() for p in validation_problems(task, seed, per_seed)]
+    at = [t for t in (16, 32, 64, steps) if t <= steps]
+    return {"optimizer": kind, "adam_lr_level_0": adam_lr, "val_seed": seed,
+            "score": sum(final_score(c) for c in curves) / len(curves),
+            "mean_loss_at_step": {str(t): sum(c[t] for c in curves) / len(curves) for t in at},
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
+    ap.add_argument("--tune-seed", type=int, default=8)
+    ap.add_argument("--score-seed", type=int, default=9)
+    ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
+    ap.add_argument("--steps", type=positive_int, default=128)
+    ap.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel processes (1 thread each)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "basis_hybrid.json")
+    args = ap.parse_args(argv)
+    if args.weights is not None and not args.weights.is_file():
+        ap.error(f"--weights {args.weights}: no such file")
+    check_output_file(ap, "--json", args.json)
+    weights = str(args.weights or weights_path("neural_art"))
+    common = (args.problems, args.steps, weights)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tuned = list(pool.map(_run, [("hybrid", lr, args.tune_seed, *common) for lr in ADAM_GRID]))
+        best = min(tuned, key=lambda r: r["score"])  # ties: the first (smaller) rate
+        scored = list(pool.map(_run, [("lstm", None, args.score_seed, *common),
+                                      ("hybrid", best["adam_lr_level_0"], args.score_seed, *common)]))
+    for r in tuned:
+        print(f"tune  hybrid, Adam at {r['adam_lr_level_0']:<7g} {r['score']:.4f}", flush=True)
+    for r in scored:
+        r["over_lstm"] = r["score"] / scored[0]["score"]
+        print(f"score {r['optimizer']:7s} {r['score']:.4f} ({r['over_lstm']:.3f} of the LSTM's)  {r['seconds']:.1f} s  "
+              + "  ".join(f"t{t} {v:.4f}" for t, v in r["mean_loss_at_step"].items()), flush=True)
+    report = {"weights": weights, "size": 64, "style": TRAIN_STYLE, "steps": args.steps,
+              "problems_per_seed": args.problems, "tune_seed": args.tune_seed, "score_seed": args.score_seed,
+              "criterion": "mean loss over the last 5% of steps, averaged over the problems",
+              "threads_per_job": 1, "jobs": args.jobs, "tuning": tuned, "scores": scored}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
