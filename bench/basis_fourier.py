@@ -103,37 +103,63 @@ def _factory(optimizer: str, basis: str, value: float, weights: str):
         params, lambda zs: LearnedOptimizer([{"params": zs, "net": net}], nets=nets), decay, gain=value)
 
 
-def _run(job) -> dict:
-    optimizer, basis, value, seed, per_seed, steps, weights = job
+def score_val_problems(factory, seed: int, per_seed: int, steps: int) -> dict:
+    """Run ``factory`` on the ``per_seed`` validation problems of val ``seed`` (64 px, the training
+    style) on 1 thread: the score (mean loss over the last 5% of steps), the mean loss at a few steps,
+    and the wall time."""
     torch.set_num_threads(1)
     task = NeuralArtTask(size=64, styles=[TRAIN_STYLE], steps=steps)
-    factory = _factory(optimizer, basis, value, weights)
     t0 = time.perf_counter()
     with torch.no_grad():
         curves = [run_optimizer(p, factory, steps).curve.tolist() for p in validation_problems(task, seed, per_seed)]
     at = [t for t in (16, 32, 64, steps) if t <= steps]
-    return {"optimizer": optimizer, "basis": basis, "value": value, "val_seed": seed,
-            "score": sum(final_score(c) for c in curves) / len(curves),
+    return {"val_seed": seed, "score": sum(final_score(c) for c in curves) / len(curves),
             "mean_loss_at_step": {str(t): sum(c[t] for c in curves) / len(curves) for t in at},
             "seconds": time.perf_counter() - t0}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_probe_flags(ap: argparse.ArgumentParser, json_name: str) -> None:
+    """The flags this probe and bench/basis_hybrid.py share."""
     ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
     ap.add_argument("--tune-seed", type=int, default=8)
     ap.add_argument("--score-seed", type=int, default=9)
     ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
     ap.add_argument("--steps", type=positive_int, default=128)
-    ap.add_argument("--decays", type=float, nargs="+", default=list(DECAYS), help="the α of S ∝ f^-α to try")
-    ap.add_argument("--optimizers", nargs="+", choices=("lstm", "adam"), default=["lstm", "adam"])
     ap.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel processes (1 thread each)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "basis_fourier.json")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / json_name)
+
+
+def probe_weights(ap: argparse.ArgumentParser, args) -> str:
+    """The weights to probe, after refusing a missing one or an unwritable --json (before any work)."""
     if args.weights is not None and not args.weights.is_file():
         ap.error(f"--weights {args.weights}: no such file")
     check_output_file(ap, "--json", args.json)
-    weights = str(args.weights or weights_path("neural_art"))
+    return str(args.weights or weights_path("neural_art"))
+
+
+def write_report(args, weights: str, **results) -> None:
+    report = {"weights": weights, "size": 64, "style": TRAIN_STYLE, "steps": args.steps,
+              "problems_per_seed": args.problems, "tune_seed": args.tune_seed, "score_seed": args.score_seed,
+              "criterion": "mean loss over the last 5% of steps, averaged over the problems",
+              "threads_per_job": 1, "jobs": args.jobs, **results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+def _run(job) -> dict:
+    optimizer, basis, value, seed, per_seed, steps, weights = job
+    return {"optimizer": optimizer, "basis": basis, "value": value,
+            **score_val_problems(_factory(optimizer, basis, value, weights), seed, per_seed, steps)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_probe_flags(ap, "basis_fourier.json")
+    ap.add_argument("--decays", type=float, nargs="+", default=list(DECAYS), help="the α of S ∝ f^-α to try")
+    ap.add_argument("--optimizers", nargs="+", choices=("lstm", "adam"), default=["lstm", "adam"])
+    args = ap.parse_args(argv)
+    weights = probe_weights(ap, args)
     if not all(math.isfinite(d) and d >= 0 for d in args.decays):
         ap.error("--decays must be finite and not negative")
     bases = ["multiscale", *(f"fourier-{d:g}" for d in args.decays)]
@@ -157,14 +183,8 @@ def main(argv=None) -> int:
         print(f"score {r['optimizer']:5s} {r['basis']:12s} {r['value']:<8g} {r['score']:.4f} "
               f"({r['over_multiscale']:.3f} of multiscale)  "
               + "  ".join(f"t{t} {v:.4f}" for t, v in r["mean_loss_at_step"].items()), flush=True)
-    report = {"weights": weights, "size": 64, "style": TRAIN_STYLE, "steps": args.steps,
-              "problems_per_seed": args.problems, "tune_seed": args.tune_seed, "score_seed": args.score_seed,
-              "criterion": "mean loss over the last 5% of steps, averaged over the problems",
-              "value": "Adam: learning rate; LSTM: gain on S (fourier) or output lr multiplier (multiscale)",
-              "threads_per_job": 1, "jobs": args.jobs, "tuning": tuned, "scores": scored}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args, weights, value="Adam: learning rate; LSTM: gain on S (fourier) or output lr multiplier "
+                 "(multiscale)", tuning=tuned, scores=scored)
     return 0
 
 

@@ -16,7 +16,6 @@ import argparse
 import math
 import multiprocessing
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -25,15 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from artopt.evaluation import lstm_factory, run_optimizer  # noqa: E402
+from artopt.evaluation import lstm_factory  # noqa: E402
 from artopt.learned_optimizers import LearnedOptimizer, load_learned  # noqa: E402
 from artopt.learned_optimizers.multiscale import MultiscaleOptimizer  # noqa: E402
-from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
 from artopt.optimizers import make_optimizer  # noqa: E402
-from artopt.outer_trainers import validation_problems  # noqa: E402
-from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
-from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
-from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
+
+from basis_fourier import add_probe_flags, probe_weights, score_val_problems, write_report  # noqa: E402
 
 ADAM_GRID = [0.0025, 0.005, 0.01, 0.02]
 
@@ -79,33 +75,15 @@ def hybrid_factory(weights: str, adam_lr: float):
 
 def _run(job) -> dict:
     kind, adam_lr, seed, per_seed, steps, weights = job
-    torch.set_num_threads(1)
-    task = NeuralArtTask(size=64, styles=[TRAIN_STYLE], steps=steps)
     factory = hybrid_factory(weights, adam_lr) if kind == "hybrid" else lstm_factory(weights, basis="multiscale")
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        curves = [run_optimizer(p, factory, steps).curve.tolist() for p in validation_problems(task, seed, per_seed)]
-    at = [t for t in (16, 32, 64, steps) if t <= steps]
-    return {"optimizer": kind, "adam_lr_level_0": adam_lr, "val_seed": seed,
-            "score": sum(final_score(c) for c in curves) / len(curves),
-            "mean_loss_at_step": {str(t): sum(c[t] for c in curves) / len(curves) for t in at},
-            "seconds": time.perf_counter() - t0}
+    return {"optimizer": kind, "adam_lr_level_0": adam_lr, **score_val_problems(factory, seed, per_seed, steps)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
-    ap.add_argument("--tune-seed", type=int, default=8)
-    ap.add_argument("--score-seed", type=int, default=9)
-    ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
-    ap.add_argument("--steps", type=positive_int, default=128)
-    ap.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel processes (1 thread each)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "basis_hybrid.json")
+    add_probe_flags(ap, "basis_hybrid.json")
     args = ap.parse_args(argv)
-    if args.weights is not None and not args.weights.is_file():
-        ap.error(f"--weights {args.weights}: no such file")
-    check_output_file(ap, "--json", args.json)
-    weights = str(args.weights or weights_path("neural_art"))
+    weights = probe_weights(ap, args)
     common = (args.problems, args.steps, weights)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         tuned = list(pool.map(_run, [("hybrid", lr, args.tune_seed, *common) for lr in ADAM_GRID]))
@@ -118,13 +96,7 @@ def main(argv=None) -> int:
         r["over_lstm"] = r["score"] / scored[0]["score"]
         print(f"score {r['optimizer']:7s} {r['score']:.4f} ({r['over_lstm']:.3f} of the LSTM's)  {r['seconds']:.1f} s  "
               + "  ".join(f"t{t} {v:.4f}" for t, v in r["mean_loss_at_step"].items()), flush=True)
-    report = {"weights": weights, "size": 64, "style": TRAIN_STYLE, "steps": args.steps,
-              "problems_per_seed": args.problems, "tune_seed": args.tune_seed, "score_seed": args.score_seed,
-              "criterion": "mean loss over the last 5% of steps, averaged over the problems",
-              "threads_per_job": 1, "jobs": args.jobs, "tuning": tuned, "scores": scored}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args, weights, tuning=tuned, scores=scored)
     return 0
 
 
