@@ -8,9 +8,7 @@ from artopt import script_args
 
 
 def _parser():
-    ap = argparse.ArgumentParser(prog="prog")
-    ap.exit_on_error = False
-    return ap
+    return argparse.ArgumentParser(prog="prog")
 
 
 def _refusal(capsys, check, *args) -> str:
