@@ -97,10 +97,9 @@ def _factory(optimizer: str, basis: str, value: float, weights: str):
     decay = float(basis.split("-", 1)[1])
     if optimizer == "adam":
         return lambda params, groups: FourierOptimizer(params, lambda zs: make_optimizer("adam", zs, value), decay)
-    nets = load_learned(weights)
-    net = "default" if "default" in nets else next(iter(nets))
+    nets = load_learned(weights)  # once; LearnedOptimizer picks its network
     return lambda params, groups: FourierOptimizer(
-        params, lambda zs: LearnedOptimizer([{"params": zs, "net": net}], nets=nets), decay, gain=value)
+        params, lambda zs: LearnedOptimizer(zs, nets=nets), decay, gain=value)
 
 
 def score_val_problems(factory, seed: int, per_seed: int, steps: int) -> dict:

@@ -61,14 +61,13 @@ class SplitLevels(torch.optim.Optimizer):
 
 
 def hybrid_factory(weights: str, adam_lr: float):
-    nets = load_learned(weights)
-    net = "default" if "default" in nets else next(iter(nets))
+    nets = load_learned(weights)  # once; LearnedOptimizer picks its network
 
     def build(params, groups):
         n0s = [math.prod(p.shape) for p in params]  # level 0 has the image's shape
         return MultiscaleOptimizer(params, lambda flats: SplitLevels(
             flats, n0s, lambda ps: make_optimizer("adam", ps, adam_lr),
-            lambda ps: LearnedOptimizer([{"params": ps, "net": net}], nets=nets)))
+            lambda ps: LearnedOptimizer(ps, nets=nets)))
 
     return build
 
