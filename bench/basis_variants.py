@@ -105,12 +105,11 @@ def _score(weights: Path, val_seeds, per_seed: int, steps: int, name: str) -> di
     torch.set_num_threads(1)
     mix, gain, ramp = VARIANTS[name]
     nets = load_learned(weights)
-    net = "default" if "default" in nets else next(iter(nets))
     task = NeuralArtTask(size=64, styles=[TRAIN_STYLE], steps=steps)
     problems = [p for seed in val_seeds for p in validation_problems(task, seed, per_seed)]
 
     def factory(params, groups):
-        return _VariantBasis(params, lambda zs: LearnedOptimizer([{"params": zs, "net": net}], nets=nets),
+        return _VariantBasis(params, lambda zs: LearnedOptimizer(zs, nets=nets),
                              mix, gain, ramp, steps)
 
     t0 = time.perf_counter()
