@@ -26,7 +26,7 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     kept = {p.stem: p for p in KEPT}
     assert set(kept) == {"na_time_18", "na_u16_17", "na_multi_19", "na_level_20", "na_head_21", "na_u8_22",
                          "na_loss_23", "na_jit_24", "na_frac_25", "na_quad_26", "na_sr_27", "na_hz_28",
-                         "na_rms_29"}
+                         "na_rms_29", "na_sqrt_30"}
     config = {name: next(iter(load_learned(path).values())).config for name, path in kept.items()}
     card = {name: json.loads(path.with_suffix(".json").read_text()) for name, path in kept.items()}
     (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
@@ -51,6 +51,8 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     rms = config["na_rms_29"]
     assert rms.grad_normalization == "first_rms" and rms.moment_inputs
     assert dataclasses.replace(rms, grad_normalization=shipped.config.grad_normalization) == shipped.config
+    # the shipped network and recipe, with the meta-loss weighting each step by sqrt(t) instead of t
+    assert config["na_sqrt_30"] == shipped.config and card["na_sqrt_30"]["meta_training"]["trajectory_weights"] == "sqrt"
     assert card["na_multi_19"]["mode"] == "multi" and len(card["na_multi_19"]["training_styles"]) > 1
     for name in kept:  # the engine's input scale needs it
         assert card[name]["trained_pixels"] == 64 * 64
