@@ -40,10 +40,11 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     # the shipped recipe: another seed, other styles, shorter truncations (the card records the unroll)
     assert config["na_u16_17"] == shipped.config == config["na_multi_19"] == config["na_u8_22"] == config["na_jit_24"]
     # ... and with another meta-fraction or meta-loss weighting (the card records it)
-    assert config["na_frac_25"] == shipped.config == config["na_quad_26"]
+    assert config["na_frac_25"] == shipped.config == config["na_quad_26"] == config["na_sqrt_30"]
     assert card["na_jit_24"]["meta_training"]["loss_scale_jitter"] == 1.0
     assert card["na_frac_25"]["meta_training"]["meta_fraction"] == 0.3
     assert card["na_quad_26"]["meta_training"]["trajectory_weights"] == "quadratic"
+    assert card["na_sqrt_30"]["meta_training"]["trajectory_weights"] == "sqrt"
     assert card["na_u8_22"]["meta_training"]["unroll"] == 8
     assert config["na_sr_27"] == shipped.config and card["na_sr_27"]["crop"].startswith("square, side [48, 80]")
     assert config["na_hz_28"] == shipped.config and card["na_hz_28"]["meta_training"]["horizon_schedule"] == "grow"
@@ -51,8 +52,6 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     rms = config["na_rms_29"]
     assert rms.grad_normalization == "first_rms" and rms.moment_inputs
     assert dataclasses.replace(rms, grad_normalization=shipped.config.grad_normalization) == shipped.config
-    # the shipped network and recipe, with the meta-loss weighting each step by sqrt(t) instead of t
-    assert config["na_sqrt_30"] == shipped.config and card["na_sqrt_30"]["meta_training"]["trajectory_weights"] == "sqrt"
     assert card["na_multi_19"]["mode"] == "multi" and len(card["na_multi_19"]["training_styles"]) > 1
     for name in kept:  # the engine's input scale needs it
         assert card[name]["trained_pixels"] == 64 * 64
