@@ -417,3 +417,63 @@ def test_learned_update_takes_an_empty_parameter_with_or_without_a_meta_fraction
         new, states = learned_update(nets, [torch.zeros(0)], [torch.zeros(0)], ["default"], {}, fraction,
                                      torch.Generator().manual_seed(0))
         assert new[0].shape == (0,) and states["default"][0].shape == (2, 0, 20)
+
+
+def test_global_cells_carry_the_mean_over_coordinates_and_the_paths_agree():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(moment_inputs=True, global_cells=4)
+    plain = LSTMOptimizerNet(moment_inputs=True)
+    plain.load_state_dict(net.state_dict())
+    n = 5000
+    g = torch.randn(n) * torch.logspace(-6, 0, n)
+    moments = net.update_moments(g, None)
+    state = (torch.randn(2, n, 20) * 0.5, torch.randn(2, n, 20))
+    u, (h, c) = net(g, state, moments)
+    u_plain, (h_plain, c_plain) = plain(g, state, moments)
+    # this step's update and cells are a plain LSTM's; the carried h of the last 4 units is their mean
+    torch.testing.assert_close(u, u_plain)
+    torch.testing.assert_close(c, c_plain)
+    torch.testing.assert_close(h[:, :, :16], h_plain[:, :, :16])
+    torch.testing.assert_close(h[:, :, 16:], h_plain[:, :, 16:].mean(1, keepdim=True).expand(-1, n, -1))
+    torch.testing.assert_close(net.global_means(h), h_plain[:, :, 16:].mean(1).detach())
+    # the chunked no-grad path computes the same, for fp32 and int8 h
+    u_fast, (h_fast, c_fast) = net._inference(g, state, chunk=700, moments=moments)
+    torch.testing.assert_close(u_fast, u.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_fast, h.detach(), rtol=1e-5, atol=1e-5)
+    h8 = (state[0] * 127).round().clamp(-127, 127).to(torch.int8)
+    _, (h8_out, _) = net._inference(g, (h8, state[1].half()), chunk=700, moments=moments)
+    _, (h8_ref, _) = net._differentiable(g, (h8, state[1].half()), moments)
+    assert (h8_out[:, :, 16:] == h8_out[:, :1, 16:]).all()  # one value per unit
+    torch.testing.assert_close(h8_out.float()[:, :, 16:] / 127, h8_ref.detach()[:, :, 16:], rtol=0, atol=1 / 127 + 1e-6)
+
+
+def test_global_cells_let_one_coordinate_hear_the_others():
+    """With global cells, a coordinate's second update depends on the other coordinates' first
+    gradients; without them it does not."""
+    torch.manual_seed(0)
+    for k, coupled in ((0, False), (5, True)):
+        net = LSTMOptimizerNet(global_cells=k)
+        updates = []
+        for first_scale in (1e-4, 1.0):
+            g1 = torch.full((50,), first_scale)
+            g1[0] = 0.01  # coordinate 0 sees the same gradients both times
+            _, state = net._inference(g1, net.init_state(50))
+            u, _ = net._inference(torch.full((50,), 0.01), state)
+            updates.append(u[0])
+        assert (not torch.allclose(updates[0], updates[1])) == coupled
+
+
+def test_global_cells_train_through_a_subset_and_are_checked():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(global_cells=4)
+    states_full, states_sub, sub = _full_and_subset_updates(net)
+    # the subset's carried global cells are the mean over all 300 coordinates
+    torch.testing.assert_close(states_sub["default/meta_state"][0][:, :, 16:].detach(),
+                               states_full["default"][0][:, :30, 16:].detach())
+    sub[0].sum().backward()
+    assert net.lstm.weight_hh_l0.grad[:, 16:].abs().sum() > 0  # the carried means are read, and trained
+    assert net.lstm.weight_ih_l0.grad[76:80].abs().sum() > 0  # the global cells' own output gates (o: rows 60-79)
+    for bad in (-1, 21, 1.5, True):
+        with pytest.raises(ValueError, match="global_cells"):
+            LSTMOptimizerConfig(global_cells=bad)
+    assert LSTMOptimizerConfig.from_dict({"hidden_size": 20}).global_cells == 0  # files from before

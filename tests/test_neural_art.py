@@ -190,7 +190,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
                           "--meta-lr-schedule", "cosine", "--val-criterion", "final", "--unroll-schedule", "grow",
                           "--meta-loss", "log", "--meta-fraction", "0.5", "--basis-levels", "4",
                           "--moment-inputs", "--moment-betas", "0.9", "0.99", "--time-inputs", "--level-inputs",
-                          "--head-hidden", "8", "--loss-inputs"])
+                          "--head-hidden", "8", "--loss-inputs", "--global-cells", "4"])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -203,6 +203,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
     assert net.config.level_inputs and "basis level" in written["architecture"]
     assert net.config.head_hidden == 8 and "8-unit ReLU layer" in written["architecture"]
     assert net.config.loss_inputs and "loss change" in written["architecture"]
+    assert net.config.global_cells == 4 and "global averaging cells" in written["architecture"]
     assert "linear head" not in written["architecture"]
     from artopt.learned_optimizers import shipped
     assert shipped.trained_pixels(tmp_path / "tiny" / "tiny.safetensors") == 16 * 16  # for the engine's input scale
@@ -215,6 +216,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
                 ["--moment-inputs", "--moment-betas", "0.9", "1.5"],
                 ["--level-inputs", "--basis-levels", "2"],  # level inputs of levels never trained
                 ["--head-hidden", "-1"],
+                ["--global-cells", "21"],  # more than the layer's 20 units
                 ["--size-range", "96", "48"],
                 ["--output-scale", "nan"],
                 ["--prior-minutes", "-5"],

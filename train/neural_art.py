@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--head-hidden", type=int, default=0, metavar="K",
                     help="output layer: a K-unit ReLU layer reading the top h and the LSTM's inputs, then a "
                          "linear map (LSTMOptimizerConfig.head_hidden; no added state); 0: the paper's linear map")
+    ap.add_argument("--global-cells", type=int, default=0, metavar="K",
+                    help="the last K units of each LSTM layer carry into the next step their mean over all "
+                         "coordinates (the paper's global averaging cells; LSTMOptimizerConfig.global_cells); 0: none")
     ap.add_argument("--basis-levels", type=int, default=0, metavar="N",
                     help="meta-train in the multi-scale image basis with N levels (64 px crops: 4 reach 8 px); "
                          "0: pixels (artopt.learned_optimizers.multiscale)")
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
                                   moment_inputs=args.moment_inputs, beta1=args.moment_betas[0],
                                   beta2=args.moment_betas[1], time_inputs=args.time_inputs,
                                   level_inputs=args.level_inputs, loss_inputs=args.loss_inputs,
-                                  head_hidden=args.head_hidden)
+                                  head_hidden=args.head_hidden, global_cells=args.global_cells)
     except ValueError as err:
         ap.error(str(err))
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
@@ -160,7 +163,9 @@ def main(argv=None) -> int:
                         + ("; plus tanh(s log(f_t/f_(t-1))), s in (1, 10, 100), the last step's loss change"
                            if cfg.loss_inputs else "")
                         + (f"; output: a {cfg.head_hidden}-unit ReLU layer on the top h and these inputs, then "
-                           "a linear map" if cfg.head_hidden else ""),
+                           "a linear map" if cfg.head_hidden else "")
+                        + (f"; the last {cfg.global_cells} units of each layer carry their mean over all coordinates "
+                           "into the next step (global averaging cells)" if cfg.global_cells else ""),
         "basis": ({"kind": "multiscale", "levels": args.basis_levels,
                    "note": "the LSTM runs on the coefficients of artopt.learned_optimizers.multiscale"}
                   if args.basis_levels else {"kind": "pixels"}),

@@ -93,6 +93,12 @@ class LSTMOptimizerConfig:
     # FLOPs per coordinate next to the LSTM's 13k; it lets the update use m/√v and the gradient
     # directly instead of through the bounded, int8-stored h.
     head_hidden: int = 0
+    # Global averaging cells (the paper's section 3.2, "LSTM-GAC"): the last ``global_cells`` units of
+    # each layer carry into the next step the mean of their h over every coordinate the network
+    # steps together, so coordinates can share e.g. the overall gradient scale.  The mean replaces
+    # the carried h only; the unit's own h still feeds the next layer and the output at its step, so
+    # the no-grad path stays one pass over the coordinates, plus a cheap fix-up at the end.
+    global_cells: int = 0
 
     def __post_init__(self):
         # Checked here, not where the value is first used: a config read from a weights file with a
@@ -118,6 +124,10 @@ class LSTMOptimizerConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int) or self.head_hidden < 0:
             raise ValueError(f"head_hidden must be a whole number >= 0, got {self.head_hidden!r}")
+        if (isinstance(self.global_cells, bool) or not isinstance(self.global_cells, int)
+                or not 0 <= self.global_cells <= self.hidden_size):
+            raise ValueError(f"global_cells must be a whole number from 0 to hidden_size ({self.hidden_size}), "
+                             f"got {self.global_cells!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,10 +269,15 @@ class LSTMOptimizerNet(nn.Module):
 
     def _differentiable(self, grad: torch.Tensor, state: State, moments: Moments | None = None,
                         step: int | None = None, level: torch.Tensor | None = None,
-                        change: float | None = None) -> tuple[torch.Tensor, State]:
+                        change: float | None = None,
+                        global_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """One LSTM step written out with plain tensor ops: the same function as ``nn.LSTM`` on
         this module's weights, but forward+backward runs about 2x faster on CPU for the small,
-        single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences)."""
+        single-step batches of meta-training (oneDNN's RNN kernel is tuned for long sequences).
+
+        ``global_mean`` (num_layers, global_cells): for a subset of a larger batch, the global cells'
+        mean over the whole batch; the carried value is that, with the gradient of the subset's own
+        mean (an unbiased estimate of the whole mean's, the subset being drawn at random)."""
         self._check_call(grad, state, moments, level)
         x = inputs = self.features(grad.detach(), moments, step, level, change)
         h_in, c_in = state
@@ -278,12 +293,33 @@ class LSTMOptimizerNet(nn.Module):
             i, f, g, o = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c_in[layer].to(x.dtype) + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(c)
-            hs.append(x)
+            hs.append(self._carried_h(x, None if global_mean is None else global_mean[layer]))
             cs.append(c)
         if self.config.head_hidden:
             x = torch.cat((x, inputs), dim=-1)
         update = self.head(x).squeeze(-1) * self.config.output_scale
         return update, (torch.stack(hs), torch.stack(cs))
+
+    def _carried_h(self, h: torch.Tensor, whole_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """h as carried to the next step: the global cells (the last ``global_cells`` units) replaced by
+        their mean over the coordinates (``whole_mean``: the value to carry instead, see
+        ``_differentiable``)."""
+        k = self.config.global_cells
+        if not k or h.shape[0] == 0:
+            return h
+        mean = h[:, -k:].mean(0)
+        if whole_mean is not None:
+            mean = whole_mean.to(mean.dtype) + (mean - mean.detach())
+        return torch.cat((h[:, :-k], mean.expand(h.shape[0], k)), dim=1)
+
+    def global_means(self, h: torch.Tensor) -> torch.Tensor | None:
+        """(num_layers, global_cells) float32: the global cells' values in a carried state h (the same
+        at every coordinate), or None without global cells or coordinates."""
+        k = self.config.global_cells
+        if not k or h.shape[1] == 0:
+            return None
+        row = h[:, 0, -k:].float()
+        return row / INT8_STEPS if h.dtype == torch.int8 else row
 
     def _packed_weights(self, h_scale: float = 1.0):
         """Per layer (W_ih^T, W_hh^T, b) with the cell-candidate rows doubled: tanh(x) = 2σ(2x) - 1
@@ -368,6 +404,13 @@ class LSTMOptimizerNet(nn.Module):
             if self.config.head_hidden:
                 x = torch.addmm(b_hidden, x, w_top).addmm_(inputs, w_inputs).relu_()
             torch.add(head_b, x @ head_w, out=update[s:e])
+        k = self.config.global_cells
+        if k and n:
+            # The global cells' carried h: their mean over all coordinates, known only after the last
+            # chunk.  An int8 h is averaged as stored (steps of 1/127) and rounded back.
+            carried = h_out[:, :, -k:]
+            mean = carried.float().mean(1, keepdim=True)
+            carried.copy_((mean.round() if int8_h else mean).expand_as(carried))
         return update, (h_out, c_out)
 
 
@@ -473,8 +516,10 @@ def _subset_update(net: LSTMOptimizerNet, group: str, flat: torch.Tensor, states
     if idx.numel() == 0:  # an empty group: nothing to backpropagate through (and n / 0 below)
         return update
     sub_moments = None if moments is None else (moments[0][idx], moments[1][idx])
-    sub_update, states[key_state] = net(flat[idx], states[key_state], sub_moments, step,
-                                        None if level is None else level[idx], change)
+    # Global cells carry the mean over all coordinates (from the no-grad pass), not the subset's.
+    sub_update, states[key_state] = net._differentiable(flat[idx], states[key_state], sub_moments, step,
+                                                        None if level is None else level[idx], change,
+                                                        global_mean=net.global_means(states[group][0]))
     # Same values as the no-grad path; the gradient is scaled so the estimate stays unbiased.
     scale = n / idx.numel()
     sub_update = sub_update.detach() + (sub_update - sub_update.detach()) * scale
