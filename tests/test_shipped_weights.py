@@ -26,7 +26,7 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     kept = {p.stem: p for p in KEPT}
     assert set(kept) == {"na_time_18", "na_u16_17", "na_multi_19", "na_level_20", "na_head_21", "na_u8_22",
                          "na_loss_23", "na_jit_24", "na_frac_25", "na_quad_26", "na_sr_27", "na_hz_28",
-                         "na_rms_29", "na_sqrt_30"}
+                         "na_rms_29", "na_sqrt_30", "na_gac_31"}
     config = {name: next(iter(load_learned(path).values())).config for name, path in kept.items()}
     card = {name: json.loads(path.with_suffix(".json").read_text()) for name, path in kept.items()}
     (shipped,) = load_learned(WEIGHTS_DIR / "neural_art.safetensors").values()
@@ -45,6 +45,9 @@ def test_the_kept_candidates_are_the_tried_runs_with_the_configs_their_cards_nam
     assert card["na_frac_25"]["meta_training"]["meta_fraction"] == 0.3
     assert card["na_quad_26"]["meta_training"]["trajectory_weights"] == "quadratic"
     assert card["na_sqrt_30"]["meta_training"]["trajectory_weights"] == "sqrt"
+    # ... and with global averaging cells (the shipped net has none)
+    assert config["na_gac_31"].global_cells == 4 and shipped.config.global_cells == 0
+    assert config["na_gac_31"] == LSTMOptimizerConfig(**{**shipped.config.to_dict(), "global_cells": 4})
     assert card["na_u8_22"]["meta_training"]["unroll"] == 8
     assert config["na_sr_27"] == shipped.config and card["na_sr_27"]["crop"].startswith("square, side [48, 80]")
     assert config["na_hz_28"] == shipped.config and card["na_hz_28"]["meta_training"]["horizon_schedule"] == "grow"
