@@ -72,7 +72,25 @@ def test_a_checkpoint_of_other_settings_is_one_error_line(tmp_path, suite, capsy
         suite.main(_tiny(tmp_path, "--name", "x", "--no-preprocess"))
     line = _one_error_line(capsys.readouterr().err, "other settings (--no-preprocess (preprocess True -> False))")
     assert "hidden_size" not in line
+    with pytest.raises(SystemExit):
+        suite.main(_tiny(tmp_path, "--name", "x", "--global-cells", "4"))
+    _one_error_line(capsys.readouterr().err, "other settings (--global-cells 0 -> 4)")
     assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "2")) == 0  # a bigger budget resumes
+
+
+def test_the_suite_script_meta_trains_global_averaging_cells(tmp_path, suite, capsys):
+    from artopt.learned_optimizers import load_learned
+
+    assert suite.main(_tiny(tmp_path, "--name", "gac", "--global-cells", "3")) == 0
+    (net,) = load_learned(tmp_path / "runs" / "gac" / "gac.safetensors").values()
+    assert net.config.global_cells == 3
+    card = json.loads((tmp_path / "runs" / "gac" / "gac.json").read_text())
+    assert "global averaging cells" in card["architecture"]
+    with pytest.raises(SystemExit) as done:
+        suite.main(_tiny(tmp_path, "--name", "bad", "--global-cells", "21"))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "global_cells must be a whole number from 0 to hidden_size (20)")
+    assert not (tmp_path / "runs" / "bad").exists()
 
 
 def test_a_resumed_neural_art_run_names_the_changed_flags(tmp_path, neural_art, capsys):

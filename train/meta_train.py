@@ -54,6 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-scale", type=float, default=0.1)
     ap.add_argument("--no-preprocess", action="store_true", help="feed raw gradients (ablation)")
+    ap.add_argument("--global-cells", type=int, default=0, metavar="K",
+                    help="the last K units of each LSTM layer carry into the next step their mean over all "
+                         "coordinates (the paper's global averaging cells, LSTM-GAC; "
+                         "LSTMOptimizerConfig.global_cells); 0: none")
     add_meta_train_flags(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
@@ -75,7 +79,11 @@ def main(argv=None) -> int:
     except ValueError as err:
         ap.error(str(err))
     task = get_task(args.suite, **task_kwargs)
-    cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale)
+    try:
+        cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale,
+                                  global_cells=args.global_cells)
+    except ValueError as err:
+        ap.error(str(err))
     groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
     try:
@@ -92,7 +100,9 @@ def main(argv=None) -> int:
         "name": name,
         "task": args.suite,
         "task_kwargs": task_kwargs,
-        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head",
+        "architecture": "coordinatewise LSTM, 2 layers x 20 units, shared weights, linear head"
+                        + (f"; the last {cfg.global_cells} units of each layer carry their mean over all coordinates "
+                           "into the next step (global averaging cells)" if cfg.global_cells else ""),
         "trained_on": f"{platform.processor() or platform.machine()}, {args.threads} thread(s)",
         "command": "python train/meta_train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
