@@ -300,3 +300,24 @@ def test_a_scheduler_on_the_inner_optimizer_sets_the_step():
 
     constant, halved = run(1.0), run(0.5)
     assert constant[0] == halved[0] > 0 and halved[1] == pytest.approx(constant[1] / 2)
+
+
+def test_a_deep_copy_steps_as_the_original_and_on_its_own_image():
+    import copy
+    nets = _nets()
+    image = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)
+    opt = MultiscaleOptimizer([image], lambda zs: LearnedOptimizer(zs, nets=nets))
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(image.shape, generator=g) for _ in range(3)]
+    image.grad = grads[0].clone()
+    opt.step()
+    image2, opt2 = copy.deepcopy((image, opt))
+    before = image.detach().clone()
+    for gr in grads[1:]:
+        image2.grad = gr.clone()
+        opt2.step()
+    assert torch.equal(image.detach(), before) and not torch.equal(image2.detach(), before)
+    for gr in grads[1:]:
+        image.grad = gr.clone()
+        opt.step()
+    assert torch.equal(image.detach(), image2.detach())

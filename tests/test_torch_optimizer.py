@@ -660,3 +660,42 @@ def test_a_state_dict_of_parameters_of_other_shapes_is_refused():
     for q in same:
         q.grad = torch.ones_like(q)
     again.step()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_or_pickled_optimizer_goes_on_as_the_original(how):
+    import pickle
+
+    from artopt.learned_optimizers import weights_path
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    # the neural-art network has moment inputs: h, c, m and v all have to come along (int8 h)
+    opt = LearnedOptimizer(model.parameters(), weights=weights_path("neural_art"), state_dtype=torch.int8)
+    grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(4)]
+
+    def step(m, o, gs):
+        for p, g in zip(m.parameters(), gs):
+            p.grad = g.clone()
+        o.step()
+
+    for gs in grads[:2]:
+        step(model, opt, gs)
+    # torch pickles an optimizer with its parameters' identities: copy the two together, as a user would
+    model2, opt2 = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    for gs in grads[2:]:
+        step(model2, opt2, gs)
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))  # the copy moved alone
+    for gs in grads[2:]:
+        step(model, opt, gs)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert opt2.state_dtype == torch.int8 and opt2.state_bytes() == opt.state_bytes()
+
+
+def test_networks_passed_in_stay_trainable():
+    net = LSTMOptimizerNet()
+    LearnedOptimizer([nn.Parameter(torch.zeros(2))], nets={"default": net})
+    # meta-training differentiates through the same networks: the optimizer must not freeze them
+    assert all(p.requires_grad for p in net.parameters())
+    theta = torch.randn(5)
+    (new,), _ = learned_update({"default": net}, [theta], [2 * theta], ["default"], {})
+    assert new.requires_grad

@@ -102,6 +102,17 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             for flat, zs in zip(self.flat, self.coefficients):
                 self.inner.set_basis_levels(flat, [z.numel() for z in zs])
 
+    def __getstate__(self) -> dict:
+        # torch's keeps only defaults, state and param_groups: a deepcopy or pickle lost the
+        # coefficients and the inner optimizer.
+        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items() if not k.startswith("_")}}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # The coefficients must stay views of the copied flat tensors (step writes through them).
+        self.coefficients = [[v.view(z.shape) for v, z in zip(flat.detach().split([z.numel() for z in zs]), zs)]
+                             for flat, zs in zip(self.flat, self.coefficients)]
+
     @property
     def last_notice(self) -> str | None:
         return getattr(self.inner, "last_notice", None)

@@ -76,8 +76,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"parameter group asks for network {group['net']!r}; "
                                  f"the optimizer has {sorted(loaded)}")
         self.nets = nn.ModuleDict(loaded)
-        for p in self.nets.parameters():
-            p.requires_grad_(False)
+        if weights is not None:  # networks passed in stay the caller's: freezing them stopped meta-training
+            for p in self.nets.parameters():
+                p.requires_grad_(False)
         if state_dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8):
             raise ValueError(f"state_dtype must be a float dtype or torch.int8, got {state_dtype}")
         self.state_dtype = state_dtype
@@ -87,6 +88,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.input_scale = float(input_scale)
         self.last_notice: str | None = None
         self.fallback_count = 0  # coordinates that needed the fallback, over the optimizer's life
+
+    def __getstate__(self) -> dict:
+        # torch's keeps only defaults, state and param_groups; a deepcopy or pickle needs the
+        # networks and settings too (its hooks stay behind, as torch's do).
+        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items() if not k.startswith("_")}}
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's, plus checks: a group's lr multiplier must be positive and finite, and the LSTM
