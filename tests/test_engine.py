@@ -502,3 +502,17 @@ def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory
     assert fits(advised) and not fits(int(advised * 1.01))
     error, warning = cpu_memory_problem((1000, 2000), 2048, memory=(2 * need, need - 1))
     assert error is None and warning.startswith("at 2048 px a CPU run needs about") and "may run out of memory" in warning
+
+
+def test_a_huge_photo_is_shrunk_before_it_becomes_floats_and_keeps_its_exact_size():
+    from PIL import Image
+    photo = load_image(ASSETS / "photos" / "chelsea.jpg")
+    big = photo.resize((1003, 701), Image.Resampling.BICUBIC)  # over 4x the 64 px output
+    # float32 at twice the output size, not 1003 x 701 (a 49 MP upload took over 1 GB)
+    assert engine._to_tensor(big, "content", max_side=64).shape[-2:] == (89, 128)
+    assert engine._to_tensor(big, "content", max_side=256).shape[-2:] == (701, 1003)  # under 4x: as it is
+    config = _config(steps=0, pyramid=False)
+    shrunk = stylize(big, [big], config)
+    full = stylize(pil_to_tensor(big), [pil_to_tensor(big)], config)
+    assert shrunk.shape == full.shape == (1, 3, 45, 64)  # 44.7 rows: as the whole photo rounds
+    assert (shrunk - full).abs().mean() < 0.004

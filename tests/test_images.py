@@ -142,6 +142,14 @@ def test_resize_long_side_keeps_aspect():
     assert resize_long_side(tensor, 180).shape[-2:] == (120, 180)
 
 
+def test_resize_long_side_from_a_shrunk_copy_gives_the_originals_size():
+    # 701 x 1003 at 64 px: 44.7 rows, 45; a 89 x 128 copy alone would give 44.5, rounded to 44
+    copy = torch.rand(1, 3, 89, 128)
+    assert resize_long_side(copy, 64).shape[-2:] == (44, 64)
+    assert resize_long_side(copy, 64, source_hw=(701, 1003)).shape[-2:] == (45, 64)
+    assert resize_long_side(copy, 256, source_hw=(701, 1003)).shape[-2:] == (179, 256)  # up from the copy
+
+
 def test_tensor_to_pil_refuses_integer_tensors():
     # 0-255 data clamped to [0, 1] used to come out all white, silently
     for tensor in (torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8), torch.ones(3, 4, 4, dtype=torch.bool)):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from PIL import Image
 
-from .images import pil_to_tensor, resize_long_side
+from .images import pil_to_tensor, resize_long_side, to_rgb
 from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
 from .losses import StyleLoss, check_edge_pad
 
@@ -283,10 +283,19 @@ def split_steps(steps: int, n_scales: int) -> list[int]:
     return [steps - each_fine * (n_scales - 1)] + [each_fine] * (n_scales - 1)
 
 
-def _to_tensor(image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
+def _to_tensor(image: Image.Image | torch.Tensor, label: str, max_side: int | None = None) -> torch.Tensor:
+    """``image`` as a float tensor (1, 3, H, W); a PIL image over 4× ``max_side`` (the largest long
+    side the run resizes it to) comes at twice that size instead (see ``resize_long_side``'s source_hw)."""
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:  # else a ZeroDivisionError further on
             raise ValueError(f"{label} image is empty ({image.height}x{image.width} pixels)")
+        if max_side and max(image.size) > 4 * max_side:
+            # Shrink before making floats: a 49 MP upload took over 1 GB as float32 for a 256 px run,
+            # unseen by the memory check, which counts output pixels.  (Image.reduce's whole blocks
+            # shifted the picture by up to half a block.)
+            scale = 2 * max_side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = to_rgb(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         return pil_to_tensor(image)
     if isinstance(image, torch.Tensor):
         if image.dim() == 3:
@@ -530,15 +539,17 @@ def stylize(content: Image.Image | torch.Tensor,
     if config.size < loss_net.min_size:
         raise ValueError(f"size {config.size} is below the {loss_net.min_size} px {loss_net.name} needs")
 
-    content_full = _to_tensor(content, "content")
-    style_tensors = [_to_tensor(s, "style") for s in styles]
+    content_full = _to_tensor(content, "content", max_side=config.size)
+    # (H, W) as given: content_full may be a shrunk copy, and every resize keeps the original's aspect
+    content_hw = (content.height, content.width) if isinstance(content, Image.Image) else tuple(content_full.shape[-2:])
     # Styles never need more pixels than the largest scale uses: shrink huge ones once.
     style_cap = max(loss_net.min_size, round(config.size * config.style_scale))
+    style_tensors = [_to_tensor(s, "style", max_side=style_cap) for s in styles]
     style_tensors = [resize_long_side(s, style_cap) if max(s.shape[-2:]) > style_cap else s for s in style_tensors]
-    problem = content_size_problem(tuple(content_full.shape[-2:]), config.size, loss_net.min_size, loss_net.name)
+    problem = content_size_problem(content_hw, config.size, loss_net.min_size, loss_net.name)
     if problem:
         raise ValueError(problem)
-    content_final = resize_long_side(content_full, config.size)
+    content_final = resize_long_side(content_full, config.size, content_hw)
     if config.keep_colors:
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 
@@ -573,7 +584,7 @@ def stylize(content: Image.Image | torch.Tensor,
             # asked during the last step of the previous scale: stop before computing this scale's targets
             stopped = True
             break
-        target = resize_long_side(content_full, long_side)
+        target = resize_long_side(content_full, long_side, content_hw)
         if config.keep_colors:
             target = _luminance_as_rgb(target)
         target = target.to(device)

@@ -199,12 +199,17 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, qu
     return path
 
 
-def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """Resize (1, 3, H, W) so that max(H, W) == long_side, keeping the aspect ratio (antialiased)."""
-    height, width = image.shape[-2:]
+def resize_long_side(image: torch.Tensor, long_side: int,
+                     source_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resize (1, 3, H, W) so that max(H, W) == long_side, keeping the aspect ratio (antialiased).
+
+    ``source_hw``: the (H, W) of the original that ``image`` was shrunk from; the result then has
+    the size the original would give, to the pixel."""
+    height, width = source_hw or image.shape[-2:]
     scale = long_side / max(height, width)
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if new_size == (height, width):
+    if new_size == tuple(image.shape[-2:]):
         return image
-    return torch.nn.functional.interpolate(image, size=new_size, mode="bilinear",
-                                           align_corners=False, antialias=scale < 1).clamp(0, 1)
+    shrinking = any(n < o for n, o in zip(new_size, image.shape[-2:]))
+    return torch.nn.functional.interpolate(image, size=new_size, mode="bilinear", align_corners=False,
+                                           antialias=shrinking).clamp(0, 1)
