@@ -16,6 +16,7 @@ import os
 # Before gradio is imported: it reads this at import time to decide whether to phone home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import html
 import itertools
 import logging
 import queue
@@ -161,8 +162,17 @@ def _plain(number: float) -> str:
 
 
 def _user_error(message: str, title: str) -> gr.Error:
-    """An error the person can fix (a setting, an upload): a toast, and no traceback in the server log."""
-    return gr.Error(message, title=title, print_exception=False)
+    """An error the person can fix (a setting, an upload): a toast, and no traceback in the server log.
+
+    The toast renders HTML, and the message may quote what was sent (a file name, a menu value):
+    escaped, a name like "<img src=…>.png" shows as written instead of fetching the image."""
+    return gr.Error(html.escape(message, quote=False), title=title, print_exception=False)
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` shown as written in a gr.Markdown (the status line): a file name's * _ [ ] ~ or
+    backticks made emphasis, links or code there."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>~" else ch for ch in text)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -470,7 +480,7 @@ class _Stylist:
                                "in its log). Try again; if it fails again, tell whoever runs this server.",
                                title="Error", print_exception=False)
             # The toast shows the error; the status line must not go on saying "Waiting for a free slot…".
-            yield (gr.skip(), gr.skip(), gr.skip(), f"Not stylized: {err.message}")
+            yield (gr.skip(), gr.skip(), gr.skip(), f"Not stylized: {_markdown_text(err.message)}")
             if err is exc:
                 raise
             raise err from exc
@@ -573,8 +583,9 @@ class _Stylist:
                 f"{verb}: {result.width}×{result.height} px in {elapsed:.1f} s on {self.device} with {ran}.",
                 notices,
             )
-            yield (gr.skip() if _same_image(outcome, shown) else str(out_path),
-                   (str(before_path), str(out_path)), str(out_path), status)
+            # The preview ends on the PNG even when it already shows this image: its download
+            # button gave the last lossy WebP preview.
+            yield str(out_path), (str(before_path), str(out_path)), str(out_path), status
         finally:
             if not finished:  # the page went away or the run was cancelled: end the worker too
                 stop_flag.set()

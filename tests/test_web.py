@@ -121,15 +121,18 @@ def test_the_menus_multiscale_adam_runs_adam_on_the_basis(client, images):
 def test_an_image_already_on_the_page_is_not_sent_again(client, images):
     """Gradio caches a sent image under a hash of its bytes and rewrites that file each time it is
     sent. The run's last preview is the result, and sending it again as the final preview
-    truncated the file while the browser was still loading it: a broken live preview."""
+    truncated the file while the browser was still loading it: a broken live preview. The preview
+    ends on the result's PNG (other bytes, so another file), which its download button gives: it
+    gave the last lossy WebP preview."""
     job = client.submit(*stylize_args(images["content"], images["style"]), api_name="/stylize")
     *_, png_path, status = job.result(timeout=180)
     assert "Done" in status, status
     sent = [out[0] for out in job.outputs() if isinstance(out[0], str)]
-    assert len(sent) == STEPS  # one preview per step (preview_every=1), the last one is the result
+    assert len(sent) == STEPS + 1  # one preview per step (preview_every=1), then the result
     cached_as = [Path(path).parent.name for path in sent]  # the folder is the hash of the bytes
     assert len(set(cached_as)) == len(cached_as), cached_as
-    assert Image.open(sent[-1]).size == Image.open(png_path).size
+    assert [Path(path).suffix for path in sent] == [".webp"] * STEPS + [".png"]
+    assert Image.open(sent[-1]).tobytes() == Image.open(png_path).tobytes()
 
 
 @pytest.mark.parametrize(
@@ -554,6 +557,20 @@ def test_an_svg_upload_is_told_what_to_send_instead(tmp_path):
     drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="90" height="90"/>')
     message = _error_of(_stylist(tmp_path), str(drawing))
     assert message.startswith("Content photo: logo.svg: not an image file") and "SVG" in message and "PNG" in message
+
+
+def test_a_file_name_shows_as_written_in_the_toast_and_the_status_line(tmp_path):
+    # The toast renders HTML and the status line Markdown: this name fetched an image and made a link.
+    name = "<img src=x>[a](b)_*.png"
+    (tmp_path / name).write_bytes(b"")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    outputs = []
+    with pytest.raises(gr.Error) as caught:
+        for out in _stylist(tmp_path).run(str(tmp_path / name), [style, None, None], [1.0] * 3, 64, STEPS, 1.0,
+                                          "adam", False, 0):
+            outputs.append(out)
+    assert caught.value.message.startswith("Content photo: &lt;img src=x&gt;[a](b)_*.png is empty (0 bytes).")
+    assert outputs[-1][-1].startswith(r"Not stylized: Content photo: &lt;img src=x&gt;\[a\](b)\_\*.png is empty")
 
 
 def test_an_unexpected_failure_shows_a_reference_not_the_exception(tmp_path, monkeypatch, caplog):
