@@ -251,6 +251,22 @@ def _check_writable_file(path: Path, no_clobber: bool = False) -> None:
         raise CLIError(f"{path}: folder {path.parent} is not writable")
     if no_clobber and path.exists():
         raise CLIError(f"{path} exists and --no-clobber is given; remove it or choose another name")
+    if path.exists() and not os.access(path, os.W_OK):  # (the atomic save would replace it all the same)
+        raise CLIError(f"{path} is read-only; make it writable or choose another name")
+
+
+def _save_elsewhere(text: str, path: Path) -> str | None:
+    """``text`` in a new temporary file named after ``path``; its path, or None if that failed too."""
+    fd, fallback = None, None
+    try:
+        fd, fallback = tempfile.mkstemp(prefix=f"artopt-{path.stem}-", suffix=path.suffix)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return fallback
+    except OSError:
+        if fallback is not None:
+            Path(fallback).unlink(missing_ok=True)
+        return None
 
 
 def _step_image_pattern(output: Path) -> re.Pattern:
@@ -442,11 +458,19 @@ def _stylize(args: argparse.Namespace) -> int:
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "steps": records}
+        text = json.dumps(log, indent=1, allow_nan=False)
+        # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
+        # where the last run's log had been.
+        tmp = log_path.with_name(f".{log_path.name}.tmp")
         try:
-            log_path.write_text(json.dumps(log, indent=1, allow_nan=False))
+            tmp.write_text(text)
+            os.replace(tmp, log_path)
         except OSError as exc:
-            raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc}); "
-                           f"the image was saved to {output}") from None
+            tmp.unlink(missing_ok=True)
+            kept = _save_elsewhere(text, log_path)
+            raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc})"
+                           + (f"; the log was saved to {kept}" if kept else "")
+                           + f"; the image was saved to {output}") from None
     if failed_save is not None:
         raise CLIError(f"{failed_save}; the image was saved to {output} instead")
     if not args.quiet:

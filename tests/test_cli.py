@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -335,6 +336,52 @@ def test_write_failures_after_the_run_are_one_line_errors_naming_the_users_file(
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"artopt: error: --log-json {log}: cannot write it (No such file")
     assert "\n" not in err and out.is_file()
+    kept = Path(re.search(r"the log was saved to (.+?); the image", err).group(1))
+    try:
+        assert json.loads(kept.read_text())["settings"]["output_path"] == str(out)
+    finally:
+        kept.unlink()
+
+
+def test_a_log_that_cannot_be_written_leaves_the_last_one_whole(tmp_path, monkeypatch, capsys, instant_stylize):
+    import errno
+    import os
+
+    out, log = tmp_path / "o.png", tmp_path / "log.json"
+    log.write_text('{"the": "last run"}')
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst) == log:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"artopt: error: --log-json {log}: cannot write it (No space left on device)")
+    assert log.read_text() == '{"the": "last run"}' and sorted(p.name for p in tmp_path.iterdir()) == ["log.json", "o.png"]
+    kept = Path(re.search(r"the log was saved to (.+?); the image", err).group(1))
+    try:
+        assert json.loads(kept.read_text())["settings"]["output_path"] == str(out)
+    finally:
+        kept.unlink()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--log-json"])
+def test_a_read_only_output_is_refused_before_the_run(tmp_path, monkeypatch, capsys, instant_stylize, flag):
+    import os
+
+    names = {"-o": tmp_path / "mine.png", "--log-json": tmp_path / "mine.json"}
+    names[flag].write_bytes(b"keep me")
+    access = os.access
+    # Root may write anything, so the read-only file is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != names[flag] and access(path, mode, **kw))
+    args = ["-o", str(tmp_path / "o.png"), flag, str(names[flag])]
+    code = main(["stylize", str(PHOTO), str(STYLE), *args, *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {names[flag]} is read-only; make it writable or choose another name"
+    assert instant_stylize.calls == 0 and names[flag].read_bytes() == b"keep me"
 
 
 @pytest.mark.parametrize("existing, make_extra, message", [
