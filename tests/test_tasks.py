@@ -312,6 +312,29 @@ def test_task_args_parse_as_json_and_name_a_malformed_one():
     for bad in ("foo", "batch=abc", "=3"):
         with pytest.raises(ValueError, match=f"KEY=JSON, got '{bad}'"):
             parse_task_args([bad])
+    with pytest.raises(ValueError, match="--task-arg name: the task's name is made from its suite"):
+        parse_task_args(["name=5"])  # was get_task's TypeError "multiple values for argument 'name'"
+
+
+@pytest.mark.parametrize("suite, kwargs, message", [
+    # each failed later, inside torch, with a traceback
+    ("quadratic", {"batch": 1.5}, "batch must be a whole number, got 1.5"),
+    ("quadratic", {"batch": True}, "batch must be a whole number, got true"),
+    ("quadratic", {"init_std": "x"}, 'init_std must be a finite number, got "x"'),
+    ("mnist", {"hidden": [20, "a"]}, 'hidden must be a list of whole numbers, got [20, "a"]'),
+    ("mnist", {"pool": 2.5}, "pool must be a whole number or null, got 2.5"),
+    ("neural-art", {"styles": "starry_night.jpg"}, 'styles must be a list of strings, got "starry_night.jpg"'),
+    ("neural-art", {"size_range": [48]}, "size_range must be two whole numbers, [low, high] or null, got [48]"),
+])
+def test_a_task_setting_of_the_wrong_type_is_named_before_the_task_is_built(suite, kwargs, message):
+    with pytest.raises(ValueError) as caught:
+        get_task(suite, **kwargs)
+    assert str(caught.value) == f"bad arguments for task {suite!r}: {message}"
+
+
+def test_task_settings_of_the_right_type_still_pass():
+    assert get_task("quadratic", init_std=1, batch=2).init_std == 1  # an int where a float is expected
+    assert get_task("mnist", pool=None, widths=[10, 20]).widths == (10, 20)
 
 
 def test_bad_data_under_the_data_folder_names_the_file_and_artopt_data(tmp_path, monkeypatch):

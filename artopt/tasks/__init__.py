@@ -10,7 +10,9 @@ cifar5, cifar5-heldout (labels 5..9: trains the paper's "LSTM-sub"); neural-art.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from typing import Callable
 
 from .base import Problem, Task, stack_problems
@@ -20,10 +22,52 @@ from .mnist import MNISTTask
 from .quadratic import QuadraticTask
 
 
-def _neural_art(**kwargs):
+def _neural_art_class():
     from .neural_art import NeuralArtTask  # heavy (loss network); imported only when asked for
 
-    return NeuralArtTask(**kwargs)
+    return NeuralArtTask
+
+
+def _neural_art(**kwargs):
+    return _neural_art_class()(**kwargs)
+
+
+_neural_art.task_class = _neural_art_class  # for get_task's checks
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# A field's annotation (a string here) -> what its values must be, and how to say so.
+_KINDS = {
+    "int": (_is_int, "a whole number"),
+    "float": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Path": (lambda v: isinstance(v, str), "a path (a string)"),
+    "Sequence[int]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of whole numbers"),
+    "tuple[int, int]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_int, v)),
+                        "two whole numbers, [low, high]"),
+    "Sequence[str]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+                      "a list of strings"),
+}
+
+
+def check_task_args(cls, kwargs: dict) -> None:
+    """TypeError for a keyword of the wrong type for the dataclass task ``cls``, naming the setting: such
+    values (--task-arg batch=1.5) passed the tasks' range checks and failed later inside torch.
+    Ranges stay the tasks' own checks."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls) if f.init}
+    for key, value in kwargs.items():
+        if key not in fields:
+            continue  # the constructor names unknown keywords
+        kinds = [t.strip() for t in fields[key].split("|")]
+        if value is None and "None" in kinds:
+            continue
+        known = [_KINDS[k] for k in kinds if k in _KINDS]
+        if known and not any(ok(value) for ok, _ in known):
+            raise TypeError(f"{key} must be {' or '.join(what for _, what in known)}"
+                            f"{' or null' if 'None' in kinds else ''}, got {json.dumps(value)}")
 
 
 # name -> (factory, default keyword arguments)
@@ -55,7 +99,9 @@ def get_task(name: str, **variant_kwargs) -> Task:
         extra = {k: v for k, v in variant_kwargs.items() if k not in ("root",)}
         kwargs["name"] = name + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(extra.items())) + "]"
                                  if extra else "")
+    cls = factory if dataclasses.is_dataclass(factory) else factory.task_class()
     try:
+        check_task_args(cls, variant_kwargs)
         return factory(**kwargs)
     except TypeError as e:  # unknown keyword: say which task and which arguments exist
         raise ValueError(f"bad arguments for task {name!r}: {e}") from None
@@ -73,6 +119,9 @@ def parse_task_args(items: list[str]) -> dict:
             kwargs[key] = json.loads(value)
         except ValueError:  # json.JSONDecodeError is one
             raise ValueError(f"--task-arg expects KEY=JSON, got {item!r}") from None
+        if key == "name":  # get_task names the task (suite and settings): results are keyed by it
+            raise ValueError("--task-arg name: the task's name is made from its suite and settings; "
+                             "use --name to name the run")
     return kwargs
 
 
