@@ -382,7 +382,9 @@ def _stylize(args: argparse.Namespace) -> int:
     if too_narrow:
         raise CLIError(too_narrow)
     if device.type == "cpu":  # past the machine's RAM the kernel would kill the run without a word
-        too_big, tight = cpu_memory_problem((content.height, content.width), config.size, "--size")
+        too_big, tight = cpu_memory_problem((content.height, content.width), config.size, "--size",
+                                            style_hws=[(s.height, s.width) for s in styles],
+                                            style_scale=config.style_scale)
         if too_big:
             raise CLIError(too_big)
         if tight:

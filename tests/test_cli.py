@@ -549,6 +549,12 @@ def test_an_output_too_large_for_the_machines_memory_is_refused_before_the_run(t
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 0
     assert "artopt: warning: at 48 px a CPU run needs about 1.08 GB of memory and 1.05 GB is free now" in \
         capsys.readouterr().err and instant_stylize.calls == 1
+    # --style-scale counts: the style goes through the loss network at 8 x 48 px
+    monkeypatch.setattr(engine, "system_memory", lambda: (1_100_000_000, None))
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 0
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--style-scale", "8", *FAST]) == 2
+    assert capsys.readouterr().err.strip().endswith("or a smaller style scale, or run on a GPU")
+    assert instant_stylize.calls == 2
 
 
 def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):

@@ -504,6 +504,23 @@ def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory
     assert error is None and warning.startswith("at 2048 px a CPU run needs about") and "may run out of memory" in warning
 
 
+def test_cpu_memory_estimate_counts_the_style_images_at_their_scale():
+    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, CPU_BYTES_PER_STYLE_PIXEL, cpu_memory_problem
+
+    content_only = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * 512 * 256  # a 2:1 photo at 512 px
+    roomy = (content_only + 10**8, None)
+    assert cpu_memory_problem((500, 1000), 512, memory=roomy, style_hws=[(600, 800)]) == (None, None)
+    # --style-scale 8 sends a 4096 px style through the network: 3.4 GB more at 512 px, measured
+    error, _ = cpu_memory_problem((500, 1000), 512, "--size", memory=roomy, style_hws=[(600, 800), (100, 100)],
+                                  style_scale=8)
+    assert error.endswith("or a smaller style scale, or run on a GPU")
+    advised = int(error.split("at most about ")[1].split(" px")[0])
+    # the squarer style counts (the styles go through one at a time), and the advice fits 90% of the RAM
+    need = lambda size: (CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * round(size / 2)  # noqa: E731
+                         + CPU_BYTES_PER_STYLE_PIXEL * (8 * size) ** 2)
+    assert need(512) > roomy[0] and need(advised) <= 0.9 * roomy[0] < need(int(advised * 1.01))
+
+
 def test_a_huge_photo_is_shrunk_before_it_becomes_floats_and_keeps_its_exact_size():
     from PIL import Image
     photo = load_image(ASSETS / "photos" / "chelsea.jpg")

@@ -449,6 +449,10 @@ def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, 
 # Past the machine's memory the kernel kills the process without a word.
 CPU_BYTES_PER_PIXEL = 2300
 CPU_BASE_BYTES = 1 << 30
+# Each style image passes through the loss network once per scale, at style_scale times the output's
+# size: `--size 256 --style-scale 8` (a 2048 px style) peaked 0.84 GB above `--style-scale 1`, and a
+# CLI audit measured 3.4 GB more at 512 px (a 4096 px style): about 260 B per style pixel.
+CPU_BYTES_PER_STYLE_PIXEL = 300
 
 
 def system_memory() -> tuple[int | None, int | None]:
@@ -468,23 +472,31 @@ def system_memory() -> tuple[int | None, int | None]:
 
 
 def cpu_memory_problem(content_hw: tuple[int, int], size: int, size_name: str = "size",
-                       memory: tuple[int | None, int | None] | None = None) -> tuple[str | None, str | None]:
+                       memory: tuple[int | None, int | None] | None = None,
+                       style_hws: Sequence[tuple[int, int]] = (), style_scale: float = 1.0) -> tuple[str | None, str | None]:
     """(error, warning) for a CPU run whose output has ``size`` px on its long side: an error when
     its estimated peak memory exceeds the machine's RAM, a warning when it exceeds what is free now.
-    ``memory`` is (total, available) bytes; default :func:`system_memory`."""
+    ``memory`` is (total, available) bytes; default :func:`system_memory`.  ``style_hws``: the
+    style images' (H, W), which the run sizes to ``style_scale`` times the output (one at a time)."""
     total, available = memory if memory is not None else system_memory()
     short, long = sorted(content_hw)
     aspect = short / long
-    need = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * max(1, round(size * aspect))
+    style_aspect = max((min(hw) / max(hw) for hw in style_hws if min(hw) > 0), default=0.0)
+    # bytes per (long side)², so that the largest size that fits has a closed form
+    per_side2 = CPU_BYTES_PER_PIXEL * aspect + CPU_BYTES_PER_STYLE_PIXEL * style_scale ** 2 * style_aspect
+    need = (CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * max(1, round(size * aspect))
+            + round(CPU_BYTES_PER_STYLE_PIXEL * style_aspect * (size * style_scale) ** 2))
     gb = lambda n: f"{n / 1e9:.3g} GB"  # noqa: E731
 
     def largest(limit: int) -> int:  # the long side whose estimate fits in ``limit`` bytes
-        return max(0, int(math.sqrt(max(0, limit - CPU_BASE_BYTES) / (CPU_BYTES_PER_PIXEL * aspect))))
+        return max(0, int(math.sqrt(max(0, limit - CPU_BASE_BYTES) / per_side2)))
 
     if total is not None and need > total:
         fit = largest(int(total * 0.9))
         advice = (f"choose a {size_name} of at most about {fit} px" if fit >= MIN_OUTPUT_SIZE else
                   "this machine is too small for a CPU run")
+        if style_scale > 1 and style_aspect:
+            advice += " or a smaller style scale"
         return (f"at {size} px a CPU run needs about {gb(need)} of memory, more than this machine's "
                 f"{gb(total)}: {advice}, or run on a GPU", None)
     if available is not None and need > available:
