@@ -125,6 +125,9 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
     (b"\xff\xfe", "not a readable JSON card"),
     ('{"basis": "pixels", "trained_pixels": "x"}', "trained_pixels must be a positive number of pixels, got 'x'"),
     ('{"basis": "pixels", "trained_pixels": -5}', "trained_pixels must be a positive number of pixels, got -5"),
+    # (was an OverflowError from the basis's coarsest level, read from the same number)
+    ('{"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": Infinity}',
+     "trained_pixels must be a positive number of pixels, got inf"),
     ('{"basis": "pixels", "inference": [1]}', "bad inference settings"),
 ])
 def test_a_broken_card_is_a_value_error_naming_the_card(tmp_path, card_text, message):

@@ -94,8 +94,8 @@ def _coarsest_in(card: dict) -> int:
 
     basis, pixels = card.get("basis"), card.get("trained_pixels")
     levels = basis.get("levels") if isinstance(basis, dict) and basis.get("kind") == "multiscale" else None
-    if not (isinstance(levels, int) and levels >= 1 and isinstance(pixels, (int, float)) and pixels >= 1):
-        return COARSEST
+    if not (isinstance(levels, int) and levels >= 1 and isinstance(pixels, (int, float)) and 1 <= pixels < math.inf):
+        return COARSEST  # (a bad trained_pixels is trained_pixels()' error to report)
     return max(1, round(math.sqrt(pixels)) >> (levels - 1))
 
 
