@@ -481,14 +481,18 @@ def _stylize(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # argparse would name them under the top-level usage; the command's own is more use
-        where = (f" (a script's flags go after TARGET: artopt {args.script_kind} TARGET FLAGS)"
-                 if getattr(args, "script_kind", None) else "")
-        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}{where}")
-    from artopt.style.images import ImageError
-    from artopt.style.loss_nets import LossNetError
+    try:  # building the parser imports torch: a Ctrl-C in those first seconds printed a traceback
+        parser = _build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse would name them under the top-level usage; the command's own is more use
+            where = (f" (a script's flags go after TARGET: artopt {args.script_kind} TARGET FLAGS)"
+                     if getattr(args, "script_kind", None) else "")
+            getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}{where}")
+        from artopt.style.images import ImageError
+        from artopt.style.loss_nets import LossNetError
+    except KeyboardInterrupt:
+        print("artopt: aborted", file=sys.stderr)
+        return 130
 
     try:
         return args.handler(args)

@@ -569,3 +569,14 @@ def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("artopt: error: out of memory at this size (") and err.endswith("choose a smaller --size")
     assert "\n" not in err
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+    import artopt.cli as cli
+
+    def interrupted():  # building the parser imports torch, which takes seconds
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_build_parser", interrupted)
+    assert main(["stylize", "--help"]) == 130
+    assert capsys.readouterr().err == "artopt: aborted\n"
