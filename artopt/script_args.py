@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,21 @@ def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, sh
 # set by the flag whose dest it is, if the script has one.
 SETTING_DESTS = {"beta1": "moment_betas", "beta2": "moment_betas", "preprocess": "no_preprocess",
                  "task_kwargs": "task_arg", "max_minutes": "minutes"}
+
+
+def config_error(ap: argparse.ArgumentParser, err: Exception):
+    """``ap.error`` for a config's ValueError, its leading setting named as the flag that sets it
+    ("minutes must be positive" -> "--minutes must be positive")."""
+    message = str(err)
+    word = re.match(r"[A-Za-z][\w-]*", message)
+    if word:
+        flags = {action.dest: max(action.option_strings, key=len)
+                 for action in ap._actions if action.option_strings}
+        dest = word.group().replace("-", "_")
+        flag = flags.get(SETTING_DESTS.get(dest, dest))
+        if flag:
+            message = flag + message[word.end():]
+    ap.error(message)
 
 
 def setting_flags(ap: argparse.ArgumentParser):

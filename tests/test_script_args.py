@@ -42,3 +42,19 @@ def test_folder_problem_names_the_first_existing_thing_and_makes_nothing(tmp_pat
     assert script_args.folder_problem(blocker / "a" / "b") == f"{blocker} is a file, not a folder"
     assert script_args.folder_problem(tmp_path / "new" / "deeper") is None
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("message, said", [
+    ("minutes must be positive, got nan", "--minutes must be positive, got nan"),  # run setting max_minutes
+    ("meta-lr must be positive, got -1.0", "--meta-lr must be positive, got -1.0"),
+    ("global_cells must be a whole number from 0 to 20", "--global-cells must be a whole number from 0 to 20"),
+    ("beta1 must be in (0, 1)", "--moment-betas must be in (0, 1)"),  # a setting of another name
+    ("batch must be at least 1", "batch must be at least 1"),  # no such flag: as it was
+])
+def test_a_config_error_names_the_flag_that_sets_it(capsys, message, said):
+    ap = argparse.ArgumentParser(prog="x")
+    for flag in ("--minutes", "--meta-lr", "--global-cells", "--moment-betas"):
+        ap.add_argument(flag)
+    with pytest.raises(SystemExit):
+        script_args.config_error(ap, ValueError(message))
+    assert capsys.readouterr().err.splitlines()[-1] == f"x: error: {said}"

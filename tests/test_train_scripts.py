@@ -89,7 +89,7 @@ def test_the_suite_script_meta_trains_global_averaging_cells(tmp_path, suite, ca
     with pytest.raises(SystemExit) as done:
         suite.main(_tiny(tmp_path, "--name", "bad", "--global-cells", "21"))
     assert done.value.code == 2
-    _one_error_line(capsys.readouterr().err, "global_cells must be a whole number from 0 to hidden_size (20)")
+    _one_error_line(capsys.readouterr().err, "error: --global-cells must be a whole number from 0 to hidden_size (20)")
     assert not (tmp_path / "runs" / "bad").exists()
 
 
@@ -121,7 +121,7 @@ def test_a_zero_horizon_or_truncation_is_refused_not_read_as_the_default(tmp_pat
     with pytest.raises(SystemExit) as done:
         suite.main([*_tiny(tmp_path, "--name", "x"), flag, "0"])
     assert done.value.code == 2
-    _one_error_line(capsys.readouterr().err, f"{flag[2:]} must be a positive integer, got 0")
+    _one_error_line(capsys.readouterr().err, f"error: {flag} must be a positive integer, got 0")
     assert not (tmp_path / "runs" / "x").exists()
 
 

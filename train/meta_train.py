@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.script_args import check_run_flags, finish_meta_training, script_parser  # noqa: E402
+from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
 from artopt.tasks import get_task, parse_task_args  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale,
                                   global_cells=args.global_cells)
     except ValueError as err:
-        ap.error(str(err))
+        config_error(ap, err)
     groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
     try:
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             max_minutes=args.minutes, **meta_train_flag_values(args),
         )
     except ValueError as err:
-        ap.error(str(err))
+        config_error(ap, err)
     card = {
         "name": name,
         "task": args.suite,

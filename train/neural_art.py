@@ -33,7 +33,7 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # n
 from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.script_args import check_run_flags, finish_meta_training, script_parser  # noqa: E402
+from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                                   level_inputs=args.level_inputs, loss_inputs=args.loss_inputs,
                                   head_hidden=args.head_hidden, global_cells=args.global_cells)
     except ValueError as err:
-        ap.error(str(err))
+        config_error(ap, err)
     nets = nn.ModuleDict({"default": LSTMOptimizerNet(cfg)})
     if args.init_from:
         from artopt.learned_optimizers import load_learned
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                                val_every=args.val_every, val_problems=args.val_problems, seed=args.seed,
                                max_minutes=args.minutes, **meta_train_flag_values(args))
     except ValueError as err:
-        ap.error(str(err))
+        config_error(ap, err)
     card = {
         "name": args.name,
         "task": "neural-art",
