@@ -177,6 +177,12 @@ def test_non_finite_update_falls_back_to_adam_step():
     # here anyway: only the output head is broken)
     assert torch.equal(opt.state[p]["h"], torch.zeros_like(opt.state[p]["h"]))
     assert torch.equal(opt.state[p]["c"], torch.zeros_like(opt.state[p]["c"]))
+    # the group's lr scales the fallback as it scales the learned step: a schedule at 0 stops both
+    for lr, moved in ((0.5, 0.005), (0.0, 0.0)):
+        opt.param_groups[0]["lr"] = lr
+        before = p.detach().clone()
+        opt.step()
+        torch.testing.assert_close(p.detach() - before, torch.tensor([-moved, moved, -moved]))
 
 
 def test_bfloat16_state_storage():

@@ -46,7 +46,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             per coordinate for the 2×20 LSTM: 320 B in float32, 160 B in 16 bits).  ``torch.int8``
             keeps h, which always lies in (-1, 1), in steps of 1/127 and c in float16: 120 B.
         fallback_lr: step size of the fallback used where the LSTM proposes a non-finite update:
-            Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)``.
+            Adam's first step from fresh state, i.e. ``-fallback_lr · sign(g)`` (times the group's
+            lr multiplier, as the learned step).
         input_scale: multiplies the gradients the LSTM sees (not the update).  For a loss whose
             gradients shrink in a known way on bigger problems (a per-pixel mean loss on a bigger
             image), it maps them back to the scale the LSTM was trained on.
@@ -323,11 +324,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
             change = loss_change(next((self.state[p]["loss"] for p in params if "loss" in self.state[p]), None), loss)
 
         update, (h, c) = net(flat, (h, c), moments, step, level, change)
+        multiplier: torch.Tensor | float = lrs[0]
         if len(set(lrs)) > 1:  # groups with different multipliers in one batch: one per coordinate
             counts = torch.tensor([p.numel() for p in params], device=device)
-            update = update * torch.repeat_interleave(torch.tensor(lrs, dtype=update.dtype, device=device), counts)
-        elif lrs[0] != 1.0:
-            update = update * lrs[0]
+            multiplier = torch.repeat_interleave(torch.tensor(lrs, dtype=update.dtype, device=device), counts)
+        if len(set(lrs)) > 1 or multiplier != 1.0:
+            update = update * multiplier
 
         # Non-finite guard: never write NaN/Inf into a parameter.
         update_ok = torch.isfinite(update)
@@ -336,9 +338,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if bool(bad.any()):
             n_bad = int(bad.sum())
             self.fallback_count += n_bad
-            # Finite gradient but broken LSTM output: take Adam's first step there; a non-finite
-            # gradient carries no usable direction, so those coordinates stay put.
-            fallback = torch.where(grad_ok, -self.fallback_lr * torch.sign(sanitize(flat)), torch.zeros_like(flat))
+            # Finite gradient but broken LSTM output: take Adam's first step there, scaled by the
+            # group's lr like the learned step (a schedule down to 0 stopped all but these); a
+            # non-finite gradient carries no usable direction, so those coordinates stay put.
+            step_size = multiplier * self.fallback_lr
+            fallback = torch.where(grad_ok, -step_size * torch.sign(sanitize(flat)), torch.zeros_like(flat))
             update = torch.where(bad, fallback.to(update.dtype), update)
             h = torch.where(bad.view(1, -1, 1), torch.zeros_like(h), h)
             c = torch.where(bad.view(1, -1, 1), torch.zeros_like(c), c)
