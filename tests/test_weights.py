@@ -158,6 +158,19 @@ def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path):
         load_learned(path)
 
 
+def test_weights_of_integers_are_refused_not_cast(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["default.head.bias"] = tensors["default.head.bias"].round().to(torch.int64)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(WeightsError, match=r"w.safetensors: default.head.bias holds torch.int64 values"):
+        load_learned(path)
+
+
 def test_saved_weights_get_the_same_permissions_as_any_file_written_there(tmp_path):
     # Before: safetensors' save_file made them owner-only (0600) whatever the umask, so a run's best
     # weights could not be read by the other users of a shared install; its card was 0644.

@@ -112,6 +112,8 @@ def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimize
             if got[key].shape != value.shape:
                 raise WeightsError(f"{path}: {name}.{key} has shape {tuple(got[key].shape)}, "
                                    f"config {cfg} needs {tuple(value.shape)}")
+            if not got[key].is_floating_point():  # load_state_dict would cast integers or booleans silently
+                raise WeightsError(f"{path}: {name}.{key} holds {got[key].dtype} values, not floating point")
             if not torch.isfinite(got[key]).all():
                 # e.g. saved from a diverged run: every update would be non-finite, and the guard would
                 # quietly turn the optimizer into Adam's first step at every coordinate
