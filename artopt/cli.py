@@ -422,7 +422,9 @@ def _stylize(args: argparse.Namespace) -> int:
                             scale=f"{info.scale_index + 1}/{info.n_scales}")
             if info.notice:
                 bar.write(info.notice)
-        if args.save_every and info.image is not None and info.step % args.save_every == 0:
+        previous = records[-2]["step"] if len(records) > 1 else 0
+        # every --save-every steps, or the first step past a multiple (an L-BFGS step counts several)
+        if args.save_every and info.image is not None and info.step // args.save_every > previous // args.save_every:
             try:
                 save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
             except ImageError as exc:  # e.g. a full disk: the run, and its final image, go on

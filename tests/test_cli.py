@@ -580,3 +580,14 @@ def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_build_parser", interrupted)
     assert main(["stylize", "--help"]) == 130
     assert capsys.readouterr().err == "artopt: aborted\n"
+
+
+def test_save_every_with_lbfgs_saves_past_each_multiple(tmp_path):
+    # an L-BFGS step counts several evaluations: "step % N == 0" skipped most multiples
+    out, log = tmp_path / "o.png", tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log), "--optimizer", "lbfgs",
+                 "--steps", "12", "--save-every", "3", *FAST[:2], *FAST[4:]]) == 0
+    steps = [r["step"] for r in json.loads(log.read_text())["steps"]]
+    expected = {next(s for s in steps if s >= 3 * k) for k in range(1, steps[-1] // 3 + 1)}
+    saved = {int(p.stem.removeprefix("o_step")) for p in tmp_path.glob("o_step*.png")}
+    assert saved == expected and len(saved) >= 3, (steps, saved)

@@ -177,6 +177,39 @@ def test_callback_images_and_stop():
     assert infos[-1].step == 3 and out.shape == (1, 3, 43, 64)
 
 
+def test_lbfgs_gives_an_image_at_the_first_step_past_each_multiple():
+    # an L-BFGS step counts several loss evaluations: "done % image_every == 0" passed multiples over
+    out, infos = _run(_config(optimizer="lbfgs", steps=20), image_every=5)
+    steps = [i.step for i in infos]
+    shown = {i.step for i in infos if i.image is not None}
+    assert any(b - a > 1 for a, b in zip([0] + steps, steps))  # some steps counted several evaluations
+    for k in range(1, steps[-1] // 5 + 1):
+        assert next(s for s in steps if s >= 5 * k) in shown, (k, steps, shown)
+
+
+def test_the_last_steps_image_is_the_returned_one_when_the_finer_scale_gets_no_steps(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    content = _image(5, 96, 128)
+    infos = []
+    out = stylize(content, [STYLE], _config(size=128, steps=2, pyramid=True), callback=infos.append)
+    assert infos[-1].size != tuple(out.shape[-2:])  # the 2 steps all went to a coarser scale
+    assert torch.equal(infos[-1].image, out)  # was that scale's smaller image
+
+
+def test_a_content_tensor_that_requires_grad_is_taken_without_a_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float() of such a tensor warned
+        out = stylize(CONTENT.clone().requires_grad_(), [STYLE.clone().requires_grad_()], _config(steps=0))
+    assert torch.equal(out, CONTENT)
+
+
+def test_numpy_integers_are_integers():
+    import numpy as np
+    config = _config(size=np.int64(48), steps=np.int32(2), seed=np.int64(3)).validated()
+    assert (config.size, config.steps, config.seed) == (48, 2, 3) and type(config.size) is int
+
+
 def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):
     from artopt.learned_optimizers import shipped
 
@@ -445,9 +478,16 @@ def test_no_steps_with_the_pyramid_gives_the_start_image_at_full_resolution(monk
 
 @pytest.mark.parametrize("bad, message", [
     (dict(lr="0.1"), "lr must be a number"), (dict(content_weight="1"), "content weight must be a number"),
-    (dict(style_scale=None), "style scale must be a number"), (dict(style_weights=["1"]), "style weights must be numbers"),
+    (dict(style_scale=None), "style scale must be a number"),
+    (dict(style_weights=["1"]), "style weights must be a list of numbers"),
+    (dict(style_weights=5), "style weights must be a list of numbers, got 5"),
     (dict(optimizer=None), "optimizer must be a string"), (dict(loss_net=None), "loss net must be a string"),
     (dict(steps=True), "steps must be a non-negative integer"),
+    # a string "false" counted as true
+    (dict(keep_colors="false"), r"keep colors must be True or False, got 'false'"),
+    (dict(pyramid=1), r"pyramid must be True or False \(or None: automatic\), got 1"),
+    (dict(lstm_weights=5), "lstm weights must be a file path, got 5"),
+    (dict(vgg_weights=5), "vgg weights must be a file path, got 5"),
 ])
 def test_settings_of_the_wrong_type_are_refused_clearly(bad, message):
     # these met a bare TypeError or AttributeError (or, for steps=True, ran one step)

@@ -136,6 +136,9 @@ def test_compare_ratio_and_best_baseline():
     assert out["optimizers"]["sgd"]["mean_trajectory_loss"] == pytest.approx(11 / 3)
     assert out["instances"] == 2
     json.dumps(out, allow_nan=False)
+    for bad in (0, -1, 2.5, True):  # 0 averaged the whole curve, -1 all but its first loss
+        with pytest.raises(ValueError, match="window must be a whole number of steps, at least 1"):
+            compare(res, window=bad)
 
 
 def test_compare_without_lstm_and_with_divergence():

@@ -143,9 +143,23 @@ class StylizeConfig:
             value = getattr(self, name)
             if not (value is None and name == "lr") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
-        if self.style_weights is not None and any(isinstance(w, bool) or not isinstance(w, numbers.Real)
-                                                  for w in self.style_weights):
-            raise ValueError(f"style weights must be numbers, got {self.style_weights!r}")
+        if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
+                isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
+            raise ValueError(f"style weights must be a list of numbers, got {self.style_weights!r}")
+        for name in ("keep_colors", "pyramid"):  # a string "false" counted as true
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and name == "pyramid")):
+                raise ValueError(f"{name.replace('_', ' ')} must be True or False"
+                                 f"{' (or None: automatic)' if name == 'pyramid' else ''}, got {value!r}")
+        for name in ("vgg_weights", "lstm_weights"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"{name.replace('_', ' ')} must be a file path, got {value!r}")
+        # numpy integers are integers too (they were refused as "got 48"); bools are not
+        for name in ("size", "steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, int(value))
         if isinstance(self.steps, bool):
             raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
         if not isinstance(self.size, int) or not MIN_OUTPUT_SIZE <= self.size <= MAX_OUTPUT_SIZE:
@@ -298,6 +312,7 @@ def _to_tensor(image: Image.Image | torch.Tensor, label: str, max_side: int | No
             image = to_rgb(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         return pil_to_tensor(image)
     if isinstance(image, torch.Tensor):
+        image = image.detach()  # (float() of a tensor that requires grad warned)
         if image.dim() == 3:
             image = image.unsqueeze(0)
         if image.dim() != 4 or image.shape[:2] != (1, 3):
@@ -314,7 +329,7 @@ def _to_tensor(image: Image.Image | torch.Tensor, label: str, max_side: int | No
         if low < -TENSOR_RANGE_SLACK or high > 1 + TENSOR_RANGE_SLACK:
             raise ValueError(f"{label} image values must lie in [0, 1], got {low:.3g} to {high:.3g} "
                              "(divide 0-255 data by 255; undo any normalisation)")
-        return image.detach().float().clamp(0, 1)
+        return image.float().clamp(0, 1)
     raise TypeError(f"{label} image must be a PIL image or a tensor, got {type(image).__name__}")
 
 
@@ -515,8 +530,9 @@ def stylize(content: Image.Image | torch.Tensor,
     """Stylize ``content`` with ``styles``; return the image (1, 3, H, W) in [0, 1] on the CPU.
 
     ``callback`` gets a StepInfo after every step, with ``image`` set every ``image_every`` steps
-    (0: never) and at the last step.  ``should_stop()`` returning True ends the run early; the
-    current image is returned.  ``lstm_setup`` runs the learned optimizer with exactly these
+    (0: never; at the first step past each multiple, as an L-BFGS step counts several evaluations),
+    at the end of each scale, and at the output size at the last step.  ``should_stop()`` returning
+    True ends the run early; the current image is returned (and given to no callback).  ``lstm_setup`` runs the learned optimizer with exactly these
     settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
     bad settings or inputs.
     """
@@ -575,6 +591,14 @@ def stylize(content: Image.Image | torch.Tensor,
     loss_seconds = 0.0
     losses_now: dict[str, float] = {}
     stopped = False
+
+    def at_output(img: torch.Tensor) -> torch.Tensor:
+        """``img`` at the output size: a run that stopped, or whose budget ran out, before the last
+        scale is upsampled (the last step's image and the returned one are the same)."""
+        if img.shape[-2:] == content_final.shape[-2:]:
+            return img
+        return torch.nn.functional.interpolate(img.detach(), size=content_final.shape[-2:], mode="bicubic",
+                                               align_corners=False).clamp(0, 1)
 
     def preview(img: torch.Tensor) -> torch.Tensor:
         img = img.detach()
@@ -646,15 +670,16 @@ def stylize(content: Image.Image | torch.Tensor,
                 stopped = True
             else:
                 last_good.copy_(image.detach())
-            done += evals - before
+            done_before, done = done, done + evals - before
             final = stopped or (scale_index == last_active and evals >= scale_steps)
             if callback is not None:
-                want_image = final or (image_every > 0 and done % image_every == 0) or (
+                # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
+                want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
                     image_every > 0 and evals >= scale_steps)  # end of a scale
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now),
                                 elapsed=time.perf_counter() - start,
-                                image=preview(image) if want_image else None,
+                                image=None if not want_image else preview(at_output(image) if final else image),
                                 notice=step_notice if step_notice else notice, loss_seconds=loss_seconds)
                 callback(info)
                 notice = None
@@ -664,10 +689,7 @@ def stylize(content: Image.Image | torch.Tensor,
             break
 
     assert image is not None
-    if image.shape[-2:] != content_final.shape[-2:]:  # stopped before the last scale
-        image = torch.nn.functional.interpolate(image.detach(), size=content_final.shape[-2:], mode="bicubic",
-                                                align_corners=False).clamp(0, 1)
-    return preview(image)
+    return preview(at_output(image))
 
 
 def config_from_dict(values: dict) -> StylizeConfig:
