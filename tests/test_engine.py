@@ -105,9 +105,10 @@ def test_lbfgs_steps_count_loss_evaluations():
 
 
 def test_a_content_image_too_elongated_for_the_size_says_what_would_work():
-    strip = torch.rand(1, 3, 10, 200)  # 32 px high needs a 640 px long side
-    with pytest.raises(ValueError, match="needs at least 32: choose an output size of at least 640 px"):
+    strip = torch.rand(1, 3, 10, 200)  # 31.5 px high, rounded to 32, at a 630 px long side
+    with pytest.raises(ValueError, match="needs at least 32: choose an output size of at least 630 px"):
         stylize(strip, [STYLE], _config(size=64, steps=1))
+    assert resize_long_side(strip, 630).shape[-2] == 32 and resize_long_side(strip, 629).shape[-2] == 31
     with pytest.raises(ValueError, match="crop the photo: its long side is 1000x its short side"):
         stylize(torch.rand(1, 3, 1, 1000), [STYLE], _config(size=64, steps=1))
 
@@ -115,8 +116,14 @@ def test_a_content_image_too_elongated_for_the_size_says_what_would_work():
 def test_the_size_advice_stays_within_the_callers_largest_size():
     from artopt.style.engine import content_size_problem
 
-    assert content_size_problem((40, 1000), 800, 32, "net") is None  # 32 px high at 800 px: fits
-    assert content_size_problem((40, 1000), 256, 32, "net").endswith("choose an output size of at least 800 px")
+    assert content_size_problem((40, 1000), 788, 32, "net") is None  # 31.52 px high at 788 px: 32, fits
+    assert content_size_problem((40, 1000), 787, 32, "net") is not None
+    assert content_size_problem((40, 1000), 256, 32, "net").endswith("choose an output size of at least 788 px")
+    # the advice is the smallest size that works, for any shape (it said 34 px for 31 x 32, where 33 works)
+    for hw in [(31, 32), (10, 200), (33, 100), (7, 61), (100, 999)]:
+        needed = int(content_size_problem(hw, 32, 32, "net").split("at least ")[-1].split(" px")[0])
+        assert content_size_problem(hw, needed, 32, "net") is None
+        assert content_size_problem(hw, needed - 1, 32, "net") is not None
     advice = content_size_problem((40, 1000), 256, 32, "net", max_size=512)  # e.g. the web page's limit
     assert advice.endswith("crop the photo: its long side is 25x its short side, too elongated even at 512 px")
 

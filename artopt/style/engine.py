@@ -447,10 +447,13 @@ def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, 
     side) for a loss network that needs ``min_side`` px on the short side, and what to do, with
     output sizes up to ``max_size`` (the web page's may be lower); None when it fits."""
     short, long = sorted(content_hw)
-    short_out = max(1, round(short * size / long))  # as resize_long_side rounds
+    short_out = max(1, round(short * (size / long)))  # as resize_long_side rounds, to the last bit
     if short_out >= min_side:
         return None
-    needed = math.ceil(min_side * long / short)
+    # the smallest size whose rounded short side reaches min_side (ceil(min_side·long/short) could be 1 more)
+    needed = max(1, math.ceil((min_side - 0.5) * long / short))
+    while round(short * (needed / long)) < min_side:
+        needed += 1
     fix = (f"choose an output size of at least {needed} px" if needed <= max_size else
            f"crop the photo: its long side is {long / short:.0f}x its short side, too elongated even at "
            f"{max_size} px")
