@@ -15,6 +15,7 @@ before step t's update, then the last one, the same convention as the meta-train
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -186,6 +187,8 @@ def evaluate(
     """Run every optimizer on the same ``instances`` fresh problems for ``steps`` steps."""
     if instances < 1:
         raise ValueError(f"instances must be at least 1, got {instances}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
+        raise ValueError(f"steps must be a whole number, got {steps!r}")  # 2.7 ran 2 steps
     steps = task.steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -220,6 +223,8 @@ def band(curves: torch.Tensor, resamples: int = 2000, seed: int = 0) -> dict[str
     dips below zero on a log plot.  Non-finite entries (diverged runs) make that step's mean and
     band +inf: divergence is never hidden.
     """
+    if curves.dim() != 2 or curves.shape[0] == 0:  # (a 1-D curve met an IndexError; no rows gave NaN)
+        raise ValueError(f"curves must be (instances, steps + 1) with at least one instance, got {tuple(curves.shape)}")
     curves = curves.to(torch.float64)
     k = curves.shape[0]
     mean = curves.mean(0)

@@ -94,6 +94,14 @@ def test_band_is_a_bootstrap_ci_of_the_mean():
     b = band(skewed)
     assert (b["lo"] > 0).all() and (b["lo"] < b["mean"]).all() and (b["mean"] < b["hi"]).all()
     assert torch.equal(band(skewed)["lo"], b["lo"])  # deterministic
+    for bad in (torch.ones(3), torch.ones(0, 3)):  # an IndexError, and a band of NaN
+        with pytest.raises(ValueError, match="curves must be \\(instances, steps \\+ 1\\)"):
+            band(bad)
+
+
+def test_evaluate_refuses_a_fractional_step_count():
+    with pytest.raises(ValueError, match="steps must be a whole number, got 2.7"):  # ran 2 steps
+        evaluate(QuadraticTask(), {"adam": baseline_factory("adam", 0.1)}, instances=1, steps=2.7)
 
 
 def test_evaluate_same_fresh_test_problems_for_every_optimizer():
