@@ -175,12 +175,9 @@ def config_error(ap: argparse.ArgumentParser, err: Exception):
     message = str(err)
     word = re.match(r"[A-Za-z][\w-]*", message)
     if word:
-        flags = {action.dest: max(action.option_strings, key=len)
-                 for action in ap._actions if action.option_strings}
-        dest = word.group().replace("-", "_")
-        flag = flags.get(SETTING_DESTS.get(dest, dest))
-        if flag:
-            message = flag + message[word.end():]
+        found = setting_flags(ap)((word.group().replace("-", "_"),))
+        if found:
+            message = found[0] + message[word.end():]
     ap.error(message)
 
 
