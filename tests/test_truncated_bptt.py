@@ -230,6 +230,33 @@ def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
     assert [e["episode"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_interrupted_while_saving_its_best_networks_saves_them_when_resumed(tmp_path, monkeypatch):
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real, calls = tb._save_best, []
+
+    def interrupted_at_the_second(*args, **kwargs):  # the first is the start's validation
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tb, "_save_best", interrupted_at_the_second)
+    torch.manual_seed(0)
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=8, meta_lr=3e-3, val_every=1, val_problems=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="r", progress=False)
+    assert len(calls) == 2  # a validation improved on the start, and its networks were not written
+    monkeypatch.setattr(tb, "_save_best", real)
+    cfg.episodes = torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"]  # no later validation to mend it
+    res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                     name="r", progress=False)
+    card = json.loads((tmp_path / "r.json").read_text())["meta_training"]
+    # was the start's networks under the run's later best score: the checkpoint had taken the new score
+    assert card["best_episode"] == res.best_episode and card[f"best_val_{cfg.val_criterion}_loss"] == pytest.approx(res.best_val)
+
+
 @pytest.mark.parametrize("bad", [dict(val_every=0), dict(val_problems=0), dict(episodes=-1), dict(steps=0),
                                  dict(max_minutes=-1.0), dict(meta_fraction=0.0), dict(meta_fraction=2.0),
                                  dict(meta_lr=0.0)])
@@ -509,6 +536,40 @@ def test_an_interrupted_hogwild_run_stops_its_helper_and_resumes(tmp_path, monke
     assert res.episodes_done == saved + 6
     with pytest.raises(ValueError, match="workers"):
         MetaTrainConfig(workers=0)
+
+
+def test_a_second_ctrl_c_while_the_helpers_stop_still_saves_the_checkpoint(tmp_path, monkeypatch):
+    import multiprocessing
+    import os
+    import signal
+
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real_episode, real_stop, calls = tb.run_episode, tb._Helpers.stop, []
+
+    def interrupted_at_the_third(nets, problem, steps, *args, **kwargs):
+        if args:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real_episode(nets, problem, steps, *args, **kwargs)
+
+    def impatient_stop(self, wait=False):  # the person presses Ctrl-C again while the helper ends its episode
+        if not self.stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_stop(self, wait)
+
+    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_third)
+    monkeypatch.setattr(tb._Helpers, "stop", impatient_stop)
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="r", progress=False)
+    assert not multiprocessing.active_children()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    # was lost: the second KeyboardInterrupt ended the handler before it saved
+    saved = torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"]
+    assert saved >= 2 and _events(tmp_path / "r.log.jsonl")[-1]["event"] == "interrupted"
 
 
 class FailsInHelpers(TinyQuadratic):

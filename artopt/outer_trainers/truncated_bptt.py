@@ -480,8 +480,10 @@ def meta_train(
             event["val_last_iterate"] = validate(copy.deepcopy(nets) if helpers else nets)
         emit(event)
         if val < best_val:
+            _save_best(out_dir, name, validated, card, config, val, episode, elapsed)
+            # Only now: a checkpoint written by an interrupt inside _save_best held the new score with
+            # the old networks, and the resumed run's equal score never wrote the new ones.
             best_val, best_episode = val, episode
-            _save_best(out_dir, name, validated, card, config, best_val, best_episode, elapsed)
         # Only now: a run interrupted while validating must validate again when resumed.
         last_validated = episode
         save_checkpoint(elapsed)
@@ -553,10 +555,23 @@ def meta_train(
     except KeyboardInterrupt:
         # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
         # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
-        if helpers:
-            episode = helpers.stop()
-        elapsed = elapsed_before + time.perf_counter() - start
-        save_checkpoint(elapsed)
+        previous_sigint = None
+        if helpers and in_main_thread:
+            # A second Ctrl-C or SIGTERM while the helpers ended their episodes broke off this handler
+            # before the checkpoint was written: now it stops them at once instead.
+            previous_sigint = signal.signal(signal.SIGINT, lambda signum, frame: helpers.terminate())
+            signal.signal(signal.SIGTERM, lambda signum, frame: helpers.terminate())
+            (bar.write if bar is not None else print)(
+                "stopping: the helper processes end their episodes first (Ctrl-C again: stop them now)",
+                file=sys.stderr)
+        try:
+            if helpers:
+                episode = helpers.stop()
+            elapsed = elapsed_before + time.perf_counter() - start
+            save_checkpoint(elapsed)
+        finally:
+            if previous_sigint is not None:
+                signal.signal(signal.SIGINT, previous_sigint)
         emit({"event": "interrupted", "episode": episode, "elapsed": elapsed})
         if bar is not None:
             bar.write(f"interrupted: {ckpt_path} holds {episode} episodes; the same command resumes the run",
@@ -674,6 +689,12 @@ class _Helpers:
             if proc.exitcode not in (None, 0):
                 raise RuntimeError(f"{proc.name} stopped with exit code {proc.exitcode} (its traceback is above); "
                                    "the checkpoint holds the last validation's state: rerun the command to resume")
+
+    def terminate(self) -> None:
+        """End the helpers now, mid-episode (what they counted stays counted)."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
 
     def stop(self, wait: bool = False) -> int:
         """Stop the helpers after their current episode (``wait``: once they stop by themselves, at the end of
