@@ -200,17 +200,17 @@ def setting_flags(ap: argparse.ArgumentParser):
 def finish_meta_training(ap: argparse.ArgumentParser, train, ship, ship_to: str | None, kept: Path) -> int:
     """Run ``train()`` (the script's meta_train call), print its summary as one JSON line, then
     ``ship(result)`` when the script was given a --ship folder, ``ship_to``.  The script's exit code:
-    a checkpoint that cannot be resumed is one error line (2; a user's file, not a bug: other errors
-    keep their tracebacks); Ctrl-C 130, with no traceback after meta_train's hint on resuming; a
+    a checkpoint that cannot be resumed, or a run another process trains, is one error line (2; not a
+    bug: other errors keep their tracebacks); Ctrl-C 130, with no traceback after meta_train's hint on resuming; a
     failed ship 1, naming ``kept``, where the trained networks stay."""
-    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError, SettingsChangedError
+    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError, RunBusyError, SettingsChangedError
 
     t0 = time.time()
     try:
         res = train()
     except SettingsChangedError as err:  # said with the flags the user gives, not the settings' names
         ap.exit(2, f"{ap.prog}: error: {err.describe(setting_flags(ap))}\n")
-    except ResumeError as err:
+    except (ResumeError, RunBusyError) as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     except KeyboardInterrupt:
         return 130

@@ -634,3 +634,28 @@ def test_the_suite_evaluation_refuses_an_output_it_cannot_write_before_running(t
             assert message in err and out == ""
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"neural-art-64px', "not a readable JSON file of tuned rates"),  # was a JSONDecodeError traceback
+    ('{"k": {"lr": "fast"}}', "the entry 'k' holds no tuned rate"),  # was "Unknown format code 'g'"
+    ('[1, 2]', "the entry '(the whole file)' holds no tuned rate"),
+])
+def test_a_damaged_rate_cache_or_result_is_one_line_naming_the_file(tmp_path, eval_script, capsys, text, said):
+    (tmp_path / "lrs.json").write_text(text)
+    with pytest.raises(SystemExit) as done:
+        eval_script.main(["64", "--optimizers", "lstm,adam", "--photos", "1", "--steps", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    assert f"error: {tmp_path / 'lrs.json'}: {said}" in err
+
+
+def test_a_damaged_result_for_add_or_summary_is_one_line_naming_the_file(tmp_path, eval_script, capsys):
+    (tmp_path / "256-pyramid-on.json").write_text('{"setting": "256"')
+    for argv in (["256", "--pyramid", "on", "--add", "--optimizers", "adam", "--out", str(tmp_path)],
+                 ["summary", "--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as done:
+            eval_script.main(argv)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and "Traceback" not in err
+        assert f"{tmp_path / '256-pyramid-on.json'}: not a readable result JSON" in err

@@ -216,8 +216,13 @@ def test_the_neural_art_script_says_its_errors_in_one_line(tmp_path, neural_art,
         neural_art.main(_tiny_art(tmp_path, "--name", "x"))
     assert done.value.code == 2
     _one_error_line(capsys.readouterr().err, "x.ckpt cannot be resumed: it is not a readable checkpoint")
+    weights = Path(__file__).resolve().parents[1] / "weights"
     for args, message in ((["--name", ""], "--name must be a plain file name"),
-                          (["--init-from", str(tmp_path / "missing.safetensors")], "--init-from")):
+                          (["--init-from", str(tmp_path / "missing.safetensors")], "--init-from"),
+                          # a KeyError, and two whole configs on an "artopt: error" line with exit 1
+                          (["--init-from", str(weights / "cifar10.safetensors")], "holds the networks ['conv', 'fc']"),
+                          (["--init-from", str(weights / "neural_art.safetensors")],
+                           "was trained with other network settings: --moment-inputs True (this run: False)")):
         with pytest.raises(SystemExit) as done:
             neural_art.main(_tiny_art(tmp_path, *args))
         assert done.value.code == 2
@@ -244,3 +249,34 @@ def test_the_recorded_command_can_be_rerun_as_written(tmp_path, suite):
     words = shlex.split(command)
     assert words[:2] == ["python", "train/meta_train.py"]
     assert words[2:] == _tiny(tmp_path, "--name", "x y")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nosuch"], "unknown task 'nosuch'"),  # these were tracebacks when the script ran directly
+    (["--task-arg", "nope=3"], "unexpected keyword argument 'nope'"),
+    (["--task-arg", "batch=-1"], "batch must be at least 1"),
+])
+def test_the_suite_script_says_a_bad_task_in_one_line(tmp_path, suite, capsys, args, message):
+    argv = _tiny(tmp_path)
+    argv = ["nosuch", *argv[1:]] if args == ["nosuch"] else [*argv, *args]
+    with pytest.raises(SystemExit) as done:
+        suite.main(argv)
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, message)
+
+
+def test_the_suite_script_refuses_a_run_another_process_trains(tmp_path, suite, capsys):
+    import fcntl
+    import os
+
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    fd = os.open(run / ".x.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held here: this process's next open() of the file is another holder
+        with pytest.raises(SystemExit) as done:
+            suite.main(_tiny(tmp_path, "--name", "x"))
+        assert done.value.code == 2
+        _one_error_line(capsys.readouterr().err, "run 'x' in", "is being trained by another process")
+    finally:
+        os.close(fd)

@@ -230,6 +230,35 @@ def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
     assert [e["episode"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_another_process_is_training_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    # another process holds the run's lock, as a second `artopt train` of the same name would meet it
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               f"fd = os.open({str(tmp_path / '.r.lock')!r}, os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = MetaTrainConfig(steps=4, unroll=2, episodes=1, val_problems=1)
+        with pytest.raises(tb.RunBusyError, match="run 'r' in .* is being trained by another process"):
+            meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                       name="r", progress=False)
+        assert not (tmp_path / "r.log.jsonl").exists()  # nothing of the other run's touched
+        # another name in the same folder is free
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="s", progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                     name="r", progress=False)
+    assert res.episodes_done == 1
+
+
 def test_a_run_interrupted_while_saving_its_best_networks_saves_them_when_resumed(tmp_path, monkeypatch):
     import artopt.outer_trainers.truncated_bptt as tb
 

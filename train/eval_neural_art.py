@@ -52,8 +52,36 @@ FLAT = "-flat"
 
 
 def _lr_cache() -> dict:
+    """The tuned rates, {setting/steps/optimizer: {"lr": ...}}; ValueError naming the file if it is
+    damaged (it was a JSONDecodeError traceback, or a format error where an entry's rate was not a number)."""
     path = OUT / "lrs.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file of tuned rates ({err}); delete it to tune again") from None
+    bad = next((k for k, v in data.items() if not (isinstance(v, dict) and _is_rate(v.get("lr")))), None) \
+        if isinstance(data, dict) else "(the whole file)"
+    if bad is not None:
+        raise ValueError(f"{path}: the entry {bad!r} holds no tuned rate (a positive number as 'lr'); delete "
+                         "that entry, or the file, to tune again")
+    return data
+
+
+def _is_rate(lr) -> bool:
+    return isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf
+
+
+def _read_result(path: Path) -> dict:
+    """A setting's result JSON (--add, summary); ValueError naming it if it is damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable result JSON ({err})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("optimizers"), dict)):
+        raise ValueError(f"{path}: not a result of this script (no 'optimizers')")
+    return data
 
 
 def _save_lr_entry(key: str, entry: dict) -> None:
@@ -473,7 +501,7 @@ def summary(out: Path = OUT) -> list[dict]:
     for path in sorted(out.glob("*.json")):
         if path.name in ("lrs.json", "summary.json") or path.name.startswith("ablation-"):
             continue
-        r = json.loads(path.read_text())
+        r = _read_result(path)
         rows.append({"setting": r["setting"], "style": r["style"], "best_baseline": r["best_baseline"],
                      "best_baseline_final": r["best_baseline_final_loss"],
                      "lstm_final": r["optimizers"].get("lstm", {}).get("mean_final_loss"),
@@ -598,8 +626,12 @@ def main(argv=None) -> int:
             if not 0 < factor < math.inf:  # (a cached rate skips the grid: it would have failed only when tuning)
                 ap.error(f"{flag} must be positive and finite, got {factor:g}")
     torch.set_num_threads(args.threads)
+    try:
+        _lr_cache()  # damaged: said now, before any run
+        rows = summary(args.out or OUT) if args.setting == "summary" else None
+    except ValueError as err:
+        ap.error(str(err))
     if args.setting == "summary":
-        rows = summary(args.out or OUT)
         if args.card:
             record_in_card(rows, args.card)
         return 0
@@ -627,7 +659,10 @@ def main(argv=None) -> int:
             ap.error("--add is for the engine settings (256, 384, 512)")
         if not (out / f"{stem}.json").is_file():
             ap.error(f"--add: {out / f'{stem}.json'} does not exist yet; run the setting first")
-        args.existing = json.loads((out / f"{stem}.json").read_text())
+        try:
+            args.existing = _read_result(out / f"{stem}.json")
+        except ValueError as err:
+            ap.error(f"--add: {err}")
         if args.existing.get("steps", args.steps) != args.steps:
             ap.error(f"--add: {out / f'{stem}.json'} was run with --steps {args.existing['steps']}")
     report = crop_setting(args) if crops else engine_setting(args)

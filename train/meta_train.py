@@ -76,9 +76,9 @@ def main(argv=None) -> int:
 
     try:
         task_kwargs = parse_task_args(args.task_arg)
+        task = get_task(args.suite, **task_kwargs)  # an unknown suite, a bad --task-arg, missing data
     except ValueError as err:
         ap.error(str(err))
-    task = get_task(args.suite, **task_kwargs)
     try:
         cfg = LSTMOptimizerConfig(preprocess=not args.no_preprocess, output_scale=args.output_scale,
                                   global_cells=args.global_cells)

@@ -33,7 +33,7 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # n
 from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
+from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser, setting_flags  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
 
 
@@ -127,8 +127,15 @@ def main(argv=None) -> int:
             start = load_learned(args.init_from)
         except (OSError, ValueError) as err:  # missing, or not a weights file
             ap.error(f"--init-from: {err}")
-        if start["default"].config != cfg:
-            raise SystemExit(f"--init-from {args.init_from} has config {start['default'].config}, not {cfg}")
+        if list(start) != ["default"]:  # e.g. a CIFAR file (networks "conv" and "fc"): was a KeyError
+            ap.error(f"--init-from {args.init_from} holds the networks {sorted(start)}; neural art trains one, "
+                     "'default' (a file train/neural_art.py wrote)")
+        theirs, ours = start["default"].config.to_dict(), cfg.to_dict()
+        if theirs != ours:  # said with the flags that differ, not two whole configs
+            flag_of = setting_flags(ap)
+            differ = [f"{(flag_of((k,)) or (k,))[0]} {theirs.get(k)!r} (this run: {ours.get(k)!r})"
+                      for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+            ap.error(f"--init-from {args.init_from} was trained with other network settings: {'; '.join(differ)}")
         nets["default"].load_state_dict(start["default"].state_dict())
     try:
         mcfg = MetaTrainConfig(steps=args.steps, unroll=args.unroll, episodes=args.episodes, meta_lr=args.meta_lr,

@@ -17,7 +17,9 @@ instead of f itself: the same gradient for φ, without keeping the optimizee's g
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import functools
 import json
 import math
@@ -401,12 +403,40 @@ def meta_train(
 
     Writes ``<name>.ckpt`` (resumable state, atomically replaced), ``<name>.safetensors`` + ``.json``
     (best networks so far, by validation: ``LearnedOptimizer(params, weights=...)`` loads it) and
-    ``<name>.log.jsonl`` (one JSON line per event).
+    ``<name>.log.jsonl`` (one JSON line per event).  A second run of the same name in the same folder
+    is refused (RunBusyError, a ValueError) while this one trains.
     """
     check_run_name(name)
-    nets = _as_module_dict(nets)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(out_dir, name):
+        return _meta_train(task, nets, config, out_dir=out_dir, name=name, card=card, progress=progress, log=log,
+                           task_settings=task_settings)
+
+
+class RunBusyError(ValueError):
+    """``meta_train``'s refusal of a run another process is training."""
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path, name: str):
+    """Hold an exclusive lock on the run ``name`` in ``out_dir``: two processes training one run wrote
+    the same temporary files (one crashed renaming the other's checkpoint) and interleaved its log."""
+    fd = os.open(out_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(f"run {name!r} in {out_dir} is being trained by another process; wait for it to "
+                               "end, or choose another name") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log, task_settings) -> MetaTrainResult:
+    """``meta_train`` with the run's lock held."""
+    nets = _as_module_dict(nets)
     ckpt_path = out_dir / f"{name}.ckpt"
     log_path = out_dir / f"{name}.log.jsonl"
     meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
