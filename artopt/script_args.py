@@ -216,6 +216,10 @@ def finish_meta_training(ap: argparse.ArgumentParser, train, ship, ship_to: str 
         return 130
     print(dumps({"best_val": res.best_val, "best_episode": res.best_episode, "episodes": res.episodes_done,
                  "wall_time_s": round(res.wall_time_s, 1), "this_run_s": round(time.time() - t0, 1)}))
+    if res.best_episode == 0 and res.episodes_done > 0:  # shipped by the rule, but worth a word
+        print(f"{ap.prog}: warning: no validation after the start scored lower than the start's, so the best "
+              "networks are the ones the run started from (did meta-training diverge? try a smaller --meta-lr)",
+              file=sys.stderr)
     if not ship_to:
         return 0
     try:

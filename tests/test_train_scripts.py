@@ -280,3 +280,12 @@ def test_the_suite_script_refuses_a_run_another_process_trains(tmp_path, suite, 
         _one_error_line(capsys.readouterr().err, "run 'x' in", "is being trained by another process")
     finally:
         os.close(fd)
+
+
+def test_a_run_that_never_beat_its_start_says_so(tmp_path, suite, capsys):
+    # every episode after the first meta-step diverges: the "best" networks are the untrained ones
+    assert suite.main(_tiny(tmp_path, "--name", "x", "--meta-lr", "1e30", "--episodes", "2")) == 0
+    err = capsys.readouterr().err
+    assert "warning: no validation after the start scored lower than the start's" in err
+    assert suite.main(_tiny(tmp_path, "--name", "y", "--episodes", "3")) == 0
+    assert "warning" not in capsys.readouterr().err

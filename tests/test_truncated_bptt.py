@@ -230,6 +230,22 @@ def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
     assert [e["episode"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_log_cut_mid_line_gets_the_resumed_runs_events_on_lines_of_their_own(tmp_path):
+    cfg = MetaTrainConfig(steps=4, unroll=2, episodes=1, val_problems=1)
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+               progress=False)
+    log = tmp_path / "r.log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"event": "tra')  # a full disk, or a crash while writing
+    cfg.episodes = 2
+    meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+               progress=False)
+    lines = log.read_text().splitlines()
+    assert lines.count('{"event": "tra') == 1  # the cut line stays as it was; every other line reads
+    events = [json.loads(line) for line in lines if line != '{"event": "tra']
+    assert [e["event"] for e in events].count("resumed") == 1 and events[-1]["episode"] == 2
+
+
 def test_a_run_another_process_is_training_is_refused(tmp_path):
     import subprocess
     import sys

@@ -480,6 +480,16 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
         if log:
             log(event)
 
+    # A log cut mid-line (a full disk, a crash while writing) would have the next event appended to
+    # its partial line, making that line unreadable too: start on a line of its own.
+    if log_path.is_file() and log_path.stat().st_size:
+        with open(log_path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with open(log_path, "a") as f:
+                f.write("\n")
+
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
 
     def validate(which: nn.ModuleDict = kept) -> float:
@@ -717,8 +727,11 @@ class _Helpers:
     def check(self) -> None:
         for proc in self.procs:
             if proc.exitcode not in (None, 0):
-                raise RuntimeError(f"{proc.name} stopped with exit code {proc.exitcode} (its traceback is above); "
-                                   "the checkpoint holds the last validation's state: rerun the command to resume")
+                # A negative code is a signal: killed (e.g. SIGKILL by the out-of-memory killer), no traceback.
+                why = (f"was killed by signal {-proc.exitcode} (out of memory?)" if proc.exitcode < 0 else
+                       f"stopped with exit code {proc.exitcode} (its traceback is above)")
+                raise RuntimeError(f"{proc.name} {why}; the checkpoint holds the last validation's state: rerun "
+                                   "the command to resume")
 
     def terminate(self) -> None:
         """End the helpers now, mid-episode (what they counted stays counted)."""
