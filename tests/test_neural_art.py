@@ -659,3 +659,16 @@ def test_a_damaged_result_for_add_or_summary_is_one_line_naming_the_file(tmp_pat
         err = capsys.readouterr().err
         assert done.value.code == 2 and "Traceback" not in err
         assert f"{tmp_path / '256-pyramid-on.json'}: not a readable result JSON" in err
+
+
+def test_tuned_lrs_moves_the_rate_cache(tmp_path, eval_script):
+    # without it, trying a setting added to the shipped train/results/neural_art/lrs.json
+    other = tmp_path / "mine"
+    other.mkdir()
+    _cache_rates(other, {"neural-art-64px-starry_night/steps=2/adam": 0.04})
+    assert eval_script.main(["64", "--optimizers", "adam", "--photos", "1", "--steps", "2", "--out",
+                             str(tmp_path / "out"), "--tuned-lrs", str(other / "lrs.json")]) == 0
+    assert json.loads((tmp_path / "out" / "64.json").read_text())["optimizers"]["adam"]["lr"] == 0.04
+    assert not (tmp_path / "lrs.json").exists()  # the default cache (OUT, here tmp_path) untouched
+    with pytest.raises(SystemExit):
+        eval_script.main(["64", "--optimizers", "adam", "--tuned-lrs", str(other)])  # a folder

@@ -35,7 +35,7 @@ from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, search_lr  # noqa: E402
 from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
-from artopt.script_args import script_parser  # noqa: E402
+from artopt.script_args import check_output_file, script_parser  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
 # The rates --grid-factors and --engine-grid-factors multiply (docs/retraining.md's grids): the
@@ -51,10 +51,17 @@ RAW = "-raw"  # ignore the card's calibrated inference settings: run the weights
 FLAT = "-flat"
 
 
+TUNED_LRS: Path | None = None  # --tuned-lrs; None: lrs.json in OUT
+
+
+def _lrs_path() -> Path:
+    return TUNED_LRS if TUNED_LRS is not None else OUT / "lrs.json"
+
+
 def _lr_cache() -> dict:
     """The tuned rates, {setting/steps/optimizer: {"lr": ...}}; ValueError naming the file if it is
     damaged (it was a JSONDecodeError traceback, or a format error where an entry's rate was not a number)."""
-    path = OUT / "lrs.json"
+    path = _lrs_path()
     if not path.is_file():
         return {}
     try:
@@ -87,13 +94,14 @@ def _read_result(path: Path) -> dict:
 def _save_lr_entry(key: str, entry: dict) -> None:
     """Record one tuned rate.  The file is re-read under a lock and replaced atomically, so tuning
     runs of other settings going on at the same time keep theirs."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    folder = os.open(OUT, os.O_RDONLY)  # the lock: the results folder itself, so no lock file is left behind
+    path = _lrs_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock: the cache's folder itself, so no lock file is left behind
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         data = _lr_cache()
         data[key] = entry
-        write_json_atomic(OUT / "lrs.json", dict(sorted(data.items())))
+        write_json_atomic(path, dict(sorted(data.items())))
     finally:
         os.close(folder)  # releases the lock
 
@@ -106,7 +114,7 @@ def _warn_at_edge(name: str, lr: float) -> None:
 def _say_cached(name: str, key: str, entry: dict) -> None:
     """Cached rates are reused whatever --tune-photos / --grid-factors say: say so, with what they came from."""
     photos = entry.get("problems", len(entry.get("photos", [])))
-    print(f"{name}: lr {entry['lr']:g} from {OUT / 'lrs.json'} [{key}] (tuned on {photos} validation photo(s); "
+    print(f"{name}: lr {entry['lr']:g} from {_lrs_path()} [{key}] (tuned on {photos} validation photo(s); "
           "--retune tunes again)", flush=True)
 
 
@@ -608,7 +616,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder instead of train/results/neural_art: a setting's JSON and PNG, the grid, "
                          "and the JSONs summary reads and its summary.json (the lr cache stays shared)")
+    ap.add_argument("--tuned-lrs", type=Path, default=None,
+                    help="the cache of tuned learning rates (default: train/results/neural_art/lrs.json), e.g. to "
+                         "try settings without adding to the shipped one")
     args = ap.parse_args(argv)
+    global TUNED_LRS
+    TUNED_LRS = args.tuned_lrs and check_output_file(ap, "--tuned-lrs", args.tuned_lrs)
     if args.split == "val" and args.out is None:
         ap.error("--split val needs --out (train/results/neural_art holds the test results)")
     if args.widen < 0:
