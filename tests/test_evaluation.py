@@ -283,6 +283,29 @@ def test_cli_bad_flags_exit_2_before_work(tmp_path, monkeypatch, capsys, argv, m
     assert "error:" in err and message in err
 
 
+@pytest.mark.parametrize("flag", ["--json", "--tuned-lrs"])  # (--plot must end in an image format)
+def test_cli_refuses_an_output_that_names_the_weights_it_runs(tmp_path, capsys, flag):
+    weights = tmp_path / "w.safetensors"  # was overwritten by the report (or the cache)
+    weights.write_bytes(b"weights")
+    argv = ["quadratic", "--optimizers", "lstm,adam", "--weights", str(weights), flag, str(weights)]
+    with pytest.raises(SystemExit) as done:
+        _cli().parse_args(argv)
+    assert done.value.code == 2
+    assert f"{flag} and the weights of lstm name the same file" in capsys.readouterr().err
+    assert weights.read_bytes() == b"weights"
+
+
+def test_a_cards_first_order_ratio_comes_from_the_unrounded_losses():
+    evaluate_script = _cli()
+    # cifar2's losses: rounded to 4 places, nag and adam tied at 0.0052 and adam was named
+    assert evaluate_script.first_order_ratio({"lstm": 0.00301, "adam": 0.00524, "nag": 0.00516}, "lstm") == \
+        {"best_first_order_baseline": "nag", "over_best_first_order": 0.583}
+    # a baseline under 5e-5 rounded to 0 and divided by zero; L-BFGS and non-finite losses do not count
+    assert evaluate_script.first_order_ratio({"lstm": 1e-5, "sgd": 4e-5, "lbfgs": 1e-9, "adam": None}, "lstm") == \
+        {"best_first_order_baseline": "sgd", "over_best_first_order": 0.25}
+    assert evaluate_script.first_order_ratio({"lstm": None, "sgd": 1.0}, "lstm") == {}
+
+
 def test_cli_card_is_checked_before_the_run_and_bad_flags_leave_no_folder(tmp_path, capsys):
     cli = _cli()
     out = tmp_path / "new" / "q.json"

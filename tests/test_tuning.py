@@ -133,6 +133,15 @@ def test_cache_roundtrip_and_merge(tmp_path):
     assert final.get("mnist", 200, "adam")["lr"] == 0.003
     assert final.get("quadratic", 100, "sgd")["lr"] == 0.1
     assert not list(path.parent.glob("*.tmp"))
+    # A run that re-tunes an entry (--tune) while another, which read the old one, saves another task's:
+    # the re-tuned rate stays (the other wrote back all it had read, the old rate with it)
+    d, e = TunedLRCache(path), TunedLRCache(path)
+    d.put("mnist", _result("adam", 0.0316))
+    d.save()
+    e.put("cifar10", _result("nag", 0.3))
+    e.save()
+    final = TunedLRCache(path)
+    assert final.get("mnist", 100, "adam")["lr"] == 0.0316 and final.get("cifar10", 100, "nag")["lr"] == 0.3
 
 
 def test_cache_rejects_corrupt_file(tmp_path):

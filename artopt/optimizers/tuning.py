@@ -13,6 +13,7 @@ evaluation runs reuse them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -171,6 +172,7 @@ class TunedLRCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.data: dict = {}
+        self._put: dict = {}  # what this run tuned: all that save() writes over the file's entries
         if self.path.is_file():
             try:
                 self.data = json.loads(self.path.read_text(), parse_constant=_no_constant)
@@ -202,16 +204,24 @@ class TunedLRCache:
         return self.data.get(task, {}).get(f"steps={steps}", {}).get(optimizer)
 
     def put(self, task: str, result: LRSearchResult) -> None:
-        self.data.setdefault(task, {}).setdefault(f"steps={result.steps}", {})[result.optimizer] = result.to_dict()
+        for data in (self.data, self._put):
+            data.setdefault(task, {}).setdefault(f"steps={result.steps}", {})[result.optimizer] = result.to_dict()
 
     def save(self) -> None:
-        """Write atomically, re-reading first so concurrent runs on other tasks are not lost."""
+        """Write atomically, re-reading the file under a lock and adding only what this run tuned, so
+        what concurrent runs tuned meanwhile is kept: writing back every entry read at the start undid
+        another run's re-tuned rate."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        merged = TunedLRCache(self.path).data if self.path.is_file() else {}
-        for task, by_steps in self.data.items():
-            for steps_key, by_opt in by_steps.items():
-                merged.setdefault(task, {}).setdefault(steps_key, {}).update(by_opt)
-        self.data = merged
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)  # the lock: the folder, so no lock file is left behind
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            merged = TunedLRCache(self.path).data if self.path.is_file() else {}
+            for task, by_steps in self._put.items():
+                for steps_key, by_opt in by_steps.items():
+                    merged.setdefault(task, {}).setdefault(steps_key, {}).update(by_opt)
+            self.data = merged
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            os.replace(tmp, self.path)
+        finally:
+            os.close(folder)

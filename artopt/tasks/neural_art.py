@@ -25,8 +25,10 @@ HELD_OUT_STYLES = ("woman_with_a_hat.jpg", "shipwreck_of_the_minotaur.jpg")  # n
 
 
 def split_photos(folder: Path, val: int = 100, test: int = 100) -> dict[str, list[str]]:
-    """Deterministic split by file name: ordered by a hash of the name, so adding or removing files
-    does not reshuffle the others."""
+    """Deterministic split by file name: the ``test`` names first in the order of a hash of the
+    name, then ``val``, the rest train.  The same files always give the same split (the card records
+    it); an added or removed file can shift a few others across a boundary, since the split goes by
+    rank, so a changed photo folder needs its split recorded again."""
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if len(names) < val + test + 1:
         raise ValueError(f"{folder} holds {len(names)} photos; need more than {val + test}")
