@@ -202,6 +202,7 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
         report["optimizers"]["adam"]["lr"]
     assert isinstance(report["lstm_over_best_baseline"], float)
     assert len(report["optimizers"]["lstm"]["mean_curve"]) == 6
+    assert report["weights"] == {"lstm": str(weights)}
     assert out_png.stat().st_size > 1000
     assert cli.main(["quadratic", "--optimizers", "nag", "--steps", "5", "--tune-only", "--tune-problems", "1",
                      "--tune-grid", "1e-2:1e-1:1", "--tuned-lrs", str(tmp_path / "lrs.json"), "--quiet"]) == 0
@@ -269,6 +270,7 @@ def _cli():
     (["--plot", "out.xyz"], "--plot"),  # was refused by savefig after the whole evaluation
     (["--json", "same.png", "--plot", "same.png"], "same file"),
     (["--json", "lrs.json", "--tuned-lrs", "lrs.json"], "same file"),  # the report overwrote the cache
+    (["--tune-only", "--json", "q.json"], "--tune-only writes no report"),  # taken, and never written
     # Before: found by main, as 'error: ...' without the command's name (and the missing file only there).
     (["--optimizers", "lstm-x,adam"], "lstm-x needs --weights lstm-x=PATH"),
     (["--weights", "nope.safetensors"], "--weights lstm=nope.safetensors: no such file"),
@@ -386,3 +388,13 @@ def test_cli_a_weights_file_that_cannot_be_loaded_is_said_before_any_tuning(tmp_
     err = capsys.readouterr().err
     assert ": error: cannot load lstm:" in err and "\n" not in err.strip()
     assert not (tmp_path / "lrs.json").exists()
+
+
+def test_the_report_names_the_default_weights_too(tmp_path):
+    cli = _cli()
+    assert cli.main(["quadratic", "--optimizers", "lstm", "--steps", "2", "--instances", "1", "--json",
+                     str(tmp_path / "q.json"), "--tuned-lrs", str(tmp_path / "lrs.json"), "--quiet"]) == 0
+    # was {}: the report did not say which file it measured
+    assert json.loads((tmp_path / "q.json").read_text())["weights"] == {"lstm": "weights/quadratic.safetensors"}
+    assert cli.default_weights("neural-art").name == "neural_art.safetensors"  # was neural-art.safetensors
+    assert cli.default_weights("mnist-relu").name == "mnist.safetensors"

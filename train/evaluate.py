@@ -43,7 +43,7 @@ TUNED_LRS = ROOT / "train" / "results" / "tuned_lrs.json"
 def default_weights(suite: str) -> Path:
     """MNIST variants use the optimizer trained on the base MNIST task; CIFAR subsets the CIFAR-10 one."""
     base = "mnist" if suite.startswith("mnist") else "cifar10" if suite.startswith("cifar") else suite
-    return ROOT / "weights" / f"{base}.safetensors"
+    return ROOT / "weights" / f"{base.replace('-', '_')}.safetensors"  # neural-art: neural_art.safetensors
 
 
 def parse_args(argv=None):
@@ -86,6 +86,8 @@ def parse_args(argv=None):
         ap.error(f"--tune-problems must be at least 1, got {args.tune_problems}")
     if args.card and not args.json:
         ap.error("--card needs --json (the card points at the result file)")
+    if args.tune_only and (args.json or args.plot or args.card):  # they were taken, their folders made, and unwritten
+        ap.error("--tune-only writes no report: leave out --json, --plot and --card")
     if args.plot is not None:
         from matplotlib.backend_bases import FigureCanvasBase
 
@@ -291,7 +293,9 @@ def main(argv=None) -> int:
     report = compare(result, lrs, learned=[n for n in args.optimizer_list if n.startswith("lstm")])
     report["eval_seed_note"] = "problems from the 'test' split, generator seed 1_000_000 + seed"
     report["tuning"] = tuning
-    report["weights"] = {n: str(p) for n, p in args.weight_map.items()}
+    # every learned optimizer's file, the defaults too (they were left out: {}), relative to the checkout
+    report["weights"] = {n: str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT)
+                         else str(p) for n, p in args.learned_paths.items()}
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     report["command"] = "python train/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report["threads"] = args.threads
