@@ -63,6 +63,22 @@ def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) 
     return path
 
 
+def refuse_same_files(ap: argparse.ArgumentParser, outputs, inputs=()) -> None:
+    """One error line, now, when an output ``(flag, path)`` is the same file as an input or as another
+    output: a report written over the weights or the photo it measured, or one screenshot over the other."""
+    seen: dict[Path, str] = {}
+    for flag, path in inputs:
+        if path is not None:
+            seen.setdefault(Path(path).resolve(), f"the input of {flag}")
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            ap.error(f"{flag} {path} is also {seen[key]}: it would be overwritten; choose another file")
+        seen[key] = f"the output of {flag}"
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or the nearest folder above it that exists (a dangling link counts): where making the
     missing folders would start."""

@@ -38,7 +38,7 @@ from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
 from artopt.optimizers import make_optimizer  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
-from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int, refuse_same_files  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 DECAYS = (0.5, 1.0, 1.5, 2.0, 2.5)
@@ -129,11 +129,19 @@ def add_probe_flags(ap: argparse.ArgumentParser, json_name: str) -> None:
 
 
 def probe_weights(ap: argparse.ArgumentParser, args) -> str:
-    """The weights to probe, after refusing a missing one or an unwritable --json (before any work)."""
-    if args.weights is not None and not args.weights.is_file():
-        ap.error(f"--weights {args.weights}: no such file")
+    """The weights to probe, after refusing a missing or unreadable one, or an unwritable --json or
+    one naming the weights (before any work: the worker processes printed a traceback each)."""
+    if args.weights is not None:
+        if not args.weights.is_file():
+            ap.error(f"--weights {args.weights}: no such file")
+        try:
+            load_learned(args.weights)
+        except ValueError as err:  # e.g. the JSON card given for the weights
+            ap.error(f"--weights {err}")
     check_output_file(ap, "--json", args.json)
-    return str(args.weights or weights_path("neural_art"))
+    weights = args.weights or weights_path("neural_art")
+    refuse_same_files(ap, [("--json", args.json)], [("--weights", weights)])
+    return str(weights)
 
 
 def write_report(args, weights: str, **results) -> None:

@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 from artopt.evaluation import run_optimizer  # noqa: E402
 from artopt.learned_optimizers import LearnedOptimizer, load_learned  # noqa: E402
 from artopt.learned_optimizers import multiscale as ms  # noqa: E402
-from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
-from artopt.script_args import check_output_file, dumps, positive_int  # noqa: E402
+from artopt.script_args import dumps, positive_int  # noqa: E402
+from basis_fourier import probe_weights  # noqa: E402
 
 _S3, _S2, _S6 = math.sqrt(3), math.sqrt(2), math.sqrt(6)
 # columns: luminance, red-green, yellow-blue
@@ -133,10 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "basis_variants.json")
     args = ap.parse_args(argv)
     # checked now, not in the worker processes or after every variant has been scored
-    if args.weights is not None and not args.weights.is_file():
-        ap.error(f"--weights {args.weights}: no such file")
-    check_output_file(ap, "--json", args.json)
-    weights = args.weights or weights_path("neural_art")
+    weights = probe_weights(ap, args)
     names = args.variants if "as shipped" in args.variants else ["as shipped", *args.variants]
     work = partial(_score, weights, args.val_seeds, args.problems, args.steps)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from artopt.script_args import check_names, check_output_dir, check_output_file, check_photo_sizes, dumps  # noqa: E402
+from artopt.script_args import (check_names, check_output_dir, check_output_file, check_photo_sizes, dumps,  # noqa: E402
+                                refuse_same_files)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,8 @@ def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem
         if subprocess.run(cmd).returncode:  # artopt has printed why
             raise SystemExit(f"this run failed: {' '.join(cmd)}")
     run = json.loads(log.read_text())
+    if run.get("stopped_early"):  # (Ctrl-C reached the child: it saved what it had, fewer steps)
+        raise SystemExit(f"this run stopped early: {log}; run the benchmark again to finish it")
     # the log has null for a non-finite loss; inf keeps the arithmetic on it (written back as null)
     run["totals"] = [math.inf if s["total"] is None else s["total"] for s in run["steps"]]
     return run
@@ -42,8 +45,12 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     """Whether a finished run's log is one of these inputs and flags: a log left in --out by a run
     at another --size (the stems of some benchmarks do not name it) is not reused."""
     try:
-        settings = json.loads(log.read_text())["settings"]
+        found = json.loads(log.read_text())
+        settings = found["settings"]
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if found.get("stopped_early"):  # a run stopped by Ctrl-C has fewer steps than its flags asked
+        print(f"not reusing {log}: that run stopped early", flush=True)
         return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
@@ -95,3 +102,7 @@ def check_run_flags(ap, args) -> None:
         check_names(ap, "--style", [args.style], ROOT / "assets" / "styles")
     check_output_dir(ap, "--out", args.out)
     check_output_file(ap, "--json", args.json)
+    inputs = [("--photos", ROOT / "assets" / "photos" / f"{p}.jpg") for p in args.photos]
+    if getattr(args, "style", None) is not None:
+        inputs.append(("--style", ROOT / "assets" / "styles" / f"{args.style}.jpg"))
+    refuse_same_files(ap, [("--json", args.json)], inputs)

@@ -231,7 +231,7 @@ GPU_RUN_SIZES = (512, 1024)  # the whole-run comparisons of bench_gpu
 
 def bench_gpu(args) -> None:
     """On a CUDA GPU: the per-step split (loss network vs update) at each of --sizes, the LSTM update
-    in GPU-sized chunks against CPU-sized ones, and whole 200-step runs, LSTM against Adam (its lr tuned
+    in GPU-sized chunks against CPU-sized ones, and whole runs of --steps steps, LSTM against Adam (its lr tuned
     at 512 px, train/results/neural_art/lrs.json), on the shipped photos with a held-out style:
     final-loss ratio and the wall time each needs to reach Adam's final loss."""
     if not torch.cuda.is_available():

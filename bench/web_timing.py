@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from artopt.script_args import check_output_file, dumps, positive_int, script_parser  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int, refuse_same_files, script_parser  # noqa: E402
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -73,8 +73,11 @@ def main(argv=None) -> int:
     for flag in ("--content", "--style"):
         if not Path(getattr(args, flag[2:])).is_file():
             parser.error(f"{flag} {getattr(args, flag[2:])}: no such file")
-    for flag in ("--json", "--screenshot", "--zero-byte-screenshot"):
-        check_output_file(parser, flag, getattr(args, flag[2:].replace("-", "_")))
+    outputs = [(flag, getattr(args, flag[2:].replace("-", "_"))) for flag in ("--json", "--screenshot",
+                                                                              "--zero-byte-screenshot")]
+    for flag, path in outputs:
+        check_output_file(parser, flag, path)
+    refuse_same_files(parser, outputs, [("--content", args.content), ("--style", args.style)])
 
     import torch
 

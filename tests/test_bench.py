@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -123,6 +124,35 @@ def test_bad_inputs_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, n
     expect_usage_error(capsys, name, [*argv, *extra], words)
 
 
+@pytest.mark.parametrize("name", ["basis_variants", "basis_fourier", "basis_hybrid"])
+def test_a_probe_refuses_weights_it_cannot_read_or_would_write_over(capsys, tmp_path, name):
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(ROOT / "weights" / "neural_art.safetensors", weights)
+    # was replaced by the report
+    expect_usage_error(capsys, name, ["--weights", str(weights), "--json", str(weights)],
+                       f"--json {weights} is also the input of --weights: it would be overwritten")
+    assert weights.read_bytes() == (ROOT / "weights" / "neural_art.safetensors").read_bytes()
+    card = ROOT / "weights" / "neural_art.json"  # the card given for the weights: a traceback per worker
+    expect_usage_error(capsys, name, ["--weights", str(card), "--json", str(tmp_path / "r.json")], str(card))
+
+
+@pytest.mark.parametrize("name, argv, words", [
+    ("web_timing", ["--json", "{content}"], "is also the input of --content"),  # the photo became the report
+    ("web_timing", ["--screenshot", "{out}", "--zero-byte-screenshot", "{out}"], "is also the output of --screenshot"),
+    ("loss_weights", ["--json", "{style}"], "is also the input of --style"),
+    ("long_runs", ["--json", "{content}"], "is also the input of --photos"),
+])
+def test_a_benchmark_output_may_not_name_its_inputs_or_another_output(capsys, no_cli_runs, tmp_path, name, argv,
+                                                                       words):
+    paths = {"content": ROOT / "assets" / "photos" / "chelsea.jpg", "out": tmp_path / "x.png",
+             "style": ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"}
+    before = {k: p.read_bytes() for k, p in paths.items() if p.exists()}
+    argv = [a.format(**paths) for a in argv]
+    extra = ["--photos", "chelsea", "--out", str(tmp_path / "runs")] if name != "web_timing" else []
+    expect_usage_error(capsys, name, [*argv, *extra], words)
+    assert {k: p.read_bytes() for k, p in paths.items() if p.exists()} == before
+
+
 def test_artopt_bench_passes_the_scripts_usage_errors_on(capsys):
     from artopt.cli import main
 
@@ -194,6 +224,29 @@ def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
     assert calls == []  # the same settings: reused
     run = cli_runs.stylize_totals(content, style, ["--size", "64", "--optimizer", "lstm"], tmp_path, "run", reuse=True)
     assert len(calls) == 1 and run["settings"]["size"] == 64
+
+
+def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
+    # Ctrl-C reaches the artopt child too: it saves what it has, a log of fewer steps marked stopped_early
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    calls = []
+
+    def stopped_run(cmd, **kwargs):
+        calls.append(cmd)
+        log = Path(cmd[cmd.index("--log-json") + 1])
+        _fake_log(log, content, style, 128)
+        log.write_text(json.dumps({**json.loads(log.read_text()), "stopped_early": True}))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(cli_runs.subprocess, "run", stopped_run)
+    _fake_log(tmp_path / "run.json", content, style, 128)
+    stopped = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**stopped, "stopped_early": True}))
+    with pytest.raises(SystemExit) as exc:  # was reused: 76 of 150 steps compared with Adam's 150
+        cli_runs.stylize_totals(content, style, ["--size", "128"], tmp_path, "run", reuse=True)
+    assert len(calls) == 1  # not reused: run again, and that run stopped early too
+    assert exc.value.code == f"this run stopped early: {tmp_path / 'run.json'}; run the benchmark again to finish it"
 
 
 def test_a_failed_cli_run_is_one_line_not_a_traceback(monkeypatch, tmp_path):
