@@ -204,19 +204,26 @@ def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
         assert "\n" not in str(exc.value)  # one line, without torch.load's advice
 
 
-def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
+def _interrupt_training_episode(monkeypatch, n: int):
+    """Make this process's n-th training episode raise KeyboardInterrupt, as Ctrl-C would; returns the
+    real run_episode."""
     import artopt.outer_trainers.truncated_bptt as tb
 
     real, calls = tb.run_episode, []
 
-    def interrupted_at_the_fourth(nets, problem, steps, *args, **kwargs):
+    def interrupted(nets, problem, steps, *args, **kwargs):
         if args:  # a training episode (validation passes no optimizer)
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) == n:
                 raise KeyboardInterrupt
         return real(nets, problem, steps, *args, **kwargs)
 
-    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_fourth)
+    monkeypatch.setattr(tb, "run_episode", interrupted)
+    return real
+
+
+def test_an_interrupted_run_keeps_its_episodes(tmp_path, monkeypatch):
+    _interrupt_training_episode(monkeypatch, 4)
     task = TinyQuadratic()
     cfg = MetaTrainConfig(steps=10, unroll=5, episodes=6, val_every=5, val_problems=2)
     with pytest.raises(KeyboardInterrupt):
@@ -556,16 +563,7 @@ def test_an_interrupted_hogwild_run_stops_its_helper_and_resumes(tmp_path, monke
 
     import artopt.outer_trainers.truncated_bptt as tb
 
-    real, calls = tb.run_episode, []
-
-    def interrupted_at_the_fourth(nets, problem, steps, *args, **kwargs):
-        if args:
-            calls.append(1)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
-        return real(nets, problem, steps, *args, **kwargs)
-
-    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_fourth)  # in this process only
+    real = _interrupt_training_episode(monkeypatch, 4)  # in this process only
     cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
     with pytest.raises(KeyboardInterrupt):
         meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
@@ -590,21 +588,14 @@ def test_a_second_ctrl_c_while_the_helpers_stop_still_saves_the_checkpoint(tmp_p
 
     import artopt.outer_trainers.truncated_bptt as tb
 
-    real_episode, real_stop, calls = tb.run_episode, tb._Helpers.stop, []
-
-    def interrupted_at_the_third(nets, problem, steps, *args, **kwargs):
-        if args:
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-        return real_episode(nets, problem, steps, *args, **kwargs)
+    real_stop = tb._Helpers.stop
+    _interrupt_training_episode(monkeypatch, 3)
 
     def impatient_stop(self, wait=False):  # the person presses Ctrl-C again while the helper ends its episode
         if not self.stopped:
             os.kill(os.getpid(), signal.SIGINT)
         return real_stop(self, wait)
 
-    monkeypatch.setattr(tb, "run_episode", interrupted_at_the_third)
     monkeypatch.setattr(tb._Helpers, "stop", impatient_stop)
     cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
     with pytest.raises(KeyboardInterrupt):
