@@ -128,10 +128,11 @@ def test_an_image_already_on_the_page_is_not_sent_again(client, images):
     *_, png_path, status = job.result(timeout=180)
     assert "Done" in status, status
     sent = [out[0] for out in job.outputs() if isinstance(out[0], str)]
-    assert len(sent) == STEPS + 1  # one preview per step (preview_every=1), then the result
+    # at most one preview per step (preview_every=1; one the page would get late is skipped), then the result
+    assert 1 <= len(sent) - 1 <= STEPS, sent
     cached_as = [Path(path).parent.name for path in sent]  # the folder is the hash of the bytes
     assert len(set(cached_as)) == len(cached_as), cached_as
-    assert [Path(path).suffix for path in sent] == [".webp"] * STEPS + [".png"]
+    assert [Path(path).suffix for path in sent] == [".webp"] * (len(sent) - 1) + [".png"]
     assert Image.open(sent[-1]).tobytes() == Image.open(png_path).tobytes()
 
 
