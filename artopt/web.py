@@ -801,7 +801,8 @@ def build_app(
                     run_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
                     # On only while this page's run waits or runs; Stylize is off meanwhile.
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button", interactive=False)
-                status = gr.Markdown("Ready.", elem_id="run-status")
+                # No LaTeX: a file name with $$…$$ in it was set as maths in the line.
+                status = gr.Markdown("Ready.", elem_id="run-status", latex_delimiters=[])
                 # Refreshes the status line's place in the queue while this page's request waits.
                 waiting_timer = gr.Timer(WAITING_REFRESH_S, active=False)
         with gr.Row():

@@ -332,9 +332,14 @@ def test_a_task_setting_of_the_wrong_type_is_named_before_the_task_is_built(suit
     assert str(caught.value) == f"bad arguments for task {suite!r}: {message}"
 
 
-def test_task_settings_of_the_right_type_still_pass():
+def test_task_settings_of_the_right_type_still_pass(tmp_path):
+    import numpy as np
+
     assert get_task("quadratic", init_std=1, batch=2).init_std == 1  # an int where a float is expected
     assert get_task("mnist", pool=None, widths=[10, 20]).widths == (10, 20)
+    # numpy numbers and a pathlib root (annotated str) worked before the type checks, and still do
+    assert get_task("quadratic", steps=np.int64(50), init_std=np.float32(0.1)).steps == 50
+    assert get_task("mnist", root=tmp_path).root == tmp_path and get_task("cifar10", root=tmp_path).root == tmp_path
 
 
 def test_bad_data_under_the_data_folder_names_the_file_and_artopt_data(tmp_path, monkeypatch):

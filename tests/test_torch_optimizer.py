@@ -697,6 +697,25 @@ def test_a_copied_or_pickled_optimizer_goes_on_as_the_original(how):
     assert opt2.state_dtype == torch.int8 and opt2.state_bytes() == opt.state_bytes()
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_with_an_lr_scheduler_attached_steps_its_own_parameters(how):
+    import pickle
+
+    from artopt.learned_optimizers import weights_path
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = LearnedOptimizer(model.parameters(), weights=weights_path("mnist"))
+    torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)  # wraps opt.step, bound to opt
+    # the wrapper came along: the copy's step moved the original's parameters (and pickle refused it)
+    model2, opt2 = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model2.parameters():
+        p.grad = torch.ones_like(p)
+    opt2.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert not all(torch.equal(a, b) for a, b in zip(model2.parameters(), before))
+
+
 def test_networks_passed_in_stay_trainable():
     net = LSTMOptimizerNet()
     LearnedOptimizer([nn.Parameter(torch.zeros(2))], nets={"default": net})

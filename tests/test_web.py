@@ -574,6 +574,13 @@ def test_a_file_name_shows_as_written_in_the_toast_and_the_status_line(tmp_path)
     assert outputs[-1][-1].startswith(r"Not stylized: Content photo: &lt;img src=x&gt;\[a\](b)\_\*.png is empty")
 
 
+def test_the_status_line_sets_no_maths():
+    # a file named "sum $$x^2$$.png" was set as a formula in the status line
+    app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS)
+    status = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "run-status")
+    assert status.latex_delimiters == []
+
+
 def test_an_unexpected_failure_shows_a_reference_not_the_exception(tmp_path, monkeypatch, caplog):
     # Exception text may name server paths and internals; the log has it, the page a reference to it.
     stylist = _stylist(tmp_path)

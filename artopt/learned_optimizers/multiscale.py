@@ -105,7 +105,9 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict:
         # torch's keeps only defaults, state and param_groups: a deepcopy or pickle lost the
         # coefficients and the inner optimizer.
-        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items() if not k.startswith("_")}}
+        # (not what shadows a method: an lr scheduler's wrapper of step, bound to the original)
+        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items()
+                                             if not k.startswith("_") and not hasattr(type(self), k)}}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

@@ -93,7 +93,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict:
         # torch's keeps only defaults, state and param_groups; a deepcopy or pickle needs the
         # networks and settings too (its hooks stay behind, as torch's do).
-        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items() if not k.startswith("_")}}
+        # (not what shadows a method: an lr scheduler's wrapper of step, bound to the original)
+        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items()
+                                             if not k.startswith("_") and not hasattr(type(self), k)}}
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's, plus checks: a group's lr multiplier must be positive and finite, and the LSTM

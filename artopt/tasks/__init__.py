@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 from typing import Callable
 
 from .base import Problem, Task, stack_problems
@@ -35,16 +37,17 @@ def _neural_art(**kwargs):
 _neural_art.task_class = _neural_art_class  # for get_task's checks
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _is_int(v) -> bool:  # numpy integers too
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 # A field's annotation (a string here) -> what its values must be, and how to say so.
 _KINDS = {
     "int": (_is_int, "a whole number"),
-    "float": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
     "str": (lambda v: isinstance(v, str), "a string"),
-    "Path": (lambda v: isinstance(v, str), "a path (a string)"),
+    "Path": (lambda v: isinstance(v, (str, os.PathLike)), "a path"),
     "Sequence[int]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of whole numbers"),
     "tuple[int, int]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_int, v)),
                         "two whole numbers, [low, high]"),
@@ -62,12 +65,14 @@ def check_task_args(cls, kwargs: dict) -> None:
         if key not in fields:
             continue  # the constructor names unknown keywords
         kinds = [t.strip() for t in fields[key].split("|")]
+        if key == "root":  # a data folder may be a pathlib.Path, whatever the field's annotation says
+            kinds = ["Path" if k == "str" else k for k in kinds]
         if value is None and "None" in kinds:
             continue
         known = [_KINDS[k] for k in kinds if k in _KINDS]
         if known and not any(ok(value) for ok, _ in known):
             raise TypeError(f"{key} must be {' or '.join(what for _, what in known)}"
-                            f"{' or null' if 'None' in kinds else ''}, got {json.dumps(value)}")
+                            f"{' or null' if 'None' in kinds else ''}, got {json.dumps(value, default=repr)}")
 
 
 # name -> (factory, default keyword arguments)
