@@ -247,8 +247,9 @@ def _check_writable_file(path: Path, no_clobber: bool = False) -> None:
         raise CLIError(f"{path}: {path.parent} is a file, not a folder")
     if not path.parent.is_dir():
         raise CLIError(f"{path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # else it fails only after the whole run
-        raise CLIError(f"{path}: folder {path.parent} is not writable")
+    folder = Path(os.path.realpath(path)).parent  # a symbolic link is written through, in its target's folder
+    if not os.access(folder, os.W_OK | os.X_OK):  # else it fails only after the whole run
+        raise CLIError(f"{path}: folder {folder} is not writable")
     if no_clobber and path.exists():
         raise CLIError(f"{path} exists and --no-clobber is given; remove it or choose another name")
     if path.exists() and not os.access(path, os.W_OK):  # (the atomic save would replace it all the same)
@@ -465,10 +466,11 @@ def _stylize(args: argparse.Namespace) -> int:
         text = json.dumps(log, indent=1, allow_nan=False)
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.
-        tmp = log_path.with_name(f".{log_path.name}.tmp")
+        target = Path(os.path.realpath(log_path))  # through a symbolic link, as save_image writes
+        tmp = target.with_name(f".{target.name}.tmp")
         try:
             tmp.write_text(text)
-            os.replace(tmp, log_path)
+            os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             kept = _save_elsewhere(text, log_path)

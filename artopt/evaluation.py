@@ -274,7 +274,7 @@ def compare(
     Minibatch losses are noisy step to step, so the mean over the last ``window`` losses of each
     run is reported as well (``mean_last_window_loss``, and its ratio).
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
         # 0 averaged the whole curve and -1 all but its first loss, under the name of the last window
         raise ValueError(f"window must be a whole number of steps, at least 1, got {window!r}")
     learned = set(learned) | {reference}

@@ -553,7 +553,9 @@ def test_an_output_too_large_for_the_machines_memory_is_refused_before_the_run(t
     monkeypatch.setattr(engine, "system_memory", lambda: (1_100_000_000, None))
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 0
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--style-scale", "8", *FAST]) == 2
-    assert capsys.readouterr().err.strip().endswith("or a smaller style scale, or run on a GPU")
+    # (no size fits this machine at that scale; it said "too small for a CPU run or a smaller style scale")
+    assert capsys.readouterr().err.strip().endswith("this machine is too small for a CPU run at this style scale, "
+                                                    "or run on a GPU")
     assert instant_stylize.calls == 2
 
 
@@ -591,3 +593,18 @@ def test_save_every_with_lbfgs_saves_past_each_multiple(tmp_path):
     expected = {next(s for s in steps if s >= 3 * k) for k in range(1, steps[-1] // 3 + 1)}
     saved = {int(p.stem.removeprefix("o_step")) for p in tmp_path.glob("o_step*.png")}
     assert saved == expected and len(saved) >= 3, (steps, saved)
+
+
+def test_outputs_given_as_symbolic_links_are_written_through_them(tmp_path):
+    # The atomic save put a file in the link's place and left the target as it was.
+    target_dir = tmp_path / "targets"
+    target_dir.mkdir()
+    (target_dir / "out.png").write_bytes(b"old")
+    (target_dir / "log.json").write_text('{"old": 1}')
+    (tmp_path / "out.png").symlink_to(target_dir / "out.png")
+    (tmp_path / "log.json").symlink_to(target_dir / "log.json")
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "out.png"), "--log-json",
+                 str(tmp_path / "log.json"), *FAST]) == 0
+    assert (tmp_path / "out.png").is_symlink() and (tmp_path / "log.json").is_symlink()
+    assert Image.open(target_dir / "out.png").size == (48, 32)
+    assert "settings" in json.loads((target_dir / "log.json").read_text())

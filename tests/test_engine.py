@@ -213,8 +213,8 @@ def test_a_content_tensor_that_requires_grad_is_taken_without_a_warning():
 
 def test_numpy_integers_are_integers():
     import numpy as np
-    config = _config(size=np.int64(48), steps=np.int32(2), seed=np.int64(3)).validated()
-    assert (config.size, config.steps, config.seed) == (48, 2, 3) and type(config.size) is int
+    config = _config(size=np.int64(48), steps=np.int32(2), seed=np.int64(3), edge_pad=np.int64(4)).validated()
+    assert (config.size, config.steps, config.seed, config.edge_pad) == (48, 2, 3, 4) and type(config.size) is int
 
 
 def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):

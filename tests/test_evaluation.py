@@ -144,6 +144,8 @@ def test_compare_ratio_and_best_baseline():
     assert out["optimizers"]["sgd"]["mean_trajectory_loss"] == pytest.approx(11 / 3)
     assert out["instances"] == 2
     json.dumps(out, allow_nan=False)
+    import numpy as np
+    assert compare(res, window=np.int64(2)) == windowed  # a numpy integer is a whole number too
     for bad in (0, -1, 2.5, True):  # 0 averaged the whole curve, -1 all but its first loss
         with pytest.raises(ValueError, match="window must be a whole number of steps, at least 1"):
             compare(res, window=bad)

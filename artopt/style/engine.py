@@ -156,7 +156,7 @@ class StylizeConfig:
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a file path, got {value!r}")
         # numpy integers are integers too (they were refused as "got 48"); bools are not
-        for name in ("size", "steps", "seed"):
+        for name in ("size", "steps", "seed", "edge_pad"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 setattr(self, name, int(value))
@@ -511,10 +511,10 @@ def cpu_memory_problem(content_hw: tuple[int, int], size: int, size_name: str = 
 
     if total is not None and need > total:
         fit = largest(int(total * 0.9))
-        advice = (f"choose a {size_name} of at most about {fit} px" if fit >= MIN_OUTPUT_SIZE else
-                  "this machine is too small for a CPU run")
-        if style_scale > 1 and style_aspect:
-            advice += " or a smaller style scale"
+        scaled = style_scale > 1 and style_aspect > 0
+        advice = (f"choose a {size_name} of at most about {fit} px{' or a smaller style scale' if scaled else ''}"
+                  if fit >= MIN_OUTPUT_SIZE else
+                  f"this machine is too small for a CPU run{' at this style scale' if scaled else ''}")
         return (f"at {size} px a CPU run needs about {gb(need)} of memory, more than this machine's "
                 f"{gb(total)}: {advice}, or run on a GPU", None)
     if available is not None and need > available:

@@ -187,11 +187,13 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, qu
     if path.parent and not path.parent.exists():
         raise ImageError(f"{path}: folder {path.parent} does not exist")
     options = {"quality": quality} if fmt == "JPEG" else {}
-    # Write to a temporary name first so that a failed write never leaves a half-written file.
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Write to a temporary name first so that a failed write never leaves a half-written file; through
+    # a symbolic link to its target, as a shell's > does (the replace put a file in the link's place).
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(f".{target.name}.tmp")
     try:
         image.save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         # the reason alone: the OSError names the temporary file, which the user never asked for
