@@ -322,6 +322,7 @@ def _stylize(args: argparse.Namespace) -> int:
     from artopt.style.engine import (StylizeConfig, content_size_problem, cpu_memory_problem, resolve_device,
                                      resolve_lr, resolve_optimizer, stylize)
     from artopt.style.images import ImageError, load_image, save_image
+    from artopt.learned_optimizers.weights import write_text_atomic
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
     try:
@@ -466,13 +467,9 @@ def _stylize(args: argparse.Namespace) -> int:
         text = json.dumps(log, indent=1, allow_nan=False)
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.
-        target = Path(os.path.realpath(log_path))  # through a symbolic link, as save_image writes
-        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            tmp.write_text(text)
-            os.replace(tmp, target)
+            write_text_atomic(log_path, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             kept = _save_elsewhere(text, log_path)
             raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc})"
                            + (f"; the log was saved to {kept}" if kept else "")

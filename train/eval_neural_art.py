@@ -15,7 +15,6 @@ Results: train/results/neural_art/<setting>.json and .png.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -31,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
-from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
-from artopt.optimizers.tuning import grid_search, search_lr  # noqa: E402
+from artopt.learned_optimizers.weights import folder_lock, write_json_atomic  # noqa: E402
+from artopt.optimizers.tuning import grid_search, is_tuned_rate, search_lr  # noqa: E402
 from artopt.style.engine import StylizeConfig, stylize  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
@@ -68,16 +67,12 @@ def _lr_cache() -> dict:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable JSON file of tuned rates ({err}); delete it to tune again") from None
-    bad = next((k for k, v in data.items() if not (isinstance(v, dict) and _is_rate(v.get("lr")))), None) \
+    bad = next((k for k, v in data.items() if not (isinstance(v, dict) and is_tuned_rate(v.get("lr")))), None) \
         if isinstance(data, dict) else "(the whole file)"
     if bad is not None:
         raise ValueError(f"{path}: the entry {bad!r} holds no tuned rate (a positive number as 'lr'); delete "
                          "that entry, or the file, to tune again")
     return data
-
-
-def _is_rate(lr) -> bool:
-    return isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf
 
 
 def _read_result(path: Path) -> dict:
@@ -94,16 +89,10 @@ def _read_result(path: Path) -> dict:
 def _save_lr_entry(key: str, entry: dict) -> None:
     """Record one tuned rate.  The file is re-read under a lock and replaced atomically, so tuning
     runs of other settings going on at the same time keep theirs."""
-    path = _lrs_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)  # the lock: the cache's folder itself, so no lock file is left behind
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+    with folder_lock(_lrs_path()):
         data = _lr_cache()
         data[key] = entry
-        write_json_atomic(path, dict(sorted(data.items())))
-    finally:
-        os.close(folder)  # releases the lock
+        write_json_atomic(_lrs_path(), dict(sorted(data.items())))
 
 
 def _warn_at_edge(name: str, lr: float) -> None:

@@ -7,6 +7,8 @@ The human-readable card (data, training config, metrics) sits next to it as ``<n
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -52,10 +54,35 @@ def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], car
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` whole or not at all (a temporary file, then a rename; nothing left behind on
+    failure), through a symbolic link to its target, as a shell's > does."""
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the folder of ``path`` (made if missing) while a read-change-write of
+    the file runs: runs updating one shared file at once keep each other's changes, and no lock
+    file is left behind."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _read_metadata(path: Path) -> dict:

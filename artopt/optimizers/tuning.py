@@ -13,7 +13,6 @@ evaluation runs reuse them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..evaluation import baseline_factory, run_optimizer
+from ..learned_optimizers.weights import folder_lock, write_text_atomic
 from ..tasks.base import Task
 
 DEFAULT_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps
@@ -163,6 +163,11 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python writes them, strict JSON has none
 
 
+def is_tuned_rate(lr) -> bool:
+    """Whether a cache entry's ``lr`` is usable: a positive finite number."""
+    return isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf
+
+
 class TunedLRCache:
     """Tuned learning rates in a JSON file: {task: {"steps=N": {optimizer: LRSearchResult dict}}}.
 
@@ -197,7 +202,7 @@ class TunedLRCache:
                     if not isinstance(entry, dict):
                         raise bad(where, "expected an object with an 'lr'")
                     lr = entry.get("lr")
-                    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+                    if not is_tuned_rate(lr):
                         raise bad(where, f"'lr' must be a positive finite number, got {lr!r}")
 
     def get(self, task: str, steps: int, optimizer: str) -> dict | None:
@@ -211,17 +216,10 @@ class TunedLRCache:
         """Write atomically, re-reading the file under a lock and adding only what this run tuned, so
         what concurrent runs tuned meanwhile is kept: writing back every entry read at the start undid
         another run's re-tuned rate."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        folder = os.open(self.path.parent, os.O_RDONLY)  # the lock: the folder, so no lock file is left behind
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
+        with folder_lock(self.path):
             merged = TunedLRCache(self.path).data if self.path.is_file() else {}
             for task, by_steps in self._put.items():
                 for steps_key, by_opt in by_steps.items():
                     merged.setdefault(task, {}).setdefault(steps_key, {}).update(by_opt)
             self.data = merged
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
-            os.replace(tmp, self.path)
-        finally:
-            os.close(folder)
+            write_text_atomic(self.path, json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -48,6 +48,7 @@ _KINDS = {
               "a finite number"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "Path": (lambda v: isinstance(v, (str, os.PathLike)), "a path"),
+    "os.PathLike": (lambda v: isinstance(v, os.PathLike), "a path"),
     "Sequence[int]": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of whole numbers"),
     "tuple[int, int]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_int, v)),
                         "two whole numbers, [low, high]"),
@@ -65,8 +66,6 @@ def check_task_args(cls, kwargs: dict) -> None:
         if key not in fields:
             continue  # the constructor names unknown keywords
         kinds = [t.strip() for t in fields[key].split("|")]
-        if key == "root":  # a data folder may be a pathlib.Path, whatever the field's annotation says
-            kinds = ["Path" if k == "str" else k for k in kinds]
         if value is None and "None" in kinds:
             continue
         known = [_KINDS[k] for k in kinds if k in _KINDS]

@@ -17,6 +17,7 @@ layer then has ``len(labels)`` units.  The paper's "LSTM-sub" is trained on the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -63,7 +64,7 @@ class CIFARTask:
     steps: int = 100
     unroll: int = 20
     init_std: float = 0.01
-    root: str | None = None  # dataset folder; None: <data>/cifar10
+    root: str | os.PathLike | None = None  # dataset folder; None: <data>/cifar10
     name: str = "cifar10"
 
     def __post_init__(self) -> None:

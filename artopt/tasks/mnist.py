@@ -11,6 +11,7 @@ problems from the 10 000 test images.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,7 +32,7 @@ class MNISTTask:
     steps: int = 100
     unroll: int = 20
     init_std: float = 0.01
-    root: str | None = None  # dataset folder; None: <data>/mnist
+    root: str | os.PathLike | None = None  # dataset folder; None: <data>/mnist
     name: str = "mnist"
     # Meta-training mixture: each problem's hidden layers get a width drawn from these (None: the
     # ``hidden`` sizes).  Wider nets reach lower losses, a regime longer test runs get to.
