@@ -110,6 +110,47 @@ def test_loading_converts_between_state_dtypes(tmp_path):
     torch.testing.assert_close(back.state[p]["h"], opt32.state[p]["h"], rtol=0, atol=0.5 / 127)
 
 
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.int8])
+def test_load_state_dict_hooks_see_and_keep_the_loaded_state(tmp_path, state_dtype):
+    path = save_learned(tmp_path / "o.safetensors", {"default": LSTMOptimizerNet()})
+    p = nn.Parameter(torch.randn(6))
+    opt = LearnedOptimizer([p], weights=path, state_dtype=state_dtype)
+    p.grad = torch.randn(6)
+    opt.step()
+    saved = opt.state_dict()
+    assert opt.state[p]["h"].abs().max() > 0
+
+    def zero_h(_, state_dict):  # e.g. a checkpoint migration: what it returns is what loads
+        state_dict = copy.deepcopy(state_dict)
+        for st in state_dict["state"].values():
+            st["h"].zero_()
+        return state_dict
+
+    seen = {}
+
+    def look_then_zero_c(optimizer):  # post-hooks see the state as it will be, and their changes stay
+        st = optimizer.state[p]
+        seen["h"], seen["c"] = st["h"].dtype, st["c"].dtype
+        st["c"].zero_()
+
+    again = LearnedOptimizer([p], weights=path, state_dtype=state_dtype)
+    again.register_load_state_dict_pre_hook(zero_h)
+    again.register_load_state_dict_post_hook(look_then_zero_c)
+    again.load_state_dict(saved)
+    assert seen == {"h": again.state[p]["h"].dtype, "c": again.state[p]["c"].dtype}
+    assert seen["h"] == (torch.int8 if state_dtype == torch.int8 else torch.float32)
+    assert again.state[p]["h"].abs().max() == 0 and again.state[p]["c"].abs().max() == 0
+    assert opt.state[p]["h"].abs().max() > 0  # the saved dict itself untouched
+    # a pre-hook's result is what the shape check sees
+    other = LearnedOptimizer([nn.Parameter(torch.randn(6))], weights=path, state_dtype=state_dtype)
+    other.register_load_state_dict_pre_hook(
+        lambda _, sd: {**sd, "state": {k: {**st, "h": st["h"][:, :3]} for k, st in sd["state"].items()}})
+    with pytest.raises(ValueError):
+        other.load_state_dict(saved)
+    assert len(other._optimizer_load_state_dict_pre_hooks) == 1  # this load's own hooks are gone
+    assert not other._optimizer_load_state_dict_post_hooks
+
 def test_param_groups_route_to_named_nets():
     nets = {"conv": LSTMOptimizerNet(), "fc": LSTMOptimizerNet()}
     a, b = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2))
@@ -307,6 +348,20 @@ def test_non_finite_gradient_resets_the_moments_too():
     opt.step()
     assert torch.isfinite(opt.state[p]["v"]).all() and torch.isfinite(p).all()
 
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.int8])
+def test_a_huge_finite_gradient_steps_with_finite_moments(state_dtype):
+    # |g| > 1.8e19 overflows g² in float32; two infinite v's met in the running mean as NaN, and the
+    # guard then took the fallback and reset the moments every other step
+    net = LSTMOptimizerNet(moment_inputs=True)
+    p = nn.Parameter(torch.zeros(2))
+    opt = LearnedOptimizer([p], nets={"default": net}, state_dtype=state_dtype)
+    for _ in range(3):
+        p.grad = torch.tensor([2e19, 1.0])
+        opt.step()
+        assert opt.last_notice is None
+        assert torch.isfinite(opt.state[p]["v"]).all() and opt.state[p]["v"][0].item() > 1e38
 
 def test_a_parameter_added_later_starts_its_moments_fresh():
     torch.manual_seed(0)

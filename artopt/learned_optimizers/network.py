@@ -59,6 +59,12 @@ def first_rms_scale(grad: torch.Tensor) -> torch.Tensor | None:
     return 1.0 / rms
 
 
+def finite_square(g: torch.Tensor) -> torch.Tensor:
+    """g², capped where it would overflow (|g| > 1.8e19 in float32), at a value bfloat16 holds too:
+    an infinite v would meet another in the running mean's lerp and give NaN."""
+    return g.square().clamp_max(torch.finfo(torch.bfloat16).max)
+
+
 @dataclass(frozen=True)
 class LSTMOptimizerConfig:
     hidden_size: int = 20
@@ -186,10 +192,10 @@ class LSTMOptimizerNet(nn.Module):
         differentiates through them."""
         g = sanitize(grad.detach().float())
         if moments is None:
-            return g.clone(), g * g
+            return g.clone(), finite_square(g)
         m, v = moments
         b1, b2 = self.config.beta1, self.config.beta2
-        return torch.lerp(g, m.float(), b1), torch.lerp(g * g, v.float(), b2)
+        return torch.lerp(g, m.float(), b1), torch.lerp(finite_square(g), v.float(), b2)
 
     def features(self, grad: torch.Tensor, moments: Moments | None = None, step: int | None = None,
                  level: torch.Tensor | None = None, change: float | None = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .network import INT8_STEPS, LSTMOptimizerNet, coordinate_levels, first_rms_scale, loss_change
+from .network import INT8_STEPS, LSTMOptimizerNet, coordinate_levels, finite_square, first_rms_scale, loss_change
 from .preprocessing import sanitize
 from .weights import load_learned
 
@@ -165,41 +165,59 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         torch casts loaded state to each parameter's dtype, which would turn an int8 h (h·127 as
         stored) into float32 values up to 127 and silently widen a 16-bit state.  The state is
-        converted to this optimizer's dtypes first (rescaling int8 h), and restored to them after."""
-        state_dict = dict(state_dict)
-        if any("net" not in g for g in state_dict.get("param_groups", [])):
-            # e.g. torch.optim.Adam's: say so, rather than that it asks for a network None
-            raise ValueError("the state dict's parameter groups name no network: it was not saved by a "
-                             "LearnedOptimizer")
-        unknown = sorted({g.get("net") for g in state_dict.get("param_groups", [])} - set(self.nets))
-        if unknown:  # e.g. an MNIST optimizer's state loaded into a CIFAR one: fail now, not at step()
-            raise ValueError(f"the state dict's parameter groups use network(s) {unknown}; "
-                             f"this optimizer has {sorted(self.nets)}")
-        converted = {
-            key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
-                          in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
-            for key, st in state_dict["state"].items()}
-        state_dict["state"] = converted
-        saved_groups = state_dict.get("param_groups", [])
-        matched: list[tuple[object, torch.Tensor]] = []  # (saved id, parameter), as torch pairs them
-        if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in self.param_groups]:
-            matched = [(i, p) for sg, g in zip(saved_groups, self.param_groups) for i, p in zip(sg["params"], g["params"])]
-            for k, (i, p) in enumerate(matched):  # torch would take any shape and the LSTM states would mix
-                _check_state_fits(converted.get(i, {}), p, k)
-        # (otherwise torch's own load refuses the groups, with its message)
+        converted to this optimizer's dtypes first (rescaling int8 h), and restored to them after.
+        Both happen inside torch's load, as hooks around it: after the user's load pre-hooks (so the
+        checks see what they returned) and before the user's post-hooks (so these see the state as
+        it will be, and what they change stays)."""
         # The basis levels describe the parameters, not the run: a state saved without them (an older
         # file, another optimizer) keeps the levels declared here.
         declared = {p: st["level_sizes"] for p, st in self.state.items() if "level_sizes" in st}
-        super().load_state_dict(state_dict)
-        # torch cast every floating-point tensor to its parameter's dtype: a float32 h rounded to
-        # float16, and a first_rms grad_scale of 1e5 overflowed to inf.  Put back the saved tensors as
-        # they were (in this optimizer's storage dtypes), on the parameter's device.
-        for i, p in matched:
-            for name, value in converted.get(i, {}).items():
-                if torch.is_tensor(value) and name != "step":
-                    self.state[p][name] = value.to(device=p.device, copy=True)
-        for p, sizes in declared.items():
-            self.state[p].setdefault("level_sizes", sizes)
+        matched: list[tuple[object, torch.Tensor]] = []  # (saved id, parameter), as torch pairs them
+        converted: dict = {}
+
+        def convert(_, state_dict: dict) -> dict:
+            nonlocal converted
+            state_dict = dict(state_dict)
+            if any("net" not in g for g in state_dict.get("param_groups", [])):
+                # e.g. torch.optim.Adam's: say so, rather than that it asks for a network None
+                raise ValueError("the state dict's parameter groups name no network: it was not saved by a "
+                                 "LearnedOptimizer")
+            unknown = sorted({g.get("net") for g in state_dict.get("param_groups", [])} - set(self.nets))
+            if unknown:  # e.g. an MNIST optimizer's state loaded into a CIFAR one: fail now, not at step()
+                raise ValueError(f"the state dict's parameter groups use network(s) {unknown}; "
+                                 f"this optimizer has {sorted(self.nets)}")
+            converted = {
+                key: {**st, **{name: _convert_state(st[name], dtype) for name, dtype
+                              in self._storage_dtypes if isinstance(st.get(name), torch.Tensor)}}
+                for key, st in state_dict["state"].items()}
+            state_dict["state"] = converted
+            saved_groups = state_dict.get("param_groups", [])
+            if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in self.param_groups]:
+                matched[:] = [(i, p) for sg, g in zip(saved_groups, self.param_groups)
+                              for i, p in zip(sg["params"], g["params"])]
+                for k, (i, p) in enumerate(matched):  # torch would take any shape and the LSTM states would mix
+                    _check_state_fits(converted.get(i, {}), p, k)
+            # (otherwise torch's own load refuses the groups, with its message)
+            return state_dict
+
+        def restore(_) -> None:
+            # torch cast every floating-point tensor to its parameter's dtype: a float32 h rounded to
+            # float16, and a first_rms grad_scale of 1e5 overflowed to inf.  Put back the saved tensors
+            # as they were (in this optimizer's storage dtypes), on the parameter's device.
+            for i, p in matched:
+                for name, value in converted.get(i, {}).items():
+                    if torch.is_tensor(value) and name != "step":
+                        self.state[p][name] = value.to(device=p.device, copy=True)
+            for p, sizes in declared.items():
+                self.state[p].setdefault("level_sizes", sizes)
+
+        handles = [self.register_load_state_dict_pre_hook(convert),  # appended: after the user's
+                   self.register_load_state_dict_post_hook(restore, prepend=True)]
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -308,7 +326,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for p in params:
                 st, n = self.state[p], p.numel()
                 ms.append(st["m"] if "m" in st else g[offset : offset + n])
-                vs.append(st["v"] if "v" in st else g[offset : offset + n].square())
+                vs.append(st["v"] if "v" in st else finite_square(g[offset : offset + n]))
                 offset += n
             moments = net.update_moments(flat, (torch.cat([m.float() for m in ms]), torch.cat([v.float() for v in vs])))
 
