@@ -296,10 +296,18 @@ def _refuse_overwriting(outputs: dict[str, Path], inputs: dict[str, Path], step_
             if _same_file(out, other):
                 raise CLIError(f"{out_name} and {other_name} are the same file ({out}); give them different names")
     if step_images is not None:
-        pattern = _step_image_pattern(step_images)
+        # They are written as OUT_stepN.ext in the output's folder as typed (not a symbolic link's
+        # target folder), through any link or hard link already there under such a name.
+        pattern, folder = _step_image_pattern(step_images), step_images.parent
+        existing = [e for e in folder.iterdir() if pattern.match(e.name)] if folder.is_dir() else []
         for name, path in [*inputs.items(), *outputs.items()]:
-            if pattern.match(path.name) and path.resolve().parent == step_images.resolve().parent:
-                raise CLIError(f"--save-every would write {path.name} over the {name}; choose another output name")
+            target = path.resolve()
+            if pattern.match(target.name) and target.parent == folder.resolve():
+                raise CLIError(f"--save-every would write {target.name} over the {name}; choose another output name")
+            for entry in existing:
+                if _same_file(entry, path):
+                    raise CLIError(f"--save-every would write {entry.name} over the {name}; "
+                                   f"choose another output name")
 
 
 def _finite_or_none(value):

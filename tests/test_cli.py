@@ -151,6 +151,40 @@ def test_nothing_the_user_made_is_overwritten(tmp_path, capsys, make_args, messa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # checked before anything ran
 
 
+def test_save_every_follows_links_to_what_it_would_overwrite(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "mine.png")
+
+    def refused(content: Path, output: Path, name: str) -> None:
+        before = (photos / "mine.png").read_bytes()
+        code = main(["stylize", str(content), str(STYLE), "-o", str(output), "--save-every", "1", *FAST])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and f"--save-every would write {name} over the content image" in err, err
+        assert (photos / "mine.png").read_bytes() == before
+
+    # a link named like a step image, pointing at the photo: writing the step image writes the photo
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "o_step1.png").symlink_to(photos / "mine.png")
+    refused(photos / "mine.png", tmp_path / "a" / "o.png", "o_step1.png")
+    # the photo given through a link, and itself named like a step image
+    (tmp_path / "b").mkdir()
+    (photos / "o_step2.png").write_bytes((photos / "mine.png").read_bytes())
+    (tmp_path / "b" / "photo.png").symlink_to(photos / "o_step2.png")
+    refused(tmp_path / "b" / "photo.png", photos / "o.png", "o_step2.png")
+    # the output is a link into another folder: the step images still go beside the link
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "o.png").symlink_to(tmp_path / "elsewhere.png")
+    (tmp_path / "c" / "o_step1.png").write_bytes((photos / "mine.png").read_bytes())
+    refused(tmp_path / "c" / "o_step1.png", tmp_path / "c" / "o.png", "o_step1.png")
+    # ... so a photo named like a step image in the link's target folder is safe, and the run goes on
+    (tmp_path / "o_step1.png").write_bytes((photos / "mine.png").read_bytes())
+    code = main(["stylize", str(tmp_path / "o_step1.png"), str(STYLE), "-o", str(tmp_path / "c" / "o.png"),
+                 "--save-every", "1", *FAST])
+    assert code == 0 and (tmp_path / "elsewhere.png").is_file()
+    assert (tmp_path / "o_step1.png").read_bytes() == (photos / "mine.png").read_bytes()
+
+
 def test_log_of_a_diverged_run_is_strict_json(tmp_path, monkeypatch):
     from artopt.style import losses
 
