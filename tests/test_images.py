@@ -75,11 +75,12 @@ def test_a_non_finite_float_pixel_leaves_the_rest_of_the_image_as_it_was():
     assert [image.getpixel((x, 0))[0] for x in range(3)] == [255, 0, 0]
 
 
-def test_32_bit_grayscale_past_16_bits_is_scaled_not_clipped():
+@pytest.mark.parametrize("dtype, mode", [(np.int32, "I"), (np.float32, "F")])
+def test_32_bit_grayscale_past_16_bits_is_scaled_not_clipped(dtype, mode):
     from artopt.style.images import to_rgb
 
-    array = np.tile(np.array([0, 100_000, 200_000], dtype=np.int32), (3, 1))
-    image = to_rgb(Image.fromarray(array, mode="I"))
+    array = np.tile(np.array([0, 100_000, 200_000], dtype=dtype), (3, 1))  # floats past 255 were all white
+    image = to_rgb(Image.fromarray(array, mode=mode))
     assert [image.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
 
 
@@ -158,14 +159,17 @@ def test_tensor_to_pil_refuses_integer_tensors():
     assert tensor_to_pil(torch.full((3, 4, 4), 0.5, dtype=torch.float64)).getpixel((0, 0)) == (128, 128, 128)
 
 
-@pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])
-def test_a_colour_key_transparency_is_composited_on_white(mode, key):
+@pytest.mark.parametrize("mode, key, other, seen", [
+    ("RGB", (0, 0, 0), (200, 0, 0), (200, 0, 0)), ("L", 0, 200, (200,) * 3),
+    # 1-bit and 16-bit gray keep their key too (they were handled apart and came out black)
+    ("1", 0, 1, (255,) * 3), ("I;16", 0, 30000, (117,) * 3)])
+def test_a_colour_key_transparency_is_composited_on_white(mode, key, other, seen):
     """A PNG tRNS colour key on an RGB or gray image is transparency like an alpha channel's."""
     image = Image.new(mode, (40, 40), key)
-    image.paste(Image.new(mode, (20, 40), (200, 0, 0) if mode == "RGB" else 200), (0, 0))
+    image.paste(Image.new(mode, (20, 40), other), (0, 0))
     loaded = load_image(_encode(image, transparency=key))
     assert loaded.getpixel((30, 5)) == (255, 255, 255)  # the keyed colour: white, as for RGBA and palettes
-    assert loaded.getpixel((5, 5)) == ((200, 0, 0) if mode == "RGB" else (200, 200, 200))
+    assert loaded.getpixel((5, 5)) == seen
     assert load_image(_encode(image)).getpixel((30, 5)) == (0, 0, 0)  # without the key: as it was
 
 

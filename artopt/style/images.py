@@ -121,21 +121,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit grayscale: Pillow's convert("L") clips instead of scaling, so scale by hand.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0
-        top = max(top, float(array.max()))  # 32-bit values past 16 bits: scaled, not clipped to white
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode == "F":
+    if image.mode == "1":
+        image = image.convert("L")  # keeps a colour key (0 or 255), handled with L's below
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float grayscale: Pillow's convert("L") clips instead of scaling, so scale by hand.
         array = np.asarray(image, dtype=np.float64)
         finite = np.isfinite(array)
-        # The range (0-1 or 0-255) is read off the finite values: one inf pixel made all the rest black.
-        top = 1.0 if not finite.any() or array[finite].max() <= 1.0 else 255.0
-        array = np.where(finite, array, np.where(array == np.inf, top, 0.0))  # +inf: white; -inf, NaN: black
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        high = float(array[finite].max()) if finite.any() else 0.0
+        if image.mode == "F":
+            # The range (0-1 or 0-255) is read off the finite values: one inf pixel made all the rest black.
+            top = 1.0 if high <= 1.0 else 255.0
+        else:
+            top = 65535.0 if high > 255 or image.mode.startswith("I;16") else 255.0
+        top = max(top, high)  # values past the usual range: scaled, not clipped to white
+        grey = np.where(finite, array, np.where(array == np.inf, top, 0.0))  # +inf: white; -inf, NaN: black
+        grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        key = image.info.get("transparency")
+        if isinstance(key, (int, float)):  # a PNG colour key: composited on white, as for L below
+            grey[array == key] = 255
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if image.mode in ("L", "RGB") and "transparency" in image.info:
         # A PNG colour key (tRNS) marks a transparent colour: composite it on white like an
         # alpha channel (it came out as the key colour itself, usually black).
@@ -148,7 +152,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, ...
+    return image.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV, ...
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
