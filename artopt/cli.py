@@ -97,7 +97,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(st)
     st.add_argument("--save-every", type=int, default=0, metavar="N",
                     help="also save the image every N steps as OUT_stepN.ext (default: off)")
-    st.add_argument("--log-json", metavar="FILE", help="write per-step losses and wall time plus the settings to FILE")
+    st.add_argument("--log-json", metavar="FILE",
+                    help="write per-step losses (of the image before each step's update), the output's own "
+                    "(final_losses) and wall time, plus the settings, to FILE")
     st.add_argument("--no-clobber", action="store_true",
                     help="refuse to run if the output, the --log-json file or an OUT_stepN.ext already exists")
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
@@ -413,6 +415,7 @@ def _stylize(args: argparse.Namespace) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals need it
     previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     records: list[dict] = []
+    final_losses: dict | None = None  # of the image the run ends with (StepInfo.final_losses)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -420,6 +423,9 @@ def _stylize(args: argparse.Namespace) -> int:
         bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def on_step(info) -> None:
+        nonlocal final_losses
+        if info.final_losses is not None:
+            final_losses = {k: _finite_or_none(info.final_losses.get(k)) for k in ("total", "content", "style", "tv")}
         records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
                         **{k: _finite_or_none(info.losses.get(k)) for k in ("total", "content", "style", "tv")},
                         "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),
@@ -471,7 +477,7 @@ def _stylize(args: argparse.Namespace) -> int:
                         resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
-               "stopped_early": stop_requested, "steps": records}
+               "stopped_early": stop_requested, "final_losses": final_losses, "steps": records}
         text = json.dumps(log, indent=1, allow_nan=False)
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.

@@ -32,6 +32,9 @@ def test_stylize_writes_image_and_json_log(tmp_path):
     assert record["settings"]["lr"] is None and record["settings"]["resolved_lr"] == 0.02  # what adam ran with
     assert [s["step"] for s in record["steps"]] == [1, 2, 3]
     assert {"total", "content", "style", "tv", "wall_time"} <= set(record["steps"][0])
+    # the output's own losses, one evaluation past the last step's (which are of the image before it)
+    assert set(record["final_losses"]) == {"total", "content", "style", "tv"}
+    assert record["final_losses"]["total"] < record["steps"][-1]["total"]
 
 
 @pytest.mark.parametrize("optimizer, basis", [("adam", "multiscale"), ("sgd", "pixels")])

@@ -104,6 +104,34 @@ def test_lbfgs_steps_count_loss_evaluations():
     assert steps[-1] <= 10 + 25  # at most one line search past the budget
 
 
+
+def test_lbfgs_overshoot_at_one_scale_comes_off_the_next(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    # scales 32, 64 and 128 px, split_steps(7, 3) == [5, 1, 1]; two evaluations an iteration took
+    # the coarse scale to 6, and each finer scale then added its own iteration's overshoot (10 in all)
+    infos = []
+    stylize(_image(6, 128, 128), [STYLE], _config(size=128, steps=7, pyramid=True, optimizer="lbfgs"),
+            callback=infos.append)
+    assert infos[0].n_scales == 3 and infos[-1].size == (128, 128)
+    assert infos[-2].step < 7  # only the run's last iteration went past the budget
+
+
+def test_the_last_step_reports_the_losses_of_the_image_the_run_ends_with():
+    for optimizer in ("adam", "lstm"):
+        _, short = _run(_config(optimizer=optimizer, steps=3))
+        _, longer = _run(_config(optimizer=optimizer, steps=4))
+        # a step's losses are of the image before its update; the extra evaluation is of the image after
+        assert short[-1].final_losses == longer[-1].losses and short[-1].losses == longer[-2].losses
+        assert short[-1].final_losses["total"] < short[-1].losses["total"]
+        assert all(i.final_losses is None for i in short[:-1])
+    assert stylize(CONTENT, [STYLE], _config(steps=0)).shape == CONTENT.shape  # no steps, nothing to report
+
+
+def test_no_default_rate_is_a_value_error():
+    for name, basis in (("lbfgs", "multiscale"), ("auto", "pixels")):
+        with pytest.raises(ValueError, match=f"no default learning rate for '{name}'"):
+            engine.resolve_lr(name, basis=basis)
+
 def test_a_content_image_too_elongated_for_the_size_says_what_would_work():
     strip = torch.rand(1, 3, 10, 200)  # 31.5 px high, rounded to 32, at a 630 px long side
     with pytest.raises(ValueError, match="needs at least 32: choose an output size of at least 630 px"):
@@ -179,8 +207,8 @@ def test_callback_images_and_stop():
     assert [i.image is not None for i in infos] == [False, True, False, True, False, True]
     assert infos[0].notice and "efficientnet-lite0" in infos[0].notice
     assert torch.equal(infos[-1].image, out)
-    calls = []
-    out, infos = _run(_config(steps=50), should_stop=lambda: calls.append(1) or len(calls) > 3)
+    infos = []
+    out = stylize(CONTENT, [STYLE], _config(steps=50), callback=infos.append, should_stop=lambda: len(infos) >= 3)
     assert infos[-1].step == 3 and out.shape == (1, 3, 43, 64)
 
 
@@ -482,6 +510,21 @@ def test_no_steps_with_the_pyramid_gives_the_start_image_at_full_resolution(monk
     out = stylize(content, [STYLE], _config(size=128, steps=0, pyramid=True))
     assert torch.equal(out, content)  # was the content made at 64 px and upsampled: blurred
 
+
+
+def test_a_stop_before_the_first_step_gives_the_start_image_at_full_resolution(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    content, infos = _image(4, 96, 128), []
+    out = stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
+                  should_stop=lambda: True)
+    assert torch.equal(out, content) and infos == []  # was the 64 px start image upsampled: blurred
+
+
+def test_a_pyramid_scale_dropped_for_a_narrow_photo_is_said(monkeypatch):
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    infos = []
+    stylize(_image(4, 40, 128), [STYLE], _config(size=128, steps=2, pyramid=True), callback=infos.append)
+    assert infos[0].n_scales == 1 and "1 scale(s) instead of 3" in infos[0].notice
 
 @pytest.mark.parametrize("bad, message", [
     (dict(lr="0.1"), "lr must be a number"), (dict(content_weight="1"), "content weight must be a number"),

@@ -6,7 +6,9 @@ receives a :class:`StepInfo` after every optimizer step.
 What "steps" means: the budget counts *loss evaluations* (one loss-network forward + backward
 each), summed over all pyramid scales.  First-order optimizers use one per step; an L-BFGS
 iteration uses one plus those of its line search, so its ``step`` counter advances by the
-evaluations it used and its last iteration may end a few evaluations past the budget.
+evaluations it used and its last iteration may end a few evaluations past the budget (one that
+ends past its scale's share leaves the next scales that much less).  Each iteration costs about two:
+its line search's, and one more at the point clamped to [0, 1] that the next iteration starts from.
 """
 
 from __future__ import annotations
@@ -215,11 +217,18 @@ class StepInfo:
     scale_index: int  # 0-based pyramid scale
     n_scales: int
     size: tuple[int, int]  # (height, width) of the current scale
-    losses: dict[str, float]  # total / content / style / tv at the last evaluation
+    # total / content / style / tv at the step's last evaluation: for first-order and learned
+    # optimizers the image before the step's update, for L-BFGS its line search's last point (before
+    # the clamp to [0, 1])
+    losses: dict[str, float]
     elapsed: float  # seconds since the start (including target computation)
     image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1] when asked for (image_every)
     notice: str | None = None  # e.g. a fallback the optimizer took, or which loss net is used
     loss_seconds: float = 0.0  # of ``elapsed``, time spent in loss-network forward + backward
+    # On the run's last step (the budget's end, a divergence, or a stop): the losses of the image it
+    # ends with, at this scale, from one more loss evaluation outside the budget and ``elapsed``.
+    # (With keep_colors, of the luminance image optimized, before the photo's colours return.)
+    final_losses: dict[str, float] | None = None
 
 
 def check_device_name(device: str) -> None:
@@ -396,7 +405,11 @@ def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = No
         if not pixels:
             raise ValueError(f"{name}'s default rate is per pixel: pass the image's pixel count")
         return STYLIZE_LR_PER_PIXEL[basis][name] * pixels
-    return (STYLIZE_LR_MULTISCALE if basis == "multiscale" else STYLIZE_LR)[name]
+    table = STYLIZE_LR_MULTISCALE if basis == "multiscale" else STYLIZE_LR
+    if name not in table:  # "auto" (resolve it first), or lbfgs on the basis
+        where = "on the multi-scale basis" if basis == "multiscale" else "on the pixels"
+        raise ValueError(f"no default learning rate for {name!r} {where}")
+    return table[name]
 
 
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
@@ -584,9 +597,12 @@ def stylize(content: Image.Image | torch.Tensor,
     if config.keep_colors:
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 
-    sizes = pyramid_sizes(config.size, config.pyramid)
+    planned = pyramid_sizes(config.size, config.pyramid)
     aspect = min(content_final.shape[-2:]) / max(content_final.shape[-2:])
-    sizes = [s for s in sizes[:-1] if s * aspect >= loss_net.min_size] + sizes[-1:]  # none below min_size
+    sizes = [s for s in planned[:-1] if s * aspect >= loss_net.min_size] + planned[-1:]  # none below min_size
+    if len(sizes) < len(planned):
+        notice += (f"; {len(sizes)} scale(s) instead of {len(planned)}: at {max(set(planned) - set(sizes))} px "
+                   f"the shorter side would be under the {loss_net.min_size} px {loss_net.name} needs")
     steps_per_scale = split_steps(config.steps, len(sizes))
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None
@@ -613,11 +629,21 @@ def stylize(content: Image.Image | torch.Tensor,
     # then upsampled at the end rather than optimized at a size that gets no steps).
     # With no steps at all the start image is made at the output size (it was made at the coarsest
     # scale and upsampled: a blurred copy of the content).
+    if should_stop is not None and should_stop():
+        # asked before the first step (e.g. while the targets were computed): as with no steps, the
+        # start image at the output size, not the coarsest scale's upsampled
+        steps_per_scale, stopped = [0] * len(sizes), True
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
+    budget = 0  # evaluations the scales up to this one may have used in all
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
             break
-        if scale_steps == 0 and scale_index < last_active:
+        budget += scale_steps
+        # An L-BFGS iteration may end past its scale's share: the next scales get that much less, so
+        # only the run's last iteration can go past the whole budget.  The last scale takes a step
+        # even so, so that the result is optimized at the output size.
+        allowed = budget - done if scale_index < last_active or scale_steps == 0 else max(1, budget - done)
+        if allowed <= 0 and scale_index < last_active:
             continue
         if image is not None and should_stop is not None and should_stop():
             # asked during the last step of the previous scale: stop before computing this scale's targets
@@ -656,7 +682,7 @@ def stylize(content: Image.Image | torch.Tensor,
             return losses["total"]
 
         last_good = image.detach().clone()
-        while evals < scale_steps:
+        while evals < allowed:
             if should_stop is not None and should_stop():
                 stopped = True
                 break
@@ -674,16 +700,21 @@ def stylize(content: Image.Image | torch.Tensor,
             else:
                 last_good.copy_(image.detach())
             done_before, done = done, done + evals - before
-            final = stopped or (scale_index == last_active and evals >= scale_steps)
+            final = stopped or (scale_index == last_active and evals >= allowed)
             if callback is not None:
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
-                    image_every > 0 and evals >= scale_steps)  # end of a scale
+                    image_every > 0 and evals >= allowed)  # end of a scale
+                elapsed = time.perf_counter() - start
+                final_losses = None
+                if final:
+                    with torch.no_grad():
+                        final_losses = {k: float(v) for k, v in loss_fn(image).items()}
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
-                                size=(height, width), losses=dict(losses_now),
-                                elapsed=time.perf_counter() - start,
+                                size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
-                                notice=step_notice if step_notice else notice, loss_seconds=loss_seconds)
+                                notice=step_notice if step_notice else notice, loss_seconds=loss_seconds,
+                                final_losses=final_losses)
                 callback(info)
                 notice = None
             if stopped:
