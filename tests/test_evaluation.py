@@ -381,14 +381,20 @@ def test_plot_survives_curves_with_nothing_to_log_scale(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
-def test_cli_a_weights_file_that_cannot_be_loaded_is_said_before_any_tuning(tmp_path, capsys):
+@pytest.mark.parametrize("weights, message", [
+    (None, "cannot load lstm ("),
+    # networks for CIFAR's conv and fc groups, on a task whose parameters are one default group
+    (ROOT / "weights" / "cifar10.safetensors", "none for parameter group 'default'")])
+def test_cli_a_weights_file_that_cannot_be_loaded_is_said_before_any_tuning(tmp_path, capsys, weights, message):
     # Before: with the learned optimizer listed after a baseline, the baseline was tuned (and cached) first.
     cli = _cli()
-    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    assert cli.main(["quadratic", "--optimizers", "adam,lstm", "--weights", str(tmp_path / "bad.safetensors"),
+    if weights is None:
+        weights = tmp_path / "bad.safetensors"
+        weights.write_bytes(b"garbage")
+    assert cli.main(["quadratic", "--optimizers", "adam,lstm", "--weights", str(weights),
                      "--tuned-lrs", str(tmp_path / "lrs.json"), "--steps", "2", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert ": error: cannot load lstm:" in err and "\n" not in err.strip()
+    assert ": error: cannot load lstm" in err and message in err and "\n" not in err.strip()
     assert not (tmp_path / "lrs.json").exists()
 
 

@@ -567,6 +567,13 @@ def test_evaluation_summary_reads_and_writes_the_out_folder(tmp_path, monkeypatc
     rows = json.loads((out / "summary.json").read_text())
     assert [(r["setting"], r["lstm_final"]) for r in rows] == [("64", 0.48)]
     assert not shared.exists()
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"name": "mine"}))
+    assert script.main(["summary", "--out", str(out), "--card", str(card)]) == 0
+    recorded = json.loads(card.read_text())["evaluation"]
+    # where the table came from and how (it said train/results/neural_art, and left --out out)
+    assert recorded["source"] == f"{out.as_posix()}/*.json"
+    assert recorded["command"] == f"python train/eval_neural_art.py summary --out {out} --card {card}"
 
 
 def test_engine_evaluation_on_validation_photos_needs_its_own_out_folder(tmp_path, monkeypatch):
@@ -672,3 +679,25 @@ def test_tuned_lrs_moves_the_rate_cache(tmp_path, eval_script):
     assert not (tmp_path / "lrs.json").exists()  # the default cache (OUT, here tmp_path) untouched
     with pytest.raises(SystemExit):
         eval_script.main(["64", "--optimizers", "adam", "--tuned-lrs", str(other)])  # a folder
+
+
+def test_the_grid_runs_the_weights_given_and_the_pyramid_asked_for(tmp_path, eval_script, monkeypatch, capsys):
+    # Before: --weights and --pyramid were accepted and the shipped weights run, at the engine's pyramid
+    from pathlib import Path
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    for args, message in ((["--weights", f"lstm={tmp_path / 'none.safetensors'}"], "no such file"),
+                          (["--optimizers", "lstm,sgd"], "grid runs lstm"),
+                          (["--weights", f"other={weights / 'neural_art.safetensors'}"], "--weights other")):
+        with pytest.raises(SystemExit):
+            eval_script.main(["grid", "--photos", "1", "--steps", "1", *args])
+        assert message in capsys.readouterr().err
+    configs = []
+    monkeypatch.setattr(eval_script, "stylize", lambda content, styles, cfg: configs.append(cfg) or content[..., :32, :32])
+    mine = tmp_path / "mine.safetensors"
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / f"mine{suffix}").write_bytes((weights / f"neural_art{suffix}").read_bytes())
+    assert eval_script.main(["grid", "--photos", "1", "--steps", "1", "--size", "48", "--weights", f"lstm={mine}",
+                             "--pyramid", "on", "--out", str(tmp_path / "g")]) == 0
+    assert [(c.optimizer, c.lstm_weights, c.pyramid) for c in configs] == [("lstm", str(mine), True), ("adam", None, True)] * 2
+    assert (tmp_path / "g" / "grid.png").is_file()

@@ -218,6 +218,7 @@ def test_the_neural_art_script_says_its_errors_in_one_line(tmp_path, neural_art,
     _one_error_line(capsys.readouterr().err, "x.ckpt cannot be resumed: it is not a readable checkpoint")
     weights = Path(__file__).resolve().parents[1] / "weights"
     for args, message in ((["--name", ""], "--name must be a plain file name"),
+                          (["--basis-levels", "-1"], "--basis-levels must be 0 (pixels) or more, got -1"),
                           (["--init-from", str(tmp_path / "missing.safetensors")], "--init-from"),
                           # a KeyError, and two whole configs on an "artopt: error" line with exit 1
                           (["--init-from", str(weights / "cifar10.safetensors")], "holds the networks ['conv', 'fc']"),

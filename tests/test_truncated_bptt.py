@@ -673,6 +673,16 @@ def test_a_run_resumed_with_another_task_is_refused(tmp_path):
     run({"size": 64})  # the same task resumes
 
 
+
+def test_a_flag_that_sets_every_networks_copy_is_said_once():
+    from pathlib import Path
+
+    from artopt.outer_trainers.truncated_bptt import SettingsChangedError
+
+    changes = [(("nets", "conv", "output_scale"), 0.01, 0.1), (("nets", "fc", "output_scale"), 0.01, 0.1)]
+    said = SettingsChangedError(Path("x.ckpt"), changes).describe(lambda key: ("--output-scale", 2))
+    assert "other settings (--output-scale 0.01 -> 0.1); resume" in said  # was said once per network
+
 def test_shipping_the_same_networks_again_keeps_what_was_added_to_their_card(tmp_path):
     from artopt.outer_trainers import ship_best
 

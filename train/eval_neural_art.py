@@ -4,8 +4,8 @@
     python train/eval_neural_art.py 128       # 128 px test crops, held-out style
     python train/eval_neural_art.py 256       # whole test photos at 256 px through the engine
     python train/eval_neural_art.py 384|512 --pyramid on|off   # 384: the smallest coarse-to-fine size
-    python train/eval_neural_art.py summary   # table + Figure-8-style PNG from the JSONs above
-    python train/eval_neural_art.py grid      # Figure-9-style grid of stylized test photos
+    python train/eval_neural_art.py summary   # the table of the JSONs above (summary.json; --card: into a card)
+    python train/eval_neural_art.py grid      # Figure-9-style grid of test photos, the LSTM's next to Adam's
 
 Baseline learning rates are tuned on *validation* photos for each setting (a log grid around
 GRID_REFERENCE_LR, criterion: mean final loss) and cached in train/results/neural_art/lrs.json;
@@ -512,7 +512,7 @@ def summary(out: Path = OUT) -> list[dict]:
     return rows
 
 
-def record_in_card(rows: list[dict], card_path: Path) -> None:
+def record_in_card(rows: list[dict], card_path: Path, source: Path = OUT, command: str | None = None) -> None:
     """Put the evaluation table into a shipped optimizer's JSON card, and whether it wins anywhere."""
     card = json.loads(card_path.read_text())
     table = {r["setting"]: {"style": r["style"], "best_baseline": r["best_baseline"],
@@ -520,8 +520,9 @@ def record_in_card(rows: list[dict], card_path: Path) -> None:
                             "lstm_over_best_baseline": r["lstm_over_best_baseline"],
                             "steps_to_reach_best_baseline_final": (r["steps_to_reach"] or {}).get("lstm")}
              for r in rows}
-    card["evaluation"] = {"table": table, "source": "train/results/neural_art/*.json",
-                          "command": "python train/eval_neural_art.py summary --card " + str(card_path)}
+    folder = source.resolve().relative_to(ROOT) if source.resolve().is_relative_to(ROOT) else source
+    card["evaluation"] = {"table": table, "source": f"{folder.as_posix()}/*.json",
+                          "command": command or f"python train/eval_neural_art.py summary --card {card_path}"}
     wins = [k for k, v in table.items() if v["lstm_over_best_baseline"] is not None and v["lstm_over_best_baseline"] < 1]
     card["beats_best_baseline_at"] = wins
     write_json_atomic(card_path, card)
@@ -544,7 +545,9 @@ def grid(args) -> None:
         for s in styles:
             st = _load_rgb(str(task.root / "styles" / s), 1024).unsqueeze(0)
             for opt in ("lstm", "adam"):
-                cfg = StylizeConfig(size=args.size, steps=args.steps, optimizer=opt, device="cpu")
+                cfg = StylizeConfig(size=args.size, steps=args.steps, optimizer=opt, device="cpu",
+                                    lstm_weights=str(args.weights["lstm"]) if opt == "lstm" else None,
+                                    pyramid=None if args.pyramid is None else args.pyramid == "on")
                 row.append(tensor_to_pil(stylize(content, [st], cfg)))
         # The content photo at the stylized images' size, first in the row.
         row.insert(0, tensor_to_pil(content).resize(row[0].size, Image.Resampling.LANCZOS))
@@ -568,8 +571,8 @@ def grid(args) -> None:
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
-    ap.add_argument("--optimizers", default="lstm,adam,rmsprop,sgd,nag,lbfgs",
-                    help="lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
+    ap.add_argument("--optimizers", default=None,
+                    help="default: lstm,adam,rmsprop,sgd,nag,lbfgs (grid: lstm and adam, always); lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
                          "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, then -raw to ignore the card's "
                          "calibrated update multiplier and coarsest basis level), the rest baselines (BASELINE-ms "
                          "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
@@ -598,7 +601,8 @@ def main(argv=None) -> int:
                          "slow untimed baselines beside a timed run")
     ap.add_argument("--steps", type=int, default=None, help="default: 128 for crops, 200 for the engine")
     ap.add_argument("--size", type=int, default=256, help="grid: output size")
-    ap.add_argument("--pyramid", choices=("on", "off"), default="off")
+    ap.add_argument("--pyramid", choices=("on", "off"), default=None,
+                    help="engine settings: default off; grid: default the engine's own (on from 384 px)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--card", type=Path, default=None, help="summary: also record the table in this weights card")
@@ -635,9 +639,13 @@ def main(argv=None) -> int:
         ap.error(str(err))
     if args.setting == "summary":
         if args.card:
-            record_in_card(rows, args.card)
+            record_in_card(rows, args.card, args.out or OUT,
+                           " ".join(["python train/eval_neural_art.py", *(sys.argv[1:] if argv is None else argv)]))
         return 0
-    args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    if args.setting == "grid" and args.optimizers is not None:
+        ap.error("grid runs lstm (the --weights lstm=PATH given, or the shipped ones) and adam; "
+                 "--optimizers is for the loss-curve settings")
+    args.optimizers = [o.strip() for o in (args.optimizers or "lstm,adam,rmsprop,sgd,nag,lbfgs").split(",") if o.strip()]
     weights, given = {"lstm": ROOT / "weights" / "neural_art.safetensors"}, set()
     for w in args.weights:
         name, _, path = w.rpartition("=")
@@ -645,9 +653,13 @@ def main(argv=None) -> int:
         given.add(name or "lstm")
     args.weights = weights
     if args.setting == "grid":
+        problem = _check_weights(["lstm"], weights, given, crops=False)
+        if problem:
+            ap.error(problem)
         args.steps = args.steps or 200
         grid(args)
         return 0
+    args.pyramid = args.pyramid or "off"
     crops = args.setting in ("64", "128")
     problem = _check_optimizers(args.optimizers, crops) or _check_weights(args.optimizers, weights, given, crops)
     if problem:

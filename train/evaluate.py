@@ -248,11 +248,15 @@ def main(argv=None) -> int:
     steps = args.steps or task.steps
 
     learned = {}  # loaded first: a file that cannot be loaded is said before any baseline is tuned
+    probe = task.sample(torch.Generator().manual_seed(0), "test")
     for name, path in args.learned_paths.items():
         try:
             learned[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))
+            # and built once: networks for another task's parameter groups (CIFAR's conv and fc on
+            # MNIST, say) fail here, not after the tuning
+            learned[name](probe.fresh_params(), probe.groups)
         except (ValueError, OSError) as e:  # WeightsError is a ValueError
-            print(f"{args.prog}: error: cannot load {name}: {e}", file=sys.stderr)
+            print(f"{args.prog}: error: cannot load {name} ({path}): {e}", file=sys.stderr)
             return 2
     factories, lrs, tuning = {}, {}, {}
     for name in args.optimizer_list:

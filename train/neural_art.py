@@ -97,6 +97,8 @@ def main(argv=None) -> int:
         ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
     if not 0 <= args.prior_minutes < math.inf:
         ap.error(f"--prior-minutes must be 0 or more, got {args.prior_minutes}")
+    if args.basis_levels < 0:
+        ap.error(f"--basis-levels must be 0 (pixels) or more, got {args.basis_levels}")
     if args.level_inputs and args.basis_levels < LEVEL_INPUTS:
         # with fewer, the inputs of the coarser levels never train, and larger images have them
         ap.error(f"--level-inputs needs --basis-levels {LEVEL_INPUTS} or more, so that every level input is trained")

@@ -842,7 +842,7 @@ class SettingsChangedError(ResumeError):
                 said.append(f"{found[0]} {change}")  # the flag is the setting's name
             else:
                 said.append(f"{found[0]} ({'.'.join(key[found[1]:])} {change})")
-        said = "; ".join(said)
+        said = "; ".join(dict.fromkeys(said))  # a flag that sets every network's copy is said once
         return (f"{self.path} belongs to a run with other settings ({said}); resume it with its own flags (only "
                 "--episodes and --minutes may change), or choose another --name")
 
