@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -274,6 +276,22 @@ def test_bad_coarsest_and_late_images_are_refused():
     opt = MultiscaleOptimizer([image], lambda zs: torch.optim.SGD(zs, lr=0.1))
     with pytest.raises(NotImplementedError, match="images"):  # it would get no coefficients and never move
         opt.add_param_group({"params": [torch.rand(1, 3, 8, 8, requires_grad=True)]})
+
+
+def test_what_the_wrapper_cannot_honour_is_refused():
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    sgd = lambda zs: torch.optim.SGD(zs, lr=0.1)
+    cases = [(dict(params=[image, image], inner=sgd), "listed more than once"),  # was two steps
+             # an lr on the wrapper's groups was silently ignored: the inner optimizer steps
+             (dict(params=[{"params": [image], "lr": 1e-6}], inner=sgd), "give lr to the inner optimizer"),
+             (dict(params=[image], inner=lambda zs: torch.optim.LBFGS(zs)), "L-BFGS cannot run"),
+             (dict(params=[image], inner=sgd, levels=2.5), "levels must be a whole number"),
+             (dict(params=[image], inner=sgd, levels=True), "levels must be a whole number")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's own, on the duplicate
+            MultiscaleOptimizer(**kwargs)
+    assert len(MultiscaleOptimizer([image], sgd, levels=torch.tensor(2).item()).coefficients[0]) == 2
 
 
 def test_problem_form_keeps_the_coefficients_on_the_images_device():

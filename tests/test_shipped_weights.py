@@ -129,6 +129,11 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
     ('{"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": Infinity}',
      "trained_pixels must be a positive number of pixels, got inf"),
     ('{"basis": "pixels", "inference": [1]}', "bad inference settings"),
+    # accepted before, to fail at the first step without naming the card (or, true, read as 1)
+    ('{"basis": "pixels", "inference": {"lr": Infinity}}', "bad inference settings"),
+    ('{"basis": "pixels", "inference": {"lr": true}}', "bad inference settings"),
+    ('{"basis": "pixels", "inference": {"coarsest": true}}', "bad inference settings"),
+    ('{"basis": {"kind": "multiscale", "levels": 0}, "trained_pixels": 4096}', "bad basis levels 0"),
 ])
 def test_a_broken_card_is_a_value_error_naming_the_card(tmp_path, card_text, message):
     """Users pass cards of their own (--lstm-weights): a broken one is an error naming the file, found

@@ -36,15 +36,22 @@ def auto_levels(height: int, width: int, coarsest: int = COARSEST) -> int:
         # 0, negative and infinite values failed inside math.log2 with no word about which argument
         raise ValueError(f"coarsest must be a positive number of pixels, got {coarsest!r}")
     short = min(height, width)
-    return 1 + max(0, int(math.floor(math.log2(max(short, 1) / coarsest))))
+    return min(max_levels(height, width), 1 + max(0, int(math.floor(math.log2(max(short, 1) / coarsest)))))
+
+
+def max_levels(height: int, width: int) -> int:
+    """Levels an image has until the coarsest is 1 x 1; more would each move the whole image again."""
+    return 1 + max(0, math.ceil(math.log2(max(height, width, 1))))
 
 
 def level_shapes(shape: torch.Size | tuple, levels: int) -> list[tuple[int, ...]]:
-    """Shapes of z_0 .. z_{levels-1} for an image (or batch of images) of ``shape`` (..., H, W)."""
-    if levels < 1:
-        raise ValueError(f"levels must be at least 1, got {levels}")
+    """Shapes of z_0 .. z_{levels-1} for an image (or batch of images) of ``shape`` (..., H, W).  Levels
+    past the one that is 1 x 1 (``max_levels``) stay 1 x 1, each moving the whole image once more: so a
+    fixed level count serves images of every size."""
+    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 1:
+        raise ValueError(f"levels must be a whole number, at least 1, got {levels!r}")
     *lead, h, w = shape
-    return [(*lead, -(-h // 2**k), -(-w // 2**k)) for k in range(levels)]
+    return [(*lead, -(-h // 2**k), -(-w // 2**k)) for k in range(int(levels))]
 
 
 def synthesize(zs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -85,6 +92,12 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
                  levels: int | None = None, coarsest: int = COARSEST):
         super().__init__(params, {})
         self.images = [p for g in self.param_groups for p in g["params"]]
+        if len({id(p) for p in self.images}) != len(self.images):  # each copy would get its own step
+            raise ValueError("an image is listed more than once")
+        options = sorted({k for g in self.param_groups for k in g} - {"params", "param_names"})
+        if options:  # they would be ignored: the inner optimizer steps
+            raise ValueError(f"MultiscaleOptimizer's groups hold images only; give {', '.join(options)} to the "
+                             "inner optimizer (the factory's groups, or opt.inner.param_groups)")
         self.flat: list[torch.Tensor] = []
         self.coefficients: list[list[torch.Tensor]] = []
         for p in self.images:
@@ -98,6 +111,9 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             self.coefficients.append([v.view(s) for v, s in zip(flat.detach().split(sizes), shapes)])
             self.flat.append(flat)
         self.inner = inner(self.flat)
+        if isinstance(self.inner, torch.optim.LBFGS):
+            raise ValueError("L-BFGS cannot run in the multi-scale basis: its line search needs a closure of the "
+                             "coefficients, which this optimizer does not pass on")
         if hasattr(self.inner, "set_basis_levels"):  # a learned optimizer may take each coordinate's level
             for flat, zs in zip(self.flat, self.coefficients):
                 self.inner.set_basis_levels(flat, [z.numel() for z in zs])

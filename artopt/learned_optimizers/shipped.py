@@ -94,7 +94,9 @@ def _coarsest_in(card: dict) -> int:
 
     basis, pixels = card.get("basis"), card.get("trained_pixels")
     levels = basis.get("levels") if isinstance(basis, dict) and basis.get("kind") == "multiscale" else None
-    if not (isinstance(levels, int) and levels >= 1 and isinstance(pixels, (int, float)) and 1 <= pixels < math.inf):
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
+        raise ValueError(f"bad basis levels {levels!r} in the card (a whole number, at least 1)")
+    if not (isinstance(levels, int) and isinstance(pixels, (int, float)) and 1 <= pixels < math.inf):
         return COARSEST  # (a bad trained_pixels is trained_pixels()' error to report)
     return max(1, round(math.sqrt(pixels)) >> (levels - 1))
 
@@ -109,8 +111,12 @@ def inference_settings(weights: str | os.PathLike) -> dict:
     if not isinstance(found, dict):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (a JSON object with lr and coarsest)")
     lr = found.get("lr", 1.0)
-    coarsest = found["coarsest"] if "coarsest" in found else _coarsest_in(card)
-    if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(coarsest, int) and coarsest >= 1):
+    try:
+        coarsest = found["coarsest"] if "coarsest" in found else _coarsest_in(card)
+    except ValueError as err:
+        raise ValueError(f"{card_path}: {err}") from None
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # JSON true is no number
+    if not (number(lr) and 0 < lr < math.inf) or not (number(coarsest) and isinstance(coarsest, int) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
     return {"lr": float(lr), "coarsest": coarsest}
 
