@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -105,15 +106,36 @@ def test_lbfgs_steps_count_loss_evaluations():
 
 
 
-def test_lbfgs_overshoot_at_one_scale_comes_off_the_next(monkeypatch):
+def test_an_overshoot_at_one_scale_comes_off_the_next(monkeypatch):
+    class ThreeEvaluations(torch.optim.SGD):  # as an L-BFGS iteration whose line search takes three
+        def step(self, closure):
+            for _ in range(3):
+                closure()
+            return super().step()
+
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
-    # scales 32, 64 and 128 px, split_steps(7, 3) == [5, 1, 1]; two evaluations an iteration took
-    # the coarse scale to 6, and each finer scale then added its own iteration's overshoot (10 in all)
+    monkeypatch.setattr(engine, "_make_optimizer", lambda name, image, *a: ThreeEvaluations([image], lr=0.01))
+    # scales 32, 64 and 128 px, split_steps(7, 3) == [5, 1, 1]: the coarse scale ended at 6, and each
+    # finer scale then added its own step's overshoot (12 in all)
     infos = []
-    stylize(_image(6, 128, 128), [STYLE], _config(size=128, steps=7, pyramid=True, optimizer="lbfgs"),
-            callback=infos.append)
-    assert infos[0].n_scales == 3 and infos[-1].size == (128, 128)
-    assert infos[-2].step < 7  # only the run's last iteration went past the budget
+    stylize(_image(6, 128, 128), [STYLE], _config(size=128, steps=7, pyramid=True), callback=infos.append)
+    assert [(i.scale_index, i.step) for i in infos] == [(0, 3), (0, 6), (2, 9)]  # only the last step went past 7
+
+
+def test_lbfgs_evaluates_each_point_once_and_runs_unconstrained_within_a_scale(monkeypatch):
+    from artopt.style import losses
+
+    seen = []
+    forward = losses.StyleLoss.forward
+    monkeypatch.setattr(losses.StyleLoss, "forward", lambda self, image: seen.append(image.detach().clone())
+                        or forward(self, image))
+    infos = []
+    out = stylize(CONTENT, [STYLE], _config(optimizer="lbfgs", steps=12), callback=infos.append)
+    evaluated = seen[:-1]  # the last: final_losses, of the returned image
+    assert len(evaluated) == infos[-1].step >= 12
+    assert all(not torch.equal(a, b) for a, b in itertools.combinations(evaluated, 2))  # was every point twice
+    assert 0 <= out.min() and out.max() <= 1 and torch.equal(seen[-1], out)  # clamped when the scale ended
+    assert infos[-1].final_losses["total"] < infos[0].losses["total"]
 
 
 def test_the_last_step_reports_the_losses_of_the_image_the_run_ends_with():
