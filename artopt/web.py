@@ -303,8 +303,12 @@ class _Stylist:
     """Turns the page's inputs into an engine run, streaming previews and handling failures."""
 
     def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None,
-                 optimizers: list[str], concurrency: int = 1):
+                 optimizers: list[str], concurrency: int = 1, input_folders: list[Path] | None = None):
         self.device = device
+        # Where an image input may come from (Gradio's uploads, the presets); None: anywhere, for
+        # callers in Python.  The app's inputs skip Gradio's preprocessing, so an API client can send
+        # any path on the server's disk: without this check it got that image back as its "before".
+        self.input_folders = None if input_folders is None else [Path(f).resolve() for f in input_folders]
         self.concurrency = concurrency  # runs at once: a request with fewer ahead is about to start
         self.limits = limits
         self.optimizers = list(optimizers)  # the page's menu, in its order
@@ -319,6 +323,9 @@ class _Stylist:
         path = _payload_path(payload)
         if path is None:
             raise _user_error(f"{what}: no file was received.", "Missing upload")
+        if self.input_folders is not None and not self._is_input(path):
+            # said the same way whether or not such a file exists: nothing to learn about the disk
+            raise _user_error(f"{what}: no uploaded file was received. Upload it again.", "Missing upload")
         shown_name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
         try:
             if Path(path).stat().st_size == 0:  # say plainly what happened rather than "not an image"
@@ -341,6 +348,14 @@ class _Stylist:
         except OSError as err:  # unreadable temp file, disk trouble
             raise _user_error(f"{what}: could not read the upload {shown_name} ({err.strerror or err}).",
                               "Bad image") from err
+
+    def _is_input(self, path: Any) -> bool:
+        """Whether ``path`` lies in one of the input folders (links followed)."""
+        try:
+            resolved = Path(str(path)).resolve()
+        except (OSError, ValueError):  # e.g. a NUL byte in the path
+            return False
+        return any(resolved.is_relative_to(folder) for folder in self.input_folders)
 
     def _check_number(self, value: Any, name: str, low: float, high: float, integer: bool) -> float | int:
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -432,17 +447,17 @@ class _Stylist:
         session = _session(request)
         # Taken first, so this click's reservation is used up even when the checks below refuse it
         # (a leftover one would let a later Stop cancel the person's next run).
-        stop_flag, reserved = self.stop_flags.take(session)
+        stop_flag, _ = self.stop_flags.take(session)
         notices: list[str] = []
         try:
             if stop_flag.is_set():  # Stop was clicked while this request waited in the queue
                 yield (gr.skip(), gr.skip(), gr.skip(), "Stopped before it started (it was waiting in the queue).")
                 return
-            if reserved:
-                # The page's status line said how many runs were ahead; the first preview may be
-                # a while off.  (Sent through the run's own stream, so it comes after the waiting
-                # texts and before every later status.)
-                yield (gr.skip(), gr.skip(), gr.skip(), STARTING_STATUS)
+            # The page's status line said how many runs were ahead; the first preview may be a while
+            # off.  (Sent through the run's own stream, so it comes after the waiting texts and before
+            # every later status.)  Yielded always: Gradio can close (cancel) a generator only once
+            # it has yielded, and a run cancelled before its first preview went on to the end.
+            yield (gr.skip(), gr.skip(), gr.skip(), STARTING_STATUS)
             content_img, styles, config = self._checked(content, style_payloads, style_weights, size, steps,
                                                         strength, optimizer, keep_colors, seed)
             while True:
@@ -714,7 +729,10 @@ def build_app(
         default_optimizer = "auto"
     else:
         default_optimizer = "adam"
-    stylist = _Stylist(device, limits, output_dir, preview_every, optimizers, concurrency=concurrency)
+    from gradio.utils import get_upload_folder  # where Gradio keeps uploads and cached examples
+
+    stylist = _Stylist(device, limits, output_dir, preview_every, optimizers, concurrency=concurrency,
+                       input_folders=[Path(get_upload_folder()), assets_dir])
     size = default_size or default_size_for(device)
     size = min(max(size, limits.min_size), limits.max_size)
     steps = min(default_steps or base.steps, limits.max_steps)
@@ -778,6 +796,8 @@ def build_app(
                 size_slider = gr.Slider(
                     limits.min_size, limits.max_size, value=size, step=32,
                     label="Output size (long side, px)",
+                ) if limits.max_size > limits.min_size else gr.Number(  # a slider needs two ends
+                    value=size, precision=0, interactive=False, label="Output size (long side, px)",
                 )
                 steps_slider = gr.Slider(
                     1, limits.max_steps, value=steps, step=1, label="Quality (optimizer steps)",

@@ -615,3 +615,46 @@ def test_an_output_too_large_for_the_servers_memory_is_refused(tmp_path, monkeyp
     monkeypatch.setattr(engine, "system_memory", lambda: (1_000_000_000, None))  # 64 px needs about 1.08 GB
     message = _error_of(_stylist(tmp_path), str(web.ASSETS_DIR / "photos" / "chelsea.jpg"))
     assert message.startswith("At 64 px a CPU run needs about 1.08 GB of memory, more than this machine's 1 GB")
+
+
+def test_an_image_path_the_client_did_not_upload_is_refused(client, images, tmp_path):
+    # The inputs skip Gradio's preprocessing: a bare {"path": ...} (no upload, no meta) was read from
+    # the server's disk, and the image sent back as the run's "before"
+    secret = tmp_path / "server-side.png"
+    Image.new("RGB", (96, 72), (10, 200, 30)).save(secret)
+    args = list(stylize_args(images["content"], images["style"]))
+    for path in (str(secret), str(tmp_path / "missing.png"), "/etc/passwd", "x\0y.png"):
+        args[0] = {"path": path}
+        with pytest.raises(Exception, match="Content photo: no uploaded file was received") as refused:
+            client.predict(*args, api_name="/stylize")
+        assert path not in str(refused.value)
+
+
+def test_input_folders_follow_links_out_of_them(tmp_path):
+    uploads, outside = tmp_path / "uploads", tmp_path / "outside.png"
+    uploads.mkdir()
+    Image.new("RGB", (60, 40)).save(outside)
+    Image.new("RGB", (60, 40)).save(uploads / "mine.png")
+    (uploads / "link.png").symlink_to(outside)
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam"], input_folders=[uploads])
+    assert stylist._load({"path": str(uploads / "mine.png")}, "Photo").size == (60, 40)
+    for path in (outside, uploads / "link.png", uploads / ".." / "outside.png"):
+        with pytest.raises(gr.Error, match="no uploaded file"):
+            stylist._load({"path": str(path)}, "Photo")
+
+
+def test_a_run_yields_before_its_work_so_that_a_cancel_can_close_it(tmp_path, images):
+    # Gradio closes (cancels) a generator only once it has yielded: an API request that had not
+    # reserved a stop flag yielded first at its first preview, and a cancel before that ran on
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam"])
+    content, style = ({"path": str(images[k])} for k in ("content", "style"))
+    run = stylist.run(content, [style, None, None], [1.0, 1.0, 1.0], 64, 3, 1.0, "adam", False, 0, _page("api"))
+    assert next(run)[3] == web.STARTING_STATUS
+    run.close()
+    assert not list(tmp_path.glob("artopt-run-*"))  # nothing started, nothing left
+
+
+def test_the_largest_size_may_be_the_smallest():
+    # --max-size 256 failed to start: a slider from 256 to 256
+    app = web.build_app(device="cpu", limits=web.WebLimits(max_size=web.MIN_SIZE))
+    app.close()
