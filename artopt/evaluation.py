@@ -140,12 +140,16 @@ def run_optimizer(problem: Problem, factory: OptimizerFactory, steps: int) -> Ru
         loss.backward()
         return loss
 
+    # L-BFGS runs unconstrained and is projected once, at the end, as the stylize engine runs it within
+    # a scale (projected after every step, each step started on a point its line search had not seen;
+    # in the neural-art crops either way wins on some photos, docs/results.md).
+    every_step = not isinstance(opt, torch.optim.LBFGS)
     for t in range(steps):
         value = float(opt.step(closure).detach())  # f_t(θ_t), evaluated before the update
         if not math.isfinite(value):
             return Run(curve, [p.detach() for p in params], evaluations, t + 1)
         curve[t] = value
-        if problem.project is not None:
+        if problem.project is not None and (every_step or t == steps - 1):
             with torch.no_grad():
                 for p, q in zip(params, problem.project(list(params))):
                     p.copy_(q)

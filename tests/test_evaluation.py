@@ -64,6 +64,17 @@ def test_run_optimizer_uses_step_index_and_projection():
     assert float(run.params[0].max()) == 1.0  # projected after every step (it would be far above)
 
 
+def test_lbfgs_runs_unconstrained_and_is_projected_at_the_end():
+    def loss(params, t):
+        return ((params[0] - torch.tensor([5.0, 0.5])) ** 2).sum()
+
+    prob = Problem([torch.zeros(2)], loss, project=lambda ps: [ps[0].clamp(0.0, 1.0)])
+    run = run_optimizer(prob, baseline_factory("lbfgs", 1.0), steps=3)
+    # it stays at the unconstrained optimum between steps (projected, it stood at (1, 0.5): loss 16)...
+    assert float(run.curve[2]) < 1e-6
+    assert run.params[0].tolist() == [1.0, 0.5] and float(run.curve[-1]) == 16.0  # ...and ends projected
+
+
 def test_divergence_is_recorded_as_inf():
     run = run_optimizer(iso_problem([1.0]), baseline_factory("sgd", 1e20), steps=50)
     assert run.curve[0] == 1.0 and math.isinf(float(run.curve[-1]))

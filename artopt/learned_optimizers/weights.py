@@ -54,7 +54,8 @@ def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], car
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    # (ensure_ascii=False: a card's Σ and θ stay as written, not \u escapes)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -63,7 +64,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     target = Path(os.path.realpath(path))
     tmp = target.with_name(target.name + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
