@@ -201,3 +201,43 @@ def test_make_optimizer_refuses_non_finite_rates():
         with pytest.raises(ValueError, match="learning rate"):
             make_optimizer("adam", p, lr)
     assert make_optimizer("sgd", p, 0.5).param_groups[0]["lr"] == 0.5
+
+
+def test_lbfgs_line_search_can_shorten_a_step_that_overshoots():
+    from artopt.optimizers import make_optimizer
+
+    # lr 10 makes the first trial step overshoot (x = 1 - 10 / 2 * 2 = -9); torch's default max_eval
+    # for one iteration left the line search no evaluation to shorten it: x stayed at 1 for good
+    x = torch.ones(1, requires_grad=True)
+    opt = make_optimizer("lbfgs", [x], 10.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x ** 2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    assert float(x.detach().abs()) < 1e-3
+
+
+def test_lbfgs_starts_afresh_after_a_step_that_did_not_move_and_then_stops():
+    from artopt.optimizers import make_optimizer
+
+    x = torch.zeros(3, requires_grad=True)
+    opt = make_optimizer("lbfgs", [x], 1.0)
+    calls = []
+
+    def lying():  # a gradient that promises a descent the loss never shows
+        calls.append(1)
+        opt.zero_grad()
+        x.grad = torch.ones(3)
+        return torch.tensor(1.0)
+
+    opt.step(lying)
+    assert not opt.stalled and not opt.state  # no move: history cleared, the next step from the gradient
+    opt.step(lying)
+    assert opt.stalled and torch.equal(x.detach(), torch.zeros(3))
+    before = len(calls)
+    assert float(opt.step(lying)) == 1.0 and len(calls) == before + 1  # stalled: only the loss, no search

@@ -37,5 +37,36 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float | None =
         return torch.optim.Adam(params, lr=lr)
     # L-BFGS: one outer iteration per step(), so a "step" is one iteration, as for the first-order
     # methods; its strong-Wolfe line search (which keeps it stable) takes one or more loss
-    # evaluations per step, which evaluation reports as ``evaluations_per_step``.
-    return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
+    # evaluations per step, which evaluation reports as ``evaluations_per_step``.  max_eval: torch's
+    # default, max_iter * 5 // 4, is 1 for one iteration, which left the line search no evaluation
+    # past its first trial (max_ls = max_eval - 1 = 0): a step that did not lower the loss at t = 1 was
+    # no step at all.  25: torch's own limit for the line search, plus the step's first evaluation.
+    return RestartingLBFGS(params, lr=lr, max_iter=1, max_eval=26, history_size=10, line_search_fn="strong_wolfe")
+
+
+class RestartingLBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS, started afresh from the gradient after a step that did not move, and done once a
+    fresh start does not move either (``stalled``: its steps then only evaluate the closure).
+
+    torch's keeps its direction and history when the line search finds no step (t = 0); run for all
+    its iterations in one ``step()`` it would stop there, but called once per iteration each later
+    call searched the same direction again and spent its evaluations on the same point (at 64 px a
+    stylization stalled at step 90 of 200, and went on after a fresh start)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stalled = False
+        self._fresh = False  # the last step found no move and cleared the history
+
+    def step(self, closure):
+        if self.stalled:
+            return closure()
+        before = [p.detach().clone() for p in self._params]
+        loss = super().step(closure)
+        if all(torch.equal(b, p) for b, p in zip(before, self._params)):
+            self.stalled = self._fresh
+            self._fresh = True
+            self.state.clear()  # the next step: steepest descent, a new history
+        else:
+            self._fresh = False
+        return loss
