@@ -263,7 +263,7 @@ def _save_elsewhere(text: str, path: Path) -> str | None:
     fd, fallback = None, None
     try:
         fd, fallback = tempfile.mkstemp(prefix=f"artopt-{path.stem}-", suffix=path.suffix)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         return fallback
     except OSError:
@@ -426,6 +426,8 @@ def _stylize(args: argparse.Namespace) -> int:
         nonlocal final_losses
         if info.final_losses is not None:
             final_losses = {k: _finite_or_none(info.final_losses.get(k)) for k in ("total", "content", "style", "tv")}
+        if records and info.step == records[-1]["step"]:
+            return  # the engine's last report after a stop between steps: no new step to log
         records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
                         **{k: _finite_or_none(info.losses.get(k)) for k in ("total", "content", "style", "tv")},
                         "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),

@@ -645,3 +645,28 @@ def test_outputs_given_as_symbolic_links_are_written_through_them(tmp_path):
     assert (tmp_path / "out.png").is_symlink() and (tmp_path / "log.json").is_symlink()
     assert Image.open(target_dir / "out.png").size == (48, 32)
     assert "settings" in json.loads((target_dir / "log.json").read_text())
+
+
+def test_a_ctrl_c_logs_each_step_once_and_the_outputs_losses(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from artopt.style import engine
+
+    real = engine.stylize
+
+    def interrupted(content, styles, config, callback=None, **kwargs):
+        def relay(info):
+            callback(info)
+            if info.step == 2 and info.final_losses is None:
+                os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler: stop after this step
+
+        return real(content, styles, config, callback=relay, **kwargs)
+
+    monkeypatch.setattr(engine, "stylize", interrupted)
+    out, log = tmp_path / "o.png", tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log),
+                 "--optimizer", "adam", *[a if a != "3" else "20" for a in FAST]]) == 0
+    record = json.loads(log.read_text())
+    assert record["stopped_early"] and [s["step"] for s in record["steps"]] == [1, 2]
+    assert record["final_losses"]["total"] is not None and out.is_file()

@@ -535,11 +535,53 @@ def test_no_steps_with_the_pyramid_gives_the_start_image_at_full_resolution(monk
 
 
 def test_a_stop_before_the_first_step_gives_the_start_image_at_full_resolution(monkeypatch):
+    from artopt.style import losses
+
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
-    content, infos = _image(4, 96, 128), []
-    out = stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
-                  should_stop=lambda: True)
-    assert torch.equal(out, content) and infos == []  # was the 64 px start image upsampled: blurred
+    content = _image(4, 96, 128)
+    asked = []
+    real_init = losses.StyleLoss.__init__
+    # asked while the first scale's targets are computed (a Ctrl-C in those seconds), and before
+    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: asked.append(1) or real_init(self, *a, **k))
+    for should_stop in (lambda: bool(asked), lambda: True):
+        infos = []
+        out = stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
+                      should_stop=should_stop)
+        assert torch.equal(out, content) and infos == []  # was the 64 px start image upsampled: blurred
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_the_last_step_has_the_final_losses_however_the_run_ends(monkeypatch, optimizer):
+    from artopt.style import losses
+
+    # a stop: the step it was asked during is the last, and reports the image the run ends with
+    infos = []
+    out = stylize(CONTENT, [STYLE], _config(optimizer=optimizer, steps=30), callback=infos.append,
+                  should_stop=lambda: len(infos) >= 3)
+    # (asked after the third step's report: a last report follows, under the same step count)
+    assert len(infos) == 4 and infos[-1].step == infos[-2].step and infos[-1].final_losses is not None
+    assert infos[-2].final_losses is None and torch.equal(infos[-1].image, out)
+    infos = []
+    out = stylize(CONTENT, [STYLE], _config(optimizer=optimizer, steps=30), callback=infos.append,
+                  should_stop=lambda: len(infos) >= 2 and infos[-1].step >= 3)
+    assert infos[-1].final_losses is not None and torch.equal(infos[-1].image, out)
+    # L-BFGS with nothing to do (loss 0 at the start): it stops early, and still says so
+    infos = []
+    stylize(CONTENT, [STYLE], _config(optimizer="lbfgs", steps=6, style_weight=0, tv_weight=0), callback=infos.append)
+    assert infos[-1].final_losses["total"] == 0.0 and infos[-1].image is not None
+    # a divergence: the losses are of the returned image, clamped (L-BFGS's last good one was not)
+    seen, forward = [], losses.StyleLoss.forward
+
+    def failing(self, image):
+        seen.append(image.detach().clone())
+        out = forward(self, image)
+        return {**out, "total": out["total"] * float("nan")} if len(seen) >= 5 else out
+
+    monkeypatch.setattr(losses.StyleLoss, "forward", failing)
+    infos = []
+    out = stylize(CONTENT, [STYLE], _config(optimizer=optimizer, steps=12, init="noise", lr=5.0 if optimizer == "lbfgs"
+                                            else None), callback=infos.append)
+    assert "diverged" in infos[-1].notice and torch.equal(seen[-1], out) and infos[-1].final_losses is not None
 
 
 def test_a_pyramid_scale_dropped_for_a_narrow_photo_is_said(monkeypatch):
@@ -596,8 +638,10 @@ def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
     # coarse scale's last step
     out = stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
                   should_stop=lambda: len(infos) >= 4)
-    assert [i.scale_index for i in infos] == [0, 0, 0, 0] and len(built) == 1
+    assert [i.scale_index for i in infos] == [0, 0, 0, 0, 0] and len(built) == 1
     assert out.shape == (1, 3, 96, 128)
+    # the last report: the same step, with the image the run ends with (at the output size) and its losses
+    assert infos[-1].step == infos[-2].step == 4 and infos[-1].final_losses and torch.equal(infos[-1].image, out)
 
 
 def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory():

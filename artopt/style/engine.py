@@ -490,7 +490,7 @@ def system_memory() -> tuple[int | None, int | None]:
     """(total, available) bytes of RAM; None where this system does not tell."""
     try:
         info = {k: v.split() for k, v in (line.split(":", 1) for line in
-                                         Path("/proc/meminfo").read_text().splitlines() if ":" in line)}
+                                         Path("/proc/meminfo").read_text(encoding="utf-8").splitlines() if ":" in line)}
         total = int(info["MemTotal"][0]) * 1024
         available = int(info["MemAvailable"][0]) * 1024 if "MemAvailable" in info else None
         return total, available
@@ -610,6 +610,7 @@ def stylize(content: Image.Image | torch.Tensor,
     loss_seconds = 0.0
     losses_now: dict[str, float] = {}
     stopped = False
+    reported_final = False  # whether the last StepInfo sent was the run's last (with final_losses)
 
     def at_output(img: torch.Tensor) -> torch.Tensor:
         """``img`` at the output size: a run that stopped, or whose budget ran out, before the last
@@ -625,14 +626,18 @@ def stylize(content: Image.Image | torch.Tensor,
             img = _with_chroma(img, content_final.to(img.device))
         return img.cpu().clone()
 
+    def start_image() -> torch.Tensor:
+        """The run's start at the output size: what a run that took no step returns (made at the
+        coarsest scale and upsampled, it was a blurred copy of the content)."""
+        target = _luminance_as_rgb(content_final) if config.keep_colors else content_final
+        if config.init.lower() == "noise":
+            return torch.rand(target.shape, generator=torch.Generator().manual_seed(config.seed))
+        return target.clone()
+
+    if config.steps == 0:
+        return preview(start_image())
     # The last scale with work to do (tiny budgets leave the finer scales empty: the result is
     # then upsampled at the end rather than optimized at a size that gets no steps).
-    # With no steps at all the start image is made at the output size (it was made at the coarsest
-    # scale and upsampled: a blurred copy of the content).
-    if should_stop is not None and should_stop():
-        # asked before the first step (e.g. while the targets were computed): as with no steps, the
-        # start image at the output size, not the coarsest scale's upsampled
-        steps_per_scale, stopped = [0] * len(sizes), True
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     budget = 0  # evaluations the scales up to this one may have used in all
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
@@ -695,14 +700,17 @@ def stylize(content: Image.Image | torch.Tensor,
 
         last_good = image.detach().clone()
         while evals < allowed:
-            if should_stop is not None and should_stop():
+            if should_stop is not None and should_stop():  # (asked before this scale's first step)
                 stopped = True
                 break
             before = evals
             optimizer.step(closure)
-            if evals == before:  # L-BFGS found nothing left to do (its gradient or steps vanished)
+            if evals == before:  # (a safety net: a stalled L-BFGS ends its scale below, after a step)
                 break
-            if not lbfgs or evals >= allowed or (should_stop is not None and should_stop()):
+            stop_now = should_stop is not None and should_stop()
+            # the scale's last step: its budget is spent, or L-BFGS found no step even afresh
+            scale_end = evals >= allowed or getattr(optimizer, "stalled", False)
+            if not lbfgs or scale_end or stop_now:
                 with torch.no_grad():
                     image.clamp_(0, 1)
             step_notice = getattr(optimizer, "last_notice", None)
@@ -715,15 +723,18 @@ def stylize(content: Image.Image | torch.Tensor,
             else:
                 last_good.copy_(image.detach())
             done_before, done = done, done + evals - before
-            final = stopped or (scale_index == last_active and evals >= allowed)
+            stepped_scale = scale_index  # (the post-loop report's: a later scale may have been skipped)
+            stopped = stopped or stop_now
+            final = stopped or (scale_index == last_active and scale_end)
             if callback is not None:
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
-                    image_every > 0 and evals >= allowed)  # end of a scale
+                    image_every > 0 and scale_end)  # end of a scale
                 elapsed = time.perf_counter() - start
                 final_losses = None
                 if final:
                     with torch.no_grad():
+                        image.clamp_(0, 1)  # (L-BFGS's last good image, after a divergence)
                         final_losses = {k: float(v) for k, v in loss_fn(image).items()}
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
@@ -732,14 +743,25 @@ def stylize(content: Image.Image | torch.Tensor,
                                 final_losses=final_losses)
                 callback(info)
                 notice = None
-            if stopped:
+                reported_final = final
+            if stopped or scale_end:
                 break
         with torch.no_grad():  # (L-BFGS: a scale it ended early, converged or stopped)
             image.clamp_(0, 1)
         if stopped:
             break
 
-    assert image is not None
+    if done == 0:  # stopped before the first step (e.g. while the targets were computed)
+        return preview(start_image())
+    if callback is not None and not reported_final:
+        # A stop seen between steps (or between scales) ended the run after a step that did not know
+        # it was the last: its image and losses come now, under the same step count.
+        with torch.no_grad():
+            final_losses = {k: float(v) for k, v in loss_fn(image).items()}
+        callback(StepInfo(step=done, total_steps=config.steps, scale_index=stepped_scale, n_scales=len(sizes),
+                          size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
+                          image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
+                          final_losses=final_losses))
     return preview(at_output(image))
 
 
