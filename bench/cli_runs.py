@@ -33,7 +33,7 @@ def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem
                *flags, "--log-json", str(log)]
         if subprocess.run(cmd).returncode:  # artopt has printed why
             raise SystemExit(f"this run failed: {' '.join(cmd)}")
-    run = json.loads(log.read_text())
+    run = json.loads(log.read_text(encoding="utf-8"))
     if run.get("stopped_early"):  # (Ctrl-C reached the child: it saved what it had, fewer steps)
         raise SystemExit(f"this run stopped early: {log}; run the benchmark again to finish it")
     # the log has null for a non-finite loss; inf keeps the arithmetic on it (written back as null)
@@ -45,7 +45,7 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     """Whether a finished run's log is one of these inputs and flags: a log left in --out by a run
     at another --size (the stems of some benchmarks do not name it) is not reused."""
     try:
-        found = json.loads(log.read_text())
+        found = json.loads(log.read_text(encoding="utf-8"))
         settings = found["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return False

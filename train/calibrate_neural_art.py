@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report)
     if args.card:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
         card["inference"] = {"lr": best["lr"], "coarsest": best["coarsest"], "val_score": best["score"],
                              "as_trained_val_score": as_trained["score"] if as_trained else None,
                              "how": "train/calibrate_neural_art.py " + shlex.join(argv if argv is not None else sys.argv[1:])}

@@ -64,7 +64,7 @@ def _lr_cache() -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable JSON file of tuned rates ({err}); delete it to tune again") from None
     bad = next((k for k, v in data.items() if not (isinstance(v, dict) and is_tuned_rate(v.get("lr")))), None) \
@@ -78,7 +78,7 @@ def _lr_cache() -> dict:
 def _read_result(path: Path) -> dict:
     """A setting's result JSON (--add, summary); ValueError naming it if it is damaged."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable result JSON ({err})") from None
     if not (isinstance(data, dict) and isinstance(data.get("optimizers"), dict)):
@@ -514,7 +514,7 @@ def summary(out: Path = OUT) -> list[dict]:
 
 def record_in_card(rows: list[dict], card_path: Path, source: Path = OUT, command: str | None = None) -> None:
     """Put the evaluation table into a shipped optimizer's JSON card, and whether it wins anywhere."""
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     table = {r["setting"]: {"style": r["style"], "best_baseline": r["best_baseline"],
                             "best_baseline_final": r["best_baseline_final"], "lstm_final": r["lstm_final"],
                             "lstm_over_best_baseline": r["lstm_over_best_baseline"],

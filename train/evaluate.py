@@ -102,7 +102,7 @@ def parse_args(argv=None):
     for name, path in args.card_map.items():
         # read now: a missing or broken card would otherwise fail after the whole evaluation
         try:
-            card = json.loads(path.read_text())
+            card = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             ap.error(f"--card {path}: cannot read it as JSON ({getattr(exc, 'strerror', None) or exc})")
         if not isinstance(card, dict) or not isinstance(card.get("evaluation", []), list):
@@ -343,7 +343,7 @@ def first_order_ratio(finals: dict, learned: str) -> dict:
 def record_in_card(card_path: Path, report: dict, json_path: Path, learned: str = "lstm") -> None:
     """Add (or replace, keyed by the result file) a summary of ``report`` in the card's evaluation
     list; ``learned`` names the card's optimizer in the report."""
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     raw = {n: e["mean_final_loss"] for n, e in report["optimizers"].items()}
     entry = {"file": str(json_path), "instances": report["instances"], "steps": report["steps"],
              "this_optimizer": learned,

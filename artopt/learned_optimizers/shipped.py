@@ -27,7 +27,7 @@ def card(name: str) -> dict | None:
     path = WEIGHTS_DIR / f"{name}.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _card_beside(weights: str | os.PathLike) -> tuple[Path, dict]:

@@ -180,7 +180,7 @@ class TunedLRCache:
         self._put: dict = {}  # what this run tuned: all that save() writes over the file's entries
         if self.path.is_file():
             try:
-                self.data = json.loads(self.path.read_text(), parse_constant=_no_constant)
+                self.data = json.loads(self.path.read_text(encoding="utf-8"), parse_constant=_no_constant)
             except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
                 raise ValueError(f"{self.path}: not valid JSON ({e}); fix or delete it") from None
             if not isinstance(self.data, dict):

@@ -475,7 +475,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             averaged.load_state_dict(ck["averaged"])
 
     def emit(event: dict) -> None:
-        with open(log_path, "a") as f:
+        with open(log_path, "a", encoding="utf-8") as f:
             f.write(_log_line(event))
         if log:
             log(event)
@@ -487,7 +487,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             f.seek(-1, os.SEEK_END)
             cut = f.read(1) != b"\n"
         if cut:
-            with open(log_path, "a") as f:
+            with open(log_path, "a", encoding="utf-8") as f:
                 f.write("\n")
 
     score_fn = trajectory_score if config.val_criterion == "trajectory" else final_score
@@ -794,7 +794,7 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
             break  # the main process has taken its count already; this episode's updates stay in φ
         event = {"event": "train", "episode": _count(episodes), "worker": rank, "steps": len(losses) - 1,
                  "score": trajectory_score(losses), "final": losses[-1], "elapsed": elapsed_at + time.time()}
-        with open(log_path, "a") as f:  # one short line per append: whole lines, whatever the interleaving
+        with open(log_path, "a", encoding="utf-8") as f:  # one short line per append: whole lines, whatever the interleaving
             f.write(_log_line(event))
 
 
@@ -980,13 +980,13 @@ def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike
     ship_dir.mkdir(parents=True, exist_ok=True)
     dest = ship_dir / f"{name}.safetensors"
     best = (run_dir / f"{name}.safetensors").read_bytes()
-    card = json.loads((run_dir / f"{name}.json").read_text())
+    card = json.loads((run_dir / f"{name}.json").read_text(encoding="utf-8"))
     shipped_card = dest.with_suffix(".json")
     if dest.is_file() and dest.read_bytes() == best and shipped_card.is_file():
         # The same networks again (e.g. a finished run's command rerun): what was added to their card
         # since (evaluation tables, calibration) still describes them, so it stays.
         try:
-            earlier = json.loads(shipped_card.read_text())
+            earlier = json.loads(shipped_card.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             earlier = None
         if isinstance(earlier, dict):
