@@ -98,11 +98,20 @@ def test_the_basis_setting_is_checked():
         _config(basis="wavelets").validated()
 
 
-def test_lbfgs_steps_count_loss_evaluations():
+def test_lbfgs_steps_count_loss_evaluations(monkeypatch):
     _, infos = _run(_config(optimizer="lbfgs", steps=10))
     steps = [i.step for i in infos]
     assert steps == sorted(steps) and steps[-1] >= 10
-    assert steps[-1] <= 10 + 25  # at most one line search past the budget
+    # its line search is held to what is left of the budget: one evaluation past it at most (a step
+    # takes two); with up to 27 a step, a noise start used 7 for a budget of 1, and a coarse scale 27 of 4
+    for budget in (1, 2, 4):
+        _, infos = _run(_config(optimizer="lbfgs", steps=budget, init="noise"))
+        assert budget <= infos[-1].step <= max(2, budget + 1)
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    infos = []
+    stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True, optimizer="lbfgs", init="noise"),
+            callback=infos.append)
+    assert max(i.step for i in infos if i.scale_index == 0) <= 5 and infos[-1].step <= 7  # split [4, 2]
 
 
 
@@ -643,6 +652,21 @@ def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
     # the last report: the same step, with the image the run ends with (at the output size) and its losses
     assert infos[-1].step == infos[-2].step == 4 and infos[-1].final_losses and torch.equal(infos[-1].image, out)
 
+
+
+def test_a_stop_while_a_later_scale_is_built_reports_that_scale(monkeypatch):
+    from artopt.style import losses
+
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    built = []
+    real_init = losses.StyleLoss.__init__
+    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    infos = []
+    out = stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
+                  should_stop=lambda: len(built) >= 2)
+    # the last report is of the scale whose loss and image it gives (it said scale 0 with scale 1's size)
+    assert (infos[-1].scale_index, infos[-1].size) == (1, (96, 128)) and infos[-1].final_losses
+    assert torch.equal(infos[-1].image, out)
 
 def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory():
     from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem

@@ -40,8 +40,14 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float | None =
     # evaluations per step, which evaluation reports as ``evaluations_per_step``.  max_eval: torch's
     # default, max_iter * 5 // 4, is 1 for one iteration, which left the line search no evaluation
     # past its first trial (max_ls = max_eval - 1 = 0): a step that did not lower the loss at t = 1 was
-    # no step at all.  25: torch's own limit for the line search, plus the step's first evaluation.
-    return RestartingLBFGS(params, lr=lr, max_iter=1, max_eval=26, history_size=10, line_search_fn="strong_wolfe")
+    # no step at all.
+    return RestartingLBFGS(params, lr=lr, max_iter=1, max_eval=LBFGS_MAX_EVAL, history_size=10,
+                           line_search_fn="strong_wolfe")
+
+
+# A step's evaluations: its first, then the line search's first trial and up to max_eval - 1 more
+# (torch's own limit for the line search is 25).
+LBFGS_MAX_EVAL = 26
 
 
 class RestartingLBFGS(torch.optim.LBFGS):

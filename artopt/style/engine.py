@@ -673,6 +673,7 @@ def stylize(content: Image.Image | torch.Tensor,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
         optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
+        built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
         # L-BFGS runs unconstrained within a scale, as Gatys et al. and neural-style run it, and is
         # clamped to [0, 1] when the scale ends.  Each of its steps starts by evaluating the point its
@@ -680,6 +681,8 @@ def stylize(content: Image.Image | torch.Tensor,
         # every iteration made it a new point each time, which cost two evaluations an iteration
         # and ended 12% higher at 256 px).
         lbfgs = optimizer_name == "lbfgs"
+        if lbfgs:
+            from artopt.optimizers import LBFGS_MAX_EVAL
         last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (image, loss, gradient)
 
         def closure():
@@ -704,6 +707,10 @@ def stylize(content: Image.Image | torch.Tensor,
                 stopped = True
                 break
             before = evals
+            if lbfgs:
+                # A step takes max_eval + 1 evaluations at most (its first, when not remembered, then the
+                # line search's): no more than what is left of the budget, and at least the two of a step.
+                optimizer.param_groups[0]["max_eval"] = max(1, min(LBFGS_MAX_EVAL, allowed - evals - 1))
             optimizer.step(closure)
             if evals == before:  # (a safety net: a stalled L-BFGS ends its scale below, after a step)
                 break
@@ -723,7 +730,6 @@ def stylize(content: Image.Image | torch.Tensor,
             else:
                 last_good.copy_(image.detach())
             done_before, done = done, done + evals - before
-            stepped_scale = scale_index  # (the post-loop report's: a later scale may have been skipped)
             stopped = stopped or stop_now
             final = stopped or (scale_index == last_active and scale_end)
             if callback is not None:
@@ -758,7 +764,7 @@ def stylize(content: Image.Image | torch.Tensor,
         # it was the last: its image and losses come now, under the same step count.
         with torch.no_grad():
             final_losses = {k: float(v) for k, v in loss_fn(image).items()}
-        callback(StepInfo(step=done, total_steps=config.steps, scale_index=stepped_scale, n_scales=len(sizes),
+        callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
                           size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
                           image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
                           final_losses=final_losses))
