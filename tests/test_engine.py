@@ -34,6 +34,15 @@ def _config(**overrides) -> StylizeConfig:
     return StylizeConfig(**base)
 
 
+def _count_style_losses(monkeypatch) -> list:
+    """A list that gets an entry each time the engine builds a StyleLoss (a scale's targets)."""
+    from artopt.style import losses
+
+    built = []
+    real_init = losses.StyleLoss.__init__
+    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    return built
+
 def _run(config: StylizeConfig, **kwargs):
     infos = []
     out = stylize(CONTENT, [STYLE], config, callback=infos.append, **kwargs)
@@ -544,14 +553,10 @@ def test_no_steps_with_the_pyramid_gives_the_start_image_at_full_resolution(monk
 
 
 def test_a_stop_before_the_first_step_gives_the_start_image_at_full_resolution(monkeypatch):
-    from artopt.style import losses
-
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
     content = _image(4, 96, 128)
-    asked = []
-    real_init = losses.StyleLoss.__init__
     # asked while the first scale's targets are computed (a Ctrl-C in those seconds), and before
-    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: asked.append(1) or real_init(self, *a, **k))
+    asked = _count_style_losses(monkeypatch)
     for should_stop in (lambda: bool(asked), lambda: True):
         infos = []
         out = stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
@@ -635,38 +640,22 @@ def test_config_from_dict_round_trips_and_refuses_unknown_or_bad_settings():
         engine.config_from_dict({"steps": -1})
 
 
-def test_a_stop_between_scales_does_not_build_the_next_scale(monkeypatch):
-    from artopt.style import losses
-
+@pytest.mark.parametrize("when", ["with the coarse scale's last step", "while the next scale is built"])
+def test_a_stop_between_scales_reports_the_scale_it_ends_on(monkeypatch, when):
     monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
-    built = []
-    real_init = losses.StyleLoss.__init__
-    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    built = _count_style_losses(monkeypatch)
     infos = []
-    # scales 64 and 128 px (32 px would be 24 high), split_steps(6, 2) == [4, 2]: the stop comes with the
-    # coarse scale's last step
+    # scales 64 and 128 px (32 px would be 24 high), split_steps(6, 2) == [4, 2]
+    first = when.startswith("with")
     out = stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
-                  should_stop=lambda: len(infos) >= 4)
-    assert [i.scale_index for i in infos] == [0, 0, 0, 0, 0] and len(built) == 1
-    assert out.shape == (1, 3, 96, 128)
+                  should_stop=(lambda: len(infos) >= 4) if first else (lambda: len(built) >= 2))
+    assert out.shape == (1, 3, 96, 128) and [i.step for i in infos] == [1, 2, 3, 4, 4]
     # the last report: the same step, with the image the run ends with (at the output size) and its losses
-    assert infos[-1].step == infos[-2].step == 4 and infos[-1].final_losses and torch.equal(infos[-1].image, out)
-
-
-
-def test_a_stop_while_a_later_scale_is_built_reports_that_scale(monkeypatch):
-    from artopt.style import losses
-
-    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
-    built = []
-    real_init = losses.StyleLoss.__init__
-    monkeypatch.setattr(losses.StyleLoss, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
-    infos = []
-    out = stylize(_image(4, 96, 128), [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
-                  should_stop=lambda: len(built) >= 2)
-    # the last report is of the scale whose loss and image it gives (it said scale 0 with scale 1's size)
-    assert (infos[-1].scale_index, infos[-1].size) == (1, (96, 128)) and infos[-1].final_losses
-    assert torch.equal(infos[-1].image, out)
+    assert infos[-1].final_losses and torch.equal(infos[-1].image, out)
+    if first:  # the next scale is not built
+        assert [i.scale_index for i in infos] == [0] * 5 and len(built) == 1
+    else:  # the report is of the scale whose loss and image it gives (it said scale 0 with scale 1's size)
+        assert (infos[-1].scale_index, infos[-1].size) == (1, (96, 128))
 
 def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory():
     from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem
