@@ -447,7 +447,7 @@ class _Stylist:
         session = _session(request)
         # Taken first, so this click's reservation is used up even when the checks below refuse it
         # (a leftover one would let a later Stop cancel the person's next run).
-        stop_flag, _ = self.stop_flags.take(session)
+        stop_flag = self.stop_flags.start(session)
         notices: list[str] = []
         try:
             if stop_flag.is_set():  # Stop was clicked while this request waited in the queue

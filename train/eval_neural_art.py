@@ -37,6 +37,7 @@ from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask,
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
+DEFAULT_OPTIMIZERS = "lstm,adam,rmsprop,sgd,nag,lbfgs"  # what the loss-curve settings compare
 # The rates --grid-factors and --engine-grid-factors multiply (docs/retraining.md's grids): the
 # engine's defaults when the baselines were tuned, fixed here so those factors keep their meaning.
 GRID_REFERENCE_LR = {"adam": 0.02, "lbfgs": 1.0, "sgd": 0.5, "rmsprop": 0.005, "nag": 0.05}
@@ -572,7 +573,8 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     ap.add_argument("setting", choices=("64", "128", "256", "384", "512", "summary", "grid"))
     ap.add_argument("--optimizers", default=None,
-                    help="default: lstm,adam,rmsprop,sgd,nag,lbfgs (grid: lstm and adam, always); lstm[-NAME] are learned (add -ms to run NAME's weights in the multi-scale basis, then "
+                    help=f"default: {DEFAULT_OPTIMIZERS} (grid: lstm and adam, always); lstm[-NAME] are learned "
+                         "(add -ms to run NAME's weights in the multi-scale basis, then "
                          "-bf16 / -fp16 / -int8 for bfloat16 / float16 / int8-h LSTM state, then -raw to ignore the card's "
                          "calibrated update multiplier and coarsest basis level), the rest baselines (BASELINE-ms "
                          "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
@@ -645,7 +647,7 @@ def main(argv=None) -> int:
     if args.setting == "grid" and args.optimizers is not None:
         ap.error("grid runs lstm (the --weights lstm=PATH given, or the shipped ones) and adam; "
                  "--optimizers is for the loss-curve settings")
-    args.optimizers = [o.strip() for o in (args.optimizers or "lstm,adam,rmsprop,sgd,nag,lbfgs").split(",") if o.strip()]
+    args.optimizers = [o.strip() for o in (args.optimizers or DEFAULT_OPTIMIZERS).split(",") if o.strip()]
     weights, given = {"lstm": ROOT / "weights" / "neural_art.safetensors"}, set()
     for w in args.weights:
         name, _, path = w.rpartition("=")

@@ -239,8 +239,8 @@ def main(argv=None) -> int:
         task = get_task(args.suite, **args.task_kwargs)
         # one problem of each split used, now: a missing or corrupt dataset is named before any
         # tuning or evaluation, not in the middle of it
-        for split in ("val", "test"):
-            task.sample(torch.Generator().manual_seed(0), split)
+        task.sample(torch.Generator().manual_seed(0), "val")
+        probe = task.sample(torch.Generator().manual_seed(0), "test")  # (learned optimizers are built on it)
         cache = TunedLRCache(args.tuned_lrs)
     except (ValueError, OSError) as e:  # DataNotFoundError is an OSError
         print(f"{args.prog}: error: {e}", file=sys.stderr)
@@ -248,7 +248,6 @@ def main(argv=None) -> int:
     steps = args.steps or task.steps
 
     learned = {}  # loaded first: a file that cannot be loaded is said before any baseline is tuned
-    probe = task.sample(torch.Generator().manual_seed(0), "test")
     for name, path in args.learned_paths.items():
         try:
             learned[name] = lstm_factory(weights=path, lr=args.lr_map.get(name))

@@ -88,13 +88,18 @@ def trained_coarsest(weights: str | os.PathLike) -> int:
     return _coarsest_in(_card_beside(weights)[1])
 
 
+def _whole(value) -> bool:
+    """An integer as JSON gives one (true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _coarsest_in(card: dict) -> int:
     """``trained_coarsest`` from a card's contents."""
     from .multiscale import COARSEST
 
     basis, pixels = card.get("basis"), card.get("trained_pixels")
     levels = basis.get("levels") if isinstance(basis, dict) and basis.get("kind") == "multiscale" else None
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
+    if levels is not None and not (_whole(levels) and levels >= 1):
         raise ValueError(f"bad basis levels {levels!r} in the card (a whole number, at least 1)")
     if not (isinstance(levels, int) and isinstance(pixels, (int, float)) and 1 <= pixels < math.inf):
         return COARSEST  # (a bad trained_pixels is trained_pixels()' error to report)
@@ -115,8 +120,8 @@ def inference_settings(weights: str | os.PathLike) -> dict:
         coarsest = found["coarsest"] if "coarsest" in found else _coarsest_in(card)
     except ValueError as err:
         raise ValueError(f"{card_path}: {err}") from None
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # JSON true is no number
-    if not (number(lr) and 0 < lr < math.inf) or not (number(coarsest) and isinstance(coarsest, int) and coarsest >= 1):
+    lr_ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf  # JSON true is no number
+    if not lr_ok or not (_whole(coarsest) and coarsest >= 1):
         raise ValueError(f"{card_path}: bad inference settings {found!r} (lr > 0, coarsest >= 1 px)")
     return {"lr": float(lr), "coarsest": coarsest}
 

@@ -57,7 +57,7 @@ class RestartingLBFGS(torch.optim.LBFGS):
     torch's keeps its direction and history when the line search finds no step (t = 0); run for all
     its iterations in one ``step()`` it would stop there, but called once per iteration each later
     call searched the same direction again and spent its evaluations on the same point (at 64 px a
-    stylization stalled at step 90 of 200, and went on after a fresh start)."""
+    stylization stalled at step 90 of 1000, and went on after a fresh start)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from PIL import Image
 
+from ..optimizers import LBFGS_MAX_EVAL, make_optimizer
 from .images import pil_to_tensor, resize_long_side, to_rgb
 from .loss_nets import LOSS_NETS, build_loss_net, resolve_loss_net_name
 from .losses import StyleLoss, check_edge_pad
@@ -444,7 +445,6 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
 
             return MultiscaleOptimizer([image], learned, coarsest=setup.coarsest)
         return learned([image])
-    from artopt.optimizers import make_optimizer
 
     lr = resolve_lr(name, lr, basis=basis, pixels=image.shape[-2] * image.shape[-1])
     if basis == "multiscale":
@@ -681,8 +681,6 @@ def stylize(content: Image.Image | torch.Tensor,
         # every iteration made it a new point each time, which cost two evaluations an iteration
         # and ended 12% higher at 256 px).
         lbfgs = optimizer_name == "lbfgs"
-        if lbfgs:
-            from artopt.optimizers import LBFGS_MAX_EVAL
         last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (image, loss, gradient)
 
         def closure():
@@ -717,9 +715,6 @@ def stylize(content: Image.Image | torch.Tensor,
             stop_now = should_stop is not None and should_stop()
             # the scale's last step: its budget is spent, or L-BFGS found no step even afresh
             scale_end = evals >= allowed or getattr(optimizer, "stalled", False)
-            if not lbfgs or scale_end or stop_now:
-                with torch.no_grad():
-                    image.clamp_(0, 1)
             step_notice = getattr(optimizer, "last_notice", None)
             if not torch.isfinite(image).all() or not math.isfinite(losses_now.get("total", 0.0)):
                 with torch.no_grad():
@@ -731,6 +726,9 @@ def stylize(content: Image.Image | torch.Tensor,
                 last_good.copy_(image.detach())
             done_before, done = done, done + evals - before
             stopped = stopped or stop_now
+            if not lbfgs or scale_end or stopped:  # (L-BFGS: after a divergence, its last good image)
+                with torch.no_grad():
+                    image.clamp_(0, 1)
             final = stopped or (scale_index == last_active and scale_end)
             if callback is not None:
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
@@ -740,7 +738,6 @@ def stylize(content: Image.Image | torch.Tensor,
                 final_losses = None
                 if final:
                     with torch.no_grad():
-                        image.clamp_(0, 1)  # (L-BFGS's last good image, after a divergence)
                         final_losses = {k: float(v) for k, v in loss_fn(image).items()}
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
