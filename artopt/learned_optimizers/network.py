@@ -62,7 +62,7 @@ def first_rms_scale(grad: torch.Tensor) -> torch.Tensor | None:
 def finite_square(g: torch.Tensor) -> torch.Tensor:
     """g², capped where it would overflow (|g| > 1.8e19 in float32), at a value bfloat16 holds too:
     an infinite v would meet another in the running mean's lerp and give NaN."""
-    return g.square().clamp_max(torch.finfo(torch.bfloat16).max)
+    return g.square().clamp_max_(torch.finfo(torch.bfloat16).max)  # (in place: no second tensor)
 
 
 @dataclass(frozen=True)
