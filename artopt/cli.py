@@ -331,7 +331,7 @@ def _with_flag_names(message: str, fields: list[str], aliases: dict[str, str] | 
 def _stylize(args: argparse.Namespace) -> int:
     from artopt.style.engine import (StylizeConfig, content_size_problem, cpu_memory_problem, resolve_device,
                                      resolve_lr, resolve_optimizer, stylize)
-    from artopt.style.images import ImageError, load_image, save_image
+    from artopt.style.images import ImageError, check_min_size, load_image, save_image
     from artopt.learned_optimizers.weights import write_text_atomic
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
@@ -385,10 +385,13 @@ def _stylize(args: argparse.Namespace) -> int:
                 print(f"artopt: warning: {flag} is ignored: it is for the vgg19 loss network, and this run uses "
                       f"{net_name}", file=sys.stderr)
     device = resolve_device(config.device)
+    # Decoded before the loss network is built (seconds): a missing or damaged file is said at once.
+    content = load_image(args.content, min_size=1)
+    styles = [load_image(s, min_size=1) for s in args.styles]
     min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights,
                               pooling=config.vgg_pooling).min_size
-    content = load_image(args.content, min_size=min_size)
-    styles = [load_image(s, min_size=min_size) for s in args.styles]
+    for path, image in zip([args.content, *args.styles], [content, *styles]):
+        check_min_size(image, min_size, str(path))
     # The engine refuses this too, but only once it runs: after the progress bar has been drawn.
     too_narrow = content_size_problem((content.height, content.width), config.size, min_size, net_name)
     if too_narrow:

@@ -7,6 +7,7 @@ import re
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -547,6 +548,36 @@ def test_blend_weights_and_seed_are_checked_before_anything_loads(tmp_path, monk
     code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *flags, *FAST])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("artopt: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("missing.png", "file not found"),
+    ("damaged.png", "not an image file (or a format artopt cannot read)"),
+])
+def test_unreadable_images_are_refused_before_the_loss_network_loads(tmp_path, monkeypatch, capsys, content,
+                                                                      message):
+    from artopt.style import loss_nets
+
+    def no_loading(*args, **kwargs):  # building the network takes seconds; a typo should not wait for it
+        raise AssertionError("the loss network was loaded before the images were read")
+
+    monkeypatch.setattr(loss_nets, "build_loss_net", no_loading)
+    (tmp_path / "damaged.png").write_bytes(b"not a png")
+    code = main(["stylize", str(tmp_path / content), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {tmp_path / content}: {message}"
+
+
+def test_an_image_too_small_for_the_loss_network_is_refused(tmp_path, monkeypatch, capsys, instant_stylize):
+    from artopt.style import loss_nets
+
+    monkeypatch.setattr(loss_nets, "build_loss_net", lambda *a, **k: SimpleNamespace(min_size=40))
+    small = tmp_path / "small.png"
+    Image.new("RGB", (39, 60), "red").save(small)
+    code = main(["stylize", str(PHOTO), str(small), "-o", str(tmp_path / "o.png"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {small}: 39x60 is too small (the shorter side must be at least 40 px)"
+    assert instant_stylize.calls == 0
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -93,10 +93,15 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     finally:
         if opened is not None:
             opened.close()
+    check_min_size(image, min_size, label)
+    return image
+
+
+def check_min_size(image: Image.Image, min_size: int, label: str = "the image") -> None:
+    """Refuse an image whose shorter side is below ``min_size`` (``load_image`` does this as it loads)."""
     if min(image.size) < min_size:
         raise ImageError(f"{label}: {image.width}x{image.height} is too small "
                          f"(the shorter side must be at least {min_size} px)")
-    return image
 
 
 _ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
