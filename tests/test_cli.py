@@ -102,6 +102,9 @@ def test_a_final_image_that_cannot_be_written_is_saved_elsewhere(tmp_path, monke
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "no" / "o.png")], "does not exist"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "text.jpg" / "o.png")], "text.jpg is a file, not a folder"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--log-json", ""], "--log-json needs a file name"),
+    # e.g. --vgg-weights "$UNSET": before, taken as no flag (auto chose a network without a word)
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--vgg-weights", ""], "--vgg-weights needs a file name"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lstm-weights", " "], "--lstm-weights needs a file"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1", "2"], "2 value(s) for 1 style"),
     # Engine messages name the flag the user typed, not the setting.
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "--lr must be positive"),
@@ -122,6 +125,20 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
     assert code != 0
     assert err.startswith("artopt: error:") and message in err and "\n" not in err
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:1", "device 'cuda' requested but no CUDA GPU is available"),  # argparse's choices refused cuda:N
+    ("CUDA", "device 'cuda' requested but no CUDA GPU is available"),
+    ("gpu", "--device must be one of auto, cpu, cuda, mps (or cuda:N), got 'gpu'"),
+])
+def test_device_names_reach_the_engine_checks(tmp_path, monkeypatch, capsys, instant_stylize, device, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST, "--device", device])
+    assert code == 2 and capsys.readouterr().err.strip() == f"artopt: error: {message}"
+    assert instant_stylize.calls == 0
 
 
 def test_a_photo_too_narrow_for_the_size_is_refused_before_the_progress_bar(tmp_path, capsys):

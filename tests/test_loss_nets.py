@@ -192,7 +192,7 @@ def test_a_vgg_weights_path_that_is_a_folder_says_so(no_vgg, monkeypatch, tmp_pa
 
 def test_vgg_refuses_images_its_pooling_would_empty(no_vgg, vgg_file):
     net = build_loss_net("vgg19", vgg_weights=vgg_file)
-    assert net.min_input_side == 16 and build_loss_net("efficientnet-lite0").min_input_side == 1
+    assert net.min_input_side == 16 and build_loss_net("efficientnet-lite0").min_input_side == 16
     assert net(torch.rand(1, 3, 16, 40))["relu5_1"].shape[-2:] == (1, 2)
     with pytest.raises(ValueError, match=r"at least 16 px on each side, got \(8, 40\)"):
         net(torch.rand(1, 3, 8, 40))
@@ -201,3 +201,78 @@ def test_vgg_refuses_images_its_pooling_would_empty(no_vgg, vgg_file):
 def test_a_loss_net_name_that_is_not_a_string_is_refused():
     with pytest.raises(ValueError, match="loss network must be a name"):
         build_loss_net(None)
+
+
+def test_both_networks_refuse_a_style_squeezed_to_a_strip():
+    # A 2000x40 style shrunk for a 64 px output is 64x1: EfficientNet's padding ran on it, and its
+    # Gram matrices came from padding; VGG-19 refused it.
+    from artopt.style.losses import StyleLoss
+
+    net = build_loss_net("efficientnet-lite0")
+    with pytest.raises(ValueError, match="style image is 64x2 px .*efficientnet-lite0 needs at least 16 px"):
+        StyleLoss(net, torch.rand(1, 3, 64, 64), [torch.rand(1, 3, 2, 64)])
+
+
+def test_a_features_only_state_dict_loads_with_or_without_its_prefix(no_vgg, vgg_file, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(str(vgg_file))
+    bare = {k[len("features."):]: v for k, v in state.items()}  # torch.save(vgg19().features.state_dict())
+    torch.save(bare, tmp_path / "bare.pth")
+    image = torch.rand(1, 3, 32, 32)
+    expected = build_loss_net("vgg19", vgg_weights=vgg_file)(image)["relu3_1"]
+    assert torch.equal(build_loss_net("vgg19", vgg_weights=tmp_path / "bare.pth")(image)["relu3_1"], expected)
+    torch.save({**bare, "extra.weight": torch.zeros(1)}, tmp_path / "other.pth")  # not a VGG stack: still refused
+    with pytest.raises(LossNetError, match="no 'features"):
+        build_loss_net("vgg19", vgg_weights=tmp_path / "other.pth")
+
+
+def test_a_safetensors_file_is_read_by_its_content_whatever_its_name(no_vgg, vgg_file, tmp_path):
+    renamed = tmp_path / "vgg19.pth"
+    renamed.write_bytes(vgg_file.read_bytes())
+    assert build_loss_net("vgg19", vgg_weights=renamed).name == "vgg19"
+
+
+def test_a_bad_file_in_the_torch_cache_says_how_to_get_past_it(no_vgg, tmp_path):
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / loss_nets.VGG19_CACHE_NAME).write_bytes(b"\x80\x02" + bytes(range(256)) * 20)
+    with pytest.raises(LossNetError, match="download cache: delete it .*--loss-net efficientnet-lite0$"):
+        build_loss_net("auto")
+    named = tmp_path / "named.pth"  # a file the user named is theirs to fix: no word about the cache
+    named.write_bytes(b"not a checkpoint")
+    with pytest.raises(LossNetError) as raised:
+        build_loss_net("vgg19", vgg_weights=named)
+    assert "cache" not in str(raised.value)
+
+
+def test_an_empty_vgg_weights_name_is_refused(no_vgg):
+    with pytest.raises(LossNetError, match="file name is empty"):
+        build_loss_net("auto", vgg_weights="")
+
+
+def test_the_vgg_download_waits_a_bounded_time(monkeypatch, tmp_path):
+    import socket
+
+    from torchvision.models import VGG19_Weights
+
+    monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    seen = []
+
+    def stalled(*args, **kwargs):  # what urllib raises once the timeout passes
+        seen.append(socket.getdefaulttimeout())
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", stalled)
+    before = socket.getdefaulttimeout()
+    with pytest.raises(LossNetError, match=r"download of it failed \(TimeoutError: timed out\)"):
+        build_loss_net("vgg19")
+    assert seen == [loss_nets.DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() == before
+
+
+def test_long_messages_are_cut_at_a_sentence_end():
+    long = "First sentence. " + "x" * 300
+    assert loss_nets._first_sentence(RuntimeError(long)) == "First sentence."
+    assert loss_nets._first_sentence(RuntimeError("y" * 300)) == "y" * 200 + "..."
+    assert loss_nets._first_sentence(RuntimeError("short\nsecond line")) == "short"

@@ -119,7 +119,9 @@ class StylizeConfig:
         "help": "keep the content's colours: transfer the style to the luminance only"})
     init: str = field(default="content", metadata={"help": "starting image: content or noise", "choices": INITS})
     seed: int = field(default=0, metadata={"help": "random seed (same seed, same device: same image)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps", "choices": DEVICES})
+    # No choices list: it would refuse cuda:N (one card of several), which check_device_name takes.
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N (the Nth GPU) or mps",
+                                                  "lowercase": True})
     loss_net: str = field(default="auto", metadata={
         "help": "loss network: auto (vgg19 when its weights are available locally, else efficientnet-lite0), "
                 "vgg19, efficientnet-lite0", "choices": LOSS_NETS})

@@ -17,7 +17,9 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import socket
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,14 +33,24 @@ MIN_SIDE = 32
 VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
 # The file name torchvision uses for ``VGG19_Weights.IMAGENET1K_V1`` in its hub cache.
 VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"
+# Seconds torchvision's VGG-19 download may wait for the network at a time (connect, or between reads).
+DOWNLOAD_TIMEOUT = 30
+
+def _first_sentence(exc: Exception, limit: int = 200) -> str:
+    """An exception's first line, cut at a sentence end within ``limit`` characters (torch's can run long)."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    end = line.rfind(". ", 0, limit)
+    return line[:end + 1] if end > 0 else line[:limit].rstrip() + "..."
+
 
 def vgg_howto(failure: Exception) -> str:
     """What to do when VGG-19's weights cannot be had: none is on this machine and torchvision's
     download raised ``failure`` (names this machine's torch hub folder)."""
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    detail = (str(failure).strip().splitlines() or [""])[0][:200]
     return ("VGG-19 ImageNet weights: none on this machine, and torchvision's download of it failed "
-            f"({type(failure).__name__}: {detail}). Download "
+            f"({type(failure).__name__}: {_first_sentence(failure)}). Download "
             f"https://download.pytorch.org/models/{VGG19_CACHE_NAME} and pass it with --vgg-weights FILE "
             f"(or set {VGG_WEIGHTS_ENV}=FILE, or put it in {cache}/), or use --loss-net efficientnet-lite0")
 
@@ -149,6 +161,8 @@ class VGG19LossNet(LossNet):
         features = make_layers(cfgs["E"], batch_norm=False)
         features_sd = {k[len("features."):]: v for k, v in state_dict.items()
                        if isinstance(k, str) and k.startswith("features.")}
+        if not features_sd and state_dict and set(state_dict) <= set(features.state_dict()):
+            features_sd = dict(state_dict)  # torch.save(vgg19().features.state_dict()): keys without "features."
         _check_vgg19_features(features, features_sd, state_dict, source)
         try:
             features.load_state_dict(features_sd)
@@ -186,12 +200,21 @@ class VGG19LossNet(LossNet):
         return out
 
 
+def _is_safetensors(path: Path) -> bool:
+    """By content, not name: an 8-byte little-endian header length, then the JSON header's '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch's warning about a foreign pickle would come before our error
+        warnings.simplefilter("ignore")
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise LossNetError(f"{path} does not hold a state dict")
     return state
@@ -199,7 +222,9 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None:
     """The local VGG-19 weights file to use: explicit path, $ARTOPT_VGG_WEIGHTS, torchvision's cache."""
-    if explicit:
+    if explicit is not None:
+        if not str(explicit).strip():  # e.g. an unset shell variable: was taken as no file at all
+            raise LossNetError("the VGG-19 weights file name is empty")
         path = Path(explicit).expanduser()
         if path.is_dir():
             raise LossNetError(f"VGG-19 weights file {path} is a folder (name the .pth or .safetensors file in it)")
@@ -225,6 +250,10 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, tor
     """The state dict, and where it came from (for error messages)."""
     path = vgg19_weights_file(explicit)
     if path is not None:
+        cached = path == Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
+        # a file in torch's download cache is used without being asked for: say how to get past it
+        way_out = (" It is in torch's download cache: delete it (or set TORCH_HOME elsewhere) to use the offline "
+                   "default, or pass --loss-net efficientnet-lite0" if cached else "")
         try:
             return _load_state_dict_file(path), f"the VGG-19 weights file {path}"
         except LossNetError:
@@ -233,18 +262,22 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, tor
             # torch's own message for this advises weights_only=False, i.e. running the file's code
             raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
                                "(.pth) or safetensors file (artopt loads .pth files with torch.load(weights_only=True), "
-                               "which accepts plain tensors only)") from None
+                               f"which accepts plain tensors only).{way_out}") from None
         except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
-            detail = (str(exc).strip().splitlines() or [""])[0][:200]
             raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
-                               f"(.pth) or safetensors file ({type(exc).__name__}: {detail})") from None
+                               f"(.pth) or safetensors file ({type(exc).__name__}: {_first_sentence(exc)}).{way_out}"
+                               ) from None
     # Last resort: torchvision's own download (works only when online).
     from torchvision.models import VGG19_Weights
 
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torch's download has none: a stalled network hung the run
     try:
         return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True), "torchvision's VGG-19 download"
-    except Exception as exc:  # offline (URLError), but also a full disk or an HTTP error
+    except Exception as exc:  # offline (URLError), a stall (timeout), but also a full disk or an HTTP error
         raise LossNetError(vgg_howto(exc)) from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +305,9 @@ class EfficientNetLite0LossNet(LossNet):
         self.style_layers = tuple(style_layers)
         self.style_layer_weights = {n: 1.0 / len(self.style_layers) for n in self.style_layers}
         self.min_size = MIN_SIDE
+        # Its "same" padding runs on any size, but below 16 px the 1/16- and 1/32-resolution style layers
+        # see one position mostly made of padding: refused as VGG-19's pooling refuses it.
+        self.min_input_side = 16
         net = build_efficientnet_lite0_classifier()
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         self._hooks_by_module: dict[nn.Module, str] = {}
