@@ -36,15 +36,20 @@ from artopt.script_args import check_output_file, positive_int  # noqa: E402
 from lstm_layout import _best_of, write_report  # noqa: E402
 
 
-def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_w, head_b, p: float):
+def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_w, head_b, p: float,
+                 m=None, v=None):
     """One chunk of the library's update, out of place: int8 h and float16 c in, the same out.
-    Weights as ``_packed_weights`` gives them (candidate rows doubled: tanh(x) = 2σ(2x) - 1)."""
+    Weights as ``_packed_weights`` gives them (candidate rows doubled: tanh(x) = 2σ(2x) - 1).
+    ``m``, ``v``: the running means of g and g² for a network with moment inputs (m/√v and g/√v)."""
     g = torch.nan_to_num(grad.float(), nan=0.0, posinf=torch.finfo(torch.float32).max,
                          neginf=-torch.finfo(torch.float32).max)
     magnitude = g.abs()
     large = magnitude >= math.exp(-p)
     x = torch.stack((torch.where(large, magnitude.clamp_min(math.exp(-p)).log() / p, -1.0),
                      torch.where(large, torch.sign(g), g * math.exp(p))), dim=-1)
+    if m is not None:
+        rms = v.float().sqrt().clamp_min(1e-30)
+        x = torch.cat((x, torch.stack((m.float() / rms, g / rms), dim=-1)), dim=-1)
     H = h0.shape[1]
     out = []
     for h, c, w_ih, w_hh, b in ((h0, c0, w_ih0, w_hh0, b0), (h1, c1, w_ih1, w_hh1, b1)):
@@ -57,7 +62,7 @@ def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_
 
 
 @torch.no_grad()
-def compiled_update(net, fn, grad, state, chunk):
+def compiled_update(net, fn, grad, state, chunk, moments=None):
     h_in, c_in = state
     n = grad.numel()
     h_out, c_out = torch.empty_like(h_in), torch.empty_like(c_in)
@@ -69,9 +74,11 @@ def compiled_update(net, fn, grad, state, chunk):
     for s in range(0, full, chunk):
         e = s + chunk
         update[s:e], h_out[0, s:e], h_out[1, s:e], c_out[0, s:e], c_out[1, s:e] = fn(
-            grad[s:e], h_in[0, s:e], h_in[1, s:e], c_in[0, s:e], c_in[1, s:e], *weights, head_w, head_b, net.config.p)
+            grad[s:e], h_in[0, s:e], h_in[1, s:e], c_in[0, s:e], c_in[1, s:e], *weights, head_w, head_b, net.config.p,
+            *(() if moments is None else (moments[0][s:e], moments[1][s:e])))
     if full < n:  # the shorter last chunk: the library's eager path
-        u, (h, c) = net._inference(grad[full:], (h_in[:, full:], c_in[:, full:]))
+        u, (h, c) = net._inference(grad[full:], (h_in[:, full:], c_in[:, full:]),
+                                   moments=None if moments is None else (moments[0][full:], moments[1][full:]))
         update[full:], h_out[:, full:], c_out[:, full:] = u, h, c
     return update, (h_out, c_out)
 
@@ -87,28 +94,37 @@ def main(argv=None) -> int:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="artopt-inductor-")
     torch.manual_seed(0)
     net = load_learned(weights_path(NEURAL_ART))["default"]
-    if net.config.moment_inputs:  # it failed on its first chunk, in a traceback
-        raise SystemExit(f"{Path(__file__).name}: the shipped neural-art network takes moment inputs "
-                         "(m/sqrt(v), g/sqrt(v)), which this prototype, written before them, does not compute")
     L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
     state = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
+    moments = None  # bfloat16, as the engine keeps them (None for a network without moment inputs)
+
+    def next_moments(grad, moments):
+        if not net.config.moment_inputs:
+            return None
+        m, v = net.update_moments(grad, moments)
+        return m.bfloat16(), v.bfloat16()
+
     with torch.no_grad():
         for _ in range(3):  # a non-trivial state
-            state = net._inference(torch.randn(n) * 1e-3, state)[1]
-    grad = torch.randn(n) * 1e-3
-    with torch.no_grad():
-        ref_update, ref_state = net._inference(grad, state)
+            grad = torch.randn(n) * 1e-3
+            moments = next_moments(grad, moments)
+            state = net._inference(grad, state, moments=moments)[1]
+        grad = torch.randn(n) * 1e-3
+        moments = next_moments(grad, moments)
+        ref_update, ref_state = net._inference(grad, state, moments=moments)
     report = {"coords": n, "threads": torch.get_num_threads(), "state": "int8 h, float16 c",
-              "seconds_per_update": {"library (eager, chunk 4096)": _best_of(lambda: net._inference(grad, state), args.repeats)},
+              "moment_inputs": net.config.moment_inputs,
+              "seconds_per_update": {"library (eager, chunk 4096)": _best_of(
+                  lambda: net._inference(grad, state, moments=moments), args.repeats)},
               "compiled": {}}
     for chunk in args.chunks:
         fn = torch.compile(chunk_update, dynamic=False)
         t0 = time.perf_counter()
-        update, new_state = compiled_update(net, fn, grad, state, chunk)
+        update, new_state = compiled_update(net, fn, grad, state, chunk, moments)
         first = time.perf_counter() - t0
         report["compiled"][str(chunk)] = {
             "first_call_s": first,
-            "seconds_per_update": _best_of(lambda: compiled_update(net, fn, grad, state, chunk), args.repeats),
+            "seconds_per_update": _best_of(lambda: compiled_update(net, fn, grad, state, chunk, moments), args.repeats),
             "max_update_difference": float((update - ref_update).abs().max()),
             "max_h_difference_steps": int((new_state[0].int() - ref_state[0].int()).abs().max()),
             "max_c_difference": float((new_state[1].float() - ref_state[1].float()).abs().max()),

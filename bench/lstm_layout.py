@@ -38,8 +38,9 @@ def _gate_major_weights(net, h_scale: float):
 
 
 @torch.no_grad()
-def gate_major_update(net, grad, state, chunk):
-    """The library's no-grad step on a (layer, unit, coordinate) int8-h / float16-c state."""
+def gate_major_update(net, grad, state, chunk, moments=None):
+    """The library's no-grad step on a (layer, unit, coordinate) int8-h / float16-c state (``moments``:
+    the running means m and v, for a network with moment inputs)."""
     H = net.config.hidden_size
     h_in, c_in = state
     n = grad.numel()
@@ -53,7 +54,7 @@ def gate_major_update(net, grad, state, chunk):
         e = min(n, s + chunk)
         if gates is None or gates.shape[1] != e - s:  # scratch reused across chunks, as the library does
             gates, scratch, h_prev = torch.empty(4 * H, e - s), torch.empty(3, H, e - s), torch.empty(H, e - s)
-        x = net.features(grad[s:e]).t()
+        x = net.features(grad[s:e], None if moments is None else (moments[0][s:e], moments[1][s:e])).t()
         for layer, (w_ih, w_hh, b) in enumerate(packed):
             torch.addmm(b, w_ih, x, out=gates)
             h_prev.copy_(h_in[layer, :, s:e])
@@ -98,22 +99,29 @@ def main(argv=None) -> int:
     check_output_file(ap, "--json", args.json)
     torch.manual_seed(0)
     net = load_learned(weights_path(NEURAL_ART))["default"]
-    if net.config.moment_inputs:  # it failed on its first chunk, in a traceback
-        raise SystemExit(f"{Path(__file__).name}: the shipped neural-art network takes moment inputs "
-                         "(m/sqrt(v), g/sqrt(v)), which this prototype, written before them, does not compute")
     L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
     row = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
     col = (torch.zeros(L, H, n, dtype=torch.int8), torch.zeros(L, H, n, dtype=torch.float16))
+    moments = None  # bfloat16, as the engine keeps them (None for a network without moment inputs)
+
+    def next_moments(grad, moments):
+        if not net.config.moment_inputs:
+            return None
+        m, v = net.update_moments(grad, moments)
+        return m.bfloat16(), v.bfloat16()
+
     max_diff = 0.0
     for _ in range(3):  # a few steps from zero state, so both layouts hold the same non-trivial state
         grad = torch.randn(n) * 1e-3
-        u_row, row = net._inference(grad, row, chunk=args.chunk)
-        u_col, col = gate_major_update(net, grad, col, args.chunk)
+        moments = next_moments(grad, moments)
+        u_row, row = net._inference(grad, row, chunk=args.chunk, moments=moments)
+        u_col, col = gate_major_update(net, grad, col, args.chunk, moments)
         max_diff = max(max_diff, float((u_row - u_col).abs().max()))
     same_state = bool(torch.equal(row[0], col[0].transpose(1, 2)) and torch.equal(row[1], col[1].transpose(1, 2)))
     grad = torch.randn(n) * 1e-3
-    t_row = _best_of(lambda: net._inference(grad, row, chunk=args.chunk), args.repeats)
-    t_col = _best_of(lambda: gate_major_update(net, grad, col, args.chunk), args.repeats)
+    moments = next_moments(grad, moments)
+    t_row = _best_of(lambda: net._inference(grad, row, chunk=args.chunk, moments=moments), args.repeats)
+    t_col = _best_of(lambda: gate_major_update(net, grad, col, args.chunk, moments), args.repeats)
 
     c = args.chunk
     x, w, out = torch.randn(c, H), torch.randn(H, 4 * H), torch.empty(c, 4 * H)
@@ -131,7 +139,7 @@ def main(argv=None) -> int:
                         "contiguous": _best_of(many(lambda: torch.mul(gates_t[H:2 * H], cell_t)), 5) / reps * 1e6},
     }
     report = {"coords": n, "chunk": c, "threads": torch.get_num_threads(), "state": "int8 h, float16 c",
-              "same_state": same_state, "max_update_difference": max_diff,
+              "moment_inputs": net.config.moment_inputs, "same_state": same_state, "max_update_difference": max_diff,
               "seconds_per_update": {"coordinate_major (library)": t_row, "gate_major (prototype)": t_col},
               "gate_major_speedup": t_row / t_col, "micro": micro}
     write_report(report, args.json)
