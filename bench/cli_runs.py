@@ -1,5 +1,5 @@
 """Shared by the user-setting benchmarks: one `artopt stylize` run through the CLI, as a user would
-start it, and its per-step total losses read back from its --log-json."""
+start it, and its total losses read back from its --log-json."""
 
 from __future__ import annotations
 
@@ -24,8 +24,11 @@ def artopt() -> list[str]:
 
 def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem: str, reuse: bool = False) -> dict:
     """Run ``artopt stylize CONTENT STYLE -o OUT/STEM.png --quiet FLAGS --log-json OUT/STEM.json``
-    (or, with ``reuse``, read that log if it is there); return the log with ``totals`` added: the
-    total loss after each step."""
+    (or, with ``reuse``, read that log if it is there); return the log with three entries added:
+    ``totals``, the log's per-step total, which is the loss of the image each step started from
+    (before its update); ``final_total``, the loss of the image the run returned; and ``after``, the
+    loss after each step (``totals`` shifted by one, ending in ``final_total``; across a pyramid's
+    change of scale, the next scale's first loss)."""
     log = out / f"{stem}.json"  # f-strings, not Path.with_suffix: stems hold dots ("x0.1")
     if not (reuse and log.exists() and _log_matches(log, content, style, flags)):
         out.mkdir(parents=True, exist_ok=True)
@@ -38,6 +41,9 @@ def stylize_totals(content: Path, style: Path, flags: list[str], out: Path, stem
         raise SystemExit(f"this run stopped early: {log}; run the benchmark again to finish it")
     # the log has null for a non-finite loss; inf keeps the arithmetic on it (written back as null)
     run["totals"] = [math.inf if s["total"] is None else s["total"] for s in run["steps"]]
+    final = (run.get("final_losses") or {}).get("total")
+    run["final_total"] = math.inf if final is None else final
+    run["after"] = run["totals"][1:] + [run["final_total"]]
     return run
 
 
@@ -48,6 +54,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         found = json.loads(log.read_text(encoding="utf-8"))
         settings = found["settings"]
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if "final_losses" not in found:  # written before the logs had the returned image's loss
+        print(f"not reusing {log}: it has no final_losses", flush=True)
         return False
     if found.get("stopped_early"):  # a run stopped by Ctrl-C has fewer steps than its flags asked
         print(f"not reusing {log}: that run stopped early", flush=True)

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     add_run_flags(ap, "long_runs")
     ap.add_argument("--steps", type=positive_int, default=600, help="steps per run (default: %(default)s)")
-    # a point of 0 or less read totals[p - 1] from the end of the run and labelled it p
+    # a point of 0 or less read after[p - 1] from the end of the run and labelled it p
     ap.add_argument("--points", type=positive_int, nargs="+", default=[50, 100, 150, 200, 300, 400, 600],
                     help="steps at which the losses are reported (those above --steps are left out)")
     args = ap.parse_args(argv)
@@ -39,13 +39,12 @@ def main(argv=None) -> int:
             run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
                                  ["--size", str(args.size), "--steps", str(args.steps), "--optimizer", opt],
                                  args.out, f"{photo}_{args.size}px_{args.steps}steps_{opt}", args.reuse)
-            totals = run["totals"]
-            row[opt] = {str(p): totals[p - 1] for p in points}
+            row[opt] = {str(p): run["after"][p - 1] for p in points}  # the loss after p steps
             if opt == "lstm":
                 # on the final scale only: from 384 px the run is coarse-to-fine, and the loss of a
                 # coarser scale's image is not comparable (the step to the next scale is no rise)
                 last = run["steps"][-1]["scale"]
-                final = [(r["step"], t) for r, t in zip(run["steps"], totals) if r["scale"] == last]
+                final = [(r["step"], t) for r, t in zip(run["steps"], run["after"]) if r["scale"] == last]
                 best, worst_rise = float("inf"), 0.0
                 for _, v in final:
                     best = min(best, v)

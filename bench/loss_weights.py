@@ -48,7 +48,7 @@ def main(argv=None) -> int:
                 run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
                                      ["--size", str(args.size), "--optimizer", opt, *flags], args.out,
                                      f"{photo}_{setting.replace(' ', '_')}_{opt}", args.reuse)
-                row[opt] = run["totals"][-1]
+                row[opt] = run["final_total"]  # the loss of the image it returned
                 row[f"{opt}_seconds"] = run["seconds"]
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)

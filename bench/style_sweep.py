@@ -36,7 +36,7 @@ def main(argv=None) -> int:
             for opt in ("lstm", "adam"):
                 row[opt] = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
                                           ["--size", str(args.size), "--optimizer", opt], args.out,
-                                          f"{photo}_{style.stem}_{opt}", args.reuse)["totals"][-1]
+                                          f"{photo}_{style.stem}_{opt}", args.reuse)["final_total"]
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
             print(f"{style.stem:32s} {photo:10s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -203,7 +204,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
 def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
     path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "content_path": str(content),
                                              "style_paths": [str(style)]},
-                                "steps": [{"step": 1, "scale": 0, "total": 2.0}]}))
+                                "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
+                                "final_losses": {"total": 1.25}}))
 
 
 def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
@@ -224,6 +226,21 @@ def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
     assert calls == []  # the same settings: reused
     run = cli_runs.stylize_totals(content, style, ["--size", "64", "--optimizer", "lstm"], tmp_path, "run", reuse=True)
     assert len(calls) == 1 and run["settings"]["size"] == 64
+
+
+def test_a_runs_losses_after_each_step_end_in_the_returned_images():
+    """The log's per-step total is the loss a step started from: the benchmarks reported the loss
+    before the last update as the final one, and long_runs labelled the loss after p - 1 steps as p."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    with tempfile.TemporaryDirectory() as folder:
+        _fake_log(Path(folder) / "run.json", content, style, 64)
+        run = cli_runs.stylize_totals(content, style, ["--size", "64"], Path(folder), "run", reuse=True)
+        assert run["totals"] == [2.0, 1.5] and run["after"] == [1.5, 1.25] and run["final_total"] == 1.25
+        old = json.loads((Path(folder) / "run.json").read_text())
+        del old["final_losses"]  # a log from before final_losses: not reused (it would run again)
+        (Path(folder) / "run.json").write_text(json.dumps(old))
+        assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
 
 
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
@@ -264,14 +281,16 @@ def test_long_runs_rise_is_measured_on_the_final_scale(monkeypatch, tmp_path):
              {"step": 3, "scale": 1, "total": 5.0}, {"step": 4, "scale": 1, "total": 4.0}]
 
     def fake_totals(content, style, flags, out, stem, reuse):
-        return {"steps": steps, "totals": [s["total"] for s in steps]}
+        totals = [s["total"] for s in steps]
+        return {"steps": steps, "totals": totals, "after": totals[1:] + [3.5], "final_total": 3.5}
 
     monkeypatch.setattr(long_runs, "stylize_totals", fake_totals)
     assert long_runs.main(["--photos", "chelsea", "--size", "512", "--steps", "4", "--points", "2", "4",
                            "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
     row = strict_loads((tmp_path / "r.json").read_text())["runs"][0]
+    # after steps 3 and 4 (final scale): 4.0 and 3.5; the loss after p steps is reported at p
     assert row["lstm_largest_rise_over_its_best"] == 0.0 and row["lstm_lowest_at_step"] == 4
-    assert row["lstm"] == {"2": 1.0, "4": 4.0}
+    assert row["lstm"] == {"2": 5.0, "4": 3.5}
 
 
 def test_web_timing_picks_exactly_one_menu_entry():
@@ -286,17 +305,32 @@ def test_web_timing_picks_exactly_one_menu_entry():
         assert len(matches) == 1 and matches[0].startswith(label), (label, matches)
 
 
-@pytest.mark.parametrize("name", ["lstm_layout", "lstm_compile"])
-def test_prototypes_without_moment_inputs_say_so(monkeypatch, tmp_path, name):
+def test_the_gate_major_prototype_computes_the_librarys_update(tmp_path):
+    # the shipped network takes moment inputs: the prototype stopped at once before session 51
+    load("lstm_layout").main(["--coords", "300", "--chunk", "128", "--repeats", "1", "--json", str(tmp_path / "x.json")])
+    report = strict_loads((tmp_path / "x.json").read_text())
+    assert report["moment_inputs"] and report["same_state"] and report["max_update_difference"] < 1e-6
+
+
+def test_the_compile_prototypes_chunk_computes_the_librarys_update():
+    import torch
+
     from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
     from artopt.learned_optimizers.weights import load_learned
 
-    # the premise: the shipped network takes moment inputs (if that changes, so must this test)
-    assert load_learned(weights_path(NEURAL_ART))["default"].config.moment_inputs
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # lstm_compile sets it for the process
-    with pytest.raises(SystemExit) as exc:
-        load(name).main(["--coords", "64", "--repeats", "1", "--json", str(tmp_path / "x.json")])
-    assert "moment inputs" in str(exc.value.code)
+    lstm_compile = load("lstm_compile")
+    net = load_learned(weights_path(NEURAL_ART))["default"]
+    torch.manual_seed(0)
+    n, L, H = 300, net.config.num_layers, net.config.hidden_size
+    state = (torch.randint(-100, 100, (L, n, H), dtype=torch.int8), torch.randn(L, n, H).half())
+    grad = torch.randn(n) * torch.logspace(-8, 0, n)
+    m, v = net.update_moments(grad, None)
+    moments = (m.bfloat16(), v.bfloat16())
+    with torch.no_grad():  # the plain function, not compiled: the arithmetic is what is checked here
+        update, (h, c) = lstm_compile.compiled_update(net, lstm_compile.chunk_update, grad, state, 128, moments)
+        ref_update, (ref_h, ref_c) = net._inference(grad, state, moments=moments)
+    assert (update - ref_update).abs().max() < 1e-6 and (h.int() - ref_h.int()).abs().max() <= 1
+    assert (c.float() - ref_c.float()).abs().max() < 1e-2
 
 
 @pytest.mark.parametrize("state_dtype", ["int8", "float32"])
