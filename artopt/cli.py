@@ -177,8 +177,12 @@ def _run_script(args: argparse.Namespace) -> int:
     from artopt import script_args
 
     if args.target is None:
-        args.subparser.print_help()
-        return 0 if args.wants_help else 2
+        if args.wants_help:
+            args.subparser.print_help()
+            return 0
+        # as argparse says a missing argument: usage and one error line on stderr (it was the help on stdout)
+        args.subparser.error(f"a TARGET is needed: {next(a.help for a in args.subparser._actions if a.dest == 'target')}; "
+                             f"'artopt {args.script_kind} --help' says more")
     script, lead = script_for(args.script_kind, args.target)
     if args.script_kind == "bench" and script.is_file() and args.target not in bench_targets():
         # bench/stylize.py's own error would not name the targets with a script of their own

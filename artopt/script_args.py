@@ -44,6 +44,21 @@ def at_least(minimum: int):
 
 positive_int = at_least(1)
 
+# validation_problems seeds a generator with 10 000 + seed, which must fit torch's 64-bit seed.
+VAL_SEED_MAX = 2**63 - 1 - 10_000
+
+
+def val_seed(text: str) -> int:
+    """An argparse ``type``: a validation seed (``outer_trainers.validation_problems``), 0 to VAL_SEED_MAX.
+    Past it the worker processes each ended in torch's "Overflow when unpacking long long"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= VAL_SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a seed from 0 to {VAL_SEED_MAX}, got {value}")
+    return value
+
 
 def check_output_file(ap: argparse.ArgumentParser, flag: str, path: Path | str) -> Path:
     """Refuse, now, an output file that could not be written at the end of the run; its folder is

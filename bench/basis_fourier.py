@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, lstm_factory, run_optimizer  # noqa: E402
 from artopt.learned_optimizers import LearnedOptimizer, load_learned  # noqa: E402
-from artopt.learned_optimizers.shipped import weights_path  # noqa: E402
+from artopt.learned_optimizers.shipped import check_neural_art, weights_path  # noqa: E402
 from artopt.optimizers import make_optimizer  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
-from artopt.script_args import check_output_file, dumps, positive_int, refuse_same_files  # noqa: E402
+from artopt.script_args import check_output_file, dumps, positive_int, refuse_same_files, val_seed  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 DECAYS = (0.5, 1.0, 1.5, 2.0, 2.5)
@@ -120,8 +120,8 @@ def score_val_problems(factory, seed: int, per_seed: int, steps: int) -> dict:
 def add_probe_flags(ap: argparse.ArgumentParser, json_name: str) -> None:
     """The flags this probe and bench/basis_hybrid.py share."""
     ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
-    ap.add_argument("--tune-seed", type=int, default=8)
-    ap.add_argument("--score-seed", type=int, default=9)
+    ap.add_argument("--tune-seed", type=val_seed, default=8)
+    ap.add_argument("--score-seed", type=val_seed, default=9)
     ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
     ap.add_argument("--steps", type=positive_int, default=128)
     ap.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel processes (1 thread each)")
@@ -136,6 +136,7 @@ def probe_weights(ap: argparse.ArgumentParser, args) -> str:
             ap.error(f"--weights {args.weights}: no such file")
         try:
             load_learned(args.weights)
+            check_neural_art(args.weights)  # an MNIST optimizer ran here and scored without a word
         except ValueError as err:  # e.g. the JSON card given for the weights
             ap.error(f"--weights {err}")
     check_output_file(ap, "--json", args.json)

@@ -37,7 +37,7 @@ from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
-from artopt.script_args import dumps, positive_int  # noqa: E402
+from artopt.script_args import dumps, positive_int, val_seed  # noqa: E402
 from basis_fourier import probe_weights  # noqa: E402
 
 _S3, _S2, _S6 = math.sqrt(3), math.sqrt(2), math.sqrt(6)
@@ -124,7 +124,7 @@ def _score(weights: Path, val_seeds, per_seed: int, steps: int, name: str) -> di
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None, help="default: the shipped neural-art weights")
-    ap.add_argument("--val-seeds", type=int, nargs="+", default=[8, 9])
+    ap.add_argument("--val-seeds", type=val_seed, nargs="+", default=[8, 9])
     ap.add_argument("--problems", type=positive_int, default=6, help="validation problems per seed")
     ap.add_argument("--steps", type=positive_int, default=128)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")

@@ -135,6 +135,13 @@ def test_a_probe_refuses_weights_it_cannot_read_or_would_write_over(capsys, tmp_
     assert weights.read_bytes() == (ROOT / "weights" / "neural_art.safetensors").read_bytes()
     card = ROOT / "weights" / "neural_art.json"  # the card given for the weights: a traceback per worker
     expect_usage_error(capsys, name, ["--weights", str(card), "--json", str(tmp_path / "r.json")], str(card))
+    mnist = ROOT / "weights" / "mnist.safetensors"  # another task's optimizer: it ran and scored without a word
+    expect_usage_error(capsys, name, ["--weights", str(mnist), "--json", str(tmp_path / "r.json")],
+                       "says it was meta-trained on 'mnist', not neural art")
+    # a seed torch cannot take: a traceback from each worker process
+    seeds = ["--val-seeds"] if name == "basis_variants" else ["--tune-seed"]
+    expect_usage_error(capsys, name, [*seeds, str(2**64), "--json", str(tmp_path / "r.json")],
+                       f"must be a seed from 0 to {2**63 - 1 - 10_000}, got {2**64}")
 
 
 @pytest.mark.parametrize("name, argv, words", [

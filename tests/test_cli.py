@@ -597,6 +597,16 @@ def test_an_image_too_small_for_the_loss_network_is_refused(tmp_path, monkeypatc
     assert instant_stylize.calls == 0
 
 
+@pytest.mark.parametrize("kind", ["train", "evaluate", "bench"])
+def test_a_script_command_without_target_says_so_on_stderr(capsys, kind):
+    with pytest.raises(SystemExit) as exc:  # before: the help on stdout, exit 2, and no word of what was wrong
+        main([kind])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith(f"artopt {kind}: error: a TARGET is needed: ")
+    assert main([kind, "--help"]) == 0 and "TARGET" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-size", "100"], "artopt: error: --max-size must be between"),
     (["--queue-size", "0"], "artopt: error: --queue-size must be at least 1, got 0"),

@@ -58,3 +58,17 @@ def test_a_config_error_names_the_flag_that_sets_it(capsys, message, said):
     with pytest.raises(SystemExit):
         script_args.config_error(ap, ValueError(message))
     assert capsys.readouterr().err.splitlines()[-1] == f"x: error: {said}"
+
+
+def test_val_seeds_are_whole_numbers_torch_can_seed_with():
+    import argparse
+
+    import torch
+
+    from artopt.script_args import VAL_SEED_MAX, val_seed
+
+    assert val_seed("0") == 0 and val_seed(str(VAL_SEED_MAX)) == VAL_SEED_MAX
+    torch.Generator().manual_seed(10_000 + VAL_SEED_MAX)  # the largest still fits (validation_problems)
+    for bad in ("-1", str(VAL_SEED_MAX + 1), "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            val_seed(bad)

@@ -36,7 +36,7 @@ from artopt.learned_optimizers.shipped import (check_neural_art, missing_card, t
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
-from artopt.script_args import check_output_file  # noqa: E402
+from artopt.script_args import check_output_file, val_seed  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def _score(weights: Path, basis: str, val_seeds, per_seed: int, size: int, steps
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", type=Path)
-    ap.add_argument("--val-seeds", type=int, nargs="+", default=[8, 9],
+    ap.add_argument("--val-seeds", type=val_seed, nargs="+", default=[8, 9],
                     help="validation problems of these meta-training seeds (10000 + seed)")
     ap.add_argument("--problems", type=int, default=6, help="problems per seed")
     ap.add_argument("--lr", type=float, nargs="+", default=[1.0], help="update multipliers to try")

@@ -33,7 +33,7 @@ from artopt.learned_optimizers.shipped import (BASES, check_neural_art, missing_
 from artopt.learned_optimizers.weights import WeightsError, load_learned, write_json_atomic  # noqa: E402
 from artopt.outer_trainers import run_episode, validation_problems  # noqa: E402
 from artopt.outer_trainers.truncated_bptt import final_score  # noqa: E402
-from artopt.script_args import check_output_file  # noqa: E402
+from artopt.script_args import check_output_file, val_seed  # noqa: E402
 from artopt.tasks.neural_art import TRAIN_STYLE, NeuralArtTask  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", nargs="+",
                     help="weights files; PATH@multiscale or PATH@pixels overrides the basis its card records")
-    ap.add_argument("--val-seeds", type=int, nargs="+", default=[2, 3],
+    ap.add_argument("--val-seeds", type=val_seed, nargs="+", default=[2, 3],
                     help="validation problems of these meta-training seeds (10000 + seed)")
     ap.add_argument("--problems", type=int, default=6, help="problems per seed (as --val-problems)")
     ap.add_argument("--size", type=int, default=64)
