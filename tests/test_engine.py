@@ -702,3 +702,12 @@ def test_a_huge_photo_is_shrunk_before_it_becomes_floats_and_keeps_its_exact_siz
     full = stylize(pil_to_tensor(big), [pil_to_tensor(big)], config)
     assert shrunk.shape == full.shape == (1, 3, 45, 64)  # 44.7 rows: as the whole photo rounds
     assert (shrunk - full).abs().mean() < 0.004
+
+
+def test_the_configs_lr_sets_the_step_size():
+    """Adam's first step moves a pixel by about lr: the run must use config.lr, not the default."""
+    for lr in (0.002, 0.05):
+        config = StylizeConfig(size=64, steps=1, optimizer="adam", lr=lr, pyramid=False, device="cpu",
+                               loss_net="efficientnet-lite0")
+        moved = (stylize(CONTENT, [STYLE], config) - CONTENT).abs().max().item()
+        assert 0.5 * lr < moved <= 1.01 * lr, (lr, moved)

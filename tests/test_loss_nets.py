@@ -276,3 +276,20 @@ def test_long_messages_are_cut_at_a_sentence_end():
     assert loss_nets._first_sentence(RuntimeError(long)) == "First sentence."
     assert loss_nets._first_sentence(RuntimeError("y" * 300)) == "y" * 200 + "..."
     assert loss_nets._first_sentence(RuntimeError("short\nsecond line")) == "short"
+
+
+class _RunsCodeWhenUnpickled:
+    """A .pth that would run code on loading (pickle's __reduce__): weights_only=True must refuse it."""
+    ran: list = []
+
+    def __reduce__(self):
+        return (_RunsCodeWhenUnpickled.ran.append, ("code ran",))
+
+
+def test_a_vgg_pth_that_would_run_code_is_refused_without_running_it(no_vgg, tmp_path):
+    # the JPEG test above raises the same error whether or not the file is unpickled safely
+    path = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(LossNetError, match="weights_only=True"):
+        build_loss_net("vgg19", vgg_weights=path)
+    assert _RunsCodeWhenUnpickled.ran == []

@@ -477,3 +477,18 @@ def test_global_cells_train_through_a_subset_and_are_checked():
         with pytest.raises(ValueError, match="global_cells"):
             LSTMOptimizerConfig(global_cells=bad)
     assert LSTMOptimizerConfig.from_dict({"hidden_size": 20}).global_cells == 0  # files from before
+
+
+def test_global_cells_pass_meta_gradient_between_coordinates():
+    """On the differentiable path the carried mean is not detached: coordinate 0's second update
+    depends (in autograd) on the other coordinates' first-step state; without global cells it does not."""
+    for k, coupled in ((0, False), (4, True)):
+        torch.manual_seed(0)
+        net = LSTMOptimizerNet(global_cells=k)
+        n = 6
+        h0 = torch.zeros(2, n, 20, requires_grad=True)
+        c0 = torch.randn(2, n, 20)
+        _, state = net(torch.randn(n), (h0, c0))
+        u, _ = net(torch.randn(n), state)
+        (d_h0,) = torch.autograd.grad(u[0], h0)
+        assert (d_h0[:, 1:].abs().sum() > 0).item() == coupled

@@ -1018,3 +1018,29 @@ def test_setting_changes_compares_nested_settings_key_by_key():
     # A setting added later whose default is None: runs written before it still resume.
     assert _setting_changes({"a": 1}, {"a": 1, "init_from": None}) == []
     assert _setting_changes({"a": 1}, {"a": 1, "init_from": "x.safetensors"}) == [(("init_from",), UNSET, "x.safetensors")]
+
+
+def test_run_episode_meta_gradient_is_the_first_order_one():
+    """run_episode's φ-gradient equals that of Σ_t f(θ_t) with ∇f entering the LSTM as a constant
+    (second derivatives dropped, as in the paper), not one through ∇f's own dependence on θ."""
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    W, y, theta0 = torch.randn(3, 3), torch.randn(3), torch.randn(3)
+    problem = Problem([theta0], lambda ps, t: ((W @ ps[0] - y) ** 2).sum())
+    seen = {}
+
+    class Capture(torch.optim.SGD):  # records φ's gradient, changes nothing
+        def step(self, closure=None):
+            seen["grads"] = [p.grad.clone() for p in nets.parameters()]
+
+    run_episode(nets, problem, steps=4, unroll=4, meta_opt=Capture(nets.parameters(), lr=0.0), grad_clip=1e9)
+    nets.zero_grad()
+    params, states, total = [theta0.clone()], {}, 0.0
+    for t in range(4):
+        leaf = params[0].detach().requires_grad_(True)
+        g = torch.autograd.grad(problem.loss([leaf], t), leaf)[0]
+        params, states = learned_update(nets, params, [g], problem.groups, states)
+        total = total + problem.loss(params, t + 1)
+    total.backward()
+    for got, p in zip(seen["grads"], nets.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-7)

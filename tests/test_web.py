@@ -658,3 +658,16 @@ def test_the_largest_size_may_be_the_smallest():
     # --max-size 256 failed to start: a slider from 256 to 256
     app = web.build_app(device="cpu", limits=web.WebLimits(max_size=web.MIN_SIZE))
     app.close()
+
+
+def test_the_pages_settings_reach_the_config_within_the_limits(tmp_path):
+    from artopt.style.engine import StylizeConfig
+
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam"])
+    _, _, config = stylist._checked(photo, [style, None, None], [1.0] * 3, 96, 7, 2.5, "adam", False, 1234)
+    assert (config.size, config.steps, config.seed, config.optimizer) == (96, 7, 1234, "adam")
+    assert config.style_weight == pytest.approx(2.5 * StylizeConfig().style_weight)
+    with pytest.raises(gr.Error, match="Quality"):
+        stylist._checked(photo, [style, None, None], [1.0] * 3, 96, TEST_LIMITS.max_steps + 1, 1.0, "adam", False, 0)
