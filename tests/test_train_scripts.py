@@ -290,3 +290,53 @@ def test_a_run_that_never_beat_its_start_says_so(tmp_path, suite, capsys):
     assert "warning: no validation after the start scored lower than the start's" in err
     assert suite.main(_tiny(tmp_path, "--name", "y", "--episodes", "3")) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def evaluate():
+    threads = torch.get_num_threads()
+    yield _script("evaluate")
+    torch.set_num_threads(threads)
+
+
+def _tiny_eval(tmp_path, *extra):
+    return ["quadratic", "--steps", "3", "--instances", "1", "--tuned-lrs", str(tmp_path / "lrs.json"), *extra]
+
+
+def test_a_cached_lr_tuned_otherwise_is_said_not_silently_used(tmp_path, evaluate, capsys):
+    # Before: --tune-grid and --tune-problems were dropped without a word when the cache had an entry.
+    # (Not re-tuned: the committed results' commands are reproduced from the cache.)
+    (tmp_path / "lrs.json").write_text(json.dumps({"quadratic": {"steps=3": {"adam": {
+        "lr": 0.1, "criterion": "final", "problems": 2, "grid": [0.01, 0.1, 1.0]}}}}))
+    assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "adam", "--tune-grid", "1:10:1",
+                                    "--json", str(tmp_path / "r.json"))) == 0
+    assert ("using the cached adam lr 0.1 (tuned on a grid of 3 rates from 0.01 to 1, 2 problem(s)), not "
+            "--tune-grid/--tune-problems") in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["tuning"]["adam"]["grid"] == [0.01, 0.1, 1.0]
+    evaluate.main(_tiny_eval(tmp_path, "--optimizers", "adam", "--tune-problems", "2"))  # as cached: no word
+    assert "using the cached" not in capsys.readouterr().err
+
+
+def test_an_lr_cache_that_cannot_be_written_is_refused_before_tuning(tmp_path, evaluate, capsys):
+    (tmp_path / "afile").write_text("")  # before: the tuning ran, then "[Errno 17] File exists"
+    with pytest.raises(SystemExit) as done:
+        evaluate.main(["quadratic", "--optimizers", "adam", "--tuned-lrs", str(tmp_path / "afile" / "x.json")])
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "--tuned-lrs", "is a file, not a folder")
+
+
+def test_weights_of_another_kind_of_task_are_named(tmp_path, evaluate, capsys):
+    assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "lstm", "--weights",
+                                    str(ROOT / "weights" / "neural_art.safetensors"))) == 0
+    err = capsys.readouterr().err
+    assert "warning: lstm" in err and "was meta-trained on 'neural-art' (its card), not on a task like 'quadratic'" in err
+    assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "lstm")) == 0  # the quadratic's own: no word
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_suite_script_says_missing_data_in_one_line(tmp_path, suite, capsys, monkeypatch):
+    monkeypatch.setenv("ARTOPT_DATA", str(tmp_path))  # no mnist folder in it: it was a traceback
+    with pytest.raises(SystemExit) as done:
+        suite.main(["mnist", *_tiny(tmp_path)[1:]])
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "MNIST not found in")

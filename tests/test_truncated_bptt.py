@@ -915,7 +915,9 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so_not_an_unsafe_one(tmp_path
     other_zip = io.BytesIO()
     with zipfile.ZipFile(other_zip, "w") as z:
         z.writestr("notes.txt", "hello")
-    for damaged in (good[:1000], good[:-10], b"", b"garbage\n", b'{"a": 1}', pickle.dumps({"a": 1}),
+    # (cut in the middle of the zip, torch.load raises OSError(EINVAL), which was read as "the file may be fine")
+    cuts = [good[:len(good) * k // 8] for k in range(1, 8)]
+    for damaged in (good[:1000], good[:-10], *cuts, b"", b"garbage\n", b'{"a": 1}', pickle.dumps({"a": 1}),
                     other_zip.getvalue()):
         ckpt.write_bytes(damaged)
         with pytest.raises(ResumeError) as exc:
@@ -967,6 +969,23 @@ def test_a_run_interrupted_while_validating_validates_again_on_resume(tmp_path, 
     events = _events(tmp_path / "r.log.jsonl")
     resumed = next(i for i, e in enumerate(events) if e["event"] == "resumed")
     assert [e["episode"] for e in events[resumed:] if e["event"] == "val"] == [2]
+
+
+def test_ctrl_c_in_the_first_validation_says_the_run_starts_over(tmp_path, monkeypatch, capsys):
+    # Before: exit code 130 and not a word (no checkpoint exists yet, so nothing says what happened)
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tb, "run_episode", interrupted)
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=2, val_every=2, val_problems=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
+                   progress=True)
+    assert capsys.readouterr().err.strip().endswith("interrupted during the first validation, before r.ckpt was "
+                                                    "written: the same command starts the run over")
+    assert not (tmp_path / "r.ckpt").exists()
 
 
 class _Diverges(TinyQuadratic):

@@ -61,7 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--lr", action="append", default=[], metavar="NAME=LR",
                     help="use this lr for a baseline instead of the tuned one (repeatable)")
     ap.add_argument("--tune", action="store_true", help="re-tune baseline lrs even if cached")
-    ap.add_argument("--tune-problems", type=int, default=5, help="val problems per lr in the search")
+    ap.add_argument("--tune-problems", type=int, default=None, help="val problems per lr in the search (default 5)")
     ap.add_argument("--tune-grid", default=None,
                     help="log-spaced lr grid LOW:HIGH:POINTS_PER_DECADE (default 1e-4:10:2)")
     ap.add_argument("--tune-criterion", choices=("final", "trajectory"), default="final")
@@ -82,6 +82,9 @@ def parse_args(argv=None):
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
+    args.tune_problems_given = args.tune_problems is not None
+    if not args.tune_problems_given:
+        args.tune_problems = 5
     if args.tune_problems < 1:
         ap.error(f"--tune-problems must be at least 1, got {args.tune_problems}")
     if args.card and not args.json:
@@ -182,12 +185,35 @@ def parse_args(argv=None):
         args.grid = list(DEFAULT_GRID)
     if args.tuned_lrs.is_dir():
         ap.error(f"--tuned-lrs {args.tuned_lrs} is a folder; give a file name")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+    for flag, path in (("--json", args.json), ("--plot", args.plot), ("--tuned-lrs", args.tuned_lrs)):
         # checked now, not after the whole evaluation (last, so that a bad flag found above leaves no
         # folder behind)
         if path is not None:
             check_output_file(ap, flag, path)
     return args
+
+
+def _card_task(weights) -> str | None:
+    """The task named by the card beside a weights file, if it has a readable one."""
+    try:
+        card = json.loads(Path(weights).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    task = card.get("task") if isinstance(card, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def _family(task: str) -> str:
+    """Tasks whose optimizers are expected to carry over: the MNIST and CIFAR nets are one family."""
+    return "nets" if task.startswith(("mnist", "cifar")) else task
+
+
+def _asked_for_other_tuning(args, entry: dict) -> bool:
+    """Whether --tune-grid or --tune-problems, given, differ from what a cached lr was tuned with."""
+    grid = entry.get("grid") or []
+    other_grid = args.tune_grid is not None and (len(grid) != len(args.grid) or any(
+        not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(sorted(grid), sorted(args.grid))))
+    return other_grid or (args.tune_problems_given and entry.get("problems") != args.tune_problems)
 
 
 def plot_curves(report: dict, path: Path) -> None:
@@ -257,6 +283,12 @@ def main(argv=None) -> int:
         except (ValueError, OSError) as e:  # WeightsError is a ValueError
             print(f"{args.prog}: error: cannot load {name} ({path}): {e}", file=sys.stderr)
             return 2
+        trained_on = _card_task(path)
+        if trained_on is not None and _family(trained_on) != _family(task.name):
+            # not refused: weights of another task are an experiment one may run (the paper moves MNIST
+            # optimizers to CIFAR, one family here), but neural-art weights on MNIST ran without a word
+            print(f"{args.prog}: warning: {name} ({path}) was meta-trained on {trained_on!r} (its card), not on "
+                  f"a task like {task.name!r}", file=sys.stderr)
     factories, lrs, tuning = {}, {}, {}
     for name in args.optimizer_list:
         if name in learned:
@@ -270,6 +302,13 @@ def main(argv=None) -> int:
                 say(f"cached {name} lr was tuned by the {entry['criterion']} loss; re-tuning by the "
                     f"{args.tune_criterion} loss")
                 entry = None
+            if entry is not None and _asked_for_other_tuning(args, entry):
+                # not re-tuned: the committed results are reproduced from the cache (their commands
+                # name the grid they were first tuned with), but the flags were not silently dropped
+                grid = entry.get("grid") or []
+                where = f"a grid of {len(grid)} rates from {min(grid):.3g} to {max(grid):.3g}" if grid else "its grid"
+                say(f"using the cached {name} lr {entry['lr']:.3g} (tuned on {where}, {entry.get('problems')} "
+                    f"problem(s)), not --tune-grid/--tune-problems; --tune re-tunes with them")
             if entry is None:
                 t0 = time.perf_counter()
                 say(f"tuning {name} on {task.name} ({len(args.grid)} lrs x {args.tune_problems} val problems, {steps} steps)")
@@ -282,7 +321,7 @@ def main(argv=None) -> int:
                 entry = res.to_dict()
                 say(f"  -> {name} lr={res.lr:.3g} ({time.perf_counter() - t0:.0f}s)")
             lrs[name] = entry["lr"]
-            tuning[name] = {k: entry.get(k) for k in ("criterion", "problems", "steps", "seed", "at_edge")}
+            tuning[name] = {k: entry.get(k) for k in ("criterion", "problems", "steps", "seed", "at_edge", "grid")}
         factories[name] = baseline_factory(name, lrs[name])
 
     if args.tune_only:
@@ -291,7 +330,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     result = evaluate(task, factories, args.instances, steps, args.seed, with_metrics=not args.no_metrics,
-                      progress=lambda p: say(f"{p.optimizer}: {p.instance}/{p.instances} final {p.final_loss:.4g}")
+                      progress=lambda p: say(f"{p.optimizer}: {p.instance}/{p.instances} done (the last one's final loss "
+                                                    f"{p.final_loss:.4g}; the mean is in the table)")
                       if p.instance == p.instances else None)
     report = compare(result, lrs, learned=[n for n in args.optimizer_list if n.startswith("lstm")])
     report["eval_seed_note"] = "problems from the 'test' split, generator seed 1_000_000 + seed"

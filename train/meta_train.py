@@ -84,7 +84,10 @@ def main(argv=None) -> int:
                                   global_cells=args.global_cells)
     except ValueError as err:
         config_error(ap, err)
-    groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
+    try:  # the data is read on the first sample: a missing or corrupt dataset is one line, as in evaluate.py
+        groups = sorted(set(task.sample(torch.Generator().manual_seed(0), "train").groups))
+    except (ValueError, OSError) as err:  # DataNotFoundError is an OSError
+        ap.error(str(err))
     nets = nn.ModuleDict({g: LSTMOptimizerNet(cfg) for g in groups})
     try:
         mcfg = MetaTrainConfig(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import functools
 import json
@@ -529,7 +530,13 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
         save_checkpoint(elapsed)
 
     if best_episode < 0:
-        best_val = validate()
+        try:
+            best_val = validate()
+        except KeyboardInterrupt:  # before any checkpoint: it ended with exit code 130 and no word
+            if progress:
+                print(f"interrupted during the first validation, before {ckpt_path.name} was written: the same "
+                      "command starts the run over", file=sys.stderr)
+            raise
         best_episode = episode
         _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed_before)
         emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
@@ -584,6 +591,8 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             if episode >= next_val or episode >= config.episodes:
                 next_val = (episode // config.val_every + 1) * config.val_every
                 validate_and_keep()
+                if bar is not None:  # now, not after the next episode (the last validation never showed)
+                    bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}", **left)
         if helpers:  # the helpers end their last episodes (the budget's) and stop by themselves
             episode = helpers.stop(wait=True)
             if bar is not None:
@@ -592,6 +601,8 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             # The budget's last episodes (a time budget's, or a helper's) are validated too: a run
             # must not ship networks older than what it trained.
             validate_and_keep()
+            if bar is not None:
+                bar.set_postfix(best_val=f"{best_val:.4g}")
     except KeyboardInterrupt:
         # Keep the episodes done since the last validation.  (Meta-updates an interrupted episode
         # already applied stay in φ; its episode is not counted, so the rerun draws a new problem.)
@@ -887,7 +898,9 @@ def _unresumable(path: Path, exc: Exception) -> ResumeError:
 
 def _unloadable(path: Path, exc: Exception) -> ResumeError:
     """Why torch.load could not read the checkpoint at ``path``."""
-    if isinstance(exc, OSError):  # e.g. no permission: the file may be fine
+    # e.g. no permission: the file may be fine.  (torch.load raises OSError(EINVAL) for a file cut
+    # in the middle of its zip: that one is damage.)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.EIO):
         return _unresumable(path, exc)
     refused = isinstance(exc, pickle.UnpicklingError) and re.search(r"Unsupported global: GLOBAL \S+", str(exc))
     if refused:  # a real torch file, holding objects a weights-only load will not create
