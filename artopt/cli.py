@@ -117,8 +117,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="largest upload accepted, in MB (default: %(default)s)")
     sv.add_argument("--max-size", type=int, default=None,
                     help="largest output long side allowed, 256-4096 (default: 4096 on a CUDA GPU, 2048 otherwise)")
-    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                    help="where stylizations run (default: %(default)s: a GPU when there is one)")
+    sv.add_argument("--device", default="auto", type=str.lower,
+                    help="where stylizations run: auto, cpu, cuda, cuda:N (the Nth GPU) or mps (default: %(default)s: "
+                         "a GPU when there is one)")
     sv.add_argument("--queue-size", type=int, default=32,
                     help="requests that may wait for their turn (default: %(default)s)")
     sv.set_defaults(handler=_serve, subparser=sv)
@@ -226,7 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
                   queue_size=args.queue_size)
     except ValueError as exc:
         raise CLIError(_with_flag_names(str(exc), ["concurrency", "max_upload_mb", "max_size", "port",
-                                                   "queue_size"])) from None
+                                                   "queue_size", "device"])) from None
     except OSError as exc:
         if "Cannot find empty port" not in str(exc):  # Gradio's words for a port already taken
             raise

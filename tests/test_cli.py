@@ -611,6 +611,7 @@ def test_a_script_command_without_target_says_so_on_stderr(capsys, kind):
     (["--max-size", "100"], "artopt: error: --max-size must be between"),
     (["--queue-size", "0"], "artopt: error: --queue-size must be at least 1, got 0"),
     (["--concurrency", "0"], "artopt: error: --concurrency must be at least 1, got 0"),
+    (["--device", "gpu"], "artopt: error: --device must be one of auto, cpu, cuda, mps (or cuda:N), got 'gpu'"),
 ])
 def test_serve_errors_name_the_flags(capsys, flags, message):
     assert main(["serve", *flags]) == 2
