@@ -729,3 +729,34 @@ def test_a_ctrl_c_logs_each_step_once_and_the_outputs_losses(tmp_path, monkeypat
     record = json.loads(log.read_text())
     assert record["stopped_early"] and [s["step"] for s in record["steps"]] == [1, 2]
     assert record["final_losses"]["total"] is not None and out.is_file()
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def test_save_every_names_and_writes_intermediates_in_the_outputs_format(tmp_path):
+    out = tmp_path / "out.jpg"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "2", *FAST]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "out_step2.jpg"]
+    assert Image.open(tmp_path / "out_step2.jpg").format == "JPEG"
+
+
+def test_save_every_saves_at_the_first_step_past_each_multiple(tmp_path, monkeypatch):
+    # L-BFGS steps count several evaluations: here the steps are 2, 4, 7, 8 and the engine sends
+    # images at 4 (past 3), 7 (past 6) and 8 (the last).  The real engine's L-BFGS now mostly takes one
+    # evaluation a step, so the lbfgs run in test_cli.py cannot tell this from "step % N == 0".
+    import torch
+
+    from artopt.style import engine
+
+    def fake(content, styles, config, callback=None, image_every=0, **kwargs):
+        image = torch.full((1, 3, 32, 48), 0.5)
+        for step, with_image in ((2, False), (4, True), (7, True), (8, True)):
+            callback(engine.StepInfo(step=step, total_steps=8, scale_index=0, n_scales=1, size=(32, 48),
+                                     losses={"total": 1.0}, elapsed=0.1, image=image if with_image else None,
+                                     final_losses={"total": 1.0} if step == 8 else None))
+        return image
+
+    monkeypatch.setattr(engine, "stylize", fake)
+    out = tmp_path / "o.png"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "3", *FAST]) == 0
+    assert sorted(p.name for p in tmp_path.glob("o_step*")) == ["o_step4.png", "o_step7.png"]

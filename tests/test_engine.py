@@ -711,3 +711,33 @@ def test_the_configs_lr_sets_the_step_size():
                                loss_net="efficientnet-lite0")
         moved = (stylize(CONTENT, [STYLE], config) - CONTENT).abs().max().item()
         assert 0.5 * lr < moved <= 1.01 * lr, (lr, moved)
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def _flat_image(seed, height, width, level):
+    g = torch.Generator().manual_seed(seed)
+    coarse = level + 0.1 * torch.rand(1, 3, 6, 8, generator=g)
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _styles_seen(monkeypatch, content, style, **settings):
+    seen = []
+    real = engine.StyleLoss
+    monkeypatch.setattr(engine, "StyleLoss", lambda net, target, styles, **kw: seen.append(styles) or real(net, target, styles, **kw))
+    config = StylizeConfig(size=64, steps=1, optimizer="adam", device="cpu", loss_net="efficientnet-lite0", **settings)
+    stylize(content, [style], config)
+    return seen[-1][0]
+
+
+def test_keep_colors_matches_the_styles_luminance_to_the_photo(monkeypatch):
+    content, style = _flat_image(0, 48, 64, 0.15), _flat_image(1, 48, 64, 0.8)  # dark photo, bright style
+    seen = _styles_seen(monkeypatch, content, style, keep_colors=True)
+    y_style, y_content = rgb_to_ycbcr(seen)[:, 0], rgb_to_ycbcr(content)[:, 0]
+    assert abs(float(y_style.mean() - y_content.mean())) < 0.02
+
+
+def test_style_images_keep_style_scale_times_the_output_size(monkeypatch):
+    style = _flat_image(1, 192, 256, 0.5)
+    seen = _styles_seen(monkeypatch, _flat_image(0, 48, 64, 0.3), style, style_scale=2.0)
+    assert max(seen.shape[-2:]) == 128  # 2 x 64 px, not shrunk to the output's 64 px and blown up again

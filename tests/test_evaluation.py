@@ -417,3 +417,25 @@ def test_the_report_names_the_default_weights_too(tmp_path):
     assert json.loads((tmp_path / "q.json").read_text())["weights"] == {"lstm": "weights/quadratic.safetensors"}
     assert cli.default_weights("neural-art").name == "neural_art.safetensors"  # was neural-art.safetensors
     assert cli.default_weights("mnist-relu").name == "mnist.safetensors"
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def test_a_tie_on_an_instance_is_not_a_win():
+    res = _result({"lstm": [[4.0, 2.0, 1.0], [4.0, 2.0, 0.5]], "adam": [[4.0, 2.0, 1.0], [4.0, 2.0, 1.0]]})
+    assert compare(res)["lstm_wins_fraction"] == 0.5  # instance 0 ties: not a win
+
+
+def test_the_last_window_ratio_divides_window_by_window():
+    # window 2: lstm (2 + 1) / 2 = 1.5, adam (4 + 2) / 2 = 3.0 (its final alone is 2.0)
+    res = _result({"lstm": [[4.0, 2.0, 1.0]], "adam": [[4.0, 4.0, 2.0]]})
+    out = compare(res, window=2)
+    assert out["lstm_over_best_baseline_last_window"] == pytest.approx(0.5)
+
+
+def test_every_learned_run_is_left_out_of_the_baselines():
+    res = _result({"lstm": [[4.0, 2.0, 1.0]], "lstm-bf16": [[4.0, 2.0, 0.8]], "adam": [[4.0, 2.0, 2.0]]})
+    out = compare(res, learned=["lstm", "lstm-bf16"])
+    assert out["best_baseline"] == "adam" and out["lstm_over_best_baseline"] == pytest.approx(0.5)
+    assert out["learned_over_best_baseline"] == {"lstm": pytest.approx(0.5), "lstm-bf16": pytest.approx(0.4)}
+    assert set(out["lstm_over_each_baseline"]) == {"adam"}

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from artopt.style.images import ImageError, load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil
 
@@ -206,3 +206,40 @@ def test_wrong_argument_types_are_type_errors():
         load_image(_gradient())
     with pytest.raises(TypeError, match="PIL image, got ndarray"):
         pil_to_tensor(np.zeros((4, 4, 3), np.uint8))
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def _marked_jpeg(orientation: int) -> bytes:
+    """64x48 black JPEG, white top-left corner, with an EXIF orientation."""
+    image = Image.new("RGB", (64, 48), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 16, 16))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+@pytest.mark.parametrize("orientation, corner", [(6, (47 - 4, 4)), (8, (4, 63 - 4)), (3, (63 - 4, 47 - 4))])
+def test_exif_orientation_turns_the_right_way(monkeypatch, fallback, orientation, corner):
+    if fallback:  # the path taken when Pillow's exif_transpose fails on damaged EXIF
+        monkeypatch.setattr(ImageOps, "exif_transpose", lambda im: (_ for _ in ()).throw(SyntaxError("bad")))
+    image = load_image(_marked_jpeg(orientation))
+    assert image.getpixel(corner)[0] > 200  # the white corner is where the display puts it
+    assert image.getpixel((image.width - 1 - corner[0], image.height - 1 - corner[1]))[0] < 50
+
+
+def test_a_dark_16_bit_image_stays_dark():
+    array = np.full((40, 40), 200, dtype=np.uint16)  # 200 / 65535: nearly black, not 200 / 255
+    image = load_image(_encode(Image.fromarray(array)))
+    assert image.getpixel((0, 0)) == (1, 1, 1)
+
+
+def test_jpeg_is_saved_at_the_quality_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    save_image(noisy, tmp_path / "hi.jpg")  # default quality 95
+    save_image(noisy, tmp_path / "lo.jpg", quality=75)  # Pillow's own default
+    assert (tmp_path / "hi.jpg").stat().st_size > 1.3 * (tmp_path / "lo.jpg").stat().st_size

@@ -701,3 +701,57 @@ def test_the_grid_runs_the_weights_given_and_the_pyramid_asked_for(tmp_path, eva
                              "--pyramid", "on", "--out", str(tmp_path / "g")]) == 0
     assert [(c.optimizer, c.lstm_weights, c.pyramid) for c in configs] == [("lstm", str(mine), True), ("adam", None, True)] * 2
     assert (tmp_path / "g" / "grid.png").is_file()
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def test_steps_to_reach_count_a_loss_equal_to_the_target_and_index_from_step_0():
+    script = _train_script("eval_neural_art")
+    report = {"best_baseline": "adam", "optimizers": {
+        "adam": {"learned": False, "mean_final_loss": 0.5, "mean_curve": [1.0, 0.8, 0.5]},
+        "lstm": {"learned": True, "mean_final_loss": 0.3, "mean_curve": [1.0, 0.7, 0.5, 0.3]},
+        "lstm-bf16": {"learned": True, "mean_final_loss": 0.9, "mean_curve": [1.0, 0.9, 0.9, 0.9]}}}
+    assert script._reach_steps(report) == {"steps_to_reach_best_baseline_final": {"lstm": 2, "lstm-bf16": None}}
+
+
+def test_the_final_loss_band_is_mean_plus_minus_1_96_standard_errors():
+    script = _train_script("eval_neural_art")
+    out = script._summarize_curves({"adam": [[3.0, 2.0, 1.0], [3.0, 2.0, 3.0]]}, {"adam": 0.1})
+    # finals 1 and 3: mean 2, sample std sqrt(2), standard error sqrt(2) / sqrt(2) = 1
+    assert out["optimizers"]["adam"]["final_loss_ci95"] == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
+
+
+def test_timing_measures_each_photo_against_that_photos_adam_final_loss():
+    script = _train_script("eval_neural_art")
+    curves = {"adam": [[3.0, 2.0, 1.0], [3.0, 2.5, 2.0]], "lstm": [[3.0, 1.5, 1.5], [3.0, 1.5, 1.5]]}
+    row = {"times": [(1.0, 0.5), (2.0, 1.0), (3.0, 1.5)], "seconds": 3.0, "loss_seconds": 1.5}
+    timing = script._timing_summary({}, curves, {"adam": [row, row], "lstm": [row, row]})
+    # photo 0: never down to adam's 1.0; photo 1: at step 1, below adam's 2.0
+    assert [r["seconds_to_adam_final"] for r in timing["lstm"]] == [None, 2.0]
+
+
+def test_a_ratio_of_exactly_one_is_not_a_win_in_the_card(tmp_path):
+    script = _train_script("eval_neural_art")
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    rows = [{"setting": s, "style": "x.jpg", "best_baseline": "adam", "best_baseline_final": 1.0, "lstm_final": r,
+             "lstm_over_best_baseline": r, "steps_to_reach": {"lstm": 5}} for s, r in (("64", 1.0), ("128", 0.9))]
+    script.record_in_card(rows, card, source=tmp_path, command="cmd")
+    assert json.loads(card.read_text())["beats_best_baseline_at"] == ["128"]
+
+
+def test_selection_default_tie_step_is_a_quarter_and_per_seed_means_use_their_own_problems(tmp_path, shared_data):
+    script = _train_script("select_neural_art")
+    torch.manual_seed(0)
+    w = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    w.with_suffix(".json").write_text(json.dumps({"task": "neural-art"}))
+    threads = torch.get_num_threads()
+    try:
+        assert script.main([str(w), "--size", "16", "--steps", "8", "--problems", "2", "--val-seeds", "5", "6",
+                            "--json", str(tmp_path / "sel.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "sel.json").read_text())
+    assert report["rule"]["tie_break_step"] == 2  # 8 // 4 (128 steps: 32)
+    s = report["weights"][str(w)]
+    assert sum(s["per_seed"].values()) / 2 == pytest.approx(s["mean"])  # equal problems per seed

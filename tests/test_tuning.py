@@ -8,6 +8,7 @@ import torch
 
 from artopt.optimizers.tuning import LRSearchResult, TunedLRCache, grid_search, score_curves, search_lr
 from artopt.tasks.quadratic import quadratic_problem
+from artopt.optimizers import make_optimizer
 
 
 class IsotropicQuadratics:
@@ -241,3 +242,39 @@ def test_lbfgs_starts_afresh_after_a_step_that_did_not_move_and_then_stops():
     assert opt.stalled and torch.equal(x.detach(), torch.zeros(3))
     before = len(calls)
     assert float(opt.step(lying)) == 1.0 and len(calls) == before + 1  # stalled: only the loss, no search
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def test_baselines_have_the_papers_hyperparameters():
+    p = [torch.zeros(2, requires_grad=True)]
+    nag = make_optimizer("nag", p).param_groups[0]
+    assert nag["nesterov"] is True and nag["momentum"] == 0.9
+    sgd = make_optimizer("sgd", p).param_groups[0]
+    assert sgd["momentum"] == 0 and not sgd["nesterov"]
+    rms = make_optimizer("rmsprop", p).param_groups[0]
+    assert rms["alpha"] == 0.99 and rms["momentum"] == 0 and not rms["centered"]
+    adam = make_optimizer("adam", p).param_groups[0]
+    assert tuple(adam["betas"]) == (0.9, 0.999) and adam["eps"] == 1e-8
+
+
+def test_nag_takes_a_nesterov_step():
+    # f = x^2 / 2 from x = 1, lr 0.1: step 1 x = 1 - 0.1 * 1.9 = 0.81 (plain momentum: 0.9)
+    x = torch.ones(1, requires_grad=True)
+    opt = make_optimizer("nag", [x], 0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x ** 2).sum() / 2
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert float(x.detach()) == pytest.approx(0.81)
+
+
+def test_a_best_rate_at_the_low_edge_is_flagged():
+    score = lambda lr: (math.log(lr) - math.log(0.01)) ** 2  # optimum below the grid  # noqa: E731
+    found = grid_search(score, [0.1, 0.3, 1.0], widen=0)
+    assert found.lr == 0.1 and found.at_edge
+    assert not grid_search(score, [0.003, 0.01, 0.03]).at_edge

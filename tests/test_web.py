@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 
 from artopt import web  # noqa: E402
+from artopt.style import engine
 
 # max_input_pixels is low so that a small file can stand in for a decompression bomb.
 TEST_LIMITS = web.WebLimits(min_size=48, max_size=256, max_steps=400, max_input_pixels=1_000_000)
@@ -671,3 +672,30 @@ def test_the_pages_settings_reach_the_config_within_the_limits(tmp_path):
     assert config.style_weight == pytest.approx(2.5 * StylizeConfig().style_weight)
     with pytest.raises(gr.Error, match="Quality"):
         stylist._checked(photo, [style, None, None], [1.0] * 3, 96, TEST_LIMITS.max_steps + 1, 1.0, "adam", False, 0)
+
+
+# Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
+
+def test_closing_the_page_mid_run_stops_the_worker(tmp_path, monkeypatch):
+    # Gradio closes the generator when the page goes away: the worker thread must be told to stop.
+    stopped = threading.Event()
+
+    def fake(content, styles, config, callback=None, image_every=0, should_stop=None, **kwargs):
+        image = torch.full((1, 3, 48, 64), 0.5)
+        callback(engine.StepInfo(step=1, total_steps=100, scale_index=0, n_scales=1, size=(48, 64),
+                                 losses={"total": 1.0}, elapsed=0.1, image=image))
+        for _ in range(500):  # up to 5 s
+            if should_stop():
+                stopped.set()
+                break
+            threading.Event().wait(0.01)
+        return image
+
+    monkeypatch.setattr(engine, "stylize", fake)
+    stylist = web._Stylist("cpu", web.WebLimits(min_size=48, max_size=256, max_steps=400), tmp_path, None, ["adam"])
+    photo, style = (str(web.ASSETS_DIR / d) for d in ("photos/chelsea.jpg", "styles/starry_night.jpg"))
+    run = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 100, 1.0, "adam", False, 0)
+    while not str(next(run)[3]).startswith("Working: step"):  # the first preview
+        pass
+    run.close()
+    assert stopped.wait(6), "the worker went on after the page closed the run"
