@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from artopt.learned_optimizers.network import INT8_STEPS  # noqa: E402
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path  # noqa: E402
 from artopt.learned_optimizers.weights import load_learned  # noqa: E402
 from artopt.script_args import check_output_file, positive_int  # noqa: E402
-from lstm_layout import _best_of, write_report  # noqa: E402
+from lstm_layout import _best_of, engine_moments, write_report  # noqa: E402
 
 
 def chunk_update(grad, h0, h1, c0, c1, w_ih0, w_hh0, b0, w_ih1, w_hh1, b1, head_w, head_b, p: float,
@@ -97,13 +98,7 @@ def main(argv=None) -> int:
     L, H, n = net.config.num_layers, net.config.hidden_size, args.coords
     state = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
     moments = None  # bfloat16, as the engine keeps them (None for a network without moment inputs)
-
-    def next_moments(grad, moments):
-        if not net.config.moment_inputs:
-            return None
-        m, v = net.update_moments(grad, moments)
-        return m.bfloat16(), v.bfloat16()
-
+    next_moments = partial(engine_moments, net)
     with torch.no_grad():
         for _ in range(3):  # a non-trivial state
             grad = torch.randn(n) * 1e-3

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -72,6 +73,15 @@ def gate_major_update(net, grad, state, chunk, moments=None):
     return update, (h_out, c_out)
 
 
+def engine_moments(net, grad, moments):
+    """The running means (m, v) after ``grad``, in bfloat16 as the engine keeps them; None for a
+    network without moment inputs."""
+    if not net.config.moment_inputs:
+        return None
+    m, v = net.update_moments(grad, moments)
+    return m.bfloat16(), v.bfloat16()
+
+
 def write_report(report: dict, path: Path) -> None:
     """Print the report and write it as (strict) JSON."""
     print(dumps(report, indent=2))
@@ -103,13 +113,7 @@ def main(argv=None) -> int:
     row = (torch.zeros(L, n, H, dtype=torch.int8), torch.zeros(L, n, H, dtype=torch.float16))
     col = (torch.zeros(L, H, n, dtype=torch.int8), torch.zeros(L, H, n, dtype=torch.float16))
     moments = None  # bfloat16, as the engine keeps them (None for a network without moment inputs)
-
-    def next_moments(grad, moments):
-        if not net.config.moment_inputs:
-            return None
-        m, v = net.update_moments(grad, moments)
-        return m.bfloat16(), v.bfloat16()
-
+    next_moments = partial(engine_moments, net)
     max_diff = 0.0
     for _ in range(3):  # a few steps from zero state, so both layouts hold the same non-trivial state
         grad = torch.randn(n) * 1e-3
