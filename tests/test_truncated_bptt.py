@@ -589,6 +589,7 @@ def test_a_second_ctrl_c_while_the_helpers_stop_still_saves_the_checkpoint(tmp_p
     import artopt.outer_trainers.truncated_bptt as tb
 
     real_stop = tb._Helpers.stop
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when the tests run in the background
     _interrupt_training_episode(monkeypatch, 3)
 
     def impatient_stop(self, wait=False):  # the person presses Ctrl-C again while the helper ends its episode
@@ -602,7 +603,7 @@ def test_a_second_ctrl_c_while_the_helpers_stop_still_saves_the_checkpoint(tmp_p
         meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                    name="r", progress=False)
     assert not multiprocessing.active_children()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
     # was lost: the second KeyboardInterrupt ended the handler before it saved
     saved = torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"]
     assert saved >= 2 and _events(tmp_path / "r.log.jsonl")[-1]["event"] == "interrupted"
