@@ -145,7 +145,7 @@ def engine_step_seconds(steps: int) -> dict:
     n = len(infos) - 1  # from the end of step 1 (targets and set-up come before it) to the last
     return {"step_seconds": (infos[-1].elapsed - infos[0].elapsed) / n,
             "loss_net_seconds_per_step": (infos[-1].loss_seconds - infos[0].loss_seconds) / n,
-            "final_loss": infos[-1].losses["total"]}
+            "final_loss": (infos[-1].final_losses or infos[-1].losses)["total"]}  # of the returned image
 
 
 def main(argv=None) -> int:

@@ -205,7 +205,7 @@ def bench_speed(args) -> None:
     results["default_512"] = {"seconds": round(time.perf_counter() - t, 2), "cpu_seconds": round(time.process_time() - c, 2),
                               "config": dataclasses.asdict(config),
                               "loss_net_seconds": round(infos[-1].loss_seconds, 2),
-                              "final_losses": infos[-1].losses, "target_s": 60}
+                              "final_losses": infos[-1].final_losses or infos[-1].losses, "target_s": 60}
     results["load_average_end"] = os.getloadavg()
     print(results["default_512"], flush=True)
     write_json("speed", results)
@@ -366,8 +366,10 @@ def bench_lr_sweep(args) -> None:
             infos = []
             stylize(photo, [style], StylizeConfig(size=args.size, steps=args.steps, optimizer=name, lr=lr,
                                                   pyramid=False), callback=infos.append)
-            results.setdefault(name, {})[str(lr)] = infos[-1].losses["total"]
-            print(name, lr, infos[-1].losses["total"], flush=True)
+            # the returned image's loss (a step's own losses are of the image before its update)
+            final = (infos[-1].final_losses or infos[-1].losses)["total"]
+            results.setdefault(name, {})[str(lr)] = final
+            print(name, lr, final, flush=True)
     # a diverged rate (NaN) must not win: min() keeps a NaN it met first, as no number is below it
     best = {k: min((lr for lr in v if math.isfinite(v[lr])), key=v.get, default=None) for k, v in results.items()}
     write_json("lr_sweep", {"size": args.size, "steps": args.steps, "final_total_loss": results, "best_lr": best,

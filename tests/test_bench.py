@@ -196,8 +196,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
     stylize = load("stylize")
     losses = {0.01: math.nan, 0.02: 3.0, 0.05: 2.0}
 
-    def fake_stylize(content, styles, config, callback):
-        callback(SimpleNamespace(losses={"total": losses[config.lr]}))
+    def fake_stylize(content, styles, config, callback):  # the last step began at 99: the returned image decides
+        callback(SimpleNamespace(losses={"total": 99.0}, final_losses={"total": losses[config.lr]}))
 
     monkeypatch.setattr(stylize, "stylize", fake_stylize)
     monkeypatch.setattr(stylize, "_load_assets", lambda names, folder: [None])
