@@ -341,10 +341,6 @@ def _stylize(args: argparse.Namespace) -> int:
     from artopt.learned_optimizers.weights import write_text_atomic
     from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
 
-    for flag, value in (("--log-json", args.log_json), ("--vgg-weights", args.vgg_weights),
-                        ("--lstm-weights", args.lstm_weights)):
-        if value is not None and not value.strip():  # e.g. "$UNSET_VARIABLE": was taken as no flag at all
-            raise CLIError(f"{flag} needs a file name")
     try:
         config = StylizeConfig(**{f.name: getattr(args, f.name)
                                   for f in dataclasses.fields(StylizeConfig)}).validated()
@@ -355,6 +351,8 @@ def _stylize(args: argparse.Namespace) -> int:
         raise CLIError(f"--style-weights has {len(config.style_weights)} value(s) for {len(args.styles)} style image(s)")
     output = Path(args.output)
     _check_output_path(output, args.no_clobber)  # the --save-every images go beside it: checked too
+    if args.log_json is not None and not args.log_json.strip():
+        raise CLIError("--log-json needs a file name")
     log_path = Path(args.log_json) if args.log_json is not None else None
     if log_path is not None:
         _check_writable_file(log_path, args.no_clobber)

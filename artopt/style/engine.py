@@ -160,6 +160,8 @@ class StylizeConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a file path, got {value!r}")
+            if value is not None and not str(value).strip():  # e.g. "$UNSET_VARIABLE": was taken as no file
+                raise ValueError(f"{name.replace('_', ' ')} needs a file name")
         # numpy integers are integers too (they were refused as "got 48"); bools are not
         for name in ("size", "steps", "seed", "edge_pad"):
             value = getattr(self, name)
