@@ -630,6 +630,11 @@ def stylize(content: Image.Image | torch.Tensor,
             img = _with_chroma(img, content_final.to(img.device))
         return img.cpu().clone()
 
+    @torch.no_grad()
+    def losses_of(img: torch.Tensor) -> dict[str, float]:
+        """The losses of the image a run ends with (StepInfo.final_losses): one evaluation outside the budget."""
+        return {k: float(v) for k, v in loss_fn(img).items()}
+
     def start_image() -> torch.Tensor:
         """The run's start at the output size: what a run that took no step returns (made at the
         coarsest scale and upsampled, it was a blurred copy of the content)."""
@@ -739,10 +744,7 @@ def stylize(content: Image.Image | torch.Tensor,
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
                     image_every > 0 and scale_end)  # end of a scale
                 elapsed = time.perf_counter() - start
-                final_losses = None
-                if final:
-                    with torch.no_grad():
-                        final_losses = {k: float(v) for k, v in loss_fn(image).items()}
+                final_losses = losses_of(image) if final else None
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
@@ -763,12 +765,10 @@ def stylize(content: Image.Image | torch.Tensor,
     if callback is not None and not reported_final:
         # A stop seen between steps (or between scales) ended the run after a step that did not know
         # it was the last: its image and losses come now, under the same step count.
-        with torch.no_grad():
-            final_losses = {k: float(v) for k, v in loss_fn(image).items()}
         callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
                           size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
                           image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
-                          final_losses=final_losses))
+                          final_losses=losses_of(image)))
     return preview(at_output(image))
 
 
