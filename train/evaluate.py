@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
+from artopt.learned_optimizers.shipped import trained_task  # noqa: E402
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
 from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
@@ -196,11 +197,9 @@ def parse_args(argv=None):
 def _card_task(weights) -> str | None:
     """The task named by the card beside a weights file, if it has a readable one."""
     try:
-        card = json.loads(Path(weights).with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return trained_task(weights)
+    except ValueError:  # an unreadable card: the weights loaded, so only the warning is given up
         return None
-    task = card.get("task") if isinstance(card, dict) else None
-    return task if isinstance(task, str) else None
 
 
 def _family(task: str) -> str:

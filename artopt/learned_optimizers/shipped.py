@@ -45,6 +45,13 @@ def _card_beside(weights: str | os.PathLike) -> tuple[Path, dict]:
     return card_path, found
 
 
+def trained_task(weights: str | os.PathLike) -> str | None:
+    """The task named by the card beside ``weights``; None without a card or a task name in it.
+    ValueError, naming the card, when it is not a readable JSON object."""
+    task = _card_beside(weights)[1].get("task")
+    return task if isinstance(task, str) else None
+
+
 def check_neural_art(weights: str | os.PathLike) -> None:
     """ValueError unless ``weights`` may be a neural-art optimizer: its card, if it has one, must not
     name another task (an MNIST optimizer runs on images, but badly, and nothing would say why)."""
