@@ -42,8 +42,8 @@ BASES = ("pixels", "multiscale")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Learning rates for pixels in [0, 1] under the default loss weights.  Adam's was measured
-# (``bench/stylize.py lr-sweep --size 128 --steps 60 --optimizers adam``: final loss 1.106 at
-# 0.01, 0.635 at 0.02, 0.642 at 0.05; bench/results/lr_sweep.json).  RMSprop's is the rate the
+# (``bench/stylize.py lr-sweep --size 128 --steps 60 --optimizers adam``: final loss 0.843 at
+# 0.01, 0.531 at 0.02, 0.576 at 0.05; bench/results/lr_sweep.json, rerun in session 52).  RMSprop's is the rate the
 # evaluation's tuning chose at 128 px and with the pyramid at 256 and 384 px (0.007 at 512 px;
 # train/results/neural_art/lrs.json).  L-BFGS's line search scales its step.
 # ``lstm``'s lr is a multiplier on its learned step: by default the one its card's calibration chose.
