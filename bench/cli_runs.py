@@ -83,12 +83,14 @@ def write_report(report: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def add_run_flags(ap, name: str, style: bool = True) -> None:
-    """The flags every user-setting benchmark takes; ``name`` names its run folder and JSON."""
+def add_run_flags(ap, name: str, style: bool = True, size: bool = True) -> None:
+    """The flags every user-setting benchmark takes; ``name`` names its run folder and JSON (``style``,
+    ``size``: whether it takes --style and --size)."""
     ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
     if style:
         ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
-    ap.add_argument("--size", type=int, default=256, help="output long side (default: %(default)s)")
+    if size:
+        ap.add_argument("--size", type=int, default=256, help="output long side (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / name,
                     help="folder for the runs' images and logs (default: runs/%s)" % name)
     ap.add_argument("--reuse", action="store_true",
@@ -97,16 +99,19 @@ def add_run_flags(ap, name: str, style: bool = True) -> None:
                     help="the report (default: bench/results/%s.json, the committed one)" % name)
 
 
-def check_run_flags(ap, args) -> None:
-    """Refuse bad values of add_run_flags' flags now, not when the first of many runs fails."""
+def check_run_flags(ap, args, sizes: list[int] | None = None) -> None:
+    """Refuse bad values of add_run_flags' flags now, not when the first of many runs fails (``sizes``:
+    the output sizes, where the benchmark takes them by another flag than --size)."""
     from artopt.style.engine import StylizeConfig
 
-    try:
-        StylizeConfig(size=args.size).validated()
-    except ValueError as exc:
-        ap.error(f"--size: {exc}")
+    flag, sizes = ("--size", [args.size]) if sizes is None else ("--sizes", sizes)
+    for size in sizes:
+        try:
+            StylizeConfig(size=size).validated()
+        except ValueError as exc:
+            ap.error(f"{flag}: {exc}")
     check_names(ap, "--photos", args.photos, ROOT / "assets" / "photos")
-    check_photo_sizes(ap, [ROOT / "assets" / "photos" / f"{p}.jpg" for p in args.photos], [args.size])
+    check_photo_sizes(ap, [ROOT / "assets" / "photos" / f"{p}.jpg" for p in args.photos], sizes)
     if getattr(args, "style", None) is not None:
         check_names(ap, "--style", [args.style], ROOT / "assets" / "styles")
     check_output_dir(ap, "--out", args.out)

@@ -114,6 +114,8 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("long_runs", ["--photos", "nope"], "no nope.jpg"),
     ("loss_weights", ["--style", "nope"], "no nope.jpg"),
     ("style_sweep", ["--size", "16"], "--size"),
+    ("sizes", ["--sizes", "64", "16"], "--sizes"),
+    ("sizes", ["--sizes", "40"], "at least 48 px"),  # chelsea.jpg is 3:2: 27 px high at 40
     ("task_step_time", ["--suites", "quadratic,nope"], "unknown 'nope'"),
     ("web_timing", ["--size", "64"], "the page's limits"),  # the page would run 256 px, recorded as 64
     ("web_timing", ["--optimizer", "foo"], "no menu entry 'foo'"),
@@ -298,6 +300,36 @@ def test_long_runs_rise_is_measured_on_the_final_scale(monkeypatch, tmp_path):
     # after steps 3 and 4 (final scale): 4.0 and 3.5; the loss after p steps is reported at p
     assert row["lstm_largest_rise_over_its_best"] == 0.0 and row["lstm_lowest_at_step"] == 4
     assert row["lstm"] == {"2": 5.0, "4": 3.5}
+
+
+def test_sizes_reads_when_the_lstm_reached_adams_final_loss_on_the_final_scale(monkeypatch, tmp_path):
+    """A coarser scale's lower loss is no reaching of Adam's final loss; the time is the step's own."""
+    sizes = load("sizes")
+    lstm = [{"step": 1, "scale": 0, "total": 2.0, "wall_time": 1.0, "width": 48, "height": 32},
+            {"step": 2, "scale": 0, "total": 0.5, "wall_time": 2.0, "width": 48, "height": 32},
+            {"step": 3, "scale": 1, "total": 5.0, "wall_time": 4.0, "width": 96, "height": 64},
+            {"step": 4, "scale": 1, "total": 3.0, "wall_time": 6.0, "width": 96, "height": 64}]
+    adam = [{**s, "total": 9.0} for s in lstm]
+
+    def fake_totals(content, style, flags, out, stem, reuse):
+        steps, final, seconds = (lstm, 2.5, 7.0) if "lstm" in flags else (adam, 2.8, 3.5)
+        totals = [s["total"] for s in steps]
+        return {"steps": steps, "totals": totals, "after": totals[1:] + [final], "final_total": final,
+                "seconds": seconds}
+
+    monkeypatch.setattr(sizes, "stylize_totals", fake_totals)
+    assert sizes.main(["--photos", "chelsea", "--sizes", "96", "--out", str(tmp_path / "runs"),
+                       "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    row = report["runs"][0]
+    # after step 1 the loss is 0.5, below 2.8, but on the coarse scale; on the final one, after step 4
+    assert row["lstm_reaches_adam_final"] == {"step": 4, "final_scale_step": 2, "of_final_scale_steps": 2,
+                                              "seconds": 6.0}
+    assert row["adam_seconds_over_lstm_seconds_to_it"] == 3.5 / 6.0
+    assert row["lstm_over_adam"] == 2.5 / 2.8 and row["output"] == [96, 64] and row["scales"] == 2
+    assert report["lstm_lower_in"] == "1 of 1"
+    # a run that never gets there says so
+    assert sizes.reach({"steps": lstm, "after": [1.0, 1.0, 9.0, 9.0]}, 2.0) is None
 
 
 def test_web_timing_picks_exactly_one_menu_entry():
