@@ -182,7 +182,7 @@ def folder_problem(path: Path | str) -> str | None:
 def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, ship: str | None) -> None:
     """A meta-training run's --name, --runs and --ship, before it trains: a --ship that is a file
     used to fail only once the training was done."""
-    from artopt.outer_trainers.truncated_bptt import check_run_name
+    from artopt.outer_trainers.checkpoints import check_run_name
 
     try:
         check_run_name(name)
@@ -194,7 +194,7 @@ def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, sh
             ap.error(f"{flag} {given}: {problem}")
 
 
-# Run settings (``truncated_bptt._run_settings``) set by a flag of another name; any other setting is
+# Run settings (``truncated_bptt._run_settings``, checked on resume by ``checkpoints.check_resume``) set by a flag of another name; any other setting is
 # set by the flag whose dest it is, if the script has one.
 SETTING_DESTS = {"beta1": "moment_betas", "beta2": "moment_betas", "preprocess": "no_preprocess",
                  "task_kwargs": "task_arg", "max_minutes": "minutes"}
@@ -234,7 +234,7 @@ def finish_meta_training(ap: argparse.ArgumentParser, train, ship, ship_to: str 
     a checkpoint that cannot be resumed, or a run another process trains, is one error line (2; not a
     bug: other errors keep their tracebacks); Ctrl-C 130, with no traceback after meta_train's hint on resuming; a
     failed ship 1, naming ``kept``, where the trained networks stay."""
-    from artopt.outer_trainers.truncated_bptt import NotShippedError, ResumeError, RunBusyError, SettingsChangedError
+    from artopt.outer_trainers.checkpoints import NotShippedError, ResumeError, RunBusyError, SettingsChangedError
 
     t0 = time.time()
     try:

@@ -171,9 +171,7 @@ def test_an_unwritable_folder_is_refused_before_training(tmp_path, suite, capsys
 
 def test_a_failed_ship_says_where_the_trained_networks_are(tmp_path, suite, capsys, monkeypatch):
     # Before: a traceback after the whole run, without a word on where its result was.
-    import artopt.outer_trainers.truncated_bptt as tb
-
-    real_ship = tb.ship_best
+    from artopt.outer_trainers import ship_best as real_ship
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

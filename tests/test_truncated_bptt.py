@@ -10,6 +10,7 @@ from torch import nn
 from artopt.learned_optimizers import LSTMOptimizerNet, load_learned
 from artopt.learned_optimizers.network import learned_update
 from artopt.outer_trainers import MetaTrainConfig, meta_train, run_episode, trajectory_score
+from artopt.outer_trainers.checkpoints import RunBusyError
 from artopt.outer_trainers.truncated_bptt import sample_problems
 from artopt.tasks.base import Problem, stack_problems
 
@@ -165,7 +166,7 @@ def test_a_rerun_with_its_budget_spent_adds_no_wall_time_and_starts_no_helpers(t
         raise AssertionError("helpers started for a run with nothing left to train")
 
     monkeypatch.setattr(tb, "_Helpers", no_helpers)
-    monkeypatch.setattr(tb, "_check_resume", lambda *args: None)  # (the first run had one worker: quicker)
+    monkeypatch.setattr(tb, "check_resume", lambda *args: None)  # (the first run had one worker: quicker)
     again = meta_train(task, nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="r",
                        progress=False)
     assert again.episodes_done == 2 and again.wall_time_s == first.wall_time_s
@@ -257,8 +258,6 @@ def test_a_run_another_process_is_training_is_refused(tmp_path):
     import subprocess
     import sys
 
-    import artopt.outer_trainers.truncated_bptt as tb
-
     # another process holds the run's lock, as a second `artopt train` of the same name would meet it
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
                                f"fd = os.open({str(tmp_path / '.r.lock')!r}, os.O_RDWR | os.O_CREAT); "
@@ -267,7 +266,7 @@ def test_a_run_another_process_is_training_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         cfg = MetaTrainConfig(steps=4, unroll=2, episodes=1, val_problems=1)
-        with pytest.raises(tb.RunBusyError, match="run 'r' in .* is being trained by another process"):
+        with pytest.raises(RunBusyError, match="run 'r' in .* is being trained by another process"):
             meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                        name="r", progress=False)
         assert not (tmp_path / "r.log.jsonl").exists()  # nothing of the other run's touched
@@ -285,7 +284,7 @@ def test_a_run_another_process_is_training_is_refused(tmp_path):
 def test_a_run_interrupted_while_saving_its_best_networks_saves_them_when_resumed(tmp_path, monkeypatch):
     import artopt.outer_trainers.truncated_bptt as tb
 
-    real, calls = tb._save_best, []
+    real, calls = tb.save_best, []
 
     def interrupted_at_the_second(*args, **kwargs):  # the first is the start's validation
         calls.append(1)
@@ -293,14 +292,14 @@ def test_a_run_interrupted_while_saving_its_best_networks_saves_them_when_resume
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tb, "_save_best", interrupted_at_the_second)
+    monkeypatch.setattr(tb, "save_best", interrupted_at_the_second)
     torch.manual_seed(0)
     cfg = MetaTrainConfig(steps=10, unroll=5, episodes=8, meta_lr=3e-3, val_every=1, val_problems=2)
     with pytest.raises(KeyboardInterrupt):
         meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                    name="r", progress=False)
     assert len(calls) == 2  # a validation improved on the start, and its networks were not written
-    monkeypatch.setattr(tb, "_save_best", real)
+    monkeypatch.setattr(tb, "save_best", real)
     cfg.episodes = torch.load(tmp_path / "r.ckpt", weights_only=True)["episode"]  # no later validation to mend it
     res = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                      name="r", progress=False)
@@ -674,16 +673,6 @@ def test_a_run_resumed_with_another_task_is_refused(tmp_path):
     run({"size": 64})  # the same task resumes
 
 
-
-def test_a_flag_that_sets_every_networks_copy_is_said_once():
-    from pathlib import Path
-
-    from artopt.outer_trainers.truncated_bptt import SettingsChangedError
-
-    changes = [(("nets", "conv", "output_scale"), 0.01, 0.1), (("nets", "fc", "output_scale"), 0.01, 0.1)]
-    said = SettingsChangedError(Path("x.ckpt"), changes).describe(lambda key: ("--output-scale", 2))
-    assert "other settings (--output-scale 0.01 -> 0.1); resume" in said  # was said once per network
-
 def test_shipping_the_same_networks_again_keeps_what_was_added_to_their_card(tmp_path):
     from artopt.outer_trainers import ship_best
 
@@ -710,18 +699,6 @@ def test_under_a_time_budget_the_progress_bar_shows_minutes_left_not_a_share_of_
     meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path, name="b")
     err = capsys.readouterr().err
     assert "min_left=" in err and "/100000" not in err and "%" not in err
-
-
-def test_log_lines_are_strict_json_when_a_run_diverges():
-    from artopt.outer_trainers.truncated_bptt import _log_line
-
-    def refuse(constant):
-        raise AssertionError(f"{constant} is not JSON")
-
-    line = _log_line({"event": "val", "episode": 3, "val": float("inf"), "final": float("nan"), "score": 1.5})
-    assert line.endswith("\n")
-    assert json.loads(line, parse_constant=refuse) == {"event": "val", "episode": 3, "val": None, "final": None,
-                                                      "score": 1.5}
 
 
 # ---- a task of one's own: the README's example, and the mistakes a user makes -------------------
@@ -908,7 +885,7 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so_not_an_unsafe_one(tmp_path
     import pickle
     import zipfile
 
-    from artopt.outer_trainers.truncated_bptt import ResumeError
+    from artopt.outer_trainers.checkpoints import ResumeError
 
     _tiny_run(tmp_path)
     ckpt = tmp_path / "r.ckpt"
@@ -937,7 +914,7 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so_not_an_unsafe_one(tmp_path
 
 def test_resume_refusals_have_their_own_error_class(tmp_path):
     # The scripts turn these (and only these) into one-line errors; a ValueError still, for callers before.
-    from artopt.outer_trainers.truncated_bptt import ResumeError
+    from artopt.outer_trainers.checkpoints import ResumeError
 
     assert issubclass(ResumeError, ValueError)
     _tiny_run(tmp_path)
@@ -1026,18 +1003,6 @@ def test_a_run_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match="name must be a plain file name"):
         _tiny_run(tmp_path / "out", name=name)
     assert not (tmp_path / "out").exists()
-
-
-def test_setting_changes_compares_nested_settings_key_by_key():
-    from artopt.outer_trainers.truncated_bptt import UNSET, _setting_changes
-
-    stored = {"steps": 10, "nets": {"default": {"p": 10.0, "moment_inputs": False}}, "task": {"size": 64}}
-    now = {"steps": 10, "nets": {"default": {"p": 10.0, "moment_inputs": True}}, "task": {"size": 64, "init": "noise"}}
-    assert _setting_changes(stored, now) == [(("nets", "default", "moment_inputs"), False, True),
-                                             (("task", "init"), UNSET, "noise")]
-    # A setting added later whose default is None: runs written before it still resume.
-    assert _setting_changes({"a": 1}, {"a": 1, "init_from": None}) == []
-    assert _setting_changes({"a": 1}, {"a": 1, "init_from": "x.safetensors"}) == [(("init_from",), UNSET, "x.safetensors")]
 
 
 def test_run_episode_meta_gradient_is_the_first_order_one():

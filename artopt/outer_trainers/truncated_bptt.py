@@ -17,17 +17,12 @@ instead of f itself: the same gradient for φ, without keeping the optimizee's g
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import errno
-import fcntl
 import functools
 import json
 import math
 import os
-import pickle
 import random
-import re
 import signal
 import sys
 import threading
@@ -41,8 +36,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..learned_optimizers.network import LSTMOptimizerConfig, LSTMOptimizerNet, learned_update
-from ..learned_optimizers.weights import save_learned, write_json_atomic
 from ..tasks.base import Problem, Task, stack_problems
+from .checkpoints import (ResumeError, check_resume, check_run_name, log_line, run_lock, save_best, save_checkpoint,
+                          tuple_state, unloadable, unresumable)
 
 
 TRAJECTORY_WEIGHTS = ("uniform", "linear", "sqrt", "quadratic")
@@ -410,29 +406,9 @@ def meta_train(
     check_run_name(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(out_dir, name):
+    with run_lock(out_dir, name):
         return _meta_train(task, nets, config, out_dir=out_dir, name=name, card=card, progress=progress, log=log,
                            task_settings=task_settings)
-
-
-class RunBusyError(ValueError):
-    """``meta_train``'s refusal of a run another process is training."""
-
-
-@contextlib.contextmanager
-def _run_lock(out_dir: Path, name: str):
-    """Hold an exclusive lock on the run ``name`` in ``out_dir``: two processes training one run wrote
-    the same temporary files (one crashed renaming the other's checkpoint) and interleaved its log."""
-    fd = os.open(out_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusyError(f"run {name!r} in {out_dir} is being trained by another process; wait for it to "
-                               "end, or choose another name") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log, task_settings) -> MetaTrainResult:
@@ -458,18 +434,18 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             ck = torch.load(ckpt_path, weights_only=True)
             stored_settings = ck.get("settings")
         except Exception as exc:  # truncated, empty or foreign file
-            raise _unloadable(ckpt_path, exc) from None
-        _check_resume(ckpt_path, stored_settings, run_settings)
+            raise unloadable(ckpt_path, exc) from None
+        check_resume(ckpt_path, stored_settings, run_settings, _default_settings(run_settings.get("nets", {})))
         try:
             nets.load_state_dict(ck["nets"])
             meta_opt.load_state_dict(ck["meta_opt"])
             train_gen.set_state(ck["train_gen"])
-            rng.setstate(_tuple_state(json.loads(ck["py_rng"])))
+            rng.setstate(tuple_state(json.loads(ck["py_rng"])))
             episode, best_val, best_episode = ck["episode"], ck["best_val"], ck["best_episode"]
             history, elapsed_before = json.loads(ck["history"]), ck["elapsed"]
             last_validated = ck.get("last_validated", episode)  # older checkpoints: at their episode
         except Exception as exc:  # a checkpoint that loads but lacks or garbles a part
-            raise _unresumable(ckpt_path, exc) from None
+            raise unresumable(ckpt_path, exc) from None
         if averaged is not None:
             if "averaged" not in ck:
                 raise ResumeError(f"{ckpt_path} was written without --ema; resume it without, or start a new run")
@@ -477,7 +453,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
 
     def emit(event: dict) -> None:
         with open(log_path, "a", encoding="utf-8") as f:
-            f.write(_log_line(event))
+            f.write(log_line(event))
         if log:
             log(event)
 
@@ -498,8 +474,8 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             scores = [score_fn(run_episode(which, p, config.steps)) for p in val_problems]
         return sum(scores) / len(scores)
 
-    def save_checkpoint(elapsed: float) -> None:
-        _save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
+    def checkpoint(elapsed: float) -> None:
+        save_checkpoint(ckpt_path, nets, meta_opt, train_gen, rng, episode, best_val, best_episode, history,
                          elapsed, averaged, run_settings, last_validated)
 
     # A log that continues after a kill shows where (episodes after a hard kill repeat from the checkpoint).
@@ -521,13 +497,13 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             event["val_last_iterate"] = validate(copy.deepcopy(nets) if helpers else nets)
         emit(event)
         if val < best_val:
-            _save_best(out_dir, name, validated, card, config, val, episode, elapsed)
-            # Only now: a checkpoint written by an interrupt inside _save_best held the new score with
+            save_best(out_dir, name, validated, card, config, val, episode, elapsed)
+            # Only now: a checkpoint written by an interrupt inside save_best held the new score with
             # the old networks, and the resumed run's equal score never wrote the new ones.
             best_val, best_episode = val, episode
         # Only now: a run interrupted while validating must validate again when resumed.
         last_validated = episode
-        save_checkpoint(elapsed)
+        checkpoint(elapsed)
 
     if best_episode < 0:
         try:
@@ -538,7 +514,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
                       "command starts the run over", file=sys.stderr)
             raise
         best_episode = episode
-        _save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed_before)
+        save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed_before)
         emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
 
     start = time.perf_counter()
@@ -619,7 +595,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             if helpers:
                 episode = helpers.stop()
             elapsed = elapsed_before + time.perf_counter() - start
-            save_checkpoint(elapsed)
+            checkpoint(elapsed)
         finally:
             if previous_sigint is not None:
                 signal.signal(signal.SIGINT, previous_sigint)
@@ -637,7 +613,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             signal.signal(signal.SIGTERM, previous_sigterm)
     # (a rerun that trained and validated nothing adds nothing to the run's meta-training time)
     wall = elapsed_before + (time.perf_counter() - start if not spent or validations else 0.0)
-    save_checkpoint(wall)
+    checkpoint(wall)
     return MetaTrainResult(best_val, best_episode, episode, wall, history)
 
 
@@ -806,7 +782,7 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         event = {"event": "train", "episode": _count(episodes), "worker": rank, "steps": len(losses) - 1,
                  "score": trajectory_score(losses), "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a", encoding="utf-8") as f:  # one short line per append: whole lines, whatever the interleaving
-            f.write(_log_line(event))
+            f.write(log_line(event))
 
 
 def _raise_interrupt(signum, frame):
@@ -826,188 +802,8 @@ def _run_settings(config: MetaTrainConfig, nets: nn.ModuleDict, task_settings: d
     return json.loads(json.dumps(settings))  # as stored: tuples become lists
 
 
-class ResumeError(ValueError):
-    """A run's checkpoint that cannot be resumed: not a readable checkpoint, or one of other settings.
-    The training scripts report it in one line (a user's situation, not a bug)."""
-
-
-class SettingsChangedError(ResumeError):
-    """A run resumed with other settings.  ``changes``: (key path, stored value, this run's value) per
-    changed setting, the path into the run's settings (``("nets", "default", "output_scale")``; a
-    setting one side lacks has the value ``UNSET``), so that a script can name its own flags."""
-
-    def __init__(self, path: Path, changes: list[tuple[tuple[str, ...], object, object]]):
-        self.path, self.changes = path, changes
-        super().__init__(self.describe())
-
-    def describe(self, flag_of=None) -> str:
-        """The message.  ``flag_of(key path)``: None, or (flag, i) where the flag sets the setting at
-        ``key[i:]`` (the change is then said with the flag); by default each setting's key path says it."""
-        said = []
-        for key, old, new in self.changes:
-            found = flag_of(key) if flag_of else None
-            change = f"{_shown(old)} -> {_shown(new)}"
-            if found is None:
-                said.append(f"{'.'.join(key)} {change}")
-            elif found[1] == len(key) - 1 and found[0] == "--" + key[-1].replace("_", "-"):
-                said.append(f"{found[0]} {change}")  # the flag is the setting's name
-            else:
-                said.append(f"{found[0]} ({'.'.join(key[found[1]:])} {change})")
-        said = "; ".join(dict.fromkeys(said))  # a flag that sets every network's copy is said once
-        return (f"{self.path} belongs to a run with other settings ({said}); resume it with its own flags (only "
-                "--episodes and --minutes may change), or choose another --name")
-
-
-UNSET = object()  # a setting that one of two compared runs does not have
-
-
-def _shown(value) -> str:
-    return "unset" if value is UNSET else repr(value)
-
-
-def _setting_changes(stored: dict, settings: dict, defaults: dict | None = None,
-                     prefix: tuple[str, ...] = ()) -> list:
-    """(key path, stored, now) for every setting that differs, nested dicts compared key by key.  A
-    setting one side lacks and the other has at its default (``defaults``, the same nesting; None counts
-    as every setting's default) is no change: the run was written before the setting existed."""
-    changes, defaults = [], defaults or {}
-    for key in sorted(set(stored) | set(settings)):
-        old, new = stored.get(key, UNSET), settings.get(key, UNSET)
-        default = defaults.get(key, UNSET)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += _setting_changes(old, new, default if isinstance(default, dict) else None, prefix + (key,))
-        elif old != new and not (UNSET in (old, new)
-                                 and (None in (old, new) or (default is not UNSET and default in (old, new)))):
-            changes.append((prefix + (key,), old, new))
-    return changes
-
-
 def _default_settings(net_names) -> dict:
     """What ``_run_settings`` gives for a default MetaTrainConfig and default networks."""
     settings = {k: v for k, v in asdict(MetaTrainConfig()).items() if k not in RESUMABLE_CHANGES}
     settings["nets"] = {name: LSTMOptimizerConfig().to_dict() for name in net_names}
     return json.loads(json.dumps(settings))
-
-
-def _unresumable(path: Path, exc: Exception) -> ResumeError:
-    # The first line only: torch.load's refusal goes on for lines about weights_only and filing issues.
-    reason = (str(exc).strip().splitlines() or [""])[0]
-    return ResumeError(f"{path} cannot be resumed ({type(exc).__name__}: {reason}); delete it to start the run over, "
-                       "or choose another --name")
-
-
-def _unloadable(path: Path, exc: Exception) -> ResumeError:
-    """Why torch.load could not read the checkpoint at ``path``."""
-    # e.g. no permission: the file may be fine.  (torch.load raises OSError(EINVAL) for a file cut
-    # in the middle of its zip: that one is damage.)
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.EIO):
-        return _unresumable(path, exc)
-    refused = isinstance(exc, pickle.UnpicklingError) and re.search(r"Unsupported global: GLOBAL \S+", str(exc))
-    if refused:  # a real torch file, holding objects a weights-only load will not create
-        return ResumeError(f"{path} cannot be resumed (UnpicklingError: a weights-only load refuses it: "
-                           f"{refused.group(0)}); delete it to start the run over, or choose another --name")
-    # Anything else is not what torch.save wrote: torch's words for garbage bytes are its advice on
-    # weights_only, as if the file were unsafe rather than damaged.
-    return ResumeError(f"{path} cannot be resumed: it is not a readable checkpoint (damaged, truncated or another kind "
-                       "of file); delete it to start the run over, or choose another --name")
-
-
-def check_run_name(name: str) -> None:
-    """A run's name names its files (and, in the scripts, its folder): a plain file name, no path."""
-    if not isinstance(name, str) or name in ("", ".", "..") or any(sep and sep in name
-                                                                  for sep in ("/", os.sep, os.altsep)):
-        raise ValueError(f"--name must be a plain file name (not empty, '.' or '..', no '/'), got {name!r}")
-
-
-def _check_resume(path: Path, stored_json: str | None, settings: dict) -> None:
-    if stored_json is None:  # written before settings were recorded
-        return
-    stored = json.loads(stored_json)
-    if "task" not in stored:  # written before the task's settings were recorded: only the rest is known
-        settings = {k: v for k, v in settings.items() if k != "task"}
-    changes = _setting_changes(stored, settings, _default_settings(settings.get("nets", {})))
-    if changes:
-        raise SettingsChangedError(path, changes)
-
-
-def _log_line(event: dict) -> str:
-    """One line of the JSON log, strict JSON: a diverged loss (NaN, inf) is logged as null."""
-    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                       for k, v in event.items()}) + "\n"
-
-
-def _tuple_state(state):
-    """random.Random state round-tripped through JSON (lists back to tuples)."""
-    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
-
-
-def _save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_episode, history, elapsed,
-                     averaged=None, settings: dict | None = None, last_validated: int | None = None):
-    ck = {
-        "nets": nets.state_dict(),
-        "meta_opt": meta_opt.state_dict(),
-        "train_gen": gen.get_state(),
-        "py_rng": json.dumps(rng.getstate()),
-        "episode": episode,
-        "best_val": best_val,
-        "best_episode": best_episode,
-        "history": json.dumps(history),
-        "elapsed": elapsed,
-    }
-    if last_validated is not None:
-        ck["last_validated"] = last_validated
-    if averaged is not None:
-        ck["averaged"] = averaged.state_dict()
-    if settings is not None:
-        ck["settings"] = json.dumps(settings)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, path)
-
-
-def _save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed):
-    full_card = dict(card or {})
-    best = best_val if math.isfinite(best_val) else None  # strict JSON (no validation was finite yet)
-    full_card.update({
-        "meta_training": {**asdict(config), f"best_val_{config.val_criterion}_loss": best, "best_episode": best_episode,
-                          "wall_time_s_at_best": round(elapsed, 1)},
-        "nets": {k: v.config.to_dict() for k, v in nets.items()},
-    })
-    save_learned(Path(out_dir) / f"{name}.safetensors", dict(nets.items()), full_card)
-
-
-class NotShippedError(ValueError):
-    """``ship_best``'s refusal of a run whose networks are not worth shipping."""
-
-
-def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike, result: MetaTrainResult,
-              prior_seconds: float = 0.0) -> Path:
-    """Copy a run's best networks and card to ``ship_dir`` (e.g. weights/), recording total wall time.
-    Refuses (NotShippedError, a ValueError) a run none of whose validations scored a finite loss: its
-    "best" networks are the ones it started from, and would replace what ``ship_dir`` holds."""
-    run_dir, ship_dir = Path(run_dir), Path(ship_dir)
-    if not math.isfinite(result.best_val):
-        raise NotShippedError("not shipped: no validation of this run scored a finite loss (a validation problem "
-                              "diverged every time), so its best networks are the ones it started from; they stay in "
-                              f"{run_dir / (name + '.safetensors')}")
-    ship_dir.mkdir(parents=True, exist_ok=True)
-    dest = ship_dir / f"{name}.safetensors"
-    best = (run_dir / f"{name}.safetensors").read_bytes()
-    card = json.loads((run_dir / f"{name}.json").read_text(encoding="utf-8"))
-    shipped_card = dest.with_suffix(".json")
-    if dest.is_file() and dest.read_bytes() == best and shipped_card.is_file():
-        # The same networks again (e.g. a finished run's command rerun): what was added to their card
-        # since (evaluation tables, calibration) still describes them, so it stays.
-        try:
-            earlier = json.loads(shipped_card.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            earlier = None
-        if isinstance(earlier, dict):
-            card = {**earlier, **card}
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes(best)
-    os.replace(tmp, dest)
-    card["meta_training"]["total_wall_time_s"] = round(result.wall_time_s + prior_seconds, 1)
-    card["meta_training"]["episodes_done"] = result.episodes_done
-    write_json_atomic(ship_dir / f"{name}.json", card)
-    return dest
