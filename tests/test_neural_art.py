@@ -10,7 +10,7 @@ from torch import nn
 from artopt.learned_optimizers import LearnedOptimizer, LSTMOptimizerNet, load_learned, save_learned
 from artopt.learned_optimizers.shipped import NEURAL_ART, card, weights_path
 from artopt.outer_trainers import run_episode
-from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, split_photos
+from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, clamp_image, split_photos
 
 pytestmark = pytest.mark.usefixtures("shared_data")
 
@@ -28,6 +28,47 @@ def test_split_is_fixed_disjoint_and_complete(task):
     assert split == split_photos(task.root / "imagenet-sample")  # deterministic
 
 
+def test_split_photos_refuses_a_folder_that_leaves_no_training_photo(tmp_path):
+    """With only val + test photos, meta-training would fail at its first draw, not when the task is made."""
+    for i in range(3):
+        (tmp_path / f"p{i}.jpg").write_bytes(b"")
+    assert len(split_photos(tmp_path, val=1, test=1)["train"]) == 1
+    (tmp_path / "p2.jpg").unlink()
+    with pytest.raises(ValueError, match="holds 2 photos; need more than 2"):
+        split_photos(tmp_path, val=1, test=1)
+
+
+def test_photos_are_resized_by_their_short_side_keeping_their_aspect(tmp_path):
+    """A crop must be a region of the undistorted photo, not of one squeezed to a square."""
+    from PIL import Image
+
+    from artopt.tasks.neural_art import _load_rgb
+
+    Image.new("RGB", (90, 30), (255, 128, 0)).save(tmp_path / "wide.png")
+    img = _load_rgb(str(tmp_path / "wide.png"), 20)
+    assert img.shape == (3, 20, 60) and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+
+
+def test_the_problems_projection_clamps_pixels_to_0_1():
+    """Every optimizer's step goes through the problem's projection (clamp_image): pixels stay in [0, 1]."""
+    x = torch.tensor([[-0.5, 0.0, 0.25, 1.0, 1.5]])
+    assert torch.equal(clamp_image([x])[0], torch.tensor([[0.0, 0.0, 0.25, 1.0, 1.0]]))
+
+
+def test_loss_weight_settings_reach_the_problems_loss():
+    """content/style/tv_weight (e.g. --task-arg style_weight=...) override the engine's defaults."""
+    import random
+
+    from artopt.style.engine import StylizeConfig
+
+    task = NeuralArtTask(size=32, content_weight=2.0, style_weight=3.0, tv_weight=0.0)
+    _, loss_fn, _ = task._parts(task.split["train"][0], TRAIN_STYLE, 32, random.Random(0))
+    assert (loss_fn.content_weight, loss_fn.style_weight, loss_fn.tv_weight) == (2.0, 3.0, 0.0)
+    d = StylizeConfig()
+    assert NeuralArtTask(size=32)._loss_kwargs() == {
+        "content_weight": d.content_weight, "style_weight": d.style_weight, "tv_weight": d.tv_weight}
+
+
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_samples_crops_of_the_right_size_from_the_given_split(task, split):
     gen = torch.Generator().manual_seed(0)
@@ -36,6 +77,7 @@ def test_samples_crops_of_the_right_size_from_the_given_split(task, split):
         assert problem.params[0].shape == (1, 3, 32, 32)
         assert problem.info["photo"] in task.split[split]
         assert problem.info["style"] == TRAIN_STYLE
+        assert problem.project is clamp_image
         assert 0.0 <= float(problem.params[0].min()) and float(problem.params[0].max()) <= 1.0
 
 

@@ -8,6 +8,7 @@ data); one smoke test per dataset runs on the real files when they are present.
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from artopt.tasks import CIFARTask, MNISTTask, QuadraticTask, get_task
 from artopt.tasks.data import (DataNotFoundError, data_root, load_cifar10, load_mnist, load_npz,
@@ -64,6 +65,9 @@ def test_registry_names_and_variants():
     t = get_task("mnist", steps=200, hidden=[40])
     assert t.steps == 200 and t.hidden == (40,)
     assert t.name == "mnist[hidden=(40),steps=200]"  # overrides show in the name (cache keys)
+    # root= says where the data is, not what the task is: the name (and rate caches keyed by it) stays
+    assert get_task("mnist", root="/elsewhere/mnist").name == "mnist"
+    assert get_task("mnist", root="/elsewhere/mnist", steps=200).name == "mnist[steps=200]"
 
 
 def test_registry_errors():
@@ -77,6 +81,8 @@ def test_registry_errors():
         get_task("cifar10", labels=[3])
     with pytest.raises(ValueError, match="labels"):
         get_task("cifar10", labels=[1, 1])
+    with pytest.raises(ValueError, match="batch_size at least 2"):  # batch norm needs two images
+        get_task("cifar10", batch_size=1)
 
 
 # ---- quadratic ---------------------------------------------------------------------------------
@@ -99,6 +105,16 @@ def test_quadratic_metric_gap_is_zero_at_optimum():
     opt = torch.linalg.solve(W, y)
     assert abs(prob.metric([opt])["optimum_gap"]) < 1e-4
     assert prob.metric([torch.zeros(4)])["optimum_gap"] > 0
+
+
+def test_quadratic_metric_gap_subtracts_the_minimum_of_a_singular_quadratic():
+    # A rank-deficient W cannot reach y: f* > 0, and the gap at the least-squares solution is still 0.
+    W = torch.tensor([[1.0, 2.0], [2.0, 4.0]])
+    y = torch.tensor([1.0, 0.0])
+    prob = quadratic_problem(W, y, torch.zeros(2))
+    best = torch.linalg.lstsq(W, y.unsqueeze(-1)).solution.squeeze(-1)
+    assert float(prob.loss([best], 0)) > 0.5
+    assert abs(prob.metric([best])["optimum_gap"]) < 1e-5
 
 
 def test_batched_quadratic_gives_each_function_its_own_gradient():
@@ -128,6 +144,7 @@ def test_splits_and_seeds():
     x = torch.randn(10)
     assert torch.equal(a.params[0], b.params[0]) and a.loss([x], 0) == b.loss([x], 0)  # reproducible
     assert a.loss([x], 0) != c.loss([x], 0) and a.loss([x], 0) != d.loss([x], 0)  # splits differ
+    assert c.loss([x], 0) != d.loss([x], 0)  # checkpoint selection never sees the evaluation problems
     g = gen(0)
     first, second = task.sample(g, "train"), task.sample(g, "train")
     assert first.loss([x], 0) != second.loss([x], 0)  # a fresh problem each draw
@@ -151,7 +168,8 @@ def test_mnist_width_mixture_draws_each_listed_width(mnist_dir):
     assert seen == {(10, 784), (30, 784)}
     p = task.sample(g, "train")
     width = p.params[0].shape[0]
-    assert [tuple(t.shape) for t in p.params[2:4]] == [(width, width), (width,)]  # every layer that width
+    # every hidden layer gets that width, and none is dropped (both layers: 6 tensors)
+    assert [tuple(t.shape) for t in p.params] == [(width, 784), (width,), (width, width), (width,), (10, width), (10,)]
     with pytest.raises(ValueError, match="widths"):
         MNISTTask(widths=[], root=mnist_dir)
 
@@ -208,6 +226,27 @@ def test_mnist_test_split_uses_test_images(mnist_dir):
     assert train.metric(params)["accuracy"] == 1.0 and test.metric(params)["accuracy"] == 0.0
 
 
+def test_mnist_val_split_draws_from_the_training_images(mnist_dir):
+    """Validation problems must not use the test images (the module's documented split)."""
+    val = MNISTTask(root=mnist_dir, batch_size=32).sample(gen(), "val")
+    params = [torch.zeros_like(t) for t in val.params]
+    params[-1][0] = 5.0  # right on the training labels (all 0), wrong on test (all 1)
+    assert float(val.loss(params, 0)) < 0.1 and val.metric(params)["accuracy"] == 1.0
+
+
+def test_mnist_logits_are_computed_on_pixels_scaled_to_0_1(tmp_path):
+    """A closed-form check of the forward pass on a split of one repeated image: pixels / 255."""
+    image = np.random.default_rng(2).integers(0, 256, (28, 28), dtype=np.uint8)
+    for name in ("mnist_train.npz", "mnist_t10k.npz"):
+        np.savez(tmp_path / name, x=np.stack([image] * 4), y=np.full(4, 3, np.uint8))
+    p = MNISTTask(root=str(tmp_path), hidden=(5,), batch_size=4).sample(gen(), "train")
+    params = [torch.randn(t.shape, generator=gen(i)) for i, t in enumerate(p.params)]
+    h = torch.sigmoid(F.linear(torch.from_numpy(image).reshape(1, -1).float() / 255.0, params[0], params[1]))
+    expected = F.cross_entropy(F.linear(h, params[2], params[3]), torch.tensor([3]))
+    torch.testing.assert_close(p.loss(params, 0), expected)
+    load_mnist.cache_clear()
+
+
 def test_mnist_real_data_smoke(shared_data):
     x, y = load_mnist("test")
     assert x.shape == (10_000, 28, 28) and x.dtype == torch.uint8 and set(y.unique().tolist()) == set(range(10))
@@ -251,6 +290,39 @@ def test_cifar_label_subsets(cifar_dir):
     assert x.shape[0] == 10 and set(y.tolist()) == {0, 1}  # 50 test images, labels 5 and 7 → 0, 1
     m = p.metric(p.params)
     assert 0.0 <= m["accuracy"] <= 1.0
+
+
+def test_cifar_val_split_draws_from_the_training_images(tmp_path):
+    """Validation problems must not use the test images: train labels are all 0, test all 1."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar10_subset.npz",
+             x_train=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y_train=np.zeros(40, np.int64),
+             x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_test=np.ones(20, np.int64))
+    task = CIFARTask(root=str(tmp_path), labels=(0, 1), batch_size=8)
+    val, test = task.sample(gen(), "val"), task.sample(gen(), "test")
+    params = [torch.zeros_like(t) for t in val.params]
+    params[-1][0] = 5.0  # output biased towards class 0
+    assert float(val.loss(params, 0)) < 0.1 < 4.0 < float(test.loss(params, 0))
+    load_cifar10.cache_clear()
+
+
+def test_cifar_inputs_are_standardised_per_channel_with_the_training_sets_statistics(tmp_path):
+    """Scaling and shifting one channel of the whole dataset changes no loss: each channel is
+    standardised with its own training-set mean and std before the first conv layer."""
+    base = np.random.default_rng(0).integers(0, 100, (64, 32, 32, 3)).astype(np.uint8)
+    changed = base.copy()
+    changed[..., 0] = changed[..., 0] * 2 + 20  # (uint8: at most 218 and 249)
+    changed[..., 1] += 150
+    losses = []
+    for name, x in (("base", base), ("changed", changed)):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "cifar10_subset.npz", x_train=x, y_train=np.arange(64) % 10,
+                 x_test=x[:20], y_test=np.arange(20) % 10)
+        p = CIFARTask(root=str(tmp_path / name), batch_size=16).sample(gen(), "train")
+        params = [torch.randn(t.shape, generator=gen(i)) for i, t in enumerate(p.params)]
+        losses.append(float(p.loss(params, 0)))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    load_cifar10.cache_clear()
 
 
 def test_cifar_real_data_smoke(shared_data):
@@ -305,6 +377,35 @@ def test_mnist_torchvision_layout(tmp_path):
     assert x.shape == (4, 28, 28) and y.tolist() == [0, 1, 2, 3]
 
 
+def test_labels_outside_the_classes_or_not_one_per_image_are_refused(tmp_path):
+    """Caught when loading, not as an index error (or a silently wrong loss) inside cross_entropy."""
+    x = np.zeros((4, 28, 28), np.uint8)
+    for labels, message in ((np.array([0, 1, 9, 10]), "labels outside 0..9"), (np.zeros(3), "labels of shape")):
+        np.savez(tmp_path / "mnist_train.npz", x=x, y=labels)
+        load_mnist.cache_clear()
+        with pytest.raises(ValueError, match=message):
+            load_mnist("train", str(tmp_path))
+    load_mnist.cache_clear()
+
+
+def test_cifar_torchvision_layout_loads_the_split_asked_for(tmp_path, monkeypatch):
+    """A torchvision CIFAR-10 folder: "test" must read the test batch (train=False), not the training one."""
+    import torchvision.datasets
+
+    class FakeCIFAR10:  # torchvision checks the real archive's checksums; stand in for it
+        def __init__(self, root, train, download):
+            n = 6 if train else 4
+            self.data = np.zeros((n, 32, 32, 3), np.uint8)
+            self.targets = list(range(n))
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    load_cifar10.cache_clear()
+    assert load_cifar10("test", str(tmp_path))[0].shape[0] == 4
+    assert load_cifar10("train", str(tmp_path))[0].shape[0] == 6
+    load_cifar10.cache_clear()
+
+
 def test_task_args_parse_as_json_and_name_a_malformed_one():
     from artopt.tasks import parse_task_args
 
@@ -321,6 +422,7 @@ def test_task_args_parse_as_json_and_name_a_malformed_one():
     ("quadratic", {"batch": 1.5}, "batch must be a whole number, got 1.5"),
     ("quadratic", {"batch": True}, "batch must be a whole number, got true"),
     ("quadratic", {"init_std": "x"}, 'init_std must be a finite number, got "x"'),
+    ("quadratic", {"init_std": float("inf")}, "init_std must be a finite number, got Infinity"),
     ("mnist", {"hidden": [20, "a"]}, 'hidden must be a list of whole numbers, got [20, "a"]'),
     ("mnist", {"pool": 2.5}, "pool must be a whole number or null, got 2.5"),
     ("neural-art", {"styles": "starry_night.jpg"}, 'styles must be a list of strings, got "starry_night.jpg"'),
@@ -383,6 +485,35 @@ def test_a_problem_refuses_parameters_it_cannot_optimize():
     model = torch.nn.Linear(3, 2)
     p = Problem(model.parameters(), loss)
     assert [tuple(x.shape) for x in p.params] == [(2, 3), (2,)] and p.groups == ["default", "default"]
+
+
+def test_a_problem_refuses_groups_that_do_not_name_one_network_per_parameter():
+    """Optimizers pair params and groups with zip: a short list would leave parameters unoptimized."""
+    from artopt.tasks import Problem
+
+    with pytest.raises(ValueError, match="one network group per parameter"):
+        Problem([torch.zeros(3), torch.zeros(2)], lambda ps, t: ps[0].sum() + ps[1].sum(), groups=["conv"])
+
+
+def test_stacking_stacked_problems_counts_every_problem_inside():
+    """count is what meta-training averages over: a stack of a 2-stack and a single holds 3 problems."""
+    from artopt.tasks import stack_problems
+
+    a, b, c = (QuadraticTask().sample(gen(i)) for i in range(3))
+    nested = stack_problems([stack_problems([a, b]), c])
+    assert nested.count == 3 and len(nested.params) == 3
+    x = [torch.randn(10, generator=gen(9)) for _ in range(3)]
+    assert float(nested.loss(x, 0)) == pytest.approx(sum(float(p.loss([xi], 0)) for p, xi in zip((a, b, c), x)))
+
+
+def test_stacking_projects_each_problem_by_its_own_projection_or_none():
+    """A stack of a clamped problem and an unclamped one keeps every parameter, clamping only the first's."""
+    from artopt.tasks import Problem, stack_problems
+
+    clamped = Problem([torch.zeros(2)], lambda ps, t: ps[0].sum(), project=lambda ps: [ps[0].clamp(0, 1)])
+    free = Problem([torch.zeros(3)], lambda ps, t: ps[0].sum())
+    out = stack_problems([clamped, free]).project([torch.tensor([-1.0, 2.0]), torch.tensor([-1.0, 2.0, 5.0])])
+    assert [x.tolist() for x in out] == [[0.0, 1.0], [-1.0, 2.0, 5.0]]
 
 
 def test_a_task_of_ones_own_gets_split_seed_from_artopt_tasks():

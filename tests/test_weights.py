@@ -64,6 +64,7 @@ def test_not_an_artopt_file(tmp_path):
 
 @pytest.mark.parametrize("meta", [
     [1, 2], {"format": "FORMAT"}, {"format": "FORMAT", "nets": []}, {"format": "FORMAT", "nets": {"default": 3}},
+    {"format": "FORMAT", "nets": {}},  # no network: nothing to load
 ])
 def test_malformed_metadata_is_a_weights_error(tmp_path, meta):
     from safetensors.torch import save_file
@@ -180,3 +181,61 @@ def test_saved_weights_get_the_same_permissions_as_any_file_written_there(tmp_pa
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert path.with_suffix(".json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert load_learned(path)["default"].config == LSTMOptimizerConfig()
+
+
+def test_tensors_the_metadata_does_not_declare_are_refused(tmp_path):
+    """A stray tensor means the file is not what its metadata says (e.g. one network's file saved
+    over with another's tensors): an extra parameter of a declared network, or another network."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_learned(tmp_path / "w.safetensors", {"default": LSTMOptimizerNet()})
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file({**tensors, "default.bogus": torch.zeros(2)}, str(path), metadata=meta)
+    with pytest.raises(WeightsError, match=r"network 'default' tensors do not match.*unexpected \['bogus'\]"):
+        load_learned(path)
+    save_file({**tensors, "fc.head.bias": torch.zeros(1)}, str(path), metadata=meta)
+    with pytest.raises(WeightsError, match=r"tensors for undeclared networks: \['fc.head.bias'\]"):
+        load_learned(path)
+
+
+def test_atomic_text_writes_follow_a_link_and_leave_nothing_behind_on_failure(tmp_path):
+    """A card reached through a symbolic link is updated at its target (as a shell's > does), and
+    a failed write leaves neither a half-written file nor its temporary."""
+    from artopt.learned_optimizers.weights import write_text_atomic
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):  # a file cannot replace a folder
+        write_text_atomic(tmp_path / "folder", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.json", "real.json"]
+
+
+def test_folder_lock_keeps_out_another_holder_until_released(tmp_path):
+    """Runs updating one shared results file take turns: a second lock waits while one is held."""
+    import fcntl
+    import os
+
+    from artopt.learned_optimizers.weights import folder_lock
+
+    path = tmp_path / "runs" / "results.json"
+
+    def can_lock():
+        fd = os.open(path.parent, os.O_RDONLY)  # its own open file: flock conflicts even in one process
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    with folder_lock(path):
+        assert not can_lock()
+    assert can_lock() and not list(path.parent.iterdir())  # no lock file left behind
