@@ -54,9 +54,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = meta.get("help", "")
         kind = str(f.type).replace(" ", "")
         kwargs: dict = {"dest": f.name, "default": f.default}
-        if kind == "bool":
+        if kind == "bool" and not f.default:
             kwargs.update(action="store_true", help=help_text)
-        elif kind == "bool|None":
+        elif kind in ("bool", "bool|None"):  # on by default (--no-keep-best), or automatic (--pyramid/--no-pyramid)
             kwargs.update(action=argparse.BooleanOptionalAction, help=help_text)
         elif kind.startswith("list[float]"):
             kwargs.update(type=float, nargs="+", metavar="W", help=help_text)

@@ -741,3 +741,36 @@ def test_style_images_keep_style_scale_times_the_output_size(monkeypatch):
     style = _flat_image(1, 192, 256, 0.5)
     seen = _styles_seen(monkeypatch, _flat_image(0, 48, 64, 0.3), style, style_scale=2.0)
     assert max(seen.shape[-2:]) == 128  # 2 x 64 px, not shrunk to the output's 64 px and blown up again
+
+
+def test_keep_best_returns_the_lowest_loss_image_the_steps_made():
+    """Adam at lr 0.1 ends 4 steps above where it was after 2: the run returns that image (what a
+    2-step run returns) and says so; with keep_best off, the last step's.  An untouched start is never
+    returned, even when it is the lowest (the user asked for a stylized image)."""
+    out, infos = _run(_config(steps=4, lr=0.1))
+    after = [i.losses["total"] for i in infos[1:]]  # the loss of the image after steps 1, 2, 3
+    last_out, last_infos = _run(_config(steps=4, lr=0.1, keep_best=False))
+    assert last_infos[-1].final_losses["total"] > after[1]  # the run's loss rose after step 2
+    assert "kept" not in (last_infos[-1].notice or "")
+    assert infos[-1].final_losses == last_infos[2].losses  # the image after step 2's losses
+    assert "kept the image after step 2 (the lowest loss at this size" in infos[-1].notice
+    two_steps, _ = _run(_config(steps=2, lr=0.1))
+    assert torch.equal(out, two_steps) and torch.equal(infos[-1].image, out) and not torch.equal(out, last_out)
+    assert min(after) == after[1]
+    # With keep_colors the grey start's loss is below every step's in a short run: it is not returned.
+    _, grey = _run(_config(keep_colors=True, steps=4))
+    made = [i.losses["total"] for i in grey[1:]] + [grey[-1].final_losses["total"]]  # after steps 1..4
+    assert grey[0].losses["total"] < min(made) and grey[-1].final_losses["total"] == min(made)
+
+
+def test_keep_best_is_on_the_final_scale_only_and_not_for_lbfgs(monkeypatch):
+    """A coarse scale's lower losses are of another image size; L-BFGS's line search evaluates points
+    outside [0, 1] that no run returns."""
+    out, infos = _run(_config(size=256, steps=6, pyramid=True, lr=0.1))
+    final_scale = [i for i in infos if i.scale_index == i.n_scales - 1]
+    assert infos[0].n_scales == 2 and infos[-1].final_losses["total"] <= min(
+        i.losses["total"] for i in final_scale[1:])  # (its first is the upsampled coarse image, kept too)
+    out, infos = _run(_config(steps=6, optimizer="lbfgs"))
+    assert "kept" not in (infos[-1].notice or "")
+    with pytest.raises(ValueError, match="keep best must be True or False"):
+        _config(keep_best="no").validated()

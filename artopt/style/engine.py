@@ -133,6 +133,10 @@ class StylizeConfig:
     lstm_weights: str | None = field(default=None, metadata={
         "help": "lstm only: a neural-art optimizer's weights file (safetensors, its JSON card beside it, as "
                 "train/neural_art.py writes them); default: the shipped one"})
+    keep_best: bool = field(default=True, metadata={
+        "help": "return the lowest-loss image the steps made at the output size, not the last step's where that "
+                "one is higher (an optimizer's loss can rise at the end, e.g. the learned one's on styles far from "
+                "its training); lbfgs: always the last"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -151,7 +155,7 @@ class StylizeConfig:
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
                 isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
             raise ValueError(f"style weights must be a list of numbers, got {self.style_weights!r}")
-        for name in ("keep_colors", "pyramid"):  # a string "false" counted as true
+        for name in ("keep_colors", "keep_best", "pyramid"):  # a string "false" counted as true
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "pyramid")):
                 raise ValueError(f"{name.replace('_', ' ')} must be True or False"
@@ -615,6 +619,7 @@ def stylize(content: Image.Image | torch.Tensor,
     losses_now: dict[str, float] = {}
     stopped = False
     reported_final = False  # whether the last StepInfo sent was the run's last (with final_losses)
+    best: dict | None = None  # keep_best's image, at the output's scale
 
     def at_output(img: torch.Tensor) -> torch.Tensor:
         """``img`` at the output size: a run that stopped, or whose budget ran out, before the last
@@ -634,6 +639,18 @@ def stylize(content: Image.Image | torch.Tensor,
     def losses_of(img: torch.Tensor) -> dict[str, float]:
         """The losses of the image a run ends with (StepInfo.final_losses): one evaluation outside the budget."""
         return {k: float(v) for k, v in loss_fn(img).items()}
+
+    def keep_best_image(img: torch.Tensor, kept: dict | None) -> tuple[dict[str, float], str | None]:
+        """The losses of the image the run returns, and a notice when that is ``kept``'s (keep_best):
+        ``img`` becomes it where ``kept`` holds an image of a lower loss than ``img``'s own."""
+        final_losses = losses_of(img)
+        if kept is None or not kept["losses"]["total"] < final_losses["total"] or kept["image"].shape != img.shape:
+            return final_losses, None
+        with torch.no_grad():
+            img.copy_(kept["image"])
+        rise = final_losses["total"] / kept["losses"]["total"] - 1
+        return dict(kept["losses"]), (f"kept the image after step {kept['after']} (the lowest loss at this size; the "
+                                      f"last step's image was {100 * rise:.2g}% higher)")
 
     def start_image() -> torch.Tensor:
         """The run's start at the output size: what a run that took no step returns (made at the
@@ -691,6 +708,10 @@ def stylize(content: Image.Image | torch.Tensor,
         # and ended 12% higher at 256 px).
         lbfgs = optimizer_name == "lbfgs"
         last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (image, loss, gradient)
+        # keep_best: the lowest-loss image evaluated at the output's scale.  Not L-BFGS's: its line
+        # search evaluates points outside [0, 1], whose losses are not those of any image it returns.
+        best = ({"image": torch.empty_like(image.detach()), "losses": {"total": math.inf}, "after": 0}
+                if config.keep_best and not lbfgs and scale_index == len(sizes) - 1 else None)
 
         def closure():
             nonlocal evals, loss_seconds, losses_now, last
@@ -703,6 +724,10 @@ def stylize(content: Image.Image | torch.Tensor,
             losses["total"].backward()
             evals += 1
             losses_now = {k: float(v.detach()) for k, v in losses.items()}
+            # (images some step made: a run returns no untouched start, even if its steps raised the loss)
+            if best is not None and done > 0 and losses_now["total"] < best["losses"]["total"]:
+                best["image"].copy_(image.detach())
+                best.update(losses=dict(losses_now), after=done)  # the image the first `done` steps made
             loss_seconds += time.perf_counter() - t0
             if lbfgs:
                 last = (image.detach().clone(), losses["total"].detach(), image.grad.detach().clone())
@@ -739,12 +764,16 @@ def stylize(content: Image.Image | torch.Tensor,
                 with torch.no_grad():
                     image.clamp_(0, 1)
             final = stopped or (scale_index == last_active and scale_end)
+            final_losses = None
+            if final and (callback is not None or best is not None):
+                final_losses, kept = keep_best_image(image, best)
+                if kept:
+                    step_notice = f"{step_notice}; {kept}" if step_notice else kept
             if callback is not None:
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
                     image_every > 0 and scale_end)  # end of a scale
                 elapsed = time.perf_counter() - start
-                final_losses = losses_of(image) if final else None
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
@@ -762,13 +791,17 @@ def stylize(content: Image.Image | torch.Tensor,
 
     if done == 0:  # stopped before the first step (e.g. while the targets were computed)
         return preview(start_image())
-    if callback is not None and not reported_final:
+    if not reported_final and (callback is not None or best is not None):
         # A stop seen between steps (or between scales) ended the run after a step that did not know
         # it was the last: its image and losses come now, under the same step count.
-        callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
-                          size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
-                          image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
-                          final_losses=losses_of(image)))
+        final_losses, kept = keep_best_image(image, best)
+        if kept:
+            notice = f"{notice}; {kept}" if notice else kept
+        if callback is not None:
+            callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
+                              size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
+                              image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
+                              final_losses=final_losses))
     return preview(at_output(image))
 
 
