@@ -325,7 +325,7 @@ def test_auto_uses_the_learned_optimizer_on_single_scale_outputs_from_the_cards_
         ["adam", "adam", "lstm", "lstm", "lstm"]
     assert engine.resolve_optimizer("auto", 128) == "adam"
     assert engine.resolve_optimizer("auto", 512) == "lstm"  # coarse-to-fine, as before
-    for bad in (True, "256", -1, None):  # anything but a positive size leaves single-scale outputs to Adam
+    for bad in (True, "256", -1, 0, None):  # anything but a positive size leaves single-scale outputs to Adam
         (tmp_path / "neural_art.json").write_text(json.dumps({**card, "default_single_scale_from": bad}))
         assert engine.resolve_optimizer("auto", 300, pyramid=False) == "adam"
 

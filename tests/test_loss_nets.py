@@ -313,3 +313,61 @@ def test_a_vgg_pth_that_would_run_code_is_refused_without_running_it(no_vgg, tmp
     with pytest.raises(LossNetError, match="weights_only=True"):
         build_loss_net("vgg19", vgg_weights=path)
     assert _RunsCodeWhenUnpickled.ran == []
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_vgg_normalizes_like_its_imagenet_weights_and_names_each_relu_by_its_block(no_vgg, vgg_file, pooling):
+    """Inputs get torchvision's VGG-19 ImageNet mean/std, reluB_N is the N-th ReLU of block B of torchvision's
+    stack (avg: its 2x2 max poolings made 2x2 averages), and the style layers weigh 1 in all: a wrong
+    constant, index or window gives maps of the same shapes."""
+    from safetensors.torch import load_file
+    from torchvision.models import VGG19_Weights
+    from torchvision.models.vgg import cfgs, make_layers
+
+    state = load_file(str(vgg_file))
+    reference = make_layers(cfgs["E"]).eval()
+    reference.load_state_dict({k[len("features."):]: v for k, v in state.items()})
+    if pooling == "avg":
+        reference = torch.nn.Sequential(*(torch.nn.AvgPool2d(2) if isinstance(m, torch.nn.MaxPool2d) else m
+                                          for m in reference))
+    index, block, relu = {}, 1, 0
+    for i, module in enumerate(reference):
+        if isinstance(module, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            block, relu = block + 1, 0
+        elif isinstance(module, torch.nn.ReLU):
+            relu += 1
+            index[f"relu{block}_{relu}"] = i
+    net = loss_nets.VGG19LossNet(state, content_layers=("relu4_2",), style_layers=tuple(index), pooling=pooling)
+    assert sum(net.style_layer_weights.values()) == pytest.approx(1)
+    transform = VGG19_Weights.IMAGENET1K_V1.transforms()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = (image - torch.tensor(transform.mean).view(1, 3, 1, 1)) / torch.tensor(transform.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = net(image)
+        assert set(got) == set(index)
+        for name, i in index.items():
+            torch.testing.assert_close(got[name], reference[: i + 1](x), msg=name)
+
+
+def test_efficientnet_scales_inputs_as_its_weights_expect_and_its_layers_sit_at_their_resolutions():
+    """Inputs are scaled as timm's config for these weights says ([-1, 1]); each default "dw" layer is its
+    block's depthwise activation (stride 2: half the expansion's side), at the resolution listed above."""
+    net = build_loss_net("efficientnet-lite0")
+    classifier = build_efficientnet_lite0_classifier()
+    mean, std = (torch.tensor(classifier.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = net(image)
+        torch.testing.assert_close(got["stem"], classifier.bn1(classifier.conv_stem((image - mean) / std)))
+    assert {name: tuple(f.shape[-2:]) for name, f in got.items()} == {
+        "stem": (32, 48), "b1.0.dw": (16, 24), "b2.0.dw": (8, 12), "b3.0.dw": (4, 6), "b5.0.dw": (2, 3)}
+
+
+def test_efficientnet_layers_of_one_stage_may_be_listed_in_any_order():
+    """The blocks run up to the deepest layer asked for in each stage, not the last one listed."""
+    from artopt.style.loss_nets import EfficientNetLite0LossNet
+
+    net = EfficientNetLite0LossNet(content_layers=("b5.1.dw",), style_layers=("stem", "b5.0.dw"))
+    with torch.no_grad():
+        got = net(torch.rand(1, 3, 64, 64))
+    assert set(got) == {"b5.1.dw", "stem", "b5.0.dw"} and got["b5.1.dw"].shape[-2:] == (2, 2)

@@ -339,3 +339,19 @@ def test_a_deep_copy_steps_as_the_original_and_on_its_own_image():
         image.grad = gr.clone()
         opt.step()
     assert torch.equal(image.detach(), image2.detach())
+
+
+def test_problem_form_gives_each_image_its_own_levels():
+    """With several images, each image's coefficients must synthesize that image alone: the gradient of
+    every level is upᵀ of its own image's pixel gradient (a shifted bound between images mixed them up)."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.rand(1, 3, 12, 10, generator=g), torch.rand(1, 3, 7, 9, generator=g)]
+    ws = [torch.randn(x.shape, generator=g) for x in xs]
+    mp = multiscale_problem(Problem(xs, lambda ps, t: sum((w * p).sum() for w, p in zip(ws, ps))), 3)
+    assert mp.info["levels"] == [3, 3] and mp.levels == [0, 1, 2, 0, 1, 2]
+    zs = [p.clone().requires_grad_(True) for p in mp.params]
+    got = torch.autograd.grad(mp.loss(zs, 0), zs)
+    want = adjoint(ws[0], level_shapes(xs[0].shape, 3)) + adjoint(ws[1], level_shapes(xs[1].shape, 3))
+    assert [tuple(a.shape) for a in got] == [tuple(b.shape) for b in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

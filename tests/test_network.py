@@ -445,6 +445,9 @@ def test_global_cells_carry_the_mean_over_coordinates_and_the_paths_agree():
     _, (h8_ref, _) = net._differentiable(g, (h8, state[1].half()), moments)
     assert (h8_out[:, :, 16:] == h8_out[:, :1, 16:]).all()  # one value per unit
     torch.testing.assert_close(h8_out.float()[:, :, 16:] / 127, h8_ref.detach()[:, :, 16:], rtol=0, atol=1 / 127 + 1e-6)
+    # the carried value is the mean of the stored steps rounded to the nearest step, not truncated toward 0
+    _, (h8_plain, _) = plain._inference(g, (h8, state[1].half()), chunk=700, moments=moments)
+    assert torch.equal(h8_out[:, :, 16:].float(), h8_plain[:, :, 16:].float().mean(1, keepdim=True).round().expand(-1, n, -1))
 
 
 def test_global_cells_let_one_coordinate_hear_the_others():
@@ -492,3 +495,17 @@ def test_global_cells_pass_meta_gradient_between_coordinates():
         u, _ = net(torch.randn(n), state)
         (d_h0,) = torch.autograd.grad(u[0], h0)
         assert (d_h0[:, 1:].abs().sum() > 0).item() == coupled
+
+
+def test_learned_update_keeps_the_first_gradients_rms_scale():
+    """first_rms divides every gradient of a run by the RMS of its first one, as LearnedOptimizer does:
+    meta-training that renormalised each step trained a network for inputs inference never gives it."""
+    nets = torch.nn.ModuleDict({"default": LSTMOptimizerNet(grad_normalization="first_rms")})
+    params = [torch.zeros(5)]
+    _, states = learned_update(nets, params, [torch.full((5,), 2.0)], ["default"], {})
+    assert float(states["default/grad_scale"]) == pytest.approx(0.5)
+    small, small_states = learned_update(nets, params, [torch.full((5,), 0.01)], ["default"], dict(states))
+    assert float(small_states["default/grad_scale"]) == pytest.approx(0.5)
+    # the second step sees how much the gradient shrank: 100x smaller gradients give another update
+    large, _ = learned_update(nets, params, [torch.full((5,), 1.0)], ["default"], dict(states))
+    assert not torch.allclose(small[0], large[0])

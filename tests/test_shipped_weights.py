@@ -125,6 +125,7 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
     (b"\xff\xfe", "not a readable JSON card"),
     ('{"basis": "pixels", "trained_pixels": "x"}', "trained_pixels must be a positive number of pixels, got 'x'"),
     ('{"basis": "pixels", "trained_pixels": -5}', "trained_pixels must be a positive number of pixels, got -5"),
+    ('{"basis": "pixels", "trained_pixels": 0}', "trained_pixels must be a positive number of pixels, got 0"),
     # (was an OverflowError from the basis's coarsest level, read from the same number)
     ('{"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": Infinity}',
      "trained_pixels must be a positive number of pixels, got inf"),
@@ -133,6 +134,9 @@ def test_learned_setup_reads_basis_calibration_and_crop_size_from_the_card(tmp_p
     ('{"basis": "pixels", "inference": {"lr": Infinity}}', "bad inference settings"),
     ('{"basis": "pixels", "inference": {"lr": true}}', "bad inference settings"),
     ('{"basis": "pixels", "inference": {"coarsest": true}}', "bad inference settings"),
+    # 0 is no rate (the run would never move) and no level size (refused only at the first step)
+    ('{"basis": "pixels", "inference": {"lr": 0}}', "bad inference settings"),
+    ('{"basis": "pixels", "inference": {"coarsest": 0}}', "bad inference settings"),
     ('{"basis": {"kind": "multiscale", "levels": 0}, "trained_pixels": 4096}', "bad basis levels 0"),
 ])
 def test_a_broken_card_is_a_value_error_naming_the_card(tmp_path, card_text, message):
