@@ -70,6 +70,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(_flag(f.name), **kwargs)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -104,6 +114,9 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-clobber", action="store_true",
                     help="refuse to run if the output, the --log-json file or an OUT_stepN.ext already exists")
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    st.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                    help="CPU threads (default: the cores other processes leave free when the run starts, at least 1; "
+                         "OMP_NUM_THREADS, when set, is left to torch)")
     st.set_defaults(handler=_stylize, subparser=st)
 
     sv = sub.add_parser("serve", help="run the web app",
@@ -122,6 +135,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          "a GPU when there is one)")
     sv.add_argument("--queue-size", type=int, default=32,
                     help="requests that may wait for their turn (default: %(default)s)")
+    sv.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                    help="CPU threads of a stylization (default: the cores other processes leave free when it starts, "
+                         "at least 1; OMP_NUM_THREADS, when set, is left to torch)")
     sv.set_defaults(handler=_serve, subparser=sv)
 
     for name, help_text, target_help in (
@@ -224,7 +240,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,
                   max_upload_mb=args.max_upload_mb, max_size=args.max_size, device=args.device,
-                  queue_size=args.queue_size)
+                  queue_size=args.queue_size, threads=args.threads)
     except ValueError as exc:
         raise CLIError(_with_flag_names(str(exc), ["concurrency", "max_upload_mb", "max_size", "port",
                                                    "queue_size", "device"])) from None
@@ -457,6 +473,14 @@ def _stylize(args: argparse.Namespace) -> int:
             except ImageError as exc:  # e.g. a full disk: the run, and its final image, go on
                 (bar.write if bar is not None else print)(f"artopt: warning: {exc}", file=sys.stderr)
 
+    threads = None  # CPU threads, chosen now: from what other processes leave free unless asked
+    if device.type == "cpu":
+        from artopt.cpu import set_threads
+
+        def say(text: str) -> None:
+            (bar.write if bar is not None else print)(f"artopt: {text}", file=sys.stderr)
+
+        threads = set_threads(args.threads, None if args.quiet else say)
     start = time.perf_counter()
     try:
         result = stylize(content, styles, config, callback=on_step, image_every=args.save_every,
@@ -485,7 +509,8 @@ def _stylize(args: argparse.Namespace) -> int:
         settings.update(resolved_optimizer=optimizer,
                         resolved_lr=resolve_lr(optimizer, config.lr, config.lstm_weights, config.basis,
                                                result.shape[-2] * result.shape[-1]),  # sgd, nag: the output size's
-                        resolved_loss_net=net_name, resolved_device=str(device), content_path=args.content,
+                        resolved_loss_net=net_name, resolved_device=str(device), cpu_threads=threads,
+                        content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "final_losses": final_losses, "steps": records}

@@ -303,8 +303,10 @@ class _Stylist:
     """Turns the page's inputs into an engine run, streaming previews and handling failures."""
 
     def __init__(self, device: str, limits: WebLimits, output_dir: Path, preview_every: int | None,
-                 optimizers: list[str], concurrency: int = 1, input_folders: list[Path] | None = None):
+                 optimizers: list[str], concurrency: int = 1, input_folders: list[Path] | None = None,
+                 threads: int | None = None):
         self.device = device
+        self.threads = threads  # CPU threads per run (None: chosen as each run starts)
         # Where an image input may come from (Gradio's uploads, the presets); None: anywhere, for
         # callers in Python.  The app's inputs skip Gradio's preprocessing, so an API client can send
         # any path on the server's disk: without this check it got that image back as its "before".
@@ -525,6 +527,10 @@ class _Stylist:
             except BaseException as err:  # handed to the generator, which re-raises it
                 events.put((done, err))
 
+        if self.device == "cpu":  # the cores other processes leave free now (one process: torch's setting)
+            from artopt.cpu import set_threads
+
+            set_threads(self.threads, lambda text: log.info("%s", text))
         # Before the worker starts, which nothing would stop if this failed.
         # Made again if gone: a /tmp cleaner (or a person) removing it made every later run fail.
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -665,12 +671,17 @@ def _session(request: gr.Request | None) -> str:
     return request.session_hash if request is not None and request.session_hash else "anonymous"
 
 
-def _device_description(device: str) -> str:
+def _device_description(device: str, threads: int | None = None) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
     if device == "mps":
         return "Apple GPU (mps)"
-    threads = torch.get_num_threads()
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:  # chosen per run from the cores left free
+        from artopt.cpu import usable_cores
+
+        cores = len(usable_cores())
+        return f"CPU ({cores} core{'' if cores == 1 else 's'})"
+    threads = threads or torch.get_num_threads()
     return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
@@ -693,8 +704,10 @@ def build_app(
     queue_size: int | None = 32,
     assets_dir: Path = ASSETS_DIR,
     output_dir: Path | None = None,
+    threads: int | None = None,
 ) -> gr.Blocks:
     """The artopt page, with its queue set up (``concurrency`` runs at once, ``queue_size`` waiting).
+    On a CPU each run uses ``threads`` threads (None: artopt.cpu.set_threads chooses when it starts).
 
     ``limits`` defaults to :class:`WebLimits` with the device's default maximum size.
     ``preview_every`` is the number of steps between live previews (None: about 20 per run).
@@ -732,7 +745,7 @@ def build_app(
     from gradio.utils import get_upload_folder  # where Gradio keeps uploads and cached examples
 
     stylist = _Stylist(device, limits, output_dir, preview_every, optimizers, concurrency=concurrency,
-                       input_folders=[Path(get_upload_folder()), assets_dir])
+                       input_folders=[Path(get_upload_folder()), assets_dir], threads=threads)
     size = default_size or default_size_for(device)
     size = min(max(size, limits.min_size), limits.max_size)
     steps = min(default_steps or base.steps, limits.max_steps)
@@ -747,7 +760,7 @@ def build_app(
             "then download the full-resolution PNG."
         )
         gr.Markdown(
-            f"Running on **{_device_description(device)}** · loss network **{loss_net_name}** · "
+            f"Running on **{_device_description(device, threads)}** · loss network **{loss_net_name}** · "
             f"output up to {limits.max_size} px",
             elem_id="device-info",
         )
@@ -954,6 +967,7 @@ def serve(
     queue_size: int | None = 32,
     default_size: int | None = None,
     block: bool = True,
+    threads: int | None = None,
 ) -> gr.Blocks:
     """Build and launch the web app (the ``artopt serve`` command).
 
@@ -970,6 +984,8 @@ def serve(
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     if queue_size is not None and queue_size < 1:
         raise ValueError(f"queue size must be at least 1, got {queue_size}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     from artopt.style.engine import resolve_device
 
     device = str(resolve_device(device))
@@ -979,6 +995,7 @@ def serve(
         default_size=default_size,
         concurrency=concurrency,
         queue_size=queue_size,
+        threads=threads,
     )
     launch(app, host=host, port=port, share=share, max_upload_mb=max_upload_mb, block=block)
     return app

@@ -3,8 +3,11 @@ import os
 import pytest
 import torch
 
-# Two shared CPU cores: tests are small, and one thread keeps them deterministic and polite.
+# Two shared CPU cores: tests are small, and one thread keeps them deterministic and polite.  The
+# variable keeps artopt's CLI and web app from choosing threads by the load (artopt.cpu) in-process;
+# tests/test_cpu.py tests that choice.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 

@@ -494,6 +494,31 @@ def test_lstm_weights_with_another_optimizer_warn(tmp_path, capsys, instant_styl
     assert err == "artopt: warning: --lstm-weights is ignored: it is for --optimizer lstm, and this run uses adam"
 
 
+def test_threads_are_asked_for_or_chosen_from_the_free_cores_and_logged(tmp_path, monkeypatch, capsys,
+                                                                        instant_stylize):
+    import torch
+
+    from artopt import cpu
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(cpu, "busy_cores", lambda: 1.0)
+    log = tmp_path / "log.json"
+    args = ["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--log-json", str(log)]
+    try:
+        assert main([*args, *FAST, "--threads", "2"]) == 0
+        assert json.loads(log.read_text())["settings"]["cpu_threads"] == 2 == torch.get_num_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # (the tests set it: no choice by load)
+        assert main([*args, *[f for f in FAST if f != "--quiet"]]) == 0
+        assert json.loads(log.read_text())["settings"]["cpu_threads"] == 1 == torch.get_num_threads()
+        assert "artopt: other processes keep 1.0 of the 2 cores busy: 1 thread" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exc:
+        main([*args, *FAST, "--threads", "0"])
+    assert exc.value.code == 2 and "--threads: must be a positive whole number, got '0'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("quiet", [True, False])
 def test_quiet_reaches_the_vgg_download(tmp_path, monkeypatch, capsys, instant_stylize, quiet):
     """--quiet silences the VGG-19 download too (torchvision's loader printed a line on stdout)."""

@@ -699,3 +699,33 @@ def test_closing_the_page_mid_run_stops_the_worker(tmp_path, monkeypatch):
         pass
     run.close()
     assert stopped.wait(6), "the worker went on after the page closed the run"
+
+
+def test_the_page_names_the_cpu_threads_or_the_cores_they_are_chosen_from(monkeypatch):
+    """With --threads the page says the threads; without, each run chooses from the free cores (artopt.cpu)."""
+    import gradio as gr
+
+    from artopt import cpu
+
+    def device_line(**kwargs) -> str:
+        app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS, **kwargs)
+        return next(b.value for b in app.blocks.values() if isinstance(b, gr.Markdown) and "Running on" in str(b.value))
+
+    assert "**CPU (1 thread)**" in device_line(threads=1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
+    assert "**CPU (2 cores)**" in device_line()
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        web.serve(threads=0, block=False)
+
+
+def test_each_cpu_run_sets_its_threads_as_it_starts(monkeypatch):
+    from artopt import cpu
+
+    calls = []
+    monkeypatch.setattr(cpu, "set_threads", lambda asked, say=None: calls.append(asked) or 1)
+    app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS, threads=1)
+    stylize = next(f.fn for f in app.fns.values() if f.api_name == "stylize")
+    photo, style = str(web.example_photos()[0]), str(web.preset_styles()[0])
+    outputs = list(stylize(photo, style, 1.0, None, 1.0, None, 1.0, 64, 2, 1.0, "adam", False, 0, request=None))
+    assert calls == [1] and outputs[-1][2] is not None  # one run, one choice, and its PNG

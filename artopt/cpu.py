@@ -1,0 +1,86 @@
+"""How many CPU threads a stylization should use, given what else the machine is doing.
+
+torch splits each op over as many threads as there are cores, and every op ends when its slowest
+thread does.  When other processes keep some of the cores busy, a thread that is not running holds
+up the rest at every op, and the learned optimizer's update is thousands of small ops per step.  On
+this project's 2-core machines (``bench/threads_under_load.py``, bench/results/threads_under_load.json),
+30 LSTM steps at 256 px took 3.1 s on 2 threads and 4.4 s on 1 with the machine to itself, but 61.8 s
+against 9.8 s beside two busy processes.  So the CLI and the web app look at how busy the cores are
+just before a run and use the ones left, at least one (``--threads`` chooses instead; so does
+OMP_NUM_THREADS, when set).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def usable_cores() -> list[int]:
+    """The CPUs this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return list(range(os.cpu_count() or 1))
+
+
+def _idle_and_total(stat_text: str, cpus: list[int]) -> tuple[int, int]:
+    """Idle and total jiffies of ``cpus`` from the text of /proc/stat."""
+    idle = total = 0
+    wanted = {f"cpu{c}" for c in cpus}
+    for line in stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            # user nice system idle iowait irq softirq steal (guest time is inside user already)
+            values = [int(v) for v in fields[1:9]]
+            idle += values[3] + (values[4] if len(values) > 4 else 0)
+            total += sum(values)
+    return idle, total
+
+
+def busy_cores(interval: float = 0.25, stat_path: str = "/proc/stat") -> float | None:
+    """How many of the usable cores other processes keep busy: their busy share over the next
+    ``interval`` seconds, while this process sleeps.  None where /proc/stat cannot be read."""
+    cpus = usable_cores()
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            idle0, total0 = _idle_and_total(f.read(), cpus)
+        time.sleep(interval)
+        with open(stat_path, encoding="ascii") as f:
+            idle1, total1 = _idle_and_total(f.read(), cpus)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if total1 <= total0:  # (a clock that did not move, or a file without these CPUs)
+        return None
+    return len(cpus) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def auto_threads(busy: float | None = None) -> int | None:
+    """Threads for a run that starts now: the usable cores that other processes leave free, rounded,
+    at least 1 (``busy``: measured now by default).  None where that cannot be measured."""
+    if busy is None:
+        busy = busy_cores()
+        if busy is None:
+            return None
+    cores = len(usable_cores())
+    return max(1, min(cores, round(cores - busy)))
+
+
+def set_threads(asked: int | None, say=None) -> int:
+    """Set torch's CPU threads for a run that starts now: ``asked``, else (unless OMP_NUM_THREADS is
+    set: the user's choice, which torch follows) ``auto_threads()``; return torch's number.
+    ``say(text)`` hears of an automatic choice below what torch would have used."""
+    import torch
+
+    if asked is None and "OMP_NUM_THREADS" not in os.environ:
+        busy = busy_cores()
+        auto = auto_threads(busy) if busy is not None else None
+        if auto is not None:
+            cores = len(usable_cores())
+            if auto < min(cores, torch.get_num_threads()) and say is not None:
+                say(f"other processes keep {busy:.1f} of the {cores} cores busy: {auto} thread"
+                    f"{'s' if auto > 1 else ''} for this run (--threads N chooses)")
+            asked = auto
+    if asked is not None:
+        torch.set_num_threads(asked)
+    return torch.get_num_threads()
