@@ -116,6 +116,8 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("style_sweep", ["--size", "16"], "--size"),
     ("sizes", ["--sizes", "64", "16"], "--sizes"),
     ("sizes", ["--sizes", "40"], "at least 48 px"),  # chelsea.jpg is 3:2: 27 px high at 40
+    ("new_inputs", ["--sizes", "16"], "--sizes"),
+    ("threads_under_load", ["--loads", "-1"], "--loads must be 0 or more"),
     ("task_step_time", ["--suites", "quadratic,nope"], "unknown 'nope'"),
     ("web_timing", ["--size", "64"], "the page's limits"),  # the page would run 256 px, recorded as 64
     ("web_timing", ["--optimizer", "foo"], "no menu entry 'foo'"),
@@ -330,6 +332,20 @@ def test_sizes_reads_when_the_lstm_reached_adams_final_loss_on_the_final_scale(m
     assert report["lstm_lower_in"] == "1 of 1"
     # a run that never gets there says so
     assert sizes.reach({"steps": lstm, "after": [1.0, 1.0, 9.0, 9.0]}, 2.0) is None
+
+
+def test_new_inputs_draws_the_same_four_styles_every_time_and_needs_its_photo(monkeypatch, capsys, tmp_path):
+    new_inputs = load("new_inputs")
+    first, again = new_inputs.drawn_styles(64), new_inputs.drawn_styles(64)
+    assert list(first) == ["checker", "dots", "noise", "stripes"]
+    assert all(first[k].mode == "RGB" and first[k].size == (64, 64) and first[k].tobytes() == again[k].tobytes()
+               for k in first)
+    assert len({im.tobytes() for im in first.values()}) == 4
+    monkeypatch.setattr(new_inputs, "sample_photo", lambda: None)  # matplotlib without its sample data
+    with pytest.raises(SystemExit) as exc:
+        new_inputs.main(["--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
+    assert exc.value.code == 2 and "grace_hopper.jpg is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_web_timing_picks_exactly_one_menu_entry():
