@@ -757,6 +757,7 @@ def test_keep_best_returns_the_lowest_loss_image_the_steps_made():
     two_steps, _ = _run(_config(steps=2, lr=0.1))
     assert torch.equal(out, two_steps) and torch.equal(infos[-1].image, out) and not torch.equal(out, last_out)
     assert min(after) == after[1]
+    assert torch.equal(stylize(CONTENT, [STYLE], _config(steps=4, lr=0.1)), out)  # without a callback too
     # With keep_colors the grey start's loss is below every step's in a short run: it is not returned.
     _, grey = _run(_config(keep_colors=True, steps=4))
     made = [i.losses["total"] for i in grey[1:]] + [grey[-1].final_losses["total"]]  # after steps 1..4

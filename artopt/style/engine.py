@@ -618,7 +618,7 @@ def stylize(content: Image.Image | torch.Tensor,
     loss_seconds = 0.0
     losses_now: dict[str, float] = {}
     stopped = False
-    reported_final = False  # whether the last StepInfo sent was the run's last (with final_losses)
+    finished = False  # whether the run's last step knew it was the last (and so reported its final losses)
     best: dict | None = None  # keep_best's image, at the output's scale
 
     def at_output(img: torch.Tensor) -> torch.Tensor:
@@ -769,6 +769,7 @@ def stylize(content: Image.Image | torch.Tensor,
                 final_losses, kept = keep_best_image(image, best)
                 if kept:
                     step_notice = f"{step_notice}; {kept}" if step_notice else kept
+            finished = final
             if callback is not None:
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
@@ -781,7 +782,6 @@ def stylize(content: Image.Image | torch.Tensor,
                                 final_losses=final_losses)
                 callback(info)
                 notice = None
-                reported_final = final
             if stopped or scale_end:
                 break
         with torch.no_grad():  # (L-BFGS: a scale it ended early, converged or stopped)
@@ -791,7 +791,7 @@ def stylize(content: Image.Image | torch.Tensor,
 
     if done == 0:  # stopped before the first step (e.g. while the targets were computed)
         return preview(start_image())
-    if not reported_final and (callback is not None or best is not None):
+    if not finished and (callback is not None or best is not None):
         # A stop seen between steps (or between scales) ended the run after a step that did not know
         # it was the last: its image and losses come now, under the same step count.
         final_losses, kept = keep_best_image(image, best)
