@@ -447,10 +447,13 @@ def _stylize(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=config.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
 
+    kept_after: int | None = None  # keep_best: the steps that made the returned image, when not all of them
+
     def on_step(info) -> None:
-        nonlocal final_losses
+        nonlocal final_losses, kept_after
         if info.final_losses is not None:
             final_losses = {k: _finite_or_none(info.final_losses.get(k)) for k in ("total", "content", "style", "tv")}
+            kept_after = info.kept_after
         if records and info.step == records[-1]["step"]:
             return  # the engine's last report after a stop between steps: no new step to log
         records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
@@ -467,7 +470,9 @@ def _stylize(args: argparse.Namespace) -> int:
                 bar.write(info.notice)
         previous = records[-2]["step"] if len(records) > 1 else 0
         # every --save-every steps, or the first step past a multiple (an L-BFGS step counts several)
-        if args.save_every and info.image is not None and info.step // args.save_every > previous // args.save_every:
+        # (not the last step's when keep_best returns an earlier image: OUT_stepN would hold that one)
+        if args.save_every and info.image is not None and info.kept_after is None \
+                and info.step // args.save_every > previous // args.save_every:
             try:
                 save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
             except ImageError as exc:  # e.g. a full disk: the run, and its final image, go on
@@ -513,7 +518,8 @@ def _stylize(args: argparse.Namespace) -> int:
                         content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
-               "stopped_early": stop_requested, "final_losses": final_losses, "steps": records}
+               "stopped_early": stop_requested, "final_losses": final_losses, "kept_after_step": kept_after,
+               "steps": records}
         text = json.dumps(log, indent=1, allow_nan=False)
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import time
 
+_torch_default: int | None = None  # torch's own thread count, read before the first set_threads
+
 
 def usable_cores() -> list[int]:
     """The CPUs this process may run on."""
@@ -68,17 +70,21 @@ def auto_threads(busy: float | None = None) -> int | None:
 
 def set_threads(asked: int | None, say=None) -> int:
     """Set torch's CPU threads for a run that starts now: ``asked``, else (unless OMP_NUM_THREADS is
-    set: the user's choice, which torch follows) ``auto_threads()``; return torch's number.
-    ``say(text)`` hears of an automatic choice below what torch would have used."""
+    set: the user's choice, which torch follows) ``auto_threads()``, never more than torch's own
+    default (one per physical core: hyperthreads count as CPUs here); return torch's number.
+    ``say(text)`` hears of an automatic choice below that default."""
     import torch
 
-    if asked is None and "OMP_NUM_THREADS" not in os.environ:
+    global _torch_default
+    if _torch_default is None:
+        _torch_default = torch.get_num_threads()
+    if asked is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
         busy = busy_cores()
         auto = auto_threads(busy) if busy is not None else None
         if auto is not None:
-            cores = len(usable_cores())
-            if auto < min(cores, torch.get_num_threads()) and say is not None:
-                say(f"other processes keep {busy:.1f} of the {cores} cores busy: {auto} thread"
+            auto = min(auto, _torch_default)
+            if auto < _torch_default and say is not None:
+                say(f"other processes keep {busy:.1f} of the {len(usable_cores())} cores busy: {auto} thread"
                     f"{'s' if auto > 1 else ''} for this run (--threads N chooses)")
             asked = auto
     if asked is not None:

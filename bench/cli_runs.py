@@ -61,6 +61,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     if found.get("stopped_early"):  # a run stopped by Ctrl-C has fewer steps than its flags asked
         print(f"not reusing {log}: that run stopped early", flush=True)
         return False
+    if "keep_best" not in settings:  # written before keep_best: its final_losses are of the last image
+        print(f"not reusing {log}: it was written before keep_best", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
                    "lstm": lstm["final_total"], "adam": adam["final_total"],
                    "lstm_over_adam": lstm["final_total"] / adam["final_total"],
                    "lstm_seconds": lstm["seconds"], "adam_seconds": adam["seconds"],
+                   # (the CLI chooses its threads by the load as each run starts: the two may differ)
+                   "cpu_threads": {"lstm": lstm["settings"].get("cpu_threads"),
+                                   "adam": adam["settings"].get("cpu_threads")},
                    "lstm_reaches_adam_final": hit,
                    "adam_seconds_over_lstm_seconds_to_it": adam["seconds"] / hit["seconds"] if hit else None}
             rows.append(row)
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     ratios = [r["lstm_over_adam"] for r in rows]
     report = {"style": style.name, "steps": 150,
               "optimizers": "lstm and adam at their default rates (CLI defaults; the engine picks the pyramid)",
-              "threads": os.environ.get("OMP_NUM_THREADS", "torch's default"),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
               "load_average_start": load_average_start,
               "lstm_lower_in": f"{sum(r < 1 for r in ratios)} of {len(ratios)}",
               "lstm_over_adam_range": [min(ratios), max(ratios)], "lstm_over_adam_median": statistics.median(ratios),

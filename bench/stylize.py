@@ -364,8 +364,9 @@ def bench_lr_sweep(args) -> None:
     for name, lrs in grids.items():
         for lr in lrs:
             infos = []
+            # keep_best off: the last step's image, so that a rate whose loss rises at the end shows it
             stylize(photo, [style], StylizeConfig(size=args.size, steps=args.steps, optimizer=name, lr=lr,
-                                                  pyramid=False), callback=infos.append)
+                                                  pyramid=False, keep_best=False), callback=infos.append)
             # the returned image's loss (a step's own losses are of the image before its update)
             final = (infos[-1].final_losses or infos[-1].losses)["total"]
             results.setdefault(name, {})[str(lr)] = final

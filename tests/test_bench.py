@@ -213,7 +213,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
 
 
 def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
-    path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "content_path": str(content),
+    path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "keep_best": True,
+                                             "content_path": str(content),
                                              "style_paths": [str(style)]},
                                 "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
                                 "final_losses": {"total": 1.25}}))
@@ -249,6 +250,9 @@ def test_a_runs_losses_after_each_step_end_in_the_returned_images():
         run = cli_runs.stylize_totals(content, style, ["--size", "64"], Path(folder), "run", reuse=True)
         assert run["totals"] == [2.0, 1.5] and run["after"] == [1.5, 1.25] and run["final_total"] == 1.25
         old = json.loads((Path(folder) / "run.json").read_text())
+        del old["settings"]["keep_best"]  # a log from before keep_best: its final loss is the last image's
+        (Path(folder) / "run.json").write_text(json.dumps(old))
+        assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
         del old["final_losses"]  # a log from before final_losses: not reused (it would run again)
         (Path(folder) / "run.json").write_text(json.dumps(old))
         assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
@@ -317,7 +321,7 @@ def test_sizes_reads_when_the_lstm_reached_adams_final_loss_on_the_final_scale(m
         steps, final, seconds = (lstm, 2.5, 7.0) if "lstm" in flags else (adam, 2.8, 3.5)
         totals = [s["total"] for s in steps]
         return {"steps": steps, "totals": totals, "after": totals[1:] + [final], "final_total": final,
-                "seconds": seconds}
+                "seconds": seconds, "settings": {"cpu_threads": 1 if "lstm" in flags else 2}}
 
     monkeypatch.setattr(sizes, "stylize_totals", fake_totals)
     assert sizes.main(["--photos", "chelsea", "--sizes", "96", "--out", str(tmp_path / "runs"),
@@ -329,7 +333,7 @@ def test_sizes_reads_when_the_lstm_reached_adams_final_loss_on_the_final_scale(m
                                               "seconds": 6.0}
     assert row["adam_seconds_over_lstm_seconds_to_it"] == 3.5 / 6.0
     assert row["lstm_over_adam"] == 2.5 / 2.8 and row["output"] == [96, 64] and row["scales"] == 2
-    assert report["lstm_lower_in"] == "1 of 1"
+    assert report["lstm_lower_in"] == "1 of 1" and row["cpu_threads"] == {"lstm": 1, "adam": 2}
     # a run that never gets there says so
     assert sizes.reach({"steps": lstm, "after": [1.0, 1.0, 9.0, 9.0]}, 2.0) is None
 

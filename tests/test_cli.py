@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from artopt.cli import main
-from artopt.style.images import pil_to_tensor
+from artopt.style.images import load_image, pil_to_tensor
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PHOTO, STYLE = ASSETS / "photos" / "chelsea.jpg", ASSETS / "styles" / "starry_night.jpg"
@@ -503,6 +503,7 @@ def test_threads_are_asked_for_or_chosen_from_the_free_cores_and_logged(tmp_path
     before = torch.get_num_threads()
     monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
     monkeypatch.setattr(cpu, "busy_cores", lambda: 1.0)
+    monkeypatch.setattr(cpu, "_torch_default", 2)  # (the tests run torch on 1 thread)
     log = tmp_path / "log.json"
     args = ["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--log-json", str(log)]
     try:
@@ -805,3 +806,21 @@ def test_save_every_saves_at_the_first_step_past_each_multiple(tmp_path, monkeyp
     out = tmp_path / "o.png"
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--save-every", "3", *FAST]) == 0
     assert sorted(p.name for p in tmp_path.glob("o_step*")) == ["o_step4.png", "o_step7.png"]
+
+
+def test_a_kept_earlier_image_is_not_saved_as_the_last_steps_snapshot(tmp_path):
+    """keep_best returns the image after step 2 of 4 here: OUT_step4 would have held it under step 4's name."""
+    flags = [f for f in FAST if f not in ("--steps", "3")] + ["--steps", "4", "--optimizer", "adam", "--lr", "0.1",
+                                                            "--size", "64", "--save-every", "2"]
+    for keep in ("--keep-best", "--no-keep-best"):
+        out = tmp_path / keep / "o.png"
+        out.parent.mkdir()
+        assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(out.with_suffix(".json")),
+                     *flags, keep]) == 0
+        log = json.loads(out.with_suffix(".json").read_text())
+        step2, step4 = out.with_name("o_step2.png"), out.with_name("o_step4.png")
+        if keep == "--keep-best":
+            assert log["kept_after_step"] == 2 and step2.is_file() and not step4.exists()
+            assert load_image(str(out)).tobytes() == load_image(str(step2)).tobytes()
+        else:
+            assert log["kept_after_step"] is None and step2.is_file() and step4.is_file()

@@ -18,6 +18,7 @@ intr 1 2 3
 @pytest.fixture()
 def two_cores(monkeypatch):
     monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(cpu, "_torch_default", 2)  # (the tests run torch on 1 thread)
 
 
 @pytest.fixture()
@@ -60,3 +61,7 @@ def test_set_threads_takes_the_number_asked_else_the_free_cores_unless_omp_num_t
     assert said == ["other processes keep 1.0 of the 2 cores busy: 1 thread for this run (--threads N chooses)"]
     monkeypatch.setattr(cpu, "busy_cores", lambda: None)  # cannot tell: torch's setting stays
     assert cpu.set_threads(None, said.append) == 1 and len(said) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: no choice of the user's
+    monkeypatch.setattr(cpu, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(cpu, "usable_cores", lambda: [0, 1, 2, 3])  # hyperthreads: 4 CPUs, 2 cores
+    assert cpu.set_threads(None, said.append) == 2  # never above torch's own default

@@ -344,12 +344,18 @@ def test_divergence_stops_with_last_finite_image(monkeypatch):
 
     poisoned.calls = 0
     monkeypatch.setattr(losses.StyleLoss, "forward", poisoned)
-    out, infos = _run(_config(steps=10), image_every=1)
+    out, infos = _run(_config(steps=10, keep_best=False), image_every=1)
     assert torch.isfinite(out).all()
     # the third evaluation diverges: the run stops there with the image of step 2 (the last finite one),
     # neither the start image nor the broken one
-    assert [i.step for i in infos] == [1, 2, 3] and "diverged" in (infos[-1].notice or "")
+    assert [i.step for i in infos] == [1, 2, 3] and "diverged (non-finite loss or image) at step 3;" in infos[-1].notice
     assert torch.equal(out, infos[1].image) and not torch.equal(out, CONTENT)
+    # keep_best: that image's own loss is NaN here, so the one of a finite loss comes back (after step 1)
+    poisoned.calls = 0
+    out, infos = _run(_config(steps=10), image_every=1)
+    assert torch.equal(out, infos[0].image) and infos[-1].kept_after == 1
+    assert "kept the image after step 1 (the lowest loss at this size; the last step's loss was not finite)" \
+        in infos[-1].notice and infos[-1].final_losses["total"] == infos[1].losses["total"]
 
 
 def test_the_loss_settings_reach_the_loss():
@@ -594,7 +600,7 @@ def test_the_last_step_has_the_final_losses_however_the_run_ends(monkeypatch, op
     monkeypatch.setattr(losses.StyleLoss, "forward", failing)
     infos = []
     out = stylize(CONTENT, [STYLE], _config(optimizer=optimizer, steps=12, init="noise", lr=5.0 if optimizer == "lbfgs"
-                                            else None), callback=infos.append)
+                                            else None, keep_best=False), callback=infos.append)
     assert "diverged" in infos[-1].notice and torch.equal(seen[-1], out) and infos[-1].final_losses is not None
 
 
@@ -753,6 +759,7 @@ def test_keep_best_returns_the_lowest_loss_image_the_steps_made():
     assert last_infos[-1].final_losses["total"] > after[1]  # the run's loss rose after step 2
     assert "kept" not in (last_infos[-1].notice or "")
     assert infos[-1].final_losses == last_infos[2].losses  # the image after step 2's losses
+    assert infos[-1].kept_after == 2 and last_infos[-1].kept_after is None
     assert "kept the image after step 2 (the lowest loss at this size" in infos[-1].notice
     two_steps, _ = _run(_config(steps=2, lr=0.1))
     assert torch.equal(out, two_steps) and torch.equal(infos[-1].image, out) and not torch.equal(out, last_out)

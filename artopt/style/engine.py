@@ -238,6 +238,9 @@ class StepInfo:
     # ends with, at this scale, from one more loss evaluation outside the budget and ``elapsed``.
     # (With keep_colors, of the luminance image optimized, before the photo's colours return.)
     final_losses: dict[str, float] | None = None
+    # On the run's last step, when keep_best returns an earlier image than the last step's: the steps
+    # that had made it (``image`` and ``final_losses`` are then that image's).
+    kept_after: int | None = None
 
 
 def check_device_name(device: str) -> None:
@@ -640,17 +643,20 @@ def stylize(content: Image.Image | torch.Tensor,
         """The losses of the image a run ends with (StepInfo.final_losses): one evaluation outside the budget."""
         return {k: float(v) for k, v in loss_fn(img).items()}
 
-    def keep_best_image(img: torch.Tensor, kept: dict | None) -> tuple[dict[str, float], str | None]:
-        """The losses of the image the run returns, and a notice when that is ``kept``'s (keep_best):
-        ``img`` becomes it where ``kept`` holds an image of a lower loss than ``img``'s own."""
+    def keep_best_image(img: torch.Tensor, kept: dict | None) -> tuple[dict[str, float], str | None, int | None]:
+        """The losses of the image the run returns, a notice and the steps that made it when that is
+        ``kept``'s (keep_best): ``img`` becomes it where ``kept`` holds an image of a lower loss than
+        ``img``'s own (or ``img``'s is not finite)."""
         final_losses = losses_of(img)
-        if kept is None or not kept["losses"]["total"] < final_losses["total"] or kept["image"].shape != img.shape:
-            return final_losses, None
+        best_total, last_total = (math.inf if kept is None else kept["losses"]["total"]), final_losses["total"]
+        if not (math.isfinite(best_total) and (best_total < last_total or not math.isfinite(last_total))):
+            return final_losses, None, None
         with torch.no_grad():
             img.copy_(kept["image"])
-        rise = final_losses["total"] / kept["losses"]["total"] - 1
+        higher = (f"image was {100 * (last_total / best_total - 1):.2g}% higher" if math.isfinite(last_total)
+                  else "loss was not finite")
         return dict(kept["losses"]), (f"kept the image after step {kept['after']} (the lowest loss at this size; the "
-                                      f"last step's image was {100 * rise:.2g}% higher)")
+                                      f"last step's {higher})"), kept["after"]
 
     def start_image() -> torch.Tensor:
         """The run's start at the output size: what a run that took no step returns (made at the
@@ -753,7 +759,7 @@ def stylize(content: Image.Image | torch.Tensor,
             if not torch.isfinite(image).all() or not math.isfinite(losses_now.get("total", 0.0)):
                 with torch.no_grad():
                     image.copy_(last_good)
-                step_notice = (f"{optimizer_name} diverged (non-finite loss or image) at step {done + evals}; "
+                step_notice = (f"{optimizer_name} diverged (non-finite loss or image) at step {done + evals - before}; "
                                "stopped with the last finite image — try a smaller --lr (or smaller loss weights)")
                 stopped = True
             else:
@@ -764,9 +770,9 @@ def stylize(content: Image.Image | torch.Tensor,
                 with torch.no_grad():
                     image.clamp_(0, 1)
             final = stopped or (scale_index == last_active and scale_end)
-            final_losses = None
+            final_losses = kept_after = None
             if final and (callback is not None or best is not None):
-                final_losses, kept = keep_best_image(image, best)
+                final_losses, kept, kept_after = keep_best_image(image, best)
                 if kept:
                     step_notice = f"{step_notice}; {kept}" if step_notice else kept
             finished = final
@@ -779,7 +785,7 @@ def stylize(content: Image.Image | torch.Tensor,
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
                                 notice=step_notice if step_notice else notice, loss_seconds=loss_seconds,
-                                final_losses=final_losses)
+                                final_losses=final_losses, kept_after=kept_after)
                 callback(info)
                 notice = None
             if stopped or scale_end:
@@ -794,14 +800,14 @@ def stylize(content: Image.Image | torch.Tensor,
     if not finished and (callback is not None or best is not None):
         # A stop seen between steps (or between scales) ended the run after a step that did not know
         # it was the last: its image and losses come now, under the same step count.
-        final_losses, kept = keep_best_image(image, best)
+        final_losses, kept, kept_after = keep_best_image(image, best)
         if kept:
             notice = f"{notice}; {kept}" if notice else kept
         if callback is not None:
             callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
                               size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
                               image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
-                              final_losses=final_losses))
+                              final_losses=final_losses, kept_after=kept_after))
     return preview(at_output(image))
 
 
