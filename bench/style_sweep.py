@@ -34,9 +34,11 @@ def main(argv=None) -> int:
         for photo in args.photos:
             row = {"style": style.name, "photo": photo}
             for opt in ("lstm", "adam"):
-                row[opt] = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
-                                          ["--size", str(args.size), "--optimizer", opt], args.out,
-                                          f"{photo}_{style.stem}_{opt}", args.reuse)["final_total"]
+                run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
+                                     ["--size", str(args.size), "--optimizer", opt], args.out,
+                                     f"{photo}_{style.stem}_{opt}", args.reuse)
+                row[opt] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
+                row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
             print(f"{style.stem:32s} {photo:10s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "
