@@ -57,13 +57,14 @@ def busy_cores(interval: float = 0.25, stat_path: str = "/proc/stat") -> float |
     return len(cpus) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
-def auto_threads(busy: float | None = None) -> int | None:
-    """Threads for a run that starts now: the usable cores that other processes leave free, rounded,
-    at least 1 (``busy``: measured now by default).  None where that cannot be measured."""
-    if busy is None:
-        busy = busy_cores()
-        if busy is None:
-            return None
+def omp_num_threads_set() -> bool:
+    """Whether OMP_NUM_THREADS chooses the threads (the user's choice, which torch follows)."""
+    return bool(os.environ.get("OMP_NUM_THREADS", "").strip())
+
+
+def auto_threads(busy: float) -> int:
+    """Threads for a run that starts now, with ``busy`` cores kept busy by other processes: the usable
+    cores they leave free, rounded, at least 1."""
     cores = len(usable_cores())
     return max(1, min(cores, round(cores - busy)))
 
@@ -78,15 +79,12 @@ def set_threads(asked: int | None, say=None) -> int:
     global _torch_default
     if _torch_default is None:
         _torch_default = torch.get_num_threads()
-    if asked is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
-        busy = busy_cores()
-        auto = auto_threads(busy) if busy is not None else None
-        if auto is not None:
-            auto = min(auto, _torch_default)
-            if auto < _torch_default and say is not None:
-                say(f"other processes keep {busy:.1f} of the {len(usable_cores())} cores busy: {auto} thread"
-                    f"{'s' if auto > 1 else ''} for this run (--threads N chooses)")
-            asked = auto
+    busy = busy_cores() if asked is None and not omp_num_threads_set() else None
+    if busy is not None:  # (None: asked, left to OMP_NUM_THREADS, or /proc/stat unreadable)
+        asked = min(auto_threads(busy), _torch_default)
+        if asked < _torch_default and say is not None:
+            say(f"other processes keep {busy:.1f} of the {len(usable_cores())} cores busy: {asked} thread"
+                f"{'s' if asked > 1 else ''} for this run (--threads N chooses)")
     if asked is not None:
         torch.set_num_threads(asked)
     return torch.get_num_threads()

@@ -676,9 +676,9 @@ def _device_description(device: str, threads: int | None = None) -> str:
         return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
     if device == "mps":
         return "Apple GPU (mps)"
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:  # chosen per run from the cores left free
-        from artopt.cpu import usable_cores
+    from artopt.cpu import omp_num_threads_set, usable_cores
 
+    if threads is None and not omp_num_threads_set():  # chosen per run from the cores left free
         cores = len(usable_cores())
         return f"CPU ({cores} core{'' if cores == 1 else 's'})"
     threads = threads or torch.get_num_threads()

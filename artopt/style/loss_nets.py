@@ -247,30 +247,26 @@ def vgg19_weights_file(explicit: str | os.PathLike | None = None) -> Path | None
         return None
 
 
-def _vgg19_state_dict(explicit: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], str]:
-    """The state dict, and where it came from (for error messages)."""
-    path = vgg19_weights_file(explicit)
-    if path is not None:
-        cached = path == Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
-        # a file in torch's download cache is used without being asked for: say how to get past it
-        way_out = (" It is in torch's download cache: delete it (or set TORCH_HOME elsewhere) to use the offline "
-                   "default, or pass --loss-net efficientnet-lite0" if cached else "")
-        try:
-            return _load_state_dict_file(path), f"the VGG-19 weights file {path}"
-        except LossNetError:
-            raise
-        except pickle.UnpicklingError:
-            # torch's own message for this advises weights_only=False, i.e. running the file's code
-            raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
-                               "(.pth) or safetensors file (artopt loads .pth files with torch.load(weights_only=True), "
-                               f"which accepts plain tensors only).{way_out}") from None
-        except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
-            raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
-                               f"(.pth) or safetensors file ({type(exc).__name__}: {_first_sentence(exc)}).{way_out}"
-                               ) from None
-    # Last resort (build_loss_net downloads first, with the caller's progress choice): the download.
-    path = download_vgg19(progress=True)
-    return _load_state_dict_file(path), "torchvision's VGG-19 download"
+def _vgg19_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in ``path`` (the file build_loss_net found or downloaded), and where it came
+    from (for error messages)."""
+    cached = path == Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
+    # a file in torch's download cache is used without being asked for: say how to get past it
+    way_out = (" It is in torch's download cache: delete it (or set TORCH_HOME elsewhere) to use the offline "
+               "default, or pass --loss-net efficientnet-lite0" if cached else "")
+    try:
+        return _load_state_dict_file(path), f"the VGG-19 weights file {path}"
+    except LossNetError:
+        raise
+    except pickle.UnpicklingError:
+        # torch's own message for this advises weights_only=False, i.e. running the file's code
+        raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
+                           "(.pth) or safetensors file (artopt loads .pth files with torch.load(weights_only=True), "
+                           f"which accepts plain tensors only).{way_out}") from None
+    except Exception as exc:  # corrupt or foreign file (pickle errors can be as terse as "101")
+        raise LossNetError(f"could not read VGG-19 weights from {path}: not a readable PyTorch state dict "
+                           f"(.pth) or safetensors file ({type(exc).__name__}: {_first_sentence(exc)}).{way_out}"
+                           ) from None
 
 
 def download_vgg19(progress: bool = True) -> Path:
@@ -443,7 +439,7 @@ def build_loss_net(name: str = "auto", device: str | torch.device = "cpu",
 @functools.lru_cache(maxsize=4)
 def _build_cached(name: str, device: str, vgg_weights: str, pooling: str) -> LossNet:
     if name == "vgg19":
-        state_dict, source = _vgg19_state_dict(vgg_weights or None)
+        state_dict, source = _vgg19_state_dict(Path(vgg_weights))  # (a file: build_loss_net found or fetched it)
         net: LossNet = VGG19LossNet(state_dict, pooling=pooling, source=source)
     else:
         net = EfficientNetLite0LossNet()

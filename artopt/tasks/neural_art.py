@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .base import Problem
 from .data import data_root
