@@ -102,17 +102,22 @@ def add_run_flags(ap, name: str, style: bool = True, size: bool = True) -> None:
                     help="the report (default: bench/results/%s.json, the committed one)" % name)
 
 
-def check_run_flags(ap, args, sizes: list[int] | None = None) -> None:
-    """Refuse bad values of add_run_flags' flags now, not when the first of many runs fails (``sizes``:
-    the output sizes, where the benchmark takes them by another flag than --size)."""
+def check_sizes(ap, flag: str, sizes: list[int]) -> None:
+    """Refuse output sizes the engine would refuse, naming ``flag``."""
     from artopt.style.engine import StylizeConfig
 
-    flag, sizes = ("--size", [args.size]) if sizes is None else ("--sizes", sizes)
     for size in sizes:
         try:
             StylizeConfig(size=size).validated()
         except ValueError as exc:
             ap.error(f"{flag}: {exc}")
+
+
+def check_run_flags(ap, args, sizes: list[int] | None = None) -> None:
+    """Refuse bad values of add_run_flags' flags now, not when the first of many runs fails (``sizes``:
+    the output sizes, where the benchmark takes them by another flag than --size)."""
+    flag, sizes = ("--size", [args.size]) if sizes is None else ("--sizes", sizes)
+    check_sizes(ap, flag, sizes)
     check_names(ap, "--photos", args.photos, ROOT / "assets" / "photos")
     check_photo_sizes(ap, [ROOT / "assets" / "photos" / f"{p}.jpg" for p in args.photos], sizes)
     if getattr(args, "style", None) is not None:

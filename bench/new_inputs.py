@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import check_output_dir, check_output_file, positive_int, script_parser  # noqa: E402
-from cli_runs import ROOT, stylize_totals, write_report  # noqa: E402
+from cli_runs import ROOT, check_sizes, stylize_totals, write_report  # noqa: E402
 
 STYLE_SIDE = 512
 
@@ -74,13 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "new_inputs.json",
                     help="the report (default: bench/results/new_inputs.json, the committed one)")
     args = ap.parse_args(argv)
-    from artopt.style.engine import StylizeConfig
-
-    for size in args.sizes:
-        try:
-            StylizeConfig(size=size).validated()
-        except ValueError as exc:
-            ap.error(f"--sizes: {exc}")
+    check_sizes(ap, "--sizes", args.sizes)
     photo = sample_photo()
     if photo is None:
         ap.error("matplotlib's sample photo grace_hopper.jpg is not installed (pip install matplotlib)")
@@ -99,9 +93,8 @@ def main(argv=None) -> int:
                 run = stylize_totals(photo, style, ["--size", str(size), "--optimizer", opt], args.out,
                                      f"grace_hopper_{name}_{size}px_{opt}", args.reuse)
                 row[opt] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
-                # where the last step's image was higher, the engine says so (and by how much)
-                row[f"{opt}_kept"] = next((s["notice"] for s in run["steps"] if "kept the image" in
-                                           (s.get("notice") or "")), None)
+                row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
+                row[f"{opt}_last_notice"] = run["steps"][-1].get("notice")  # (how much higher the last image was)
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
             print(f"{size} px {name:8s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "

@@ -36,7 +36,7 @@ from artopt.script_args import check_names, check_output_dir, check_photo_sizes,
 from artopt.style import engine as engine_module  # noqa: E402
 from artopt.style.engine import (STYLIZE_LR, STYLIZE_LR_PER_PIXEL, StylizeConfig, pyramid_sizes,  # noqa: E402
                                  split_steps, stylize)
-from artopt.style.images import load_image, pil_to_tensor, resize_long_side, save_image, tensor_to_pil  # noqa: E402
+from artopt.style.images import load_image, pil_to_tensor, resize_long_side, tensor_to_pil  # noqa: E402
 from artopt.style.loss_nets import EfficientNetLite0LossNet, build_loss_net  # noqa: E402
 from artopt.style.losses import StyleLoss  # noqa: E402
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from artopt.cpu import usable_cores  # noqa: E402
 from artopt.script_args import check_output_dir, check_output_file, positive_int, script_parser  # noqa: E402
 from cli_runs import ROOT, artopt, write_report  # noqa: E402
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                 p.wait()
     report = {"what": f"artopt stylize chelsea.jpg woman_with_a_hat.jpg, {args.steps} steps at {args.size} px, "
                       "beside busy Python loops; seconds: the log's wall time of the last step (after start-up)",
-              "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+              "cores": len(usable_cores()),
               "runs": rows}
     write_report(report, args.json)
     return 0
