@@ -459,6 +459,7 @@ def _stylize(args: argparse.Namespace) -> int:
         records.append({"step": info.step, "scale": info.scale_index, "height": info.size[0], "width": info.size[1],
                         **{k: _finite_or_none(info.losses.get(k)) for k in ("total", "content", "style", "tv")},
                         "wall_time": round(info.elapsed, 4), "loss_net_time": round(info.loss_seconds, 4),
+                        **({"step_scale": info.step_scale} if info.step_scale is not None else {}),
                         **({"notice": info.notice} if info.notice else {})})
         if bar is not None:
             if info.step > bar.total:  # L-BFGS's last line search may end past the budget
@@ -519,7 +520,7 @@ def _stylize(args: argparse.Namespace) -> int:
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
                "stopped_early": stop_requested, "final_losses": final_losses, "kept_after_step": kept_after,
-               "steps": records}
+               "backoff_steps": [r["step"] for r in records if "step_scale" in r], "steps": records}
         text = json.dumps(log, indent=1, allow_nan=False)
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.

@@ -64,6 +64,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     if "keep_best" not in settings:  # written before keep_best: its final_losses are of the last image
         print(f"not reusing {log}: it was written before keep_best", flush=True)
         return False
+    if settings.get("resolved_optimizer") == "lstm" and "backoff" not in settings:  # (the others never back off)
+        print(f"not reusing {log}: it was written before the learned optimizer's backoff", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

@@ -94,6 +94,7 @@ def main(argv=None) -> int:
                                      f"grace_hopper_{name}_{size}px_{opt}", args.reuse)
                 row[opt] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
                 row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
+                row[f"{opt}_backoff_steps"] = run.get("backoff_steps")
                 row[f"{opt}_last_notice"] = run["steps"][-1].get("notice")  # (how much higher the last image was)
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)

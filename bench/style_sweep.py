@@ -39,6 +39,7 @@ def main(argv=None) -> int:
                                      f"{photo}_{style.stem}_{opt}", args.reuse)
                 row[opt] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
                 row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
+                row[f"{opt}_backoff_steps"] = run.get("backoff_steps")
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
             print(f"{style.stem:32s} {photo:10s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "

@@ -213,7 +213,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
 
 
 def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
-    path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "keep_best": True,
+    path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "resolved_optimizer": "lstm",
+                                             "keep_best": True, "backoff": True,
                                              "content_path": str(content),
                                              "style_paths": [str(style)]},
                                 "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
@@ -250,6 +251,12 @@ def test_a_runs_losses_after_each_step_end_in_the_returned_images():
         run = cli_runs.stylize_totals(content, style, ["--size", "64"], Path(folder), "run", reuse=True)
         assert run["totals"] == [2.0, 1.5] and run["after"] == [1.5, 1.25] and run["final_total"] == 1.25
         old = json.loads((Path(folder) / "run.json").read_text())
+        del old["settings"]["backoff"]  # an LSTM log from before backoff: its losses are of another run
+        (Path(folder) / "run.json").write_text(json.dumps(old))
+        assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
+        old["settings"]["resolved_optimizer"] = "adam"  # which backoff leaves alone
+        (Path(folder) / "run.json").write_text(json.dumps(old))
+        assert cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
         del old["settings"]["keep_best"]  # a log from before keep_best: its final loss is the last image's
         (Path(folder) / "run.json").write_text(json.dumps(old))
         assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])

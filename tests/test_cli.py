@@ -824,3 +824,21 @@ def test_a_kept_earlier_image_is_not_saved_as_the_last_steps_snapshot(tmp_path):
             assert load_image(str(out)).tobytes() == load_image(str(step2)).tobytes()
         else:
             assert log["kept_after_step"] is None and step2.is_file() and step4.is_file()
+
+
+def test_the_log_names_the_steps_where_backoff_lowered_the_learned_step(tmp_path, monkeypatch):
+    """The engine test's rising LSTM run (content weight 100, 3x the learned step, no grace steps): the
+    log lists the steps that halved the step and has the new multiplier on each; --no-backoff turns it off."""
+    from artopt.style import engine
+
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    flags = [f for f in FAST if f not in ("--steps", "3", "--size", "48")] + [
+        "--steps", "8", "--size", "64", "--optimizer", "lstm", "--lr", "3", "--content-weight", "100"]
+    for choice, steps in (("--backoff", [4, 7]), ("--no-backoff", [])):
+        log_path = tmp_path / f"{choice}.json"
+        assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / f"{choice}.png"),
+                     "--log-json", str(log_path), *flags, choice]) == 0
+        log = json.loads(log_path.read_text())
+        assert log["settings"]["backoff"] == (choice == "--backoff") and log["backoff_steps"] == steps
+        assert [s.get("step_scale") for s in log["steps"] if s["step"] in steps] == [0.5, 0.25][:len(steps)]
+        assert sum("step_scale" in s for s in log["steps"]) == len(steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -782,3 +783,78 @@ def test_keep_best_is_on_the_final_scale_only_and_not_for_lbfgs(monkeypatch):
     assert "kept" not in (infos[-1].notice or "")
     with pytest.raises(ValueError, match="keep best must be True or False"):
         _config(keep_best="no").validated()
+
+
+class _Groups:
+    def __init__(self, lr):
+        self.param_groups = [{"lr": lr}]
+
+
+def test_backoff_counts_the_evaluations_above_the_lowest_and_lowers_the_step_after_three(monkeypatch):
+    """A scale's first 10 losses are not counted (a fresh LSTM's first steps may overshoot); after them
+    a new lowest resets the count, a loss equal to the lowest neither resets nor counts, and the step
+    halves after three above it in a row, again after three more; a MultiscaleOptimizer's lr lives in
+    its inner optimizer's groups."""
+    opt = _Groups(2.0)
+    backoff = engine._Backoff(opt)
+    assert [backoff.observe(x) for x in [1.0] + [9.0] * 9 + [5.0, 6.0, 6.0, 6.0]] == [None] * 13 + [0.5]
+    assert backoff.lowest == 5.0 and opt.param_groups[0]["lr"] == 1.0
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    opt = _Groups(2.0)
+    backoff = engine._Backoff(opt)
+    seen = [backoff.observe(x) for x in (5.0, 4.0, 4.5, 4.5, 3.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 2.0)]
+    assert seen == [None] * 8 + [0.5, None, None, 0.25, None]
+    assert opt.param_groups[0]["lr"] == 0.5 and backoff.lowest == 2.0
+    wrapped = _Groups(None)
+    wrapped.inner = _Groups(1.0)
+    backoff = engine._Backoff(wrapped)
+    assert [backoff.observe(x) for x in (1.0, 2.0, 2.0, 2.0)] == [None, None, None, 0.5]
+    assert wrapped.inner.param_groups[0]["lr"] == 0.5 and wrapped.param_groups[0]["lr"] is None
+
+
+def test_backoff_halves_the_learned_step_once_the_loss_stays_above_its_lowest(monkeypatch):
+    """Here (content weight 100, 3x the learned step) the LSTM's loss never gets back under its start:
+    its step halves after the 4th evaluation (the 2nd, 3rd and 4th were above the 1st) and after the
+    7th, once the grace of a scale's first 10 steps is taken away.  The run is the same as one without
+    backoff until then, and says so on those steps."""
+    from artopt.learned_optimizers import LearnedOptimizer
+
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False)
+    assert all(i.step_scale is None for i in _run(config)[1])  # (within the grace)
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+
+    lrs = []
+    real_step = LearnedOptimizer.step
+    monkeypatch.setattr(LearnedOptimizer, "step",
+                        lambda self, *a, **k: lrs.append(self.param_groups[0]["lr"]) or real_step(self, *a, **k))
+    _, infos = _run(config)
+    backed, lrs[:] = list(lrs), []
+    _, plain = _run(dataclasses.replace(config, backoff=False))
+    assert lrs == [3.0] * 8 and backed == [3.0] * 3 + [1.5] * 3 + [0.75] * 2
+    assert [i.step_scale for i in infos] == [None] * 3 + [0.5] + [None] * 2 + [0.25, None]
+    assert all(i.step_scale is None for i in plain)
+    totals = [i.losses["total"] for i in infos]
+    assert all(t > totals[0] for t in totals[1:])
+    assert totals[:4] == [i.losses["total"] for i in plain[:4]] and totals[4] != plain[4].losses["total"]
+    assert infos[3].notice == (f"learned optimizer: the loss has stayed above its lowest at this size ({totals[0]:.4g}) "
+                               "for 3 steps; its step is now 0.5x (backoff)")
+    assert "0.25x" in infos[6].notice and "backoff" not in (plain[3].notice or "")
+
+
+def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_each_scale(monkeypatch):
+    """Adam's rising run (the keep_best test's) is the same with backoff on or off; each pyramid scale of
+    an LSTM run gets a backoff of its own (its losses are of another image size)."""
+    on = stylize(CONTENT, [STYLE], _config(steps=4, lr=0.1, keep_best=False))
+    off = stylize(CONTENT, [STYLE], _config(steps=4, lr=0.1, keep_best=False, backoff=False))
+    assert torch.equal(on, off)
+    made = []
+    real = engine._Backoff.__init__
+    monkeypatch.setattr(engine._Backoff, "__init__", lambda self, opt: made.append(opt) or real(self, opt))
+    _run(_config(steps=4, lr=0.1))
+    assert made == []
+    _, infos = _run(_config(optimizer="lstm", size=256, steps=4, pyramid=True))
+    assert infos[-1].n_scales == 2 and len(made) == 2 and made[0] is not made[1]
+    _run(_config(optimizer="lstm", steps=2, backoff=False))
+    assert len(made) == 2
+    with pytest.raises(ValueError, match="backoff must be True or False"):
+        _config(backoff="no").validated()

@@ -81,6 +81,14 @@ MAX_LOSS_WEIGHT = 1e12
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
+# backoff: the learned optimizer sees gradients only (no loss, no line search), and on styles far from
+# its training its loss can climb for the rest of a run (34% above its lowest by step 150 on
+# piano_keyboard_sketch at 256 px).  Once a scale's loss has stayed above its lowest for this many
+# steps in a row, its step is multiplied by BACKOFF_FACTOR (again after as many more).  Chosen on one
+# run (chelsea x piano_keyboard_sketch, 256 px) of three tried (3 / 0.5, 5 / 0.5, 3 / 0.7).  A scale's
+# first BACKOFF_GRACE losses are not counted: from a fresh state the LSTM's first steps may overshoot
+# (every 512 px run of the style sweep rose for 3 steps just after the switch from 256 px, and then fell).
+BACKOFF_PATIENCE, BACKOFF_FACTOR, BACKOFF_GRACE = 3, 0.5, 10
 # An explicit ``pyramid=True`` always gets at least one coarser scale (half the size) while that
 # scale's long side is at least this; otherwise "on" would do nothing below 384 px.
 PYRAMID_MIN_COARSE = 128
@@ -137,6 +145,10 @@ class StylizeConfig:
         "help": "return the lowest-loss image the steps made at the output size, not the last step's where that "
                 "one is higher (an optimizer's loss can rise at the end, e.g. the learned one's on styles far from "
                 "its training); lbfgs: always the last"})
+    backoff: bool = field(default=True, metadata={
+        "help": f"lstm only: multiply the learned step by {BACKOFF_FACTOR:g} each time the loss has stayed above its "
+                f"lowest for {BACKOFF_PATIENCE} steps in a row, from a scale's {BACKOFF_GRACE + 1}th step on (its loss "
+                "can climb late on styles far from its training); the hand-designed optimizers keep their rates"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -155,7 +167,7 @@ class StylizeConfig:
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
                 isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
             raise ValueError(f"style weights must be a list of numbers, got {self.style_weights!r}")
-        for name in ("keep_colors", "keep_best", "pyramid"):  # a string "false" counted as true
+        for name in ("keep_colors", "keep_best", "backoff", "pyramid"):  # a string "false" counted as true
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "pyramid")):
                 raise ValueError(f"{name.replace('_', ' ')} must be True or False"
@@ -241,6 +253,9 @@ class StepInfo:
     # On the run's last step, when keep_best returns an earlier image than the last step's: the steps
     # that had made it (``image`` and ``final_losses`` are then that image's).
     kept_after: int | None = None
+    # backoff: the learned optimizer's step multiplier after this step, on the steps that lowered it
+    # (relative to the run's lr: 0.5 after the first backoff of a scale, 0.25 after the second)
+    step_scale: float | None = None
 
 
 def check_device_name(device: str) -> None:
@@ -463,6 +478,34 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
 
         return MultiscaleOptimizer([image], lambda zs: make_optimizer(name, zs, lr))
     return make_optimizer(name, [image], lr)
+
+
+class _Backoff:
+    """backoff on one scale: the lowest loss so far, and the evaluations since that were above it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        # the learned optimizer's own groups (MultiscaleOptimizer's hold the images, not the lr)
+        self.groups = getattr(optimizer, "inner", optimizer).param_groups
+        self.lowest, self.above, self.scale, self.seen = math.inf, 0, 1.0, 0
+
+    def observe(self, loss: float) -> float | None:
+        """Count the loss of the image a step starts from (after the scale's first BACKOFF_GRACE); lower
+        that step (and those after) after BACKOFF_PATIENCE in a row above the lowest, and return the new
+        multiplier then."""
+        self.seen += 1
+        if self.seen <= BACKOFF_GRACE:
+            return None
+        if loss < self.lowest:
+            self.lowest, self.above = loss, 0
+        elif loss > self.lowest:
+            self.above += 1
+            if self.above >= BACKOFF_PATIENCE:
+                self.above = 0
+                self.scale *= BACKOFF_FACTOR
+                for group in self.groups:
+                    group["lr"] *= BACKOFF_FACTOR
+                return self.scale
+        return None
 
 
 def content_size_problem(content_hw: tuple[int, int], size: int, min_side: int, net_name: str,
@@ -718,9 +761,11 @@ def stylize(content: Image.Image | torch.Tensor,
         # search evaluates points outside [0, 1], whose losses are not those of any image it returns.
         best = ({"image": torch.empty_like(image.detach()), "losses": {"total": math.inf}, "after": 0}
                 if config.keep_best and not lbfgs and scale_index == len(sizes) - 1 else None)
+        backoff = _Backoff(optimizer) if config.backoff and optimizer_name == "lstm" else None
+        step_scale: float | None = None  # backoff's new multiplier, on a step that lowered it
 
         def closure():
-            nonlocal evals, loss_seconds, losses_now, last
+            nonlocal evals, loss_seconds, losses_now, last, step_scale
             if last is not None and torch.equal(last[0], image.detach()):
                 image.grad = last[2].clone()
                 return last[1]
@@ -734,6 +779,8 @@ def stylize(content: Image.Image | torch.Tensor,
             if best is not None and done > 0 and losses_now["total"] < best["losses"]["total"]:
                 best["image"].copy_(image.detach())
                 best.update(losses=dict(losses_now), after=done)  # the image the first `done` steps made
+            if backoff is not None and math.isfinite(losses_now["total"]):  # (before this step's update)
+                step_scale = backoff.observe(losses_now["total"])
             loss_seconds += time.perf_counter() - t0
             if lbfgs:
                 last = (image.detach().clone(), losses["total"].detach(), image.grad.detach().clone())
@@ -756,6 +803,10 @@ def stylize(content: Image.Image | torch.Tensor,
             # the scale's last step: its budget is spent, or L-BFGS found no step even afresh
             scale_end = evals >= allowed or getattr(optimizer, "stalled", False)
             step_notice = getattr(optimizer, "last_notice", None)
+            if step_scale is not None:
+                lowered = (f"learned optimizer: the loss has stayed above its lowest at this size ({backoff.lowest:.4g}) "
+                           f"for {BACKOFF_PATIENCE} steps; its step is now {step_scale:g}x (backoff)")
+                step_notice = f"{step_notice}; {lowered}" if step_notice else lowered
             if not torch.isfinite(image).all() or not math.isfinite(losses_now.get("total", 0.0)):
                 with torch.no_grad():
                     image.copy_(last_good)
@@ -785,9 +836,10 @@ def stylize(content: Image.Image | torch.Tensor,
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
                                 notice=step_notice if step_notice else notice, loss_seconds=loss_seconds,
-                                final_losses=final_losses, kept_after=kept_after)
+                                final_losses=final_losses, kept_after=kept_after, step_scale=step_scale)
                 callback(info)
                 notice = None
+            step_scale = None
             if stopped or scale_end:
                 break
         with torch.no_grad():  # (L-BFGS: a scale it ended early, converged or stopped)
