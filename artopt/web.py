@@ -829,7 +829,8 @@ def build_app(
                 )
                 keep_colors = gr.Checkbox(value=False, label="Keep the photo's original colours")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed",
-                                 info="the same seed and settings give the same image")
+                                 info="the same seed and settings give the same image (on a CPU, as "
+                                      "many free cores too: their number changes the sums' order a little)")
                 with gr.Row():
                     run_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
                     # On only while this page's run waits or runs; Stylize is off meanwhile.

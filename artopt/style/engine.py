@@ -126,7 +126,9 @@ class StylizeConfig:
     keep_colors: bool = field(default=False, metadata={
         "help": "keep the content's colours: transfer the style to the luminance only"})
     init: str = field(default="content", metadata={"help": "starting image: content or noise", "choices": INITS})
-    seed: int = field(default=0, metadata={"help": "random seed (same seed, same device: same image)"})
+    seed: int = field(default=0, metadata={
+        "help": "random seed (same seed, same device: same image; on a CPU also the same number of threads, as "
+                "the thread count changes the sums' order: --threads)"})
     # No choices list: it would refuse cuda:N (one card of several), which check_device_name takes.
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N (the Nth GPU) or mps",
                                                   "lowercase": True})
