@@ -51,6 +51,7 @@ def main(argv=None) -> int:
                     worst_rise = max(worst_rise, v / best - 1)
                 row["lstm_largest_rise_over_its_best"] = worst_rise
                 row["lstm_lowest_at_step"] = min(final, key=lambda sv: sv[1])[0]
+                row["lstm_kept_after_step"], row["lstm_backoff_steps"] = run.get("kept_after_step"), run.get("backoff_steps")
         row["lstm_over_adam"] = {str(p): row["lstm"][str(p)] / row["adam"][str(p)] for p in points}
         rows.append(row)
         print(photo, {p: round(r, 3) for p, r in row["lstm_over_adam"].items()},

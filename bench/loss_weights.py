@@ -50,6 +50,8 @@ def main(argv=None) -> int:
                                      f"{photo}_{setting.replace(' ', '_')}_{opt}", args.reuse)
                 row[opt] = run["final_total"]  # the loss of the image it returned
                 row[f"{opt}_seconds"] = run["seconds"]
+                row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
+                row[f"{opt}_backoff_steps"] = run.get("backoff_steps")
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             rows.append(row)
             print(f"{photo:10s} {setting:14s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "

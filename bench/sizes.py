@@ -63,6 +63,7 @@ def main(argv=None) -> int:
                    # (the CLI chooses its threads by the load as each run starts: the two may differ)
                    "cpu_threads": {"lstm": lstm["settings"].get("cpu_threads"),
                                    "adam": adam["settings"].get("cpu_threads")},
+                   "lstm_kept_after_step": lstm.get("kept_after_step"), "lstm_backoff_steps": lstm.get("backoff_steps"),
                    "lstm_reaches_adam_final": hit,
                    "adam_seconds_over_lstm_seconds_to_it": adam["seconds"] / hit["seconds"] if hit else None}
             rows.append(row)

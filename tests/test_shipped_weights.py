@@ -166,3 +166,19 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
         assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
     for run in json.loads((results / "long_runs.json").read_text())["runs"]:
         assert all(r < 1 for r in run["lstm_over_adam"].values())
+
+
+def test_the_neural_art_cards_backoff_figures_are_those_of_their_result_files():
+    """The card's evaluation with backoff is read off ablation-backoff-*.json, whose runs without backoff
+    are the committed evaluation's (so the card's figures without it are the table's)."""
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())
+    results = WEIGHTS_DIR.parent / "train" / "results" / "neural_art"
+    for setting, entry in card["backoff"]["evaluation"].items():
+        name = setting.replace("px", "")
+        found = json.loads((results / f"ablation-backoff-{name}.json").read_text())
+        assert round(found["backoff"]["over_best_baseline"], 3) == entry["lstm_over_best_baseline"]
+        assert round(found["no_backoff"]["over_best_baseline"], 3) == entry["without"]
+        assert found["backoff"]["photos_backed_off"] == entry["photos_backed_off"]
+        assert found["no_backoff"]["mean_final"] == found["committed_lstm_mean_final"] == json.loads(
+            (results / f"{name}.json").read_text())["optimizers"]["lstm"]["mean_final_loss"]
+        assert found["backoff"]["mean_final"] <= found["no_backoff"]["mean_final"]
