@@ -22,7 +22,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 from artopt.script_args import script_parser  # noqa: E402
-from artopt.style import engine  # noqa: E402
 
 RESULTS = ROOT / "train" / "results" / "neural_art"
 SETTINGS = ("256-pyramid-on", "256-pyramid-off", "512-pyramid-on", "512-pyramid-off")
@@ -35,22 +34,9 @@ def run_lstm(setting: dict, photo: str, backoff: bool) -> dict:
 
     task = NeuralArtTask(size=64)  # (only for the data folder)
     style = ev._load_rgb(str(task.root / "styles" / setting["style"]), 1024).unsqueeze(0)
-    scales: list[float] = []
-    real = engine._Backoff.observe
-
-    def observe(self, loss):  # (the evaluation makes its own StylizeConfig: backoff is turned off here)
-        scale = real(self, loss) if backoff else None
-        if scale is not None:
-            scales.append(scale)
-        return scale
-
-    engine._Backoff.observe = observe
-    try:
-        run = ev._engine_run(task, photo, style, setting["size"], setting["pyramid"], "lstm", None, setting["steps"],
-                             weights=ROOT / "weights" / "neural_art.safetensors")
-    finally:
-        engine._Backoff.observe = real
-    return {"photo": photo, "final": run["final"], "backoff_scales": scales, "curve": run["curve"],
+    run = ev._engine_run(task, photo, style, setting["size"], setting["pyramid"], "lstm", None, setting["steps"],
+                         weights=ROOT / "weights" / "neural_art.safetensors", backoff=backoff)
+    return {"photo": photo, "final": run["final"], "backoff_scales": run["backoff_scales"], "curve": run["curve"],
             "seconds": run["seconds"]}
 
 

@@ -2,6 +2,8 @@
 
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -797,3 +799,26 @@ def test_selection_default_tie_step_is_a_quarter_and_per_seed_means_use_their_ow
     assert report["rule"]["tie_break_step"] == 2  # 8 // 4 (128 steps: 32)
     s = report["weights"][str(w)]
     assert sum(s["per_seed"].values()) / 2 == pytest.approx(s["mean"])  # equal problems per seed
+
+
+def test_an_engine_run_of_the_evaluation_can_turn_backoff_off_and_reports_its_multipliers(monkeypatch, eval_script):
+    """bench/backoff_eval.py compares the LSTM with and without the engine's backoff through _engine_run."""
+    from artopt.style.engine import StepInfo
+
+    script = eval_script
+    seen = []
+
+    def fake_stylize(content, styles, config, callback=None, **kwargs):
+        seen.append(config.backoff)
+        for step, scale in ((1, None), (2, 0.5), (3, None), (4, 0.25)):
+            callback(StepInfo(step=step, total_steps=4, scale_index=0, n_scales=1, size=(8, 8),
+                              losses={"total": 1.0 / step}, elapsed=0.1 * step, step_scale=scale))
+        return torch.zeros(1, 3, 8, 8)
+
+    monkeypatch.setattr(script, "stylize", fake_stylize)
+    monkeypatch.setattr(script, "_load_rgb", lambda path, side: torch.zeros(3, 8, 8))
+    task = SimpleNamespace(root=Path("/nowhere"))
+    for backoff in (True, False):
+        run = script._engine_run(task, "p.jpg", torch.zeros(1, 3, 8, 8), 64, False, "adam", 0.01, 4, backoff=backoff)
+        assert run["backoff_scales"] == [0.5, 0.25] and run["curve"] == [1.0, 0.5, 1 / 3, 0.25]
+    assert seen == [True, False]

@@ -360,15 +360,19 @@ def _load_average() -> float | None:
         return None
 
 
-def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False) -> dict:
+def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
+                backoff: bool = True) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
-                        basis=pixel_basis)
+                        basis=pixel_basis, backoff=backoff)
     curve, times, = [], []
     final_scale_start = [0]
+    backoff_scales = []  # the learned step's multipliers backoff set, in order (any scale)
 
     def cb(info):
+        if info.step_scale is not None:
+            backoff_scales.append(info.step_scale)
         if info.scale_index == info.n_scales - 1 and not curve:
             final_scale_start[0] = info.step - 1
         if info.scale_index == info.n_scales - 1:
@@ -380,7 +384,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     stylize(content, [style], cfg, callback=cb, lstm_setup=setup)
     seconds = time.perf_counter() - t0
     return {"curve": curve, "final": curve[-1], "seconds": seconds, "loss_seconds": times[-1][1] if times else 0.0,
-            "times": times, "first_final_scale_step": final_scale_start[0]}
+            "times": times, "first_final_scale_step": final_scale_start[0], "backoff_scales": backoff_scales}
 
 
 def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
