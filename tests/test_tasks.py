@@ -406,6 +406,17 @@ def test_cifar_torchvision_layout_loads_the_split_asked_for(tmp_path, monkeypatc
     load_cifar10.cache_clear()
 
 
+def test_a_task_arg_at_its_default_leaves_the_task_name_as_it_is():
+    """Results and cached rates are keyed by the name: --task-arg hidden=[40] on mnist-40 is mnist-40."""
+    from artopt.tasks import get_task, task_defaults
+
+    assert task_defaults("mnist-40")["hidden"] == [40] and task_defaults("quadratic")["dim"] == 10
+    assert get_task("quadratic", dim=10).name == "quadratic"
+    assert get_task("quadratic", dim=11, steps=100).name == "quadratic[dim=11]"
+    assert get_task("mnist-40", hidden=[40]).name == "mnist-40"
+    assert get_task("mnist-40", hidden=[20]).name == "mnist-40[hidden=(20)]"
+
+
 def test_task_args_parse_as_json_and_name_a_malformed_one():
     from artopt.tasks import parse_task_args
 

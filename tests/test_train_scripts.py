@@ -78,6 +78,18 @@ def test_a_checkpoint_of_other_settings_is_one_error_line(tmp_path, suite, capsy
     assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "2")) == 0  # a bigger budget resumes
 
 
+def test_a_task_arg_at_its_default_resumes_a_run_without_it_and_back(tmp_path, suite, capsys):
+    """--task-arg dim=10 is the quadratic's default: the same run as none (it was refused as
+    "task_kwargs.dim 10 -> unset"); another value is still a changed task."""
+    assert suite.main(_tiny(tmp_path, "--name", "x", "--task-arg", "dim=10")) == 0
+    assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "2")) == 0
+    assert suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "3", "--task-arg", "dim=10")) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        suite.main(_tiny(tmp_path, "--name", "x", "--episodes", "4", "--task-arg", "dim=11"))
+    _one_error_line(capsys.readouterr().err, "other settings (--task-arg (task_kwargs.dim 10 -> 11))")
+
+
 def test_the_suite_script_meta_trains_global_averaging_cells(tmp_path, suite, capsys):
     from artopt.learned_optimizers import load_learned
 

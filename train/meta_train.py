@@ -27,7 +27,7 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # n
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
 from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
-from artopt.tasks import get_task, parse_task_args  # noqa: E402
+from artopt.tasks import get_task, parse_task_args, task_defaults  # noqa: E402
 
 
 def episode_cap(episodes: int | None, minutes: float | None) -> int:
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     return finish_meta_training(
         ap,
         lambda: meta_train(task, nets, mcfg, out_dir=run_dir, name=name, card=card,
-                           task_settings={"suite": args.suite, "task_kwargs": task_kwargs}),
+                           task_settings={"suite": args.suite, "task_kwargs": task_kwargs},
+                           task_setting_defaults={"task_kwargs": task_defaults(args.suite)}),
         lambda res: ship_best(run_dir, name, args.ship, res, prior_seconds=0.0), args.ship,
         kept=run_dir / f"{name}.safetensors")
 

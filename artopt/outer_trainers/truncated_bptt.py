@@ -385,9 +385,12 @@ def meta_train(
     progress: bool = True,
     log: Callable[[dict], None] | None = None,
     task_settings: dict | None = None,
+    task_setting_defaults: dict | None = None,
 ) -> MetaTrainResult:
     """Meta-train ``nets`` on ``task``; resumable from ``out_dir/<name>.ckpt``.  ``task_settings`` (the
-    script's task flags) are checked on resume like the trainer's: a run must not change its task.
+    script's task flags) are checked on resume like the trainer's: a run must not change its task
+    (one given a setting at its default, in ``task_setting_defaults`` with the same nesting, and one
+    not given it are the same run).
 
     ``nets`` maps each of the problems' parameter groups to its network (usually just
     ``{"default": LSTMOptimizerNet()}``; a single network serves as "default"); it is trained in place.
@@ -408,10 +411,11 @@ def meta_train(
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(out_dir, name):
         return _meta_train(task, nets, config, out_dir=out_dir, name=name, card=card, progress=progress, log=log,
-                           task_settings=task_settings)
+                           task_settings=task_settings, task_setting_defaults=task_setting_defaults)
 
 
-def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log, task_settings) -> MetaTrainResult:
+def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log, task_settings,
+                task_setting_defaults=None) -> MetaTrainResult:
     """``meta_train`` with the run's lock held."""
     nets = _as_module_dict(nets)
     ckpt_path = out_dir / f"{name}.ckpt"
@@ -435,7 +439,10 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
             stored_settings = ck.get("settings")
         except Exception as exc:  # truncated, empty or foreign file
             raise unloadable(ckpt_path, exc) from None
-        check_resume(ckpt_path, stored_settings, run_settings, _default_settings(run_settings.get("nets", {})))
+        defaults = _default_settings(run_settings.get("nets", {}))
+        if task_setting_defaults is not None:
+            defaults["task"] = json.loads(json.dumps(task_setting_defaults))
+        check_resume(ckpt_path, stored_settings, run_settings, defaults)
         try:
             nets.load_state_dict(ck["nets"])
             meta_opt.load_state_dict(ck["meta_opt"])

@@ -89,6 +89,25 @@ TASKS: dict[str, tuple[Callable[..., Task], dict]] = {
 }
 
 
+def task_defaults(name: str) -> dict:
+    """The keyword arguments task ``name`` is made with when none are given (its class's defaults,
+    then the registry's), as JSON values (tuples become lists), for comparing with --task-arg values."""
+    factory, defaults = TASKS[name]
+    cls = factory if dataclasses.is_dataclass(factory) else factory.task_class()
+    found = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f.name != "name":
+            if f.default is not dataclasses.MISSING:
+                found[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                found[f.name] = f.default_factory()
+    return json.loads(json.dumps({**found, **defaults}, default=str))
+
+
+def _is_default(defaults: dict, key: str, value) -> bool:
+    return key in defaults and json.loads(json.dumps(value, default=str)) == defaults[key]
+
+
 def get_task(name: str, **variant_kwargs) -> Task:
     """The task registered as ``name``, with ``variant_kwargs`` overriding its defaults.
 
@@ -100,7 +119,9 @@ def get_task(name: str, **variant_kwargs) -> Task:
     factory, defaults = TASKS[name]
     kwargs = {**defaults, **variant_kwargs}
     if "name" not in variant_kwargs:
-        extra = {k: v for k, v in variant_kwargs.items() if k not in ("root",)}
+        # (an argument equal to its default leaves the name as it is: results and cached rates are the default's)
+        same = task_defaults(name)
+        extra = {k: v for k, v in variant_kwargs.items() if k not in ("root",) and not _is_default(same, k, v)}
         kwargs["name"] = name + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(extra.items())) + "]"
                                  if extra else "")
     cls = factory if dataclasses.is_dataclass(factory) else factory.task_class()
@@ -135,5 +156,5 @@ def _fmt(v) -> str:
     return str(v)
 
 
-__all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "parse_task_args", "QuadraticTask", "MNISTTask", "CIFARTask",
+__all__ = ["Problem", "Task", "stack_problems", "TASKS", "get_task", "task_defaults", "parse_task_args", "QuadraticTask", "MNISTTask", "CIFARTask",
            "DataNotFoundError", "data_root", "split_seed"]
