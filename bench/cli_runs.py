@@ -12,6 +12,7 @@ from pathlib import Path
 
 from artopt.script_args import (check_names, check_output_dir, check_output_file, check_photo_sizes, dumps,  # noqa: E402
                                 refuse_same_files)
+from artopt.style.engine import FINE_SCALE_STEP  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,11 +68,18 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     if settings.get("resolved_optimizer") == "lstm" and "backoff" not in settings:  # (the others never back off)
         print(f"not reusing {log}: it was written before the learned optimizer's backoff", flush=True)
         return False
+    fine = settings.get("fine_scale_step", 1.0)  # (1 before the field existed)
+    if (settings.get("resolved_optimizer") == "lstm" and "--fine-scale-step" not in flags
+            and fine != FINE_SCALE_STEP and any(s.get("scale", 0) > 0 for s in found.get("steps", []))):
+        print(f"not reusing {log}: its learned step at the pyramid's finer scales was {fine:g}x, not the "
+              f"default {FINE_SCALE_STEP:g}x", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False
     for flag, value in zip(flags[::2], flags[1::2]):  # every flag here takes one value
-        have = settings.get(flag[2:].replace("-", "_"))
+        key = flag[2:].replace("-", "_")
+        have = settings.get(key, fine if key == "fine_scale_step" else None)
         try:
             same = float(have) == float(value)
         except (TypeError, ValueError):

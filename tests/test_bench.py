@@ -265,6 +265,28 @@ def test_a_runs_losses_after_each_step_end_in_the_returned_images():
         assert not cli_runs._log_matches(Path(folder) / "run.json", content, style, ["--size", "64"])
 
 
+def test_an_lstm_pyramid_log_of_another_fine_scale_step_is_not_reused(tmp_path):
+    """Logs from before fine_scale_step ran the pyramid's finer scales at the full learned step: such an
+    LSTM run is made again, unless it had one scale (the same run) or --fine-scale-step asks for its value."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    log = tmp_path / "run.json"
+    _fake_log(log, content, style, 512)
+    found = json.loads(log.read_text())
+    found["steps"][1]["scale"] = 1
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--fine-scale-step", "1"])
+    found["settings"]["fine_scale_step"] = cli_runs.FINE_SCALE_STEP
+    log.write_text(json.dumps(found))
+    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--fine-scale-step", "1"])
+    del found["settings"]["fine_scale_step"]
+    found["steps"][1]["scale"] = 0  # one scale: fine_scale_step changed nothing
+    log.write_text(json.dumps(found))
+    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+
+
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
     # Ctrl-C reaches the artopt child too: it saves what it has, a log of fewer steps marked stopped_early
     cli_runs = load("cli_runs")

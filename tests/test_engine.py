@@ -858,3 +858,29 @@ def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_ea
     assert len(made) == 2
     with pytest.raises(ValueError, match="backoff must be True or False"):
         _config(backoff="no").validated()
+
+
+def test_fine_scale_step_multiplies_the_learned_step_after_the_first_scale_only(monkeypatch):
+    """fine_scale_step scales the LSTM's step at the pyramid's scales after the first (on top of --lr),
+    leaves the first scale and the hand-designed optimizers alone, and must be a positive number."""
+    from artopt.learned_optimizers import LearnedOptimizer
+
+    lrs = []
+    real_step = LearnedOptimizer.step
+    monkeypatch.setattr(LearnedOptimizer, "step",
+                        lambda self, *a, **k: lrs.append(self.param_groups[0]["lr"]) or real_step(self, *a, **k))
+    config = _config(optimizer="lstm", size=256, steps=6, pyramid=True, lr=2.0, backoff=False)
+    _, infos = _run(dataclasses.replace(config, fine_scale_step=0.25))
+    scales = [i.scale_index for i in infos]
+    assert scales == [0] * 4 + [1] * 2 and lrs == [2.0] * 4 + [0.5] * 2
+    lrs[:] = []
+    _run(dataclasses.replace(config, fine_scale_step=1))
+    assert lrs == [2.0] * 6
+    lrs[:] = []
+    _run(config)  # the default
+    assert config.fine_scale_step == engine.FINE_SCALE_STEP == 0.5 and lrs == [2.0] * 4 + [1.0] * 2
+    adam = _config(size=256, steps=6, pyramid=True, lr=0.05)
+    assert torch.equal(stylize(CONTENT, [STYLE], adam), stylize(CONTENT, [STYLE], dataclasses.replace(adam, fine_scale_step=0.5)))
+    for bad in (0, -1.0, float("inf"), float("nan"), "half", True):
+        with pytest.raises(ValueError, match="fine scale step must be"):
+            _config(fine_scale_step=bad).validated()

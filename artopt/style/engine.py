@@ -79,6 +79,10 @@ MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 32, 8192
 MAX_LOSS_WEIGHT = 1e12
 # torch.Generator.manual_seed's range (it takes uint64 and negative int64 values).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# The learned step at the pyramid's finer scales: chosen from 0.35 / 0.5 / 0.7 / 1 by a rule committed
+# before the runs (48842c9; validation photos, held-out style, 256 and 512 px; bench/fine_scale_step.py,
+# bench/results/fine_scale_step_val.json): 0.5 ended 0.2% / 1.7% lower than 1 there.
+FINE_SCALE_STEP = 0.5
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # backoff: the learned optimizer sees gradients only (no loss, no line search), and on styles far from
@@ -151,6 +155,10 @@ class StylizeConfig:
         "help": f"lstm only: multiply the learned step by {BACKOFF_FACTOR:g} each time the loss has stayed above its "
                 f"lowest for {BACKOFF_PATIENCE} steps in a row, from a scale's {BACKOFF_GRACE + 1}th step on (its loss "
                 "can climb late on styles far from its training); the hand-designed optimizers keep their rates"})
+    fine_scale_step: float = field(default=FINE_SCALE_STEP, metadata={
+        "help": "lstm only: multiplier on the learned step at the pyramid's scales after the first, on top of --lr "
+                "(they start from the coarser scale's result, nearer a minimum than the starts the learned optimizer "
+                "was trained from; 1: the same step at every scale)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -162,7 +170,7 @@ class StylizeConfig:
         for name in ("optimizer", "basis", "init", "device", "loss_net", "vgg_pooling"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name.replace('_', ' ')} must be a string, got {getattr(self, name)!r}")
-        for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale"):
+        for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale", "fine_scale_step"):
             value = getattr(self, name)
             if not (value is None and name == "lr") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
@@ -210,6 +218,8 @@ class StylizeConfig:
                     or not any(w > 0 for w in self.style_weights):
                 raise ValueError(f"style weights must be between 0 and {MAX_LOSS_WEIGHT:g}, not all 0 (they are "
                                  f"normalised to sum to 1), got {' '.join(f'{w:g}' for w in self.style_weights)}")
+        if not (0 < self.fine_scale_step < math.inf):
+            raise ValueError(f"fine scale step must be positive, got {self.fine_scale_step}")
         if not (0 < self.style_scale <= 8):
             raise ValueError(f"style scale must be in (0, 8], got {self.style_scale}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not SEED_MIN <= self.seed <= SEED_MAX:
@@ -736,6 +746,7 @@ def stylize(content: Image.Image | torch.Tensor,
             target = _luminance_as_rgb(target)
         target = target.to(device)
         height, width = target.shape[-2:]
+        first_scale = image is None  # (the first scale that runs)
         if image is None:
             if config.init.lower() == "noise":
                 image = torch.rand(target.shape, generator=generator).to(device)
@@ -750,6 +761,9 @@ def stylize(content: Image.Image | torch.Tensor,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
         optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
+        if optimizer_name == "lstm" and not first_scale and config.fine_scale_step != 1:
+            for group in getattr(optimizer, "inner", optimizer).param_groups:  # (MultiscaleOptimizer's own)
+                group["lr"] *= config.fine_scale_step
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
         # L-BFGS runs unconstrained within a scale, as Gatys et al. and neural-style run it, and is
