@@ -182,3 +182,30 @@ def test_the_neural_art_cards_backoff_figures_are_those_of_their_result_files():
         assert found["no_backoff"]["mean_final"] == found["committed_lstm_mean_final"] == json.loads(
             (results / f"{name}.json").read_text())["optimizers"]["lstm"]["mean_final_loss"]
         assert found["backoff"]["mean_final"] <= found["no_backoff"]["mean_final"]
+
+
+def test_the_neural_art_cards_fine_scale_step_figures_are_those_of_their_result_files():
+    """The card's fine_scale_step entry is read off the validation report (whose rule chose the engine's
+    default) and the test reruns, whose full-step runs are the backoff reruns (or, where backoff did
+    not act, the committed evaluation)."""
+    from artopt.style.engine import FINE_SCALE_STEP
+
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["fine_scale_step"]
+    root = WEIGHTS_DIR.parent
+    val = json.loads((root / "bench" / "results" / "fine_scale_step_val.json").read_text())
+    assert val["chosen"] == FINE_SCALE_STEP
+    for m, entry in card["validation_ratios_to_full_step"].items():
+        assert entry == {f"{s}px": round(r, 4) for s, r in val["candidates"][m]["ratios"].items()}
+    results = root / "train" / "results" / "neural_art"
+    for setting, entry in card["evaluation"].items():
+        name = setting.replace("px", "")
+        found = json.loads((results / f"ablation-fine-scale-step-{name}.json").read_text())
+        chosen, full = found[f"step_{FINE_SCALE_STEP:g}"], found["step_1"]
+        assert round(chosen["over_best_baseline"], 3) == entry["lstm_over_best_baseline"]
+        assert round(full["over_best_baseline"], 3) == entry["full_step"]
+        assert chosen["final_scale_steps_to_best_baseline"] == entry["final_scale_steps_to_best_baseline"]
+        assert full["final_scale_steps_to_best_baseline"] == entry["full_step_final_scale_steps_to_best_baseline"]
+        backoff = results / f"ablation-backoff-{name}.json"
+        before = (json.loads(backoff.read_text())["backoff"]["mean_final"] if backoff.is_file()
+                  else json.loads((results / f"{name}.json").read_text())["optimizers"]["lstm"]["mean_final_loss"])
+        assert full["mean_final"] == before
