@@ -880,7 +880,10 @@ def test_fine_scale_step_multiplies_the_learned_step_after_the_first_scale_only(
     _run(config)  # the default
     assert config.fine_scale_step == engine.FINE_SCALE_STEP == 0.5 and lrs == [2.0] * 4 + [1.0] * 2
     adam = _config(size=256, steps=6, pyramid=True, lr=0.05)
-    assert torch.equal(stylize(CONTENT, [STYLE], adam), stylize(CONTENT, [STYLE], dataclasses.replace(adam, fine_scale_step=0.5)))
+    out, infos = _run(dataclasses.replace(adam, fine_scale_step=0.3))
+    assert torch.equal(stylize(CONTENT, [STYLE], adam), out)
+    assert "(fine scale step 0.3 is for lstm only: not used)" in infos[0].notice
+    assert "fine scale" not in _run(adam)[1][0].notice
     for bad in (0, -1.0, float("inf"), float("nan"), "half", True):
         with pytest.raises(ValueError, match="fine scale step must be"):
             _config(fine_scale_step=bad).validated()

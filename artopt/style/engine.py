@@ -642,6 +642,8 @@ def stylize(content: Image.Image | torch.Tensor,
         lstm_setup = learned_setup(config.lstm_weights)  # read once, used at every scale
     elif optimizer_name != "lstm" and config.lstm_weights is not None:
         notice += f" (the lstm weights {config.lstm_weights} are not used)"
+    if optimizer_name != "lstm" and config.fine_scale_step != FINE_SCALE_STEP:
+        notice += f" (fine scale step {config.fine_scale_step:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.basis == "multiscale":
         notice += " on the multi-scale basis"
     elif optimizer_name == "lstm" and config.basis == "multiscale" and lstm_setup.basis != "multiscale":
