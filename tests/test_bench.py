@@ -501,3 +501,18 @@ def test_the_hybrid_probe_steps_level_0_and_the_coarser_levels_with_their_own_op
     assert torch.allclose(x.detach(), expected, atol=1e-6)
     fine, coarse = opt.inner.parts[0]
     assert fine.numel() == n0 and coarse.numel() == 3 * (8 * 6 + 4 * 3)
+
+
+def test_the_fine_scale_step_rule_wants_lower_at_both_sizes_then_the_lowest_sum():
+    """bench/fine_scale_step.py's rule (48842c9): a candidate must beat the full step at 256 and 512 px;
+    of those the lowest sum of ratios wins; none: the full step stays.  Its committed choice follows it."""
+    rule = load("fine_scale_step")
+    means = {256: {1.0: 1.0, 0.35: 0.90, 0.5: 0.99, 0.7: 0.98}, 512: {1.0: 1.0, 0.35: 1.01, 0.5: 0.95, 0.7: 0.97}}
+    chosen, table = rule.choose(means)
+    assert chosen == 0.5 and not table[0.35]["qualifies"] and table[0.7]["qualifies"]
+    assert table[0.5]["sum"] == pytest.approx(1.94)
+    means[512] = {1.0: 1.0, 0.35: 1.01, 0.5: 1.0, 0.7: 1.02}  # a tie is not lower
+    assert rule.choose(means)[0] == 1.0
+    val = json.loads((ROOT / "bench" / "results" / "fine_scale_step_val.json").read_text())
+    found = {int(s): {float(m): v for m, v in ms.items()} for s, ms in val["means"].items()}
+    assert rule.choose(found)[0] == val["chosen"] == 0.5
