@@ -266,7 +266,8 @@ class StepInfo:
     # that had made it (``image`` and ``final_losses`` are then that image's).
     kept_after: int | None = None
     # backoff: the learned optimizer's step multiplier after this step, on the steps that lowered it
-    # (relative to the run's lr: 0.5 after the first backoff of a scale, 0.25 after the second)
+    # (relative to the scale's own step, the run's lr times fine_scale_step after the first scale: 0.5
+    # after the first backoff of a scale, 0.25 after the second)
     step_scale: float | None = None
 
 
