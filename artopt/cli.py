@@ -51,7 +51,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     for f in dataclasses.fields(StylizeConfig):
         meta = dict(f.metadata)
-        help_text = meta.get("help", "")
+        help_text = meta.get("help", "").replace("%", "%%")  # (argparse formats help with %)
         kind = str(f.type).replace(" ", "")
         kwargs: dict = {"dest": f.name, "default": f.default}
         if kind == "bool" and not f.default:

@@ -516,3 +516,22 @@ def test_the_fine_scale_step_rule_wants_lower_at_both_sizes_then_the_lowest_sum(
     val = json.loads((ROOT / "bench" / "results" / "fine_scale_step_val.json").read_text())
     found = {int(s): {float(m): v for m, v in ms.items()} for s, ms in val["means"].items()}
     assert rule.choose(found)[0] == val["chosen"] == 0.5
+
+
+def test_the_carry_state_rule_wants_lower_than_the_default_at_both_sizes():
+    """bench/carry_state.py's rule (149c3fa), as the fine-scale step's: the committed validation report
+    follows it (no candidate was lower, so carry_state stays off)."""
+    rule = load("carry_state")
+    carry_half, carry_full = rule.CANDIDATES
+    means = {256: {rule.DEFAULT: 1.0, carry_half: 0.98, carry_full: 0.97},
+             512: {rule.DEFAULT: 1.0, carry_half: 0.99, carry_full: 1.001}}
+    assert rule.choose(means)[0] == carry_half
+    val = json.loads((ROOT / "bench" / "results" / "carry_state_val.json").read_text())
+    labels = {rule.label(v): v for v in (rule.DEFAULT, *rule.CANDIDATES)}
+    found = {int(s): {labels[k]: m for k, m in ms.items()} for s, ms in val["means"].items()}
+    chosen, table = rule.choose(found)
+    assert chosen is None and val["chosen"] is None
+    assert val["best_scoring"] == rule.label(min(rule.CANDIDATES, key=lambda v: table[v]["sum"]))
+    from artopt.style.engine import StylizeConfig
+
+    assert StylizeConfig().carry_state is False

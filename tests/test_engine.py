@@ -887,3 +887,27 @@ def test_fine_scale_step_multiplies_the_learned_step_after_the_first_scale_only(
     for bad in (0, -1.0, float("inf"), float("nan"), "half", True):
         with pytest.raises(ValueError, match="fine scale step must be"):
             _config(fine_scale_step=bad).validated()
+
+
+def test_carry_state_starts_a_finer_scale_from_the_coarser_scales_learned_state(monkeypatch):
+    """carry_state: each finer pyramid scale's learned optimizer is given the coarser one's state
+    (MultiscaleOptimizer.carry_state_from) before its first step; off by default, and the first scale,
+    a run without the pyramid and the hand-designed optimizers never carry."""
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    calls = []
+    real = MultiscaleOptimizer.carry_state_from
+    monkeypatch.setattr(MultiscaleOptimizer, "carry_state_from",
+                        lambda self, old: calls.append((self, old)) or real(self, old))
+    config = _config(optimizer="lstm", size=256, steps=6, pyramid=True)
+    _, infos = _run(config)
+    assert calls == [] and config.carry_state is False
+    out, infos = _run(dataclasses.replace(config, carry_state=True))
+    assert len(calls) == 1 and calls[0][0] is not calls[0][1] and torch.isfinite(out).all()
+    assert "h" in calls[0][0].inner.state[calls[0][0].flat[0]]
+    assert not torch.equal(out, stylize(CONTENT, [STYLE], config))  # it changes the run
+    _run(dataclasses.replace(config, carry_state=True, pyramid=False))
+    _run(_config(size=256, steps=6, pyramid=True, basis="multiscale", carry_state=True))
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="carry state must be True or False"):
+        _config(carry_state="yes").validated()

@@ -355,3 +355,48 @@ def test_problem_form_gives_each_image_its_own_levels():
     assert [tuple(a.shape) for a in got] == [tuple(b.shape) for b in want]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+def _learned_ms(shape, levels=None):
+    image = torch.rand(shape, requires_grad=True)
+    opt = MultiscaleOptimizer([image], lambda ps: LearnedOptimizer(ps, nets=_nets(), state_dtype=torch.int8),
+                              levels=levels)
+    return image, opt
+
+
+def test_carried_state_moves_each_level_up_one_and_the_new_finest_starts_fresh():
+    """A coarse-to-fine run's next scale: level k of the half-size image covers what level k + 1 does
+    here, so its h and c move there (exactly where the shapes agree, nearest where rounding made them
+    differ by a pixel); the new finest level gets zeros, and the moments restart from the next gradient."""
+    coarse, old = _learned_ms((1, 3, 8, 12), levels=3)
+    coarse.grad = torch.randn_like(coarse)
+    old.step()
+    before = old.inner.state[old.flat[0]]
+    fine, new = _learned_ms((1, 3, 16, 24), levels=4)
+    assert new.carry_state_from(old) == old.flat[0].numel()
+    after = new.inner.state[new.flat[0]]
+    finest = new.coefficients[0][0].numel()
+    assert after["h"].dtype == torch.int8 and after["h"].shape == (2, new.flat[0].numel(), 20)
+    assert not after["h"][:, :finest].any() and not after["c"][:, :finest].any()
+    assert torch.equal(after["h"][:, finest:], before["h"]) and torch.equal(after["c"][:, finest:], before["c"])
+    assert "m" not in after
+    fine.grad = torch.randn_like(fine)
+    new.step()  # and it steps from there
+    assert torch.isfinite(fine).all() and "m" in after
+    # at 17 rows level 1 has 9 rows for the coarse finest level's 8: filled from the nearest rows
+    _, odd = _learned_ms((1, 3, 17, 24), levels=4)
+    odd.carry_state_from(old)
+    h = odd.inner.state[odd.flat[0]]["h"]
+    n0, n1 = (z.numel() for z in odd.coefficients[0][:2])
+    level1 = h[:, n0:n0 + n1].reshape(2, 3, 9, 12, 20)
+    source = before["h"][:, :old.coefficients[0][0].numel()].reshape(2, 3, 8, 12, 20)
+    rows = [int(y * 8 / 9) for y in range(9)]  # nearest: floor(y * 8 / 9)
+    assert torch.equal(level1, source[:, :, rows])
+
+
+def test_nothing_is_carried_from_an_optimizer_without_learned_state():
+    image, new = _learned_ms((1, 3, 16, 24), levels=4)
+    _, old = _learned_ms((1, 3, 8, 12), levels=3)
+    assert new.carry_state_from(old) == 0 and "h" not in new.inner.state[new.flat[0]]
+    adam = MultiscaleOptimizer([torch.rand(1, 3, 8, 12, requires_grad=True)], lambda ps: torch.optim.Adam(ps))
+    assert new.carry_state_from(adam) == 0

@@ -209,3 +209,21 @@ def test_the_neural_art_cards_fine_scale_step_figures_are_those_of_their_result_
         before = (json.loads(backoff.read_text())["backoff"]["mean_final"] if backoff.is_file()
                   else json.loads((results / f"{name}.json").read_text())["optimizers"]["lstm"]["mean_final_loss"])
         assert full["mean_final"] == before
+
+
+def test_the_neural_art_cards_carry_state_figures_are_those_of_their_result_files():
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["carry_state"]
+    root = WEIGHTS_DIR.parent
+    val = json.loads((root / "bench" / "results" / "carry_state_val.json").read_text())
+    assert val["chosen"] is None
+    for name, entry in card["validation_ratios_to_default"].items():
+        assert entry == {f"{s}px": round(r, 4) for s, r in val["candidates"][name]["ratios"].items()}
+        assert all(r > 1 for r in entry.values())
+    for setting, entry in card["test_lstm_over_best_baseline"].items():
+        found = json.loads((root / "train" / "results" / "neural_art" /
+                            f"ablation-carry-state-{setting.replace('px', '')}.json").read_text())
+        assert round(found["carry, step 1"]["over_best_baseline"], 3) == entry["carry_full_step"]
+        assert round(found["no carry, step 0.5"]["over_best_baseline"], 3) == entry["default"]
+        # the default's runs are those of the fine_scale_step reruns
+        assert found["no carry, step 0.5"]["mean_final"] == json.loads((root / "train" / "results" / "neural_art" / (
+            f"ablation-fine-scale-step-{setting.replace('px', '')}.json")).read_text())["step_0.5"]["mean_final"]

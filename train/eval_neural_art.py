@@ -361,13 +361,15 @@ def _load_average() -> float | None:
 
 
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
-                backoff: bool = True, fine_scale_step: float | None = None) -> dict:
+                backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
                         basis=pixel_basis, backoff=backoff)
     if fine_scale_step is not None:
         cfg.fine_scale_step = fine_scale_step
+    if carry_state is not None:
+        cfg.carry_state = carry_state
     curve, times, = [], []
     final_scale_start = [0]
     backoff_scales = []  # the learned step's multipliers backoff set, in order (any scale)

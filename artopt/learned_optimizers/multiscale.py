@@ -162,6 +162,36 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self.inner.load_state_dict(inner)
 
+    @torch.no_grad()
+    def carry_state_from(self, coarser: "MultiscaleOptimizer") -> int:
+        """Start this optimizer's learned state from ``coarser``'s, an optimizer of the same images at
+        half the size (a coarse-to-fine run's previous scale): level k there covers what level k + 1
+        covers here, so each level's LSTM state (h, c) moves up one level, resampled (nearest) where
+        rounding made the shapes differ by a pixel; the new finest level starts fresh, and the
+        moments restart from the next gradient.  Returns the coordinates given a carried state (0
+        where either inner optimizer is not a learned one or holds no state)."""
+        if not (isinstance(self.inner, LearnedOptimizer) and isinstance(coarser.inner, LearnedOptimizer)):
+            return 0
+        carried = 0
+        for flat, zs, old_flat, old_zs in zip(self.flat, self.coefficients, coarser.flat, coarser.coefficients):
+            old = coarser.inner.state.get(old_flat, {})
+            if "h" not in old:
+                continue
+            new = {}
+            for name in ("h", "c"):
+                levels = old[name].split([z.numel() for z in old_zs], dim=1)
+                parts = [torch.zeros((old[name].shape[0], zs[0].numel(), old[name].shape[2]), dtype=old[name].dtype,
+                                     device=flat.device)]
+                for k, z in enumerate(zs[1:]):
+                    parts.append(_moved_level(levels[k], old_zs[k].shape, z.shape) if k < len(levels) else
+                                 torch.zeros((old[name].shape[0], z.numel(), old[name].shape[2]),
+                                             dtype=old[name].dtype, device=flat.device))
+                new[name] = torch.cat(parts, dim=1)
+            carried += sum(z.numel() for z in zs[1:len(old_zs) + 1])
+            state = self.inner.state[flat]
+            state["h"], state["c"], state["shape"] = new["h"], new["c"], list(flat.shape)
+        return carried
+
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "inner"):  # an image added later would get no coefficients and never move
             raise NotImplementedError("MultiscaleOptimizer takes its images when it is made; make a new one")
@@ -193,6 +223,18 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         for p, zs in active:
             p.add_(synthesize(zs, tuple(p.shape[-2:])))
         return loss
+
+
+def _moved_level(state: torch.Tensor, shape: torch.Size, to: torch.Size) -> torch.Tensor:
+    """One level's state (layers, coordinates, units), its coordinates of ``shape`` (..., H, W), as the
+    state of coordinates of ``to`` (same leading dims): the same where the shapes agree, else nearest."""
+    if tuple(shape) == tuple(to):
+        return state.clone()
+    layers, _, units = state.shape
+    *lead, h, w = shape
+    grid = state.reshape(layers, -1, h, w, units).permute(0, 1, 4, 2, 3).reshape(1, -1, h, w)
+    grid = F.interpolate(grid.float(), size=tuple(to[-2:]), mode="nearest").to(state.dtype)
+    return grid.reshape(layers, -1, units, *to[-2:]).permute(0, 1, 3, 4, 2).reshape(layers, -1, units)
 
 
 def multiscale_problem(problem: Problem, levels: int | None = None, coarsest: int = COARSEST) -> Problem:

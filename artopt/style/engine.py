@@ -159,6 +159,10 @@ class StylizeConfig:
         "help": "lstm only: multiplier on the learned step at the pyramid's scales after the first, on top of --lr "
                 "(they start from the coarser scale's result, nearer a minimum than the starts the learned optimizer "
                 "was trained from; 1: the same step at every scale)"})
+    carry_state: bool = field(default=False, metadata={
+        "help": "lstm only: start each finer pyramid scale from the learned optimizer's state at the coarser one "
+                "(each basis level's state moves up one level; the new finest level starts fresh). Off: it ended "
+                "2.4-3.3% higher than a fresh state on validation photos (bench/results/carry_state_val.json)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -177,7 +181,7 @@ class StylizeConfig:
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
                 isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
             raise ValueError(f"style weights must be a list of numbers, got {self.style_weights!r}")
-        for name in ("keep_colors", "keep_best", "backoff", "pyramid"):  # a string "false" counted as true
+        for name in ("keep_colors", "keep_best", "backoff", "carry_state", "pyramid"):  # a string "false" counted as true
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "pyramid")):
                 raise ValueError(f"{name.replace('_', ' ')} must be True or False"
@@ -730,6 +734,7 @@ def stylize(content: Image.Image | torch.Tensor,
     # then upsampled at the end rather than optimized at a size that gets no steps).
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     budget = 0  # evaluations the scales up to this one may have used in all
+    optimizer: torch.optim.Optimizer | None = None  # the current scale's
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
             break
@@ -763,10 +768,14 @@ def stylize(content: Image.Image | torch.Tensor,
                             content_weight=config.content_weight, style_weight=config.style_weight,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
+        previous_optimizer = optimizer  # (the coarser scale's, for carry_state; None on the first scale)
         optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
         if optimizer_name == "lstm" and not first_scale and config.fine_scale_step != 1:
             for group in getattr(optimizer, "inner", optimizer).param_groups:  # (MultiscaleOptimizer's own)
                 group["lr"] *= config.fine_scale_step
+        if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
+                and hasattr(optimizer, "carry_state_from")):
+            optimizer.carry_state_from(previous_optimizer)
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
         # L-BFGS runs unconstrained within a scale, as Gatys et al. and neural-style run it, and is
