@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 import random
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "bench"))
 from artopt.script_args import script_parser  # noqa: E402
+from fine_scale_step import STEPS, run_all, summarize  # noqa: E402  (the runs are that script's, with carry_state)
 
 DEFAULT = ("no carry", 0.5)
 CANDIDATES = (("carry", 0.5), ("carry", 1.0))
 VAL_SIZES = {256: 8, 512: 4}
 TEST_SETTINGS = ("256-pyramid-on", "384-pyramid-on", "512-pyramid-on")
-STEPS = 200
 RESULTS = ROOT / "train" / "results" / "neural_art"
 
 
@@ -38,37 +38,6 @@ def _file(runs: Path, split: str, size: int, variant: tuple[str, float], photo: 
     carry, step = variant
     # (the no-carry runs are bench/fine_scale_step.py's files)
     return runs / f"{split}-{size}-{step:g}{'-carry' if carry == 'carry' else ''}-{photo}.json"
-
-
-def one_run(job: tuple) -> dict:
-    """The LSTM on one photo (split, photo, size, variant, cache file), on 1 thread."""
-    import torch
-
-    split, photo, size, (carry, step), path = job
-    if path.is_file():
-        return {**json.loads(path.read_text()), "carry": carry == "carry"}
-    torch.set_num_threads(1)  # the evaluation's: the sums' order
-    import eval_neural_art as ev
-    from artopt.tasks.neural_art import HELD_OUT_STYLES, NeuralArtTask
-
-    task = NeuralArtTask(size=64)  # (only for the data folder)
-    style = ev._load_rgb(str(task.root / "styles" / HELD_OUT_STYLES[0]), 1024).unsqueeze(0)
-    run = ev._engine_run(task, photo, style, size, True, "lstm", None, STEPS,
-                         weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step,
-                         carry_state=carry == "carry")
-    out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry == "carry",
-           "final": run["final"], "curve": run["curve"], "backoff_scales": run["backoff_scales"],
-           "seconds": run["seconds"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out) + "\n")
-    return out
-
-
-def run_all(jobs: list, workers: int) -> list[dict]:
-    if workers <= 1:
-        return [one_run(j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(one_run, jobs))
 
 
 def label(variant: tuple[str, float]) -> str:
@@ -99,7 +68,7 @@ def main(argv=None) -> int:
     val_path = ROOT / "bench" / "results" / "carry_state_val.json"
     if args.what == "val":
         photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], max(VAL_SIZES.values()))
-        jobs = [("val", p, size, v, _file(args.runs, "val", size, v, p))
+        jobs = [("val", p, size, v[1], _file(args.runs, "val", size, v, p), v[0] == "carry")
                 for v in variants for size, n in VAL_SIZES.items() for p in photos[:n]]
         runs = run_all(jobs, args.jobs)
         means = {size: {v: sum(r["final"] for r in runs if r["size"] == size and r["fine_scale_step"] == v[1]
@@ -128,7 +97,7 @@ def main(argv=None) -> int:
         best = ("carry", json.loads(val_path.read_text())["best_scoring_step"])
         committed = json.loads((RESULTS / f"{args.setting}.json").read_text())
         size = committed["size"]
-        jobs = [("test", p, size, v, _file(args.runs, "test", size, v, p)) for v in (DEFAULT, best)
+        jobs = [("test", p, size, v[1], _file(args.runs, "test", size, v, p), v[0] == "carry") for v in (DEFAULT, best)
                 for p in committed["photos"]]
         runs = run_all(jobs, args.jobs)
         target = committed["best_baseline_final_loss"]
@@ -136,15 +105,9 @@ def main(argv=None) -> int:
                   "steps": STEPS, "threads": 1, "best_baseline": committed["best_baseline"],
                   "best_baseline_final_loss": target}
         for v in (DEFAULT, best):
-            rs = [r for r in runs if r["carry"] == (v[0] == "carry") and r["fine_scale_step"] == v[1]]
-            mean = sum(r["final"] for r in rs) / len(rs)
-            n = min(len(r["curve"]) for r in rs)
-            curve = [sum(r["curve"][i] for r in rs) / len(rs) for i in range(n)]
-            reach = next((i for i, x in enumerate(curve) if x <= target), None)  # (steps taken, as the evaluation counts)
-            report[label(v)] = {"mean_final": mean, "over_best_baseline": mean / target,
-                                "finals": [r["final"] for r in rs],
-                                "photos_backed_off": sum(bool(r["backoff_scales"]) for r in rs),
-                                "final_scale_steps_to_best_baseline": reach, "mean_curve": curve}
+            report[label(v)] = summarize([r for r in runs if r["carry"] == (v[0] == "carry")
+                                          and r["fine_scale_step"] == v[1]], target)
+            mean = report[label(v)]["mean_final"]
             print(f"{args.setting} {label(v)}: mean final {mean:.5f} ({mean / target:.4f} of {committed['best_baseline']})")
         report["runs"] = runs
         path = RESULTS / f"ablation-carry-state-{args.setting}.json"

@@ -34,13 +34,14 @@ STEPS = 200
 RESULTS = ROOT / "train" / "results" / "neural_art"
 
 
-def one_run(job: tuple[str, str, int, float, Path]) -> dict:
-    """The LSTM on one photo (split, photo, size, fine_scale_step, cache file), on 1 thread."""
+def one_run(job: tuple) -> dict:
+    """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state]), on 1 thread."""
     import torch
 
-    split, photo, size, step, path = job
+    split, photo, size, step, path, *rest = job
+    carry = bool(rest and rest[0])
     if path.is_file():
-        return json.loads(path.read_text())
+        return {"carry": False, **json.loads(path.read_text())}  # (this script's own files have no "carry")
     torch.set_num_threads(1)  # the evaluation's: the sums' order
     import eval_neural_art as ev
     from artopt.tasks.neural_art import HELD_OUT_STYLES, NeuralArtTask
@@ -48,8 +49,8 @@ def one_run(job: tuple[str, str, int, float, Path]) -> dict:
     task = NeuralArtTask(size=64)  # (only for the data folder)
     style = ev._load_rgb(str(task.root / "styles" / HELD_OUT_STYLES[0]), 1024).unsqueeze(0)
     run = ev._engine_run(task, photo, style, size, True, "lstm", None, STEPS,
-                         weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step)
-    out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "final": run["final"],
+                         weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step, carry_state=carry)
+    out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, "final": run["final"],
            "curve": run["curve"], "backoff_scales": run["backoff_scales"], "seconds": run["seconds"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out) + "\n")
@@ -61,6 +62,18 @@ def run_all(jobs: list, workers: int) -> list[dict]:
         return [one_run(j) for j in jobs]
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(one_run, jobs))
+
+
+def summarize(runs: list[dict], target: float) -> dict:
+    """One variant's runs on a test setting: mean final loss, its ratio to ``target`` (the best
+    baseline's final loss), and the final-scale steps the mean curve takes to reach it."""
+    mean = sum(r["final"] for r in runs) / len(runs)
+    n = min(len(r["curve"]) for r in runs)
+    curve = [sum(r["curve"][i] for r in runs) / len(runs) for i in range(n)]  # the final scale's mean
+    reach = next((i for i, v in enumerate(curve) if v <= target), None)  # (steps taken, as the evaluation counts)
+    return {"mean_final": mean, "over_best_baseline": mean / target, "finals": [r["final"] for r in runs],
+            "photos_backed_off": sum(bool(r["backoff_scales"]) for r in runs),
+            "final_scale_steps_to_best_baseline": reach, "mean_curve": curve}
 
 
 def choose(means: dict[int, dict[float, float]]) -> tuple[float, dict]:
@@ -121,15 +134,8 @@ def main(argv=None) -> int:
                   "best_baseline_final_loss": best,
                   "committed_lstm_mean_final": committed["optimizers"]["lstm"]["mean_final_loss"]}
         for m in steps:
-            rs = [r for r in runs if r["fine_scale_step"] == m]
-            mean = sum(r["final"] for r in rs) / len(rs)
-            n = min(len(r["curve"]) for r in rs)
-            curve = [sum(r["curve"][i] for r in rs) / len(rs) for i in range(n)]  # the final scale's mean
-            reach = next((i for i, v in enumerate(curve) if v <= best), None)  # (steps taken, as the evaluation counts)
-            report[f"step_{m:g}"] = {"mean_final": mean, "over_best_baseline": mean / best,
-                                     "finals": [r["final"] for r in rs],
-                                     "photos_backed_off": sum(bool(r["backoff_scales"]) for r in rs),
-                                     "final_scale_steps_to_best_baseline": reach, "mean_curve": curve}
+            report[f"step_{m:g}"] = summarize([r for r in runs if r["fine_scale_step"] == m], best)
+            mean = report[f"step_{m:g}"]["mean_final"]
             print(f"{args.setting} fine_scale_step {m:g}: mean final {mean:.5f} ({mean / best:.4f} of "
                   f"{committed['best_baseline']}); committed LSTM {report['committed_lstm_mean_final']:.5f}")
         report["runs"] = runs
