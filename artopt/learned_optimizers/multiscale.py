@@ -179,14 +179,13 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
                 continue
             new = {}
             for name in ("h", "c"):
-                levels = old[name].split([z.numel() for z in old_zs], dim=1)
-                parts = [torch.zeros((old[name].shape[0], zs[0].numel(), old[name].shape[2]), dtype=old[name].dtype,
-                                     device=flat.device)]
-                for k, z in enumerate(zs[1:]):
-                    parts.append(_moved_level(levels[k], old_zs[k].shape, z.shape) if k < len(levels) else
-                                 torch.zeros((old[name].shape[0], z.numel(), old[name].shape[2]),
-                                             dtype=old[name].dtype, device=flat.device))
-                new[name] = torch.cat(parts, dim=1)
+                layers, _, units = old[name].shape
+                new[name] = torch.zeros((layers, flat.numel(), units), dtype=old[name].dtype, device=flat.device)
+                start = zs[0].numel()  # (the new finest level stays zero)
+                for k, piece in enumerate(old[name].split([z.numel() for z in old_zs], dim=1)[: len(zs) - 1]):
+                    n = zs[k + 1].numel()
+                    new[name][:, start:start + n] = _moved_level(piece, old_zs[k].shape, zs[k + 1].shape)
+                    start += n
             carried += sum(z.numel() for z in zs[1:len(old_zs) + 1])
             state = self.inner.state[flat]
             state["h"], state["c"], state["shape"] = new["h"], new["c"], list(flat.shape)
@@ -229,7 +228,7 @@ def _moved_level(state: torch.Tensor, shape: torch.Size, to: torch.Size) -> torc
     """One level's state (layers, coordinates, units), its coordinates of ``shape`` (..., H, W), as the
     state of coordinates of ``to`` (same leading dims): the same where the shapes agree, else nearest."""
     if tuple(shape) == tuple(to):
-        return state.clone()
+        return state
     layers, _, units = state.shape
     *lead, h, w = shape
     grid = state.reshape(layers, -1, h, w, units).permute(0, 1, 4, 2, 3).reshape(1, -1, h, w)

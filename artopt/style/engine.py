@@ -497,12 +497,16 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
     return make_optimizer(name, [image], lr)
 
 
+def _learned_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The groups holding the learned optimizer's lr (a MultiscaleOptimizer's own hold the images)."""
+    return getattr(optimizer, "inner", optimizer).param_groups
+
+
 class _Backoff:
     """backoff on one scale: the lowest loss so far, and the evaluations since that were above it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
-        # the learned optimizer's own groups (MultiscaleOptimizer's hold the images, not the lr)
-        self.groups = getattr(optimizer, "inner", optimizer).param_groups
+        self.groups = _learned_groups(optimizer)
         self.lowest, self.above, self.scale, self.seen = math.inf, 0, 1.0, 0
 
     def observe(self, loss: float) -> float | None:
@@ -771,7 +775,7 @@ def stylize(content: Image.Image | torch.Tensor,
         previous_optimizer = optimizer  # (the coarser scale's, for carry_state; None on the first scale)
         optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
         if optimizer_name == "lstm" and not first_scale and config.fine_scale_step != 1:
-            for group in getattr(optimizer, "inner", optimizer).param_groups:  # (MultiscaleOptimizer's own)
+            for group in _learned_groups(optimizer):
                 group["lr"] *= config.fine_scale_step
         if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
                 and hasattr(optimizer, "carry_state_from")):

@@ -89,11 +89,16 @@ TASKS: dict[str, tuple[Callable[..., Task], dict]] = {
 }
 
 
+def _task_class(factory):
+    """The task class a registry factory makes (the neural-art one is imported only when asked for)."""
+    return factory if dataclasses.is_dataclass(factory) else factory.task_class()
+
+
 def task_defaults(name: str) -> dict:
     """The keyword arguments task ``name`` is made with when none are given (its class's defaults,
     then the registry's), as JSON values (tuples become lists), for comparing with --task-arg values."""
     factory, defaults = TASKS[name]
-    cls = factory if dataclasses.is_dataclass(factory) else factory.task_class()
+    cls = _task_class(factory)
     found = {}
     for f in dataclasses.fields(cls):
         if f.init and f.name != "name":
@@ -124,7 +129,7 @@ def get_task(name: str, **variant_kwargs) -> Task:
         extra = {k: v for k, v in variant_kwargs.items() if k not in ("root",) and not _is_default(same, k, v)}
         kwargs["name"] = name + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(extra.items())) + "]"
                                  if extra else "")
-    cls = factory if dataclasses.is_dataclass(factory) else factory.task_class()
+    cls = _task_class(factory)
     try:
         check_task_args(cls, variant_kwargs)
         return factory(**kwargs)
