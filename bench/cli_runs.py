@@ -77,17 +77,31 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False
-    for flag, value in zip(flags[::2], flags[1::2]):  # every flag here takes one value
+    for flag, value in _flag_values(flags):
         key = flag[2:].replace("-", "_")
         have = settings.get(key, fine if key == "fine_scale_step" else None)
-        try:
-            same = float(have) == float(value)
-        except (TypeError, ValueError):
-            same = str(have) == value
+        if value is None:  # a switch such as --keep-colors
+            same = have is True
+        else:
+            try:
+                same = float(have) == float(value)
+            except (TypeError, ValueError):
+                same = str(have) == value
         if not same:
             print(f"not reusing {log}: it has {flag} {have}, not {value}", flush=True)
             return False
     return True
+
+
+def _flag_values(flags: list[str]) -> list[tuple[str, str | None]]:
+    """``flags`` as (flag, value) pairs; a flag followed by another flag (or by nothing) is a switch,
+    with the value None.  (The benchmarks' values never start with "--".)"""
+    pairs, i = [], 0
+    while i < len(flags):
+        takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        pairs.append((flags[i], flags[i + 1] if takes_value else None))
+        i += 2 if takes_value else 1
+    return pairs
 
 
 def write_report(report: dict, path: Path) -> None:
@@ -97,16 +111,18 @@ def write_report(report: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def add_run_flags(ap, name: str, style: bool = True, size: bool = True) -> None:
+def add_run_flags(ap, name: str, style: bool = True, size: bool = True, photos: bool = True) -> None:
     """The flags every user-setting benchmark takes; ``name`` names its run folder and JSON (``style``,
-    ``size``: whether it takes --style and --size)."""
-    ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
+    ``size``, ``photos``: whether it takes --style, --size and --photos)."""
+    if photos:
+        ap.add_argument("--photos", nargs="+", default=["chelsea", "rocket"], help="names in assets/photos")
     if style:
         ap.add_argument("--style", default="woman_with_a_hat", help="name in assets/styles (held out of training)")
     if size:
         ap.add_argument("--size", type=int, default=256, help="output long side (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / name,
-                    help="folder for the runs' images and logs (default: runs/%s)" % name)
+                    help="folder for the runs' images and logs, and any style a benchmark draws (default: runs/%s)"
+                    % name)
     ap.add_argument("--reuse", action="store_true",
                     help="read a run's log from --out when it is there (and has this run's settings)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"{name}.json",

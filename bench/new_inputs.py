@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import check_output_dir, check_output_file, positive_int, script_parser  # noqa: E402
-from cli_runs import ROOT, check_sizes, stylize_totals, write_report  # noqa: E402
+from cli_runs import add_run_flags, check_sizes, stylize_totals, write_report  # noqa: E402
 
 STYLE_SIDE = 512
 
@@ -63,16 +63,17 @@ def sample_photo() -> Path | None:
     return path if path.is_file() else None
 
 
-def main(argv=None) -> int:
-    ap = script_parser(__doc__)
+def parser(doc: str, name: str):
+    """A benchmark's flags: --sizes (default 256 and 512 px) and add_run_flags' --out, --reuse, --json."""
+    ap = script_parser(doc)
     ap.add_argument("--sizes", type=positive_int, nargs="+", default=[256, 512],
                     help="output long sides (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "new_inputs",
-                    help="folder for the drawn styles, the runs' images and logs (default: runs/new_inputs)")
-    ap.add_argument("--reuse", action="store_true",
-                    help="read a run's log from --out when it is there (and has this run's settings)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "new_inputs.json",
-                    help="the report (default: bench/results/new_inputs.json, the committed one)")
+    add_run_flags(ap, name, style=False, size=False, photos=False)
+    return ap
+
+
+def parse_with_photo(ap, argv) -> tuple:
+    """The parsed flags, checked, and the sample photo's path (a usage error where it is missing)."""
     args = ap.parse_args(argv)
     check_sizes(ap, "--sizes", args.sizes)
     photo = sample_photo()
@@ -80,6 +81,11 @@ def main(argv=None) -> int:
         ap.error("matplotlib's sample photo grace_hopper.jpg is not installed (pip install matplotlib)")
     check_output_dir(ap, "--out", args.out)
     check_output_file(ap, "--json", args.json)
+    return args, photo
+
+
+def main(argv=None) -> int:
+    args, photo = parse_with_photo(parser(__doc__, "new_inputs"), argv)
     args.out.mkdir(parents=True, exist_ok=True)
     style_files = {}
     for name, image in drawn_styles().items():

@@ -117,6 +117,8 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("sizes", ["--sizes", "64", "16"], "--sizes"),
     ("sizes", ["--sizes", "40"], "at least 48 px"),  # chelsea.jpg is 3:2: 27 px high at 40
     ("new_inputs", ["--sizes", "16"], "--sizes"),
+    ("adam_rates", ["--sizes", "16"], "--sizes"),
+    ("user_options", ["--size", "16"], "--size"),
     ("threads_under_load", ["--loads", "-1"], "--loads must be 0 or more"),
     ("task_step_time", ["--suites", "quadratic,nope"], "unknown 'nope'"),
     ("web_timing", ["--size", "64"], "the page's limits"),  # the page would run 256 px, recorded as 64
@@ -239,6 +241,24 @@ def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
     assert calls == []  # the same settings: reused
     run = cli_runs.stylize_totals(content, style, ["--size", "64", "--optimizer", "lstm"], tmp_path, "run", reuse=True)
     assert len(calls) == 1 and run["settings"]["size"] == 64
+
+
+def test_reuse_tells_a_switch_from_a_flag_with_a_value(tmp_path):
+    """--keep-colors takes no value: a log is reused for it only where the run kept the colours, and
+    the flags after it still pair up."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    log = tmp_path / "run.json"
+    _fake_log(log, content, style, 128)
+    flags = ["--keep-colors", "--size", "128", "--optimizer", "lstm"]
+    assert not cli_runs._log_matches(log, content, style, flags)  # the run did not keep the colours
+    found = json.loads(log.read_text())
+    found["settings"]["keep_colors"] = True
+    log.write_text(json.dumps(found))
+    assert cli_runs._log_matches(log, content, style, flags)
+    assert not cli_runs._log_matches(log, content, style, ["--keep-colors", "--size", "64"])
+    assert cli_runs._flag_values(["--init", "noise", "--keep-colors", "--lr", "-1"]) == [
+        ("--init", "noise"), ("--keep-colors", None), ("--lr", "-1")]
 
 
 def test_a_runs_losses_after_each_step_end_in_the_returned_images():
@@ -535,3 +555,57 @@ def test_the_carry_state_rule_wants_lower_than_the_default_at_both_sizes():
     from artopt.style.engine import StylizeConfig
 
     assert StylizeConfig().carry_state is False
+
+
+def test_adam_rates_widens_the_grid_while_an_edge_is_best_and_compares_with_the_best(monkeypatch, tmp_path):
+    """Adam's best rate per run is found past the first grid's top edge (and the widening stops at
+    the minimum); the LSTM is compared with that best run and with the default rate's."""
+    adam_rates = load("adam_rates")
+    monkeypatch.setattr(sys.modules["new_inputs"], "sample_photo", lambda: ROOT / "assets" / "photos" / "rocket.jpg")
+    steps = [{"step": 1, "scale": 0, "total": 4.0, "wall_time": 1.0},
+             {"step": 2, "scale": 0, "total": 2.0, "wall_time": 2.0}]
+    asked = []
+
+    def fake_totals(content, style, flags, out, stem, reuse):
+        if "lstm" in flags:
+            final = 1.0
+        else:
+            lr = float(flags[flags.index("--lr") + 1])
+            asked.append(lr)
+            final = 2.0 + abs(math.log2(lr / 0.08))  # lowest at 0.08 = 0.02 * sqrt(2)^4, past the grid's top
+        return {"steps": steps, "after": [2.0, final], "final_total": final}
+
+    monkeypatch.setattr(adam_rates, "stylize_totals", fake_totals)
+    assert adam_rates.main(["--sizes", "64", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert report["runs_count"] == 6 and report["lstm_lower_than_best_adam"] == 6
+    row = report["runs"][0]
+    # k = -2..3, then 4 (best so far at the edge 3), then 5 (4 best, at the edge), and 4 stays best
+    assert sorted(asked[:8]) == sorted(round(0.02 * math.sqrt(2) ** k, 6) for k in range(-2, 6))
+    assert len(asked) == 6 * 8
+    assert row["adam_best_lr"] == 0.08 and row["adam_best"] == 2.0 and row["lstm_over_best_adam"] == 0.5
+    assert row["adam_default"] == 2.0 + math.log2(4) and row["lstm_over_default_adam"] == 1 / 4
+    assert row["lstm_reaches_best_adam"] == {"step": 1, "final_scale_step": 1, "of_final_scale_steps": 2,
+                                             "seconds": 1.0}
+
+
+def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkeypatch, tmp_path):
+    adam_rates = load("adam_rates")
+    monkeypatch.setattr(sys.modules["new_inputs"], "sample_photo", lambda: ROOT / "assets" / "photos" / "rocket.jpg")
+    seen = []
+
+    def fake_totals(content, style, flags, out, stem, reuse):
+        if "adam" in flags:
+            seen.append((flags[flags.index("--basis") + 1], float(flags[flags.index("--lr") + 1]), stem))
+        final = 1.0 if "lstm" in flags else 2.0 + abs(math.log2(float(flags[flags.index("--lr") + 1]) / 0.0036))
+        return {"steps": [{"step": 1, "scale": 0, "total": 3.0, "wall_time": 1.0}], "after": [final],
+                "final_total": final}
+
+    monkeypatch.setattr(adam_rates, "stylize_totals", fake_totals)
+    assert adam_rates.main(["--basis", "multiscale", "--sizes", "64", "--out", str(tmp_path / "runs"),
+                            "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert report["adam_basis"] == "multiscale" and report["adam_default_lr"] == 0.0036
+    assert {basis for basis, _, _ in seen} == {"multiscale"} and all("_adam-ms_" in stem for *_, stem in seen)
+    assert sorted({lr for _, lr, _ in seen}) == [0.0018, 0.002546, 0.0036, 0.005091, 0.0072, 0.010182]
+    assert report["runs"][0]["adam_best_lr"] == 0.0036 and report["runs"][0]["adam_default"] == 2.0
