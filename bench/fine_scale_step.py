@@ -35,11 +35,14 @@ RESULTS = ROOT / "train" / "results" / "neural_art"
 
 
 def one_run(job: tuple) -> dict:
-    """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state]), on 1 thread."""
+    """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state[, extra]]), on 1
+    thread; ``extra`` may name the style (a file in the data's styles; default: the first held-out one)
+    and a handoff_lr, and is recorded in the run's file."""
     import torch
 
     split, photo, size, step, path, *rest = job
     carry = bool(rest and rest[0])
+    extra = rest[1] if len(rest) > 1 and rest[1] else {}
     if path.is_file():
         return {"carry": False, **json.loads(path.read_text())}  # (this script's own files have no "carry")
     torch.set_num_threads(1)  # the evaluation's: the sums' order
@@ -47,11 +50,13 @@ def one_run(job: tuple) -> dict:
     from artopt.tasks.neural_art import HELD_OUT_STYLES, NeuralArtTask
 
     task = NeuralArtTask(size=64)  # (only for the data folder)
-    style = ev._load_rgb(str(task.root / "styles" / HELD_OUT_STYLES[0]), 1024).unsqueeze(0)
+    style = ev._load_rgb(str(task.root / "styles" / extra.get("style", HELD_OUT_STYLES[0])), 1024).unsqueeze(0)
     run = ev._engine_run(task, photo, style, size, True, "lstm", None, STEPS,
-                         weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step, carry_state=carry)
-    out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, "final": run["final"],
-           "curve": run["curve"], "backoff_scales": run["backoff_scales"], "seconds": run["seconds"]}
+                         weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step, carry_state=carry,
+                         handoff_lr=extra.get("handoff_lr"))
+    out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, **extra,
+           "final": run["final"], "curve": run["curve"], "backoff_scales": run["backoff_scales"],
+           "seconds": run["seconds"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out) + "\n")
     return out

@@ -609,3 +609,23 @@ def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkey
     assert {basis for basis, _, _ in seen} == {"multiscale"} and all("_adam-ms_" in stem for *_, stem in seen)
     assert sorted({lr for _, lr, _ in seen}) == [0.0018, 0.002546, 0.0036, 0.005091, 0.0072, 0.010182]
     assert report["runs"][0]["adam_best_lr"] == 0.0036 and report["runs"][0]["adam_default"] == 2.0
+
+
+def test_the_handoff_probe_compares_each_size_and_style_with_and_without(monkeypatch, tmp_path):
+    handoff = load("handoff")
+    seen = []
+
+    def fake_run_all(jobs, workers):
+        seen.extend(jobs)
+        return [{"size": size, "style": extra["style"], "handoff_lr": extra["handoff_lr"],
+                 "final": 2.0 if extra["handoff_lr"] is None else 1.5, "backoff_scales": ["handoff"]}
+                for _, _, size, _, _, _, extra in jobs]
+
+    monkeypatch.setattr(handoff, "run_all", fake_run_all)
+    assert handoff.main(["--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert len(seen) == 2 * 2 * 2 * 4 and len({path for *_, path, _, _ in seen}) == len(seen)
+    assert all(step == 0.5 and split == "val" for split, _, _, step, *_ in seen)
+    assert report["table"]["512 px piano_keyboard_sketch"] == {"off": 2.0, "handoff": 1.5, "ratio": 0.75,
+                                                              "photos_handed_off": 4}
+    assert len(report["photos"]) == 4 and report["handoff_lr"] == 0.0036

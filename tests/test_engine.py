@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -839,6 +840,41 @@ def test_backoff_halves_the_learned_step_once_the_loss_stays_above_its_lowest(mo
     assert infos[3].notice == (f"learned optimizer: the loss has stayed above its lowest at this size ({totals[0]:.4g}) "
                                "for 3 steps; its step is now 0.5x (backoff)")
     assert "0.25x" in infos[6].notice and "backoff" not in (plain[3].notice or "")
+
+
+def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(monkeypatch):
+    """The backoff test's run with handoff_lr: the LSTM takes the first 4 steps (as without handoff,
+    the 4th shortened), then Adam on the multi-scale basis, at the given rate, the other 4; backoff does not act after
+    that, and the notice says so.  With --no-backoff, handoff still watches the loss."""
+    from artopt.learned_optimizers import LearnedOptimizer
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0.004)
+    steps = []
+    real_learned, real_multiscale = LearnedOptimizer.step, MultiscaleOptimizer.step
+    monkeypatch.setattr(LearnedOptimizer, "step", lambda self, *a, **k: steps.append("lstm") or real_learned(self, *a, **k))
+    monkeypatch.setattr(MultiscaleOptimizer, "step", lambda self, *a, **k: steps.append(
+        self.inner.param_groups[0]["lr"] if isinstance(self.inner, torch.optim.Adam) else "basis") or
+        real_multiscale(self, *a, **k))
+    _, infos = _run(config)
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4
+    assert [i.step_scale for i in infos] == [None] * 8
+    totals = [i.losses["total"] for i in infos]
+    assert infos[3].notice == (f"learned optimizer: the loss has stayed above its lowest at this size ({totals[0]:.4g}) "
+                               "for 3 steps; Adam on the multi-scale basis goes on at lr 0.004 (handoff)")
+    assert all("handoff" not in (i.notice or "") for i in infos[4:])
+    _, plain = _run(dataclasses.replace(config, handoff_lr=None))
+    # (the 4th step, whose start showed the rise, is the LSTM's shortened one in both runs)
+    assert totals[:5] == [i.losses["total"] for i in plain[:5]] and totals[5] != plain[5].losses["total"]
+    steps[:] = []
+    _, no_backoff = _run(dataclasses.replace(config, backoff=False))
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 and [i.losses["total"] for i in no_backoff] == totals
+    # the hand-designed optimizers say it is not theirs; a bad rate is refused
+    assert "handoff lr 0.004 is for lstm only: not used" in _run(dataclasses.replace(config, optimizer="adam", lr=None))[1][0].notice
+    for bad in (0.0, -1.0, math.inf, math.nan, "0.1", True):
+        with pytest.raises(ValueError, match="handoff lr must be"):
+            dataclasses.replace(config, handoff_lr=bad).validated()
 
 
 def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_each_scale(monkeypatch):

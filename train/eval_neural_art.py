@@ -361,7 +361,8 @@ def _load_average() -> float | None:
 
 
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
-                backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None) -> dict:
+                backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
+                handoff_lr: float | None = None) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -370,11 +371,14 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
         cfg.fine_scale_step = fine_scale_step
     if carry_state is not None:
         cfg.carry_state = carry_state
+    cfg.handoff_lr = handoff_lr
     curve, times, = [], []
     final_scale_start = [0]
-    backoff_scales = []  # the learned step's multipliers backoff set, in order (any scale)
+    backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
 
     def cb(info):
+        if info.notice and "(handoff)" in info.notice:
+            backoff_scales.append("handoff")
         if info.step_scale is not None:
             backoff_scales.append(info.step_scale)
         if info.scale_index == info.n_scales - 1 and not curve:

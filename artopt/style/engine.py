@@ -163,6 +163,11 @@ class StylizeConfig:
         "help": "lstm only: start each finer pyramid scale from the learned optimizer's state at the coarser one "
                 "(each basis level's state moves up one level; the new finest level starts fresh). Off: it ended "
                 "2.4-3.3% higher than a fresh state on validation photos (bench/results/carry_state_val.json)"})
+    handoff_lr: float | None = field(default=None, metadata={
+        "help": "lstm only: where backoff would first shorten the learned step on a scale, go on at that scale "
+                "with Adam on the multi-scale basis at this rate instead (e.g. 0.0036, that basis's default; "
+                "default: off). The learned optimizer descends fastest early but can stall late on styles far "
+                "from its training, where Adam on the basis keeps descending (bench/results/adam_rates_multiscale.json)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -174,9 +179,10 @@ class StylizeConfig:
         for name in ("optimizer", "basis", "init", "device", "loss_net", "vgg_pooling"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name.replace('_', ' ')} must be a string, got {getattr(self, name)!r}")
-        for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale", "fine_scale_step"):
+        for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale", "fine_scale_step",
+                     "handoff_lr"):
             value = getattr(self, name)
-            if not (value is None and name == "lr") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            if not (value is None and name in ("lr", "handoff_lr")) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
                 isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
@@ -212,6 +218,8 @@ class StylizeConfig:
                              "does not pass on): use basis pixels, or adam, sgd, rmsprop or nag")
         if self.lr is not None and not (0 < self.lr < math.inf):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.handoff_lr is not None and not (0 < self.handoff_lr < math.inf):
+            raise ValueError(f"handoff lr must be positive, got {self.handoff_lr}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
             if not (0 <= value <= MAX_LOSS_WEIGHT):
@@ -653,6 +661,8 @@ def stylize(content: Image.Image | torch.Tensor,
         notice += f" (the lstm weights {config.lstm_weights} are not used)"
     if optimizer_name != "lstm" and config.fine_scale_step != FINE_SCALE_STEP:
         notice += f" (fine scale step {config.fine_scale_step:g} is for lstm only: not used)"
+    if optimizer_name != "lstm" and config.handoff_lr is not None:
+        notice += f" (handoff lr {config.handoff_lr:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.basis == "multiscale":
         notice += " on the multi-scale basis"
     elif optimizer_name == "lstm" and config.basis == "multiscale" and lstm_setup.basis != "multiscale":
@@ -793,7 +803,9 @@ def stylize(content: Image.Image | torch.Tensor,
         # search evaluates points outside [0, 1], whose losses are not those of any image it returns.
         best = ({"image": torch.empty_like(image.detach()), "losses": {"total": math.inf}, "after": 0}
                 if config.keep_best and not lbfgs and scale_index == len(sizes) - 1 else None)
-        backoff = _Backoff(optimizer) if config.backoff and optimizer_name == "lstm" else None
+        # (handoff watches the loss as backoff does, and acts where backoff would first act)
+        watch_loss = optimizer_name == "lstm" and (config.backoff or config.handoff_lr is not None)
+        backoff = _Backoff(optimizer) if watch_loss else None
         step_scale: float | None = None  # backoff's new multiplier, on a step that lowered it
 
         def closure():
@@ -836,8 +848,15 @@ def stylize(content: Image.Image | torch.Tensor,
             scale_end = evals >= allowed or getattr(optimizer, "stalled", False)
             step_notice = getattr(optimizer, "last_notice", None)
             if step_scale is not None:
-                lowered = (f"learned optimizer: the loss has stayed above its lowest at this size ({backoff.lowest:.4g}) "
-                           f"for {BACKOFF_PATIENCE} steps; its step is now {step_scale:g}x (backoff)")
+                stayed = (f"learned optimizer: the loss has stayed above its lowest at this size ({backoff.lowest:.4g}) "
+                          f"for {BACKOFF_PATIENCE} steps; ")
+                if config.handoff_lr is not None:
+                    # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
+                    optimizer = _make_optimizer("adam", image, config.handoff_lr, basis="multiscale")
+                    backoff, step_scale = None, None
+                    lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g} (handoff)"
+                else:
+                    lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
                 step_notice = f"{step_notice}; {lowered}" if step_notice else lowered
             if not torch.isfinite(image).all() or not math.isfinite(losses_now.get("total", 0.0)):
                 with torch.no_grad():

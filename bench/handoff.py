@@ -1,0 +1,75 @@
+"""A probe: the learned optimizer handing a scale over to Adam on the multi-scale basis where backoff
+would first act (StylizeConfig.handoff_lr, off by default)?
+
+bench/adam_rates.py found the LSTM behind Adam on the multi-scale basis on piano_keyboard_sketch
+(0.73-0.84 of the LSTM's loss at 150 steps, best rate per run) although it was far ahead early: it
+stalls late on styles far from its training, where backoff acts.  This script runs the engine as the
+evaluation does (200 steps, 1 thread, the shipped weights, engine defaults) on the first 4 of the
+fine_scale_step rule's 8 validation photos, with the held-out woman_with_a_hat and with
+piano_keyboard_sketch, at 256 px (one scale) and 512 px (coarse-to-fine), without and with the
+handoff at Adam's default rate on the basis (0.0036), and reports the mean final losses and their
+ratios.  It is a probe: no rule was committed before it, and nothing is adopted from it.
+
+    .venv/bin/python bench/handoff.py --jobs 2       # ~15 min on 2 cores
+
+Each run is one JSON file under --runs (reused when present); the report goes to
+bench/results/handoff_probe.json.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from artopt.script_args import at_least, check_output_dir, check_output_file, dumps, script_parser  # noqa: E402
+from artopt.style.engine import FINE_SCALE_STEP, STYLIZE_LR_MULTISCALE  # noqa: E402
+from fine_scale_step import ROOT, STEPS, run_all  # noqa: E402
+
+PHOTOS = 4
+SIZES = (256, 512)
+STYLES = ("woman_with_a_hat.jpg", "piano_keyboard_sketch.jpg")
+HANDOFF_LR = STYLIZE_LR_MULTISCALE["adam"]
+
+
+def main(argv=None) -> int:
+    ap = script_parser(__doc__)
+    ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "handoff",
+                    help="folder of the per-run files (default: %(default)s)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "handoff_probe.json",
+                    help="the report (default: %(default)s)")
+    args = ap.parse_args(argv)
+    check_output_dir(ap, "--runs", args.runs)
+    check_output_file(ap, "--json", args.json)
+    from artopt.tasks.neural_art import NeuralArtTask
+
+    # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), the first PHOTOS of them
+    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[:PHOTOS]
+    variants = (None, HANDOFF_LR)
+    jobs = [("val", p, size, FINE_SCALE_STEP, args.runs / f"{size}-{Path(style).stem}-{lr or 'off'}-{p}.json", False,
+             {"style": style, "handoff_lr": lr})
+            for lr in variants for size in SIZES for style in STYLES for p in photos]
+    runs = run_all(jobs, args.jobs)
+    table = {}
+    for size in SIZES:
+        for style in STYLES:
+            means = {lr: sum(r["final"] for r in runs if r["size"] == size and r["style"] == style
+                             and r["handoff_lr"] == lr) / PHOTOS for lr in variants}
+            handed = sum("handoff" in r["backoff_scales"] for r in runs
+                         if r["size"] == size and r["style"] == style and r["handoff_lr"] == HANDOFF_LR)
+            key = f"{size} px {Path(style).stem}"
+            table[key] = {"off": means[None], "handoff": means[HANDOFF_LR], "ratio": means[HANDOFF_LR] / means[None],
+                          "photos_handed_off": handed}
+            print(f"{key}: off {means[None]:.5f}, handoff {means[HANDOFF_LR]:.5f} "
+                  f"({means[HANDOFF_LR] / means[None]:.4f}; handed off on {handed} of {PHOTOS} photos)", flush=True)
+    report = {"what": "probe, no rule committed before it; nothing adopted", "photos": photos, "styles": list(STYLES),
+              "steps": STEPS, "threads": 1, "handoff_lr": HANDOFF_LR, "table": table, "runs": runs}
+    args.json.write_text(dumps(report, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
