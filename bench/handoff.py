@@ -2,13 +2,14 @@
 would first act (StylizeConfig.handoff_lr, off by default)?
 
 bench/adam_rates.py found the LSTM behind Adam on the multi-scale basis on piano_keyboard_sketch
-(0.73-0.84 of the LSTM's loss at 150 steps, best rate per run) although it was far ahead early: it
-stalls late on styles far from its training, where backoff acts.  This script runs the engine as the
-evaluation does (200 steps, 1 thread, the shipped weights, engine defaults) on the first 4 of the
-fine_scale_step rule's 8 validation photos, with the held-out woman_with_a_hat and with
-piano_keyboard_sketch, at 256 px (one scale) and 512 px (coarse-to-fine), without and with the
-handoff at Adam's default rate on the basis (0.0036), and reports the mean final losses and their
-ratios.  It is a probe: no rule was committed before it, and nothing is adopted from it.
+(Adam's best rate per run ended at 0.73-0.90 of the LSTM's loss after 150 steps) although the LSTM
+was far ahead early: it stalls late on styles far from its training, where backoff acts.  This
+script runs the engine as the evaluation does (200 steps, 1 thread, the shipped weights, engine
+defaults) on the first 4 of the fine_scale_step rule's 8 validation photos, with the held-out
+woman_with_a_hat and with piano_keyboard_sketch, at 256 and 512 px with the pyramid on (128 -> 256
+and 256 -> 512 px, as that rule's runs), without and with the handoff at Adam's default rate on the
+basis (0.0036), and reports the mean final losses and their ratios.  It is a probe: no rule was
+committed before it, and nothing is adopted from it.
 
     .venv/bin/python bench/handoff.py --jobs 2       # ~15 min on 2 cores
 

@@ -166,6 +166,14 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
         assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
     for run in json.loads((results / "long_runs.json").read_text())["runs"]:
         assert all(r < 1 for r in run["lstm_over_adam"].values())
+    for name, key in (("adam_rates", "adam_best_rate"), ("adam_rates_multiscale", "adam_on_the_basis_best_rate")):
+        found = json.loads((results / f"{name}.json").read_text())
+        assert f"lower in {found['lstm_lower_than_best_adam']} of {found['runs_count']}" in card[key]
+        assert f"median {found['median_ratio']:.2f}" in card[key] or f"median {found['median_ratio']:.3f}" in card[key]
+    for name in ("user_options", "user_options_512"):
+        runs = json.loads((results / f"{name}.json").read_text())["runs"]
+        assert len(runs) == 16 and all(r["lstm_over_adam"] < 1 for r in runs)
+    assert card["user_options"].count("16 of 16") == 2
 
 
 def test_the_neural_art_cards_backoff_figures_are_those_of_their_result_files():
@@ -227,3 +235,13 @@ def test_the_neural_art_cards_carry_state_figures_are_those_of_their_result_file
         # the default's runs are those of the fine_scale_step reruns
         assert found["no carry, step 0.5"]["mean_final"] == json.loads((root / "train" / "results" / "neural_art" / (
             f"ablation-fine-scale-step-{setting.replace('px', '')}.json")).read_text())["step_0.5"]["mean_final"]
+
+
+def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["handoff"]
+    probe = json.loads((WEIGHTS_DIR.parent / "bench" / "results" / "handoff_probe.json").read_text())
+    assert card["ratios"] == {k: round(v["ratio"], 4) for k, v in probe["table"].items()}
+    assert card["photos_handed_off"] == {k: v["photos_handed_off"] for k, v in probe["table"].items()}
+    from artopt.style.engine import StylizeConfig
+
+    assert StylizeConfig().handoff_lr is None  # not kept: off by default
