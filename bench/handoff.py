@@ -12,6 +12,8 @@ basis (0.0036), and reports the mean final losses and their ratios.  It is a pro
 committed before it, and nothing is adopted from it.
 
     .venv/bin/python bench/handoff.py --jobs 2       # ~15 min on 2 cores
+    # a smaller rate, piano_keyboard_sketch only (the runs without the handoff are reused):
+    .venv/bin/python bench/handoff.py --jobs 2 --lr 0.0009 --styles piano_keyboard_sketch.jpg --json OUT.json
 
 Each run is one JSON file under --runs (reused when present); the report goes to
 bench/results/handoff_probe.json.
@@ -41,32 +43,36 @@ def main(argv=None) -> int:
                     help="folder of the per-run files (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "handoff_probe.json",
                     help="the report (default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=HANDOFF_LR, help="Adam's rate after the handoff (default: %(default)s)")
+    ap.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES), help="(default: both)")
     args = ap.parse_args(argv)
+    if not 0 < args.lr < float("inf"):
+        ap.error(f"--lr must be positive, got {args.lr}")
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     from artopt.tasks.neural_art import NeuralArtTask
 
     # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), the first PHOTOS of them
     photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[:PHOTOS]
-    variants = (None, HANDOFF_LR)
+    variants, styles = (None, args.lr), args.styles
     jobs = [("val", p, size, FINE_SCALE_STEP, args.runs / f"{size}-{Path(style).stem}-{lr or 'off'}-{p}.json", False,
              {"style": style, "handoff_lr": lr})
-            for lr in variants for size in SIZES for style in STYLES for p in photos]
+            for lr in variants for size in SIZES for style in styles for p in photos]
     runs = run_all(jobs, args.jobs)
     table = {}
     for size in SIZES:
-        for style in STYLES:
+        for style in styles:
             means = {lr: sum(r["final"] for r in runs if r["size"] == size and r["style"] == style
                              and r["handoff_lr"] == lr) / PHOTOS for lr in variants}
             handed = sum("handoff" in r["backoff_scales"] for r in runs
-                         if r["size"] == size and r["style"] == style and r["handoff_lr"] == HANDOFF_LR)
+                         if r["size"] == size and r["style"] == style and r["handoff_lr"] == args.lr)
             key = f"{size} px {Path(style).stem}"
-            table[key] = {"off": means[None], "handoff": means[HANDOFF_LR], "ratio": means[HANDOFF_LR] / means[None],
+            table[key] = {"off": means[None], "handoff": means[args.lr], "ratio": means[args.lr] / means[None],
                           "photos_handed_off": handed}
-            print(f"{key}: off {means[None]:.5f}, handoff {means[HANDOFF_LR]:.5f} "
-                  f"({means[HANDOFF_LR] / means[None]:.4f}; handed off on {handed} of {PHOTOS} photos)", flush=True)
-    report = {"what": "probe, no rule committed before it; nothing adopted", "photos": photos, "styles": list(STYLES),
-              "steps": STEPS, "threads": 1, "handoff_lr": HANDOFF_LR, "table": table, "runs": runs}
+            print(f"{key}: off {means[None]:.5f}, handoff {means[args.lr]:.5f} "
+                  f"({means[args.lr] / means[None]:.4f}; handed off on {handed} of {PHOTOS} photos)", flush=True)
+    report = {"what": "probe, no rule committed before it; nothing adopted", "photos": photos, "styles": styles,
+              "steps": STEPS, "threads": 1, "handoff_lr": args.lr, "table": table, "runs": runs}
     args.json.write_text(dumps(report, indent=1) + "\n")
     print(f"wrote {args.json}")
     return 0

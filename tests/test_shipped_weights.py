@@ -242,6 +242,12 @@ def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
     probe = json.loads((WEIGHTS_DIR.parent / "bench" / "results" / "handoff_probe.json").read_text())
     assert card["ratios"] == {k: round(v["ratio"], 4) for k, v in probe["table"].items()}
     assert card["photos_handed_off"] == {k: v["photos_handed_off"] for k, v in probe["table"].items()}
+    for lr in ("0.0018", "0.0009"):
+        smaller = json.loads((WEIGHTS_DIR.parent / "bench" / "results" / f"handoff_probe_lr{lr}.json").read_text())
+        assert smaller["handoff_lr"] == float(lr)
+        assert card[f"ratios_lr_{lr}"] == {k: round(v["ratio"], 4) for k, v in smaller["table"].items()}
+        for key, row in smaller["table"].items():  # the same runs without the handoff as the first probe's
+            assert row["off"] == probe["table"][key]["off"]
     from artopt.style.engine import StylizeConfig
 
     assert StylizeConfig().handoff_lr is None  # not kept: off by default

@@ -166,8 +166,9 @@ class StylizeConfig:
     handoff_lr: float | None = field(default=None, metadata={
         "help": "lstm only: where backoff would first shorten the learned step on a scale, go on at that scale "
                 "with Adam on the multi-scale basis at this rate instead (e.g. 0.0036, that basis's default). Off: "
-                "a probe on validation photos ended 22-24% higher with piano_keyboard_sketch than backoff "
-                "(lower on 3 of 8 runs, far higher on others; bench/results/handoff_probe.json)"})
+                "in a probe on validation photos with piano_keyboard_sketch 0.0036 ended 22-24% higher than "
+                "backoff, 0.0009 (picked afterwards) 2-7% lower; not yet checked by a rule "
+                "(bench/results/handoff_probe*.json)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
