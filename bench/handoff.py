@@ -32,7 +32,8 @@ from fine_scale_step import ROOT, STEPS, run_all  # noqa: E402
 
 PHOTOS = 4
 SIZES = (256, 512)
-STYLES = ("woman_with_a_hat.jpg", "piano_keyboard_sketch.jpg")
+STYLES = ("woman_with_a_hat.jpg", "piano_keyboard_sketch.jpg")  # the default
+OTHER_STYLES = ("vallotton_camille_mauclair.jpg",)  # another far style, for --styles
 HANDOFF_LR = STYLIZE_LR_MULTISCALE["adam"]
 
 
@@ -44,7 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "handoff_probe.json",
                     help="the report (default: %(default)s)")
     ap.add_argument("--lr", type=float, default=HANDOFF_LR, help="Adam's rate after the handoff (default: %(default)s)")
-    ap.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES), help="(default: both)")
+    ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES),
+                    help="(default: %(default)s)")
+    ap.add_argument("--first-photo", type=int, choices=range(0, 8 - PHOTOS + 1), default=0,
+                    help="which of the 8 validation photos: this one and the next %d (default: %%(default)s)" % (PHOTOS - 1))
     args = ap.parse_args(argv)
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr must be positive, got {args.lr}")
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     from artopt.tasks.neural_art import NeuralArtTask
 
     # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), the first PHOTOS of them
-    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[:PHOTOS]
+    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[args.first_photo:args.first_photo + PHOTOS]
     variants, styles = (None, args.lr), args.styles
     jobs = [("val", p, size, FINE_SCALE_STEP, args.runs / f"{size}-{Path(style).stem}-{lr or 'off'}-{p}.json", False,
              {"style": style, "handoff_lr": lr})
