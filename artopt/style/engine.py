@@ -183,7 +183,8 @@ class StylizeConfig:
         for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale", "fine_scale_step",
                      "handoff_lr"):
             value = getattr(self, name)
-            if not (value is None and name in ("lr", "handoff_lr")) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            optional = value is None and name in ("lr", "handoff_lr")
+            if not optional and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
                 isinstance(w, bool) or not isinstance(w, numbers.Real) for w in self.style_weights)):
