@@ -248,6 +248,13 @@ def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
         assert card[f"ratios_lr_{lr}"] == {k: round(v["ratio"], 4) for k, v in smaller["table"].items()}
         for key, row in smaller["table"].items():  # the same runs without the handoff as the first probe's
             assert row["off"] == probe["table"][key]["off"]
+    rule = json.loads((WEIGHTS_DIR.parent / "bench" / "results" / "handoff_rule_lr0.0009.json").read_text())["table"]
+    assert card["rule_lr_0.0009"]["ratios"] == {k: round(v["ratio"], 4) for k, v in rule.items()}
+    # the rule (401709d): lower for both far styles at both sizes, at most 0.5% higher for the held-out style
+    holds = all(rule[f"{s} px {far}"]["ratio"] < 1 for s in (256, 512)
+                for far in ("piano_keyboard_sketch", "vallotton_camille_mauclair")) and all(
+        rule[f"{s} px woman_with_a_hat"]["ratio"] <= 1.005 for s in (256, 512))
+    assert card["rule_lr_0.0009"]["holds"] == holds
     from artopt.style.engine import StylizeConfig
 
     assert StylizeConfig().handoff_lr is None  # not kept: off by default

@@ -167,8 +167,9 @@ class StylizeConfig:
         "help": "lstm only: where backoff would first shorten the learned step on a scale, go on at that scale "
                 "with Adam on the multi-scale basis at this rate instead (e.g. 0.0036, that basis's default). Off: "
                 "in a probe on validation photos with piano_keyboard_sketch 0.0036 ended 22-24% higher than "
-                "backoff, 0.0009 (picked afterwards) 2-7% lower; not yet checked by a rule "
-                "(bench/results/handoff_probe*.json)"})
+                "backoff, 0.0009 (picked afterwards) 2-7% lower; on other validation photos, by a rule fixed "
+                "before those runs, 0.0009 was 2-4% lower with two far styles (bench/results/handoff_rule_lr0.0009.json); "
+                "not yet run on the test photos"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
