@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
 from artopt.script_args import script_parser  # noqa: E402
+from cli_runs import write_report  # noqa: E402
 from fine_scale_step import STEPS, run_all, summarize  # noqa: E402  (the runs are that script's, with carry_state)
 
 DEFAULT = ("no carry", 0.5)
@@ -111,8 +112,7 @@ def main(argv=None) -> int:
             print(f"{args.setting} {label(v)}: mean final {mean:.5f} ({mean / target:.4f} of {committed['best_baseline']})")
         report["runs"] = runs
         path = RESULTS / f"ablation-carry-state-{args.setting}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_report(report, path)
     return 0
 
 

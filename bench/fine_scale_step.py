@@ -25,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "bench"))
 from artopt.script_args import script_parser  # noqa: E402
+from cli_runs import write_report  # noqa: E402
 
 CANDIDATES = (0.35, 0.5, 0.7)
 VAL_SIZES = {256: 8, 512: 4}  # size: validation photos (the first n of the 8)
@@ -145,8 +147,7 @@ def main(argv=None) -> int:
                   f"{committed['best_baseline']}); committed LSTM {report['committed_lstm_mean_final']:.5f}")
         report["runs"] = runs
         path = RESULTS / f"ablation-fine-scale-step-{args.setting}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_report(report, path)
     return 0
 
 

@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from artopt.script_args import at_least, check_output_dir, check_output_file, dumps, script_parser  # noqa: E402
+from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, STYLIZE_LR_MULTISCALE  # noqa: E402
+from cli_runs import write_report  # noqa: E402
 from fine_scale_step import ROOT, STEPS, run_all  # noqa: E402
 
 PHOTOS = 4
@@ -77,8 +78,7 @@ def main(argv=None) -> int:
                   f"({means[args.lr] / means[None]:.4f}; handed off on {handed} of {PHOTOS} photos)", flush=True)
     report = {"what": "probe, no rule committed before it; nothing adopted", "photos": photos, "styles": styles,
               "steps": STEPS, "threads": 1, "handoff_lr": args.lr, "table": table, "runs": runs}
-    args.json.write_text(dumps(report, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_report(report, args.json)
     return 0
 
 
