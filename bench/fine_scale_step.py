@@ -38,8 +38,8 @@ RESULTS = ROOT / "train" / "results" / "neural_art"
 
 def one_run(job: tuple) -> dict:
     """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state[, extra]]), on 1
-    thread; ``extra`` may name the style (a file in the data's styles; default: the first held-out one)
-    and a handoff_lr, and is recorded in the run's file."""
+    thread; ``extra`` may name the style (a file in the data's styles; default: the first held-out one),
+    a handoff_lr and pyramid (default: on), and is recorded in the run's file."""
     import torch
 
     split, photo, size, step, path, *rest = job
@@ -53,7 +53,7 @@ def one_run(job: tuple) -> dict:
 
     task = NeuralArtTask(size=64)  # (only for the data folder)
     style = ev._load_rgb(str(task.root / "styles" / extra.get("style", HELD_OUT_STYLES[0])), 1024).unsqueeze(0)
-    run = ev._engine_run(task, photo, style, size, True, "lstm", None, STEPS,
+    run = ev._engine_run(task, photo, style, size, extra.get("pyramid", True), "lstm", None, STEPS,
                          weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step, carry_state=carry,
                          handoff_lr=extra.get("handoff_lr"))
     out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, **extra,

@@ -17,10 +17,29 @@ committed before it, and nothing is adopted from it.
 
 Each run is one JSON file under --runs (reused when present); the report goes to
 bench/results/handoff_probe.json.
+
+``test``: the rule for making the handoff the default, committed before any of its runs (the
+validation rule of 401709d held at 0.0009).  The handoff at --lr 0.0009 becomes the engine's default
+for the learned optimizer only if all three hold:
+  1. On the evaluation's test settings (256 / 384 / 512 px pyramid on, 256 / 512 px pyramid off: the
+     committed settings' test photos and held-out style, 200 steps, 1 thread, engine defaults), the
+     handoff's mean final loss is at most 1.005x the engine default's (handoff off, run here too) in
+     every setting: it must not cost where it acts on the evaluation's own style.
+  2. In the CLI style sweeps (bench/style_sweep.py --handoff-lr 0.0009: chelsea and rocket x the 8
+     styles other than the training one, 150 steps, CLI defaults) at 256 px and at 512 px, the mean
+     of the per-run ratios handoff / no handoff is below 1 and no run is above 1.05.
+  3. In those sweeps the learned optimizer with the handoff is still lower than Adam (pixels, its
+     default rate) in all 16 runs at each size, as it is without.
+Otherwise the option stays off, and the card and README say what was measured.
+
+    .venv/bin/python bench/handoff.py test --lr 0.0009 --jobs 2     # ~25 min on 2 cores
+
+writes train/results/neural_art/ablation-handoff-lr0.0009.json (part 1 of the rule).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -29,22 +48,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, STYLIZE_LR_MULTISCALE  # noqa: E402
 from cli_runs import write_report  # noqa: E402
-from fine_scale_step import ROOT, STEPS, run_all  # noqa: E402
+from fine_scale_step import RESULTS, ROOT, STEPS, run_all, summarize  # noqa: E402
 
 PHOTOS = 4
 SIZES = (256, 512)
 STYLES = ("woman_with_a_hat.jpg", "piano_keyboard_sketch.jpg")  # the default
 OTHER_STYLES = ("vallotton_camille_mauclair.jpg",)  # another far style, for --styles
 HANDOFF_LR = STYLIZE_LR_MULTISCALE["adam"]
+TEST_SETTINGS = ("256-pyramid-on", "384-pyramid-on", "512-pyramid-on", "256-pyramid-off", "512-pyramid-off")
+TEST_MAX_RATIO = 1.005  # the rule's part 1: the handoff's mean over the default's, in every setting
 
 
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
+    ap.add_argument("what", nargs="?", choices=("probe", "test"), default="probe",
+                    help="probe: validation photos (default); test: the evaluation's test settings")
     ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "handoff",
                     help="folder of the per-run files (default: %(default)s)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "handoff_probe.json",
-                    help="the report (default: %(default)s)")
+    ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_probe.json; test: "
+                    "train/results/neural_art/ablation-handoff-lrLR.json)")
     ap.add_argument("--lr", type=float, default=HANDOFF_LR, help="Adam's rate after the handoff (default: %(default)s)")
     ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES),
                     help="(default: %(default)s)")
@@ -53,8 +76,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr must be positive, got {args.lr}")
+    if args.json is None:
+        args.json = (RESULTS / f"ablation-handoff-lr{args.lr:g}.json" if args.what == "test"
+                     else ROOT / "bench" / "results" / "handoff_probe.json")
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
+    if args.what == "test":
+        write_report(test(args.lr, args.runs, args.jobs), args.json)
+        return 0
     from artopt.tasks.neural_art import NeuralArtTask
 
     # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), the first PHOTOS of them
@@ -80,6 +109,34 @@ def main(argv=None) -> int:
               "steps": STEPS, "threads": 1, "handoff_lr": args.lr, "table": table, "runs": runs}
     write_report(report, args.json)
     return 0
+
+
+def test(lr: float, runs_dir: Path, jobs: int) -> dict:
+    """The rule's part 1: engine defaults without and with the handoff at ``lr`` on each test setting."""
+    settings = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TEST_SETTINGS}
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{v or 'off'}-{p}.json", False,
+             {"style": c["style"], "handoff_lr": v, "pyramid": name.endswith("-on")})
+            for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
+    runs = run_all(work, jobs)
+    table = {}
+    for name, c in settings.items():
+        best = c["best_baseline_final_loss"]
+        mine = [r for r in runs if r["size"] == c["size"] and r["pyramid"] == name.endswith("-on")]
+        off = summarize([r for r in mine if r["handoff_lr"] is None], best)
+        on = summarize([r for r in mine if r["handoff_lr"] == lr], best)
+        ratio = on["mean_final"] / off["mean_final"]
+        handed = sum("handoff" in r["backoff_scales"] for r in mine if r["handoff_lr"] == lr)
+        table[name] = {"photos": c["photos"], "style": c["style"], "best_baseline": c["best_baseline"],
+                       "best_baseline_final_loss": best, "off": off, "handoff": on, "handoff_over_off": ratio,
+                       "photos_handed_off": handed, "holds": ratio <= TEST_MAX_RATIO}
+        print(f"{name}: off {off['mean_final']:.5f} ({off['over_best_baseline']:.4f} of {c['best_baseline']}), "
+              f"handoff {on['mean_final']:.5f} ({on['over_best_baseline']:.4f}); handoff / off {ratio:.4f}, "
+              f"handed off on {handed} of {len(c['photos'])} photos", flush=True)
+    holds = all(row["holds"] for row in table.values())
+    print(f"part 1 of the rule (each setting's handoff / off <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
+    return {"what": "the default rule's part 1 (bench/handoff.py's docstring), committed before its runs",
+            "handoff_lr": lr, "steps": STEPS, "threads": 1, "max_ratio": TEST_MAX_RATIO, "table": table,
+            "part_1_holds": holds, "runs": runs}
 
 
 if __name__ == "__main__":

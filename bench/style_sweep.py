@@ -7,6 +7,9 @@ total losses and the ratio LSTM / Adam:
 
     .venv/bin/python bench/style_sweep.py             # 2 photos x 8 styles x 2 optimizers, ~15 min
 
+``--handoff-lr R`` adds a third run of each pair, the LSTM with ``--handoff-lr R``, and reports it
+against the LSTM without and against Adam (parts 2 and 3 of bench/handoff.py's default rule).
+
 Writes bench/results/style_sweep.json; images and logs go to --out (``--reuse`` reads finished runs).
 """
 
@@ -26,29 +29,56 @@ TRAINING_STYLE = "starry_night"
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
     add_run_flags(ap, "style_sweep", style=False)
+    ap.add_argument("--handoff-lr", type=float, help="also run the LSTM with this --handoff-lr")
     args = ap.parse_args(argv)
     check_run_flags(ap, args)
+    if args.handoff_lr is not None and not 0 < args.handoff_lr < float("inf"):
+        ap.error(f"--handoff-lr must be positive, got {args.handoff_lr}")
+    variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
+    if args.handoff_lr is not None:
+        variants["lstm_handoff"] = ["--optimizer", "lstm", "--handoff-lr", f"{args.handoff_lr:g}"]
     styles = sorted(p for p in (ROOT / "assets" / "styles").glob("*.jpg") if p.stem != TRAINING_STYLE)
     rows = []
     for style in styles:
         for photo in args.photos:
             row = {"style": style.name, "photo": photo}
-            for opt in ("lstm", "adam"):
+            for name, flags in variants.items():
+                stem = f"{photo}_{style.stem}_" + (f"lstm_handoff{args.handoff_lr:g}" if name == "lstm_handoff" else name)
                 run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
-                                     ["--size", str(args.size), "--optimizer", opt], args.out,
-                                     f"{photo}_{style.stem}_{opt}", args.reuse)
-                row[opt] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
-                row[f"{opt}_kept_after_step"] = run.get("kept_after_step")
-                row[f"{opt}_backoff_steps"] = run.get("backoff_steps")
+                                     ["--size", str(args.size), *flags], args.out, stem, args.reuse)
+                row[name] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
+                row[f"{name}_kept_after_step"] = run.get("kept_after_step")
+                row[f"{name}_backoff_steps"] = run.get("backoff_steps")
+                if name == "lstm_handoff":
+                    row["handoff_steps"] = [r["step"] for r in run["steps"] if "(handoff)" in r.get("notice", "")]
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
+            extra = ""
+            if args.handoff_lr is not None:
+                row["handoff_over_lstm"] = row["lstm_handoff"] / row["lstm"]
+                row["lstm_handoff_over_adam"] = row["lstm_handoff"] / row["adam"]
+                extra = (f" handoff {row['lstm_handoff']:.4f} (over lstm {row['handoff_over_lstm']:.3f}, "
+                         f"over adam {row['lstm_handoff_over_adam']:.3f})")
             rows.append(row)
             print(f"{style.stem:32s} {photo:10s} lstm {row['lstm']:.4f} adam {row['adam']:.4f} "
-                  f"ratio {row['lstm_over_adam']:.3f}", flush=True)
+                  f"ratio {row['lstm_over_adam']:.3f}{extra}", flush=True)
     ratios = [r["lstm_over_adam"] for r in rows]
     report = {"size": args.size, "steps": "the CLI default (150)", "training_style": f"{TRAINING_STYLE}.jpg",
               "optimizers": "lstm and adam at their default rates (CLI defaults)", "runs": rows,
               "lstm_lower": sum(r < 1 for r in ratios), "runs_count": len(rows),
               "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios)}
+    if args.handoff_lr is not None:
+        over = [r["handoff_over_lstm"] for r in rows]
+        report["handoff"] = {
+            "lr": args.handoff_lr, "runs_handed_off": sum(bool(r["handoff_steps"]) for r in rows),
+            "mean_over_lstm": statistics.fmean(over), "median_over_lstm": statistics.median(over),
+            "worst_over_lstm": max(over), "best_over_lstm": min(over),
+            "lower_than_adam": sum(r["lstm_handoff_over_adam"] < 1 for r in rows),
+            "median_over_adam": statistics.median(r["lstm_handoff_over_adam"] for r in rows),
+            "worst_over_adam": max(r["lstm_handoff_over_adam"] for r in rows)}
+        h = report["handoff"]
+        print(f"handoff {args.handoff_lr:g}: handed off in {h['runs_handed_off']} of {len(rows)} runs; over lstm "
+              f"mean {h['mean_over_lstm']:.4f}, worst {h['worst_over_lstm']:.4f}; lower than adam in "
+              f"{h['lower_than_adam']} of {len(rows)}", flush=True)
     write_report(report, args.json)
     return 0
 

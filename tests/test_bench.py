@@ -114,6 +114,8 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("long_runs", ["--photos", "nope"], "no nope.jpg"),
     ("loss_weights", ["--style", "nope"], "no nope.jpg"),
     ("style_sweep", ["--size", "16"], "--size"),
+    ("style_sweep", ["--handoff-lr", "0"], "--handoff-lr must be positive"),
+    ("handoff", ["test", "--lr", "-1"], "--lr must be positive"),
     ("sizes", ["--sizes", "64", "16"], "--sizes"),
     ("sizes", ["--sizes", "40"], "at least 48 px"),  # chelsea.jpg is 3:2: 27 px high at 40
     ("new_inputs", ["--sizes", "16"], "--sizes"),
@@ -629,3 +631,61 @@ def test_the_handoff_probe_compares_each_size_and_style_with_and_without(monkeyp
     assert report["table"]["512 px piano_keyboard_sketch"] == {"off": 2.0, "handoff": 1.5, "ratio": 0.75,
                                                               "photos_handed_off": 4}
     assert len(report["photos"]) == 4 and report["handoff_lr"] == 0.0036
+
+
+def test_the_handoff_test_runs_each_committed_setting_without_and_with(monkeypatch, tmp_path):
+    """The default rule's part 1: both variants on every committed test setting's photos, the pyramid
+    as the setting has it, and the verdict from the largest handoff / off ratio."""
+    handoff = load("handoff")
+    seen = []
+    finals = {"256-pyramid-off": 1.004, "512-pyramid-on": 1.006}  # handoff / off per setting (else 0.98)
+
+    def fake_run_all(jobs, workers):
+        seen.extend(jobs)
+        out = []
+        for _, photo, size, _, path, _, extra in jobs:
+            setting = f"{size}-pyramid-{'on' if extra['pyramid'] else 'off'}"
+            final = 2.0 if extra["handoff_lr"] is None else 2.0 * finals.get(setting, 0.98)
+            out.append({"photo": photo, "size": size, **extra, "final": final, "curve": [3.0, final],
+                        "backoff_scales": ["handoff"] if extra["handoff_lr"] else [0.5]})
+        return out
+
+    monkeypatch.setattr(handoff, "run_all", fake_run_all)
+    assert handoff.main(["test", "--lr", "0.0009", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    committed = {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text())
+                 for name in handoff.TEST_SETTINGS}
+    assert len(seen) == 2 * sum(len(c["photos"]) for c in committed.values())
+    assert len({path for *_, path, _, _ in seen}) == len(seen)
+    assert all(extra["style"] == "woman_with_a_hat.jpg" and step == 0.5 for _, _, _, step, _, _, extra in seen)
+    table = report["table"]
+    assert table["256-pyramid-off"]["handoff_over_off"] == pytest.approx(1.004) and table["256-pyramid-off"]["holds"]
+    assert not table["512-pyramid-on"]["holds"] and not report["part_1_holds"]
+    assert table["384-pyramid-on"]["photos_handed_off"] == len(committed["384-pyramid-on"]["photos"])
+    best = committed["512-pyramid-off"]["best_baseline_final_loss"]
+    assert table["512-pyramid-off"]["off"]["over_best_baseline"] == pytest.approx(2.0 / best)
+
+
+def test_the_style_sweep_runs_the_handoff_beside_the_lstm_and_adam(monkeypatch, tmp_path):
+    style_sweep = load("style_sweep")
+    calls = []
+
+    def fake_totals(content, style, flags, out, stem, reuse=False):
+        calls.append((stem, flags))
+        final = {"adam": 2.0, "lstm": 1.0}.get(flags[flags.index("--optimizer") + 1], 1.0)
+        handoff = "--handoff-lr" in flags
+        notices = [{"step": 5, "notice": "...; Adam on the multi-scale basis goes on at lr 0.0009 (handoff)"}]
+        return {"final_total": 0.9 if handoff else final, "steps": notices if handoff else [], "backoff_steps": []}
+
+    monkeypatch.setattr(style_sweep, "stylize_totals", fake_totals)
+    assert style_sweep.main(["--handoff-lr", "0.0009", "--out", str(tmp_path / "runs"),
+                             "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert len(calls) == 3 * report["runs_count"] == 3 * 16
+    assert ("chelsea_woman_with_a_hat_lstm_handoff0.0009", ["--size", "256", "--optimizer", "lstm",
+                                                            "--handoff-lr", "0.0009"]) in calls
+    h = report["handoff"]
+    assert h["runs_handed_off"] == 16 and h["mean_over_lstm"] == pytest.approx(0.9) and h["lower_than_adam"] == 16
+    assert report["runs"][0]["handoff_steps"] == [5]
+    assert "handoff" not in (style_sweep.main(["--out", str(tmp_path / "runs"), "--json", str(tmp_path / "p.json")])
+                             or strict_loads((tmp_path / "p.json").read_text()))
