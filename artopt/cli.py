@@ -274,6 +274,11 @@ def _check_writable_file(path: Path, no_clobber: bool = False) -> None:
     folder = Path(os.path.realpath(path)).parent  # a symbolic link is written through, in its target's folder
     if not os.access(folder, os.W_OK | os.X_OK):  # else it fails only after the whole run
         raise CLIError(f"{path}: folder {folder} is not writable")
+    try:  # os.access asks the permission bits (all yes to root); a mount or a security module may still refuse
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{path}: folder {folder} is not writable ({exc.strerror or exc})") from None
     if no_clobber and path.exists():
         raise CLIError(f"{path} exists and --no-clobber is given; remove it or choose another name")
     if path.exists() and not os.access(path, os.W_OK):  # (the atomic save would replace it all the same)

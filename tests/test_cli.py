@@ -363,6 +363,30 @@ def test_unwritable_folder_is_refused_before_the_run(tmp_path, monkeypatch, caps
     assert instant_stylize.calls == 0
 
 
+def test_a_folder_that_refuses_a_write_is_found_before_the_run(tmp_path, monkeypatch, capsys, instant_stylize):
+    """Root passes os.access everywhere; a trial file finds a folder whose writes fail (here faked as a
+    read-only mount) before the run, not after it."""
+    import errno
+    import tempfile
+
+    locked = tmp_path / "mount"
+    locked.mkdir()
+    real = tempfile.TemporaryFile
+
+    def refusing(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refusing)
+    code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(locked / "x.png"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"artopt: error: {locked / 'x.png'}: folder {locked} is not writable (Read-only file system)"
+    assert instant_stylize.calls == 0 and list(locked.iterdir()) == []
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "ok.png"), *FAST]) == 0
+    assert instant_stylize.calls == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["mount", "ok.png"]
+
+
 def test_write_failures_after_the_run_are_one_line_errors_naming_the_users_file(tmp_path, monkeypatch, capsys,
                                                                                  instant_stylize):
     import errno
