@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     add_run_flags(ap, "style_sweep", style=False)
     ap.add_argument("--handoff-lr", type=float, help="also run the LSTM with this --handoff-lr")
+    ap.add_argument("--handoff-warmup", type=int, default=0, help="and this --handoff-warmup (default: %(default)s)")
     args = ap.parse_args(argv)
     check_run_flags(ap, args)
     if args.handoff_lr is not None and not 0 < args.handoff_lr < float("inf"):
@@ -37,13 +38,18 @@ def main(argv=None) -> int:
     variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
     if args.handoff_lr is not None:
         variants["lstm_handoff"] = ["--optimizer", "lstm", "--handoff-lr", f"{args.handoff_lr:g}"]
+        if args.handoff_warmup:
+            variants["lstm_handoff"] += ["--handoff-warmup", str(args.handoff_warmup)]
+    if args.handoff_warmup and (args.handoff_lr is None or args.handoff_warmup < 0):
+        ap.error("--handoff-warmup needs --handoff-lr and is 0 or more")
+    warm = f"_w{args.handoff_warmup}" if args.handoff_warmup else ""
     styles = sorted(p for p in (ROOT / "assets" / "styles").glob("*.jpg") if p.stem != TRAINING_STYLE)
     rows = []
     for style in styles:
         for photo in args.photos:
             row = {"style": style.name, "photo": photo}
             for name, flags in variants.items():
-                stem = f"{photo}_{style.stem}_" + (f"lstm_handoff{args.handoff_lr:g}" if name == "lstm_handoff" else name)
+                stem = f"{photo}_{style.stem}_" + (f"lstm_handoff{args.handoff_lr:g}{warm}" if name == "lstm_handoff" else name)
                 run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
                                      ["--size", str(args.size), *flags], args.out, stem, args.reuse)
                 row[name] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
     if args.handoff_lr is not None:
         over = [r["handoff_over_lstm"] for r in rows]
         report["handoff"] = {
-            "lr": args.handoff_lr, "runs_handed_off": sum(bool(r["handoff_steps"]) for r in rows),
+            "lr": args.handoff_lr, "warmup": args.handoff_warmup, "runs_handed_off": sum(bool(r["handoff_steps"]) for r in rows),
             "mean_over_lstm": statistics.fmean(over), "median_over_lstm": statistics.median(over),
             "worst_over_lstm": max(over), "best_over_lstm": min(over),
             "lower_than_adam": sum(r["lstm_handoff_over_adam"] < 1 for r in rows),

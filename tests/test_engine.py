@@ -875,6 +875,14 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
     for bad in (0.0, -1.0, math.inf, math.nan, "0.1", True):
         with pytest.raises(ValueError, match="handoff lr must be"):
             dataclasses.replace(config, handoff_lr=bad).validated()
+    # handoff_warmup: Adam's rate ramps up over that many steps after the handoff, then stays
+    steps[:] = []
+    _, warmed = _run(dataclasses.replace(config, handoff_warmup=3))
+    assert steps[:8] == ["basis", "lstm"] * 4 and steps[8:] == pytest.approx([0.001, 0.002, 0.003, 0.004])
+    assert [i.losses["total"] for i in warmed][:5] == totals[:5] and warmed[5].losses["total"] != totals[5]
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="handoff warmup must be"):
+            dataclasses.replace(config, handoff_warmup=bad).validated()
 
 
 def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_each_scale(monkeypatch):

@@ -255,6 +255,17 @@ def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
                 for far in ("piano_keyboard_sketch", "vallotton_camille_mauclair")) and all(
         rule[f"{s} px woman_with_a_hat"]["ratio"] <= 1.005 for s in (256, 512))
     assert card["rule_lr_0.0009"]["holds"] == holds
+    # the default rule (c803006): its test settings' part and the 256 px style sweep's figures
+    default = card["default_rule_lr_0.0009"]
+    test = json.loads((WEIGHTS_DIR.parent / "train" / "results" / "neural_art" / "ablation-handoff-lr0.0009.json").read_text())
+    assert default["test_ratios"] == {k: round(v["handoff_over_off"], 4) for k, v in test["table"].items()}
+    assert default["test_photos_handed_off"] == {k: v["photos_handed_off"] for k, v in test["table"].items()}
+    assert test["part_1_holds"] == all(v["handoff_over_off"] <= 1.005 for v in test["table"].values())
+    assert default["holds"] is False and not test["part_1_holds"]
+    sweep = json.loads((WEIGHTS_DIR.parent / "bench" / "results" / "style_sweep_handoff.json").read_text())["handoff"]
+    assert default["style_sweep_256"] == {
+        **{f"{k}_over_no_handoff": round(sweep[f"{k}_over_lstm"], 4) for k in ("mean", "best", "worst")},
+        "runs_handed_off": sweep["runs_handed_off"], "lower_than_adam": sweep["lower_than_adam"]}
     from artopt.style.engine import StylizeConfig
 
     assert StylizeConfig().handoff_lr is None  # not kept: off by default

@@ -362,7 +362,7 @@ def _load_average() -> float | None:
 
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
                 backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
-                handoff_lr: float | None = None) -> dict:
+                handoff_lr: float | None = None, handoff_warmup: int = 0) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -371,7 +371,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
         cfg.fine_scale_step = fine_scale_step
     if carry_state is not None:
         cfg.carry_state = carry_state
-    cfg.handoff_lr = handoff_lr
+    cfg.handoff_lr, cfg.handoff_warmup = handoff_lr, handoff_warmup
     curve, times, = [], []
     final_scale_start = [0]
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over

@@ -170,6 +170,9 @@ class StylizeConfig:
                 "backoff, 0.0009 (picked afterwards) 2-7% lower; on other validation photos, by a rule fixed "
                 "before those runs, 0.0009 was 2-4% lower with two far styles (bench/results/handoff_rule_lr0.0009.json); "
                 "not yet run on the test photos"})
+    handoff_warmup: int = field(default=0, metadata={
+        "help": "lstm with --handoff-lr only: Adam's rate after the handoff ramps up linearly over this many steps "
+                "(0: the full rate from its first step, whose fresh moments move every coefficient by about the rate)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -202,7 +205,7 @@ class StylizeConfig:
             if value is not None and not str(value).strip():  # e.g. "$UNSET_VARIABLE": was taken as no file
                 raise ValueError(f"{name.replace('_', ' ')} needs a file name")
         # numpy integers are integers too (they were refused as "got 48"); bools are not
-        for name in ("size", "steps", "seed", "edge_pad"):
+        for name in ("size", "steps", "seed", "edge_pad", "handoff_warmup"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 setattr(self, name, int(value))
@@ -223,6 +226,8 @@ class StylizeConfig:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.handoff_lr is not None and not (0 < self.handoff_lr < math.inf):
             raise ValueError(f"handoff lr must be positive, got {self.handoff_lr}")
+        if isinstance(self.handoff_warmup, bool) or not isinstance(self.handoff_warmup, int) or self.handoff_warmup < 0:
+            raise ValueError(f"handoff warmup must be a non-negative integer (steps), got {self.handoff_warmup!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             value = getattr(self, name)
             if not (0 <= value <= MAX_LOSS_WEIGHT):
@@ -834,6 +839,7 @@ def stylize(content: Image.Image | torch.Tensor,
             return losses["total"]
 
         last_good = image.detach().clone()
+        warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
         while evals < allowed:
             if should_stop is not None and should_stop():  # (asked before this scale's first step)
                 stopped = True
@@ -844,6 +850,8 @@ def stylize(content: Image.Image | torch.Tensor,
                 # line search's): no more than what is left of the budget, and at least the two of a step.
                 optimizer.param_groups[0]["max_eval"] = max(1, min(LBFGS_MAX_EVAL, allowed - evals - 1))
             optimizer.step(closure)
+            if warmup is not None:
+                warmup.step()
             if evals == before:  # (a safety net: a stalled L-BFGS ends its scale below, after a step)
                 break
             stop_now = should_stop is not None and should_stop()
@@ -856,6 +864,9 @@ def stylize(content: Image.Image | torch.Tensor,
                 if config.handoff_lr is not None:
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
                     optimizer = _make_optimizer("adam", image, config.handoff_lr, basis="multiscale")
+                    if config.handoff_warmup:  # rate/(n+1), 2 rate/(n+1), ..., rate from its (n+1)th step on
+                        warmup = torch.optim.lr_scheduler.LinearLR(
+                            optimizer.inner, start_factor=1 / (config.handoff_warmup + 1), total_iters=config.handoff_warmup)
                     backoff, step_scale = None, None
                     lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g} (handoff)"
                 else:
