@@ -35,7 +35,8 @@ def run_lstm(setting: dict, photo: str, backoff: bool) -> dict:
     task = NeuralArtTask(size=64)  # (only for the data folder)
     style = ev._load_rgb(str(task.root / "styles" / setting["style"]), 1024).unsqueeze(0)
     run = ev._engine_run(task, photo, style, setting["size"], setting["pyramid"], "lstm", None, setting["steps"],
-                         weights=ROOT / "weights" / "neural_art.safetensors", backoff=backoff)
+                         weights=ROOT / "weights" / "neural_art.safetensors", backoff=backoff,
+                         handoff_lr=None)  # (backoff alone, as measured before the handoff was the default)
     return {"photo": photo, "final": run["final"], "backoff_scales": run["backoff_scales"], "curve": run["curve"],
             "seconds": run["seconds"]}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from artopt.script_args import (check_names, check_output_dir, check_output_file, check_photo_sizes, dumps,  # noqa: E402
                                 refuse_same_files)
-from artopt.style.engine import FINE_SCALE_STEP  # noqa: E402
+from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,12 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
             and fine != FINE_SCALE_STEP and any(s.get("scale", 0) > 0 for s in found.get("steps", []))):
         print(f"not reusing {log}: its learned step at the pyramid's finer scales was {fine:g}x, not the "
               f"default {FINE_SCALE_STEP:g}x", flush=True)
+        return False
+    handoff = (settings.get("handoff_lr"), settings.get("handoff_warmup", 0))  # (None, 0) before either existed
+    if (settings.get("resolved_optimizer") == "lstm" and "--handoff-lr" not in flags
+            and handoff != (HANDOFF_LR, HANDOFF_WARMUP)):
+        print(f"not reusing {log}: its handoff (lr, warm-up) was {handoff}, not the default "
+              f"{(HANDOFF_LR, HANDOFF_WARMUP)}", flush=True)
         return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:

@@ -218,7 +218,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
 
 def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
     path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "resolved_optimizer": "lstm",
-                                             "keep_best": True, "backoff": True,
+                                             "keep_best": True, "backoff": True, "handoff_lr": 0.0009,
+                                             "handoff_warmup": 10,
                                              "content_path": str(content),
                                              "style_paths": [str(style)]},
                                 "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
@@ -307,6 +308,26 @@ def test_an_lstm_pyramid_log_of_another_fine_scale_step_is_not_reused(tmp_path):
     found["steps"][1]["scale"] = 0  # one scale: fine_scale_step changed nothing
     log.write_text(json.dumps(found))
     assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+
+
+def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
+    """A default LSTM run's log with the handoff off (or another warm-up) is made again; one that asks for
+    --handoff-lr is matched on its flags as before."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    log = tmp_path / "run.json"
+    _fake_log(log, content, style, 256)
+    assert cli_runs._log_matches(log, content, style, ["--size", "256"])
+    found = json.loads(log.read_text())
+    for handoff in ({"handoff_lr": None, "handoff_warmup": 10}, {"handoff_warmup": 0}, {"handoff_lr": 0.0}):
+        log.write_text(json.dumps({**found, "settings": {**found["settings"], **handoff}}))
+        assert not cli_runs._log_matches(log, content, style, ["--size", "256"])
+    del found["settings"]["handoff_lr"], found["settings"]["handoff_warmup"]  # a log from before the handoff
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "256"])
+    found["settings"]["handoff_lr"] = 0.0
+    log.write_text(json.dumps(found))
+    assert cli_runs._log_matches(log, content, style, ["--size", "256", "--handoff-lr", "0"])
 
 
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):

@@ -857,7 +857,8 @@ def test_the_log_names_the_steps_where_backoff_lowered_the_learned_step(tmp_path
 
     monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
     flags = [f for f in FAST if f not in ("--steps", "3", "--size", "48")] + [
-        "--steps", "8", "--size", "64", "--optimizer", "lstm", "--lr", "3", "--content-weight", "100"]
+        "--steps", "8", "--size", "64", "--optimizer", "lstm", "--lr", "3", "--content-weight", "100",
+        "--handoff-lr", "0"]  # (backoff alone: the handoff would take over at step 4)
     for choice, steps in (("--backoff", [4, 7]), ("--no-backoff", [])):
         log_path = tmp_path / f"{choice}.json"
         assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / f"{choice}.png"),

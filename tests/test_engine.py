@@ -820,7 +820,7 @@ def test_backoff_halves_the_learned_step_once_the_loss_stays_above_its_lowest(mo
     backoff until then, and says so on those steps."""
     from artopt.learned_optimizers import LearnedOptimizer
 
-    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False)
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0)
     assert all(i.step_scale is None for i in _run(config)[1])  # (within the grace)
     monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
 
@@ -850,7 +850,8 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
     from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
     monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
-    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0.004)
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0.004,
+                     handoff_warmup=0)
     steps = []
     real_learned, real_multiscale = LearnedOptimizer.step, MultiscaleOptimizer.step
     monkeypatch.setattr(LearnedOptimizer, "step", lambda self, *a, **k: steps.append("lstm") or real_learned(self, *a, **k))
@@ -864,7 +865,7 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
     assert infos[3].notice == (f"learned optimizer: the loss has stayed above its lowest at this size ({totals[0]:.4g}) "
                                "for 3 steps; Adam on the multi-scale basis goes on at lr 0.004 (handoff)")
     assert all("handoff" not in (i.notice or "") for i in infos[4:])
-    _, plain = _run(dataclasses.replace(config, handoff_lr=None))
+    _, plain = _run(dataclasses.replace(config, handoff_lr=0))
     # (the 4th step, whose start showed the rise, is the LSTM's shortened one in both runs)
     assert totals[:5] == [i.losses["total"] for i in plain[:5]] and totals[5] != plain[5].losses["total"]
     steps[:] = []
@@ -872,7 +873,7 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
     assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 and [i.losses["total"] for i in no_backoff] == totals
     # the hand-designed optimizers say it is not theirs; a bad rate is refused
     assert "handoff lr 0.004 is for lstm only: not used" in _run(dataclasses.replace(config, optimizer="adam", lr=None))[1][0].notice
-    for bad in (0.0, -1.0, math.inf, math.nan, "0.1", True):
+    for bad in (-1.0, math.inf, math.nan, "0.1", True):
         with pytest.raises(ValueError, match="handoff lr must be"):
             dataclasses.replace(config, handoff_lr=bad).validated()
     # handoff_warmup: Adam's rate ramps up over that many steps after the handoff, then stays
@@ -883,6 +884,31 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="handoff warmup must be"):
             dataclasses.replace(config, handoff_warmup=bad).validated()
+
+
+
+def test_the_learned_optimizer_hands_off_by_default_after_a_warm_up(monkeypatch):
+    """The defaults: handoff at HANDOFF_LR with a HANDOFF_WARMUP-step ramp; 0 (or None) turns it off, and
+    the hand-designed optimizers' notice names only a rate the user changed."""
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    assert (StylizeConfig().handoff_lr, StylizeConfig().handoff_warmup) == (engine.HANDOFF_LR, engine.HANDOFF_WARMUP)
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    lrs = []
+    real = MultiscaleOptimizer.step
+    monkeypatch.setattr(MultiscaleOptimizer, "step", lambda self, *a, **k: (
+        lrs.append(self.inner.param_groups[0]["lr"]) if isinstance(self.inner, torch.optim.Adam) else None) or
+        real(self, *a, **k))
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False)
+    _, infos = _run(config)
+    n = engine.HANDOFF_WARMUP + 1
+    assert lrs == pytest.approx([engine.HANDOFF_LR * k / n for k in range(1, 5)])
+    assert "(handoff)" in infos[3].notice
+    for off in (0, None):
+        lrs[:] = []
+        _, plain = _run(dataclasses.replace(config, handoff_lr=off))
+        assert lrs == [] and "(backoff)" in plain[3].notice
+    assert "handoff" not in _run(_config())[1][0].notice
 
 
 def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_each_scale(monkeypatch):
@@ -898,7 +924,7 @@ def test_backoff_leaves_the_hand_designed_optimizers_as_tuned_and_restarts_at_ea
     assert made == []
     _, infos = _run(_config(optimizer="lstm", size=256, steps=4, pyramid=True))
     assert infos[-1].n_scales == 2 and len(made) == 2 and made[0] is not made[1]
-    _run(_config(optimizer="lstm", steps=2, backoff=False))
+    _run(_config(optimizer="lstm", steps=2, backoff=False, handoff_lr=0))
     assert len(made) == 2
     with pytest.raises(ValueError, match="backoff must be True or False"):
         _config(backoff="no").validated()

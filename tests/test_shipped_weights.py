@@ -266,6 +266,28 @@ def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
     assert default["style_sweep_256"] == {
         **{f"{k}_over_no_handoff": round(sweep[f"{k}_over_lstm"], 4) for k in ("mean", "best", "worst")},
         "runs_handed_off": sweep["runs_handed_off"], "lower_than_adam": sweep["lower_than_adam"]}
+    # the warm-up rule (3fc3b33): each part recomputed from its files; it held, so the engine hands off by default
+    warm = card["warmup_rule"]
+    results = WEIGHTS_DIR.parent / "bench" / "results"
+    val = json.loads((results / "handoff_rule_flat_lr0.0009_w10.json").read_text())["table"]
+    assert warm["validation_ratios"] == {k: round(v["ratio"], 4) for k, v in val.items()}
+    part_a = all(val[f"{s} px {far}"]["ratio"] < 1 for s in (256, 512)
+                 for far in ("piano_keyboard_sketch", "vallotton_camille_mauclair")) and all(
+        val[f"{s} px woman_with_a_hat"]["ratio"] <= 1.002 for s in (256, 512))
+    test = json.loads((WEIGHTS_DIR.parent / "train" / "results" / "neural_art" / "ablation-handoff-lr0.0009-w10.json").read_text())
+    assert warm["test_ratios"] == {k: round(v["handoff_over_off"], 4) for k, v in test["table"].items()}
+    assert warm["test_over_best_baseline"] == {k: round(v["handoff"]["over_best_baseline"], 4) for k, v in test["table"].items()}
+    part_b = all(v["handoff_over_off"] <= 1.005 for v in test["table"].values())
+    sweeps = [json.loads((results / f"style_sweep_handoff_w10{suffix}.json").read_text()) for suffix in ("", "_512")]
+    part_c = True
+    for key, sweep in zip(("style_sweep_256", "style_sweep_512"), sweeps):
+        h = sweep["handoff"]
+        assert (h["lr"], h["warmup"]) == (0.0009, 10) and warm[key]["mean_over_no_handoff"] == round(h["mean_over_lstm"], 4)
+        assert h["lower_than_adam"] == sum(r["lstm_handoff_over_adam"] < 1 for r in sweep["runs"]) == warm[key]["lower_than_adam"]
+        part_c = part_c and h["mean_over_lstm"] < 1 and max(r["handoff_over_lstm"] for r in sweep["runs"]) <= 1.05 \
+            and h["lower_than_adam"] == len(sweep["runs"]) == 16
+    assert warm["holds"] == {"a": part_a, "b": part_b, "c": part_c, "all": part_a and part_b and part_c}
     from artopt.style.engine import StylizeConfig
 
-    assert StylizeConfig().handoff_lr is None  # not kept: off by default
+    default = StylizeConfig()
+    assert warm["holds"]["all"] and (default.handoff_lr, default.handoff_warmup) == (0.0009, 10)
