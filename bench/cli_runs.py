@@ -86,6 +86,8 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     for flag, value in _flag_values(flags):
         key = flag[2:].replace("-", "_")
         have = settings.get(key, fine if key == "fine_scale_step" else None)
+        if key == "handoff_lr" and have is None:  # off, as 0 says it now
+            have = 0.0
         if value is None:  # a switch such as --keep-colors
             same = have is True
         else:

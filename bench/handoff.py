@@ -16,7 +16,8 @@ committed before it, and nothing is adopted from it.
     .venv/bin/python bench/handoff.py --jobs 2 --lr 0.0009 --styles piano_keyboard_sketch.jpg --json OUT.json
 
 Each run is one JSON file under --runs (reused when present); the report goes to
-bench/results/handoff_probe.json.
+bench/results/handoff_probe.json.  The runs "off" are the engine without the handoff (handoff_lr None),
+as it was before the handoff became its default in session 56.
 
 ``test``: the rule for making the handoff the default, committed before any of its runs (the
 validation rule of 401709d held at 0.0009).  The handoff at --lr 0.0009 becomes the engine's default

@@ -8,7 +8,8 @@ total losses and the ratio LSTM / Adam:
     .venv/bin/python bench/style_sweep.py             # 2 photos x 8 styles x 2 optimizers, ~15 min
 
 ``--handoff-lr R`` adds a third run of each pair, the LSTM with ``--handoff-lr R``, and reports it
-against the LSTM without and against Adam (parts 2 and 3 of bench/handoff.py's default rule).
+against the LSTM without the handoff (then run with ``--handoff-lr 0``, the engine before the handoff
+became its default) and against Adam: parts 2 and 3 of bench/handoff.py's rules.
 
 Writes bench/results/style_sweep.json; images and logs go to --out (``--reuse`` reads finished runs).
 """
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
         ap.error(f"--handoff-lr must be positive, got {args.handoff_lr}")
     variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
     if args.handoff_lr is not None:
+        variants["lstm"] += ["--handoff-lr", "0"]
         variants["lstm_handoff"] = ["--optimizer", "lstm", "--handoff-lr", f"{args.handoff_lr:g}"]
         if args.handoff_warmup:
             variants["lstm_handoff"] += ["--handoff-warmup", str(args.handoff_warmup)]

@@ -325,9 +325,10 @@ def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
     del found["settings"]["handoff_lr"], found["settings"]["handoff_warmup"]  # a log from before the handoff
     log.write_text(json.dumps(found))
     assert not cli_runs._log_matches(log, content, style, ["--size", "256"])
-    found["settings"]["handoff_lr"] = 0.0
+    found["settings"]["handoff_lr"] = None  # (off, before 0 said so)
     log.write_text(json.dumps(found))
     assert cli_runs._log_matches(log, content, style, ["--size", "256", "--handoff-lr", "0"])
+    assert not cli_runs._log_matches(log, content, style, ["--size", "256", "--handoff-lr", "0.0009"])
 
 
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
@@ -694,7 +695,7 @@ def test_the_style_sweep_runs_the_handoff_beside_the_lstm_and_adam(monkeypatch, 
     def fake_totals(content, style, flags, out, stem, reuse=False):
         calls.append((stem, flags))
         final = {"adam": 2.0, "lstm": 1.0}.get(flags[flags.index("--optimizer") + 1], 1.0)
-        handoff = "--handoff-lr" in flags
+        handoff = "--handoff-lr" in flags and flags[flags.index("--handoff-lr") + 1] != "0"
         notices = [{"step": 5, "notice": "...; Adam on the multi-scale basis goes on at lr 0.0009 (handoff)"}]
         return {"final_total": 0.9 if handoff else final, "steps": notices if handoff else [], "backoff_steps": []}
 
@@ -705,6 +706,7 @@ def test_the_style_sweep_runs_the_handoff_beside_the_lstm_and_adam(monkeypatch, 
     assert len(calls) == 3 * report["runs_count"] == 3 * 16
     assert ("chelsea_woman_with_a_hat_lstm_handoff0.0009", ["--size", "256", "--optimizer", "lstm",
                                                             "--handoff-lr", "0.0009"]) in calls
+    assert ("chelsea_woman_with_a_hat_lstm", ["--size", "256", "--optimizer", "lstm", "--handoff-lr", "0"]) in calls
     h = report["handoff"]
     assert h["runs_handed_off"] == 16 and h["mean_over_lstm"] == pytest.approx(0.9) and h["lower_than_adam"] == 16
     assert report["runs"][0]["handoff_steps"] == [5]
