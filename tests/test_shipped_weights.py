@@ -166,7 +166,9 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
         assert "starry_night" not in {r["style"].removesuffix(".jpg") for r in sweep["runs"]}  # the training style
     for run in json.loads((results / "long_runs.json").read_text())["runs"]:
         assert all(r < 1 for r in run["lstm_over_adam"].values())
-    for name, key in (("adam_rates", "adam_best_rate"), ("adam_rates_multiscale", "adam_on_the_basis_best_rate")):
+    for name, key in (("adam_rates", "adam_best_rate"), ("adam_rates_multiscale", "adam_on_the_basis_best_rate"),
+                      ("adam_rates_handoff", "adam_best_rate_with_handoff"),
+                      ("adam_rates_multiscale_handoff", "adam_on_the_basis_best_rate_with_handoff")):
         found = json.loads((results / f"{name}.json").read_text())
         assert f"lower in {found['lstm_lower_than_best_adam']} of {found['runs_count']}" in card[key]
         assert f"median {found['median_ratio']:.2f}" in card[key] or f"median {found['median_ratio']:.3f}" in card[key]
