@@ -159,7 +159,8 @@ class StylizeConfig:
     backoff: bool = field(default=True, metadata={
         "help": f"lstm only: multiply the learned step by {BACKOFF_FACTOR:g} each time the loss has stayed above its "
                 f"lowest for {BACKOFF_PATIENCE} steps in a row, from a scale's {BACKOFF_GRACE + 1}th step on (its loss "
-                "can climb late on styles far from its training); the hand-designed optimizers keep their rates"})
+                "can climb late on styles far from its training); the hand-designed optimizers keep their rates. "
+                "Without it the handoff still watches the loss (--handoff-lr 0: the learned optimizer alone)"})
     fine_scale_step: float = field(default=FINE_SCALE_STEP, metadata={
         "help": "lstm only: multiplier on the learned step at the pyramid's scales after the first, on top of --lr "
                 "(they start from the coarser scale's result, nearer a minimum than the starts the learned optimizer "
