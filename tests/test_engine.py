@@ -903,7 +903,7 @@ def test_the_learned_optimizer_hands_off_by_default_after_a_warm_up(monkeypatch)
     _, infos = _run(config)
     n = engine.HANDOFF_WARMUP + 1
     assert lrs == pytest.approx([engine.HANDOFF_LR * k / n for k in range(1, 5)])
-    assert "(handoff)" in infos[3].notice
+    assert infos[3].notice.endswith(f"goes on at lr {engine.HANDOFF_LR:g}, reached over {engine.HANDOFF_WARMUP} steps (handoff)")
     for off in (0, None):
         lrs[:] = []
         _, plain = _run(dataclasses.replace(config, handoff_lr=off))

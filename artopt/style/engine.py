@@ -875,7 +875,8 @@ def stylize(content: Image.Image | torch.Tensor,
                         warmup = torch.optim.lr_scheduler.LinearLR(
                             optimizer.inner, start_factor=1 / (config.handoff_warmup + 1), total_iters=config.handoff_warmup)
                     backoff, step_scale = None, None
-                    lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g} (handoff)"
+                    ramp = f", reached over {config.handoff_warmup} steps" if config.handoff_warmup else ""
+                    lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g}{ramp} (handoff)"
                 else:
                     lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
                 step_notice = f"{step_notice}; {lowered}" if step_notice else lowered
