@@ -68,13 +68,17 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     if settings.get("resolved_optimizer") == "lstm" and "backoff" not in settings:  # (the others never back off)
         print(f"not reusing {log}: it was written before the learned optimizer's backoff", flush=True)
         return False
-    fine = settings.get("fine_scale_step", 1.0)  # (1 before the field existed)
+    # fields a log may lack or hold as null, as the engine then ran: the full step at every scale (1), no
+    # handoff (0, as --handoff-lr 0 says it now); the checks below and the flags read these
+    settings = {**settings, "fine_scale_step": settings.get("fine_scale_step", 1.0),
+                "handoff_lr": settings.get("handoff_lr") or 0.0, "handoff_warmup": settings.get("handoff_warmup", 0)}
+    fine = settings["fine_scale_step"]
     if (settings.get("resolved_optimizer") == "lstm" and "--fine-scale-step" not in flags
             and fine != FINE_SCALE_STEP and any(s.get("scale", 0) > 0 for s in found.get("steps", []))):
         print(f"not reusing {log}: its learned step at the pyramid's finer scales was {fine:g}x, not the "
               f"default {FINE_SCALE_STEP:g}x", flush=True)
         return False
-    handoff = (settings.get("handoff_lr"), settings.get("handoff_warmup", 0))  # (None, 0) before either existed
+    handoff = (settings["handoff_lr"], settings["handoff_warmup"])
     if (settings.get("resolved_optimizer") == "lstm" and "--handoff-lr" not in flags
             and handoff != (HANDOFF_LR, HANDOFF_WARMUP)):
         print(f"not reusing {log}: its handoff (lr, warm-up) was {handoff}, not the default "
@@ -85,9 +89,7 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         return False
     for flag, value in _flag_values(flags):
         key = flag[2:].replace("-", "_")
-        have = settings.get(key, fine if key == "fine_scale_step" else None)
-        if key == "handoff_lr" and have is None:  # off, as 0 says it now
-            have = 0.0
+        have = settings.get(key)
         if value is None:  # a switch such as --keep-colors
             same = have is True
         else:

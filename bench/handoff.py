@@ -116,14 +116,9 @@ def main(argv=None) -> int:
     photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[args.first_photo:args.first_photo + PHOTOS]
     variants, styles, sizes = (None, args.lr), args.styles, args.sizes
     flat = "-flat" if args.no_pyramid else ""  # (the probe's first runs, all with the pyramid, keep their names)
-
-    def name(size, style, lr, photo):
-        return f"{size}{flat}-{Path(style).stem}-{lr or 'off'}{f'-w{args.warmup}' if lr and args.warmup else ''}-{photo}.json"
-
-    extra = {"pyramid": False} if args.no_pyramid else {}
-    extra.update({"handoff_warmup": args.warmup} if args.warmup else {})
-    jobs = [("val", p, size, FINE_SCALE_STEP, args.runs / name(size, style, lr, p), False,
-             {"style": style, "handoff_lr": lr, **(extra if lr else {k: v for k, v in extra.items() if k == "pyramid"})})
+    jobs = [("val", p, size, FINE_SCALE_STEP,
+             args.runs / f"{size}{flat}-{Path(style).stem}-{run_tag(lr, args.warmup)}-{p}.json", False,
+             {"style": style, **run_extra(lr, args.warmup, pyramid=not args.no_pyramid)})
             for lr in variants for size in sizes for style in styles for p in photos]
     runs = run_all(jobs, args.jobs)
     table = {}
@@ -145,13 +140,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_tag(lr: float | None, warmup: int) -> str:
+    """A run file's name for the variant: "off" (no handoff), the rate, and its warm-up where there is one."""
+    return "off" if lr is None else f"{lr}{f'-w{warmup}' if warmup else ''}"
+
+
+def run_extra(lr: float | None, warmup: int, pyramid: bool) -> dict:
+    """fine_scale_step.one_run's ``extra`` for the variant (recorded in its file): the rate, the pyramid,
+    and the warm-up where the handoff has one."""
+    return {"handoff_lr": lr, "pyramid": pyramid, **({"handoff_warmup": warmup} if lr is not None and warmup else {})}
+
+
 def test(lr: float, runs_dir: Path, jobs: int, warmup: int = 0) -> dict:
     """The rule's part 1: engine defaults without and with the handoff at ``lr`` on each test setting."""
     settings = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TEST_SETTINGS}
-    tag = {None: "off", lr: f"{lr}{f'-w{warmup}' if warmup else ''}"}
-    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag[v]}-{p}.json", False,
-             {"style": c["style"], "handoff_lr": v, "pyramid": name.endswith("-on"),
-              **({"handoff_warmup": warmup} if v and warmup else {})})
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{run_tag(v, warmup)}-{p}.json", False,
+             {"style": c["style"], **run_extra(v, warmup, pyramid=name.endswith("-on"))})
             for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
     runs = run_all(work, jobs)
     table = {}
