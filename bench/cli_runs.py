@@ -84,6 +84,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         print(f"not reusing {log}: its handoff (lr, warm-up) was {handoff}, not the default "
               f"{(HANDOFF_LR, HANDOFF_WARMUP)}", flush=True)
         return False
+    if settings.get("handoff_finer_lr") and "--handoff-finer-lr" not in flags:
+        print(f"not reusing {log}: it ran the finer scales after a handoff with Adam (--handoff-finer-lr)", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

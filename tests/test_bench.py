@@ -116,6 +116,9 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("style_sweep", ["--size", "16"], "--size"),
     ("style_sweep", ["--handoff-lr", "0"], "--handoff-lr must be positive"),
     ("handoff", ["test", "--lr", "-1"], "--lr must be positive"),
+    ("handoff_finer", ["test"], "test needs --lr"),
+    ("handoff_finer", ["probe", "--lrs", "0"], "rates must be positive"),
+    ("style_sweep", ["--handoff-finer-lr", "0.001", "--handoff-lr", "0.001"], "not with --handoff-lr"),
     ("sizes", ["--sizes", "64", "16"], "--sizes"),
     ("sizes", ["--sizes", "40"], "at least 48 px"),  # chelsea.jpg is 3:2: 27 px high at 40
     ("new_inputs", ["--sizes", "16"], "--sizes"),
@@ -712,3 +715,51 @@ def test_the_style_sweep_runs_the_handoff_beside_the_lstm_and_adam(monkeypatch, 
     assert report["runs"][0]["handoff_steps"] == [5]
     assert "handoff" not in (style_sweep.main(["--out", str(tmp_path / "runs"), "--json", str(tmp_path / "p.json")])
                              or strict_loads((tmp_path / "p.json").read_text()))
+
+
+def test_the_handoff_finer_probe_compares_each_rate_with_the_engine_and_picks_the_lower_sum(monkeypatch, tmp_path):
+    """512 px with the pyramid, the engine's handoff in every variant; only runs that handed a scale
+    before the last over count as ones the option can change."""
+    finer = load("handoff_finer")
+    seen = []
+    ratio = {None: 1.0, 0.0009: 0.9, 0.0036: 0.95}
+
+    def fake_run_all(jobs, workers):
+        seen.extend(jobs)
+        return [{"size": size, **extra, "final": 2.0 * ratio[extra["handoff_finer_lr"]],
+                 "handed_off_scales": [0, 1] if photo == jobs[0][1] else [1], "n_scales": 2}
+                for _, photo, size, _, _, _, extra in jobs]
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["probe", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert len(seen) == 3 * 2 * 4 and len({path for *_, path, _, _ in seen}) == len(seen)
+    assert all(size == 512 and extra["pyramid"] and extra["handoff_lr"] == 0.0009 and extra["handoff_warmup"] == 10
+               for _, _, size, _, _, _, extra in seen)
+    row = report["table"]["piano_keyboard_sketch"]
+    assert row["engine"] == 2.0 and row["0.0009"]["over_engine"] == pytest.approx(0.9) and row["0.0009"]["holds"]
+    assert row["photos_handed_off_before_the_final_scale"] == 1
+    assert report["lower_sum"] == "0.0009" and report["all_styles_hold"] == {"0.0009": True, "0.0036": True}
+
+
+def test_the_handoff_finer_test_runs_the_pyramid_settings_with_and_without(monkeypatch, tmp_path):
+    finer = load("handoff_finer")
+    seen = []
+
+    def fake_run_all(jobs, workers):
+        seen.extend(jobs)
+        return [{"photo": photo, "size": size, **extra, "curve": [3.0, 2.0], "backoff_scales": ["handoff"],
+                 "handed_off_scales": [0], "n_scales": 2,
+                 "final": 2.0 * (1.006 if size == 384 and extra["handoff_finer_lr"] else 1.0)}
+                for _, photo, size, _, _, _, extra in jobs]
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["test", "--lr", "0.0036", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    committed = {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text())
+                 for name in finer.TEST_SETTINGS}
+    assert len(seen) == 2 * sum(len(c["photos"]) for c in committed.values())
+    assert report["table"]["256-pyramid-on"]["holds"] and not report["table"]["384-pyramid-on"]["holds"]
+    assert not report["part_b_holds"] and report["handoff_finer_lr"] == 0.0036
+    assert report["table"]["512-pyramid-on"]["photos_handed_off_before_the_final_scale"] == len(
+        committed["512-pyramid-on"]["photos"])

@@ -887,6 +887,45 @@ def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(mo
 
 
 
+def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_was_handed_off(monkeypatch):
+    """With the pyramid (128 -> 256 px), the handoff test's run hands the coarse scale off after its 4th
+    step; handoff_finer_lr then runs the 256 px scale with Adam on the basis from its first step (ramping
+    up over handoff_warmup) instead of a fresh LSTM, and says so.  Without a handoff it changes nothing."""
+    from artopt.learned_optimizers import LearnedOptimizer
+    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    steps = []
+    real_learned, real_multiscale = LearnedOptimizer.step, MultiscaleOptimizer.step
+    monkeypatch.setattr(LearnedOptimizer, "step", lambda self, *a, **k: steps.append("lstm") or real_learned(self, *a, **k))
+    monkeypatch.setattr(MultiscaleOptimizer, "step", lambda self, *a, **k: steps.append(
+        self.inner.param_groups[0]["lr"] if isinstance(self.inner, torch.optim.Adam) else "basis") or
+        real_multiscale(self, *a, **k))
+    config = _config(optimizer="lstm", size=256, pyramid=True, steps=12, lr=3.0, content_weight=100.0,
+                     keep_best=False, handoff_lr=0.004, handoff_warmup=0, fine_scale_step=1.0)
+    _, plain = _run(config)  # (engine.split_steps: 8 coarse steps, then 4)
+    assert [i.scale_index for i in plain] == [0] * 8 + [1] * 4
+    assert steps[:12] == ["basis", "lstm"] * 4 + [0.004] * 4 and "lstm" in steps[12:]
+    steps[:] = []
+    _, finer = _run(dataclasses.replace(config, handoff_finer_lr=0.002))
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 + [0.002] * 4
+    assert [i.losses["total"] for i in finer[:8]] == [i.losses["total"] for i in plain[:8]]
+    assert finer[8].notice.endswith("a coarser scale was handed off: Adam on the multi-scale basis runs this scale "
+                                    "from its start at lr 0.002 (handoff)")
+    assert all("handoff" not in (i.notice or "") for i in finer[9:])
+    steps[:] = []
+    _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_warmup=3))
+    assert steps[8:12] == pytest.approx([0.001, 0.002, 0.003, 0.004]) and steps[12:] == pytest.approx(
+        [0.0005, 0.001, 0.0015, 0.002])
+    # no handoff, nothing to carry on: the same run with or without it
+    off = dataclasses.replace(config, handoff_lr=0)
+    assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))
+    assert StylizeConfig().handoff_finer_lr is None
+    for bad in (-1.0, math.inf, math.nan, "0.1", True):
+        with pytest.raises(ValueError, match="handoff finer lr must be"):
+            dataclasses.replace(config, handoff_finer_lr=bad).validated()
+
+
 def test_the_learned_optimizer_hands_off_by_default_after_a_warm_up(monkeypatch):
     """The defaults: handoff at HANDOFF_LR with a HANDOFF_WARMUP-step ramp; 0 (or None) turns it off, and
     the hand-designed optimizers' notice names only a rate the user changed."""

@@ -180,6 +180,10 @@ class StylizeConfig:
         "help": "lstm only: Adam's rate after the handoff ramps up linearly over this many steps (0: the full rate "
                 "from its first step, whose fresh moments move every coefficient by about the rate: on the test "
                 "photos without the pyramid that raised the loss 6% and ended 1.2-2.7% above backoff)"})
+    handoff_finer_lr: float | None = field(default=None, metadata={
+        "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr), run the finer scales "
+                "with Adam on the multi-scale basis from their first step, at this rate ramping up over "
+                "--handoff-warmup steps (0: off, each finer scale starts with the learned optimizer again)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -192,9 +196,9 @@ class StylizeConfig:
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name.replace('_', ' ')} must be a string, got {getattr(self, name)!r}")
         for name in ("lr", "content_weight", "style_weight", "tv_weight", "style_scale", "fine_scale_step",
-                     "handoff_lr"):
+                     "handoff_lr", "handoff_finer_lr"):
             value = getattr(self, name)
-            optional = value is None and name in ("lr", "handoff_lr")
+            optional = value is None and name in ("lr", "handoff_lr", "handoff_finer_lr")
             if not optional and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
         if self.style_weights is not None and (not isinstance(self.style_weights, (list, tuple)) or any(
@@ -233,6 +237,8 @@ class StylizeConfig:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.handoff_lr is not None and not (0 <= self.handoff_lr < math.inf):
             raise ValueError(f"handoff lr must be 0 (off) or positive, got {self.handoff_lr}")
+        if self.handoff_finer_lr is not None and not (0 <= self.handoff_finer_lr < math.inf):
+            raise ValueError(f"handoff finer lr must be 0 (off) or positive, got {self.handoff_finer_lr}")
         if isinstance(self.handoff_warmup, bool) or not isinstance(self.handoff_warmup, int) or self.handoff_warmup < 0:
             raise ValueError(f"handoff warmup must be a non-negative integer (steps), got {self.handoff_warmup!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -764,6 +770,7 @@ def stylize(content: Image.Image | torch.Tensor,
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     budget = 0  # evaluations the scales up to this one may have used in all
     optimizer: torch.optim.Optimizer | None = None  # the current scale's
+    handed_off = False  # a scale so far was handed off to Adam (handoff_lr)
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
             break
@@ -805,6 +812,15 @@ def stylize(content: Image.Image | torch.Tensor,
         if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
                 and hasattr(optimizer, "carry_state_from")):
             optimizer.carry_state_from(previous_optimizer)
+        # handoff_finer_lr: a scale the learned optimizer stalled on was handed off; the style is likely as
+        # far from its training at the finer scales, so Adam runs them from their start.
+        adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
+        if adam_from_start:
+            optimizer = _make_optimizer("adam", image, config.handoff_finer_lr, basis="multiscale")
+            ramp = f", reached over {config.handoff_warmup} steps" if config.handoff_warmup else ""
+            started = (f"a coarser scale was handed off: Adam on the multi-scale basis runs this scale from its "
+                       f"start at lr {config.handoff_finer_lr:g}{ramp} (handoff)")
+            notice = f"{notice}; {started}" if notice else started
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
         # L-BFGS runs unconstrained within a scale, as Gatys et al. and neural-style run it, and is
@@ -819,7 +835,7 @@ def stylize(content: Image.Image | torch.Tensor,
         best = ({"image": torch.empty_like(image.detach()), "losses": {"total": math.inf}, "after": 0}
                 if config.keep_best and not lbfgs and scale_index == len(sizes) - 1 else None)
         # (handoff watches the loss as backoff does, and acts where backoff would first act)
-        watch_loss = optimizer_name == "lstm" and (config.backoff or bool(config.handoff_lr))
+        watch_loss = optimizer_name == "lstm" and not adam_from_start and (config.backoff or bool(config.handoff_lr))
         backoff = _Backoff(optimizer) if watch_loss else None
         step_scale: float | None = None  # backoff's new multiplier, on a step that lowered it
 
@@ -847,6 +863,8 @@ def stylize(content: Image.Image | torch.Tensor,
 
         last_good = image.detach().clone()
         warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
+        if adam_from_start and config.handoff_warmup:
+            warmup = _warmup(optimizer, config.handoff_warmup)
         while evals < allowed:
             if should_stop is not None and should_stop():  # (asked before this scale's first step)
                 stopped = True
@@ -871,10 +889,9 @@ def stylize(content: Image.Image | torch.Tensor,
                 if config.handoff_lr:
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
                     optimizer = _make_optimizer("adam", image, config.handoff_lr, basis="multiscale")
-                    if config.handoff_warmup:  # rate/(n+1), 2 rate/(n+1), ..., rate from its (n+1)th step on
-                        warmup = torch.optim.lr_scheduler.LinearLR(
-                            optimizer.inner, start_factor=1 / (config.handoff_warmup + 1), total_iters=config.handoff_warmup)
-                    backoff, step_scale = None, None
+                    if config.handoff_warmup:
+                        warmup = _warmup(optimizer, config.handoff_warmup)
+                    backoff, step_scale, handed_off = None, None, True
                     ramp = f", reached over {config.handoff_warmup} steps" if config.handoff_warmup else ""
                     lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g}{ramp} (handoff)"
                 else:
@@ -934,6 +951,12 @@ def stylize(content: Image.Image | torch.Tensor,
                               image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
                               final_losses=final_losses, kept_after=kept_after))
     return preview(at_output(image))
+
+
+def _warmup(optimizer, steps: int) -> torch.optim.lr_scheduler.LinearLR:
+    """Adam's rate after a handoff: rate/(n+1), 2 rate/(n+1), ..., the full rate from its (n+1)th step on
+    (fresh moments would otherwise move every coefficient by about the rate at once)."""
+    return torch.optim.lr_scheduler.LinearLR(optimizer.inner, start_factor=1 / (steps + 1), total_iters=steps)
 
 
 def config_from_dict(values: dict) -> StylizeConfig:

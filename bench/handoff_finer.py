@@ -1,0 +1,166 @@
+"""Once the learned optimizer has handed a pyramid scale over to Adam, should Adam also run the finer
+scales from their start (StylizeConfig.handoff_finer_lr)?
+
+With the pyramid, a handoff on the coarse scale is followed by a fresh learned optimizer at the next
+scale, which the handoff reaches only near its end, if at all: bench/adam_rates.py's piano_keyboard_sketch
+runs at 512 px were handed off on the 256 px scale and only at step 45-47 of the 50 at 512 px, and
+ended 1.06-1.16x as high as Adam on the multi-scale basis (at 256 px, one scale, 0.95-1.01x).  A style
+the learned optimizer stalls on at the coarse scale is likely as far from its training at the finer
+ones.  The option changes nothing in a run whose coarser scales were not handed off, or with one scale.
+
+``probe`` (no rule for it; validation photos 1-4 of bench/fine_scale_step.py's 8, 512 px with the
+pyramid (256 -> 512), piano_keyboard_sketch and vallotton_camille_mauclair, 200 steps, 1 thread, the
+engine's defaults otherwise): the engine as it is, and the finer scales at Adam's rate 0.0009 (the
+handoff's) and 0.0036 (Adam's default on the basis), each ramping up over the handoff's 10 steps.
+The probe's pick, fixed before it ran: the rate with the lower sum of the two styles' mean ratios
+to the engine as it is.
+
+The rule, committed before any of its runs: the picked rate becomes the default of handoff_finer_lr
+only if all of these hold:
+  (a) validation photos 5-8 (``probe --first-photo 4 --lrs RATE``, with woman_with_a_hat added), 512 px,
+      pyramid on: its mean over the engine's is below 1 with piano_keyboard_sketch and with
+      vallotton_camille_mauclair, and at most 1.002 with woman_with_a_hat;
+  (b) ``test --lr RATE``: on the evaluation's test settings with the pyramid (256 / 384 / 512 px; the
+      pyramid-off settings have one scale, where the option cannot act) its mean final loss is at most
+      1.005x the engine's, run here too;
+  (c) ``bench/style_sweep.py --size 512 --handoff-finer-lr RATE`` (the CLI, 2 photos x the 8 styles
+      other than the training one): its mean ratio to the LSTM as it is at most 1, no run above 1.02,
+      and below Adam (pixels, its default rate) in all 16 runs.
+Otherwise the option stays off, and the README and card say what was measured.
+
+    .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
+    .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\
+        --styles piano_keyboard_sketch.jpg vallotton_camille_mauclair.jpg woman_with_a_hat.jpg --jobs 2 \\
+        --json bench/results/handoff_finer_rule_val.json               # (a)
+    .venv/bin/python bench/handoff_finer.py test --lr RATE --jobs 2   # (b)
+
+Each run is one JSON file under --runs (reused when present).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
+from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
+from cli_runs import write_report  # noqa: E402
+from fine_scale_step import RESULTS, ROOT, STEPS, run_all, summarize  # noqa: E402
+
+PHOTOS = 4
+SIZE = 512
+PROBE_LRS = (0.0009, 0.0036)
+STYLES = ("piano_keyboard_sketch.jpg", "vallotton_camille_mauclair.jpg", "woman_with_a_hat.jpg")
+TEST_SETTINGS = ("256-pyramid-on", "384-pyramid-on", "512-pyramid-on")
+VAL_MAX = {"woman_with_a_hat.jpg": 1.002}  # (a): the other styles' limit is below 1
+TEST_MAX_RATIO = 1.005  # (b)
+
+
+def extra(style: str, finer: float | None) -> dict:
+    """fine_scale_step.one_run's ``extra``: the engine's handoff, and the finer scales' rate (None: off)."""
+    return {"style": style, "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pyramid": True,
+            "handoff_finer_lr": finer}
+
+
+def tag(finer: float | None) -> str:
+    return "engine" if finer is None else f"finer{finer:g}"
+
+
+def main(argv=None) -> int:
+    ap = script_parser(__doc__)
+    ap.add_argument("what", choices=("probe", "test"))
+    ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "handoff_finer",
+                    help="folder of the per-run files (default: %(default)s)")
+    ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_finer_probe.json; test: "
+                    "train/results/neural_art/ablation-handoff-finer-lrLR.json)")
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
+                    "(default: %(default)s)")
+    ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
+    ap.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES[:2]), help="probe (default: %(default)s)")
+    ap.add_argument("--first-photo", type=int, choices=range(0, 8 - PHOTOS + 1), default=0,
+                    help="probe: which of the 8 validation photos: this one and the next %d (default: %%(default)s)"
+                    % (PHOTOS - 1))
+    args = ap.parse_args(argv)
+    for rate in args.lrs + ([args.lr] if args.lr is not None else []):
+        if not 0 < rate < float("inf"):
+            ap.error(f"rates must be positive, got {rate}")
+    if args.what == "test" and args.lr is None:
+        ap.error("test needs --lr")
+    if args.json is None:
+        args.json = (RESULTS / f"ablation-handoff-finer-lr{args.lr:g}.json" if args.what == "test"
+                     else ROOT / "bench" / "results" / "handoff_finer_probe.json")
+    check_output_dir(ap, "--runs", args.runs)
+    check_output_file(ap, "--json", args.json)
+    write_report(test(args.lr, args.runs, args.jobs) if args.what == "test"
+                 else probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs), args.json)
+    return 0
+
+
+def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int) -> dict:
+    from artopt.tasks.neural_art import NeuralArtTask
+
+    # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), PHOTOS of them
+    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[first_photo:first_photo + PHOTOS]
+    variants = [None, *lrs]
+    work = [("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v)}-{p}.json", False,
+             extra(style, v)) for v in variants for style in styles for p in photos]
+    runs = run_all(work, jobs)
+    table = {}
+    for style in styles:
+        mine = [r for r in runs if r["style"] == style]
+        means = {v: sum(r["final"] for r in mine if r["handoff_finer_lr"] == v) / PHOTOS for v in variants}
+        coarse = sum(_handed_off_before_final(r) for r in mine if r["handoff_finer_lr"] is None)
+        table[Path(style).stem] = {"engine": means[None], "photos_handed_off_before_the_final_scale": coarse,
+                                   **{f"{v:g}": {"mean": means[v], "over_engine": means[v] / means[None],
+                                                 "holds": means[v] / means[None] <= VAL_MAX.get(style, 1 - 1e-12)}
+                                      for v in lrs}}
+        print(f"{Path(style).stem}: engine {means[None]:.5f} (coarse scale handed off on {coarse} of {PHOTOS}); "
+              + ", ".join(f"{v:g}: {means[v]:.5f} ({means[v] / means[None]:.4f})" for v in lrs), flush=True)
+    sums = {f"{v:g}": sum(table[Path(s).stem][f"{v:g}"]["over_engine"] for s in styles) for v in lrs}
+    pick = min(sums, key=sums.get)
+    print(f"sum of the styles' ratios: {sums}; lower: {pick}")
+    return {"what": "bench/handoff_finer.py probe (see its docstring for the pick and the rule)", "photos": photos,
+            "size": SIZE, "pyramid": True, "steps": STEPS, "threads": 1, "styles": styles, "lrs": lrs,
+            "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "table": table, "sum_of_ratios": sums,
+            "lower_sum": pick, "all_styles_hold": {f"{v:g}": all(row[f"{v:g}"]["holds"] for row in table.values())
+                                                   for v in lrs}, "runs": runs}
+
+
+def _handed_off_before_final(run: dict) -> bool:
+    """Whether a scale before the run's last was handed off to Adam: the runs the option can change."""
+    return bool(run["handed_off_scales"]) and min(run["handed_off_scales"]) < run["n_scales"] - 1
+
+
+def test(lr: float, runs_dir: Path, jobs: int) -> dict:
+    """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting."""
+    settings = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TEST_SETTINGS}
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v)}-{p}.json", False,
+             extra(c["style"], v)) for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
+    runs = run_all(work, jobs)
+    table = {}
+    for name, c in settings.items():
+        best = c["best_baseline_final_loss"]
+        mine = [r for r in runs if r["size"] == c["size"]]
+        engine = summarize([r for r in mine if r["handoff_finer_lr"] is None], best)
+        finer = summarize([r for r in mine if r["handoff_finer_lr"] == lr], best)
+        ratio = finer["mean_final"] / engine["mean_final"]
+        table[name] = {"photos": c["photos"], "style": c["style"], "best_baseline": c["best_baseline"],
+                       "best_baseline_final_loss": best, "engine": engine, "finer": finer, "finer_over_engine": ratio,
+                       "photos_handed_off_before_the_final_scale": sum(
+                           _handed_off_before_final(r) for r in mine if r["handoff_finer_lr"] is None),
+                       "holds": ratio <= TEST_MAX_RATIO}
+        print(f"{name}: engine {engine['mean_final']:.5f} ({engine['over_best_baseline']:.4f} of {c['best_baseline']}), "
+              f"finer {finer['mean_final']:.5f} ({finer['over_best_baseline']:.4f}); finer / engine {ratio:.4f}", flush=True)
+    holds = all(row["holds"] for row in table.values())
+    print(f"part (b) of the rule (each setting's finer / engine <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
+    return {"what": "part (b) of bench/handoff_finer.py's rule, committed before its runs", "handoff_finer_lr": lr,
+            "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "steps": STEPS, "threads": 1,
+            "max_ratio": TEST_MAX_RATIO, "table": table, "part_b_holds": holds, "runs": runs}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
