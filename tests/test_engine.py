@@ -921,6 +921,7 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     off = dataclasses.replace(config, handoff_lr=0)
     assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))
     assert StylizeConfig().handoff_finer_lr is None
+    assert "handoff finer lr 0.002 is for lstm only: not used" in _run(_config(handoff_finer_lr=0.002))[1][0].notice
     for bad in (-1.0, math.inf, math.nan, "0.1", True):
         with pytest.raises(ValueError, match="handoff finer lr must be"):
             dataclasses.replace(config, handoff_finer_lr=bad).validated()

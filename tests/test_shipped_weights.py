@@ -293,3 +293,26 @@ def test_the_neural_art_cards_handoff_figures_are_those_of_the_probe():
 
     default = StylizeConfig()
     assert warm["holds"]["all"] and (default.handoff_lr, default.handoff_warmup) == (0.0009, 10)
+
+
+def test_the_neural_art_cards_handoff_finer_figures_are_those_of_the_result_files():
+    """The card's figures for --handoff-finer-lr, and its verdict, read off the runs' reports."""
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["handoff_finer"]
+    results = WEIGHTS_DIR.parent / "bench" / "results"
+    probe = json.loads((results / "handoff_finer_probe.json").read_text())
+    assert card["probe_ratios"] == {f"{s} lr {v}": round(row[v]["over_engine"], 4)
+                                    for s, row in probe["table"].items() for v in ("0.0009", "0.0036")}
+    assert card["picked_lr"] == float(probe["lower_sum"]) == min(probe["lrs"], key=lambda v: probe["sum_of_ratios"][f"{v:g}"])
+    val = json.loads((results / "handoff_finer_rule_val.json").read_text())
+    assert val["lrs"] == [card["picked_lr"]] and val["photos"] != probe["photos"]
+    assert card["val_ratios"] == {s: round(row["0.0036"]["over_engine"], 4) for s, row in val["table"].items()}
+    test = json.loads((WEIGHTS_DIR.parent / "train" / "results" / "neural_art" / "ablation-handoff-finer-lr0.0036.json").read_text())
+    assert card["test_ratios"] == {k: round(v["finer_over_engine"], 4) for k, v in test["table"].items()}
+    sweep = json.loads((results / "style_sweep_handoff_finer_512.json").read_text())["handoff_finer"]
+    assert card["style_sweep_512"]["mean_over_engine"] == round(sweep["mean_over_lstm"], 4)
+    holds = (all(row["holds"] for row in (r["0.0036"] for r in val["table"].values())) and test["part_b_holds"]
+             and sweep["mean_over_lstm"] <= 1 and sweep["worst_over_lstm"] <= 1.02 and sweep["lower_than_adam"] == 16)
+    assert card["holds"] is holds is False and not test["part_b_holds"]
+    from artopt.style.engine import StylizeConfig
+
+    assert StylizeConfig().handoff_finer_lr is None  # (the rule failed: off)

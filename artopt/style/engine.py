@@ -183,7 +183,10 @@ class StylizeConfig:
     handoff_finer_lr: float | None = field(default=None, metadata={
         "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr), run the finer scales "
                 "with Adam on the multi-scale basis from their first step, at this rate ramping up over "
-                "--handoff-warmup steps (0: off, each finer scale starts with the learned optimizer again)"})
+                "--handoff-warmup steps (0: off, each finer scale starts with the learned optimizer again). At 512 px "
+                "(0.0036) it ended 0.83x as high with piano_keyboard_sketch and 0.90x with vallotton_camille_mauclair "
+                "on validation photos, 0.86-0.93x in the CLI; not the default: a photo with the held-out style handed "
+                "off at 128 px ended 19% higher at 256 px (bench/handoff_finer.py)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -684,6 +687,8 @@ def stylize(content: Image.Image | torch.Tensor,
         notice += f" (fine scale step {config.fine_scale_step:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.handoff_lr not in (None, 0, HANDOFF_LR):
         notice += f" (handoff lr {config.handoff_lr:g} is for lstm only: not used)"
+    if optimizer_name != "lstm" and config.handoff_finer_lr:
+        notice += f" (handoff finer lr {config.handoff_finer_lr:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.basis == "multiscale":
         notice += " on the multi-scale basis"
     elif optimizer_name == "lstm" and config.basis == "multiscale" and lstm_setup.basis != "multiscale":
