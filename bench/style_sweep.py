@@ -68,9 +68,9 @@ def main(argv=None) -> int:
                 row[name] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
                 row[f"{name}_kept_after_step"] = run.get("kept_after_step")
                 row[f"{name}_backoff_steps"] = run.get("backoff_steps")
-                if name in ("lstm_handoff", "lstm_finer"):
-                    row[f"{name}_steps" if name == "lstm_finer" else "handoff_steps"] = [
-                        r["step"] for r in run["steps"] if "(handoff)" in r.get("notice", "")]
+                if name in ("lstm_handoff", "lstm_finer"):  # (the steps whose notices name a handoff)
+                    key = "handoff_steps" if name == "lstm_handoff" else "lstm_finer_steps"
+                    row[key] = [r["step"] for r in run["steps"] if "(handoff)" in r.get("notice", "")]
             row["lstm_over_adam"] = row["lstm"] / row["adam"]
             extra = ""
             if args.handoff_lr is not None:

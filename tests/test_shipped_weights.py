@@ -172,10 +172,13 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
         found = json.loads((results / f"{name}.json").read_text())
         assert f"lower in {found['lstm_lower_than_best_adam']} of {found['runs_count']}" in card[key]
         assert f"median {found['median_ratio']:.2f}" in card[key] or f"median {found['median_ratio']:.3f}" in card[key]
-    for name in ("user_options", "user_options_512"):
+    for name in ("user_options", "user_options_512", "user_options_handoff", "user_options_handoff_512"):
         runs = json.loads((results / f"{name}.json").read_text())["runs"]
         assert len(runs) == 16 and all(r["lstm_over_adam"] < 1 for r in runs)
-    assert card["user_options"].count("16 of 16") == 2
+    assert card["user_options"].count("16 of 16") == card["user_options_with_handoff"].count("16 of 16") == 2
+    runs = json.loads((results / "user_options_handoff.json").read_text())["runs"]
+    keep = [round(r["lstm_over_adam"], 2) for r in runs if r["setting"] == "keep colors"]
+    assert f"now {keep[0]:.2f} / {keep[1]:.2f} of Adam at 256 px" in card["user_options_with_handoff"]
 
 
 def test_the_neural_art_cards_backoff_figures_are_those_of_their_result_files():

@@ -817,8 +817,9 @@ def stylize(content: Image.Image | torch.Tensor,
         if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
                 and hasattr(optimizer, "carry_state_from")):
             optimizer.carry_state_from(previous_optimizer)
-        # handoff_finer_lr: a scale the learned optimizer stalled on was handed off; the style is likely as
-        # far from its training at the finer scales, so Adam runs them from their start.
+        # handoff_finer_lr: a scale the learned optimizer stalled on was handed off, and Adam runs the finer
+        # ones from their start (off by default: a coarse handoff does not always mean a style far from its
+        # training, bench/handoff_finer.py).
         adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
         if adam_from_start:
             optimizer = _make_optimizer("adam", image, config.handoff_finer_lr, basis="multiscale")
