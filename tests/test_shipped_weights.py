@@ -176,6 +176,9 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
         runs = json.loads((results / f"{name}.json").read_text())["runs"]
         assert len(runs) == 16 and all(r["lstm_over_adam"] < 1 for r in runs)
     assert card["user_options"].count("16 of 16") == card["user_options_with_handoff"].count("16 of 16") == 2
+    found = json.loads((results / "sizes_handoff.json").read_text())
+    assert all(r["lstm_over_adam"] < 1 for r in found["runs"]) and len(found["runs"]) == 8
+    assert f"96 px chelsea (the handoff acting, {found['runs'][0]['lstm_over_adam']:.3f}" in card["sizes"]
     found = json.loads((results / "new_inputs_handoff.json").read_text())
     assert found["lstm_lower"] == found["runs_count"] == 8
     assert " / ".join(f"{r['lstm_over_adam']:.3f}" for r in found["runs"] if r["size"] == 256) in card["new_inputs"]
