@@ -638,6 +638,11 @@ def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkey
     assert report["runs"][0]["adam_best_lr"] == 0.0036 and report["runs"][0]["adam_default"] == 2.0
 
 
+def _committed_settings(names) -> dict:
+    """The evaluation's committed results of these test settings, by name."""
+    return {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text()) for name in names}
+
+
 def test_the_handoff_probe_compares_each_size_and_style_with_and_without(monkeypatch, tmp_path):
     handoff = load("handoff")
     seen = []
@@ -678,8 +683,7 @@ def test_the_handoff_test_runs_each_committed_setting_without_and_with(monkeypat
     monkeypatch.setattr(handoff, "run_all", fake_run_all)
     assert handoff.main(["test", "--lr", "0.0009", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
-    committed = {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text())
-                 for name in handoff.TEST_SETTINGS}
+    committed = _committed_settings(handoff.TEST_SETTINGS)
     assert len(seen) == 2 * sum(len(c["photos"]) for c in committed.values())
     assert len({path for *_, path, _, _ in seen}) == len(seen)
     assert all(extra["style"] == "woman_with_a_hat.jpg" and step == 0.5 for _, _, _, step, _, _, extra in seen)
@@ -756,8 +760,7 @@ def test_the_handoff_finer_test_runs_the_pyramid_settings_with_and_without(monke
     monkeypatch.setattr(finer, "run_all", fake_run_all)
     assert finer.main(["test", "--lr", "0.0036", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
-    committed = {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text())
-                 for name in finer.TEST_SETTINGS}
+    committed = _committed_settings(finer.TEST_SETTINGS)
     assert len(seen) == 2 * sum(len(c["photos"]) for c in committed.values())
     assert report["table"]["256-pyramid-on"]["holds"] and not report["table"]["384-pyramid-on"]["holds"]
     assert not report["part_b_holds"] and report["handoff_finer_lr"] == 0.0036

@@ -842,22 +842,29 @@ def test_backoff_halves_the_learned_step_once_the_loss_stays_above_its_lowest(mo
     assert "0.25x" in infos[6].notice and "backoff" not in (plain[3].notice or "")
 
 
-def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(monkeypatch):
-    """The backoff test's run with handoff_lr: the LSTM takes the first 4 steps (as without handoff,
-    the 4th shortened), then Adam on the multi-scale basis, at the given rate, the other 4; backoff does not act after
-    that, and the notice says so.  With --no-backoff, handoff still watches the loss."""
+def _record_steps(monkeypatch) -> list:
+    """A list that gets, per optimizer step, "lstm" for a learned step, Adam's current rate for an Adam
+    step on the multi-scale basis, and "basis" for the basis wrapper around a learned step."""
     from artopt.learned_optimizers import LearnedOptimizer
     from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
 
-    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
-    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0.004,
-                     handoff_warmup=0)
     steps = []
     real_learned, real_multiscale = LearnedOptimizer.step, MultiscaleOptimizer.step
     monkeypatch.setattr(LearnedOptimizer, "step", lambda self, *a, **k: steps.append("lstm") or real_learned(self, *a, **k))
     monkeypatch.setattr(MultiscaleOptimizer, "step", lambda self, *a, **k: steps.append(
         self.inner.param_groups[0]["lr"] if isinstance(self.inner, torch.optim.Adam) else "basis") or
         real_multiscale(self, *a, **k))
+    return steps
+
+
+def test_handoff_goes_on_with_adam_on_the_basis_where_backoff_would_first_act(monkeypatch):
+    """The backoff test's run with handoff_lr: the LSTM takes the first 4 steps (as without handoff,
+    the 4th shortened), then Adam on the multi-scale basis, at the given rate, the other 4; backoff does not act after
+    that, and the notice says so.  With --no-backoff, handoff still watches the loss."""
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
+    config = _config(optimizer="lstm", steps=8, lr=3.0, content_weight=100.0, keep_best=False, handoff_lr=0.004,
+                     handoff_warmup=0)
+    steps = _record_steps(monkeypatch)
     _, infos = _run(config)
     assert steps == ["basis", "lstm"] * 4 + [0.004] * 4
     assert [i.step_scale for i in infos] == [None] * 8
@@ -891,16 +898,8 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     """With the pyramid (128 -> 256 px), the handoff test's run hands the coarse scale off after its 4th
     step; handoff_finer_lr then runs the 256 px scale with Adam on the basis from its first step (ramping
     up over handoff_warmup) instead of a fresh LSTM, and says so.  Without a handoff it changes nothing."""
-    from artopt.learned_optimizers import LearnedOptimizer
-    from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
-
     monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
-    steps = []
-    real_learned, real_multiscale = LearnedOptimizer.step, MultiscaleOptimizer.step
-    monkeypatch.setattr(LearnedOptimizer, "step", lambda self, *a, **k: steps.append("lstm") or real_learned(self, *a, **k))
-    monkeypatch.setattr(MultiscaleOptimizer, "step", lambda self, *a, **k: steps.append(
-        self.inner.param_groups[0]["lr"] if isinstance(self.inner, torch.optim.Adam) else "basis") or
-        real_multiscale(self, *a, **k))
+    steps = _record_steps(monkeypatch)
     config = _config(optimizer="lstm", size=256, pyramid=True, steps=12, lr=3.0, content_weight=100.0,
                      keep_best=False, handoff_lr=0.004, handoff_warmup=0, fine_scale_step=1.0)
     _, plain = _run(config)  # (engine.split_steps: 8 coarse steps, then 4)
