@@ -28,6 +28,12 @@ only if all of these hold:
       and below Adam (pixels, its default rate) in all 16 runs.
 Otherwise the option stays off, and the README and card say what was measured.
 
+Session 57: the probe picked 0.0036 (0.831 / 0.880 of the engine's loss with piano_keyboard_sketch /
+vallotton_camille_mauclair; 0.0009: 0.955 / 1.054); (a) held (0.828 / 0.896, woman_with_a_hat 1.0000);
+(b) failed: at 256 px one test photo with the held-out style was handed off on its 128 px scale and
+ended 19% higher, 1.037x the engine's mean there (384 / 512 px: no coarse handoff, 1.0000).  So the
+option stays off.  (c), run afterwards: mean 0.972, the 4 handed-off runs 0.86-0.93, 16 of 16 below Adam.
+
     .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\
         --styles piano_keyboard_sketch.jpg vallotton_camille_mauclair.jpg woman_with_a_hat.jpg --jobs 2 \\
