@@ -60,6 +60,8 @@ PHOTOS = 4
 SIZE = 512
 PROBE_LRS = (0.0009, 0.0036)
 STYLES = ("piano_keyboard_sketch.jpg", "vallotton_camille_mauclair.jpg", "woman_with_a_hat.jpg")
+OTHER_STYLES = ("klee_clouds_over_bor.jpg", "van_doesburg_composition_xiii.jpg", "zigzag_colorful.jpg",
+                "composition_vii.jpg", "shipwreck_of_the_minotaur.jpg")  # (for --styles; starry_night is the training one)
 TEST_SETTINGS = ("256-pyramid-on", "384-pyramid-on", "512-pyramid-on")
 VAL_MAX = {"woman_with_a_hat.jpg": 1.002}  # (a): the other styles' limit is below 1
 TEST_MAX_RATIO = 1.005  # (b)
@@ -86,7 +88,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
                     "(default: %(default)s)")
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
-    ap.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES[:2]), help="probe (default: %(default)s)")
+    ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES[:2]),
+                    help="probe (default: %(default)s)")
+    ap.add_argument("--fresh-photos", action="store_true", help="probe: 4 validation photos outside the 8 of "
+                    "bench/fine_scale_step.py's rule (instead of --first-photo)")
+    ap.add_argument("--where-it-acts", action="store_true", help="probe: run the option only where the engine's run "
+                    "handed a scale before the last off; elsewhere it is the same run (tests/test_engine.py)")
     ap.add_argument("--first-photo", type=int, choices=range(0, 8 - PHOTOS + 1), default=0,
                     help="probe: which of the 8 validation photos: this one and the next %d (default: %%(default)s)"
                     % (PHOTOS - 1))
@@ -102,19 +109,33 @@ def main(argv=None) -> int:
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     write_report(test(args.lr, args.runs, args.jobs) if args.what == "test"
-                 else probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs), args.json)
+                 else probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
+                            args.where_it_acts), args.json)
     return 0
 
 
-def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int) -> dict:
+def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int, fresh: bool = False,
+          where_it_acts: bool = False) -> dict:
     from artopt.tasks.neural_art import NeuralArtTask
 
-    # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), PHOTOS of them
-    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[first_photo:first_photo + PHOTOS]
+    val = NeuralArtTask(size=64).split["val"]
+    used = random.Random(0).sample(val, 8)  # the fine_scale_step rule's validation photos (its VAL_SIZES' 8)
+    photos = (random.Random(57).sample(sorted(set(val) - set(used)), PHOTOS) if fresh
+              else used[first_photo:first_photo + PHOTOS])
     variants = [None, *lrs]
-    work = [("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v)}-{p}.json", False,
-             extra(style, v)) for v in variants for style in styles for p in photos]
-    runs = run_all(work, jobs)
+
+    def job(style, p, v):
+        return ("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v)}-{p}.json", False,
+                extra(style, v))
+
+    if where_it_acts:
+        runs = run_all([job(style, p, None) for style in styles for p in photos], jobs)
+        acts = [r for r in runs if _handed_off_before_final(r)]
+        done = run_all([job(r["style"], r["photo"], v) for r in acts for v in lrs], jobs)
+        runs += done + [{**r, "handoff_finer_lr": v, "same_run_as_the_engine": True}
+                        for r in runs if not _handed_off_before_final(r) for v in lrs]
+    else:
+        runs = run_all([job(style, p, v) for v in variants for style in styles for p in photos], jobs)
     table = {}
     for style in styles:
         mine = [r for r in runs if r["style"] == style]
@@ -130,6 +151,7 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
     pick = min(sums, key=sums.get)
     print(f"sum of the styles' ratios: {sums}; lower: {pick}")
     return {"what": "bench/handoff_finer.py probe (see its docstring for the pick and the rule)", "photos": photos,
+            "fresh_photos": fresh, "where_it_acts": where_it_acts,
             "size": SIZE, "pyramid": True, "steps": STEPS, "threads": 1, "styles": styles, "lrs": lrs,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "table": table, "sum_of_ratios": sums,
             "lower_sum": pick, "all_styles_hold": {f"{v:g}": all(row[f"{v:g}"]["holds"] for row in table.values())

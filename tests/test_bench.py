@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import math
 import shutil
 import sys
@@ -766,3 +767,28 @@ def test_the_handoff_finer_test_runs_the_pyramid_settings_with_and_without(monke
     assert not report["part_b_holds"] and report["handoff_finer_lr"] == 0.0036
     assert report["table"]["512-pyramid-on"]["photos_handed_off_before_the_final_scale"] == len(
         committed["512-pyramid-on"]["photos"])
+
+
+def test_the_handoff_finer_probe_can_run_the_option_only_where_it_acts(monkeypatch, tmp_path):
+    """--where-it-acts: the engine's runs first, then the option only on the photos whose engine run
+    handed a scale before the last off; the others count as the same run.  --fresh-photos takes 4
+    validation photos outside the rule's 8."""
+    finer = load("handoff_finer")
+    calls = []
+
+    def fake_run_all(jobs, workers):
+        calls.append(jobs)
+        return [{"photo": photo, "size": size, **extra, "final": 1.0 if extra["handoff_finer_lr"] else 2.0,
+                 "handed_off_scales": [0] if photo == jobs[0][1] else [], "n_scales": 2}
+                for _, photo, size, _, _, _, extra in jobs]
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["probe", "--lrs", "0.0036", "--fresh-photos", "--where-it-acts", "--styles", "klee_clouds_over_bor.jpg",
+                       "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert [len(c) for c in calls] == [4, 1] and all(extra["handoff_finer_lr"] is None for *_, extra in calls[0])
+    assert calls[1][0][1] == calls[0][0][1]  # (the photo handed off)
+    from artopt.tasks.neural_art import NeuralArtTask
+
+    assert not set(report["photos"]) & set(random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8))
+    assert report["table"]["klee_clouds_over_bor"]["0.0036"]["over_engine"] == pytest.approx((1.0 + 3 * 2.0) / 8)
