@@ -33,6 +33,9 @@ vallotton_camille_mauclair; 0.0009: 0.955 / 1.054); (a) held (0.828 / 0.896, wom
 (b) failed: at 256 px one test photo with the held-out style was handed off on its 128 px scale and
 ended 19% higher, 1.037x the engine's mean there (384 / 512 px: no coarse handoff, 1.0000).  So the
 option stays off.  (c), run afterwards: mean 0.972, the 4 handed-off runs 0.86-0.93, 16 of 16 below Adam.
+A last probe on 4 fresh validation photos (``probe --fresh-photos --where-it-acts``): with 200 steps the
+moderately far styles were handed off on the coarse scale too, and ended 1.054x (klee_clouds_over_bor) and
+1.111x (van_doesburg_composition_xiii) the engine's loss; piano_keyboard_sketch 0.837.
 
     .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 import math
+import random
 import shutil
 import sys
 import tempfile

@@ -185,8 +185,9 @@ class StylizeConfig:
                 "with Adam on the multi-scale basis from their first step, at this rate ramping up over "
                 "--handoff-warmup steps (0: off, each finer scale starts with the learned optimizer again). At 512 px "
                 "(0.0036) it ended 0.83x as high with piano_keyboard_sketch and 0.90x with vallotton_camille_mauclair "
-                "on validation photos, 0.86-0.93x in the CLI; not the default: a photo with the held-out style handed "
-                "off at 128 px ended 19% higher at 256 px (bench/handoff_finer.py)"})
+                "on validation photos, 0.86-0.93x in the CLI; not the default: nearer styles are handed off too and do "
+                "better with the fresh LSTM (the held-out style at 128 px 19%, klee_clouds_over_bor 5% and "
+                "van_doesburg_composition_xiii 11% at 512 px with 200 steps; bench/handoff_finer.py)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
