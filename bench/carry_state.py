@@ -17,7 +17,6 @@ reports: bench/results/carry_state_val.json, train/results/neural_art/ablation-c
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
 from artopt.script_args import script_parser  # noqa: E402
 from cli_runs import write_report  # noqa: E402
-from fine_scale_step import STEPS, run_all, summarize  # noqa: E402  (the runs are that script's, with carry_state)
+from fine_scale_step import STEPS, run_all, summarize, val_photos  # noqa: E402  (the runs are that script's, with carry_state)
 
 DEFAULT = ("no carry", 0.5)
 CANDIDATES = (("carry", 0.5), ("carry", 1.0))
@@ -63,12 +62,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "fine_scale_step",
                     help="folder of the per-run files (default: %(default)s)")
     args = ap.parse_args(argv)
-    from artopt.tasks.neural_art import NeuralArtTask
-
     variants = (DEFAULT, *CANDIDATES)
     val_path = ROOT / "bench" / "results" / "carry_state_val.json"
     if args.what == "val":
-        photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], max(VAL_SIZES.values()))
+        photos = val_photos()  # (the same 8: VAL_SIZES here are fine_scale_step's)
         jobs = [("val", p, size, v[1], _file(args.runs, "val", size, v, p), v[0] == "carry")
                 for v in variants for size, n in VAL_SIZES.items() for p in photos[:n]]
         runs = run_all(jobs, args.jobs)

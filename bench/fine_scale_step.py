@@ -66,6 +66,19 @@ def one_run(job: tuple) -> dict:
     return out
 
 
+def val_photos() -> list[str]:
+    """The rule's 8 validation photos, in the order its runs take them (VAL_SIZES' sizes use the first n);
+    the later benchmarks on the same question (carry_state, handoff, handoff_finer) use them too."""
+    from artopt.tasks.neural_art import NeuralArtTask
+
+    return random.Random(0).sample(NeuralArtTask(size=64).split["val"], max(VAL_SIZES.values()))
+
+
+def committed_settings(names) -> dict[str, dict]:
+    """The evaluation's committed results (train/results/neural_art/NAME.json) of these test settings."""
+    return {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
+
+
 def run_all(jobs: list, workers: int) -> list[dict]:
     if workers <= 1:
         return [one_run(j) for j in jobs]
@@ -104,10 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "fine_scale_step",
                     help="folder of the per-run files (default: %(default)s)")
     args = ap.parse_args(argv)
-    from artopt.tasks.neural_art import NeuralArtTask
-
     if args.what == "val":
-        photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], max(VAL_SIZES.values()))
+        photos = val_photos()
         jobs = [("val", p, size, m, args.runs / f"val-{size}-{m:g}-{p}.json")
                 for m in (1.0, *CANDIDATES) for size, n in VAL_SIZES.items() for p in photos[:n]]
         runs = run_all(jobs, args.jobs)

@@ -60,8 +60,6 @@ test photos had shown the rise, so part (b) below is a second look at those phot
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 from pathlib import Path
 
@@ -69,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, STYLIZE_LR_MULTISCALE  # noqa: E402
 from cli_runs import write_report  # noqa: E402
-from fine_scale_step import RESULTS, ROOT, STEPS, run_all, summarize  # noqa: E402
+from fine_scale_step import RESULTS, ROOT, STEPS, committed_settings, run_all, summarize, val_photos  # noqa: E402
 
 PHOTOS = 4
 SIZES = (256, 512)
@@ -110,10 +108,7 @@ def main(argv=None) -> int:
     if args.what == "test":
         write_report(test(args.lr, args.runs, args.jobs, args.warmup), args.json)
         return 0
-    from artopt.tasks.neural_art import NeuralArtTask
-
-    # the fine_scale_step rule's validation photos (its VAL_SIZES' 8), the first PHOTOS of them
-    photos = random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8)[args.first_photo:args.first_photo + PHOTOS]
+    photos = val_photos()[args.first_photo:args.first_photo + PHOTOS]  # (the fine_scale_step rule's)
     variants, styles, sizes = (None, args.lr), args.styles, args.sizes
     flat = "-flat" if args.no_pyramid else ""  # (the probe's first runs, all with the pyramid, keep their names)
     jobs = [("val", p, size, FINE_SCALE_STEP,
@@ -153,7 +148,7 @@ def run_extra(lr: float | None, warmup: int, pyramid: bool) -> dict:
 
 def test(lr: float, runs_dir: Path, jobs: int, warmup: int = 0) -> dict:
     """The rule's part 1: engine defaults without and with the handoff at ``lr`` on each test setting."""
-    settings = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TEST_SETTINGS}
+    settings = committed_settings(TEST_SETTINGS)
     work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{run_tag(v, warmup)}-{p}.json", False,
              {"style": c["style"], **run_extra(v, warmup, pyramid=name.endswith("-on"))})
             for name, c in settings.items() for p in c["photos"] for v in (None, lr)]

@@ -48,7 +48,6 @@ Each run is one JSON file under --runs (reused when present).
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -57,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
 from cli_runs import write_report  # noqa: E402
-from fine_scale_step import RESULTS, ROOT, STEPS, run_all, summarize  # noqa: E402
+from fine_scale_step import RESULTS, ROOT, STEPS, committed_settings, run_all, summarize, val_photos  # noqa: E402
 
 PHOTOS = 4
 SIZE = 512
@@ -121,9 +120,8 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
           where_it_acts: bool = False) -> dict:
     from artopt.tasks.neural_art import NeuralArtTask
 
-    val = NeuralArtTask(size=64).split["val"]
-    used = random.Random(0).sample(val, 8)  # the fine_scale_step rule's validation photos (its VAL_SIZES' 8)
-    photos = (random.Random(57).sample(sorted(set(val) - set(used)), PHOTOS) if fresh
+    used = val_photos()  # the fine_scale_step rule's
+    photos = (random.Random(57).sample(sorted(set(NeuralArtTask(size=64).split["val"]) - set(used)), PHOTOS) if fresh
               else used[first_photo:first_photo + PHOTOS])
     variants = [None, *lrs]
 
@@ -168,7 +166,7 @@ def _handed_off_before_final(run: dict) -> bool:
 
 def test(lr: float, runs_dir: Path, jobs: int) -> dict:
     """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting."""
-    settings = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TEST_SETTINGS}
+    settings = committed_settings(TEST_SETTINGS)
     work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v)}-{p}.json", False,
              extra(c["style"], v)) for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
     runs = run_all(work, jobs)

@@ -822,11 +822,10 @@ def stylize(content: Image.Image | torch.Tensor,
         # ones from their start (off by default: a coarse handoff does not always mean a style far from its
         # training, bench/handoff_finer.py).
         adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
+        warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
         if adam_from_start:
-            optimizer = _make_optimizer("adam", image, config.handoff_finer_lr, basis="multiscale")
-            ramp = f", reached over {config.handoff_warmup} steps" if config.handoff_warmup else ""
-            started = (f"a coarser scale was handed off: Adam on the multi-scale basis runs this scale from its "
-                       f"start at lr {config.handoff_finer_lr:g}{ramp} (handoff)")
+            optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_finer_lr, config.handoff_warmup)
+            started = f"a coarser scale was handed off: Adam on the multi-scale basis runs this scale from its start at {rate}"
             notice = f"{notice}; {started}" if notice else started
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
@@ -869,9 +868,6 @@ def stylize(content: Image.Image | torch.Tensor,
             return losses["total"]
 
         last_good = image.detach().clone()
-        warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
-        if adam_from_start and config.handoff_warmup:
-            warmup = _warmup(optimizer, config.handoff_warmup)
         while evals < allowed:
             if should_stop is not None and should_stop():  # (asked before this scale's first step)
                 stopped = True
@@ -895,12 +891,9 @@ def stylize(content: Image.Image | torch.Tensor,
                           f"for {BACKOFF_PATIENCE} steps; ")
                 if config.handoff_lr:
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
-                    optimizer = _make_optimizer("adam", image, config.handoff_lr, basis="multiscale")
-                    if config.handoff_warmup:
-                        warmup = _warmup(optimizer, config.handoff_warmup)
+                    optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_lr, config.handoff_warmup)
                     backoff, step_scale, handed_off = None, None, True
-                    ramp = f", reached over {config.handoff_warmup} steps" if config.handoff_warmup else ""
-                    lowered = f"{stayed}Adam on the multi-scale basis goes on at lr {config.handoff_lr:g}{ramp} (handoff)"
+                    lowered = f"{stayed}Adam on the multi-scale basis goes on at {rate}"
                 else:
                     lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
                 step_notice = f"{step_notice}; {lowered}" if step_notice else lowered
@@ -960,10 +953,16 @@ def stylize(content: Image.Image | torch.Tensor,
     return preview(at_output(image))
 
 
-def _warmup(optimizer, steps: int) -> torch.optim.lr_scheduler.LinearLR:
-    """Adam's rate after a handoff: rate/(n+1), 2 rate/(n+1), ..., the full rate from its (n+1)th step on
-    (fresh moments would otherwise move every coefficient by about the rate at once)."""
-    return torch.optim.lr_scheduler.LinearLR(optimizer.inner, start_factor=1 / (steps + 1), total_iters=steps)
+def _adam_after_handoff(image: torch.Tensor, lr: float, warmup_steps: int):
+    """Adam on the multi-scale basis (fresh moments) where the learned optimizer hands over; with a warm-up
+    its rate goes rate/(n+1), 2 rate/(n+1), ..., the full rate from its (n+1)th step on (fresh moments
+    would otherwise move every coefficient by about the rate at once).  Returns the optimizer, the
+    scheduler to step after each of its steps (None without a warm-up) and the notice's words for the rate."""
+    optimizer = _make_optimizer("adam", image, lr, basis="multiscale")
+    warmup = (torch.optim.lr_scheduler.LinearLR(optimizer.inner, start_factor=1 / (warmup_steps + 1),
+                                                total_iters=warmup_steps) if warmup_steps else None)
+    ramp = f", reached over {warmup_steps} steps" if warmup_steps else ""
+    return optimizer, warmup, f"lr {lr:g}{ramp} (handoff)"
 
 
 def config_from_dict(values: dict) -> StylizeConfig:
