@@ -37,6 +37,28 @@ A last probe on 4 fresh validation photos (``probe --fresh-photos --where-it-act
 moderately far styles were handed off on the coarse scale too, and ended 1.054x (klee_clouds_over_bor) and
 1.111x (van_doesburg_composition_xiii) the engine's loss; piano_keyboard_sketch 0.837.
 
+Session 58: only an early coarse handoff (StylizeConfig.handoff_finer_within).  The far styles' learned
+optimizer may stall sooner on the coarse scale than the moderately far ones'.  ``when`` runs again each
+committed probe run (the three probe files above, 512 px, 200 steps) whose coarse scale was handed off,
+with the engine's defaults, and records how many of the coarse scale's steps the learned optimizer took
+before the handoff (as a fraction of that scale's steps), beside the option's ratio to the engine there
+(at 0.0036).  The rule below was committed before any of those fractions was seen.
+The threshold: for each fraction t seen, G(t) = sum over the rows with fraction <= t of (1 - ratio);
+t* = the t with the largest G (the smallest such t on a tie).  If G(t*) <= 0, or t* is the largest
+fraction seen (nothing gated out), the option stays off.  Otherwise F = the midpoint of t* and the next
+larger fraction seen, rounded to 2 decimals, and handoff_finer_lr = 0.0036 with handoff_finer_within = F
+becomes the engine's default only if all of these hold:
+  (a') ``probe --fresh-photos 58 --lrs 0.0036 --within F --where-it-acts`` on all 8 styles other than
+       the training one (4 validation photos no earlier run of this question used; 512 px, pyramid on,
+       200 steps, 1 thread): the mean over the 32 (photo, style) ratios to the engine is below 1, no
+       style's mean ratio is above 1.005, and no run is above 1.05;
+  (b') ``test --lr 0.0036 --within F``: each pyramid-on test setting's mean final loss at most 1.005x the
+       engine's;
+  (c') ``bench/style_sweep.py --size 512 --handoff-finer-lr 0.0036 --handoff-finer-within F`` (the CLI's
+       150 steps): mean ratio to the LSTM as it is at most 1, no run above 1.02, below Adam in all 16.
+Otherwise handoff_finer_within stays a flag (default 1) and the option stays off.
+
+    .venv/bin/python bench/handoff_finer.py when --jobs 2             # ~20 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\
         --styles piano_keyboard_sketch.jpg vallotton_camille_mauclair.jpg woman_with_a_hat.jpg --jobs 2 \\
@@ -48,6 +70,7 @@ Each run is one JSON file under --runs (reused when present).
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -67,33 +90,44 @@ OTHER_STYLES = ("klee_clouds_over_bor.jpg", "van_doesburg_composition_xiii.jpg",
 TEST_SETTINGS = ("256-pyramid-on", "384-pyramid-on", "512-pyramid-on")
 VAL_MAX = {"woman_with_a_hat.jpg": 1.002}  # (a): the other styles' limit is below 1
 TEST_MAX_RATIO = 1.005  # (b)
+RUNS = ROOT / "runs" / "handoff_finer"
+PROBE_FILES = ("handoff_finer_probe.json", "handoff_finer_rule_val.json", "handoff_finer_probe_fresh.json")
+WHEN_JSON = ROOT / "bench" / "results" / "handoff_finer_when.json"
+FRESH_SEEDS = (57, 58)  # --fresh-photos: session 57's probe, then session 58's rule
+WHEN_LR = 0.0036  # the rate those files ran the option at (and the probe's pick)
 
 
-def extra(style: str, finer: float | None) -> dict:
-    """fine_scale_step.one_run's ``extra``: the engine's handoff, and the finer scales' rate (None: off)."""
-    return {"style": style, "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pyramid": True,
-            "handoff_finer_lr": finer}
+def extra(style: str, finer: float | None, within: float = 1.0) -> dict:
+    """fine_scale_step.one_run's ``extra``: the engine's handoff, and the finer scales' rate (None: off)
+    and handoff_finer_within (recorded where it is not 1, so that earlier runs' files stay valid)."""
+    out = {"style": style, "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pyramid": True,
+           "handoff_finer_lr": finer}
+    return out if finer is None or within >= 1 else {**out, "handoff_finer_within": within}
 
 
-def tag(finer: float | None) -> str:
-    return "engine" if finer is None else f"finer{finer:g}"
+def tag(finer: float | None, within: float = 1.0) -> str:
+    return "engine" if finer is None else f"finer{finer:g}" + ("" if within >= 1 else f"-within{within:g}")
 
 
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
-    ap.add_argument("what", choices=("probe", "test"))
+    ap.add_argument("what", choices=("probe", "test", "when"))
     ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "handoff_finer",
+    ap.add_argument("--runs", type=Path, default=RUNS,
                     help="folder of the per-run files (default: %(default)s)")
     ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_finer_probe.json; test: "
                     "train/results/neural_art/ablation-handoff-finer-lrLR.json)")
     ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
                     "(default: %(default)s)")
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
+    ap.add_argument("--within", type=float, default=1.0, help="probe, test: the option's handoff_finer_within, the "
+                    "fraction of a coarser scale's steps within which its handoff must come (default: %(default)s)")
     ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES[:2]),
                     help="probe (default: %(default)s)")
-    ap.add_argument("--fresh-photos", action="store_true", help="probe: 4 validation photos outside the 8 of "
-                    "bench/fine_scale_step.py's rule (instead of --first-photo)")
+    ap.add_argument("--fresh-photos", type=int, nargs="?", const=FRESH_SEEDS[0], choices=FRESH_SEEDS, metavar="SEED",
+                    help="probe: 4 validation photos outside the 8 of bench/fine_scale_step.py's rule and outside "
+                    "the samples of the seeds before SEED (instead of --first-photo; seeds %s; default %d)"
+                    % (", ".join(map(str, FRESH_SEEDS)), FRESH_SEEDS[0]))
     ap.add_argument("--where-it-acts", action="store_true", help="probe: run the option only where the engine's run "
                     "handed a scale before the last off; elsewhere it is the same run (tests/test_engine.py)")
     ap.add_argument("--first-photo", type=int, choices=range(0, 8 - PHOTOS + 1), default=0,
@@ -105,43 +139,59 @@ def main(argv=None) -> int:
             ap.error(f"rates must be positive, got {rate}")
     if args.what == "test" and args.lr is None:
         ap.error("test needs --lr")
+    if not 0 <= args.within <= 1:
+        ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
     if args.json is None:
         args.json = (RESULTS / f"ablation-handoff-finer-lr{args.lr:g}.json" if args.what == "test"
                      else ROOT / "bench" / "results" / "handoff_finer_probe.json")
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
-    write_report(test(args.lr, args.runs, args.jobs) if args.what == "test"
+    if args.what == "when":
+        write_report(when(args.runs if args.runs != RUNS else ROOT / "runs" / "handoff_when", args.jobs),
+                     args.json if args.json != ROOT / "bench" / "results" / "handoff_finer_probe.json" else WHEN_JSON)
+        return 0
+    write_report(test(args.lr, args.runs, args.jobs, args.within) if args.what == "test"
                  else probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
-                            args.where_it_acts), args.json)
+                            args.where_it_acts, args.within), args.json)
     return 0
 
 
-def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int, fresh: bool = False,
-          where_it_acts: bool = False) -> dict:
+def fresh_photos(seed: int) -> list[str]:
+    """PHOTOS validation photos drawn with ``seed`` from those no earlier question used: outside the 8 of
+    fine_scale_step's rule and outside the samples of the FRESH_SEEDS before ``seed``."""
     from artopt.tasks.neural_art import NeuralArtTask
 
-    used = val_photos()  # the fine_scale_step rule's
-    photos = (random.Random(57).sample(sorted(set(NeuralArtTask(size=64).split["val"]) - set(used)), PHOTOS) if fresh
-              else used[first_photo:first_photo + PHOTOS])
+    used = set(val_photos())
+    for earlier in FRESH_SEEDS:
+        photos = random.Random(earlier).sample(sorted(set(NeuralArtTask(size=64).split["val"]) - used), PHOTOS)
+        if earlier == seed:
+            return photos
+        used |= set(photos)
+    raise ValueError(f"no fresh photos for seed {seed}")
+
+
+def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int, fresh: int | None = None,
+          where_it_acts: bool = False, within: float = 1.0) -> dict:
+    photos = fresh_photos(fresh) if fresh else val_photos()[first_photo:first_photo + PHOTOS]
     variants = [None, *lrs]
 
     def job(style, p, v):
-        return ("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v)}-{p}.json", False,
-                extra(style, v))
+        return ("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v, within)}-{p}.json",
+                False, extra(style, v, within))
 
     if where_it_acts:
         runs = run_all([job(style, p, None) for style in styles for p in photos], jobs)
-        acts = [r for r in runs if _handed_off_before_final(r)]
+        acts = [r for r in runs if _handed_off_before_final(r, within)]
         done = run_all([job(r["style"], r["photo"], v) for r in acts for v in lrs], jobs)
-        runs += done + [{**r, "handoff_finer_lr": v, "same_run_as_the_engine": True}
-                        for r in runs if not _handed_off_before_final(r) for v in lrs]
+        runs += done + [{**r, "handoff_finer_lr": v, "handoff_finer_within": within, "same_run_as_the_engine": True}
+                        for r in runs if not _handed_off_before_final(r, within) for v in lrs]
     else:
         runs = run_all([job(style, p, v) for v in variants for style in styles for p in photos], jobs)
     table = {}
     for style in styles:
         mine = [r for r in runs if r["style"] == style]
         means = {v: sum(r["final"] for r in mine if r["handoff_finer_lr"] == v) / PHOTOS for v in variants}
-        coarse = sum(_handed_off_before_final(r) for r in mine if r["handoff_finer_lr"] is None)
+        coarse = sum(_handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None)
         table[Path(style).stem] = {"engine": means[None], "photos_handed_off_before_the_final_scale": coarse,
                                    **{f"{v:g}": {"mean": means[v], "over_engine": means[v] / means[None],
                                                  "holds": means[v] / means[None] <= VAL_MAX.get(style, 1 - 1e-12)}
@@ -152,23 +202,28 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
     pick = min(sums, key=sums.get)
     print(f"sum of the styles' ratios: {sums}; lower: {pick}")
     return {"what": "bench/handoff_finer.py probe (see its docstring for the pick and the rule)", "photos": photos,
-            "fresh_photos": fresh, "where_it_acts": where_it_acts,
+            "fresh_photos": fresh, "where_it_acts": where_it_acts, "within": within,
             "size": SIZE, "pyramid": True, "steps": STEPS, "threads": 1, "styles": styles, "lrs": lrs,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "table": table, "sum_of_ratios": sums,
             "lower_sum": pick, "all_styles_hold": {f"{v:g}": all(row[f"{v:g}"]["holds"] for row in table.values())
                                                    for v in lrs}, "runs": runs}
 
 
-def _handed_off_before_final(run: dict) -> bool:
-    """Whether a scale before the run's last was handed off to Adam: the runs the option can change."""
-    return bool(run["handed_off_scales"]) and min(run["handed_off_scales"]) < run["n_scales"] - 1
+def _handed_off_before_final(run: dict, within: float = 1.0) -> bool:
+    """Whether a scale before the run's last was handed off to Adam (within ``within`` of its steps, as the
+    engine counts them): the runs the option can change."""
+    if within >= 1:
+        return bool(run["handed_off_scales"]) and min(run["handed_off_scales"]) < run["n_scales"] - 1
+    starts = run["scale_starts"]
+    return any(scale < run["n_scales"] - 1 and step <= within * (starts[scale + 1] - starts[scale])
+               for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
 
 
-def test(lr: float, runs_dir: Path, jobs: int) -> dict:
+def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0) -> dict:
     """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting."""
     settings = committed_settings(TEST_SETTINGS)
-    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v)}-{p}.json", False,
-             extra(c["style"], v)) for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v, within)}-{p}.json", False,
+             extra(c["style"], v, within)) for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
     runs = run_all(work, jobs)
     table = {}
     for name, c in settings.items():
@@ -180,15 +235,44 @@ def test(lr: float, runs_dir: Path, jobs: int) -> dict:
         table[name] = {"photos": c["photos"], "style": c["style"], "best_baseline": c["best_baseline"],
                        "best_baseline_final_loss": best, "engine": engine, "finer": finer, "finer_over_engine": ratio,
                        "photos_handed_off_before_the_final_scale": sum(
-                           _handed_off_before_final(r) for r in mine if r["handoff_finer_lr"] is None),
+                           _handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None),
                        "holds": ratio <= TEST_MAX_RATIO}
         print(f"{name}: engine {engine['mean_final']:.5f} ({engine['over_best_baseline']:.4f} of {c['best_baseline']}), "
               f"finer {finer['mean_final']:.5f} ({finer['over_best_baseline']:.4f}); finer / engine {ratio:.4f}", flush=True)
     holds = all(row["holds"] for row in table.values())
     print(f"part (b) of the rule (each setting's finer / engine <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
     return {"what": "part (b) of bench/handoff_finer.py's rule, committed before its runs", "handoff_finer_lr": lr,
+            "handoff_finer_within": within,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "steps": STEPS, "threads": 1,
             "max_ratio": TEST_MAX_RATIO, "table": table, "part_b_holds": holds, "runs": runs}
+
+
+def when(runs_dir: Path, jobs: int) -> dict:
+    """How early on the coarse scale the engine handed off, in the committed probe runs the option changed:
+    each such engine run again (the engine's defaults; its final loss must repeat the committed one), now
+    recording the learned optimizer's steps on the coarse scale before the handoff, beside the option's
+    ratio to the engine on that photo and style (from the committed runs at WHEN_LR)."""
+    committed = [r for name in PROBE_FILES for r in json.loads((ROOT / "bench" / "results" / name).read_text())["runs"]]
+    finer = {(r["photo"], r["style"]): r["final"] for r in committed
+             if r["handoff_finer_lr"] == WHEN_LR and not r.get("same_run_as_the_engine")}
+    engine = {(r["photo"], r["style"]): r for r in committed if r["handoff_finer_lr"] is None}
+    keys = [k for k, r in engine.items() if k in finer and _handed_off_before_final(r)]
+    runs = run_all([("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-engine-{p}.json", False,
+                     extra(style, None)) for p, style in keys], jobs)
+    rows = []
+    for (photo, style), run in zip(keys, runs):
+        coarse_steps = run["scale_starts"][1]
+        first = run["handoff_steps"][0] if run["handed_off_scales"][:1] == [0] else None
+        rows.append({"photo": photo, "style": Path(style).stem, "coarse_scale_steps": coarse_steps,
+                     "lstm_steps_before_coarse_handoff": first,
+                     "fraction": None if first is None else first / coarse_steps,
+                     "repeats_committed_final": run["final"] == engine[(photo, style)]["final"],
+                     "finer_over_engine": finer[(photo, style)] / run["final"]})
+        print(f"{Path(style).stem:32s} {photo:34s} handoff after {first} of {coarse_steps} coarse steps; "
+              f"finer / engine {rows[-1]['finer_over_engine']:.4f}", flush=True)
+    return {"what": "bench/handoff_finer.py when: the coarse handoff's step in the probe runs the option changed",
+            "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
+            "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2), "runs": runs}
 
 
 if __name__ == "__main__":

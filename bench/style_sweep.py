@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--handoff-lr", type=float, help="also run the LSTM with this --handoff-lr")
     ap.add_argument("--handoff-warmup", type=int, default=0, help="and this --handoff-warmup (default: %(default)s)")
     ap.add_argument("--handoff-finer-lr", type=float, help="also run the LSTM with this --handoff-finer-lr")
+    ap.add_argument("--handoff-finer-within", type=float, help="and this --handoff-finer-within")
     args = ap.parse_args(argv)
     check_run_flags(ap, args)
     if args.handoff_lr is not None and not 0 < args.handoff_lr < float("inf"):
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
         ap.error(f"--handoff-finer-lr must be positive, got {args.handoff_finer_lr}")
     if args.handoff_finer_lr is not None and args.handoff_lr is not None:
         ap.error("--handoff-finer-lr is compared with the engine's defaults: not with --handoff-lr")
+    if args.handoff_finer_within is not None and (args.handoff_finer_lr is None
+                                                  or not 0 <= args.handoff_finer_within <= 1):
+        ap.error("--handoff-finer-within needs --handoff-finer-lr and is a fraction between 0 and 1")
     variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
     if args.handoff_lr is not None:
         variants["lstm"] += ["--handoff-lr", "0"]
@@ -51,6 +55,9 @@ def main(argv=None) -> int:
             variants["lstm_handoff"] += ["--handoff-warmup", str(args.handoff_warmup)]
     if args.handoff_finer_lr is not None:
         variants["lstm_finer"] = ["--optimizer", "lstm", "--handoff-finer-lr", f"{args.handoff_finer_lr:g}"]
+        if args.handoff_finer_within is not None:
+            variants["lstm_finer"] += ["--handoff-finer-within", f"{args.handoff_finer_within:g}"]
+    within = "" if args.handoff_finer_within is None else f"_within{args.handoff_finer_within:g}"
     if args.handoff_warmup and (args.handoff_lr is None or args.handoff_warmup < 0):
         ap.error("--handoff-warmup needs --handoff-lr and is 0 or more")
     warm = f"_w{args.handoff_warmup}" if args.handoff_warmup else ""
@@ -62,7 +69,7 @@ def main(argv=None) -> int:
             for name, flags in variants.items():
                 stem = f"{photo}_{style.stem}_" + (
                     f"lstm_handoff{args.handoff_lr:g}{warm}" if name == "lstm_handoff" else
-                    f"lstm_finer{args.handoff_finer_lr:g}" if name == "lstm_finer" else name)
+                    f"lstm_finer{args.handoff_finer_lr:g}{within}" if name == "lstm_finer" else name)
                 run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg", style,
                                      ["--size", str(args.size), *flags], args.out, stem, args.reuse)
                 row[name] = run["final_total"]  # the returned image's: with keep_best, its lowest-loss one
@@ -107,7 +114,8 @@ def main(argv=None) -> int:
     if args.handoff_finer_lr is not None:
         over = [r["finer_over_lstm"] for r in rows]
         report["handoff_finer"] = {
-            "lr": args.handoff_finer_lr, "runs_handed_off": sum(bool(r["lstm_finer_steps"]) for r in rows),
+            "lr": args.handoff_finer_lr, "within": args.handoff_finer_within,
+            "runs_handed_off": sum(bool(r["lstm_finer_steps"]) for r in rows),
             "mean_over_lstm": statistics.fmean(over), "worst_over_lstm": max(over), "best_over_lstm": min(over),
             "lower_than_adam": sum(r["lstm_finer_over_adam"] < 1 for r in rows),
             "worst_over_adam": max(r["lstm_finer_over_adam"] for r in rows)}

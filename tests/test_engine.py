@@ -916,6 +916,17 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_warmup=3))
     assert steps[8:12] == pytest.approx([0.001, 0.002, 0.003, 0.004]) and steps[12:] == pytest.approx(
         [0.0005, 0.001, 0.0015, 0.002])
+    # handoff_finer_within: only a handoff within that fraction of the coarser scale's steps counts (4 of 8 here)
+    steps[:] = []
+    _, late = _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_finer_within=0.4))
+    assert steps[:12] == ["basis", "lstm"] * 4 + [0.004] * 4 and "lstm" in steps[12:]
+    assert [i.losses["total"] for i in late] == [i.losses["total"] for i in plain]
+    steps[:] = []
+    _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_finer_within=0.5))
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 + [0.002] * 4
+    for bad in (-0.1, 1.5, math.nan, "0.5", True):
+        with pytest.raises(ValueError, match="handoff finer within must be a fraction"):
+            dataclasses.replace(config, handoff_finer_within=bad).validated()
     # no handoff, nothing to carry on: the same run with or without it
     off = dataclasses.replace(config, handoff_lr=0)
     assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))

@@ -363,7 +363,7 @@ def _load_average() -> float | None:
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
                 backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
                 handoff_lr: float | None = HANDOFF_LR, handoff_warmup: int = HANDOFF_WARMUP,
-                handoff_finer_lr: float | None = None) -> dict:
+                handoff_finer_lr: float | None = None, handoff_finer_within: float = 1.0) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -373,16 +373,21 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     if carry_state is not None:
         cfg.carry_state = carry_state
     cfg.handoff_lr, cfg.handoff_warmup, cfg.handoff_finer_lr = handoff_lr, handoff_warmup, handoff_finer_lr
+    cfg.handoff_finer_within = handoff_finer_within
     curve, times, = [], []
     final_scale_start = [0]
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
     handed_off_scales, n_scales = [], [1]  # the scales whose notices say "(handoff)"
+    scale_starts = {}  # scale index: steps done before its first step
+    handoff_steps = []  # the handoffs' steps, counted from their scale's start
 
     def cb(info):
         n_scales[0] = info.n_scales
+        scale_starts.setdefault(info.scale_index, info.step - 1)
         if info.notice and "(handoff)" in info.notice:
             backoff_scales.append("handoff")
             handed_off_scales.append(info.scale_index)
+            handoff_steps.append(info.step - scale_starts[info.scale_index])
         if info.step_scale is not None:
             backoff_scales.append(info.step_scale)
         if info.scale_index == info.n_scales - 1 and not curve:
@@ -397,7 +402,8 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     seconds = time.perf_counter() - t0
     return {"curve": curve, "final": curve[-1], "seconds": seconds, "loss_seconds": times[-1][1] if times else 0.0,
             "times": times, "first_final_scale_step": final_scale_start[0], "backoff_scales": backoff_scales,
-            "handed_off_scales": handed_off_scales, "n_scales": n_scales[0]}
+            "handed_off_scales": handed_off_scales, "handoff_steps": handoff_steps, "n_scales": n_scales[0],
+            "scale_starts": [scale_starts[i] for i in sorted(scale_starts)]}
 
 
 def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:

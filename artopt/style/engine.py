@@ -188,6 +188,10 @@ class StylizeConfig:
                 "on validation photos, 0.86-0.93x in the CLI; not the default: nearer styles are handed off too and do "
                 "better with the fresh LSTM (the held-out style at 128 px 19%, klee_clouds_over_bor 5% and "
                 "van_doesburg_composition_xiii 11% at 512 px with 200 steps; bench/handoff_finer.py)"})
+    handoff_finer_within: float = field(default=1.0, metadata={
+        "help": "lstm only: with --handoff-finer-lr, run the finer scales with Adam only where the coarser scale was "
+                "handed off within this fraction of its steps (1: after any handoff; 0.3: only where the learned "
+                "optimizer stalled in the first 30% of the coarser scale's steps)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -243,6 +247,9 @@ class StylizeConfig:
             raise ValueError(f"handoff lr must be 0 (off) or positive, got {self.handoff_lr}")
         if self.handoff_finer_lr is not None and not (0 <= self.handoff_finer_lr < math.inf):
             raise ValueError(f"handoff finer lr must be 0 (off) or positive, got {self.handoff_finer_lr}")
+        if isinstance(self.handoff_finer_within, bool) or not isinstance(self.handoff_finer_within, numbers.Real) \
+                or not 0 <= self.handoff_finer_within <= 1:
+            raise ValueError(f"handoff finer within must be a fraction between 0 and 1, got {self.handoff_finer_within!r}")
         if isinstance(self.handoff_warmup, bool) or not isinstance(self.handoff_warmup, int) or self.handoff_warmup < 0:
             raise ValueError(f"handoff warmup must be a non-negative integer (steps), got {self.handoff_warmup!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -776,7 +783,7 @@ def stylize(content: Image.Image | torch.Tensor,
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     budget = 0  # evaluations the scales up to this one may have used in all
     optimizer: torch.optim.Optimizer | None = None  # the current scale's
-    handed_off = False  # a scale so far was handed off to Adam (handoff_lr)
+    handed_off = False  # a scale so far was handed off to Adam (handoff_lr) within handoff_finer_within of its steps
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
             break
@@ -818,9 +825,9 @@ def stylize(content: Image.Image | torch.Tensor,
         if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
                 and hasattr(optimizer, "carry_state_from")):
             optimizer.carry_state_from(previous_optimizer)
-        # handoff_finer_lr: a scale the learned optimizer stalled on was handed off, and Adam runs the finer
-        # ones from their start (off by default: a coarse handoff does not always mean a style far from its
-        # training, bench/handoff_finer.py).
+        # handoff_finer_lr: a scale the learned optimizer stalled on (within handoff_finer_within of its steps)
+        # was handed off, and Adam runs the finer ones from their start (off by default: a coarse handoff does
+        # not always mean a style far from its training, bench/handoff_finer.py).
         adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
         warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
         if adam_from_start:
@@ -892,7 +899,8 @@ def stylize(content: Image.Image | torch.Tensor,
                 if config.handoff_lr:
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
                     optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_lr, config.handoff_warmup)
-                    backoff, step_scale, handed_off = None, None, True
+                    backoff, step_scale = None, None
+                    handed_off = handed_off or evals <= config.handoff_finer_within * scale_steps
                     lowered = f"{stayed}Adam on the multi-scale basis goes on at {rate}"
                 else:
                     lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
