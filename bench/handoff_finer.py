@@ -270,9 +270,25 @@ def when(runs_dir: Path, jobs: int) -> dict:
                      "finer_over_engine": finer[(photo, style)] / run["final"]})
         print(f"{Path(style).stem:32s} {photo:34s} handoff after {first} of {coarse_steps} coarse steps; "
               f"finer / engine {rows[-1]['finer_over_engine']:.4f}", flush=True)
+    pick = pick_within(rows)
+    print(f"threshold: {pick}", flush=True)
     return {"what": "bench/handoff_finer.py when: the coarse handoff's step in the probe runs the option changed",
             "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
-            "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2), "runs": runs}
+            "pick": pick, "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2),
+            "runs": runs}
+
+
+def pick_within(rows: list[dict]) -> dict:
+    """The docstring's threshold: G(t) = sum of (1 - ratio) over the rows with fraction <= t, t* its argmax
+    (the smallest on a tie); F = the midpoint of t* and the next larger fraction, 2 decimals, or None
+    (the option stays off) where G(t*) <= 0 or t* is the largest fraction."""
+    seen = sorted({r["fraction"] for r in rows if r["fraction"] is not None})
+    gains = {t: sum(1 - r["finer_over_engine"] for r in rows if r["fraction"] is not None and r["fraction"] <= t)
+             for t in seen}
+    best = max(seen, key=lambda t: (gains[t], -t)) if seen else None
+    within = (None if best is None or gains[best] <= 0 or best == seen[-1]
+              else round((best + seen[seen.index(best) + 1]) / 2, 2))
+    return {"gains": {f"{t:.4f}": g for t, g in gains.items()}, "t_star": best, "within": within}
 
 
 if __name__ == "__main__":

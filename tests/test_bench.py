@@ -792,3 +792,25 @@ def test_the_handoff_finer_probe_can_run_the_option_only_where_it_acts(monkeypat
 
     assert not set(report["photos"]) & set(random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8))
     assert report["table"]["klee_clouds_over_bor"]["0.0036"]["over_engine"] == pytest.approx((1.0 + 3 * 2.0) / 8)
+
+
+def test_the_handoff_finer_threshold_keeps_the_fractions_whose_gains_add_up_most():
+    pick = load("handoff_finer").pick_within
+    rows = [{"fraction": f, "finer_over_engine": r} for f, r in
+            [(0.2, 0.8), (0.3, 0.9), (0.5, 1.1), (0.7, 0.95), (0.9, 1.2), (None, 1.0)]]
+    # G: 0.2 -> 0.2, 0.3 -> 0.3, 0.5 -> 0.2, 0.7 -> 0.25, 0.9 -> 0.05: t* = 0.3, F halfway to 0.5
+    assert pick(rows) == {"gains": {"0.2000": pytest.approx(0.2), "0.3000": pytest.approx(0.3),
+                                    "0.5000": pytest.approx(0.2), "0.7000": pytest.approx(0.25),
+                                    "0.9000": pytest.approx(0.05)}, "t_star": 0.3, "within": 0.4}
+    assert pick([{"fraction": 0.2, "finer_over_engine": 1.01}, {"fraction": 0.4, "finer_over_engine": 1.0}])["within"] is None
+    assert pick([{"fraction": 0.2, "finer_over_engine": 0.9}, {"fraction": 0.4, "finer_over_engine": 0.9}])["within"] is None
+    assert pick([])["within"] is None
+
+
+def test_the_handoff_finer_probe_counts_a_coarse_handoff_within_the_fraction_as_the_engine_does():
+    acts = load("handoff_finer")._handed_off_before_final
+    run = {"handed_off_scales": [0, 1], "handoff_steps": [30, 20], "scale_starts": [0, 100], "n_scales": 2}
+    assert acts(run) and acts(run, 0.3) and not acts(run, 0.29)  # (the 512 px handoff cannot change a finer scale)
+    three = {"handed_off_scales": [1], "handoff_steps": [10], "scale_starts": [0, 80, 120], "n_scales": 3}
+    assert acts(three, 0.25) and not acts(three, 0.2)
+    assert not acts({"handed_off_scales": [1], "handoff_steps": [5], "scale_starts": [0, 100], "n_scales": 2}, 0.5)
