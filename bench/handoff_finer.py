@@ -198,6 +198,11 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
                                       for v in lrs}}
         print(f"{Path(style).stem}: engine {means[None]:.5f} (coarse scale handed off on {coarse} of {PHOTOS}); "
               + ", ".join(f"{v:g}: {means[v]:.5f} ({means[v] / means[None]:.4f})" for v in lrs), flush=True)
+    if within < 1:
+        for v in lrs:
+            rule = rule_a_prime(runs, v)
+            print(f"part (a') of the session-58 rule at {v:g}: {rule}", flush=True)
+            table[f"rule_a_prime_{v:g}"] = rule
     sums = {f"{v:g}": sum(table[Path(s).stem][f"{v:g}"]["over_engine"] for s in styles) for v in lrs}
     pick = min(sums, key=sums.get)
     print(f"sum of the styles' ratios: {sums}; lower: {pick}")
@@ -207,6 +212,20 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "table": table, "sum_of_ratios": sums,
             "lower_sum": pick, "all_styles_hold": {f"{v:g}": all(row[f"{v:g}"]["holds"] for row in table.values())
                                                    for v in lrs}, "runs": runs}
+
+
+def rule_a_prime(runs: list[dict], lr: float) -> dict:
+    """Part (a') of the session-58 rule (docstring): over the (photo, style) ratios of the option at ``lr`` to
+    the engine, the mean below 1, no style's mean above 1.005, no run above 1.05."""
+    engine = {(r["photo"], r["style"]): r["final"] for r in runs if r["handoff_finer_lr"] is None}
+    ratios = {k: r["final"] / engine[k] for r in runs if r["handoff_finer_lr"] == lr
+              for k in [(r["photo"], r["style"])]}
+    styles = sorted({s for _, s in ratios})
+    by_style = {Path(s).stem: sum(v for (_, t), v in ratios.items() if t == s) / sum(t == s for _, t in ratios)
+                for s in styles}
+    mean, worst = sum(ratios.values()) / len(ratios), max(ratios.values())
+    return {"mean": mean, "style_means": by_style, "worst_run": worst, "runs_changed": sum(v != 1 for v in ratios.values()),
+            "holds": mean < 1 and max(by_style.values()) <= 1.005 and worst <= 1.05}
 
 
 def _handed_off_before_final(run: dict, within: float = 1.0) -> bool:

@@ -814,3 +814,21 @@ def test_the_handoff_finer_probe_counts_a_coarse_handoff_within_the_fraction_as_
     three = {"handed_off_scales": [1], "handoff_steps": [10], "scale_starts": [0, 80, 120], "n_scales": 3}
     assert acts(three, 0.25) and not acts(three, 0.2)
     assert not acts({"handed_off_scales": [1], "handoff_steps": [5], "scale_starts": [0, 100], "n_scales": 2}, 0.5)
+
+
+def test_part_a_prime_of_the_handoff_finer_rule_asks_for_a_gain_and_no_style_or_run_worse():
+    rule = load("handoff_finer").rule_a_prime
+
+    def runs(ratios):
+        out = []
+        for (photo, style), ratio in ratios.items():
+            out += [{"photo": photo, "style": style, "handoff_finer_lr": None, "final": 2.0},
+                    {"photo": photo, "style": style, "handoff_finer_lr": 0.0036, "final": 2.0 * ratio}]
+        return out
+
+    good = rule(runs({("a", "x.jpg"): 0.8, ("b", "x.jpg"): 1.0, ("a", "y.jpg"): 1.0, ("b", "y.jpg"): 1.0}), 0.0036)
+    assert good["holds"] and good["mean"] == pytest.approx(0.95) and good["runs_changed"] == 1
+    assert good["style_means"] == {"x": pytest.approx(0.9), "y": 1.0}
+    assert not rule(runs({("a", "x.jpg"): 0.8, ("a", "y.jpg"): 1.006}), 0.0036)["holds"]  # a style above 1.005
+    assert not rule(runs({("a", "x.jpg"): 0.8, ("b", "x.jpg"): 1.06, ("a", "y.jpg"): 0.9}), 0.0036)["holds"]  # a run
+    assert not rule(runs({("a", "x.jpg"): 1.0, ("a", "y.jpg"): 1.0}), 0.0036)["holds"]  # no gain
