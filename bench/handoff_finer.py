@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=RUNS,
                     help="folder of the per-run files (default: %(default)s)")
     ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_finer_probe.json; test: "
-                    "train/results/neural_art/ablation-handoff-finer-lrLR.json)")
+                    "train/results/neural_art/ablation-handoff-finer-lrLR[-withinF].json)")
     ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
                     "(default: %(default)s)")
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     if not 0 <= args.within <= 1:
         ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
     if args.json is None:
-        args.json = (RESULTS / f"ablation-handoff-finer-lr{args.lr:g}.json" if args.what == "test"
+        within = "" if args.within >= 1 else f"-within{args.within:g}"
+        args.json = (RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json" if args.what == "test"
                      else ROOT / "bench" / "results" / "handoff_finer_probe.json")
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
@@ -192,11 +193,13 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
         mine = [r for r in runs if r["style"] == style]
         means = {v: sum(r["final"] for r in mine if r["handoff_finer_lr"] == v) / PHOTOS for v in variants}
         coarse = sum(_handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None)
+        # (with within < 1: the photos handed off early enough for the option to act)
         table[Path(style).stem] = {"engine": means[None], "photos_handed_off_before_the_final_scale": coarse,
                                    **{f"{v:g}": {"mean": means[v], "over_engine": means[v] / means[None],
                                                  "holds": means[v] / means[None] <= VAL_MAX.get(style, 1 - 1e-12)}
                                       for v in lrs}}
-        print(f"{Path(style).stem}: engine {means[None]:.5f} (coarse scale handed off on {coarse} of {PHOTOS}); "
+        early = "" if within >= 1 else f" within {within:g} of its steps"
+        print(f"{Path(style).stem}: engine {means[None]:.5f} (coarse scale handed off{early} on {coarse} of {PHOTOS}); "
               + ", ".join(f"{v:g}: {means[v]:.5f} ({means[v] / means[None]:.4f})" for v in lrs), flush=True)
     if within < 1:
         for v in lrs:
