@@ -12,7 +12,8 @@ from pathlib import Path
 
 from artopt.script_args import (check_names, check_output_dir, check_output_file, check_photo_sizes, dumps,  # noqa: E402
                                 refuse_same_files)
-from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
+from artopt.style.engine import (FINE_SCALE_STEP, HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR,  # noqa: E402
+                                 HANDOFF_WARMUP)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +85,14 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         print(f"not reusing {log}: its handoff (lr, warm-up) was {handoff}, not the default "
               f"{(HANDOFF_LR, HANDOFF_WARMUP)}", flush=True)
         return False
-    if settings.get("handoff_finer_lr") and "--handoff-finer-lr" not in flags:
-        print(f"not reusing {log}: it ran the finer scales after a handoff with Adam (--handoff-finer-lr)", flush=True)
-        return False
+    # (logs from before session 58 ran without the finer scales' handoff, or after any coarse handoff; where no
+    # coarse scale was handed off early they are the same runs, but a log cannot tell)
+    for flag, key, default, absent in (("--handoff-finer-lr", "handoff_finer_lr", HANDOFF_FINER_LR, None),
+                                       ("--handoff-finer-within", "handoff_finer_within", HANDOFF_FINER_WITHIN, 1.0)):
+        value = settings.get(key, absent)
+        if settings.get("resolved_optimizer") == "lstm" and flag not in flags and value != default:
+            print(f"not reusing {log}: its {flag[2:]} was {value}, not the default {default}", flush=True)
+            return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

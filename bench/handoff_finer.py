@@ -58,6 +58,13 @@ becomes the engine's default only if all of these hold:
        150 steps): mean ratio to the LSTM as it is at most 1, no run above 1.02, below Adam in all 16.
 Otherwise handoff_finer_within stays a flag (default 1) and the option stays off.
 
+Session 58's runs: far styles handed off after 31-81 of the 134 coarse steps (the option 0.77-0.95 of the
+engine's loss), nearer ones after 84-115 (1.04-1.13), so F = 0.62.  (a') held: mean 0.959, piano_keyboard_sketch
+0.841, vallotton_camille_mauclair 0.830, the other 6 styles 1.0000; (b') held: 1.0000 at each setting;
+(c') held: mean 0.978, 3 of 16 runs changed (0.86-0.93), none higher, below Adam in 16 of 16.  So 0.0036
+and 0.62 are the engine's defaults (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN).  In this script's runs and
+files, "engine" still names the engine without the option (handoff_finer_lr None), as its runs were made.
+
     .venv/bin/python bench/handoff_finer.py when --jobs 2             # ~20 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\

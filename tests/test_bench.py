@@ -223,7 +223,8 @@ def test_lr_sweep_best_rate_is_never_a_diverged_one(monkeypatch, tmp_path):
 def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
     path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "resolved_optimizer": "lstm",
                                              "keep_best": True, "backoff": True, "handoff_lr": 0.0009,
-                                             "handoff_warmup": 10,
+                                             "handoff_warmup": 10, "handoff_finer_lr": 0.0036,
+                                             "handoff_finer_within": 0.62,
                                              "content_path": str(content),
                                              "style_paths": [str(style)]},
                                 "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
@@ -333,6 +334,31 @@ def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
     log.write_text(json.dumps(found))
     assert cli_runs._log_matches(log, content, style, ["--size", "256", "--handoff-lr", "0"])
     assert not cli_runs._log_matches(log, content, style, ["--size", "256", "--handoff-lr", "0.0009"])
+
+
+def test_an_lstm_log_from_before_the_finer_scales_default_handoff_is_not_reused(tmp_path):
+    """Session 58 made --handoff-finer-lr 0.0036 with --handoff-finer-within 0.62 the default: a log without
+    them, or with other values, is made again unless its flags ask for what it ran."""
+    cli_runs = load("cli_runs")
+    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
+    log = tmp_path / "run.json"
+    _fake_log(log, content, style, 512)
+    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+    found = json.loads(log.read_text())
+    for finer in ({"handoff_finer_lr": None}, {"handoff_finer_within": 1.0}, {"handoff_finer_lr": 0.001}):
+        log.write_text(json.dumps({**found, "settings": {**found["settings"], **finer}}))
+        assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    del found["settings"]["handoff_finer_lr"], found["settings"]["handoff_finer_within"]  # a log from before either
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    found["settings"].update(handoff_finer_lr=0.0, handoff_finer_within=1.0)  # off: matched on its flags
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0",
+                                                       "--handoff-finer-within", "1"])
+    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=1.0)  # session 57's flag alone
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0.0036"])
 
 
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):

@@ -901,7 +901,7 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)
     steps = _record_steps(monkeypatch)
     config = _config(optimizer="lstm", size=256, pyramid=True, steps=12, lr=3.0, content_weight=100.0,
-                     keep_best=False, handoff_lr=0.004, handoff_warmup=0, fine_scale_step=1.0)
+                     keep_best=False, handoff_lr=0.004, handoff_warmup=0, fine_scale_step=1.0, handoff_finer_lr=0)
     _, plain = _run(config)  # (engine.split_steps: 8 coarse steps, then 4)
     assert [i.scale_index for i in plain] == [0] * 8 + [1] * 4
     assert steps[:12] == ["basis", "lstm"] * 4 + [0.004] * 4 and "lstm" in steps[12:]
@@ -930,8 +930,14 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     # no handoff, nothing to carry on: the same run with or without it
     off = dataclasses.replace(config, handoff_lr=0)
     assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))
-    assert StylizeConfig().handoff_finer_lr is None
+    # the default since session 58: HANDOFF_FINER_LR after a handoff within HANDOFF_FINER_WITHIN of the coarse steps
+    assert (StylizeConfig().handoff_finer_lr, StylizeConfig().handoff_finer_within) == (0.0036, 0.62) == (
+        engine.HANDOFF_FINER_LR, engine.HANDOFF_FINER_WITHIN)
+    steps[:] = []
+    _run(dataclasses.replace(config, handoff_finer_lr=StylizeConfig().handoff_finer_lr))
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 + [0.0036] * 4
     assert "handoff finer lr 0.002 is for lstm only: not used" in _run(_config(handoff_finer_lr=0.002))[1][0].notice
+    assert "handoff finer" not in _run(_config())[1][0].notice  # (the hand-designed ones: not with the default)
     for bad in (-1.0, math.inf, math.nan, "0.1", True):
         with pytest.raises(ValueError, match="handoff finer lr must be"):
             dataclasses.replace(config, handoff_finer_lr=bad).validated()

@@ -327,4 +327,39 @@ def test_the_neural_art_cards_handoff_finer_figures_are_those_of_the_result_file
     fresh = json.loads((results / "handoff_finer_probe_fresh.json").read_text())
     assert fresh["fresh_photos"] and fresh["where_it_acts"] and not set(fresh["photos"]) & set(probe["photos"] + val["photos"])
     assert card["probe_fresh_photos"]["ratios"] == {s: round(row["0.0036"]["over_engine"], 4) for s, row in fresh["table"].items()}
-    assert StylizeConfig().handoff_finer_lr is None  # (the rule failed: off)
+    assert card["next"].startswith("session 58")  # (the rule failed; session 58's below made it the default)
+
+
+def test_the_neural_art_cards_handoff_finer_within_figures_are_those_of_the_result_files():
+    """Session 58's rule for --handoff-finer-within: the threshold, each part's figures and the verdict
+    read off the runs' reports, and the engine's defaults follow the verdict."""
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["handoff_finer_within"]
+    results = WEIGHTS_DIR.parent / "bench" / "results"
+    when = json.loads((results / "handoff_finer_when.json").read_text())
+    assert when["pick"]["within"] == card["when"]["within"] == 0.62 and card["when"]["runs"] == len(when["rows"]) == 28
+    assert all(r["repeats_committed_final"] for r in when["rows"]) and card["when"]["repeats_committed_finals"]
+    gain = [r["lstm_steps_before_coarse_handoff"] for r in when["rows"] if r["finer_over_engine"] < 1]
+    loss = [r["lstm_steps_before_coarse_handoff"] for r in when["rows"] if r["finer_over_engine"] >= 1]
+    assert card["when"]["gain_steps_before_handoff"] == [min(gain), max(gain)]
+    assert card["when"]["loss_steps_before_handoff"] == [min(loss), max(loss)] and max(gain) < min(loss)
+    val = json.loads((results / "handoff_finer_within_val.json").read_text())
+    a = val["table"]["rule_a_prime_0.0036"]
+    assert val["within"] == 0.62 and val["where_it_acts"] and val["fresh_photos"] == 58
+    assert card["val_style_mean_ratios"] == {s: round(v, 4) for s, v in a["style_means"].items()}
+    assert card["val_mean"] == round(a["mean"], 4) and len(a["style_means"]) == 8
+    earlier = set(json.loads((results / "handoff_finer_probe.json").read_text())["photos"])
+    for name in ("handoff_finer_rule_val.json", "handoff_finer_probe_fresh.json"):
+        earlier |= set(json.loads((results / name).read_text())["photos"])
+    assert not set(val["photos"]) & earlier  # (photos no earlier run of this question used)
+    test = json.loads((WEIGHTS_DIR.parent / "train" / "results" / "neural_art" /
+                       "ablation-handoff-finer-lr0.0036-within0.62.json").read_text())
+    assert card["test_ratios"] == {k: round(v["finer_over_engine"], 4) for k, v in test["table"].items()}
+    sweep = json.loads((results / "style_sweep_handoff_finer_within_512.json").read_text())["handoff_finer"]
+    assert sweep["within"] == 0.62 and card["style_sweep_512"]["mean_over_engine"] == round(sweep["mean_over_lstm"], 4)
+    holds = (a["holds"] and test["part_b_holds"] and sweep["mean_over_lstm"] <= 1 and sweep["worst_over_lstm"] <= 1.02
+             and sweep["lower_than_adam"] == 16)
+    assert card["holds"] is holds is True
+    from artopt.style.engine import StylizeConfig
+
+    default = StylizeConfig()
+    assert (default.handoff_finer_lr, default.handoff_finer_within) == (0.0036, 0.62)

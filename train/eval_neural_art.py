@@ -32,7 +32,8 @@ from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory 
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import folder_lock, write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, is_tuned_rate, search_lr  # noqa: E402
-from artopt.style.engine import HANDOFF_LR, HANDOFF_WARMUP, StylizeConfig, stylize  # noqa: E402
+from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP,  # noqa: E402
+                                 StylizeConfig, stylize)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
 
@@ -363,7 +364,8 @@ def _load_average() -> float | None:
 def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None, basis=None, raw=False,
                 backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
                 handoff_lr: float | None = HANDOFF_LR, handoff_warmup: int = HANDOFF_WARMUP,
-                handoff_finer_lr: float | None = None, handoff_finer_within: float = 1.0) -> dict:
+                handoff_finer_lr: float | None = HANDOFF_FINER_LR,
+                handoff_finer_within: float = HANDOFF_FINER_WITHIN) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,

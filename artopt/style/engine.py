@@ -88,6 +88,12 @@ FINE_SCALE_STEP = 0.5
 # steps.  Made the default by a rule committed before its runs (bench/handoff.py's docstring): on
 # styles far from the LSTM's training it stalls late, and Adam on the basis then ends lower.
 HANDOFF_LR, HANDOFF_WARMUP = 0.0009, 10
+# Adam on the finer pyramid scales (StylizeConfig.handoff_finer_lr / handoff_finer_within): where the
+# learned optimizer stalled within the first 62% of a coarser scale's steps, Adam on the basis runs the
+# finer scales from their start.  The default since session 58, by a rule committed before its runs
+# (bench/handoff_finer.py's docstring): the styles it stalls on that early are far from its training, and
+# on nearer ones, handed off later or not at all, the fresh learned optimizer of the finer scale does better.
+HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN = 0.0036, 0.62
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # backoff: the learned optimizer sees gradients only (no loss, no line search), and on styles far from
@@ -180,18 +186,19 @@ class StylizeConfig:
         "help": "lstm only: Adam's rate after the handoff ramps up linearly over this many steps (0: the full rate "
                 "from its first step, whose fresh moments move every coefficient by about the rate: on the test "
                 "photos without the pyramid that raised the loss 6% and ended 1.2-2.7% above backoff)"})
-    handoff_finer_lr: float | None = field(default=None, metadata={
-        "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr), run the finer scales "
-                "with Adam on the multi-scale basis from their first step, at this rate ramping up over "
-                "--handoff-warmup steps (0: off, each finer scale starts with the learned optimizer again). At 512 px "
-                "(0.0036) it ended 0.83x as high with piano_keyboard_sketch and 0.90x with vallotton_camille_mauclair "
-                "on validation photos, 0.86-0.93x in the CLI; not the default: nearer styles are handed off too and do "
-                "better with the fresh LSTM (the held-out style at 128 px 19%, klee_clouds_over_bor 5% and "
-                "van_doesburg_composition_xiii 11% at 512 px with 200 steps; bench/handoff_finer.py)"})
-    handoff_finer_within: float = field(default=1.0, metadata={
-        "help": "lstm only: with --handoff-finer-lr, run the finer scales with Adam only where the coarser scale was "
-                "handed off within this fraction of its steps (1: after any handoff; 0.3: only where the learned "
-                "optimizer stalled in the first 30% of the coarser scale's steps)"})
+    handoff_finer_lr: float | None = field(default=HANDOFF_FINER_LR, metadata={
+        "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr) within "
+                "--handoff-finer-within of its steps, run the finer scales with Adam on the multi-scale basis from "
+                "their first step, at this rate ramping up over --handoff-warmup steps (0: off, each finer scale starts "
+                "with the learned optimizer again). At 512 px it ended 0.84x as high with piano_keyboard_sketch and "
+                "0.83x with vallotton_camille_mauclair on validation photos no earlier run had used, and 0.86-0.93x in "
+                "3 of the CLI's 16 style-sweep runs; the other styles' runs are unchanged (bench/handoff_finer.py; "
+                "chosen by a rule fixed before its runs)"})
+    handoff_finer_within: float = field(default=HANDOFF_FINER_WITHIN, metadata={
+        "help": "lstm only: --handoff-finer-lr acts only where the coarser scale was handed off within this fraction "
+                "of its steps (1: after any handoff). Nearer styles are handed off later or not at all, and do better "
+                "with the fresh learned optimizer (after any handoff: the held-out style at 128 px 19% higher, "
+                "klee_clouds_over_bor 5% and van_doesburg_composition_xiii 11% at 512 px with 200 steps)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -695,7 +702,7 @@ def stylize(content: Image.Image | torch.Tensor,
         notice += f" (fine scale step {config.fine_scale_step:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.handoff_lr not in (None, 0, HANDOFF_LR):
         notice += f" (handoff lr {config.handoff_lr:g} is for lstm only: not used)"
-    if optimizer_name != "lstm" and config.handoff_finer_lr:
+    if optimizer_name != "lstm" and config.handoff_finer_lr not in (None, 0, HANDOFF_FINER_LR):
         notice += f" (handoff finer lr {config.handoff_finer_lr:g} is for lstm only: not used)"
     if optimizer_name != "lstm" and config.basis == "multiscale":
         notice += " on the multi-scale basis"
@@ -825,9 +832,8 @@ def stylize(content: Image.Image | torch.Tensor,
         if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
                 and hasattr(optimizer, "carry_state_from")):
             optimizer.carry_state_from(previous_optimizer)
-        # handoff_finer_lr: a scale the learned optimizer stalled on (within handoff_finer_within of its steps)
-        # was handed off, and Adam runs the finer ones from their start (off by default: a coarse handoff does
-        # not always mean a style far from its training, bench/handoff_finer.py).
+        # handoff_finer_lr: a scale the learned optimizer stalled on early (within handoff_finer_within of its
+        # steps) was handed off, and Adam runs the finer ones from their start (HANDOFF_FINER_LR above).
         adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
         warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
         if adam_from_start:
