@@ -315,15 +315,20 @@ def test_an_lstm_pyramid_log_of_another_fine_scale_step_is_not_reused(tmp_path):
     assert cli_runs._log_matches(log, content, style, ["--size", "512"])
 
 
-def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
-    """A default LSTM run's log with the handoff off (or another warm-up) is made again; one that asks for
-    --handoff-lr is matched on its flags as before."""
+def _reusable_lstm_log(tmp_path: Path, size: int):
+    """cli_runs, a content and a style, and a default LSTM run's log of them (reused as it is) with its JSON."""
     cli_runs = load("cli_runs")
     content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
     log = tmp_path / "run.json"
-    _fake_log(log, content, style, 256)
-    assert cli_runs._log_matches(log, content, style, ["--size", "256"])
-    found = json.loads(log.read_text())
+    _fake_log(log, content, style, size)
+    assert cli_runs._log_matches(log, content, style, ["--size", str(size)])
+    return cli_runs, content, style, log, json.loads(log.read_text())
+
+
+def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
+    """A default LSTM run's log with the handoff off (or another warm-up) is made again; one that asks for
+    --handoff-lr is matched on its flags as before."""
+    cli_runs, content, style, log, found = _reusable_lstm_log(tmp_path, 256)
     for handoff in ({"handoff_lr": None, "handoff_warmup": 10}, {"handoff_warmup": 0}, {"handoff_lr": 0.0}):
         log.write_text(json.dumps({**found, "settings": {**found["settings"], **handoff}}))
         assert not cli_runs._log_matches(log, content, style, ["--size", "256"])
@@ -339,12 +344,7 @@ def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
 def test_an_lstm_log_from_before_the_finer_scales_default_handoff_is_not_reused(tmp_path):
     """Session 58 made --handoff-finer-lr 0.0036 with --handoff-finer-within 0.62 the default: a log without
     them, or with other values, is made again unless its flags ask for what it ran."""
-    cli_runs = load("cli_runs")
-    content, style = ROOT / "assets" / "photos" / "chelsea.jpg", ROOT / "assets" / "styles" / "woman_with_a_hat.jpg"
-    log = tmp_path / "run.json"
-    _fake_log(log, content, style, 512)
-    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
-    found = json.loads(log.read_text())
+    cli_runs, content, style, log, found = _reusable_lstm_log(tmp_path, 512)
     for finer in ({"handoff_finer_lr": None}, {"handoff_finer_within": 1.0}, {"handoff_finer_lr": 0.001}):
         log.write_text(json.dumps({**found, "settings": {**found["settings"], **finer}}))
         assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
