@@ -322,8 +322,6 @@ def test_the_neural_art_cards_handoff_finer_figures_are_those_of_the_result_file
     holds = (all(row["holds"] for row in (r["0.0036"] for r in val["table"].values())) and test["part_b_holds"]
              and sweep["mean_over_lstm"] <= 1 and sweep["worst_over_lstm"] <= 1.02 and sweep["lower_than_adam"] == 16)
     assert card["holds"] is holds is False and not test["part_b_holds"]
-    from artopt.style.engine import StylizeConfig
-
     fresh = json.loads((results / "handoff_finer_probe_fresh.json").read_text())
     assert fresh["fresh_photos"] and fresh["where_it_acts"] and not set(fresh["photos"]) & set(probe["photos"] + val["photos"])
     assert card["probe_fresh_photos"]["ratios"] == {s: round(row["0.0036"]["over_engine"], 4) for s, row in fresh["table"].items()}
