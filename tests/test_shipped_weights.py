@@ -361,3 +361,6 @@ def test_the_neural_art_cards_handoff_finer_within_figures_are_those_of_the_resu
 
     default = StylizeConfig()
     assert (default.handoff_finer_lr, default.handoff_finer_within) == (0.0036, 0.62)
+    after = json.loads((results / "adam_rates_multiscale_handoff_finer_512.json").read_text())
+    assert card["adam_rates_512"]["lstm_over_best_adam"] == {
+        f"{r['photo']} {r['style']}": round(r["lstm_over_best_adam"], 4) for r in after["runs"]}
