@@ -70,9 +70,12 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         print(f"not reusing {log}: it was written before the learned optimizer's backoff", flush=True)
         return False
     # fields a log may lack or hold as null, as the engine then ran: the full step at every scale (1), no
-    # handoff (0, as --handoff-lr 0 says it now); the checks below and the flags read these
+    # handoff (0, as --handoff-lr 0 says it now), no finer scales' handoff, which then followed any coarse
+    # handoff (within 1); the checks below and the flags read these
     settings = {**settings, "fine_scale_step": settings.get("fine_scale_step", 1.0),
-                "handoff_lr": settings.get("handoff_lr") or 0.0, "handoff_warmup": settings.get("handoff_warmup", 0)}
+                "handoff_lr": settings.get("handoff_lr") or 0.0, "handoff_warmup": settings.get("handoff_warmup", 0),
+                "handoff_finer_lr": settings.get("handoff_finer_lr") or 0.0,
+                "handoff_finer_within": settings.get("handoff_finer_within", 1.0)}
     fine = settings["fine_scale_step"]
     if (settings.get("resolved_optimizer") == "lstm" and "--fine-scale-step" not in flags
             and fine != FINE_SCALE_STEP and any(s.get("scale", 0) > 0 for s in found.get("steps", []))):
@@ -85,13 +88,12 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         print(f"not reusing {log}: its handoff (lr, warm-up) was {handoff}, not the default "
               f"{(HANDOFF_LR, HANDOFF_WARMUP)}", flush=True)
         return False
-    # (logs from before session 58 ran without the finer scales' handoff, or after any coarse handoff; where no
-    # coarse scale was handed off early they are the same runs, but a log cannot tell)
-    for flag, key, default, absent in (("--handoff-finer-lr", "handoff_finer_lr", HANDOFF_FINER_LR, None),
-                                       ("--handoff-finer-within", "handoff_finer_within", HANDOFF_FINER_WITHIN, 1.0)):
-        value = settings.get(key, absent)
+    # (where no coarse scale was handed off early, a log from before session 58 is the same run, but a log
+    # cannot tell)
+    for flag, default in (("--handoff-finer-lr", HANDOFF_FINER_LR), ("--handoff-finer-within", HANDOFF_FINER_WITHIN)):
+        value = settings[flag[2:].replace("-", "_")]
         if settings.get("resolved_optimizer") == "lstm" and flag not in flags and value != default:
-            print(f"not reusing {log}: its {flag[2:]} was {value}, not the default {default}", flush=True)
+            print(f"not reusing {log}: its {flag[2:]} was {value:g}, not the default {default:g}", flush=True)
             return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:

@@ -39,7 +39,8 @@ RESULTS = ROOT / "train" / "results" / "neural_art"
 def one_run(job: tuple) -> dict:
     """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state[, extra]]), on 1
     thread; ``extra`` may name the style (a file in the data's styles; default: the first held-out one),
-    a handoff_lr, handoff_warmup, handoff_finer_lr, handoff_finer_within and pyramid (default: on), and is recorded in the run's file."""
+    a handoff_lr, handoff_warmup, handoff_finer_lr, handoff_finer_within and pyramid (default: on), and is
+    recorded in the run's file."""
     import torch
 
     split, photo, size, step, path, *rest = job
@@ -56,6 +57,7 @@ def one_run(job: tuple) -> dict:
     run = ev._engine_run(task, photo, style, size, extra.get("pyramid", True), "lstm", None, STEPS,
                          weights=ROOT / "weights" / "neural_art.safetensors", fine_scale_step=step, carry_state=carry,
                          handoff_lr=extra.get("handoff_lr"), handoff_warmup=extra.get("handoff_warmup", 0),
+                         # (None, off, unless ``extra`` names it: the runs committed before it existed stay valid)
                          handoff_finer_lr=extra.get("handoff_finer_lr"),
                          handoff_finer_within=extra.get("handoff_finer_within", 1.0))
     out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, **extra,

@@ -120,10 +120,11 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     ap.add_argument("what", choices=("probe", "test", "when"))
     ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
-    ap.add_argument("--runs", type=Path, default=RUNS,
-                    help="folder of the per-run files (default: %(default)s)")
+    ap.add_argument("--runs", type=Path, help="folder of the per-run files (default: runs/handoff_finer; when: "
+                    "runs/handoff_when)")
     ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_finer_probe.json; test: "
-                    "train/results/neural_art/ablation-handoff-finer-lrLR[-withinF].json)")
+                    "train/results/neural_art/ablation-handoff-finer-lrLR[-withinF].json; when: "
+                    "bench/results/handoff_finer_when.json)")
     ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
                     "(default: %(default)s)")
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
@@ -148,19 +149,22 @@ def main(argv=None) -> int:
         ap.error("test needs --lr")
     if not 0 <= args.within <= 1:
         ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
+    if args.runs is None:
+        args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else RUNS
     if args.json is None:
         within = "" if args.within >= 1 else f"-within{args.within:g}"
-        args.json = (RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json" if args.what == "test"
-                     else ROOT / "bench" / "results" / "handoff_finer_probe.json")
+        args.json = {"test": RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json",
+                     "when": WHEN_JSON}.get(args.what, ROOT / "bench" / "results" / "handoff_finer_probe.json")
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "when":
-        write_report(when(args.runs if args.runs != RUNS else ROOT / "runs" / "handoff_when", args.jobs),
-                     args.json if args.json != ROOT / "bench" / "results" / "handoff_finer_probe.json" else WHEN_JSON)
-        return 0
-    write_report(test(args.lr, args.runs, args.jobs, args.within) if args.what == "test"
-                 else probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
-                            args.where_it_acts, args.within), args.json)
+        report = when(args.runs, args.jobs)
+    elif args.what == "test":
+        report = test(args.lr, args.runs, args.jobs, args.within)
+    else:
+        report = probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
+                       args.where_it_acts, args.within)
+    write_report(report, args.json)
     return 0
 
 

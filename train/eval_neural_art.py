@@ -377,7 +377,6 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     cfg.handoff_lr, cfg.handoff_warmup, cfg.handoff_finer_lr = handoff_lr, handoff_warmup, handoff_finer_lr
     cfg.handoff_finer_within = handoff_finer_within
     curve, times, = [], []
-    final_scale_start = [0]
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
     handed_off_scales, n_scales = [], [1]  # the scales whose notices say "(handoff)"
     scale_starts = {}  # scale index: steps done before its first step
@@ -392,8 +391,6 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
             handoff_steps.append(info.step - scale_starts[info.scale_index])
         if info.step_scale is not None:
             backoff_scales.append(info.step_scale)
-        if info.scale_index == info.n_scales - 1 and not curve:
-            final_scale_start[0] = info.step - 1
         if info.scale_index == info.n_scales - 1:
             curve.append(info.losses["total"])
             times.append((info.elapsed, info.loss_seconds))
@@ -403,7 +400,8 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     stylize(content, [style], cfg, callback=cb, lstm_setup=setup)
     seconds = time.perf_counter() - t0
     return {"curve": curve, "final": curve[-1], "seconds": seconds, "loss_seconds": times[-1][1] if times else 0.0,
-            "times": times, "first_final_scale_step": final_scale_start[0], "backoff_scales": backoff_scales,
+            "times": times, "first_final_scale_step": scale_starts.get(n_scales[0] - 1, 0),
+            "backoff_scales": backoff_scales,
             "handed_off_scales": handed_off_scales, "handoff_steps": handoff_steps, "n_scales": n_scales[0],
             "scale_starts": [scale_starts[i] for i in sorted(scale_starts)]}
 
