@@ -537,7 +537,7 @@ def test_engine_tuning_widens_the_grid_and_keeps_rates_tuned_meanwhile(tmp_path,
     assert len(tried) == 6
 
 
-def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch, eval_script):
+def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monkeypatch, capsys, eval_script):
     """--add runs only the named optimizers on the setting's photos and ranks them with those already
     in its JSON, which keep their curves and timings."""
     script = eval_script
@@ -564,10 +564,11 @@ def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monk
     assert merged["optimizers"]["adam"] == first["optimizers"]["adam"]
     assert (merged["timing"], merged["speed"]) == (first["timing"], first["speed"])  # timed run untouched
     assert merged["added"][0]["optimizers"] == ["sgd"]
-    with pytest.raises(SystemExit, match="already has sgd"):
+    with pytest.raises(SystemExit):
         script.main([*common, "--optimizers", "sgd", "--add"])
+    assert "already has sgd" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="other photos"):
-        script.main([*common, "--optimizers", "adam", "--add", "--seed", "1"])
+        script.main([*common, "--optimizers", "nag", "--add", "--seed", "1"])
     with pytest.raises(SystemExit):
         script.main(["512", "--optimizers", "adam", "--add", "--out", str(out)])  # nothing to add to
     with pytest.raises(SystemExit):  # refused before any run
@@ -578,6 +579,46 @@ def test_engine_evaluation_adds_optimizers_to_an_existing_setting(tmp_path, monk
     with pytest.raises(SystemExit, match="other steps"):
         script._add_to(legacy, {"optimizers": {"nag": merged["optimizers"]["sgd"]}}, out / "x.json")
     assert json.loads((out / "256-pyramid-on.json").read_text()) == merged
+
+
+def test_engine_evaluation_replaces_an_optimizers_runs(tmp_path, monkeypatch, capsys, eval_script):
+    """--replace reruns optimizers already in a setting's JSON on its photos: their new curves take the
+    old ones' place and are ranked again, the other runs and their timings stay, and the old runs'
+    finals, timing and speed are kept under "replaced"."""
+    script = eval_script
+    _cache_rates(tmp_path, {"engine-256px/steps=3/adam": 0.1})
+    finals = {"lstm": 0.5, "adam": 1.0}
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, **kw):
+        curve = [3.0, 2.0, finals[name]]
+        return {"curve": curve, "final": finals[name], "seconds": 2.0, "loss_seconds": 1.0,
+                "times": [(1.0 + k, 0.5) for k in range(3)], "first_final_scale_step": 0}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    out = tmp_path / "out"
+    common = ["256", "--pyramid", "on", "--photos", "2", "--steps", "3", "--out", str(out)]
+    assert script.main([*common, "--optimizers", "lstm,adam"]) == 0
+    first = json.loads((out / "256-pyramid-on.json").read_text())
+    assert first["speed"]["lstm"]["mean_seconds_to_adam_final"] == 3.0  # the lstm reaches 1.0 at its last step
+    finals["lstm"] = 1.2  # the rerun ends higher, above Adam
+    assert script.main([*common, "--optimizers", "lstm", "--replace"]) == 0
+    replaced = json.loads((out / "256-pyramid-on.json").read_text())
+    assert replaced["optimizers"]["lstm"]["mean_final_loss"] == 1.2
+    assert replaced["lstm_over_best_baseline"] == pytest.approx(1.2) and replaced["steps_to_reach_best_baseline_final"] == {"lstm": None}
+    assert replaced["optimizers"]["adam"] == first["optimizers"]["adam"]
+    assert replaced["timing"] == {"adam": first["timing"]["adam"]} and replaced["speed"] == {}
+    old = replaced["replaced"][0]
+    assert old["optimizers"] == ["lstm"] and old["mean_final_loss"] == {"lstm": 0.5}
+    assert old["lstm_over_best_baseline"] == 0.5 and old["speed"] == first["speed"]
+    assert old["timing"] == {"lstm": first["timing"]["lstm"]}
+    assert replaced["added"][0]["optimizers"] == ["lstm"] and replaced["added"][0]["replacing"] is True
+    assert replaced["added"][0]["timing"] == {}  # no Adam in the rerun to time it against
+    for flags, said in ((["--optimizers", "sgd", "--replace"], "has no sgd to replace"),
+                        (["--optimizers", "lstm", "--replace", "--add"], "give one")):
+        with pytest.raises(SystemExit):  # refused before any run
+            script.main([*common, *flags])
+        assert said in capsys.readouterr().err
+    assert json.loads((out / "256-pyramid-on.json").read_text()) == replaced
 
 
 def test_speed_summary_compares_mean_times_to_adams_final_loss():

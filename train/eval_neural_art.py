@@ -438,13 +438,23 @@ def _rank(report: dict) -> None:
                                             if k.startswith("lstm") and best}
 
 
-def _add_to(existing: dict, report: dict, path: Path) -> dict:
+def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> dict:
     """``existing`` (the setting's JSON at ``path``) with the optimizers of ``report``, a run of the same
     photos, added: the best baseline and the ratios are ranked again over all of them.  The optimizers
-    already there keep their curves, timings and speed; the added run's timing is kept apart."""
+    already there keep their curves, timings and speed; the added run's timing is kept apart.
+
+    ``replace``: every optimizer of ``report`` must be there already, and its new run takes the place
+    of the old one, whose mean final loss, timing and speed are kept under "replaced" (e.g. the learned
+    optimizer rerun after an engine change that leaves the baselines' runs as they were)."""
     clash = sorted(set(existing["optimizers"]) & set(report["optimizers"]))
-    if clash:
-        raise SystemExit(f"{path} already has {', '.join(clash)}: leave them out of --optimizers or rerun the setting")
+    if replace:
+        missing = sorted(set(report["optimizers"]) - set(existing["optimizers"]))
+        if missing:
+            raise SystemExit(f"--replace: {path} has no {', '.join(missing)} to replace; use --add for them")
+        existing = _without(existing, clash)
+    elif clash:
+        raise SystemExit(f"{path} already has {', '.join(clash)}: leave them out of --optimizers, rerun the "
+                         "setting, or give --replace")
     # One loss per step at the last scale: the first-order baselines' curves have the same length in
     # the same setting (L-BFGS records fewer points, NAME-flat runs more).
     lengths = {len(e["mean_curve"]) for opts in (existing["optimizers"], report["optimizers"])
@@ -455,8 +465,34 @@ def _add_to(existing: dict, report: dict, path: Path) -> dict:
     _rank(merged)
     merged.update(_reach_steps(merged))
     merged.setdefault("added", []).append({"optimizers": sorted(report["optimizers"]), "timing": report.get("timing"),
-                                           "timing_conditions": report.get("timing_conditions")})
+                                           "timing_conditions": report.get("timing_conditions"),
+                                           **({"replacing": True} if replace else {})})
+    for key in ("weights", "inference"):  # the learned optimizers' weights and settings as they ran now
+        if report.get(key):
+            merged[key] = {**merged.get(key, {}), **report[key]}
     return merged
+
+
+def _without(report: dict, names: list[str]) -> dict:
+    """``report`` without the runs of ``names``, recorded under "replaced" (their mean final losses,
+    timings and speed figures); the speed figures left are those of the timed runs still there."""
+    if not names:
+        return report
+    out = {**report, "optimizers": {k: v for k, v in report["optimizers"].items() if k not in names}}
+    timing = report.get("timing") or {}
+    out["timing"] = {k: v for k, v in timing.items() if k not in names}
+    old_speed = report.get("speed") or {}
+    # Adam's time is every other optimizer's yardstick: without its run the others' speed means nothing
+    out["speed"] = {} if "adam" in names else {k: v for k, v in old_speed.items() if k not in names}
+    out.setdefault("replaced", [])
+    out["replaced"] = [*out["replaced"], {
+        "optimizers": sorted(names),
+        "mean_final_loss": {k: report["optimizers"][k]["mean_final_loss"] for k in sorted(names)},
+        "lstm_over_best_baseline": report.get("lstm_over_best_baseline"),
+        "steps_to_reach_best_baseline_final": report.get("steps_to_reach_best_baseline_final"),
+        "timing": {k: v for k, v in timing.items() if k in names},
+        "speed": {k: v for k, v in old_speed.items() if k in names or "adam" in names}}]
+    return out
 
 
 def _reach_steps(report: dict) -> dict:
@@ -624,6 +660,10 @@ def main(argv=None) -> int:
                     help="engine settings: run only --optimizers and add them to the setting's JSON already in the "
                          "results folder (same photos; those already there keep their curves and timings), e.g. "
                          "slow untimed baselines beside a timed run")
+    ap.add_argument("--replace", action="store_true",
+                    help="engine settings: as --add, but --optimizers are already in the setting's JSON and their "
+                         "new runs take the place of the old (kept under \"replaced\" with their timing), e.g. the "
+                         "learned optimizer after an engine change that leaves the baselines' runs as they were")
     ap.add_argument("--steps", type=int, default=None, help="default: 128 for crops, 200 for the engine")
     ap.add_argument("--size", type=int, default=256, help="grid: output size")
     ap.add_argument("--pyramid", choices=("on", "off"), default=None,
@@ -693,20 +733,30 @@ def main(argv=None) -> int:
     out = args.out or OUT
     stem = args.setting if crops else f"{args.setting}-pyramid-{args.pyramid}"
     args.existing = None
-    if args.add:
+    if args.add and args.replace:
+        ap.error("--add and --replace: give one (--replace reruns optimizers already there, --add adds new ones)")
+    if args.add or args.replace:
+        flag = "--add" if args.add else "--replace"
         if crops:
-            ap.error("--add is for the engine settings (256, 384, 512)")
+            ap.error(f"{flag} is for the engine settings (256, 384, 512)")
         if not (out / f"{stem}.json").is_file():
-            ap.error(f"--add: {out / f'{stem}.json'} does not exist yet; run the setting first")
+            ap.error(f"{flag}: {out / f'{stem}.json'} does not exist yet; run the setting first")
         try:
             args.existing = _read_result(out / f"{stem}.json")
         except ValueError as err:
-            ap.error(f"--add: {err}")
+            ap.error(f"{flag}: {err}")
         if args.existing.get("steps", args.steps) != args.steps:
-            ap.error(f"--add: {out / f'{stem}.json'} was run with --steps {args.existing['steps']}")
+            ap.error(f"{flag}: {out / f'{stem}.json'} was run with --steps {args.existing['steps']}")
+        clash = sorted(set(args.optimizers) & set(args.existing["optimizers"]))
+        missing = sorted(set(args.optimizers) - set(args.existing["optimizers"]))
+        if args.add and clash:  # said before any run (it was said after them)
+            ap.error(f"--add: {out / f'{stem}.json'} already has {', '.join(clash)}: leave them out of "
+                     "--optimizers, rerun the setting, or give --replace")
+        if args.replace and missing:
+            ap.error(f"--replace: {out / f'{stem}.json'} has no {', '.join(missing)} to replace; use --add for them")
     report = crop_setting(args) if crops else engine_setting(args)
     if args.existing is not None:
-        report = _add_to(args.existing, report, out / f"{stem}.json")
+        report = _add_to(args.existing, report, out / f"{stem}.json", replace=args.replace)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / f"{stem}.json", report)
     plot(report, out / f"{stem}.png", f"neural art {stem}, style {report['style']}")
