@@ -603,7 +603,7 @@ def test_engine_evaluation_replaces_an_optimizers_runs(tmp_path, monkeypatch, ca
     finals["lstm"] = 1.2  # the rerun ends higher, above Adam
     assert script.main([*common, "--optimizers", "lstm", "--replace"]) == 0
     replaced = json.loads((out / "256-pyramid-on.json").read_text())
-    assert replaced["optimizers"]["lstm"]["mean_final_loss"] == 1.2
+    assert replaced["optimizers"]["lstm"]["mean_final_loss"] == 1.2 and list(replaced["optimizers"]) == ["lstm", "adam"]
     assert replaced["lstm_over_best_baseline"] == pytest.approx(1.2) and replaced["steps_to_reach_best_baseline_final"] == {"lstm": None}
     assert replaced["optimizers"]["adam"] == first["optimizers"]["adam"]
     assert replaced["timing"] == {"adam": first["timing"]["adam"]} and replaced["speed"] == {}

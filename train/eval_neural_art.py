@@ -451,6 +451,7 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
         missing = sorted(set(report["optimizers"]) - set(existing["optimizers"]))
         if missing:
             raise SystemExit(f"--replace: {path} has no {', '.join(missing)} to replace; use --add for them")
+        order = list(existing["optimizers"])  # the reruns keep their places in the table
         existing = _without(existing, clash)
     elif clash:
         raise SystemExit(f"{path} already has {', '.join(clash)}: leave them out of --optimizers, rerun the "
@@ -461,7 +462,10 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
                for name, e in opts.items() if name in BASELINES}
     if len(lengths) > 1:
         raise SystemExit(f"{path} was run with other steps than this run (curve lengths {sorted(lengths)})")
-    merged = {**existing, "optimizers": {**existing["optimizers"], **report["optimizers"]}}
+    optimizers = {**existing["optimizers"], **report["optimizers"]}
+    if replace:
+        optimizers = {k: optimizers[k] for k in [*order, *(k for k in optimizers if k not in order)]}
+    merged = {**existing, "optimizers": optimizers}
     _rank(merged)
     merged.update(_reach_steps(merged))
     merged.setdefault("added", []).append({"optimizers": sorted(report["optimizers"]), "timing": report.get("timing"),
