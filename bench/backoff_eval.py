@@ -46,12 +46,14 @@ def main(argv=None) -> int:
     ap.add_argument("setting", choices=SETTINGS)
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the report (default: %(default)s)")
     args = ap.parse_args(argv)
+    import eval_neural_art as ev
+
     committed = json.loads((RESULTS / f"{args.setting}.json").read_text())
     setting = {"size": committed["size"], "pyramid": args.setting.endswith("-on"), "steps": committed["steps"],
                "style": committed["style"]}
     torch.set_num_threads(committed["timing_conditions"]["threads"])  # the evaluation's (1): the sums' order
     report = {"setting": args.setting, **setting, "photos": committed["photos"],
-              "threads": torch.get_num_threads(), "committed_lstm_mean_final": committed["optimizers"]["lstm"]["mean_final_loss"],
+              "threads": torch.get_num_threads(), "committed_lstm_mean_final": ev.first_lstm_final(committed),
               "best_baseline": committed["best_baseline"], "best_baseline_final_loss": committed["best_baseline_final_loss"]}
     runs = {"backoff": [run_lstm(setting, p, True) for p in committed["photos"]]}
     for r in runs["backoff"]:

@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     else:
         if args.setting is None or args.step is None:
             ap.error("test needs a SETTING and --step")
+        import eval_neural_art as ev
+
         committed = json.loads((RESULTS / f"{args.setting}.json").read_text())
         size = committed["size"]
         steps = (1.0, args.step)
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
         report = {"setting": args.setting, "size": size, "photos": committed["photos"], "style": committed["style"],
                   "steps": STEPS, "threads": 1, "best_baseline": committed["best_baseline"],
                   "best_baseline_final_loss": best,
-                  "committed_lstm_mean_final": committed["optimizers"]["lstm"]["mean_final_loss"]}
+                  "committed_lstm_mean_final": ev.first_lstm_final(committed)}
         for m in steps:
             report[f"step_{m:g}"] = summarize([r for r in runs if r["fine_scale_step"] == m], best)
             mean = report[f"step_{m:g}"]["mean_final"]

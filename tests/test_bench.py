@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -858,3 +859,20 @@ def test_part_a_prime_of_the_handoff_finer_rule_asks_for_a_gain_and_no_style_or_
     assert not rule(runs({("a", "x.jpg"): 0.8, ("a", "y.jpg"): 1.006}), 0.0036)["holds"]  # a style above 1.005
     assert not rule(runs({("a", "x.jpg"): 0.8, ("b", "x.jpg"): 1.06, ("a", "y.jpg"): 0.9}), 0.0036)["holds"]  # a run
     assert not rule(runs({("a", "x.jpg"): 1.0, ("a", "y.jpg"): 1.0}), 0.0036)["holds"]  # no gain
+
+
+def test_the_backoff_rerun_compares_with_the_lstms_first_committed_run(monkeypatch, tmp_path):
+    """The evaluation's LSTM rows now run the engine's defaults (--replace); backoff_eval's rerun without
+    backoff is compared with the run they replaced, whose mean it repeated."""
+    backoff_eval = load("backoff_eval")
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(backoff_eval, "run_lstm", lambda setting, photo, backoff: {
+        "photo": photo, "final": 1.0, "backoff_scales": [0.5] if backoff else [], "curve": [1.0], "seconds": 0.0})
+    try:
+        assert backoff_eval.main(["512-pyramid-off", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "ablation-backoff-512-pyramid-off.json").read_text())
+    committed = _committed_settings(["512-pyramid-off"])["512-pyramid-off"]
+    assert report["committed_lstm_mean_final"] == committed["replaced"][0]["mean_final_loss"]["lstm"] != \
+        committed["optimizers"]["lstm"]["mean_final_loss"]

@@ -610,6 +610,7 @@ def test_engine_evaluation_replaces_an_optimizers_runs(tmp_path, monkeypatch, ca
     old = replaced["replaced"][0]
     assert old["optimizers"] == ["lstm"] and old["mean_final_loss"] == {"lstm": 0.5}
     assert old["lstm_over_best_baseline"] == 0.5 and old["speed"] == first["speed"]
+    assert script.first_lstm_final(replaced) == 0.5 and script.first_lstm_final(first) == 0.5
     assert old["timing"] == {"lstm": first["timing"]["lstm"]}
     assert replaced["added"][0]["optimizers"] == ["lstm"] and replaced["added"][0]["replacing"] is True
     assert replaced["added"][0]["timing"] == {}  # no Adam in the rerun to time it against

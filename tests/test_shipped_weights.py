@@ -1,6 +1,7 @@
 """The optimizers shipped in weights/: each loads without pickle, has a complete card, and works."""
 
 import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -188,12 +189,12 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
 
 
 def _first_lstm_final(table: dict) -> float:
-    """An engine setting's LSTM mean final loss as first committed: the run that --replace took out when
-    the table was rerun under the engine's current defaults (session 59), or the table's own."""
-    for old in table.get("replaced", []):
-        if "lstm" in old["mean_final_loss"]:
-            return old["mean_final_loss"]["lstm"]
-    return table["optimizers"]["lstm"]["mean_final_loss"]
+    """train/eval_neural_art.py's first_lstm_final: the LSTM's mean as first committed, before --replace."""
+    spec = importlib.util.spec_from_file_location("eval_neural_art_for_cards",
+                                                  WEIGHTS_DIR.parent / "train" / "eval_neural_art.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.first_lstm_final(table)
 
 
 def test_the_neural_art_evaluation_tables_run_the_engines_current_defaults():

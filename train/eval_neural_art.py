@@ -477,6 +477,16 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
     return merged
 
 
+def first_lstm_final(report: dict) -> float:
+    """An engine setting's LSTM mean final loss as first committed: that of the run --replace took out
+    (the table's LSTM rerun in session 59 under the engine's defaults of then), or the table's own.
+    The ablations that rerun the LSTM without a newer default compare against it."""
+    for old in report.get("replaced", []):
+        if "lstm" in old["mean_final_loss"]:
+            return old["mean_final_loss"]["lstm"]
+    return report["optimizers"]["lstm"]["mean_final_loss"]
+
+
 def _without(report: dict, names: list[str]) -> dict:
     """``report`` without the runs of ``names``, recorded under "replaced" (their mean final losses,
     timings and speed figures); the speed figures left are those of the timed runs still there."""
