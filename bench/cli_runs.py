@@ -95,6 +95,10 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         if settings.get("resolved_optimizer") == "lstm" and flag not in flags and value != default:
             print(f"not reusing {log}: its {flag[2:]} was {value:g}, not the default {default:g}", flush=True)
             return False
+    if settings.get("coarse_share") is not None and "--coarse-share" not in flags:  # (any optimizer's pyramid)
+        print(f"not reusing {log}: its coarsest scale had {settings['coarse_share']:g} of the steps, not the "
+              "default two thirds", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

@@ -362,6 +362,17 @@ def test_an_lstm_log_from_before_the_finer_scales_default_handoff_is_not_reused(
     assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0.0036"])
 
 
+def test_a_log_with_another_coarse_share_is_reused_only_when_the_flags_ask_for_it(tmp_path):
+    cli_runs, content, style, log, found = _reusable_lstm_log(tmp_path, 512)
+    log.write_text(json.dumps({**found, "settings": {**found["settings"], "coarse_share": 0.1}}))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--coarse-share", "0.1"])
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--coarse-share", "0.2"])
+    log.write_text(json.dumps(found))  # (logs from before the option: the default split)
+    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--coarse-share", "0.1"])
+
+
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
     # Ctrl-C reaches the artopt child too: it saves what it has, a log of fewer steps marked stopped_early
     cli_runs = load("cli_runs")
@@ -876,3 +887,25 @@ def test_the_backoff_rerun_compares_with_the_lstms_first_committed_run(monkeypat
     committed = _committed_settings(["512-pyramid-off"])["512-pyramid-off"]
     assert report["committed_lstm_mean_final"] == committed["replaced"][0]["mean_final_loss"]["lstm"] != \
         committed["optimizers"]["lstm"]["mean_final_loss"]
+
+
+def test_the_coarse_share_speed_rule_takes_the_faster_adam_as_the_yardstick():
+    """bench/coarse_share.py speed: met when the LSTM with the share gets to Adam's final loss in at most half
+    the time of the faster of Adam and Adam with the same share (where that one gets there on every photo)."""
+    coarse_share = load("coarse_share")
+
+    def report(lstm_times, adam_share_times):
+        rows = lambda times: [{"seconds_to_adam_final": t} for t in times]  # noqa: E731
+        curve = {"mean_curve": [3.0, 1.0], "mean_final_loss": 1.0}
+        return {"photos": ["a", "b"], "timing_conditions": {"threads": 1},
+                "timing": {"adam": rows([20.0, 20.0]), "lstm-coarse0.1": rows(lstm_times),
+                           "adam-coarse0.1": rows(adam_share_times)},
+                "speed": {"lstm-coarse0.1": {"update_share": 0.6}},
+                "optimizers": {"adam": {**curve, "mean_final_loss": 2.0}, "lstm-coarse0.1": curve,
+                               "adam-coarse0.1": curve}}
+
+    found = coarse_share.speed(report([9.0, 11.0], [30.0, None]))  # Adam with the share misses one photo
+    assert found["baseline_seconds"] == 20.0 and found["met"] and found["lstm_speedup"] == 2.0
+    found = coarse_share.speed(report([9.0, 11.0], [16.0, 18.0]))  # ... here it is the faster one
+    assert found["baseline_seconds"] == 17.0 and not found["met"] and found["lstm_speedup"] == pytest.approx(1.7)
+    assert found["lstm_over_adam"] == 0.5 and found["lstm_mean_curve_steps_to_adam_final"] == 1

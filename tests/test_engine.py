@@ -392,13 +392,30 @@ def test_finer_pyramid_scales_start_from_the_coarser_result(monkeypatch):
     assert (fine_first - content).abs().max() > 0.05
 
 
+def test_coarse_share_sets_the_coarsest_scales_steps(monkeypatch):
+    """--coarse-share gives the coarsest scale that share of the budget (at least one step, at most all),
+    the finer scales sharing the rest equally; without it the split is the default two thirds."""
+    assert split_steps(200, 2) == [134, 66] and split_steps(150, 2) == [100, 50]
+    assert split_steps(200, 2, 0.1) == [20, 180] and split_steps(150, 3, 0.1) == [16, 67, 67]
+    assert split_steps(10, 2, 0.01) == [1, 9] and split_steps(0, 2, 0.5) == [0, 0] and split_steps(9, 1, 0.5) == [9]
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    content = _image(4, 96, 128)
+    infos = []
+    stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True, coarse_share=0.2), callback=infos.append)
+    assert [i.scale_index for i in infos] == [0, 1, 1, 1, 1, 1]  # 64 then 128 px, split_steps(6, 2, 0.2)
+    infos.clear()
+    stylize(content, [STYLE], _config(size=128, steps=2, pyramid=False, coarse_share=0.2), callback=infos.append)
+    assert "coarse share 0.2 is for coarse-to-fine runs" in infos[0].notice
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(size=8), "size"), (dict(steps=-1), "steps"), (dict(optimizer="magic"), "unknown optimizer"),
     (dict(lr=0.0), "learning rate"), (dict(style_weight=float("nan")), "style weight"),
     (dict(style_weight=1e300), "style weight must be between 0 and 1e"), (dict(tv_weight=-1.0), "tv weight"),
     (dict(init="zeros"), "init"), (dict(loss_net="resnet"), "loss network"), (dict(device="tpu"), "device"),
     (dict(style_weights=[1.0, 2.0]), "style weights"), (dict(style_scale=0), "style scale"),
-    (dict(edge_pad=-1), "edge pad"),
+    (dict(edge_pad=-1), "edge pad"), (dict(coarse_share=1.0), "coarse share"), (dict(coarse_share=0), "coarse share"),
+    (dict(coarse_share="0.2"), "coarse share"), (dict(coarse_share=True), "coarse share"),
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):

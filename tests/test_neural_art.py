@@ -469,6 +469,32 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, eval_
     assert report["timing_conditions"]["threads"] == 1
 
 
+def test_engine_evaluation_runs_coarse_share_entries_with_their_split(tmp_path, monkeypatch, capsys, eval_script):
+    """NAME-coarseS runs NAME with the pyramid's coarsest scale given the share S of the steps (a baseline
+    at its rate for the setting), beside the engine's split, in the same timed run; -flat still combines."""
+    script = eval_script
+    _cache_rates(tmp_path, {"engine-256px/steps=4/adam": 0.02})
+    seen = []
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, coarse_share=None, **kw):
+        seen.append((name, lr, pyramid, coarse_share))
+        return {"curve": [2.0, 1.0], "final": 1.0, "seconds": 2.0, "loss_seconds": 1.0,
+                "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 2}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    assert script.main(["256", "--pyramid", "on", "--optimizers", "adam,adam-coarse0.25,lstm-coarse0.1,lstm-coarse0.1-flat",
+                        "--photos", "1", "--steps", "4", "--out", str(tmp_path)]) == 0
+    assert seen == [("adam", 0.02, True, None), ("adam", 0.02, True, 0.25), ("lstm", None, True, 0.1),
+                    ("lstm", None, False, 0.1)]
+    report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
+    assert report["optimizers"]["lstm-coarse0.1"]["learned"] and set(report["speed"]) == {
+        "adam-coarse0.25", "lstm-coarse0.1", "lstm-coarse0.1-flat"}
+    for bad in ("lstm-coarse1", "adam-coarse0"):
+        with pytest.raises(SystemExit):
+            script.main(["256", "--pyramid", "on", "--optimizers", bad, "--out", str(tmp_path)])
+        assert "coarse share must be a fraction" in capsys.readouterr().err
+
+
 def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path, eval_script, capsys):
     """eval_neural_art 64/128: BASELINE-ms is the baseline on the multi-scale basis's coefficients, tuned
     and cached under its own name; names it cannot run are refused before any work."""

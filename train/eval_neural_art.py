@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ RAW = "-raw"  # ignore the card's calibrated inference settings: run the weights
 # engine settings: run this optimizer without the coarse-to-fine pyramid in a --pyramid on run, so
 # its time to reach the pyramid-run Adam's final loss is measured in the same run
 FLAT = "-flat"
+# engine settings: NAME-coarseS gives the pyramid's coarsest scale the share S of the steps (StylizeConfig.coarse_share)
+COARSE = "-coarse"
 
 
 TUNED_LRS: Path | None = None  # --tuned-lrs; None: lrs.json in OUT
@@ -177,7 +180,9 @@ def _check_optimizers(names: list[str], crops: bool) -> str | None:
     if not names:
         return "--optimizers names no optimizer"
     for name in names:
-        base = name.removesuffix(FLAT) if not crops else name
+        base, _, share = _engine_variant(name, True) if not crops else (name, True, None)
+        if share is not None and not 0 < share < 1:
+            return f"{name}: the coarse share must be a fraction between 0 and 1 (exclusive), got {share:g}"
         if base.startswith("lstm") or base == "lbfgs" or _baseline(base):
             continue
         if base == f"lbfgs{MULTISCALE}":
@@ -190,7 +195,7 @@ def _weights_name(name: str, weights: dict, crops: bool) -> tuple[str, bool]:
     """The --weights name a learned optimizer in --optimizers runs, as the settings resolve it, and
     whether it runs them in the multi-scale basis whatever their card says ("lstm-prev-ms-bf16-raw":
     lstm-prev, True; an engine setting's "lstm-prev-raw-flat": lstm-prev, False)."""
-    base, _ = _raw(name if crops else name.removesuffix(FLAT))
+    base, _ = _raw(name if crops else _engine_variant(name, True)[0])
     if crops:
         for suffix in STATE_DTYPES:
             base = base.removesuffix(suffix)
@@ -205,7 +210,7 @@ def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool
     was skipped without a word), or weights that cannot be run (found only after the tuning)."""
     runs = {}  # --weights name: whether some optimizer runs it in its card's basis (so needs the card)
     for name in names:
-        if (name if crops else name.removesuffix(FLAT)).startswith("lstm"):
+        if (name if crops else _engine_variant(name, True)[0]).startswith("lstm"):
             key, multiscale = _weights_name(name, weights, crops)
             if key not in weights:
                 return f"--optimizers {name} runs the weights named {key}: give them with --weights {key}=PATH"
@@ -224,9 +229,19 @@ def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool
     return None
 
 
-def _flat(name: str, pyramid: bool) -> tuple[str, bool]:
-    """(name without "-flat", whether its engine run uses the pyramid)."""
-    return (name.removesuffix(FLAT), False) if name.endswith(FLAT) else (name, pyramid)
+def _engine_variant(name: str, pyramid: bool) -> tuple[str, bool, float | None]:
+    """(name without its engine-setting suffixes -flat and -coarseS, whether its engine run uses the pyramid,
+    the coarsest scale's share of the steps or None for the engine's)."""
+    flat, share = False, None
+    while True:
+        if name.endswith(FLAT) and not flat:
+            name, flat = name.removesuffix(FLAT), True
+            continue
+        found = re.fullmatch(rf"(.+){COARSE}([0-9]*\.?[0-9]+)", name)
+        if found and share is None:
+            name, share = found.group(1), float(found.group(2))
+            continue
+        return name, pyramid and not flat, share
 
 
 def _raw(name: str) -> tuple[str, bool]:
@@ -268,7 +283,7 @@ def engine_setting(args) -> dict:
     cache = _lr_cache()
     lrs: dict[str, float | None] = {}
     for name in args.optimizers:
-        base, run_pyramid = _flat(name, pyramid)
+        base, run_pyramid, _ = _engine_variant(name, pyramid)
         if _baseline(base):
             key = f"engine-{args.tune_size or size}px{'' if run_pyramid else '-pyramid-off'}/steps={args.steps}/{base}"
             if key not in cache or args.retune:
@@ -307,13 +322,14 @@ def engine_setting(args) -> dict:
     for photo in photos:
         for name in args.optimizers:
             weights, basis, raw = None, None, False
-            base, run_pyramid = _flat(name, pyramid)
+            base, run_pyramid, share = _engine_variant(name, pyramid)
+            engine_name = base
             if base.startswith("lstm"):
                 base, raw = _raw(base)
                 base, basis = _basis(base, args)
                 weights = args.weights[base]
-            run = _engine_run(task, photo, style, size, run_pyramid, name.removesuffix(FLAT), lrs[name], args.steps,
-                              weights=weights, basis=basis, raw=raw)
+            run = _engine_run(task, photo, style, size, run_pyramid, engine_name, lrs[name], args.steps,
+                              weights=weights, basis=basis, raw=raw, coarse_share=share)
             if weights is not None:
                 inference[name] = _settings(weights, raw)
             curves[name].append(run["curve"])
@@ -365,7 +381,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
                 backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
                 handoff_lr: float | None = HANDOFF_LR, handoff_warmup: int = HANDOFF_WARMUP,
                 handoff_finer_lr: float | None = HANDOFF_FINER_LR,
-                handoff_finer_within: float = HANDOFF_FINER_WITHIN) -> dict:
+                handoff_finer_within: float = HANDOFF_FINER_WITHIN, coarse_share: float | None = None) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -375,7 +391,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     if carry_state is not None:
         cfg.carry_state = carry_state
     cfg.handoff_lr, cfg.handoff_warmup, cfg.handoff_finer_lr = handoff_lr, handoff_warmup, handoff_finer_lr
-    cfg.handoff_finer_within = handoff_finer_within
+    cfg.handoff_finer_within, cfg.coarse_share = handoff_finer_within, coarse_share
     curve, times, = [], []
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
     handed_off_scales, n_scales = [], [1]  # the scales whose notices say "(handoff)"
@@ -652,7 +668,8 @@ def main(argv=None) -> int:
                          "calibrated update multiplier and coarsest basis level), the rest baselines (BASELINE-ms "
                          "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
                          "engine settings: NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against "
-                         "its Adam)")
+                         "its Adam), NAME-coarseS with the pyramid's coarsest scale given the share S of the steps "
+                         "(a baseline at its rate tuned for the engine's split)")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="photos to evaluate on (of --split)")

@@ -199,6 +199,11 @@ class StylizeConfig:
                 "of its steps (1: after any handoff). Nearer styles are handed off later or not at all, and do better "
                 "with the fresh learned optimizer (after any handoff: the held-out style at 128 px 19% higher, "
                 "klee_clouds_over_bor 5% and van_doesburg_composition_xiii 11% at 512 px with 200 steps)"})
+    coarse_share: float | None = field(default=None, metadata={
+        "help": "coarse-to-fine runs: the share of --steps the coarsest scale gets, the finer scales sharing the "
+                "rest equally (default: two thirds, where a coarse step costs a quarter of the next scale's). The "
+                "learned optimizer gains little from long coarse scales: at 512 px its finer scale started no lower "
+                "after 134 coarse steps than after 20 (bench/coarse_share.py)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -257,6 +262,9 @@ class StylizeConfig:
         if isinstance(self.handoff_finer_within, bool) or not isinstance(self.handoff_finer_within, numbers.Real) \
                 or not 0 <= self.handoff_finer_within <= 1:
             raise ValueError(f"handoff finer within must be a fraction between 0 and 1, got {self.handoff_finer_within!r}")
+        if self.coarse_share is not None and (isinstance(self.coarse_share, bool) or not isinstance(
+                self.coarse_share, numbers.Real) or not 0 < self.coarse_share < 1):
+            raise ValueError(f"coarse share must be a fraction between 0 and 1 (exclusive), got {self.coarse_share!r}")
         if isinstance(self.handoff_warmup, bool) or not isinstance(self.handoff_warmup, int) or self.handoff_warmup < 0:
             raise ValueError(f"handoff warmup must be a non-negative integer (steps), got {self.handoff_warmup!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -385,15 +393,17 @@ def min_coarse_to_fine_size() -> int:
     return size
 
 
-def split_steps(steps: int, n_scales: int) -> list[int]:
-    """Steps per scale: the coarsest scale gets two thirds, the finer ones share the rest equally.
+def split_steps(steps: int, n_scales: int, coarse_share: float | None = None) -> list[int]:
+    """Steps per scale: the coarsest scale gets two thirds (or ``coarse_share``, at least one step), the
+    finer ones share the rest equally (what does not divide goes to the coarsest).
 
     A coarse step costs a quarter of the next scale's, and the coarse scale is where the style
     forms; the finer scales start from the upsampled result and mostly add detail.
     """
     if n_scales == 1:
         return [steps]
-    each_fine = (steps - (2 * steps + 2) // 3) // (n_scales - 1)
+    coarse = (2 * steps + 2) // 3 if coarse_share is None else min(steps, max(1, round(coarse_share * steps)))
+    each_fine = (steps - coarse) // (n_scales - 1)
     return [steps - each_fine * (n_scales - 1)] + [each_fine] * (n_scales - 1)
 
 
@@ -731,7 +741,9 @@ def stylize(content: Image.Image | torch.Tensor,
     if len(sizes) < len(planned):
         notice += (f"; {len(sizes)} scale(s) instead of {len(planned)}: at {max(set(planned) - set(sizes))} px "
                    f"the shorter side would be under the {loss_net.min_size} px {loss_net.name} needs")
-    steps_per_scale = split_steps(config.steps, len(sizes))
+    if config.coarse_share is not None and len(sizes) == 1:
+        notice += f" (coarse share {config.coarse_share:g} is for coarse-to-fine runs: this one has one scale)"
+    steps_per_scale = split_steps(config.steps, len(sizes), config.coarse_share)
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None
     done = 0
