@@ -23,6 +23,8 @@ same step budget takes about twice as long, a user-facing change this check does
 
     .venv/bin/python bench/coarse_share.py val --jobs 2        # ~12 min on 2 cores
     .venv/bin/python bench/coarse_share.py speed runs/coarse_share/512-pyramid-on.json
+
+(Session 59's timed run is kept as train/results/neural_art/ablation-coarse-share0.1-512-pyramid-on.json.)
 """
 
 from __future__ import annotations
@@ -125,7 +127,10 @@ def main(argv=None) -> int:
     else:
         if args.report is None or not args.report.is_file():
             ap.error("speed needs the timed evaluation's JSON (see the docstring's command)")
-        write_report(speed(json.loads(args.report.read_text())), ROOT / "bench" / "results" / "coarse_share_speed.json")
+        found = speed(json.loads(args.report.read_text()))
+        source = args.report.resolve()
+        found["source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+        write_report(found, ROOT / "bench" / "results" / "coarse_share_speed.json")
     return 0
 
 

@@ -395,3 +395,25 @@ def test_the_neural_art_cards_handoff_finer_within_figures_are_those_of_the_resu
     after = json.loads((results / "adam_rates_multiscale_handoff_finer_512.json").read_text())
     assert card["adam_rates_512"]["lstm_over_best_adam"] == {
         f"{r['photo']} {r['style']}": round(r["lstm_over_best_adam"], 4) for r in after["runs"]}
+
+
+def test_the_neural_art_cards_coarse_share_figures_are_those_of_the_result_files():
+    """Session 59's timed check of --coarse-share 0.1: the card's figures and verdict read off the reports,
+    the report off the kept evaluation run, and the engine's default split unchanged."""
+    from artopt.style.engine import StylizeConfig, split_steps
+
+    root = WEIGHTS_DIR.parent
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["coarse_share"]
+    speed = json.loads((root / "bench" / "results" / "coarse_share_speed.json").read_text())
+    run = json.loads((root / speed["source"]).read_text())
+    assert set(run["optimizers"]) == {"lstm-coarse0.1", "adam", "adam-coarse0.1"} and run["steps"] == 200
+    for name, rows in run["timing"].items():
+        mean = sum(r["seconds_to_adam_final"] for r in rows) / len(rows)
+        assert mean == speed["mean_seconds_to_adam_final"][name] and card["seconds_to_adam_final"][name] == round(mean, 1)
+    assert card["lstm_speedup"] == round(speed["lstm_speedup"], 3) and speed["lstm_speedup"] < 2
+    assert card["met"] is speed["met"] is False and not card["default_changed"]
+    assert card["mean_final_loss_200_steps"] == {k: round(v["mean_final_loss"], 4) for k, v in run["optimizers"].items()}
+    val = json.loads((root / "bench" / "results" / "coarse_share_val.json").read_text())
+    assert card["val_final_scale_start"] == {f"{r['photo']} {r['coarse_steps']} coarse steps":
+                                             round(r["final_scale_losses"]["0"], 4) for r in val["rows"]}
+    assert StylizeConfig().coarse_share is None and split_steps(200, 2) == [134, 66]
