@@ -494,8 +494,8 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
 
 
 def first_lstm_final(report: dict) -> float:
-    """An engine setting's LSTM mean final loss as first committed: that of the run --replace took out
-    (the table's LSTM rerun in session 59 under the engine's defaults of then), or the table's own.
+    """An engine setting's LSTM mean final loss as first committed: that of the first run --replace took
+    out (session 59 reran the tables' LSTM under the engine's defaults of then), or the table's own.
     The ablations that rerun the LSTM without a newer default compare against it."""
     for old in report.get("replaced", []):
         if "lstm" in old["mean_final_loss"]:
