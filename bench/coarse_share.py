@@ -24,6 +24,15 @@ same step budget takes about twice as long, a user-facing change this check does
     .venv/bin/python bench/coarse_share.py val --jobs 2        # ~12 min on 2 cores
     .venv/bin/python bench/coarse_share.py speed runs/coarse_share/512-pyramid-on.json
 
+``cli`` asks what a user gets at about the same wall time: the CLI's default learned run at 512 px
+(150 steps, 100 of them at 256 px) against ``--coarse-share 0.1 --steps 80`` (8 + 72), whose count
+was fixed beforehand from the 1-thread step costs of session 54's timed run (a 256 px step about
+0.157 s, a 512 px step about 0.63 s: 100 x 0.157 + 50 x 0.63 = 47 s; 80 x (0.1 x 0.157 + 0.9 x 0.63) =
+47 s), on the shipped photos with the held-out style and with piano_keyboard_sketch, one run after
+the other with nothing else running (~6 min):
+
+    .venv/bin/python bench/coarse_share.py cli
+
 (Session 59's timed run is kept as train/results/neural_art/ablation-coarse-share0.1-512-pyramid-on.json.)
 """
 
@@ -115,14 +124,45 @@ def speed(report: dict) -> dict:
                 (k for k, v in enumerate(report["optimizers"][lstm]["mean_curve"]) if v <= finals["adam"]), None)}
 
 
+CLI_FLAGS = {"default": [], "share 0.1, 80 steps": ["--coarse-share", "0.1", "--steps", "80"]}
+CLI_STYLES = ("woman_with_a_hat", "piano_keyboard_sketch")
+
+
+def cli(args) -> dict:
+    from cli_runs import stylize_totals
+
+    rows = []
+    for style in CLI_STYLES:
+        for photo in ("chelsea", "rocket"):
+            row = {"photo": photo, "style": style}
+            for name, flags in CLI_FLAGS.items():
+                run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg",
+                                     ROOT / "assets" / "styles" / f"{style}.jpg",
+                                     ["--size", "512", "--optimizer", "lstm", *flags], args.runs,
+                                     f"{photo}_{style}_{name.replace(' ', '_').replace(',', '')}", args.reuse)
+                row[name] = {"final": run["final_total"], "seconds": run["seconds"]}
+            row["loss_ratio"] = row["share 0.1, 80 steps"]["final"] / row["default"]["final"]
+            row["time_ratio"] = row["share 0.1, 80 steps"]["seconds"] / row["default"]["seconds"]
+            print(f"{photo} {style}: loss x{row['loss_ratio']:.3f}, time x{row['time_ratio']:.2f}", flush=True)
+            rows.append(row)
+    return {"what": "bench/coarse_share.py cli: the CLI's default lstm run against --coarse-share 0.1 --steps 80, "
+                    "512 px, one run after the other", "flags": CLI_FLAGS, "rows": rows,
+            "mean_loss_ratio": sum(r["loss_ratio"] for r in rows) / len(rows),
+            "mean_time_ratio": sum(r["time_ratio"] for r in rows) / len(rows)}
+
+
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
-    ap.add_argument("mode", choices=("val", "speed"))
+    ap.add_argument("mode", choices=("val", "speed", "cli"))
     ap.add_argument("report", nargs="?", type=Path, help="speed: the timed evaluation's JSON")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "coarse_share_val")
+    ap.add_argument("--runs", type=Path, default=None, help="run cache (default: runs/coarse_share_val or _cli)")
+    ap.add_argument("--reuse", action="store_true", help="cli: read a finished run's log instead of running it again")
     args = ap.parse_args(argv)
-    if args.mode == "val":
+    args.runs = args.runs or ROOT / "runs" / f"coarse_share_{'cli' if args.mode == 'cli' else 'val'}"
+    if args.mode == "cli":
+        write_report(cli(args), ROOT / "bench" / "results" / "coarse_share_cli.json")
+    elif args.mode == "val":
         write_report(val(args), ROOT / "bench" / "results" / "coarse_share_val.json")
     else:
         if args.report is None or not args.report.is_file():
