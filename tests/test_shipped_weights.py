@@ -417,3 +417,8 @@ def test_the_neural_art_cards_coarse_share_figures_are_those_of_the_result_files
     assert card["val_final_scale_start"] == {f"{r['photo']} {r['coarse_steps']} coarse steps":
                                              round(r["final_scale_losses"]["0"], 4) for r in val["rows"]}
     assert StylizeConfig().coarse_share is None and split_steps(200, 2) == [134, 66]
+    cli = json.loads((root / "bench" / "results" / "coarse_share_cli.json").read_text())
+    same_time = card["cli_same_time"]
+    assert same_time["loss_ratios"] == {f"{r['photo']} {r['style']}": round(r["loss_ratio"], 3) for r in cli["rows"]}
+    assert same_time["time_ratios"] == {f"{r['photo']} {r['style']}": round(r["time_ratio"], 2) for r in cli["rows"]}
+    assert min(same_time["loss_ratios"].values()) < 1 < max(same_time["loss_ratios"].values())  # (why the default stays)
