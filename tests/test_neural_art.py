@@ -815,6 +815,19 @@ def test_the_grid_runs_the_weights_given_and_the_pyramid_asked_for(tmp_path, eva
     assert (tmp_path / "g" / "grid.png").is_file()
 
 
+def test_the_grid_aligns_its_columns_whatever_each_photos_aspect():
+    from PIL import Image
+
+    script = _train_script("eval_neural_art")
+    wide = [Image.new("RGB", (6, 4), c) for c in ("red", "green")]
+    tall = [Image.new("RGB", (2, 6), c) for c in ("blue", "yellow")]
+    canvas = script.grid_canvas([wide, tall])
+    assert canvas.size == (12, 10)
+    assert canvas.getpixel((3, 2)) == (255, 0, 0) and canvas.getpixel((9, 2)) == (0, 128, 0)
+    assert canvas.getpixel((3, 6)) == (0, 0, 255) and canvas.getpixel((9, 6)) == (255, 255, 0)  # under its column
+    assert canvas.getpixel((0, 6)) == canvas.getpixel((11, 9)) == (255, 255, 255)  # centred, white around
+
+
 # Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
 
 def test_steps_to_reach_count_a_loss_equal_to_the_target_and_index_from_step_0():

@@ -619,6 +619,25 @@ def record_in_card(rows: list[dict], card_path: Path, source: Path = OUT, comman
     print(f"recorded the table in {card_path}; lstm beats the best baseline at: {wins or 'no setting'}")
 
 
+def grid_canvas(rows: list[list]):
+    """The rows of PIL images on one white canvas, in aligned columns: each column as wide as its widest
+    tile and each row as high as its highest, every tile centred in its cell (a portrait photo's row
+    has narrower tiles; packed from the left they ended up under the other rows' wrong columns)."""
+    from PIL import Image
+
+    widths = [max(row[c].size[0] for row in rows if c < len(row)) for c in range(max(len(row) for row in rows))]
+    heights = [max(t.size[1] for t in row) for row in rows]
+    canvas = Image.new("RGB", (sum(widths), sum(heights)), "white")
+    y = 0
+    for row, h in zip(rows, heights):
+        x = 0
+        for tile, w in zip(row, widths):
+            canvas.paste(tile, (x + (w - tile.size[0]) // 2, y + (h - tile.size[1]) // 2))
+            x += w
+        y += h
+    return canvas
+
+
 def grid(args) -> None:
     """Figure 9: test photos stylized by the learned optimizer and by Adam, same settings."""
     from PIL import Image
@@ -642,19 +661,9 @@ def grid(args) -> None:
         # The content photo at the stylized images' size, first in the row.
         row.insert(0, tensor_to_pil(content).resize(row[0].size, Image.Resampling.LANCZOS))
         tiles.append(row)
-    w = max(sum(t.size[0] for t in row) for row in tiles)
-    h = sum(max(t.size[1] for t in row) for row in tiles)
-    canvas = Image.new("RGB", (w, h), "white")
-    y = 0
-    for row in tiles:
-        x = 0
-        for t in row:
-            canvas.paste(t, (x, y))
-            x += t.size[0]
-        y += max(t.size[1] for t in row)
     out = args.out or OUT
     out.mkdir(parents=True, exist_ok=True)
-    canvas.save(out / "grid.png")
+    grid_canvas(tiles).save(out / "grid.png")
     print(f"columns: content, then for {styles}: lstm, adam ({args.steps} steps, {args.size} px)")
 
 
