@@ -47,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
 from artopt.script_args import script_parser  # noqa: E402
-from cli_runs import write_report  # noqa: E402
+from cli_runs import stylize_totals, write_report  # noqa: E402
 
-SIZE, STEPS, ADAM_LR = 512, 200, 0.014  # ADAM_LR: train/results/neural_art/lrs.json, engine-512px/steps=200/adam
+SIZE, STEPS = 512, 200
+ADAM_RATE_KEY = f"engine-{SIZE}px/steps={STEPS}/adam"  # Adam's tuned rate in train/results/neural_art/lrs.json
 VAL = {"n01616318_vulture.JPEG": (0, 67, 34, 20, 10), "n01675722_banded_gecko.JPEG": (0, 20)}
 SHARE = 0.1  # the rule's share, from ``val``
 FINE_STEPS_SHOWN = (0, 10, 20, 50, 65)
@@ -70,7 +71,7 @@ def one_run(job: tuple) -> dict:
     style = ev._load_rgb(str(task.root / "styles" / HELD_OUT_STYLES[0]), 1024).unsqueeze(0)
     share = coarse / STEPS if coarse else None  # (round(share * STEPS) gives back ``coarse``)
     if name == "adam":
-        run = ev._engine_run(task, photo, style, SIZE, True, "adam", ADAM_LR, STEPS, coarse_share=share)
+        run = ev._engine_run(task, photo, style, SIZE, True, "adam", adam_rate(), STEPS, coarse_share=share)
     else:
         run = ev._engine_run(task, photo, style, SIZE, True, "lstm", None, STEPS,
                              weights=ROOT / "weights" / "neural_art.safetensors", coarse_share=share)
@@ -80,6 +81,12 @@ def one_run(job: tuple) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out) + "\n")
     return out
+
+
+def adam_rate() -> float:
+    import eval_neural_art as ev
+
+    return ev._lr_cache()[ADAM_RATE_KEY]["lr"]
 
 
 def val(args) -> dict:
@@ -98,7 +105,7 @@ def val(args) -> dict:
                          "seconds_to_adam_final": None if hit is None else r["elapsed"][hit],
                          "seconds": r["seconds"], "handed_off_scales": r["handed_off_scales"]})
     return {"what": "bench/coarse_share.py val: the LSTM with the coarsest scale cut short (validation photos)",
-            "size": SIZE, "steps": STEPS, "adam_lr": ADAM_LR, "threads": 1, "jobs": args.jobs,
+            "size": SIZE, "steps": STEPS, "adam_lr": adam_rate(), "threads": 1, "jobs": args.jobs,
             "adam": {r["photo"]: {"final": r["final"], "seconds": r["seconds"]} for r in runs if r["optimizer"] == "adam"},
             "rows": rows}
 
@@ -129,8 +136,6 @@ CLI_STYLES = ("woman_with_a_hat", "piano_keyboard_sketch")
 
 
 def cli(args) -> dict:
-    from cli_runs import stylize_totals
-
     rows = []
     for style in CLI_STYLES:
         for photo in ("chelsea", "rocket"):

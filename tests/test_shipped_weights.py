@@ -1,6 +1,7 @@
 """The optimizers shipped in weights/: each loads without pickle, has a complete card, and works."""
 
 import dataclasses
+import functools
 import importlib.util
 import json
 
@@ -188,13 +189,18 @@ def test_the_neural_art_cards_user_settings_checks_match_their_benchmark_results
     assert f"now {keep[0]:.2f} / {keep[1]:.2f} of Adam at 256 px" in card["user_options_with_handoff"]
 
 
-def _first_lstm_final(table: dict) -> float:
-    """train/eval_neural_art.py's first_lstm_final: the LSTM's mean as first committed, before --replace."""
+@functools.cache
+def _eval_script():
     spec = importlib.util.spec_from_file_location("eval_neural_art_for_cards",
                                                   WEIGHTS_DIR.parent / "train" / "eval_neural_art.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    return script.first_lstm_final(table)
+    return script
+
+
+def _first_lstm_final(table: dict) -> float:
+    """train/eval_neural_art.py's first_lstm_final: the LSTM's mean as first committed, before --replace."""
+    return _eval_script().first_lstm_final(table)
 
 
 def test_the_neural_art_evaluation_tables_run_the_engines_current_defaults():

@@ -230,18 +230,14 @@ def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool
 
 
 def _engine_variant(name: str, pyramid: bool) -> tuple[str, bool, float | None]:
-    """(name without its engine-setting suffixes -flat and -coarseS, whether its engine run uses the pyramid,
-    the coarsest scale's share of the steps or None for the engine's)."""
-    flat, share = False, None
-    while True:
-        if name.endswith(FLAT) and not flat:
-            name, flat = name.removesuffix(FLAT), True
-            continue
-        found = re.fullmatch(rf"(.+){COARSE}([0-9]*\.?[0-9]+)", name)
-        if found and share is None:
-            name, share = found.group(1), float(found.group(2))
-            continue
-        return name, pyramid and not flat, share
+    """(name without its engine-setting suffixes, NAME[-coarseS][-flat], whether its engine run uses the
+    pyramid, the coarsest scale's share of the steps or None for the engine's)."""
+    flat = name.endswith(FLAT)
+    name = name.removesuffix(FLAT)
+    found = re.fullmatch(rf"(.+){COARSE}([0-9]*\.?[0-9]+)", name)
+    if found:
+        return found.group(1), pyramid and not flat, float(found.group(2))
+    return name, pyramid and not flat, None
 
 
 def _raw(name: str) -> tuple[str, bool]:
@@ -459,29 +455,21 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
     photos, added: the best baseline and the ratios are ranked again over all of them.  The optimizers
     already there keep their curves, timings and speed; the added run's timing is kept apart.
 
-    ``replace``: every optimizer of ``report`` must be there already, and its new run takes the place
-    of the old one, whose mean final loss, timing and speed are kept under "replaced" (e.g. the learned
-    optimizer rerun after an engine change that leaves the baselines' runs as they were)."""
-    clash = sorted(set(existing["optimizers"]) & set(report["optimizers"]))
+    ``replace``: every optimizer of ``report`` is there already (main checks both cases before any run,
+    ``_merge_problem``), and its new run takes the place of the old one, whose mean final loss, timing
+    and speed are kept under "replaced" (e.g. the learned optimizer rerun after an engine change that
+    leaves the baselines' runs as they were)."""
+    order = list(existing["optimizers"])  # a rerun keeps its place in the table; added ones come after
     if replace:
-        missing = sorted(set(report["optimizers"]) - set(existing["optimizers"]))
-        if missing:
-            raise SystemExit(f"--replace: {path} has no {', '.join(missing)} to replace; use --add for them")
-        order = list(existing["optimizers"])  # the reruns keep their places in the table
-        existing = _without(existing, clash)
-    elif clash:
-        raise SystemExit(f"{path} already has {', '.join(clash)}: leave them out of --optimizers, rerun the "
-                         "setting, or give --replace")
+        existing = _without(existing, sorted(report["optimizers"]))
     # One loss per step at the last scale: the first-order baselines' curves have the same length in
     # the same setting (L-BFGS records fewer points, NAME-flat runs more).
     lengths = {len(e["mean_curve"]) for opts in (existing["optimizers"], report["optimizers"])
                for name, e in opts.items() if name in BASELINES}
     if len(lengths) > 1:
         raise SystemExit(f"{path} was run with other steps than this run (curve lengths {sorted(lengths)})")
-    optimizers = {**existing["optimizers"], **report["optimizers"]}
-    if replace:
-        optimizers = {k: optimizers[k] for k in [*order, *(k for k in optimizers if k not in order)]}
-    merged = {**existing, "optimizers": optimizers}
+    runs = {**existing["optimizers"], **report["optimizers"]}
+    merged = {**existing, "optimizers": {k: runs[k] for k in [*order, *(k for k in runs if k not in order)]}}
     _rank(merged)
     merged.update(_reach_steps(merged))
     merged.setdefault("added", []).append({"optimizers": sorted(report["optimizers"]), "timing": report.get("timing"),
@@ -491,6 +479,18 @@ def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> 
         if report.get(key):
             merged[key] = {**merged.get(key, {}), **report[key]}
     return merged
+
+
+def _merge_problem(existing: dict, names: list[str], replace: bool) -> str | None:
+    """What is wrong with running ``names`` into a setting's JSON ``existing`` (--add: none there yet;
+    --replace: all there), or None."""
+    there = sorted(set(names) & set(existing["optimizers"]))
+    missing = sorted(set(names) - set(existing["optimizers"]))
+    if replace and missing:
+        return f"has no {', '.join(missing)} to replace; use --add for them"
+    if not replace and there:
+        return f"already has {', '.join(there)}: leave them out of --optimizers, rerun the setting, or give --replace"
+    return None
 
 
 def first_lstm_final(report: dict) -> float:
@@ -514,8 +514,7 @@ def _without(report: dict, names: list[str]) -> dict:
     old_speed = report.get("speed") or {}
     # Adam's time is every other optimizer's yardstick: without its run the others' speed means nothing
     out["speed"] = {} if "adam" in names else {k: v for k, v in old_speed.items() if k not in names}
-    out.setdefault("replaced", [])
-    out["replaced"] = [*out["replaced"], {
+    out["replaced"] = [*report.get("replaced", []), {
         "optimizers": sorted(names),
         "mean_final_loss": {k: report["optimizers"][k]["mean_final_loss"] for k in sorted(names)},
         "lstm_over_best_baseline": report.get("lstm_over_best_baseline"),
@@ -787,13 +786,9 @@ def main(argv=None) -> int:
             ap.error(f"{flag}: {err}")
         if args.existing.get("steps", args.steps) != args.steps:
             ap.error(f"{flag}: {out / f'{stem}.json'} was run with --steps {args.existing['steps']}")
-        clash = sorted(set(args.optimizers) & set(args.existing["optimizers"]))
-        missing = sorted(set(args.optimizers) - set(args.existing["optimizers"]))
-        if args.add and clash:  # said before any run (it was said after them)
-            ap.error(f"--add: {out / f'{stem}.json'} already has {', '.join(clash)}: leave them out of "
-                     "--optimizers, rerun the setting, or give --replace")
-        if args.replace and missing:
-            ap.error(f"--replace: {out / f'{stem}.json'} has no {', '.join(missing)} to replace; use --add for them")
+        problem = _merge_problem(args.existing, args.optimizers, args.replace)
+        if problem:  # said before any run (a clash was said after them)
+            ap.error(f"{flag}: {out / f'{stem}.json'} {problem}")
     report = crop_setting(args) if crops else engine_setting(args)
     if args.existing is not None:
         report = _add_to(args.existing, report, out / f"{stem}.json", replace=args.replace)
