@@ -13,20 +13,18 @@ level 0 chosen on the 6 validation problems of val seed 8, then both scored on t
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import lstm_factory  # noqa: E402
 from artopt.learned_optimizers import LearnedOptimizer, load_learned  # noqa: E402
-from artopt.learned_optimizers.multiscale import MultiscaleOptimizer  # noqa: E402
+from artopt.learned_optimizers.multiscale import LevelSplit, MultiscaleOptimizer, level_sizes  # noqa: E402
 from artopt.optimizers import make_optimizer  # noqa: E402
 
 from basis_fourier import add_probe_flags, probe_weights, score_val_problems, write_report  # noqa: E402
@@ -34,39 +32,12 @@ from basis_fourier import add_probe_flags, probe_weights, score_val_problems, wr
 ADAM_GRID = [0.0025, 0.005, 0.01, 0.02]
 
 
-class SplitLevels(torch.optim.Optimizer):
-    """The inner optimizer of a MultiscaleOptimizer: ``fine`` on the first ``n0`` entries of each flat
-    coefficient tensor (level 0), ``coarse`` on the rest.  Each gets tensors of its own, because an
-    optimizer's state is per tensor."""
-
-    def __init__(self, flats, n0s, fine, coarse):
-        super().__init__(flats, {})
-        self.flats, self.n0s = flats, n0s
-        self.parts = [(torch.zeros(n0, requires_grad=True), torch.zeros(f.numel() - n0, requires_grad=True))
-                      for f, n0 in zip(flats, n0s)]
-        self.fine = fine([a for a, _ in self.parts])
-        self.coarse = coarse([b for _, b in self.parts])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for f, n0, (a, b) in zip(self.flats, self.n0s, self.parts):
-            a.zero_()
-            b.zero_()  # after the steps they hold the updates alone, as MultiscaleOptimizer's coefficients do
-            a.grad, b.grad = f.grad[:n0].clone(), f.grad[n0:].clone()
-        self.fine.step()
-        self.coarse.step()
-        for f, n0, (a, b) in zip(self.flats, self.n0s, self.parts):
-            f[:n0] += a
-            f[n0:] += b
-
-
 def hybrid_factory(weights: str, adam_lr: float):
     nets = load_learned(weights)  # once; LearnedOptimizer picks its network
 
     def build(params, groups):
-        n0s = [math.prod(p.shape) for p in params]  # level 0 has the image's shape
-        return MultiscaleOptimizer(params, lambda flats: SplitLevels(
-            flats, n0s, lambda ps: make_optimizer("adam", ps, adam_lr),
+        return MultiscaleOptimizer(params, lambda flats: LevelSplit(
+            flats, [level_sizes(p.shape) for p in params], 1, lambda ps: make_optimizer("adam", ps, adam_lr),
             lambda ps: LearnedOptimizer(ps, nets=nets)))
 
     return build

@@ -99,6 +99,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         print(f"not reusing {log}: its coarsest scale had {settings['coarse_share']:g} of the steps, not the "
               "default two thirds", flush=True)
         return False
+    if settings.get("adam_levels") and "--adam-levels" not in flags:  # (a log from before the option had none)
+        print(f"not reusing {log}: Adam stepped its {settings['adam_levels']} finest basis level(s)", flush=True)
+        return False
     styles = [Path(s) for s in settings.get("style_paths", [])]
     if Path(settings.get("content_path", "")) != content or styles != [style]:
         return False

@@ -110,9 +110,11 @@ def val(args) -> dict:
             "rows": rows}
 
 
-def speed(report: dict) -> dict:
-    """The rule's verdict from a timed evaluation JSON holding lstm-coarseS, adam and adam-coarseS."""
-    lstm, adam_share = f"lstm-coarse{SHARE:g}", f"adam-coarse{SHARE:g}"
+def speed(report: dict, lstm: str = f"lstm-coarse{SHARE:g}",
+          what: str = "bench/coarse_share.py speed: the rule of the script's docstring") -> dict:
+    """The rule's verdict from a timed evaluation JSON holding ``lstm`` (a learned optimizer with the share),
+    adam and adam-coarseS."""
+    adam_share = f"adam-coarse{SHARE:g}"
     timing = report["timing"]
     mean = {}
     for name in ("adam", lstm, adam_share):
@@ -120,7 +122,7 @@ def speed(report: dict) -> dict:
         mean[name] = sum(times) / len(times) if all(t is not None for t in times) else None
     baseline = min(t for t in (mean["adam"], mean[adam_share]) if t is not None)
     finals = {k: v["mean_final_loss"] for k, v in report["optimizers"].items()}
-    return {"what": "bench/coarse_share.py speed: the rule of the script's docstring", "share": SHARE,
+    return {"what": what, "share": SHARE,
             "photos": report["photos"], "timing_conditions": report["timing_conditions"],
             "mean_seconds_to_adam_final": mean, "baseline_seconds": baseline,
             "lstm_speedup": baseline / mean[lstm] if mean[lstm] else None,

@@ -373,6 +373,16 @@ def test_a_log_with_another_coarse_share_is_reused_only_when_the_flags_ask_for_i
     assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--coarse-share", "0.1"])
 
 
+def test_a_log_with_adam_levels_is_reused_only_when_the_flags_ask_for_them(tmp_path):
+    cli_runs, content, style, log, found = _reusable_lstm_log(tmp_path, 512)
+    log.write_text(json.dumps({**found, "settings": {**found["settings"], "adam_levels": 1}}))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--adam-levels", "1"])
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--adam-levels", "2"])
+    log.write_text(json.dumps({**found, "settings": {**found["settings"], "adam_levels": 0}}))
+    assert cli_runs._log_matches(log, content, style, ["--size", "512"])
+
+
 def test_a_run_stopped_early_is_never_reused_and_ends_the_benchmark(monkeypatch, tmp_path):
     # Ctrl-C reaches the artopt child too: it saves what it has, a log of fewer steps marked stopped_early
     cli_runs = load("cli_runs")
@@ -562,31 +572,6 @@ def test_the_fourier_basis_probe_hands_the_inner_optimizer_the_coefficients_grad
     moved = x0 + bench.FourierOptimizer._image(-0.001 * expected, 2.0 * scale, (10, 13))
     assert torch.allclose(x.detach(), moved, atol=1e-6)
     assert float(((x.detach() - target) ** 2).sum()) < before
-
-
-def test_the_hybrid_probe_steps_level_0_and_the_coarser_levels_with_their_own_optimizers():
-    # bench/basis_hybrid.py: Adam on level 0 of the multi-scale basis, the LSTM on the rest.  With two
-    # plain SGDs of different rates the image must move by exactly their two updates.
-    import torch
-
-    from artopt.learned_optimizers import multiscale as ms
-
-    bench = load("basis_hybrid")
-    torch.manual_seed(0)
-    target = torch.rand(1, 3, 16, 12)
-    x = torch.rand(1, 3, 16, 12, requires_grad=True)
-    x0 = x.detach().clone()
-    n0 = x.numel()
-    opt = ms.MultiscaleOptimizer([x], lambda flats: bench.SplitLevels(
-        flats, [n0], lambda ps: torch.optim.SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.02)), levels=3)
-    opt.zero_grad()
-    ((x - target) ** 2).sum().backward()
-    grads = ms.adjoint(x.grad, [z.shape for z in opt.coefficients[0]])
-    opt.step()
-    expected = x0 + ms.synthesize([-0.1 * grads[0], *(-0.02 * g for g in grads[1:])], (16, 12))
-    assert torch.allclose(x.detach(), expected, atol=1e-6)
-    fine, coarse = opt.inner.parts[0]
-    assert fine.numel() == n0 and coarse.numel() == 3 * (8 * 6 + 4 * 3)
 
 
 def test_the_fine_scale_step_rule_wants_lower_at_both_sizes_then_the_lowest_sum():
@@ -887,6 +872,31 @@ def test_the_backoff_rerun_compares_with_the_lstms_first_committed_run(monkeypat
     committed = _committed_settings(["512-pyramid-off"])["512-pyramid-off"]
     assert report["committed_lstm_mean_final"] == committed["replaced"][0]["mean_final_loss"]["lstm"] != \
         committed["optimizers"]["lstm"]["mean_final_loss"]
+
+
+def test_the_adam_levels_rule_picks_the_faster_candidate_and_reads_its_timed_run(tmp_path, capsys, monkeypatch):
+    """bench/adam_levels.py: val chooses the K that reaches Adam's final loss sooner on average (one that misses
+    a photo is out); speed applies bench/coarse_share.py's test to the lstm-adamlevelsK entry."""
+    bench = load("adam_levels")
+    adam = tmp_path / "adam"
+    adam.mkdir()
+    for p in bench.PHOTOS:
+        (adam / f"{p}-adam.json").write_text(json.dumps({"final": 1.0}))
+    times = {0: (5.0, 6.0), 1: (3.0, 4.0), 2: (2.0, None)}  # K=2 is faster on one photo, misses the other
+
+    def fake(job):
+        photo, k, _ = job
+        t = times[k][bench.PHOTOS.index(photo)]
+        return {"curve": [3.0, 2.0, 0.5 if t else 2.0], "elapsed": [1.0, 2.0, t or 3.0], "loss_seconds": [0.5, 1.0, 1.5]}
+
+    monkeypatch.setattr(bench, "one_run", fake)
+    found = bench.val(SimpleNamespace(adam_runs=adam, runs=tmp_path / "runs"))
+    assert found["chosen"] == 1 and found["mean_seconds_to_adam_final"] == {"0": 5.5, "1": 3.5, "2": None}
+    assert [r["steps_to_adam_final"] for r in found["rows"]][:2] == [2, 2]
+    expect_usage_error(capsys, "adam_levels", ["val", "--adam-runs", str(tmp_path / "none")], "no Adam run for")
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"optimizers": {"adam": {}}}))
+    expect_usage_error(capsys, "adam_levels", ["speed", str(report)], "holds no lstm-adamlevelsK run")
 
 
 def test_the_coarse_share_speed_rule_takes_the_faster_adam_as_the_yardstick():

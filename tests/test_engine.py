@@ -1032,6 +1032,42 @@ def test_fine_scale_step_multiplies_the_learned_step_after_the_first_scale_only(
             _config(fine_scale_step=bad).validated()
 
 
+def test_adam_levels_leave_the_finest_basis_levels_of_the_finer_scales_to_adam(monkeypatch):
+    """adam_levels K: at the pyramid's scales after the first, Adam on the multi-scale basis (at the engine's
+    rate there) steps the K finest levels and the learned optimizer the rest; the first scale, runs with one
+    scale and the hand-designed optimizers are as without it, and say so."""
+    from artopt.learned_optimizers.multiscale import LevelSplit, level_sizes
+
+    built = []
+    real = engine._make_optimizer
+    monkeypatch.setattr(engine, "_make_optimizer", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    config = _config(optimizer="lstm", size=256, steps=6, pyramid=True)  # 128 then 256 px: 4 + 2 steps
+    out, infos = _run(config)
+    assert config.adam_levels == 0 and not any(isinstance(o.inner, LevelSplit) for o in built)
+    built.clear()
+    split, infos = _run(dataclasses.replace(config, adam_levels=2))
+    assert [i.scale_index for i in infos] == [0] * 4 + [1] * 2 and torch.isfinite(split).all()
+    assert not isinstance(built[0].inner, LevelSplit)
+    inner = built[1].inner
+    assert isinstance(inner, LevelSplit) and isinstance(inner.finest, torch.optim.Adam)
+    assert inner.finest.param_groups[0]["lr"] == engine.STYLIZE_LR_MULTISCALE["adam"]
+    sizes = level_sizes(built[1].images[0].shape, coarsest=8)
+    assert inner.n_finest == [sum(sizes[:2])] and inner.parts[0][1].numel() == sum(sizes[2:])
+    # the finer scale's learned step (fine_scale_step) and backoff act on the learned part's rate
+    assert engine._learned_groups(built[1]) is inner.rest.param_groups
+    assert inner.rest.param_groups[0]["lr"] == pytest.approx(built[0].inner.param_groups[0]["lr"] * config.fine_scale_step)
+    assert [i.losses["total"] for i in infos[:4]] == [i.losses["total"] for i in _run(config)[1][:4]]
+    assert not torch.equal(split, out)
+    # not used: one scale, another optimizer; refused: a bad count, or with carry_state
+    assert "adam levels 1 is for coarse-to-fine runs" in _run(dataclasses.replace(config, adam_levels=1, pyramid=False))[1][0].notice
+    assert "adam levels 1 is for lstm only" in _run(_config(adam_levels=1))[1][0].notice
+    for bad in (-1, engine.MAX_ADAM_LEVELS + 1, 1.0, True, "1"):
+        with pytest.raises(ValueError, match="adam levels must be"):
+            dataclasses.replace(config, adam_levels=bad).validated()
+    with pytest.raises(ValueError, match="cannot be combined"):
+        dataclasses.replace(config, adam_levels=1, carry_state=True).validated()
+
+
 def test_carry_state_starts_a_finer_scale_from_the_coarser_scales_learned_state(monkeypatch):
     """carry_state: each finer pyramid scale's learned optimizer is given the coarser one's state
     (MultiscaleOptimizer.carry_state_from) before its first step; off by default, and the first scale,

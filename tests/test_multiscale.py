@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import warnings
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 
 from artopt.evaluation import baseline_factory, lstm_factory, run_optimizer
 from artopt.learned_optimizers import LearnedOptimizer, load_learned
-from artopt.learned_optimizers.multiscale import (MultiscaleOptimizer, adjoint, auto_levels, level_shapes,
-                                                  multiscale_problem, synthesize)
+from artopt.learned_optimizers.multiscale import (LevelSplit, MultiscaleOptimizer, adjoint, auto_levels, level_shapes,
+                                                  level_sizes, multiscale_problem, synthesize)
 from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
 from artopt.tasks.base import Problem
 
@@ -400,3 +401,78 @@ def test_nothing_is_carried_from_an_optimizer_without_learned_state():
     assert new.carry_state_from(old) == 0 and "h" not in new.inner.state[new.flat[0]]
     adam = MultiscaleOptimizer([torch.rand(1, 3, 8, 12, requires_grad=True)], lambda ps: torch.optim.Adam(ps))
     assert new.carry_state_from(adam) == 0
+
+
+def _split(x, levels, finest, rest, basis_levels=3):
+    return MultiscaleOptimizer([x], lambda flats: LevelSplit(flats, [level_sizes(x.shape, basis_levels)], levels,
+                                                             finest, rest), levels=basis_levels)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_a_level_split_steps_the_finest_levels_and_the_rest_with_their_own_optimizers(levels):
+    # With two plain SGDs of different rates the image must move by exactly their two updates.
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 12)
+    x = torch.rand(1, 3, 16, 12, requires_grad=True)
+    x0 = x.detach().clone()
+    opt = _split(x, levels, lambda ps: torch.optim.SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.02))
+    assert level_sizes(x.shape, 3) == [3 * 16 * 12, 3 * 8 * 6, 3 * 4 * 3]
+    opt.zero_grad()
+    ((x - target) ** 2).sum().backward()
+    grads = adjoint(x.grad, [z.shape for z in opt.coefficients[0]])
+    opt.step()
+    rates = [0.1] * levels + [0.02] * (3 - levels)
+    assert torch.allclose(x.detach(), x0 + synthesize([-r * g for r, g in zip(rates, grads)], (16, 12)), atol=1e-6)
+    fine, coarse = opt.inner.parts[0]
+    assert fine.numel() == sum(level_sizes(x.shape, 3)[:levels]) and fine.numel() + coarse.numel() == opt.coordinates
+
+
+def test_a_level_split_gives_a_learned_rest_its_levels_loss_notices_and_state():
+    nets = _nets()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+
+    def make(image):
+        return _split(image, 1, lambda ps: torch.optim.Adam(ps, lr=0.01), lambda ps: LearnedOptimizer(ps, nets=nets))
+
+    opt = make(x)
+    learned = opt.inner.rest
+    coarse = opt.inner.parts[0][1]
+    assert learned.state[coarse]["level_sizes"] == [0, 3 * 8 * 8, 3 * 4 * 4]  # counted from the image's finest
+    for _ in range(3):
+        x.grad = torch.randn_like(x)
+        opt.step(loss=torch.tensor(1.0))
+    assert opt.last_notice is None and opt.fallback_count == 0
+    # state: the learned part's (int h and c per coordinate) plus Adam's two moments on level 0
+    assert opt.state_bytes() == learned.state_bytes() + 2 * 4 * x.numel()
+    copy = x.detach().clone().requires_grad_(True)
+    reloaded = make(copy)
+    reloaded.load_state_dict(copy_module.deepcopy(opt.state_dict()))  # (as saved: torch's Adam loads its tensors as they are)
+    grad = torch.randn_like(x)
+    x.grad, copy.grad = grad.clone(), grad.clone()
+    opt.step()
+    reloaded.step()
+    assert torch.equal(x, copy)
+    with pytest.raises(ValueError, match="LevelSplit"):
+        reloaded.inner.load_state_dict(LearnedOptimizer([coarse], nets=nets).state_dict())
+    # the learned part's non-finite guard is reported through the split (Adam has none: the engine's
+    # divergence check covers the image)
+    flat, n = opt.inner.flats[0], opt.inner.n_finest[0]
+    flat.grad = torch.ones_like(flat)
+    flat.grad[n + 5] = float("nan")
+    opt.inner.step()
+    assert torch.isfinite(flat).all() and opt.fallback_count > 0 and "non-finite" in opt.last_notice
+
+
+def test_a_level_split_refuses_what_would_leave_one_optimizer_nothing():
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    sgd = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731
+    with pytest.raises(ValueError, match="no coarser level"):
+        _split(x, 3, sgd, sgd)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="levels must be"):
+            _split(x, bad, sgd, sgd)
+    with pytest.raises(ValueError, match="add up"):
+        MultiscaleOptimizer([x], lambda flats: LevelSplit(flats, [[5, 5]], 1, sgd, sgd), levels=3)
+    with pytest.raises(ValueError, match="entries"):
+        MultiscaleOptimizer([x], lambda flats: LevelSplit(flats, [], 1, sgd, sgd), levels=3)

@@ -495,6 +495,31 @@ def test_engine_evaluation_runs_coarse_share_entries_with_their_split(tmp_path, 
         assert "coarse share must be a fraction" in capsys.readouterr().err
 
 
+def test_engine_evaluation_runs_adam_levels_entries_with_their_split(tmp_path, monkeypatch, capsys, eval_script):
+    """lstm-adamlevelsK[-coarseS][-flat] runs the learned optimizer with Adam on the K finest basis levels of the
+    finer pyramid scales (the engine's adam_levels); baselines and counts the engine refuses are refused first."""
+    script = eval_script
+    _cache_rates(tmp_path, {"engine-256px/steps=4/adam": 0.02})
+    seen = []
+
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, coarse_share=None, adam_levels=0, **kw):
+        seen.append((name, pyramid, coarse_share, adam_levels))
+        return {"curve": [2.0, 1.0], "final": 1.0, "seconds": 2.0, "loss_seconds": 1.0,
+                "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 2}
+
+    monkeypatch.setattr(script, "_engine_run", fake_run)
+    assert script.main(["256", "--pyramid", "on", "--optimizers", "adam,lstm-adamlevels1-coarse0.1,lstm-adamlevels2",
+                        "--photos", "1", "--steps", "4", "--out", str(tmp_path)]) == 0
+    assert seen == [("adam", True, None, 0), ("lstm", True, 0.1, 1), ("lstm", True, None, 2)]
+    report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
+    assert report["optimizers"]["lstm-adamlevels1-coarse0.1"]["learned"]
+    assert script._engine_variant("lstm-adamlevels3-coarse0.5-flat", True) == ("lstm", False, 0.5, 3)
+    for bad in ("adam-adamlevels1", "lstm-adamlevels0", f"lstm-adamlevels{script.MAX_ADAM_LEVELS + 1}"):
+        with pytest.raises(SystemExit):
+            script.main(["256", "--pyramid", "on", "--optimizers", bad, "--out", str(tmp_path)])
+        assert "-adamlevelsK is for learned optimizers" in capsys.readouterr().err
+
+
 def test_crop_evaluation_runs_a_baseline_in_the_basis_with_its_own_rate(tmp_path, eval_script, capsys):
     """eval_neural_art 64/128: BASELINE-ms is the baseline on the multi-scale basis's coefficients, tuned
     and cached under its own name; names it cannot run are refused before any work."""

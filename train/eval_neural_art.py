@@ -33,7 +33,7 @@ from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory 
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import folder_lock, write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, is_tuned_rate, search_lr  # noqa: E402
-from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP,  # noqa: E402
+from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP, MAX_ADAM_LEVELS,  # noqa: E402
                                  StylizeConfig, stylize)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
@@ -53,6 +53,9 @@ RAW = "-raw"  # ignore the card's calibrated inference settings: run the weights
 FLAT = "-flat"
 # engine settings: NAME-coarseS gives the pyramid's coarsest scale the share S of the steps (StylizeConfig.coarse_share)
 COARSE = "-coarse"
+# engine settings: lstm-adamlevelsK leaves the K finest basis levels of the finer pyramid scales to Adam
+# (StylizeConfig.adam_levels)
+ADAM_LEVELS = "-adamlevels"
 
 
 TUNED_LRS: Path | None = None  # --tuned-lrs; None: lrs.json in OUT
@@ -180,9 +183,12 @@ def _check_optimizers(names: list[str], crops: bool) -> str | None:
     if not names:
         return "--optimizers names no optimizer"
     for name in names:
-        base, _, share = _engine_variant(name, True) if not crops else (name, True, None)
+        base, _, share, adam_levels = _engine_variant(name, True) if not crops else (name, True, None, None)
         if share is not None and not 0 < share < 1:
             return f"{name}: the coarse share must be a fraction between 0 and 1 (exclusive), got {share:g}"
+        if adam_levels is not None and not (base.startswith("lstm") and 1 <= adam_levels <= MAX_ADAM_LEVELS):
+            return (f"{name}: {ADAM_LEVELS}K is for learned optimizers, K from 1 to {MAX_ADAM_LEVELS} "
+                    "(StylizeConfig.adam_levels)")
         if base.startswith("lstm") or base == "lbfgs" or _baseline(base):
             continue
         if base == f"lbfgs{MULTISCALE}":
@@ -229,15 +235,19 @@ def _check_weights(names: list[str], weights: dict, given: set[str], crops: bool
     return None
 
 
-def _engine_variant(name: str, pyramid: bool) -> tuple[str, bool, float | None]:
-    """(name without its engine-setting suffixes, NAME[-coarseS][-flat], whether its engine run uses the
-    pyramid, the coarsest scale's share of the steps or None for the engine's)."""
+def _engine_variant(name: str, pyramid: bool) -> tuple[str, bool, float | None, int | None]:
+    """(name without its engine-setting suffixes, NAME[-adamlevelsK][-coarseS][-flat], whether its engine
+    run uses the pyramid, the coarsest scale's share of the steps or None for the engine's, the finest
+    basis levels left to Adam or None)."""
     flat = name.endswith(FLAT)
     name = name.removesuffix(FLAT)
+    share = None
     found = re.fullmatch(rf"(.+){COARSE}([0-9]*\.?[0-9]+)", name)
     if found:
-        return found.group(1), pyramid and not flat, float(found.group(2))
-    return name, pyramid and not flat, None
+        name, share = found.group(1), float(found.group(2))
+    found = re.fullmatch(rf"(.+){ADAM_LEVELS}([0-9]+)", name)
+    adam_levels = int(found.group(2)) if found else None
+    return (found.group(1) if found else name), pyramid and not flat, share, adam_levels
 
 
 def _raw(name: str) -> tuple[str, bool]:
@@ -279,7 +289,7 @@ def engine_setting(args) -> dict:
     cache = _lr_cache()
     lrs: dict[str, float | None] = {}
     for name in args.optimizers:
-        base, run_pyramid, _ = _engine_variant(name, pyramid)
+        base, run_pyramid, _, _ = _engine_variant(name, pyramid)
         if _baseline(base):
             key = f"engine-{args.tune_size or size}px{'' if run_pyramid else '-pyramid-off'}/steps={args.steps}/{base}"
             if key not in cache or args.retune:
@@ -318,14 +328,14 @@ def engine_setting(args) -> dict:
     for photo in photos:
         for name in args.optimizers:
             weights, basis, raw = None, None, False
-            base, run_pyramid, share = _engine_variant(name, pyramid)
+            base, run_pyramid, share, adam_levels = _engine_variant(name, pyramid)
             engine_name = base
             if base.startswith("lstm"):
                 base, raw = _raw(base)
                 base, basis = _basis(base, args)
                 weights = args.weights[base]
             run = _engine_run(task, photo, style, size, run_pyramid, engine_name, lrs[name], args.steps,
-                              weights=weights, basis=basis, raw=raw, coarse_share=share)
+                              weights=weights, basis=basis, raw=raw, coarse_share=share, adam_levels=adam_levels or 0)
             if weights is not None:
                 inference[name] = _settings(weights, raw)
             curves[name].append(run["curve"])
@@ -377,7 +387,8 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
                 backoff: bool = True, fine_scale_step: float | None = None, carry_state: bool | None = None,
                 handoff_lr: float | None = HANDOFF_LR, handoff_warmup: int = HANDOFF_WARMUP,
                 handoff_finer_lr: float | None = HANDOFF_FINER_LR,
-                handoff_finer_within: float = HANDOFF_FINER_WITHIN, coarse_share: float | None = None) -> dict:
+                handoff_finer_within: float = HANDOFF_FINER_WITHIN, coarse_share: float | None = None,
+                adam_levels: int = 0) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -387,7 +398,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
     if carry_state is not None:
         cfg.carry_state = carry_state
     cfg.handoff_lr, cfg.handoff_warmup, cfg.handoff_finer_lr = handoff_lr, handoff_warmup, handoff_finer_lr
-    cfg.handoff_finer_within, cfg.coarse_share = handoff_finer_within, coarse_share
+    cfg.handoff_finer_within, cfg.coarse_share, cfg.adam_levels = handoff_finer_within, coarse_share, adam_levels
     curve, times, = [], []
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
     handed_off_scales, n_scales = [], [1]  # the scales whose notices say "(handoff)"
@@ -677,7 +688,8 @@ def main(argv=None) -> int:
                          "runs it on the multi-scale basis's coefficients, as the LSTM runs, with its own tuned rate); "
                          "engine settings: NAME-flat runs NAME without the pyramid in a --pyramid on run (timed against "
                          "its Adam), NAME-coarseS with the pyramid's coarsest scale given the share S of the steps "
-                         "(a baseline at its rate tuned for the engine's split)")
+                         "(a baseline at its rate tuned for the engine's split), lstm[-NAME]-adamlevelsK[-coarseS] with "
+                         "Adam on the K finest basis levels of the finer pyramid scales (the engine's --adam-levels)")
     ap.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
                     help="learned optimizer weights (default lstm=weights/neural_art.safetensors)")
     ap.add_argument("--photos", type=int, default=8, help="photos to evaluate on (of --split)")

@@ -103,8 +103,7 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         for p in self.images:
             if p.dim() < 2:
                 raise ValueError("MultiscaleOptimizer optimizes images: parameters of shape (..., H, W)")
-            n = levels if levels is not None else auto_levels(*p.shape[-2:], coarsest)
-            shapes = level_shapes(p.shape, n)
+            shapes = level_shapes(p.shape, levels if levels is not None else auto_levels(*p.shape[-2:], coarsest))
             sizes = [math.prod(s) for s in shapes]
             flat = torch.zeros(sum(sizes), dtype=p.dtype, device=p.device, requires_grad=True)
             # views of the detached tensor: same memory, no autograd history to trip over
@@ -215,12 +214,97 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
             flat.zero_()  # after the inner step, the coefficients hold the update alone
             flat.grad = torch.cat([g.reshape(-1) for g in adjoint(p.grad, [z.shape for z in zs])])
             active.append((p, zs))
-        if loss is not None and isinstance(self.inner, LearnedOptimizer):
+        if loss is not None and isinstance(self.inner, (LearnedOptimizer, LevelSplit)):
             self.inner.step(loss=loss)
         else:
             self.inner.step()
         for p, zs in active:
             p.add_(synthesize(zs, tuple(p.shape[-2:])))
+        return loss
+
+
+def level_sizes(shape: torch.Size | tuple, levels: int | None = None, coarsest: int = COARSEST) -> list[int]:
+    """Coefficients per level (z_0 first) of an image of ``shape`` (..., H, W), as ``MultiscaleOptimizer``
+    lays them out: ``levels`` levels, or ``auto_levels`` down to ``coarsest`` px."""
+    n = levels if levels is not None else auto_levels(*shape[-2:], coarsest)
+    return [math.prod(s) for s in level_shapes(shape, n)]
+
+
+class LevelSplit(torch.optim.Optimizer):
+    """The inner optimizer of a ``MultiscaleOptimizer`` that runs two optimizers: ``finest`` (a factory,
+    e.g. Adam's) on the ``levels`` finest levels of each image's coefficients and ``rest`` (e.g. the
+    learned optimizer's) on the coarser ones.
+
+    Why: level 0 holds 3/4 of the coefficients, so at large sizes it is most of a learned update's
+    cost, while the coarse levels, where one coefficient moves a neighbourhood, are where the learned
+    optimizer gains most over Adam (bench/adam_levels.py).  ``level_sizes`` gives each flat coefficient
+    tensor's sizes per level (``level_sizes()``).  Each optimizer gets tensors of its own (an
+    optimizer's state is per tensor); a learned ``rest`` is told their levels, counted from the image's
+    finest.  Notices, fallbacks and the learned rate (``rest.param_groups``) are ``rest``'s."""
+
+    def __init__(self, flats: list[torch.Tensor], level_sizes: list[list[int]], levels: int,
+                 finest: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                 rest: Callable[[list[torch.Tensor]], torch.optim.Optimizer]):
+        if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 1:
+            raise ValueError(f"levels must be a whole number, at least 1, got {levels!r}")
+        if len(level_sizes) != len(flats):
+            raise ValueError(f"level_sizes has {len(level_sizes)} entries for {len(flats)} coefficient tensors")
+        for flat, sizes in zip(flats, level_sizes):
+            if sum(sizes) != flat.numel():
+                raise ValueError(f"level sizes {sizes} do not add up to the {flat.numel()} coefficients")
+            if len(sizes) <= levels:  # the other optimizer would get nothing to step
+                raise ValueError(f"{levels} finest level(s) of {len(sizes)} leave no coarser level for the other optimizer")
+        super().__init__(flats, {})
+        self.flats = list(flats)
+        self.n_finest = [sum(sizes[:levels]) for sizes in level_sizes]
+        self.parts = [(torch.zeros(n, dtype=f.dtype, device=f.device, requires_grad=True),
+                       torch.zeros(f.numel() - n, dtype=f.dtype, device=f.device, requires_grad=True))
+                      for f, n in zip(self.flats, self.n_finest)]
+        self.finest = finest([a for a, _ in self.parts])
+        self.rest = rest([b for _, b in self.parts])
+        if hasattr(self.rest, "set_basis_levels"):
+            for (_, b), sizes in zip(self.parts, level_sizes):
+                self.rest.set_basis_levels(b, [0] * levels + list(sizes[levels:]))
+
+    @property
+    def last_notice(self) -> str | None:
+        return getattr(self.rest, "last_notice", None)
+
+    @property
+    def fallback_count(self) -> int:
+        return getattr(self.rest, "fallback_count", 0)
+
+    def state_bytes(self) -> int:
+        """Both optimizers' per-coordinate state (tensors only)."""
+        def held(opt):
+            return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
+                       if isinstance(t, torch.Tensor) and t.dim() > 0)
+        return held(self.finest) + (self.rest.state_bytes() if hasattr(self.rest, "state_bytes") else held(self.rest))
+
+    def state_dict(self) -> dict:
+        return {"finest": self.finest.state_dict(), "rest": self.rest.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"finest", "rest"}:
+            raise ValueError("this state dict was not saved by a LevelSplit (it needs 'finest' and 'rest')")
+        self.finest.load_state_dict(state_dict["finest"])
+        self.rest.load_state_dict(state_dict["rest"])
+
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        loss = evaluate_closure(closure) if closure is not None else loss
+        for f, n, (a, b) in zip(self.flats, self.n_finest, self.parts):
+            a.zero_()  # after the steps they hold the updates alone, as MultiscaleOptimizer's coefficients do
+            b.zero_()
+            a.grad, b.grad = (None, None) if f.grad is None else (f.grad[:n].clone(), f.grad[n:].clone())
+        self.finest.step()
+        if loss is not None and isinstance(self.rest, LearnedOptimizer):
+            self.rest.step(loss=loss)
+        else:
+            self.rest.step()
+        for f, n, (a, b) in zip(self.flats, self.n_finest, self.parts):
+            f[:n] += a
+            f[n:] += b
         return loss
 
 

@@ -88,6 +88,9 @@ FINE_SCALE_STEP = 0.5
 # steps.  Made the default by a rule committed before its runs (bench/handoff.py's docstring): on
 # styles far from the LSTM's training it stalls late, and Adam on the basis then ends lower.
 HANDOFF_LR, HANDOFF_WARMUP = 0.0009, 10
+# StylizeConfig.adam_levels: at most this many finest basis levels go to Adam, so the learned optimizer
+# keeps at least three at every finer pyramid scale (384 px and up: six levels or more).
+MAX_ADAM_LEVELS = 3
 # Adam on the finer pyramid scales (StylizeConfig.handoff_finer_lr / handoff_finer_within): where the
 # learned optimizer stalled within the first 62% of a coarser scale's steps, Adam on the basis runs the
 # finer scales from their start.  The default since session 58, by a rule committed before its runs
@@ -205,6 +208,12 @@ class StylizeConfig:
                 "smaller share runs more full-size steps, so it ends lower and takes longer: at 512 px with 200 steps "
                 "0.1 ended 10% lower for lstm and 21% lower for adam, in 2.2x and 1.7x the time "
                 "(bench/coarse_share.py)"})
+    adam_levels: int = field(default=0, metadata={
+        "help": "lstm only, coarse-to-fine runs: at the scales after the first, Adam on the multi-scale basis (at "
+                f"{STYLIZE_LR_MULTISCALE['adam']:g}) steps this many of the basis's finest levels and the learned "
+                f"optimizer the coarser ones (0-{MAX_ADAM_LEVELS}; 0: the learned optimizer steps them all). Level 0 "
+                "holds 3/4 of the coefficients and most of a learned step's cost at large sizes "
+                "(bench/adam_levels.py)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
@@ -266,6 +275,11 @@ class StylizeConfig:
         if self.coarse_share is not None and (isinstance(self.coarse_share, bool) or not isinstance(
                 self.coarse_share, numbers.Real) or not 0 < self.coarse_share < 1):
             raise ValueError(f"coarse share must be a fraction between 0 and 1 (exclusive), got {self.coarse_share!r}")
+        if (isinstance(self.adam_levels, bool) or not isinstance(self.adam_levels, int)
+                or not 0 <= self.adam_levels <= MAX_ADAM_LEVELS):
+            raise ValueError(f"adam levels must be a whole number from 0 to {MAX_ADAM_LEVELS}, got {self.adam_levels!r}")
+        if self.adam_levels and self.carry_state is True:  # (the state of levels Adam steps would be dropped)
+            raise ValueError("adam levels and carry state cannot be combined: pick one")
         if isinstance(self.handoff_warmup, bool) or not isinstance(self.handoff_warmup, int) or self.handoff_warmup < 0:
             raise ValueError(f"handoff warmup must be a non-negative integer (steps), got {self.handoff_warmup!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -515,9 +529,11 @@ def resolve_lr(name: str, lr: float | None = None, lstm_weights: str | None = No
 
 
 def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
-                    setup: "LearnedSetup | None" = None, basis: str = "pixels") -> torch.optim.Optimizer:
+                    setup: "LearnedSetup | None" = None, basis: str = "pixels",
+                    adam_levels: int = 0) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``image``; "lstm" runs ``setup`` (default: the shipped weights) in
-    its card's basis, the others in ``basis``."""
+    its card's basis, the others in ``basis``.  ``adam_levels``: "lstm" in the multi-scale basis
+    leaves that many finest levels to Adam (StylizeConfig.adam_levels)."""
     if name == "lstm":
         from artopt.learned_optimizers import LearnedOptimizer
         from artopt.learned_optimizers.shipped import learned_setup
@@ -542,9 +558,13 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
 
         if multiscale:
             # Meta-trained on the coefficients of a multi-scale basis: it runs there too.
-            from artopt.learned_optimizers.multiscale import MultiscaleOptimizer
+            from artopt.learned_optimizers.multiscale import LevelSplit, MultiscaleOptimizer, level_sizes
 
-            return MultiscaleOptimizer([image], learned, coarsest=setup.coarsest)
+            def split(flats):  # adam_levels: Adam on the finest levels, the learned optimizer on the rest
+                return LevelSplit(flats, [level_sizes(image.shape, coarsest=setup.coarsest)], adam_levels,
+                                  lambda ps: make_optimizer("adam", ps, STYLIZE_LR_MULTISCALE["adam"]), learned)
+
+            return MultiscaleOptimizer([image], split if adam_levels else learned, coarsest=setup.coarsest)
         return learned([image])
 
     lr = resolve_lr(name, lr, basis=basis, pixels=image.shape[-2] * image.shape[-1])
@@ -556,8 +576,10 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
 
 
 def _learned_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
-    """The groups holding the learned optimizer's lr (a MultiscaleOptimizer's own hold the images)."""
-    return getattr(optimizer, "inner", optimizer).param_groups
+    """The groups holding the learned optimizer's lr (a MultiscaleOptimizer's own hold the images; a
+    LevelSplit's learned part is its ``rest``)."""
+    inner = getattr(optimizer, "inner", optimizer)
+    return getattr(inner, "rest", inner).param_groups
 
 
 class _Backoff:
@@ -744,6 +766,12 @@ def stylize(content: Image.Image | torch.Tensor,
                    f"the shorter side would be under the {loss_net.min_size} px {loss_net.name} needs")
     if config.coarse_share is not None and len(sizes) == 1:
         notice += f" (coarse share {config.coarse_share:g} is for coarse-to-fine runs: this one has one scale)"
+    if config.adam_levels and optimizer_name != "lstm":
+        notice += f" (adam levels {config.adam_levels} is for lstm only: not used)"
+    elif config.adam_levels and len(sizes) == 1:
+        notice += f" (adam levels {config.adam_levels} is for coarse-to-fine runs: this one has one scale)"
+    elif config.adam_levels and lstm_setup.basis != "multiscale":
+        notice += f" (adam levels {config.adam_levels} needs a learned optimizer on the multi-scale basis: not used)"
     steps_per_scale = split_steps(config.steps, len(sizes), config.coarse_share)
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None
@@ -838,7 +866,8 @@ def stylize(content: Image.Image | torch.Tensor,
                             tv_weight=config.tv_weight, style_weights=config.style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
         previous_optimizer = optimizer  # (the coarser scale's, for carry_state; None on the first scale)
-        optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis)
+        optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis,
+                                    0 if first_scale else config.adam_levels)
         if optimizer_name == "lstm" and not first_scale and config.fine_scale_step != 1:
             for group in _learned_groups(optimizer):
                 group["lr"] *= config.fine_scale_step
