@@ -33,6 +33,15 @@ The rule, committed before the test run:
 
     .venv/bin/python bench/adam_levels.py val        # ~3 min, one run at a time
     .venv/bin/python bench/adam_levels.py speed runs/adam_levels/512-pyramid-on.json
+
+``cli`` (added after the test run, to inform the option's help; no rule, nothing adopted from it): the
+CLI's default learned run at 512 px (150 steps, 100 at 256 px) against ``--adam-levels 2`` at the same
+steps and with ``--steps 200``, a count fixed beforehand from the 1-thread step costs of ``val`` and
+bench/coarse_share.py (a 256 px step about 0.157 s; a 512 px step 0.63 s, 0.27-0.36 s with K = 2:
+100 x 0.157 + 50 x 0.63 = 47 s against 200 x (2/3 x 0.157 + 1/3 x 0.31) = 42 s), on the shipped photos
+with the held-out style and piano_keyboard_sketch, one run after the other with nothing else running:
+
+    .venv/bin/python bench/adam_levels.py cli        # ~8 min
 """
 
 from __future__ import annotations
@@ -105,14 +114,36 @@ def val(args) -> dict:
             "chosen": min(reached, key=lambda k: means[k]) if reached else None}
 
 
+CLI_FLAGS = {"default": [], "adam levels 2": ["--adam-levels", "2"],
+             "adam levels 2, 200 steps": ["--adam-levels", "2", "--steps", "200"]}
+
+
+def cli(args) -> dict:
+    rows = coarse_share.cli_table(args, CLI_FLAGS)
+    for row in rows:
+        row["ratios"] = {name: {"loss": row[name]["final"] / row["default"]["final"],
+                                "time": row[name]["seconds"] / row["default"]["seconds"]} for name in list(CLI_FLAGS)[1:]}
+        print(f"{row['photo']} {row['style']}: " + "; ".join(
+            f"{name}: loss x{r['loss']:.3f}, time x{r['time']:.2f}" for name, r in row["ratios"].items()), flush=True)
+    return {"what": "bench/adam_levels.py cli: the CLI's default lstm run against --adam-levels 2 (150 and 200 steps), "
+                    "512 px, one run after the other", "flags": CLI_FLAGS, "rows": rows,
+            "mean_ratios": {name: {k: sum(r["ratios"][name][k] for r in rows) / len(rows) for k in ("loss", "time")}
+                            for name in list(CLI_FLAGS)[1:]}}
+
+
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
-    ap.add_argument("mode", choices=("val", "speed"))
+    ap.add_argument("mode", choices=("val", "speed", "cli"))
     ap.add_argument("report", nargs="?", type=Path, help="speed: the timed evaluation's JSON")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "adam_levels_val", help="val: run cache")
+    ap.add_argument("--runs", type=Path, default=None, help="run cache (default: runs/adam_levels_val or _cli)")
+    ap.add_argument("--reuse", action="store_true", help="cli: read a finished run's log instead of running it again")
     ap.add_argument("--adam-runs", type=Path, default=ROOT / "runs" / "coarse_share_val",
                     help="val: bench/coarse_share.py val's run cache (its Adam runs)")
     args = ap.parse_args(argv)
+    args.runs = args.runs or ROOT / "runs" / f"adam_levels_{'cli' if args.mode == 'cli' else 'val'}"
+    if args.mode == "cli":
+        write_report(cli(args), ROOT / "bench" / "results" / "adam_levels_cli.json")
+        return 0
     if args.mode == "val":
         missing = [p for p in PHOTOS if not (args.adam_runs / f"{p}-adam.json").is_file()]
         if missing:

@@ -137,21 +137,29 @@ CLI_FLAGS = {"default": [], "share 0.1, 80 steps": ["--coarse-share", "0.1", "--
 CLI_STYLES = ("woman_with_a_hat", "piano_keyboard_sketch")
 
 
-def cli(args) -> dict:
+def cli_table(args, variants: dict[str, list[str]]) -> list[dict]:
+    """The CLI's learned run at 512 px with each variant's flags, on the shipped photos with CLI_STYLES, one
+    run after the other: a row per photo and style, each variant's final loss and seconds under its name."""
     rows = []
     for style in CLI_STYLES:
         for photo in ("chelsea", "rocket"):
             row = {"photo": photo, "style": style}
-            for name, flags in CLI_FLAGS.items():
+            for name, flags in variants.items():
                 run = stylize_totals(ROOT / "assets" / "photos" / f"{photo}.jpg",
                                      ROOT / "assets" / "styles" / f"{style}.jpg",
                                      ["--size", "512", "--optimizer", "lstm", *flags], args.runs,
                                      f"{photo}_{style}_{name.replace(' ', '_').replace(',', '')}", args.reuse)
                 row[name] = {"final": run["final_total"], "seconds": run["seconds"]}
-            row["loss_ratio"] = row["share 0.1, 80 steps"]["final"] / row["default"]["final"]
-            row["time_ratio"] = row["share 0.1, 80 steps"]["seconds"] / row["default"]["seconds"]
-            print(f"{photo} {style}: loss x{row['loss_ratio']:.3f}, time x{row['time_ratio']:.2f}", flush=True)
             rows.append(row)
+    return rows
+
+
+def cli(args) -> dict:
+    rows = cli_table(args, CLI_FLAGS)
+    for row in rows:
+        row["loss_ratio"] = row["share 0.1, 80 steps"]["final"] / row["default"]["final"]
+        row["time_ratio"] = row["share 0.1, 80 steps"]["seconds"] / row["default"]["seconds"]
+        print(f"{row['photo']} {row['style']}: loss x{row['loss_ratio']:.3f}, time x{row['time_ratio']:.2f}", flush=True)
     return {"what": "bench/coarse_share.py cli: the CLI's default lstm run against --coarse-share 0.1 --steps 80, "
                     "512 px, one run after the other", "flags": CLI_FLAGS, "rows": rows,
             "mean_loss_ratio": sum(r["loss_ratio"] for r in rows) / len(rows),

@@ -428,3 +428,34 @@ def test_the_neural_art_cards_coarse_share_figures_are_those_of_the_result_files
     assert same_time["loss_ratios"] == {f"{r['photo']} {r['style']}": round(r["loss_ratio"], 3) for r in cli["rows"]}
     assert same_time["time_ratios"] == {f"{r['photo']} {r['style']}": round(r["time_ratio"], 2) for r in cli["rows"]}
     assert min(same_time["loss_ratios"].values()) < 1 < max(same_time["loss_ratios"].values())  # (why the default stays)
+
+
+def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files():
+    """Session 60's timed check of --adam-levels 2 --coarse-share 0.1: the card's figures and verdict read off
+    the reports, the report off the kept evaluation run, the choice off the validation runs, and the engine's
+    default unchanged."""
+    from artopt.style.engine import StylizeConfig
+
+    root = WEIGHTS_DIR.parent
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["adam_levels"]
+    speed = json.loads((root / "bench" / "results" / "adam_levels_speed.json").read_text())
+    run = json.loads((root / speed["source"]).read_text())
+    assert set(run["optimizers"]) == {"lstm-adamlevels2-coarse0.1", "adam", "adam-coarse0.1"} and run["steps"] == 200
+    for name, rows in run["timing"].items():
+        mean = sum(r["seconds_to_adam_final"] for r in rows) / len(rows)
+        assert mean == speed["mean_seconds_to_adam_final"][name] and card["seconds_to_adam_final"][name] == round(mean, 1)
+    assert card["speedup"] == round(speed["lstm_speedup"], 3) and (speed["lstm_speedup"] >= 2) is speed["met"] is card["met"]
+    assert card["mean_final_loss_200_steps"] == {k: round(v["mean_final_loss"], 4) for k, v in run["optimizers"].items()}
+    val = json.loads((root / "bench" / "results" / "adam_levels_val.json").read_text())
+    means = val["mean_seconds_to_adam_final"]
+    assert val["chosen"] == card["chosen"] == min((1, 2), key=lambda k: means[str(k)])
+    assert f"lstm-adamlevels{val['chosen']}-coarse0.1" in run["optimizers"]
+    assert card["val_mean_seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
+    assert StylizeConfig().adam_levels == 0 and not card["default_changed"]
+    cli = json.loads((root / "bench" / "results" / "adam_levels_cli.json").read_text())
+    for name in ("adam levels 2", "adam levels 2, 200 steps"):
+        assert card["cli"]["loss_ratios"][name] == {f"{r['photo']} {r['style']}": round(r["ratios"][name]["loss"], 3)
+                                                    for r in cli["rows"]}
+        assert card["cli"]["time_ratios"][name] == {f"{r['photo']} {r['style']}": round(r["ratios"][name]["time"], 2)
+                                                    for r in cli["rows"]}
+    assert max(card["cli"]["loss_ratios"]["adam levels 2"].values()) > 1  # (why the default stays)

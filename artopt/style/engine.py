@@ -212,8 +212,9 @@ class StylizeConfig:
         "help": "lstm only, coarse-to-fine runs: at the scales after the first, Adam on the multi-scale basis (at "
                 f"{STYLIZE_LR_MULTISCALE['adam']:g}) steps this many of the basis's finest levels and the learned "
                 f"optimizer the coarser ones (0-{MAX_ADAM_LEVELS}; 0: the learned optimizer steps them all). Level 0 "
-                "holds 3/4 of the coefficients and most of a learned step's cost at large sizes "
-                "(bench/adam_levels.py)"})
+                "holds 3/4 of the coefficients and most of a learned step's cost at large sizes. At 512 px with 150 "
+                "steps, 2 ended 5-6% higher with the held-out style in 0.48-0.59x the time; with --coarse-share 0.1 "
+                "it reached tuned Adam's final loss 2.1x as fast as Adam (bench/adam_levels.py)"})
     pyramid: bool | None = field(default=None, metadata={
         "help": f"coarse-to-fine: halve the size while the coarsest scale stays at least {PYRAMID_BASE * 3 // 4} px "
                 f"(512 px: 256, 512); when on, at least two scales from {2 * PYRAMID_MIN_COARSE} px "
