@@ -1048,6 +1048,9 @@ def test_adam_levels_leave_the_finest_basis_levels_of_the_finer_scales_to_adam(m
     split, infos = _run(dataclasses.replace(config, adam_levels=2))
     assert [i.scale_index for i in infos] == [0] * 4 + [1] * 2 and torch.isfinite(split).all()
     assert not isinstance(built[0].inner, LevelSplit)
+    assert infos[4].notice == ("Adam on the multi-scale basis (lr 0.0036) steps the 2 finest basis level(s) at this "
+                               "scale, the learned optimizer the coarser ones")
+    assert not any("finest" in (i.notice or "") for i in infos[:4] + infos[5:])
     inner = built[1].inner
     assert isinstance(inner, LevelSplit) and isinstance(inner.finest, torch.optim.Adam)
     assert inner.finest.param_groups[0]["lr"] == engine.STYLIZE_LR_MULTISCALE["adam"]

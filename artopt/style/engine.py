@@ -883,6 +883,10 @@ def stylize(content: Image.Image | torch.Tensor,
             optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_finer_lr, config.handoff_warmup)
             started = f"a coarser scale was handed off: Adam on the multi-scale basis runs this scale from its start at {rate}"
             notice = f"{notice}; {started}" if notice else started
+        elif hasattr(getattr(optimizer, "inner", None), "finest"):  # adam_levels: a LevelSplit
+            split = (f"Adam on the multi-scale basis (lr {STYLIZE_LR_MULTISCALE['adam']:g}) steps the {config.adam_levels} "
+                     "finest basis level(s) at this scale, the learned optimizer the coarser ones")
+            notice = f"{notice}; {split}" if notice else split
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
         evals = 0
         # L-BFGS runs unconstrained within a scale, as Gatys et al. and neural-style run it, and is
