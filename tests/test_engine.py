@@ -1061,6 +1061,11 @@ def test_adam_levels_leave_the_finest_basis_levels_of_the_finer_scales_to_adam(m
     assert inner.rest.param_groups[0]["lr"] == pytest.approx(built[0].inner.param_groups[0]["lr"] * config.fine_scale_step)
     assert [i.losses["total"] for i in infos[:4]] == [i.losses["total"] for i in _run(config)[1][:4]]
     assert not torch.equal(split, out)
+    # a thin image has few levels: Adam gets at most all but the coarsest, none where there is one level
+    thin = engine._make_optimizer("lstm", torch.zeros(1, 3, 16, 64, requires_grad=True), None, None, "pixels", 3)
+    assert thin.inner.levels == 1 and len(thin.coefficients[0]) == 2
+    assert not isinstance(engine._make_optimizer("lstm", torch.zeros(1, 3, 8, 64, requires_grad=True), None, None,
+                                                 "pixels", 3).inner, LevelSplit)
     # not used: one scale, another optimizer; refused: a bad count, or with carry_state
     assert "adam levels 1 is for coarse-to-fine runs" in _run(dataclasses.replace(config, adam_levels=1, pyramid=False))[1][0].notice
     assert "adam levels 1 is for lstm only" in _run(_config(adam_levels=1))[1][0].notice

@@ -459,3 +459,10 @@ def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files(
         assert card["cli"]["time_ratios"][name] == {f"{r['photo']} {r['style']}": round(r["ratios"][name]["time"], 2)
                                                     for r in cli["rows"]}
     assert max(card["cli"]["loss_ratios"]["adam levels 2"].values()) > 1  # (why the default stays)
+    recheck = json.loads((root / card["recheck"]["source"]).read_text())
+    assert {k: v["mean_curve"] for k, v in recheck["optimizers"].items()} == {
+        k: v["mean_curve"] for k, v in run["optimizers"].items()}  # (the same losses to the last digit)
+    means = {name: sum(r["seconds_to_adam_final"] for r in rows) / len(rows) for name, rows in recheck["timing"].items()}
+    assert card["recheck"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
+    assert card["recheck"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
+                                               / means["lstm-adamlevels2-coarse0.1"], 3)

@@ -255,7 +255,7 @@ class LevelSplit(torch.optim.Optimizer):
             if len(sizes) <= levels:  # the other optimizer would get nothing to step
                 raise ValueError(f"{levels} finest level(s) of {len(sizes)} leave no coarser level for the other optimizer")
         super().__init__(flats, {})
-        self.flats = list(flats)
+        self.flats, self.levels = list(flats), int(levels)
         self.n_finest = [sum(sizes[:levels]) for sizes in level_sizes]
         self.parts = [(torch.zeros(n, dtype=f.dtype, device=f.device, requires_grad=True),
                        torch.zeros(f.numel() - n, dtype=f.dtype, device=f.device, requires_grad=True))

@@ -561,11 +561,14 @@ def _make_optimizer(name: str, image: torch.Tensor, lr: float | None,
             # Meta-trained on the coefficients of a multi-scale basis: it runs there too.
             from artopt.learned_optimizers.multiscale import LevelSplit, MultiscaleOptimizer, level_sizes
 
+            sizes = level_sizes(image.shape, coarsest=setup.coarsest)
+            adam_levels = min(adam_levels, len(sizes) - 1)  # (a thin image has few levels: keep one for the LSTM)
+
             def split(flats):  # adam_levels: Adam on the finest levels, the learned optimizer on the rest
-                return LevelSplit(flats, [level_sizes(image.shape, coarsest=setup.coarsest)], adam_levels,
+                return LevelSplit(flats, [sizes], adam_levels,
                                   lambda ps: make_optimizer("adam", ps, STYLIZE_LR_MULTISCALE["adam"]), learned)
 
-            return MultiscaleOptimizer([image], split if adam_levels else learned, coarsest=setup.coarsest)
+            return MultiscaleOptimizer([image], split if adam_levels > 0 else learned, coarsest=setup.coarsest)
         return learned([image])
 
     lr = resolve_lr(name, lr, basis=basis, pixels=image.shape[-2] * image.shape[-1])
@@ -884,7 +887,7 @@ def stylize(content: Image.Image | torch.Tensor,
             started = f"a coarser scale was handed off: Adam on the multi-scale basis runs this scale from its start at {rate}"
             notice = f"{notice}; {started}" if notice else started
         elif hasattr(getattr(optimizer, "inner", None), "finest"):  # adam_levels: a LevelSplit
-            split = (f"Adam on the multi-scale basis (lr {STYLIZE_LR_MULTISCALE['adam']:g}) steps the {config.adam_levels} "
+            split = (f"Adam on the multi-scale basis (lr {STYLIZE_LR_MULTISCALE['adam']:g}) steps the {optimizer.inner.levels} "
                      "finest basis level(s) at this scale, the learned optimizer the coarser ones")
             notice = f"{notice}; {split}" if notice else split
         built_scale = scale_index  # the scale of loss_fn, image and size (for the post-loop report)
