@@ -466,3 +466,9 @@ def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files(
     assert card["recheck"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
     assert card["recheck"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
                                                / means["lstm-adamlevels2-coarse0.1"], 3)
+    two = json.loads((root / card["threads2"]["source"]).read_text())
+    assert two["timing_conditions"]["threads"] == 2
+    means = {name: sum(r["seconds_to_adam_final"] for r in rows) / len(rows) for name, rows in two["timing"].items()}
+    assert card["threads2"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
+    assert card["threads2"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
+                                                / means["lstm-adamlevels2-coarse0.1"], 3)
