@@ -156,10 +156,8 @@ def main(argv=None) -> int:
     lstm = next((n for n in report["optimizers"] if n.startswith("lstm-adamlevels")), None)
     if lstm is None:
         ap.error(f"{args.report} holds no lstm-adamlevelsK run")
-    found = coarse_share.speed(report, lstm, "bench/adam_levels.py speed: the rule of the script's docstring")
-    source = args.report.resolve()
-    found["source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
-    write_report(found, ROOT / "bench" / "results" / "adam_levels_speed.json")
+    coarse_share.write_speed(coarse_share.speed(report, lstm, "bench/adam_levels.py speed: the rule of the script's "
+                                                "docstring"), args.report, "adam_levels_speed.json")
     return 0
 
 

@@ -182,11 +182,16 @@ def main(argv=None) -> int:
     else:
         if args.report is None or not args.report.is_file():
             ap.error("speed needs the timed evaluation's JSON (see the docstring's command)")
-        found = speed(json.loads(args.report.read_text()))
-        source = args.report.resolve()
-        found["source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
-        write_report(found, ROOT / "bench" / "results" / "coarse_share_speed.json")
+        write_speed(speed(json.loads(args.report.read_text())), args.report, "coarse_share_speed.json")
     return 0
+
+
+def write_speed(found: dict, report: Path, name: str) -> None:
+    """Write a speed verdict to bench/results/NAME, with the evaluation JSON it read as its source (relative
+    to the repository where it lies inside it)."""
+    source = report.resolve()
+    found["source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+    write_report(found, ROOT / "bench" / "results" / name)
 
 
 if __name__ == "__main__":

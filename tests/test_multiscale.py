@@ -219,6 +219,20 @@ def test_adjoint_is_exact_for_odd_sides_1_pixel_sides_and_more_levels_than_the_i
     torch.testing.assert_close(lhs, sum((z * a).sum() for z, a in zip(zs, adj)), rtol=1e-12, atol=1e-12)
 
 
+def _steps_alike(opt, image, make, saved):
+    """A fresh optimizer (``make``) of a copy of ``image`` loaded with ``saved`` takes the same next step as
+    ``opt``; returns it."""
+    copy = image.detach().clone().requires_grad_(True)
+    reloaded = make(copy)
+    reloaded.load_state_dict(saved)
+    grad = torch.randn_like(image)
+    image.grad, copy.grad = grad.clone(), grad.clone()
+    opt.step()
+    reloaded.step()
+    assert torch.equal(image, copy)
+    return reloaded
+
+
 def test_state_dict_carries_the_inner_optimizers_state():
     """The state dict held the outer optimizer's state only (empty): a reloaded run restarted the
     LSTM from zero state and took another step than the run it was saved from."""
@@ -234,14 +248,7 @@ def test_state_dict_carries_the_inner_optimizers_state():
         image.grad = torch.randn_like(image)
         opt.step()
     saved = opt.state_dict()
-    copy = image.detach().clone().requires_grad_(True)
-    reloaded = make(copy)
-    reloaded.load_state_dict(saved)
-    grad = torch.randn_like(image)
-    image.grad, copy.grad = grad.clone(), grad.clone()
-    opt.step()
-    reloaded.step()
-    assert torch.equal(image, copy)
+    reloaded = _steps_alike(opt, image, make, saved)
     with pytest.raises(ValueError, match="inner"):
         reloaded.load_state_dict({k: v for k, v in saved.items() if k != "inner"})
     # a plain torch inner optimizer round-trips too
@@ -445,14 +452,8 @@ def test_a_level_split_gives_a_learned_rest_its_levels_loss_notices_and_state():
     assert opt.last_notice is None and opt.fallback_count == 0
     # state: the learned part's (int h and c per coordinate) plus Adam's two moments on level 0
     assert opt.state_bytes() == learned.state_bytes() + 2 * 4 * x.numel()
-    copy = x.detach().clone().requires_grad_(True)
-    reloaded = make(copy)
-    reloaded.load_state_dict(copy_module.deepcopy(opt.state_dict()))  # (as saved: torch's Adam loads its tensors as they are)
-    grad = torch.randn_like(x)
-    x.grad, copy.grad = grad.clone(), grad.clone()
-    opt.step()
-    reloaded.step()
-    assert torch.equal(x, copy)
+    # (a deep copy, as saved: torch's Adam loads the tensors it is given as they are)
+    reloaded = _steps_alike(opt, x, make, copy_module.deepcopy(opt.state_dict()))
     with pytest.raises(ValueError, match="LevelSplit"):
         reloaded.inner.load_state_dict(LearnedOptimizer([coarse], nets=nets).state_dict())
     # the learned part's non-finite guard is reported through the split (Adam has none: the engine's

@@ -469,23 +469,30 @@ def test_engine_evaluation_runs_flat_entries_without_the_pyramid(tmp_path, eval_
     assert report["timing_conditions"]["threads"] == 1
 
 
-def test_engine_evaluation_runs_coarse_share_entries_with_their_split(tmp_path, monkeypatch, capsys, eval_script):
-    """NAME-coarseS runs NAME with the pyramid's coarsest scale given the share S of the steps (a baseline
-    at its rate for the setting), beside the engine's split, in the same timed run; -flat still combines."""
-    script = eval_script
+def _record_engine_runs(script, tmp_path, monkeypatch) -> list:
+    """A list that gets (optimizer, lr, pyramid, coarse share, adam levels) for each engine run the evaluation
+    script makes at 256 px (Adam's rate cached), each run faked as a 2-step curve."""
     _cache_rates(tmp_path, {"engine-256px/steps=4/adam": 0.02})
     seen = []
 
-    def fake_run(task, photo, style, size, pyramid, name, lr, steps, coarse_share=None, **kw):
-        seen.append((name, lr, pyramid, coarse_share))
+    def fake_run(task, photo, style, size, pyramid, name, lr, steps, coarse_share=None, adam_levels=0, **kw):
+        seen.append((name, lr, pyramid, coarse_share, adam_levels))
         return {"curve": [2.0, 1.0], "final": 1.0, "seconds": 2.0, "loss_seconds": 1.0,
                 "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 2}
 
     monkeypatch.setattr(script, "_engine_run", fake_run)
+    return seen
+
+
+def test_engine_evaluation_runs_coarse_share_entries_with_their_split(tmp_path, monkeypatch, capsys, eval_script):
+    """NAME-coarseS runs NAME with the pyramid's coarsest scale given the share S of the steps (a baseline
+    at its rate for the setting), beside the engine's split, in the same timed run; -flat still combines."""
+    script = eval_script
+    seen = _record_engine_runs(script, tmp_path, monkeypatch)
     assert script.main(["256", "--pyramid", "on", "--optimizers", "adam,adam-coarse0.25,lstm-coarse0.1,lstm-coarse0.1-flat",
                         "--photos", "1", "--steps", "4", "--out", str(tmp_path)]) == 0
-    assert seen == [("adam", 0.02, True, None), ("adam", 0.02, True, 0.25), ("lstm", None, True, 0.1),
-                    ("lstm", None, False, 0.1)]
+    assert seen == [("adam", 0.02, True, None, 0), ("adam", 0.02, True, 0.25, 0), ("lstm", None, True, 0.1, 0),
+                    ("lstm", None, False, 0.1, 0)]
     report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
     assert report["optimizers"]["lstm-coarse0.1"]["learned"] and set(report["speed"]) == {
         "adam-coarse0.25", "lstm-coarse0.1", "lstm-coarse0.1-flat"}
@@ -499,18 +506,10 @@ def test_engine_evaluation_runs_adam_levels_entries_with_their_split(tmp_path, m
     """lstm-adamlevelsK[-coarseS][-flat] runs the learned optimizer with Adam on the K finest basis levels of the
     finer pyramid scales (the engine's adam_levels); baselines and counts the engine refuses are refused first."""
     script = eval_script
-    _cache_rates(tmp_path, {"engine-256px/steps=4/adam": 0.02})
-    seen = []
-
-    def fake_run(task, photo, style, size, pyramid, name, lr, steps, coarse_share=None, adam_levels=0, **kw):
-        seen.append((name, pyramid, coarse_share, adam_levels))
-        return {"curve": [2.0, 1.0], "final": 1.0, "seconds": 2.0, "loss_seconds": 1.0,
-                "times": [(1.0, 0.5), (2.0, 1.0)], "first_final_scale_step": 2}
-
-    monkeypatch.setattr(script, "_engine_run", fake_run)
+    seen = _record_engine_runs(script, tmp_path, monkeypatch)
     assert script.main(["256", "--pyramid", "on", "--optimizers", "adam,lstm-adamlevels1-coarse0.1,lstm-adamlevels2",
                         "--photos", "1", "--steps", "4", "--out", str(tmp_path)]) == 0
-    assert seen == [("adam", True, None, 0), ("lstm", True, 0.1, 1), ("lstm", True, None, 2)]
+    assert seen == [("adam", 0.02, True, None, 0), ("lstm", None, True, 0.1, 1), ("lstm", None, True, None, 2)]
     report = json.loads((tmp_path / "256-pyramid-on.json").read_text())
     assert report["optimizers"]["lstm-adamlevels1-coarse0.1"]["learned"]
     assert script._engine_variant("lstm-adamlevels3-coarse0.5-flat", True) == ("lstm", False, 0.5, 3)

@@ -403,19 +403,31 @@ def test_the_neural_art_cards_handoff_finer_within_figures_are_those_of_the_resu
         f"{r['photo']} {r['style']}": round(r["lstm_over_best_adam"], 4) for r in after["runs"]}
 
 
+def _mean_times(run: dict) -> dict[str, float]:
+    """Each optimizer's mean over the photos of a timed evaluation run's seconds to the Adam run's final loss."""
+    return {name: sum(r["seconds_to_adam_final"] for r in rows) / len(rows) for name, rows in run["timing"].items()}
+
+
+def _timed_check(card_key: str, speed_file: str) -> tuple[dict, dict, dict]:
+    """The card's entry ``card_key``, the speed report bench/results/``speed_file`` and the evaluation run it
+    read, checking that the report's and the card's mean times are the run's."""
+    root = WEIGHTS_DIR.parent
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())[card_key]
+    speed = json.loads((root / "bench" / "results" / speed_file).read_text())
+    run = json.loads((root / speed["source"]).read_text())
+    for name, mean in _mean_times(run).items():
+        assert mean == speed["mean_seconds_to_adam_final"][name] and card["seconds_to_adam_final"][name] == round(mean, 1)
+    return card, speed, run
+
+
 def test_the_neural_art_cards_coarse_share_figures_are_those_of_the_result_files():
     """Session 59's timed check of --coarse-share 0.1: the card's figures and verdict read off the reports,
     the report off the kept evaluation run, and the engine's default split unchanged."""
     from artopt.style.engine import StylizeConfig, split_steps
 
     root = WEIGHTS_DIR.parent
-    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["coarse_share"]
-    speed = json.loads((root / "bench" / "results" / "coarse_share_speed.json").read_text())
-    run = json.loads((root / speed["source"]).read_text())
+    card, speed, run = _timed_check("coarse_share", "coarse_share_speed.json")
     assert set(run["optimizers"]) == {"lstm-coarse0.1", "adam", "adam-coarse0.1"} and run["steps"] == 200
-    for name, rows in run["timing"].items():
-        mean = sum(r["seconds_to_adam_final"] for r in rows) / len(rows)
-        assert mean == speed["mean_seconds_to_adam_final"][name] and card["seconds_to_adam_final"][name] == round(mean, 1)
     assert card["lstm_speedup"] == round(speed["lstm_speedup"], 3) and speed["lstm_speedup"] < 2
     assert card["met"] is speed["met"] is False and not card["default_changed"]
     assert card["mean_final_loss_200_steps"] == {k: round(v["mean_final_loss"], 4) for k, v in run["optimizers"].items()}
@@ -437,13 +449,8 @@ def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files(
     from artopt.style.engine import StylizeConfig
 
     root = WEIGHTS_DIR.parent
-    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["adam_levels"]
-    speed = json.loads((root / "bench" / "results" / "adam_levels_speed.json").read_text())
-    run = json.loads((root / speed["source"]).read_text())
+    card, speed, run = _timed_check("adam_levels", "adam_levels_speed.json")
     assert set(run["optimizers"]) == {"lstm-adamlevels2-coarse0.1", "adam", "adam-coarse0.1"} and run["steps"] == 200
-    for name, rows in run["timing"].items():
-        mean = sum(r["seconds_to_adam_final"] for r in rows) / len(rows)
-        assert mean == speed["mean_seconds_to_adam_final"][name] and card["seconds_to_adam_final"][name] == round(mean, 1)
     assert card["speedup"] == round(speed["lstm_speedup"], 3) and (speed["lstm_speedup"] >= 2) is speed["met"] is card["met"]
     assert card["mean_final_loss_200_steps"] == {k: round(v["mean_final_loss"], 4) for k, v in run["optimizers"].items()}
     val = json.loads((root / "bench" / "results" / "adam_levels_val.json").read_text())
@@ -462,13 +469,13 @@ def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files(
     recheck = json.loads((root / card["recheck"]["source"]).read_text())
     assert {k: v["mean_curve"] for k, v in recheck["optimizers"].items()} == {
         k: v["mean_curve"] for k, v in run["optimizers"].items()}  # (the same losses to the last digit)
-    means = {name: sum(r["seconds_to_adam_final"] for r in rows) / len(rows) for name, rows in recheck["timing"].items()}
+    means = _mean_times(recheck)
     assert card["recheck"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
     assert card["recheck"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
                                                / means["lstm-adamlevels2-coarse0.1"], 3)
     two = json.loads((root / card["threads2"]["source"]).read_text())
     assert two["timing_conditions"]["threads"] == 2
-    means = {name: sum(r["seconds_to_adam_final"] for r in rows) / len(rows) for name, rows in two["timing"].items()}
+    means = _mean_times(two)
     assert card["threads2"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
     assert card["threads2"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
                                                 / means["lstm-adamlevels2-coarse0.1"], 3)
