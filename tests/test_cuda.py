@@ -95,8 +95,9 @@ def test_shipped_weights_load_onto_the_gpu():
     assert all(p.is_cuda for net in nets.values() for p in net.parameters())
 
 
-@pytest.mark.parametrize("optimizer", ["lstm", "adam"])
-def test_stylize_on_cuda_follows_the_cpu_run(optimizer):
+@pytest.mark.parametrize("optimizer, extra", [("lstm", {}), ("adam", {}),
+                                              ("lstm", {"size": 256, "pyramid": True, "adam_levels": 2})])  # (LevelSplit)
+def test_stylize_on_cuda_follows_the_cpu_run(optimizer, extra):
     from pathlib import Path
 
     from artopt.style.engine import StylizeConfig, stylize
@@ -108,7 +109,8 @@ def test_stylize_on_cuda_follows_the_cpu_run(optimizer):
     finals = {}
     for device in ("cpu", "cuda"):
         infos = []
-        config = StylizeConfig(size=96, steps=12, optimizer=optimizer, device=device, loss_net="efficientnet-lite0")
+        config = StylizeConfig(**{"size": 96, "steps": 12, "optimizer": optimizer, "device": device,
+                                  "loss_net": "efficientnet-lite0", **extra})
         out = stylize(content, [style], config, callback=infos.append)
         assert out.device.type == "cpu" and torch.isfinite(out).all()
         assert infos[-1].losses["total"] < 0.9 * infos[0].losses["total"]
