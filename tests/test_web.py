@@ -119,6 +119,20 @@ def test_the_menus_multiscale_adam_runs_adam_on_the_basis(client, images):
     assert results["adam-ms"] != results["adam"]
 
 
+def test_the_menus_faster_learned_entry_leaves_the_finest_levels_to_adam(client, images, tmp_path):
+    """'learned (LSTM), faster' runs the learned optimizer with Adam on the finest basis levels of the finer
+    pyramid scales (adam_levels), says so in the status line, and 'learned (LSTM)' without them."""
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["lstm", "lstm-fast", "adam"])
+    for name, levels in (("lstm-fast", web.FAST_ADAM_LEVELS), ("lstm", 0), ("adam", 0)):
+        config = stylist._checked(photo, [style, None, None], [1.0] * 3, 96, 7, 1.0, name, False, 0)[2]
+        assert (config.optimizer, config.adam_levels, config.basis) == (name.removesuffix("-fast"), levels, "pixels")
+    _, _, _, status = client.predict(*stylize_args(images["content"], images["style"], optimizer="lstm-fast"),
+                                     api_name="/stylize")
+    assert f"with {web.OPTIMIZER_LABELS['lstm-fast']}." in status, status
+
+
 def test_an_image_already_on_the_page_is_not_sent_again(client, images):
     """Gradio caches a sent image under a hash of its bytes and rewrites that file each time it is
     sent. The run's last preview is the result, and sending it again as the final preview
