@@ -465,6 +465,23 @@ def test_a_level_split_gives_a_learned_rest_its_levels_loss_notices_and_state():
     assert torch.isfinite(flat).all() and opt.fallback_count > 0 and "non-finite" in opt.last_notice
 
 
+def test_a_deep_copy_of_a_level_split_steps_as_the_original_and_on_its_own_image():
+    # torch's __getstate__ kept only the groups and state: the copy had no optimizers to step with
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 12, requires_grad=True)
+    opt = _split(x, 1, lambda ps: torch.optim.Adam(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9))
+    x.grad = torch.randn_like(x)
+    opt.step()
+    copied = copy_module.deepcopy(opt)
+    before = x.detach().clone()
+    grad = torch.randn_like(x)
+    x.grad, copied.images[0].grad = grad.clone(), grad.clone()
+    opt.step()
+    copied.step()
+    assert torch.equal(x, copied.images[0]) and not torch.equal(x, before)
+    assert copied.inner.parts[0][0] is not opt.inner.parts[0][0]
+
+
 def test_a_level_split_refuses_what_would_leave_one_optimizer_nothing():
     x = torch.rand(1, 3, 16, 16, requires_grad=True)
     sgd = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731

@@ -118,11 +118,8 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
                 self.inner.set_basis_levels(flat, [z.numel() for z in zs])
 
     def __getstate__(self) -> dict:
-        # torch's keeps only defaults, state and param_groups: a deepcopy or pickle lost the
-        # coefficients and the inner optimizer.
-        # (not what shadows a method: an lr scheduler's wrapper of step, bound to the original)
-        return {**super().__getstate__(), **{k: v for k, v in self.__dict__.items()
-                                             if not k.startswith("_") and not hasattr(type(self), k)}}
+        # (torch's lost the coefficients and the inner optimizer)
+        return _with_attributes(self, super().__getstate__())
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -223,6 +220,13 @@ class MultiscaleOptimizer(torch.optim.Optimizer):
         return loss
 
 
+def _with_attributes(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """torch's optimizer ``state`` for a deepcopy or pickle (defaults, state and param_groups only) plus the
+    optimizer's own attributes, but what shadows a method (an lr scheduler's wrapper of step, bound to the
+    original)."""
+    return {**state, **{k: v for k, v in vars(optimizer).items() if not k.startswith("_") and not hasattr(type(optimizer), k)}}
+
+
 def level_sizes(shape: torch.Size | tuple, levels: int | None = None, coarsest: int = COARSEST) -> list[int]:
     """Coefficients per level (z_0 first) of an image of ``shape`` (..., H, W), as ``MultiscaleOptimizer``
     lays them out: ``levels`` levels, or ``auto_levels`` down to ``coarsest`` px."""
@@ -265,6 +269,10 @@ class LevelSplit(torch.optim.Optimizer):
         if hasattr(self.rest, "set_basis_levels"):
             for (_, b), sizes in zip(self.parts, level_sizes):
                 self.rest.set_basis_levels(b, [0] * levels + list(sizes[levels:]))
+
+    def __getstate__(self) -> dict:
+        # (torch's lost the two optimizers and their tensors: a deep copy of a MultiscaleOptimizer failed)
+        return _with_attributes(self, super().__getstate__())
 
     @property
     def last_notice(self) -> str | None:
