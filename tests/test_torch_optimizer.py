@@ -303,11 +303,18 @@ def test_refuses_what_it_cannot_optimize():
     params = (p for p in nn.Linear(2, 2).parameters())  # a generator is read once, and kept
     assert len(LearnedOptimizer(params, nets=net).param_groups[0]["params"]) == 2
 
-    emb = nn.Embedding(10, 3, sparse=True)
-    opt = LearnedOptimizer(emb.parameters(), nets=net)
-    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="floating-point parameters only"):  # its update would be truncated
+        LearnedOptimizer([torch.zeros(3, dtype=torch.long)], nets=net)
+
+    # A sparse gradient is refused before anything moves, also where another network's batch comes first.
+    lin, emb = nn.Linear(2, 2), nn.Embedding(10, 3, sparse=True)
+    opt = LearnedOptimizer([{"params": lin.parameters()}, {"params": emb.parameters(), "net": "other"}],
+                           nets={"default": sign_descent_net(), "other": sign_descent_net()})
+    before = lin.weight.detach().clone()
+    (lin(torch.ones(1, 2)).sum() + emb(torch.tensor([1, 2])).sum()).backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
+    assert torch.equal(lin.weight, before) and not opt.state
 
 
 @pytest.mark.parametrize("state_dtype,moment_dtype,bytes_per_coordinate",
@@ -586,6 +593,21 @@ def test_a_state_dict_of_other_parameters_is_refused_when_loaded():
         with pytest.raises(ValueError, match="does not fit a parameter of 3 coordinate"):
             fresh.load_state_dict(other)
     stepped(5, 3).load_state_dict(other)  # the same shapes load
+
+
+def test_a_state_dict_of_a_network_of_other_layers_or_units_is_refused_when_loaded():
+    # It used to load, and every step() after failed with a message that did not point back to the load.
+    def stepped(**config):
+        p = nn.Parameter(torch.zeros(4))
+        opt = LearnedOptimizer([p], nets={"default": LSTMOptimizerNet(**config)})
+        p.grad = torch.ones(4)
+        opt.step()
+        return opt
+
+    for other in (stepped(num_layers=1), stepped(hidden_size=8)):
+        with pytest.raises(ValueError, match="other layers or units"):
+            stepped().load_state_dict(other.state_dict())
+    stepped().load_state_dict(stepped().state_dict())
 
 
 def test_the_notice_counts_every_groups_coordinates():

@@ -45,12 +45,14 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    # Claim a 30-unit LSTM while the tensors are for 20 units.
+    # Claim a 30-unit LSTM while the tensors are for 20 units; and a corrupt million-unit one, whose
+    # network (16 TB) used to be built before the check, so loading failed to allocate memory.
     info = json.loads(meta["artopt"])
-    info["nets"]["default"]["hidden_size"] = 30
-    save_file(tensors, str(path), metadata={"artopt": json.dumps(info)})
-    with pytest.raises(WeightsError, match=r"default\.lstm\.weight_ih_l0 has shape"):
-        load_learned(path)
+    for units in (30, 10**6):
+        info["nets"]["default"]["hidden_size"] = units
+        save_file(tensors, str(path), metadata={"artopt": json.dumps(info)})
+        with pytest.raises(WeightsError, match=r"default\.lstm\.weight_ih_l0 has shape"):
+            load_learned(path)
 
 
 def test_not_an_artopt_file(tmp_path):

@@ -117,6 +117,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             # (torch.view_as_real(p) itself is a non-leaf view, which torch refuses to optimize)
             raise ValueError("LearnedOptimizer does not support complex parameters; keep the parameter real, "
                              "p = nn.Parameter(torch.view_as_real(z)), and use torch.view_as_complex(p)")
+        if any(torch.is_tensor(p) and not p.is_complex() and not p.is_floating_point() for p in listed):
+            # an integer parameter can only get a .grad by hand; its update would be truncated silently
+            raise ValueError("LearnedOptimizer steps floating-point parameters only, got "
+                             f"{sorted({str(p.dtype) for p in listed if torch.is_tensor(p) and not p.is_floating_point()})}")
         if not isinstance(listed, set) and len({id(p) for p in listed}) != len(listed):
             # torch only warns; here the update would be applied twice and the LSTM state overwritten
             raise ValueError("a parameter appears twice in this parameter group")
@@ -195,8 +199,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in self.param_groups]:
                 matched[:] = [(i, p) for sg, g in zip(saved_groups, self.param_groups)
                               for i, p in zip(sg["params"], g["params"])]
-                for k, (i, p) in enumerate(matched):  # torch would take any shape and the LSTM states would mix
-                    _check_state_fits(converted.get(i, {}), p, k)
+                nets = [self.nets[g["net"]] for sg, g in zip(saved_groups, self.param_groups) for _ in g["params"]]
+                for k, ((i, p), net) in enumerate(zip(matched, nets)):
+                    # torch would take any shape and the LSTM states would mix
+                    _check_state_fits(converted.get(i, {}), p, k, net)
             # (otherwise torch's own load refuses the groups, with its message)
             return state_dict
 
@@ -242,6 +248,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"LearnedOptimizer steps parameters on one device at a time, got "
                              f"{sorted(map(str, devices))}: use one optimizer per device")
+        if any(p.grad is not None and p.grad.is_sparse for g in self.param_groups for p in g["params"]):
+            raise RuntimeError("LearnedOptimizer does not support sparse gradients (e.g. nn.Embedding(sparse=True))")
         # Batch every coordinate served by the same network into one LSTM call, whatever its group's
         # lr (which scales only the step: it must not change what the network sees, such as a shared
         # first_rms scale); a network with time inputs also batches by the steps each parameter has
@@ -277,8 +285,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         device = params[0].device
         if net_device != device:
             net.to(device)
-        if any(p.grad.is_sparse for p in params):
-            raise RuntimeError("LearnedOptimizer does not support sparse gradients (e.g. nn.Embedding(sparse=True))")
         grads = [p.grad.reshape(-1) for p in params]
         flat = grads[0] if len(grads) == 1 else torch.cat(grads)
         h_list, c_list = [], []
@@ -395,15 +401,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return n_bad, overflowed
 
 
-def _check_state_fits(st: dict, p: torch.Tensor, index: int) -> None:
+def _check_state_fits(st: dict, p: torch.Tensor, index: int, net: LSTMOptimizerNet) -> None:
     """ValueError unless a loaded state has one LSTM state (and moment) per coordinate of ``p``, and
-    was saved for a parameter of ``p``'s shape (where the state says; older ones do not)."""
+    was saved for a parameter of ``p``'s shape (where the state says; older ones do not) and for a
+    network of ``net``'s layers and units."""
     for name, dim in (("h", 1), ("c", 1), ("m", 0), ("v", 0)):
         t = st.get(name)
         if torch.is_tensor(t) and (t.dim() <= dim or t.shape[dim] != p.numel()):
             raise ValueError(f"the state dict's parameter {index} has {name} of shape {tuple(t.shape)}, which does "
                              f"not fit a parameter of {p.numel()} coordinate(s): it was saved for another model "
                              "or another order of parameters")
+    layers, units = net.config.num_layers, net.config.hidden_size
+    for name in ("h", "c"):
+        t = st.get(name)
+        if torch.is_tensor(t) and (t.dim() != 3 or t.shape[0] != layers or t.shape[2] != units):
+            raise ValueError(f"the state dict's parameter {index} has LSTM state {name} of shape {tuple(t.shape)}, "
+                             f"saved by a network of other layers or units than this optimizer's ({layers} layers "
+                             f"x {units} units)")
     shape = st.get("shape")
     if shape is not None and tuple(shape) != tuple(p.shape):
         raise ValueError(f"the state dict's parameter {index} was saved for a parameter of shape {tuple(shape)}, "

@@ -125,10 +125,13 @@ def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimize
         if missing:
             raise WeightsError(f"{path}: the config of network {name!r} lacks {missing}")
         try:
-            net = LSTMOptimizerNet(LSTMOptimizerConfig.from_dict(cfg))
+            config = LSTMOptimizerConfig.from_dict(cfg)
+            # shapes only, on the meta device: a corrupt config (hidden_size 10**5) must not allocate
+            # gigabytes before the file's tensors are compared with it
+            with torch.device("meta"):
+                expected = LSTMOptimizerNet(config).state_dict()
         except (TypeError, ValueError) as e:
             raise WeightsError(f"{path}: bad config for network {name!r}: {e}") from None
-        expected = net.state_dict()
         prefix = f"{name}."
         got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing = sorted(set(expected) - set(got))
@@ -147,6 +150,7 @@ def load_learned(path: str | os.PathLike, device=None) -> dict[str, LSTMOptimize
                 # quietly turn the optimizer into Adam's first step at every coordinate
                 raise WeightsError(f"{path}: {name}.{key} holds NaN or infinite values (saved from a run "
                                    "that diverged?)")
+        net = LSTMOptimizerNet(config)
         net.load_state_dict(got)
         nets[name] = net.to(device) if device is not None else net
     leftover = [k for k in tensors if k.split(".", 1)[0] not in info["nets"]]
