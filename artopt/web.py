@@ -512,7 +512,7 @@ class _Stylist:
 
     def _stream(self, content_img, styles, config, stop_flag, notices) -> Iterator[tuple]:
         """Run the engine in a worker thread; yield (preview, slider, file, status) as it goes."""
-        from artopt.style.engine import SETUP_NOTICE_PREFIX, resolve_optimizer, stylize
+        from artopt.style.engine import resolve_optimizer, stylize
         from artopt.style.images import save_image, tensor_to_pil
 
         every = self.preview_every or max(1, config.steps // 20)
@@ -573,9 +573,13 @@ class _Stylist:
                     if item.n_scales > 1:
                         height, width = item.size
                         last_step += f" at scale {item.scale_index + 1}/{item.n_scales} ({width}×{height} px)"
-                    # The page's header names the loss network and "Done …" the optimizer.
-                    if item.notice and not str(item.notice).startswith(SETUP_NOTICE_PREFIX):
-                        notices.append(str(item.notice))
+                    # The page's header names the loss network and "Done …" the optimizer: the rest
+                    # of a first step's notice (e.g. a fallback at that step) is shown.
+                    notice = str(item.notice or "")
+                    if item.setup_notice and notice.startswith(item.setup_notice):
+                        notice = notice[len(item.setup_notice):].removeprefix("; ")
+                    if notice:
+                        notices.append(notice)
                     if item.image is not None:
                         newest_image = item.image
                 if newest_image is not None and outcome is done and not _same_image(newest_image, shown):

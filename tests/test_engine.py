@@ -283,8 +283,10 @@ def test_a_content_tensor_that_requires_grad_is_taken_without_a_warning():
 
 def test_numpy_integers_are_integers():
     import numpy as np
-    config = _config(size=np.int64(48), steps=np.int32(2), seed=np.int64(3), edge_pad=np.int64(4)).validated()
+    config = _config(size=np.int64(48), steps=np.int32(2), seed=np.int64(3), edge_pad=np.int64(4),
+                     handoff_warmup=np.int64(5), adam_levels=np.int64(2)).validated()
     assert (config.size, config.steps, config.seed, config.edge_pad) == (48, 2, 3, 4) and type(config.size) is int
+    assert (config.handoff_warmup, config.adam_levels) == (5, 2) and type(config.adam_levels) is int
 
 
 def test_lstm_without_shipped_weights_is_a_clear_error(monkeypatch):
@@ -621,6 +623,21 @@ def test_the_last_step_has_the_final_losses_however_the_run_ends(monkeypatch, op
     out = stylize(CONTENT, [STYLE], _config(optimizer=optimizer, steps=12, init="noise", lr=5.0 if optimizer == "lbfgs"
                                             else None, keep_best=False), callback=infos.append)
     assert "diverged" in infos[-1].notice and torch.equal(seen[-1], out) and infos[-1].final_losses is not None
+
+
+def test_a_first_steps_notice_keeps_the_setup_notice(monkeypatch):
+    # The setup line (loss network, optimizer, scales) used to be dropped when the first step had a
+    # notice of its own; the same held for a finer scale's first notice (e.g. adam_levels' split).
+    from artopt.style import losses
+
+    forward = losses.StyleLoss.forward
+    monkeypatch.setattr(losses.StyleLoss, "forward",
+                        lambda self, image: {**(out := forward(self, image)), "total": out["total"] * float("nan")})
+    infos = []
+    stylize(CONTENT, [STYLE], _config(steps=3), callback=infos.append)
+    setup = "loss network: efficientnet-lite0; optimizer: adam"
+    assert infos[0].setup_notice == setup and infos[0].notice.startswith(setup + "; adam diverged")
+    assert all(i.setup_notice is None for i in infos[1:])
 
 
 def test_a_pyramid_scale_dropped_for_a_narrow_photo_is_said(monkeypatch):

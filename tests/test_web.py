@@ -715,6 +715,24 @@ def test_closing_the_page_mid_run_stops_the_worker(tmp_path, monkeypatch):
     assert stopped.wait(6), "the worker went on after the page closed the run"
 
 
+def test_a_first_steps_notice_is_shown_without_the_setup_line(tmp_path, monkeypatch):
+    setup = "loss network: efficientnet-lite0; optimizer: adam"
+
+    def fake(content, styles, config, callback=None, image_every=0, should_stop=None, **kwargs):
+        image = torch.full((1, 3, 48, 64), 0.5)
+        for step, notice in ((1, f"{setup}; adam diverged at step 1"), (2, None)):
+            callback(engine.StepInfo(step=step, total_steps=2, scale_index=0, n_scales=1, size=(48, 64),
+                                     losses={"total": 1.0}, elapsed=0.1, image=image, notice=notice,
+                                     setup_notice=setup if step == 1 else None))
+        return image
+
+    monkeypatch.setattr(engine, "stylize", fake)
+    stylist = web._Stylist("cpu", web.WebLimits(min_size=48, max_size=256, max_steps=400), tmp_path, None, ["adam"])
+    photo, style = (str(web.ASSETS_DIR / d) for d in ("photos/chelsea.jpg", "styles/starry_night.jpg"))
+    status = str(list(stylist.run(photo, [style, None, None], [1.0] * 3, 64, 2, 1.0, "adam", False, 0))[-1][3])
+    assert "adam diverged at step 1" in status and "loss network" not in status
+
+
 def test_the_page_names_the_cpu_threads_or_the_cores_they_are_chosen_from(monkeypatch):
     """With --threads the page says the threads; without, each run chooses from the free cores (artopt.cpu)."""
     import gradio as gr

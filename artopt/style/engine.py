@@ -247,7 +247,7 @@ class StylizeConfig:
             if value is not None and not str(value).strip():  # e.g. "$UNSET_VARIABLE": was taken as no file
                 raise ValueError(f"{name.replace('_', ' ')} needs a file name")
         # numpy integers are integers too (they were refused as "got 48"); bools are not
-        for name in ("size", "steps", "seed", "edge_pad", "handoff_warmup"):
+        for name in ("size", "steps", "seed", "edge_pad", "handoff_warmup", "adam_levels"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 setattr(self, name, int(value))
@@ -344,6 +344,10 @@ class StepInfo:
     # (relative to the scale's own step, the run's lr times fine_scale_step after the first scale: 0.5
     # after the first backoff of a scale, 0.25 after the second)
     step_scale: float | None = None
+    # On the run's first report: the part of ``notice`` that says how the run was set up (loss
+    # network, optimizer, scales; it starts with SETUP_NOTICE_PREFIX), for a caller that shows it
+    # elsewhere and wants only the rest
+    setup_notice: str | None = None
 
 
 def check_device_name(device: str) -> None:
@@ -776,6 +780,7 @@ def stylize(content: Image.Image | torch.Tensor,
         notice += f" (adam levels {config.adam_levels} is for coarse-to-fine runs: this one has one scale)"
     elif config.adam_levels and lstm_setup.basis != "multiscale":
         notice += f" (adam levels {config.adam_levels} needs a learned optimizer on the multi-scale basis: not used)"
+    setup_notice = notice  # reported with the first step (StepInfo.setup_notice)
     steps_per_scale = split_steps(config.steps, len(sizes), config.coarse_share)
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None
@@ -989,10 +994,12 @@ def stylize(content: Image.Image | torch.Tensor,
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
-                                notice=step_notice if step_notice else notice, loss_seconds=loss_seconds,
-                                final_losses=final_losses, kept_after=kept_after, step_scale=step_scale)
+                                notice="; ".join(n for n in (notice, step_notice) if n) or None,
+                                loss_seconds=loss_seconds,
+                                final_losses=final_losses, kept_after=kept_after, step_scale=step_scale,
+                                setup_notice=setup_notice)
                 callback(info)
-                notice = None
+                notice = setup_notice = None
             step_scale = None
             if stopped or scale_end:
                 break
