@@ -711,8 +711,9 @@ def stylize(content: Image.Image | torch.Tensor,
     ``callback`` gets a StepInfo after every step, with ``image`` set every ``image_every`` steps
     (0: never; at the first step past each multiple, as an L-BFGS step counts several evaluations),
     at the end of each scale, and at the output size at the last step.  ``should_stop()`` returning
-    True ends the run early; the current image is returned (and given to no callback).  ``lstm_setup`` runs the learned optimizer with exactly these
-    settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
+    True ends the run early; the current image is returned, and (after at least one step) also reported
+    in a last StepInfo with its ``final_losses``.  ``lstm_setup`` runs the learned optimizer with exactly
+    these settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
     bad settings or inputs.
     """
     if config is not None and not isinstance(config, StylizeConfig):
