@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from artopt.file_writes import is_special_file
+
 STYLIZE_EXAMPLE = """\
 example:
   artopt stylize assets/photos/chelsea.jpg assets/styles/starry_night.jpg -o cat.png
@@ -265,6 +267,10 @@ def _check_output_path(path: Path, no_clobber: bool = False) -> None:
 
 
 def _check_writable_file(path: Path, no_clobber: bool = False) -> None:
+    if is_special_file(path):  # /dev/null, a pipe, /dev/stdout: written in place, as a shell would
+        if not os.access(path, os.W_OK):
+            raise CLIError(f"{path} is not writable")
+        return
     if path.is_dir():
         raise CLIError(f"{path} is a folder; give a file name")
     if path.parent.exists() and not path.parent.is_dir():
@@ -305,6 +311,8 @@ def _step_image_pattern(output: Path) -> re.Pattern:
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    if is_special_file(a) and is_special_file(b):  # e.g. -o /dev/null --log-json /dev/null
+        return False
     if a.resolve() == b.resolve():
         return True
     try:
@@ -360,7 +368,8 @@ def _stylize(args: argparse.Namespace) -> int:
                                      resolve_lr, resolve_optimizer, stylize)
     from artopt.style.images import ImageError, check_min_size, load_image, save_image
     from artopt.learned_optimizers.weights import write_text_atomic
-    from artopt.style.loss_nets import build_loss_net, resolve_loss_net_name
+    from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
+    from artopt.style.loss_nets import LossNetError, build_loss_net, resolve_loss_net_name, vgg19_weights_file
 
     try:
         config = StylizeConfig(**{f.name: getattr(args, f.name)
@@ -385,11 +394,18 @@ def _stylize(args: argparse.Namespace) -> int:
             if pattern.match(existing.name):
                 raise CLIError(f"--save-every would replace {existing} and --no-clobber is given; "
                                f"remove it or choose another output name")
+    # Also the files the run reads without a flag naming them: the shipped optimizer and its card,
+    # $ARTOPT_VGG_WEIGHTS or torchvision's cached VGG-19.
+    lstm_weights = Path(config.lstm_weights) if config.lstm_weights else weights_path(NEURAL_ART)
+    try:
+        vgg_file = vgg19_weights_file(config.vgg_weights)
+    except LossNetError:  # said where the loss network is built, if this run uses VGG-19
+        vgg_file = None
     inputs = {"content image": Path(args.content),
               **{(f"style image {i + 1}" if len(args.styles) > 1 else "style image"): Path(p)
                  for i, p in enumerate(args.styles)},
-              **{label: Path(p) for label, p in (("lstm weights", config.lstm_weights),
-                                                 ("vgg weights", config.vgg_weights)) if p}}
+              "lstm weights": lstm_weights, "lstm weights' card": lstm_weights.with_suffix(".json"),
+              **({"vgg weights": vgg_file} if vgg_file is not None else {})}
     outputs = {"output": output, **({"--log-json file": log_path} if log_path is not None else {})}
     _refuse_overwriting(outputs, inputs, output if args.save_every else None)
     optimizer = resolve_optimizer(config.optimizer, config.size, config.pyramid)
@@ -521,6 +537,7 @@ def _stylize(args: argparse.Namespace) -> int:
                         resolved_lr=resolve_lr(optimizer, config.lr, config.lstm_weights, config.basis,
                                                result.shape[-2] * result.shape[-1]),  # sgd, nag: the output size's
                         resolved_loss_net=net_name, resolved_device=str(device), cpu_threads=threads,
+                        resolved_vgg_weights=str(vgg_file) if net_name == "vgg19" and vgg_file else None,
                         content_path=args.content,
                         style_paths=args.styles, output_path=str(output))
         log = {"settings": settings, "seconds": round(time.perf_counter() - start, 3),
@@ -574,8 +591,10 @@ def main(argv: list[str] | None = None) -> int:
               "choose a smaller --size", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"artopt: error: {exc}", file=sys.stderr)
-        return 1
+        # e.g. a photo in a folder this user may not enter: Path.exists() raises before our own checks
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"artopt: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2 if isinstance(exc, PermissionError) else 1
 
 
 if __name__ == "__main__":

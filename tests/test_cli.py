@@ -108,6 +108,9 @@ def test_a_final_image_that_cannot_be_written_is_saved_elsewhere(tmp_path, monke
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1", "2"], "2 value(s) for 1 style"),
     # Engine messages name the flag the user typed, not the setting.
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "--lr must be positive"),
+    # a finite rate past what the optimizers can hold was a traceback, the run's work lost
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "1e39"], "--lr must be positive and at most 1e+30"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--handoff-lr", "1e31"], "--handoff-lr must be 0"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--tv-weight", "-1"], "--tv-weight must be between"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-scale", "9"], "--style-scale must be in"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "-1"], "--style-weights must be"),
@@ -170,6 +173,53 @@ def test_nothing_the_user_made_is_overwritten(tmp_path, capsys, make_args, messa
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("artopt: error:") and message in err and "\n" not in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # checked before anything ran
+
+
+def test_the_log_never_replaces_the_optimizer_or_loss_network_the_run_reads(tmp_path, monkeypatch, capsys,
+                                                                            instant_stylize):
+    # Only the files named by a flag were protected: a --log-json onto the card beside --lstm-weights,
+    # or onto $ARTOPT_VGG_WEIGHTS, replaced it (and the run after went on without its settings).
+    import shutil
+
+    from artopt.learned_optimizers.shipped import NEURAL_ART, weights_path
+
+    shipped = weights_path(NEURAL_ART)
+    for src in (shipped, shipped.with_suffix(".json")):
+        shutil.copy(src, tmp_path / src.name)
+    (tmp_path / "vgg.pth").write_bytes(b"not read")
+    monkeypatch.setenv("ARTOPT_VGG_WEIGHTS", str(tmp_path / "vgg.pth"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    lstm = ["--optimizer", "lstm", "--lstm-weights", str(tmp_path / shipped.name)]
+    for extra, log, message in [(lstm, tmp_path / shipped.with_suffix(".json").name, "is the lstm weights' card"),
+                                ([], shipped.with_suffix(".json"), "is the lstm weights' card"),  # the shipped one
+                                ([], tmp_path / "vgg.pth", "is the vgg weights")]:
+        code = main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *FAST, *extra,
+                     "--log-json", str(log)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "\n" not in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before and instant_stylize.calls == 0
+
+
+def test_a_pipe_or_device_is_written_in_place_and_a_replaced_file_keeps_its_mode(tmp_path, capsys,
+                                                                                 instant_stylize):
+    # A rename put a plain file where the FIFO (or /dev/null) had been; and a private file became 0644.
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    private = tmp_path / "o.png"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(private), *FAST, "--log-json", str(fifo)]) == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and json.loads(got[0])["settings"]["resolved_optimizer"]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and Image.open(private).format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.fifo", "o.png"]  # no temporary file left
 
 
 def test_save_every_follows_links_to_what_it_would_overwrite(tmp_path, capsys):

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ..file_writes import replace_file
 from .network import LSTMOptimizerConfig, LSTMOptimizerNet
 
 FORMAT = 1
@@ -60,15 +61,8 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` whole or not at all (a temporary file, then a rename; nothing left behind on
-    failure), through a symbolic link to its target, as a shell's > does."""
-    target = Path(os.path.realpath(path))
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    failure), as a shell's > does (``artopt.file_writes.replace_file``)."""
+    replace_file(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 @contextlib.contextmanager

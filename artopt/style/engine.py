@@ -65,6 +65,10 @@ STYLIZE_LR_MULTISCALE = {"adam": 0.0036, "rmsprop": 0.00064}
 # The first step's notice names the loss network and optimizer a run uses (for logs; the web page
 # shows both elsewhere and leaves this line out).
 SETUP_NOTICE_PREFIX = "loss network: "
+# The largest learning rate taken: far past any useful one, and with room below float32's 3.4e38 for
+# what the optimizers compute from it (Adam's first step divides it by 1 - beta1): past that, torch
+# could not convert it and the run ended in a traceback.
+MAX_RATE = 1e30
 # Outputs larger than this are produced coarse-to-fine when ``pyramid`` is None (auto): from 384 px,
 # whose half (192 px) is the smallest coarse scale the automatic pyramid uses (PYRAMID_BASE * 3/4).
 PYRAMID_AUTO_ABOVE = 383
@@ -264,12 +268,13 @@ class StylizeConfig:
         if self.basis == "multiscale" and self.optimizer.lower() == "lbfgs":
             raise ValueError("lbfgs runs on the pixels only (its line search needs a closure the multi-scale basis "
                              "does not pass on): use basis pixels, or adam, sgd, rmsprop or nag")
-        if self.lr is not None and not (0 < self.lr < math.inf):
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.handoff_lr is not None and not (0 <= self.handoff_lr < math.inf):
-            raise ValueError(f"handoff lr must be 0 (off) or positive, got {self.handoff_lr}")
-        if self.handoff_finer_lr is not None and not (0 <= self.handoff_finer_lr < math.inf):
-            raise ValueError(f"handoff finer lr must be 0 (off) or positive, got {self.handoff_finer_lr}")
+        if self.lr is not None and not (0 < self.lr <= MAX_RATE):
+            raise ValueError(f"learning rate must be positive and at most {MAX_RATE:.3g}, got {self.lr}")
+        if self.handoff_lr is not None and not (0 <= self.handoff_lr <= MAX_RATE):
+            raise ValueError(f"handoff lr must be 0 (off) or positive and at most {MAX_RATE:.3g}, got {self.handoff_lr}")
+        if self.handoff_finer_lr is not None and not (0 <= self.handoff_finer_lr <= MAX_RATE):
+            raise ValueError(f"handoff finer lr must be 0 (off) or positive and at most {MAX_RATE:.3g}, "
+                             f"got {self.handoff_finer_lr}")
         if isinstance(self.handoff_finer_within, bool) or not isinstance(self.handoff_finer_within, numbers.Real) \
                 or not 0 <= self.handoff_finer_within <= 1:
             raise ValueError(f"handoff finer within must be a fraction between 0 and 1, got {self.handoff_finer_within!r}")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from artopt.file_writes import replace_file
+
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
 # Decoded-size guard: 64 megapixels is far beyond any output size we produce (a 2048 px
@@ -196,15 +198,10 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, qu
     if path.parent and not path.parent.exists():
         raise ImageError(f"{path}: folder {path.parent} does not exist")
     options = {"quality": quality} if fmt == "JPEG" else {}
-    # Write to a temporary name first so that a failed write never leaves a half-written file; through
-    # a symbolic link to its target, as a shell's > does (the replace put a file in the link's place).
-    target = Path(os.path.realpath(path))
-    tmp = target.with_name(f".{target.name}.tmp")
+    # A temporary file first, so that a failed write never leaves a half-written file (replace_file)
     try:
-        image.save(tmp, format=fmt, **options)
-        os.replace(tmp, target)
+        replace_file(path, lambda p: image.save(p, format=fmt, **options))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         # the reason alone: the OSError names the temporary file, which the user never asked for
         raise ImageError(f"{path}: cannot write image ({exc.strerror or exc})") from None
     return path

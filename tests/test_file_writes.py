@@ -1,0 +1,65 @@
+import os
+import stat
+import threading
+
+import pytest
+
+from artopt.file_writes import is_special_file, replace_file
+
+
+def _write(text):
+    return lambda p: p.write_text(text)
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_gets_the_umasks(tmp_path):
+    old = tmp_path / "old.txt"
+    old.write_text("old")
+    old.chmod(0o600)
+    replace_file(old, _write("new"))
+    assert old.read_text() == "new" and stat.S_IMODE(old.stat().st_mode) == 0o600
+    plain, new = tmp_path / "plain", tmp_path / "new.txt"
+    plain.write_text("x")
+    replace_file(new, _write("new"))
+    assert stat.S_IMODE(new.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_a_users_file_with_the_temporary_files_old_name_is_left_alone(tmp_path):
+    # The temporary file used to be ".NAME.tmp" (or "NAME.tmp"): a file of the user's by that name was
+    # overwritten, then renamed away.
+    for name in (".out.png.tmp", "out.png.tmp"):
+        (tmp_path / name).write_text("mine")
+    replace_file(tmp_path / "out.png", _write("new"))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        ".out.png.tmp": "mine", "out.png.tmp": "mine", "out.png": "new"}
+
+
+def test_a_failed_write_leaves_the_old_file_and_nothing_else(tmp_path):
+    old = tmp_path / "log.json"
+    old.write_text("whole")
+
+    def failing(p):
+        p.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(old, failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["log.json"] and old.read_text() == "whole"
+
+
+def test_a_link_is_written_through_and_a_pipe_in_place(tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("old")
+    (tmp_path / "link.txt").symlink_to(target)
+    replace_file(tmp_path / "link.txt", _write("new"))
+    assert (tmp_path / "link.txt").is_symlink() and target.read_text() == "new"
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert is_special_file(fifo) and not is_special_file(target) and not is_special_file(tmp_path)
+    replace_file(fifo, _write("through the pipe"))
+    reader.join(10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert is_special_file(os.devnull)
