@@ -47,6 +47,7 @@ WAITING_STATUS = "Waiting for a free slot…"  # from the click until the run st
 # While others' runs are ahead of the person's request; refreshed every WAITING_REFRESH_S.
 WAITING_AHEAD_STATUS = "Waiting for a free slot: {ahead} run{s} ahead of yours…"
 WAITING_REFRESH_S = 1.0
+STATUS_EVERY_S = 1.0  # a run's status line (its step) between previews, at most this often
 # From the moment a waiting request starts until its first preview.
 STARTING_STATUS = "Working: starting…"
 WITHDRAWN_STATUS = "Withdrawn: this request will not run; the page frees up when the run ahead of it ends."
@@ -552,6 +553,7 @@ class _Stylist:
         finished = False
         previews = 0
         shown: torch.Tensor | None = None  # the image already on the page is not sent again
+        said = started  # when the status line was last sent
         try:
             outcome: Any = done
             while outcome is done:
@@ -582,17 +584,21 @@ class _Stylist:
                         notices.append(notice)
                     if item.image is not None:
                         newest_image = item.image
-                if newest_image is not None and outcome is done and not _same_image(newest_image, shown):
+                if outcome is not done:
+                    continue
+                working = self._status(f"Working: {last_step}, {time.perf_counter() - started:.1f} s", notices)
+                if newest_image is not None and not _same_image(newest_image, shown):
                     shown = newest_image
                     previews += 1
                     preview_path = run_dir / f"preview-{previews}.webp"
                     tensor_to_pil(newest_image).save(preview_path)
-                    yield (
-                        str(preview_path),
-                        gr.skip(),
-                        gr.skip(),
-                        self._status(f"Working: {last_step}, {time.perf_counter() - started:.1f} s", notices),
-                    )
+                    yield str(preview_path), gr.skip(), gr.skip(), working
+                    said = time.perf_counter()
+                elif time.perf_counter() - said >= STATUS_EVERY_S:
+                    # The step count between previews; also how soon Gradio can close a run whose page
+                    # went away (it does so at a yield): with slow steps a preview can be minutes apart.
+                    yield gr.skip(), gr.skip(), gr.skip(), working
+                    said = time.perf_counter()
             finished = True
             worker.join()
             stopped_by_user = stop_flag.is_set()
@@ -880,7 +886,7 @@ def build_app(
             opened = [gr.Accordion(open=True) if target == slot else gr.skip() for slot in slots[1:]]
             return images + opened
 
-        gallery.select(use_preset, preset_target, style_images + holders[1:], api_visibility="private")
+        gallery.select(use_preset, preset_target, style_images + holders[1:], queue=False, api_visibility="private")
 
         def stylize_event(
             content, style_1, weight_1, style_2, weight_2, style_3, weight_3,

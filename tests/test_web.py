@@ -715,6 +715,33 @@ def test_closing_the_page_mid_run_stops_the_worker(tmp_path, monkeypatch):
     assert stopped.wait(6), "the worker went on after the page closed the run"
 
 
+def test_the_step_count_is_shown_between_previews_and_a_closed_page_stops_the_worker_there(tmp_path, monkeypatch):
+    # Only a new preview was yielded, and Gradio closes a run whose page went away only at a yield:
+    # with slow steps (a large image on a CPU) the worker went on for minutes.
+    stopped = threading.Event()
+
+    def fake(content, styles, config, callback=None, image_every=0, should_stop=None, **kwargs):
+        for step in range(1, 101):
+            callback(engine.StepInfo(step=step, total_steps=100, scale_index=0, n_scales=1, size=(48, 64),
+                                     losses={"total": 1.0}, elapsed=0.1))  # no preview image
+            for _ in range(50):
+                if should_stop():
+                    stopped.set()
+                    return torch.full((1, 3, 48, 64), 0.5)
+                threading.Event().wait(0.01)
+        return torch.full((1, 3, 48, 64), 0.5)
+
+    monkeypatch.setattr(engine, "stylize", fake)
+    monkeypatch.setattr(web, "STATUS_EVERY_S", 0.0)
+    stylist = web._Stylist("cpu", web.WebLimits(min_size=48, max_size=256, max_steps=400), tmp_path, None, ["adam"])
+    photo, style = (str(web.ASSETS_DIR / d) for d in ("photos/chelsea.jpg", "styles/starry_night.jpg"))
+    run = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 100, 1.0, "adam", False, 0)
+    while not str(next(run)[3]).startswith("Working: step 2/100"):
+        pass
+    run.close()
+    assert stopped.wait(6), "the worker went on after the page closed the run"
+
+
 def test_a_first_steps_notice_is_shown_without_the_setup_line(tmp_path, monkeypatch):
     setup = "loss network: efficientnet-lite0; optimizer: adam"
 
