@@ -788,3 +788,10 @@ def test_each_cpu_run_sets_its_threads_as_it_starts(monkeypatch):
     photo, style = str(web.example_photos()[0]), str(web.preset_styles()[0])
     outputs = list(stylize(photo, style, 1.0, None, 1.0, None, 1.0, 64, 2, 1.0, "adam", False, 0, request=None))
     assert calls == [1] and outputs[-1][2] is not None  # one run, one choice, and its PNG
+
+
+def test_only_the_run_itself_waits_in_the_queue():
+    # A clicked preset went through the queue, and a full queue refused it ("busy, try again").
+    app = web.build_app(device="cpu", limits=TEST_LIMITS, default_size=64, default_steps=STEPS)
+    queued = [d["api_name"] for d in app.config["dependencies"] if d.get("queue") is not False]
+    assert queued == ["stylize"]
