@@ -237,7 +237,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (socket.gaierror, UnicodeError) as exc:
         raise CLIError(f"--host {args.host}: cannot resolve this name or address "
                        f"({getattr(exc, 'strerror', None) or exc})") from None
-    from artopt import web  # lazy: gradio is an optional dependency
+    try:
+        from artopt import web  # lazy: gradio is an optional dependency
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("gradio", "gradio_client"):
+            raise
+        raise CLIError("the web app needs Gradio, which is not installed: pip install 'artopt[web]' "
+                       "(from a checkout: pip install -e '.[web]')") from None
 
     try:
         web.serve(args.host, args.port, share=args.share, concurrency=args.concurrency,

@@ -888,10 +888,13 @@ def build_app(
 
         gallery.select(use_preset, preset_target, style_images + holders[1:], queue=False, api_visibility="private")
 
+        # Gradio makes an API parameter optional when its component starts with a value (the sliders,
+        # the menu) or, with none, when the function's default is None: so a script may leave out the
+        # blend slots.  The other defaults are never used (the page always sends its components).
         def stylize_event(
-            content, style_1, weight_1, style_2, weight_2, style_3, weight_3,
-            size, steps, strength, optimizer, keep_colors, seed,
-            request: gr.Request,
+            content, style_1, weight_1=1.0, style_2=None, weight_2=1.0, style_3=None, weight_3=1.0,
+            size=None, steps=None, strength=None, optimizer=None, keep_colors=False, seed=0,
+            request: gr.Request = None,
         ):
             yield from stylist.run(
                 content, [style_1, style_2, style_3], [weight_1, weight_2, weight_3],

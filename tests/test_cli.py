@@ -648,6 +648,18 @@ def test_serve_refuses_a_host_that_does_not_resolve(monkeypatch, capsys):
     assert err == "artopt: error: --host 999.1.1.1: cannot resolve this name or address (Name or service not known)"
 
 
+def test_serve_without_the_web_extra_says_what_to_install(monkeypatch, capsys):
+    # A plain `pip install artopt` has no Gradio: `artopt serve` was a ModuleNotFoundError traceback.
+    import artopt
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "artopt.web", raising=False)
+    monkeypatch.delattr(artopt, "web", raising=False)
+    assert main(["serve", "--host", "127.0.0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("artopt: error: the web app needs Gradio") and "pip install 'artopt[web]'" in err
+
+
 def test_bench_typo_lists_every_target(capsys):
     import artopt.cli as cli
 

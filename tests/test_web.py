@@ -81,6 +81,13 @@ def stylize_args(content, style, *, size=64, steps=STEPS, seed=0, optimizer="ada
     )
 
 
+def test_a_script_may_name_only_the_photo_and_one_style(client, images):
+    # The empty blend slots were required arguments of /stylize ("No value provided for style_2").
+    *_, status = client.predict(content=handle_file(str(images["content"])), style_1=handle_file(str(images["style"])),
+                                api_name="/stylize")
+    assert status.startswith("Done"), status
+
+
 def test_stylize_small_image_end_to_end(server, client, images):
     job = client.submit(*stylize_args(images["content"], images["style"]), api_name="/stylize")
     preview, comparison, png_path, status = job.result(timeout=180)
