@@ -92,6 +92,9 @@ def test_size_range_gives_multiples_of_8_and_styles_come_from_the_list():
         assert side in (32, 40, 48) and p.params[0].shape[-2] == side
         assert p.info["style"] in t.styles
         assert p.info["style"] not in HELD_OUT_STYLES
+    for bounds in ((60, 63), (50, 64), (32, 44), (48, 32)):  # 50-64 drew 48 px crops, 60-63 only 56 px ones
+        with pytest.raises(ValueError, match="size_range needs multiples of 8"):
+            NeuralArtTask(size_range=bounds)
 
 
 def test_with_a_size_range_a_crops_gradient_is_scaled_to_the_middle_sizes_pixels():
@@ -262,6 +265,7 @@ def test_training_script_passes_its_meta_training_options_through(tmp_path):
                 ["--head-hidden", "-1"],
                 ["--global-cells", "21"],  # more than the layer's 20 units
                 ["--size-range", "96", "48"],
+                ["--size-range", "60", "63"],  # no multiple of 8 in it: it drew 56 px crops
                 ["--output-scale", "nan"],
                 ["--prior-minutes", "-5"],
                 ["--unroll", "64"]):  # longer than the run's steps

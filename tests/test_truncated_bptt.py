@@ -355,6 +355,9 @@ def test_a_horizon_curriculum_grows_episodes_to_the_whole_horizon_halfway_throug
     assert horizon_at(grow, 50, 0.0) == horizon_at(grow, 99, 0.0) == 128
     assert all(horizon_at(grow, e, 0.0) % 16 == 0 for e in range(100))
     assert horizon_at(MetaTrainConfig(steps=20, unroll=15, horizon_schedule="grow"), 0, 0.0) == 20
+    # grown, it is the whole horizon, also where that is not whole truncations (rounding kept it at 80)
+    partial = MetaTrainConfig(steps=100, unroll=40, horizon_schedule="grow", episodes=100)
+    assert horizon_at(partial, 0, 0.0) == 80 and horizon_at(partial, 50, 0.0) == horizon_at(partial, 99, 0.0) == 100
     with pytest.raises(ValueError, match="horizon_schedule"):
         MetaTrainConfig(horizon_schedule="shrink")
     # Training episodes follow it; validation runs the whole horizon from the start.
@@ -632,6 +635,74 @@ def test_a_helper_that_cannot_start_is_named_not_waited_for(tmp_path):
         meta_train(FailsInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
                    name="f", progress=False)
     assert not multiprocessing.active_children()
+
+
+class SlowInHelpers(TinyQuadratic):
+    """A task whose helpers take seconds to build what they cache, as neural-art's loss network."""
+
+    def __init__(self):
+        import os
+
+        self.home = os.getpid()
+
+    def sample(self, generator, split="train"):
+        import os
+        import time
+
+        if os.getpid() != self.home:
+            time.sleep(3)
+        return super().sample(generator, split)
+
+
+def test_an_interrupt_while_the_helpers_start_stops_them(tmp_path):
+    # They were started but not yet in meta_train's hands: a caller that went on (a notebook) had a
+    # helper training the networks in the background.
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    def interrupt_once_started():
+        while not multiprocessing.active_children():
+            time.sleep(0.01)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(SlowInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="s", progress=False)
+    assert not multiprocessing.active_children()
+
+
+def test_a_helper_killed_in_the_budgets_last_episodes_is_said(tmp_path, monkeypatch):
+    # The run returned with fewer episodes than its budget, as if nothing had happened.
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    real_stop = tb._Helpers.stop
+
+    def killed_then_stopped(self, wait=False):
+        if wait:
+            self.terminate()  # as the out-of-memory killer would, during the last episodes
+        return real_stop(self, wait)
+
+    monkeypatch.setattr(tb._Helpers, "stop", killed_then_stopped)
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=30, val_every=1000, val_problems=1, workers=2)
+    with pytest.raises(RuntimeError, match="meta-train helper 1 was killed by signal 15"):
+        meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                   name="k", progress=False)
+
+
+def test_the_first_validation_counts_in_the_time_budget(tmp_path):
+    # It was left out of --minutes and of the card's wall time (the last validation was counted).
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=1000, val_every=1000, val_problems=200, max_minutes=0.001)
+    result = meta_train(TinyQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                        name="b", progress=False)
+    first_val = _events(tmp_path / "b.log.jsonl")[1]
+    assert first_val["event"] == "val" and first_val["elapsed"] > 0.06  # 200 validation problems: the budget
+    assert result.episodes_done == 0 and result.wall_time_s >= first_val["elapsed"]
 
 
 def test_the_last_episodes_of_a_time_budget_are_validated(tmp_path):

@@ -91,8 +91,10 @@ def main(argv=None) -> int:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.size < 8:
         ap.error(f"--size must be at least 8 px, got {args.size}")
-    if args.size_range and not 8 <= args.size_range[0] <= args.size_range[1]:
-        ap.error(f"--size-range needs 8 <= MIN <= MAX, got {args.size_range[0]} {args.size_range[1]}")
+    if args.size_range and not (8 <= args.size_range[0] <= args.size_range[1]
+                                and all(side % 8 == 0 for side in args.size_range)):
+        ap.error(f"--size-range needs multiples of 8 with 8 <= MIN <= MAX (crop sides are drawn in steps of 8), "
+                 f"got {args.size_range[0]} {args.size_range[1]}")
     if not 0 < args.output_scale < math.inf:
         ap.error(f"--output-scale must be positive and finite, got {args.output_scale}")
     if not 0 <= args.prior_minutes < math.inf:

@@ -348,6 +348,8 @@ def horizon_at(config: MetaTrainConfig, episode: int, elapsed_s: float) -> int:
     start = min(config.steps, 2 * config.unroll)
     if config.horizon_schedule == "constant" or start >= config.steps:
         return config.steps
+    if 2 * budget_progress(config, episode, elapsed_s) >= 1:  # grown: all of it, whole truncations or not
+        return config.steps
     horizon = _grown(config, episode, elapsed_s, start, config.steps)
     return min(config.steps, max(start, config.unroll * round(horizon / config.unroll)))
 
@@ -512,6 +514,9 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
         last_validated = episode
         checkpoint(elapsed)
 
+    # From here: the first validation counts in the time budget and the wall time (the last one did
+    # already; a run overshot --minutes by the first, and the card left it out).
+    start = time.perf_counter()
     if best_episode < 0:
         try:
             best_val = validate()
@@ -521,10 +526,10 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
                       "command starts the run over", file=sys.stderr)
             raise
         best_episode = episode
-        save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed_before)
-        emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed_before})
+        elapsed = elapsed_before + time.perf_counter() - start
+        save_best(out_dir, name, kept, card, config, best_val, best_episode, elapsed)
+        emit({"event": "val", "episode": episode, "val": best_val, "elapsed": elapsed})
 
-    start = time.perf_counter()
     next_val = (last_validated // config.val_every + 1) * config.val_every
     if last_validated < episode and (episode >= next_val or episode >= config.episodes):
         validate_and_keep()  # due when the run was stopped (e.g. interrupted while validating)
@@ -578,6 +583,7 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
                     bar.set_postfix(score=f"{event['score']:.4g}", best_val=f"{best_val:.4g}", **left)
         if helpers:  # the helpers end their last episodes (the budget's) and stop by themselves
             episode = helpers.stop(wait=True)
+            helpers.check()  # one killed in those episodes ended the run short, without a word
             if bar is not None:
                 bar.update(episode - bar.n)
         if last_validated != episode:
@@ -700,16 +706,25 @@ class _Helpers:
                       for rank in range(1, config.workers)]
         self.stopped = False
         self.config = config
-        for proc in self.procs:
-            proc.start()
-        # Start together: a helper takes seconds to import torch and build its task.
-        for _ in self.procs:
-            while not ready.acquire(timeout=1.0):
-                dead = [proc for proc in self.procs if proc.exitcode is not None]
-                if dead:
-                    self.stop()
-                    raise RuntimeError(f"{dead[0].name} did not start (exit code {dead[0].exitcode}; its traceback "
-                                       "is above)")
+        try:
+            for proc in self.procs:
+                proc.start()
+            # Start together: a helper takes seconds to import torch and build its task.
+            for _ in self.procs:
+                while not ready.acquire(timeout=1.0):
+                    dead = [proc for proc in self.procs if proc.exitcode is not None]
+                    if dead:
+                        self.stop()
+                        raise RuntimeError(f"{dead[0].name} did not start (exit code {dead[0].exitcode}; its "
+                                           "traceback is above)")
+        except BaseException:
+            # e.g. Ctrl-C while they start: meta_train's caller has no handle on them yet, and a caller
+            # that goes on (a notebook) had them train on in the background.
+            self.terminate()
+            for proc in self.procs:
+                if proc.pid is not None:
+                    proc.join()
+            raise
 
     def claim(self) -> bool:
         """Whether this process may begin another episode within the episode budget."""

@@ -84,6 +84,11 @@ class NeuralArtTask:
     _split: dict = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        if self.size_range is not None and not (
+                len(self.size_range) == 2 and 8 <= self.size_range[0] <= self.size_range[1]
+                and all(side % 8 == 0 for side in self.size_range)):
+            # sizes are drawn in multiples of 8: other bounds drew sizes outside them (60-63 drew 56)
+            raise ValueError(f"size_range needs multiples of 8 with 8 <= MIN <= MAX, got {self.size_range}")
         self.root = Path(self.root) if self.root else data_root()
         self._split = split_photos(self.root / "imagenet-sample")
 
