@@ -25,8 +25,8 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 
     As a shell's ``>``: through a symbolic link to its target; a replaced file keeps its permissions,
     a new one gets those the umask gives; a special file (``is_special_file``) is written in place.
-    On any failure (a full disk, Ctrl-C) the temporary file, which has a name of its own beside the
-    target, is removed and the old file stays as it was."""
+    On any failure (a full disk, Ctrl-C, a power cut) the temporary file, which has a name of its own
+    beside the target, is removed and the old file stays as it was."""
     if is_special_file(path):
         write(Path(path))
         return
@@ -44,6 +44,11 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             continue
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:  # on disk before the rename: after a power cut the name holds the old file or the new one
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if kept_mode is not None:
             os.chmod(tmp, kept_mode)
         os.replace(tmp, target)

@@ -354,13 +354,14 @@ def test_train_runs_a_short_meta_training(tmp_path, capsys):
 
 
 def test_train_with_a_time_budget_is_not_capped_at_1000_episodes(tmp_path, capsys):
-    # A wall-time budget without --episodes: the budget decides (a tiny one stops after one episode).
+    # A wall-time budget without --episodes: the budget decides (a tiny one is spent by the first
+    # validation, which counts in it, or one episode later).
     rc = main(["train", "quadratic", "--minutes", "0.0001", "--val-every", "50", "--val-problems", "1",
                "--runs", str(tmp_path), "--ship", ""])
     assert rc == 0
     card = json.loads((tmp_path / "quadratic" / "quadratic.json").read_text())
     assert card["meta_training"]["episodes"] == 100_000
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] <= 1
 
 
 def test_train_without_a_checkout_says_where_the_scripts_live(tmp_path, monkeypatch, capsys):

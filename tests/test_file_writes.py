@@ -63,3 +63,14 @@ def test_a_link_is_written_through_and_a_pipe_in_place(tmp_path):
     reader.join(10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
     assert is_special_file(os.devnull)
+
+
+def test_the_new_contents_are_on_disk_before_the_rename(tmp_path, monkeypatch):
+    # Without the fsync a power cut after the rename could leave an empty file under the name
+    # (e.g. a meta-training checkpoint, which saves and resumes runs of an hour).
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
+    replace_file(tmp_path / "ckpt", _write("state"))
+    assert events == ["fsync", "replace"] and (tmp_path / "ckpt").read_text() == "state"

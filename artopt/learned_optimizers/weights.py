@@ -44,11 +44,10 @@ def save_learned(path: str | os.PathLike, nets: dict[str, LSTMOptimizerNet], car
         for key, value in net.state_dict().items()
     }
     meta = {"artopt": json.dumps({"format": FORMAT, "nets": {n: net.config.to_dict() for n, net in nets.items()}})}
-    tmp = path.with_name(path.name + ".tmp")
     # written by Python, not safetensors' save_file, which makes the file readable by its owner only
     # (mode 0600, whatever the umask): shipped weights must be readable by everyone who runs artopt
-    tmp.write_bytes(save(tensors, metadata=meta))
-    os.replace(tmp, path)
+    data = save(tensors, metadata=meta)
+    replace_file(path, lambda tmp: tmp.write_bytes(data))
     if card is not None:
         write_json_atomic(path.with_suffix(".json"), card)
     return path

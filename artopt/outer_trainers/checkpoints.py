@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..file_writes import replace_file
 from ..learned_optimizers.weights import save_learned, write_json_atomic
 
 if TYPE_CHECKING:
@@ -174,9 +175,7 @@ def save_checkpoint(path, nets, meta_opt, gen, rng, episode, best_val, best_epis
         ck["averaged"] = averaged.state_dict()
     if settings is not None:
         ck["settings"] = json.dumps(settings)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, path)
+    replace_file(path, lambda tmp: torch.save(ck, tmp))
 
 
 def save_best(out_dir, name, nets, card, config, best_val, best_episode, elapsed):
@@ -218,9 +217,7 @@ def ship_best(run_dir: str | os.PathLike, name: str, ship_dir: str | os.PathLike
             earlier = None
         if isinstance(earlier, dict):
             card = {**earlier, **card}
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes(best)
-    os.replace(tmp, dest)
+    replace_file(dest, lambda tmp: tmp.write_bytes(best))
     card["meta_training"]["total_wall_time_s"] = round(result.wall_time_s + prior_seconds, 1)
     card["meta_training"]["episodes_done"] = result.episodes_done
     write_json_atomic(ship_dir / f"{name}.json", card)
