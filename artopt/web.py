@@ -417,6 +417,7 @@ class _Stylist:
             if weight > 0:
                 styles.append(self._load(payload, f"Style {i}"))
                 weights.append(weight)
+                self._check_style_side(styles[-1], f"Style {i}", content_img, size)
         if not styles:
             if any(payload is not None for payload in style_payloads):
                 raise _user_error("Every style image has blend weight 0: raise at least one weight above 0.",
@@ -438,6 +439,23 @@ class _Stylist:
             device=self.device,
         )
         return content_img, styles, config
+
+    def _check_style_side(self, style: Image.Image, label: str, content: Image.Image, size: int) -> None:
+        """The engine refuses this too, mid-run, naming a style scale the page does not have and a
+        style by its place among those in use: say it here, naming the slot."""
+        from artopt.style.engine import StylizeConfig, pyramid_sizes
+        from artopt.style.loss_nets import build_loss_net
+
+        net = build_loss_net(StylizeConfig().loss_net, self.device)  # the page's (cached: built at start)
+        aspect = min(content.size) / max(content.size)
+        planned = pyramid_sizes(size, None)
+        coarsest = ([s for s in planned[:-1] if s * aspect >= net.min_size] + planned[-1:])[0]
+        long_side = max(net.min_size, coarsest)  # the style's long side at the run's first scale
+        short = round(min(style.size) * long_side / max(style.size))
+        if short < net.min_input_side:
+            raise _user_error(f"{label} is too elongated: at {long_side} px, the run's first scale, its shorter side "
+                              f"would be {short} px, and {net.name} needs at least {net.min_input_side}. Use a less "
+                              "elongated style image (or crop it).", "Style too elongated")
 
     def run(
         self,

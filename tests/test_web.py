@@ -697,6 +697,26 @@ def test_the_pages_settings_reach_the_config_within_the_limits(tmp_path):
 
 # Mutation audit, round 2 (session 51): each test below failed on a one-line bug the suite missed.
 
+def test_a_style_too_elongated_is_named_by_its_slot_with_advice_the_page_can_follow(tmp_path):
+    # The engine's refusal came mid-run, named a style scale the page does not have, and counted
+    # styles among those in use ("style image 1" for the page's Style 2 here).
+    from artopt.style import engine
+
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    for w in (3000, 150):  # at 96 px: a 2 px shorter side, refused; 20 px, which the network takes
+        Image.new("RGB", (w, 32), (90, 120, 200)).save(tmp_path / f"thin{w}.png")
+    stylist = web._Stylist("cpu", TEST_LIMITS, tmp_path, None, ["adam"])
+    with pytest.raises(gr.Error, match="Style 2 is too elongated: at 96 px.*shorter side would be 1 px") as refused:
+        stylist._checked(photo, [None, str(tmp_path / "thin3000.png"), None], [1.0] * 3, 96, 2, 1.0, "adam", False, 0)
+    assert "style scale" not in str(refused.value)
+    content, styles, config = stylist._checked(photo, [style, str(tmp_path / "thin150.png"), None], [1.0] * 3, 96, 1,
+                                               1.0, "adam", False, 0)
+    engine.stylize(content, styles, config)  # and the engine agrees: it runs
+    with pytest.raises(ValueError, match="style image 2 is 96x1 px"):  # as the engine would have refused it
+        engine.stylize(content, [styles[0], Image.open(tmp_path / "thin3000.png")], config)
+
+
 def test_closing_the_page_mid_run_stops_the_worker(tmp_path, monkeypatch):
     # Gradio closes the generator when the page goes away: the worker thread must be told to stop.
     stopped = threading.Event()
