@@ -874,6 +874,15 @@ def test_the_final_loss_band_is_mean_plus_minus_1_96_standard_errors():
     assert out["optimizers"]["adam"]["final_loss_ci95"] == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
 
 
+def test_curves_of_unequal_length_keep_each_photos_own_final_loss():
+    # L-BFGS's engine curves have a point per iteration, a number that differs by photo: they were all
+    # cut to the shortest, so a longer run's "final" was an earlier, higher loss (mean 2.5, not 2).
+    script = _train_script("eval_neural_art")
+    row = script._summarize_curves({"lbfgs": [[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 3.0]]}, {"lbfgs": 1.0})["optimizers"]
+    assert row["lbfgs"]["final_losses"] == [1.0, 3.0] and row["lbfgs"]["mean_final_loss"] == 2.0
+    assert row["lbfgs"]["mean_curve"] == [4.0, 3.0, 2.5, 2.0]  # the shorter photo held at its last loss
+
+
 def test_timing_measures_each_photo_against_that_photos_adam_final_loss():
     script = _train_script("eval_neural_art")
     curves = {"adam": [[3.0, 2.0, 1.0], [3.0, 2.5, 2.0]], "lstm": [[3.0, 1.5, 1.5], [3.0, 1.5, 1.5]]}

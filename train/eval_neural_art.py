@@ -433,8 +433,12 @@ def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
     out = {"optimizers": {}}
     finals = {}
     for name, rows in curves.items():
-        n = min(len(r) for r in rows)
-        t = torch.tensor([r[:n] for r in rows], dtype=torch.float64)
+        # An L-BFGS curve has a point per iteration, and its iterations take a varying share of the
+        # budget, so its photos' curves differ in length: each is held at its last loss to the longest,
+        # and a photo's final loss is its own last one (cut to the shortest, as before, a longer run's
+        # "final" was an earlier, higher loss).
+        n = max(len(r) for r in rows)
+        t = torch.tensor([list(r) + [r[-1]] * (n - len(r)) for r in rows], dtype=torch.float64)
         mean = t.mean(0)
         half = 1.96 * t.std(0, correction=1) / math.sqrt(t.shape[0]) if t.shape[0] > 1 else torch.zeros_like(mean)
         finals[name] = float(mean[-1])
