@@ -669,11 +669,16 @@ def test_an_interrupt_while_the_helpers_start_stops_them(tmp_path):
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=interrupt_once_started, daemon=True).start()
-    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
-    with pytest.raises(KeyboardInterrupt):
-        meta_train(SlowInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
-                   name="s", progress=False)
+    # (a background job inherits SIGINT ignored: Ctrl-C's KeyboardInterrupt, whatever ran the tests)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_once_started, daemon=True).start()
+        cfg = MetaTrainConfig(steps=10, unroll=5, episodes=400, val_every=1000, val_problems=1, workers=2)
+        with pytest.raises(KeyboardInterrupt):
+            meta_train(SlowInHelpers(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+                       name="s", progress=False)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert not multiprocessing.active_children()
 
 
