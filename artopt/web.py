@@ -443,14 +443,14 @@ class _Stylist:
     def _check_style_side(self, style: Image.Image, label: str, content: Image.Image, size: int) -> None:
         """The engine refuses this too, mid-run, naming a style scale the page does not have and a
         style by its place among those in use: say it here, naming the slot."""
-        from artopt.style.engine import StylizeConfig, pyramid_sizes
+        from artopt.style.engine import StylizeConfig, pyramid_sizes, scale_sizes
         from artopt.style.loss_nets import build_loss_net
+        from artopt.style.losses import style_long_side
 
-        net = build_loss_net(StylizeConfig().loss_net, self.device)  # the page's (cached: built at start)
-        aspect = min(content.size) / max(content.size)
-        planned = pyramid_sizes(size, None)
-        coarsest = ([s for s in planned[:-1] if s * aspect >= net.min_size] + planned[-1:])[0]
-        long_side = max(net.min_size, coarsest)  # the style's long side at the run's first scale
+        base = StylizeConfig()
+        net = build_loss_net(base.loss_net, self.device)  # the page's (cached: built at start)
+        coarsest = scale_sizes((content.height, content.width), pyramid_sizes(size, base.pyramid), net.min_size)[0]
+        long_side = style_long_side(coarsest, net.min_size, base.style_scale)  # at the run's first scale
         short = round(min(style.size) * long_side / max(style.size))
         if short < net.min_input_side:
             raise _user_error(f"{label} is too elongated: at {long_side} px, the run's first scale, its shorter side "

@@ -410,6 +410,13 @@ def pyramid_sizes(size: int, pyramid: bool | None) -> list[int]:
     return sizes
 
 
+def scale_sizes(content_hw: tuple[int, int], planned: list[int], min_size: int) -> list[int]:
+    """The pyramid scales (``pyramid_sizes``) a content image of (height, width) ``content_hw`` runs at:
+    none whose shorter side would be under the loss network's ``min_size`` (the output size stays)."""
+    aspect = min(content_hw) / max(content_hw)
+    return [s for s in planned[:-1] if s * aspect >= min_size] + planned[-1:]
+
+
 def min_coarse_to_fine_size() -> int:
     """The smallest output size that the automatic pyramid makes at two or more scales."""
     size = PYRAMID_AUTO_ABOVE + 1
@@ -773,8 +780,7 @@ def stylize(content: Image.Image | torch.Tensor,
         style_tensors = [_luminance_as_rgb(s, like=content_final) for s in style_tensors]
 
     planned = pyramid_sizes(config.size, config.pyramid)
-    aspect = min(content_final.shape[-2:]) / max(content_final.shape[-2:])
-    sizes = [s for s in planned[:-1] if s * aspect >= loss_net.min_size] + planned[-1:]  # none below min_size
+    sizes = scale_sizes(tuple(content_final.shape[-2:]), planned, loss_net.min_size)
     if len(sizes) < len(planned):
         notice += (f"; {len(sizes)} scale(s) instead of {len(planned)}: at {max(set(planned) - set(sizes))} px "
                    f"the shorter side would be under the {loss_net.min_size} px {loss_net.name} needs")

@@ -117,7 +117,7 @@ class StyleLoss(nn.Module):
             for i, (weight, style) in enumerate(zip(blend, styles)):
                 style = style.to(device=device, dtype=dtype)
                 if style_scale is not None:
-                    long_side = max(loss_net.min_size, round(max(self.size) * style_scale))
+                    long_side = style_long_side(max(self.size), loss_net.min_size, style_scale)
                     style = resize_long_side(style, long_side)
                 _check_side(style, loss_net, f"style image {i + 1}" if len(styles) > 1 else "style image",
                             "at this size and style scale" if style_scale is not None else "")
@@ -177,6 +177,11 @@ def _check_image(image: torch.Tensor, label: str) -> None:
         raise ValueError(f"{label} image is empty ({image.shape[2]}x{image.shape[3]} pixels)")
     if not torch.isfinite(image).all():
         raise ValueError(f"{label} image contains NaN or infinite values")
+
+
+def style_long_side(scale_long_side: int, min_size: int, style_scale: float) -> int:
+    """The long side a style image is resized to at a scale whose long side is ``scale_long_side``."""
+    return max(min_size, round(scale_long_side * style_scale))
 
 
 def _check_side(image: torch.Tensor, loss_net: LossNet, label: str, where: str = "",
