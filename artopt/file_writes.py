@@ -1,12 +1,55 @@
-"""Writing a user's file whole or not at all, and as a shell's ``>`` would leave it."""
+"""Writing a user's file whole or not at all, and as a shell's ``>`` would leave it; the locks that keep
+two processes from updating one shared file at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # (Windows: stylizing needs no lock, so only what takes one refuses to run)
+    fcntl = None
+
+
+class FileLocksUnavailableError(OSError):
+    """This system has no POSIX file locks (fcntl), which the training and evaluation scripts use to
+    share their files between runs."""
+
+
+def lock_file(fd: int, wait: bool = True) -> bool:
+    """Take an exclusive lock on the open file or folder ``fd`` (released when it is closed).  With
+    ``wait=False``, False where another process holds it."""
+    if fcntl is None:
+        raise FileLocksUnavailableError(
+            "this system has no POSIX file locks (fcntl), which artopt's training and evaluation runs use "
+            "to share their files; run them on Linux or macOS (stylizing and serving need no locks)")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the folder of ``path`` (made if missing) while a read-change-write of
+    the file runs: runs updating one shared file at once keep each other's changes, and no lock
+    file is left behind."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        lock_file(-1)  # (raises the error that says why, before a folder is opened as a file)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        lock_file(fd)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def is_special_file(path: str | os.PathLike) -> bool:

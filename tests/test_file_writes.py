@@ -74,3 +74,54 @@ def test_the_new_contents_are_on_disk_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
     replace_file(tmp_path / "ckpt", _write("state"))
     assert events == ["fsync", "replace"] and (tmp_path / "ckpt").read_text() == "state"
+
+
+def test_folder_lock_keeps_out_another_holder_until_released(tmp_path):
+    """Runs updating one shared results file take turns: a second lock waits while one is held."""
+    from artopt.file_writes import folder_lock, lock_file
+
+    path = tmp_path / "runs" / "results.json"
+
+    def can_lock():
+        fd = os.open(path.parent, os.O_RDONLY)  # its own open file: flock conflicts even in one process
+        try:
+            return lock_file(fd, wait=False)
+        finally:
+            os.close(fd)
+
+    with folder_lock(path):
+        assert not can_lock()
+    assert can_lock() and not list(path.parent.iterdir())  # no lock file left behind
+
+
+def test_without_posix_file_locks_stylizing_runs_and_what_locks_says_why(tmp_path):
+    """On a system without fcntl (Windows) `import artopt` failed outright, stylizing included: only what
+    takes a lock (the training and evaluation runs' shared files) may refuse, and it says why."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    script = f"""
+import sys
+sys.modules["fcntl"] = None  # import fcntl now raises ImportError, as on Windows
+from pathlib import Path
+from artopt.cli import main
+from artopt.file_writes import FileLocksUnavailableError, folder_lock
+from artopt.outer_trainers.checkpoints import run_lock
+out = Path({str(tmp_path)!r})
+assert main(["stylize", {str(assets / "photos" / "chelsea.jpg")!r}, {str(assets / "styles" / "starry_night.jpg")!r},
+             "-o", str(out / "out.png"), "--size", "48", "--steps", "2", "--loss-net", "efficientnet-lite0",
+             "--device", "cpu", "--quiet"]) == 0
+for lock in (lambda: folder_lock(out / "shared" / "x.json"), lambda: run_lock(out, "run")):
+    try:
+        with lock():
+            raise SystemExit("locked without fcntl")
+    except FileLocksUnavailableError as e:
+        assert "Linux or macOS" in str(e), e
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+    assert (tmp_path / "out.png").is_file()

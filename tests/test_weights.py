@@ -217,27 +217,3 @@ def test_atomic_text_writes_follow_a_link_and_leave_nothing_behind_on_failure(tm
     with pytest.raises(OSError):  # a file cannot replace a folder
         write_text_atomic(tmp_path / "folder", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.json", "real.json"]
-
-
-def test_folder_lock_keeps_out_another_holder_until_released(tmp_path):
-    """Runs updating one shared results file take turns: a second lock waits while one is held."""
-    import fcntl
-    import os
-
-    from artopt.learned_optimizers.weights import folder_lock
-
-    path = tmp_path / "runs" / "results.json"
-
-    def can_lock():
-        fd = os.open(path.parent, os.O_RDONLY)  # its own open file: flock conflicts even in one process
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
-
-    with folder_lock(path):
-        assert not can_lock()
-    assert can_lock() and not list(path.parent.iterdir())  # no lock file left behind

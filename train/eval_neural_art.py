@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.file_writes import folder_lock  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
-from artopt.learned_optimizers.weights import folder_lock, write_json_atomic  # noqa: E402
+from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import grid_search, is_tuned_rate, search_lr  # noqa: E402
 from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP, MAX_ADAM_LEVELS,  # noqa: E402
                                  StylizeConfig, stylize)

@@ -7,8 +7,6 @@ The human-readable card (data, training config, metrics) sits next to it as ``<n
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -62,21 +60,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` whole or not at all (a temporary file, then a rename; nothing left behind on
     failure), as a shell's > does (``artopt.file_writes.replace_file``)."""
     replace_file(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-@contextlib.contextmanager
-def folder_lock(path: str | os.PathLike):
-    """Hold an exclusive lock on the folder of ``path`` (made if missing) while a read-change-write of
-    the file runs: runs updating one shared file at once keep each other's changes, and no lock
-    file is left behind."""
-    folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _read_metadata(path: Path) -> dict:

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..evaluation import baseline_factory, run_optimizer
-from ..learned_optimizers.weights import folder_lock, write_text_atomic
+from ..file_writes import folder_lock
+from ..learned_optimizers.weights import write_text_atomic
 from ..tasks.base import Task
 
 DEFAULT_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 3))  # 1e-4 ... 10, half-decade steps

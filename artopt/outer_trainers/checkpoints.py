@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..file_writes import replace_file
+from ..file_writes import lock_file, replace_file
 from ..learned_optimizers.weights import save_learned, write_json_atomic
 
 if TYPE_CHECKING:
@@ -36,9 +35,7 @@ def run_lock(out_dir: Path, name: str):
     the same temporary files (one crashed renaming the other's checkpoint) and interleaved its log."""
     fd = os.open(out_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_file(fd, wait=False):
             raise RunBusyError(f"run {name!r} in {out_dir} is being trained by another process; wait for it to "
                                "end, or choose another name") from None
         yield
