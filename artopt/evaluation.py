@@ -14,6 +14,7 @@ before step t's update, then the last one, the same convention as the meta-train
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -247,6 +248,34 @@ def band(curves: torch.Tensor, resamples: int = 2000, seed: int = 0) -> dict[str
     inf = torch.full_like(mean, math.inf)
     return {"mean": torch.where(finite, mean, inf), "lo": torch.where(finite, lo, inf),
             "hi": torch.where(finite, hi, inf)}
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(p: float, df: int) -> float:
+    """Student's t distribution's ``p`` quantile (``0.5 < p < 1``) with ``df`` degrees of freedom.
+
+    For a mean over a handful of instances (the neural-art settings' 2-8 photos) the 95% interval is
+    mean ± t(0.975, n - 1)·SE: with 1.96 in place of t it is 6.5× too narrow for 2 photos and 1.6× for 4.
+    The CDF is the pdf's integral from 0 (Simpson's rule on (1 + x²/df)^-(df+1)/2, smooth), inverted by
+    bisection: a few numbers per evaluation, so no statistics library for it."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    norm = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(t: float) -> float:
+        # substituting x = tan(u) keeps the integrand bounded for the heavy tails of small df
+        n, top = 2000, math.atan(t)
+        h = top / n
+        f = [norm * (1 + math.tan(k * h) ** 2 / df) ** (-(df + 1) / 2) / math.cos(k * h) ** 2 for k in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
 
 
 def _median(x: torch.Tensor) -> float:

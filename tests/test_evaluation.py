@@ -439,3 +439,15 @@ def test_every_learned_run_is_left_out_of_the_baselines():
     assert out["best_baseline"] == "adam" and out["lstm_over_best_baseline"] == pytest.approx(0.5)
     assert out["learned_over_best_baseline"] == {"lstm": pytest.approx(0.5), "lstm-bf16": pytest.approx(0.4)}
     assert set(out["lstm_over_each_baseline"]) == {"adam"}
+
+
+def test_t_quantile_matches_the_tables():
+    from artopt.evaluation import t_quantile
+
+    # Student's t 0.975 quantiles of the printed tables, and the normal's 1.96 in the limit
+    for df, q in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (10, 2.2281), (30, 2.0423), (10**6, 1.9600)]:
+        assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-4)
+    for p, df in [(0.5, 3), (1.0, 3), (0.975, 0)]:
+        with pytest.raises(ValueError):
+            t_quantile(p, df)

@@ -867,11 +867,15 @@ def test_steps_to_reach_count_a_loss_equal_to_the_target_and_index_from_step_0()
     assert script._reach_steps(report) == {"steps_to_reach_best_baseline_final": {"lstm": 2, "lstm-bf16": None}}
 
 
-def test_the_final_loss_band_is_mean_plus_minus_1_96_standard_errors():
+def test_the_final_loss_band_is_mean_plus_minus_t_standard_errors():
+    # Over a few photos the 95% interval takes Student's t(0.975, n - 1), not 1.96 (6.5x too narrow at n = 2)
     script = _train_script("eval_neural_art")
     out = script._summarize_curves({"adam": [[3.0, 2.0, 1.0], [3.0, 2.0, 3.0]]}, {"adam": 0.1})
-    # finals 1 and 3: mean 2, sample std sqrt(2), standard error sqrt(2) / sqrt(2) = 1
-    assert out["optimizers"]["adam"]["final_loss_ci95"] == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
+    # finals 1 and 3: mean 2, sample std sqrt(2), standard error sqrt(2) / sqrt(2) = 1; t(0.975, 1) = 12.706
+    assert out["optimizers"]["adam"]["final_loss_ci95"] == pytest.approx([2.0 - 12.7062, 2.0 + 12.7062], abs=1e-4)
+    out = script._summarize_curves({"adam": [[1.0], [2.0], [3.0], [4.0]]}, {"adam": 0.1})
+    se = (5 / 3) ** 0.5 / 2  # sample std of 1-4 over sqrt(4); t(0.975, 3) = 3.1824
+    assert out["optimizers"]["adam"]["band_lo"] == pytest.approx([2.5 - 3.1824 * se], abs=1e-4)
 
 
 def test_curves_of_unequal_length_keep_each_photos_own_final_loss():

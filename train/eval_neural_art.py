@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory  # noqa: E402
+from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory, t_quantile  # noqa: E402
 from artopt.file_writes import folder_lock  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
@@ -441,7 +441,9 @@ def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
         n = max(len(r) for r in rows)
         t = torch.tensor([list(r) + [r[-1]] * (n - len(r)) for r in rows], dtype=torch.float64)
         mean = t.mean(0)
-        half = 1.96 * t.std(0, correction=1) / math.sqrt(t.shape[0]) if t.shape[0] > 1 else torch.zeros_like(mean)
+        # 95%: Student's t, not 1.96, for a mean over a few photos (1.96 made it 1.6× too narrow for 4)
+        k = t.shape[0]
+        half = t_quantile(0.975, k - 1) * t.std(0, correction=1) / math.sqrt(k) if k > 1 else torch.zeros_like(mean)
         finals[name] = float(mean[-1])
         out["optimizers"][name] = {"learned": name.startswith("lstm"), "lr": lrs.get(name),
                                    "mean_final_loss": float(mean[-1]),
@@ -583,12 +585,20 @@ def plot(report: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    # The axis spans the mean curves: over a few photos a band's low side can reach below 0, which a
+    # log axis cannot show, so it runs off the bottom there
+    seen = [float(v) for e in report["optimizers"].values() for v in e["mean_curve"]]
+    seen = [v for v in seen if math.isfinite(v) and v > 0]
+    bottom, top = (min(seen) / 1.25, max(seen) * 1.25) if seen else (None, None)
     for name, e in report["optimizers"].items():
         y = [float(v) for v in e["mean_curve"]]
         ax.plot(range(len(y)), y, label=f"{name}" + (f" (lr {e['lr']:.3g})" if e.get("lr") else ""),
                 lw=2 if e.get("learned") else 1.2)
-        ax.fill_between(range(len(y)), [float(v) for v in e["band_lo"]], [float(v) for v in e["band_hi"]], alpha=0.15)
+        lo = [max(float(v), bottom) if bottom else float(v) for v in e["band_lo"]]
+        ax.fill_between(range(len(y)), lo, [float(v) for v in e["band_hi"]], alpha=0.15)
     ax.set_yscale("log")
+    if seen:
+        ax.set_ylim(bottom, top)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
