@@ -237,6 +237,15 @@ def test_a_dark_16_bit_image_stays_dark():
     assert image.getpixel((0, 0)) == (1, 1, 1)
 
 
+def test_a_dark_16_bit_pgm_stays_dark():
+    # Pillow opens a 16-bit PGM as "I" (not "I;16"), scaled to 0-65535: its brightest value of 200 read
+    # as 200 / 255, 257x too bright
+    pgm = b"P5\n40 40\n65535\n" + np.full((40, 40), 200, dtype=">u2").tobytes()
+    assert load_image(pgm).getpixel((0, 0)) == (1, 1, 1)
+    ten_bit = b"P5\n40 40\n1023\n" + np.full((40, 40), 1023, dtype=">u2").tobytes()  # maxval 1023: white
+    assert load_image(ten_bit).getpixel((0, 0)) == (255, 255, 255)
+
+
 def test_jpeg_is_saved_at_the_quality_asked(tmp_path):
     rng = np.random.default_rng(0)
     noisy = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))

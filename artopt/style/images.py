@@ -90,8 +90,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"{label}: damaged or truncated image ({exc})") from None
         except Exception as exc:  # any other decoder failure is still the file's fault
             raise ImageError(f"{label}: cannot decode image ({exc})") from None
+        sixteen_bit = image.format in SIXTEEN_BIT_I_FORMATS  # (the transpose below drops .format)
         image = _apply_exif_orientation(image)
-        image = to_rgb(image)
+        image = to_rgb(image, sixteen_bit=sixteen_bit)
     finally:
         if opened is not None:
             opened.close()
@@ -124,8 +125,14 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
+# Formats whose 32-bit integer ("I") images hold 16-bit samples on 0-65535: Pillow scales a PGM's
+# maxval to 65535, and a PNG has no deeper grey.  Elsewhere the range is guessed from the values.
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+
+
+def to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white.  ``sixteen_bit``: an
+    "I" image's samples are 16-bit (``SIXTEEN_BIT_I_FORMATS``), so a dark one stays dark."""
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode == "1":
@@ -139,7 +146,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             # The range (0-1 or 0-255) is read off the finite values: one inf pixel made all the rest black.
             top = 1.0 if high <= 1.0 else 255.0
         else:
-            top = 65535.0 if high > 255 or image.mode.startswith("I;16") else 255.0
+            top = 65535.0 if high > 255 or image.mode.startswith("I;16") or sixteen_bit else 255.0
         top = max(top, high)  # values past the usual range: scaled, not clipped to white
         grey = np.where(finite, array, np.where(array == np.inf, top, 0.0))  # +inf: white; -inf, NaN: black
         grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
