@@ -439,6 +439,8 @@ def _stylize(args: argparse.Namespace) -> int:
     styles = [load_image(s, min_size=1) for s in args.styles]
     min_size = build_loss_net(net_name, device=device, vgg_weights=config.vgg_weights,
                               pooling=config.vgg_pooling, download_progress=not args.quiet).min_size
+    if net_name == "vgg19" and vgg_file is None:  # downloaded just now: the log names the cached file
+        vgg_file = vgg19_weights_file(config.vgg_weights)
     for path, image in zip([args.content, *args.styles], [content, *styles]):
         check_min_size(image, min_size, str(path))
     # The engine refuses this too, but only once it runs: after the progress bar has been drawn.

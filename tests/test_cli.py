@@ -615,6 +615,33 @@ def test_quiet_reaches_the_vgg_download(tmp_path, monkeypatch, capsys, instant_s
     assert asked == [not quiet] and "offline" in capsys.readouterr().err
 
 
+def test_the_log_names_the_vgg_weights_a_run_downloaded(tmp_path, monkeypatch, instant_stylize):
+    """The run that downloads VGG-19 logged resolved_vgg_weights null: the file was looked up before the
+    download put it in torch's cache."""
+    import torch
+    from safetensors.torch import save_file
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from artopt.style import loss_nets
+
+    monkeypatch.delenv(loss_nets.VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    features = make_layers(cfgs["E"])  # VGG-19's conv stack, random, saved as torchvision numbers it
+    weights = tmp_path / "vgg19.safetensors"
+    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, str(weights))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, **kwargs: Path(dst).write_bytes(weights.read_bytes()))
+    flags = list(FAST)
+    flags[flags.index("efficientnet-lite0")] = "vgg19"
+    log = tmp_path / "log.json"
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--log-json", str(log),
+                 "--vgg-pooling", "avg", *flags]) == 0  # (avg: not another test's cached network)
+    settings = json.loads(log.read_text())["settings"]
+    cached = tmp_path / "hub" / "checkpoints" / loss_nets.VGG19_CACHE_NAME
+    assert settings["resolved_loss_net"] == "vgg19" and settings["resolved_vgg_weights"] == str(cached)
+
+
 def test_vgg_flags_on_another_loss_net_warn(tmp_path, capsys, instant_stylize):
     # Before: --vgg-pooling avg on the default EfficientNet-Lite0 changed nothing, without a word.
     vgg_file = tmp_path / "vgg.pth"
