@@ -40,6 +40,20 @@ def test_split_photos_refuses_a_folder_that_leaves_no_training_photo(tmp_path):
         split_photos(tmp_path, val=1, test=1)
 
 
+@pytest.mark.parametrize("kwargs,message", [({"init": "contnet"}, "init must be 'content' or 'noise'"),
+                                            ({"size": 0}, "size must be a whole number of pixels"),
+                                            ({"steps": 0}, "steps must be a positive")])
+def test_bad_task_settings_are_refused_when_the_task_is_made(kwargs, message):
+    # Before: a mistyped init started from noise without a word, size 0 failed inside PIL at the first draw
+    with pytest.raises(ValueError, match=message):
+        NeuralArtTask(**kwargs)
+
+
+def test_an_unknown_split_is_named(task):
+    with pytest.raises(ValueError, match="split must be one of"):  # (a bare KeyError 'tset' before)
+        task.sample(torch.Generator().manual_seed(0), "tset")
+
+
 def test_photos_are_resized_by_their_short_side_keeping_their_aspect(tmp_path):
     """A crop must be a region of the undistorted photo, not of one squeezed to a square."""
     from PIL import Image
@@ -865,6 +879,22 @@ def test_steps_to_reach_count_a_loss_equal_to_the_target_and_index_from_step_0()
         "lstm": {"learned": True, "mean_final_loss": 0.3, "mean_curve": [1.0, 0.7, 0.5, 0.3]},
         "lstm-bf16": {"learned": True, "mean_final_loss": 0.9, "mean_curve": [1.0, 0.9, 0.9, 0.9]}}}
     assert script._reach_steps(report) == {"steps_to_reach_best_baseline_final": {"lstm": 2, "lstm-bf16": None}}
+
+
+def test_a_diverged_baseline_is_never_the_best_and_no_step_reaches_one():
+    script = _train_script("eval_neural_art")
+    # a NaN listed first was the best baseline (min() with NaN), with a NaN ratio
+    out = script._summarize_curves({"sgd": [[5.0, float("nan")]], "adam": [[5.0, 2.0]], "lstm": [[5.0, 1.0]]},
+                                   {"sgd": 1.0, "adam": 0.1})
+    assert out["best_baseline"] == "adam" and out["lstm_over_best_baseline"] == 0.5
+    # every baseline diverged: float inf (this script's JSON) or "inf" (compare's) reached at step 0, or crashed
+    for inf in (float("inf"), "inf"):
+        report = {"best_baseline": "adam", "optimizers": {
+            "adam": {"learned": False, "mean_final_loss": inf, "mean_curve": [5.0, inf]},
+            "lstm": {"learned": True, "mean_final_loss": 1.0, "mean_curve": [5.0, 1.0]}}}
+        assert script._reach_steps(report) == {"steps_to_reach_best_baseline_final": {"lstm": None}}
+    out = script._summarize_curves({"adam": [[5.0, float("inf")]], "lstm": [[5.0, 1.0]]}, {"adam": 0.1})
+    assert out["best_baseline"] is None and out["lstm_over_best_baseline"] is None
 
 
 def test_the_final_loss_band_is_mean_plus_minus_t_standard_errors():

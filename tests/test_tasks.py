@@ -533,3 +533,14 @@ def test_a_task_of_ones_own_gets_split_seed_from_artopt_tasks():
     assert exported is split_seed
     g1, g2 = gen(3), gen(3)
     assert exported(g1, "val") == split_seed(g2, "val") != split_seed(gen(3), "train")
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("quadratic", {"steps": 0}, "steps must be a positive whole number"),
+    ("quadratic", {"steps": -3}, "steps must be a positive whole number"),
+    ("mnist", {"unroll": 0}, "unroll must be a positive whole number"),
+])
+def test_a_task_without_a_positive_horizon_is_refused_when_made(name, kwargs, message):
+    # Before: it was made, and evaluation failed far from the cause (a traceback from the lr search)
+    with pytest.raises(ValueError, match=message):
+        get_task(name, **kwargs)

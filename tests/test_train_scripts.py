@@ -335,6 +335,20 @@ def test_an_lr_cache_that_cannot_be_written_is_refused_before_tuning(tmp_path, e
     _one_error_line(capsys.readouterr().err, "--tuned-lrs", "is a file, not a folder")
 
 
+def test_a_zero_step_task_is_one_error_line(tmp_path, evaluate, capsys):
+    # Before: a traceback from the lr search (or from evaluate, with --lr given)
+    for extra in ([], ["--lr", "adam=0.1"]):
+        assert evaluate.main(["quadratic", "--optimizers", "adam", "--task-arg", "steps=0", "--instances", "1",
+                              "--tuned-lrs", str(tmp_path / "lrs.json"), *extra]) == 2
+        _one_error_line(capsys.readouterr().err, "steps must be a positive whole number")
+
+
+def test_tuning_that_diverges_at_every_rate_is_one_error_line(tmp_path, evaluate, capsys):
+    assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "sgd", "--tune-grid", "1e6:1e7:1",
+                                    "--tune-problems", "1")) == 2
+    _one_error_line(capsys.readouterr().err, "sgd diverged on quadratic at every learning rate", "--tune-grid")
+
+
 def test_weights_of_another_kind_of_task_are_named(tmp_path, evaluate, capsys):
     assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "lstm", "--weights",
                                     str(ROOT / "weights" / "neural_art.safetensors"))) == 0

@@ -33,7 +33,7 @@ from artopt.evaluation import baseline_factory, compare, evaluate, lstm_factory,
 from artopt.file_writes import folder_lock  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
-from artopt.optimizers.tuning import grid_search, is_tuned_rate, search_lr  # noqa: E402
+from artopt.optimizers.tuning import TuningDivergedError, grid_search, is_tuned_rate, search_lr  # noqa: E402
 from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP, MAX_ADAM_LEVELS,  # noqa: E402
                                  StylizeConfig, stylize)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
@@ -456,16 +456,30 @@ def _summarize_curves(curves: dict[str, list[list[float]]], lrs) -> dict:
     return out
 
 
+def _finite(value) -> float | None:
+    """``value`` as a float where it is a finite number (a diverged run's mean is inf, NaN, or the string
+    "inf" in compare's JSON), else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _rank(report: dict) -> None:
-    """The best baseline by mean final loss and each learned optimizer's ratio to it (in place)."""
-    finals = {k: v["mean_final_loss"] for k, v in report["optimizers"].items()}
-    base = {k: v for k, v in finals.items() if not k.startswith("lstm")}
+    """The best baseline by mean final loss and each learned optimizer's ratio to it (in place).  Only a
+    finite baseline can be the best (min() took a NaN listed first), and a diverged run has no ratio."""
+    finals = {k: _finite(v["mean_final_loss"]) for k, v in report["optimizers"].items()}
+    base = {k: v for k, v in finals.items() if not k.startswith("lstm") and v is not None}
     best = min(base, key=base.get) if base else None
     report["best_baseline"] = best
     report["best_baseline_final_loss"] = base.get(best)
-    report["lstm_over_best_baseline"] = finals["lstm"] / base[best] if "lstm" in finals and best else None
-    report["learned_over_best_baseline"] = {k: v / base[best] for k, v in finals.items()
-                                            if k.startswith("lstm") and best}
+
+    def ratio(name):
+        return finals[name] / base[best] if best and finals.get(name) is not None and base[best] > 0 else None
+
+    report["lstm_over_best_baseline"] = ratio("lstm") if "lstm" in finals else None
+    report["learned_over_best_baseline"] = {k: ratio(k) for k in finals if k.startswith("lstm") and best}
 
 
 def _add_to(existing: dict, report: dict, path: Path, replace: bool = False) -> dict:
@@ -547,12 +561,12 @@ def _reach_steps(report: dict) -> dict:
     best = report.get("best_baseline")
     if not best:
         return {}
-    target = report["optimizers"][best]["mean_final_loss"]
+    target = _finite(report["optimizers"][best]["mean_final_loss"])  # None: diverged, nothing reaches it
     reach = {}
     for name, entry in report["optimizers"].items():
         if entry.get("learned"):
-            curve = entry["mean_curve"]
-            hit = [i for i, v in enumerate(curve) if isinstance(v, float) and v <= target]
+            values = [_finite(v) for v in entry["mean_curve"]]
+            hit = [i for i, v in enumerate(values) if target is not None and v is not None and v <= target]
             reach[name] = hit[0] if hit else None
     return {"steps_to_reach_best_baseline_final": reach}
 
@@ -816,7 +830,11 @@ def main(argv=None) -> int:
         problem = _merge_problem(args.existing, args.optimizers, args.replace)
         if problem:  # said before any run (a clash was said after them)
             ap.error(f"{flag}: {out / f'{stem}.json'} {problem}")
-    report = crop_setting(args) if crops else engine_setting(args)
+    try:
+        report = crop_setting(args) if crops else engine_setting(args)
+    except TuningDivergedError as err:
+        print(f"{ap.prog}: error: {err} (--grid-factors)", file=sys.stderr)
+        return 2
     if args.existing is not None:
         report = _add_to(args.existing, report, out / f"{stem}.json", replace=args.replace)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.learned_optimizers.shipped import trained_task  # noqa: E402
 from artopt.script_args import check_output_file, script_parser  # noqa: E402
 from artopt.optimizers import BASELINES  # noqa: E402
-from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, search_lr  # noqa: E402
+from artopt.optimizers.tuning import DEFAULT_GRID, TunedLRCache, TuningDivergedError, search_lr  # noqa: E402
 from artopt.tasks import TASKS, get_task, parse_task_args  # noqa: E402
 
 TUNED_LRS = ROOT / "train" / "results" / "tuned_lrs.json"
@@ -311,8 +311,12 @@ def main(argv=None) -> int:
             if entry is None:
                 t0 = time.perf_counter()
                 say(f"tuning {name} on {task.name} ({len(args.grid)} lrs x {args.tune_problems} val problems, {steps} steps)")
-                res = search_lr(task, name, args.grid, args.tune_problems, steps, criterion=args.tune_criterion,
-                                progress=lambda p: say(f"  {p.optimizer} lr={p.lr:.3g}: {p.score:.4g}"))
+                try:
+                    res = search_lr(task, name, args.grid, args.tune_problems, steps, criterion=args.tune_criterion,
+                                    progress=lambda p: say(f"  {p.optimizer} lr={p.lr:.3g}: {p.score:.4g}"))
+                except TuningDivergedError as e:
+                    print(f"{args.prog}: error: {e} (--tune-grid)", file=sys.stderr)
+                    return 2
                 if res.at_edge:
                     say(f"  warning: best {name} lr {res.lr:.3g} is at the edge of the grid")
                 cache.put(task.name, res)

@@ -111,9 +111,14 @@ def search_lr(
 
     found = grid_search(score, grid, widen)
     if not math.isfinite(found.scores[repr(found.lr)]):
-        raise RuntimeError(f"{optimizer} diverged on {task.name} at every learning rate in {found.grid}")
+        raise TuningDivergedError(f"{optimizer} diverged on {task.name} at every learning rate in {found.grid}; "
+                                  "try lower rates")
     return LRSearchResult(optimizer, found.lr, criterion, found.scores, problems, steps, seed,
                           at_edge=found.at_edge, grid=found.grid)
+
+
+class TuningDivergedError(RuntimeError):
+    """Every rate of a search diverged: a user's grid set too high, which the scripts say in one line."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ The loss must be computed from the tensors it is given (``ps``), not from a mode
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -75,6 +76,15 @@ class Problem:
 
     def fresh_params(self, requires_grad: bool = True) -> list[torch.Tensor]:
         return [p.detach().clone().requires_grad_(requires_grad) for p in self.params]
+
+
+def check_horizon(task) -> None:
+    """Refuse a task whose ``steps`` or ``unroll`` is not a positive whole number: otherwise the task
+    builds, and evaluation or meta-training fails later, far from the cause (e.g. ``--task-arg steps=0``)."""
+    for name in ("steps", "unroll"):
+        value = getattr(task, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number of steps, got {value!r}")
 
 
 class Task(Protocol):

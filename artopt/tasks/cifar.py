@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Problem
+from .base import Problem, check_horizon
 from .data import load_cifar10, minibatch_indices, split_seed
 
 BN_EPS = 1e-5
@@ -68,6 +68,7 @@ class CIFARTask:
     name: str = "cifar10"
 
     def __post_init__(self) -> None:
+        check_horizon(self)
         self.labels = tuple(int(c) for c in self.labels)
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(0 <= c < 10 for c in self.labels):
             raise ValueError(f"labels must be at least two distinct classes in 0..9, got {self.labels}")

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Problem
+from .base import Problem, check_horizon
 from .data import load_mnist, minibatch_indices, split_seed
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "tanh": torch.tanh}
@@ -43,6 +43,7 @@ class MNISTTask:
     pool: int | None = None
 
     def __post_init__(self) -> None:
+        check_horizon(self)
         self.hidden = tuple(int(h) for h in self.hidden)
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")

@@ -8,6 +8,7 @@ into train / val / test by file (a fixed, recorded split), so evaluation photos 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,8 +17,8 @@ from typing import Sequence
 
 import torch
 
-from .base import Problem
-from .data import data_root
+from .base import Problem, check_horizon
+from .data import check_split, data_root
 
 TRAIN_STYLE = "starry_night.jpg"  # the paper's single training style
 HELD_OUT_STYLES = ("woman_with_a_hat.jpg", "shipwreck_of_the_minotaur.jpg")  # never seen in training
@@ -84,6 +85,11 @@ class NeuralArtTask:
     _split: dict = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        check_horizon(self)
+        if self.init not in ("content", "noise"):  # (any other word started from noise, without a word)
+            raise ValueError(f"init must be 'content' or 'noise', got {self.init!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, numbers.Integral) or self.size < 8:
+            raise ValueError(f"size must be a whole number of pixels, at least 8, got {self.size!r}")
         if self.size_range is not None and not (
                 len(self.size_range) == 2 and 8 <= self.size_range[0] <= self.size_range[1]
                 and all(side % 8 == 0 for side in self.size_range)):
@@ -155,6 +161,7 @@ class NeuralArtTask:
         return size * size / (middle * middle)
 
     def _draw(self, rnd: random.Random, split: str, style: str | None, size: int | None) -> tuple[str, str, int]:
+        check_split(split)  # (a bare KeyError before)
         files = self._split[split]
         photo = files[rnd.randrange(len(files))]
         if size is None:

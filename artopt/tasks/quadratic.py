@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Problem
+from .base import Problem, check_horizon
 from .data import split_seed
 
 
@@ -31,6 +31,7 @@ class QuadraticTask:
     name: str = "quadratic"
 
     def __post_init__(self) -> None:
+        check_horizon(self)
         if self.dim < 1:
             raise ValueError(f"dim must be at least 1, got {self.dim}")
         if self.batch < 1:
