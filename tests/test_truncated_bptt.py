@@ -1,7 +1,9 @@
 import itertools
-from dataclasses import replace
-import math
 import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -581,6 +583,90 @@ def test_an_interrupted_hogwild_run_stops_its_helper_and_resumes(tmp_path, monke
     assert res.episodes_done == saved + 6
     with pytest.raises(ValueError, match="workers"):
         MetaTrainConfig(workers=0)
+
+
+class SlowValidationQuadratic(TinyQuadratic):
+    """A validation problem's loss takes 50 ms (only the main process validates)."""
+
+    def sample(self, generator, split="train"):
+        problem = super().sample(generator, split)
+        if split == "val":
+            fast = problem.loss
+
+            def slow(ps, t):
+                time.sleep(0.05)
+                return fast(ps, t)
+
+            problem.loss = slow
+        return problem
+
+
+def test_the_helpers_clock_counts_the_first_validation(tmp_path, monkeypatch):
+    # The helpers were handed the elapsed time from before the first validation: their log's elapsed,
+    # meta-lr and curriculum schedules lagged by it, and they began episodes past --minutes.
+    import artopt.outer_trainers.truncated_bptt as tb
+
+    handed = []
+    real_init = tb._Helpers.__init__
+
+    def init(self, task, nets, config, episode, elapsed_before, log_path):
+        handed.append(elapsed_before)
+        real_init(self, task, nets, config, episode, elapsed_before, log_path)
+
+    monkeypatch.setattr(tb._Helpers, "__init__", init)
+    cfg = MetaTrainConfig(steps=10, unroll=5, episodes=3, val_every=1000, val_problems=2, workers=2)
+    meta_train(SlowValidationQuadratic(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=tmp_path,
+               name="r", progress=False)
+    first_val = [e for e in _events(tmp_path / "r.log.jsonl") if e["event"] == "val"][0]
+    assert len(handed) == 1 and handed[0] >= first_val["elapsed"] >= 1.0
+
+
+_DIES_HOLDING_THE_LOCK = """
+import inspect, multiprocessing, os, signal, sys
+import torch
+from torch import nn
+from artopt.learned_optimizers import LSTMOptimizerNet
+from artopt.outer_trainers import MetaTrainConfig, meta_train
+from artopt.tasks.base import Problem
+
+
+class DiesHoldingTheLock:
+    # In a helper, after 2 episodes: takes the shared episode count's lock and is killed, as the
+    # out-of-memory killer might kill it while it counts an episode
+    name, steps, unroll = "tiny-quadratic", 8, 4
+
+    def sample(self, generator, split="train"):
+        if multiprocessing.current_process().name.startswith("meta-train helper"):
+            for frame in inspect.stack():
+                if frame.function == "_helper_main" and frame.frame.f_locals["episodes"].get_obj().value >= 2:
+                    frame.frame.f_locals["episodes"].get_lock().acquire()
+                    os.kill(os.getpid(), signal.SIGKILL)
+        W, y, theta = (torch.randn(3, 3, generator=generator), torch.randn(3, generator=generator),
+                       torch.randn(3, generator=generator))
+        return Problem([theta], lambda ps, t: ((W @ ps[0] - y) ** 2).sum())
+
+
+if __name__ == "__main__":
+    cfg = MetaTrainConfig(steps=8, unroll=4, episodes=100000, val_every=1000, val_problems=1, max_minutes=2,
+                          workers=2)
+    try:
+        meta_train(DiesHoldingTheLock(), nn.ModuleDict({"default": LSTMOptimizerNet()}), cfg, out_dir=sys.argv[1],
+                   name="r", progress=False)
+    except RuntimeError as e:
+        print("stopped:", e)
+"""
+
+
+def test_a_helper_killed_while_it_holds_the_shared_count_does_not_hang_the_run(tmp_path):
+    # Before: the main process waited for the dead helper's lock for ever, deaf to Ctrl-C and SIGTERM
+    import subprocess
+    import sys
+
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_HOLDING_THE_LOCK)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=90, cwd=Path(__file__).resolve().parents[1])
+    assert "stopped: meta-train helper 1 was killed by signal 9" in done.stdout, done.stdout + done.stderr[-2000:]
 
 
 def test_a_second_ctrl_c_while_the_helpers_stop_still_saves_the_checkpoint(tmp_path, monkeypatch):

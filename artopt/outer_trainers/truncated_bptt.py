@@ -17,6 +17,7 @@ instead of f itself: the same gradient for φ, without keeping the optimizee's g
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -552,7 +553,8 @@ def _meta_train(task, nets, config, *, out_dir: Path, name, card, progress, log,
     next_val = (episode // config.val_every + 1) * config.val_every
     try:
         if config.workers > 1 and not spent:
-            helpers = _Helpers(task, nets, config, episode, elapsed_before, log_path)
+            # (elapsed now, not at the start: the helpers' clock lagged by the first validation)
+            helpers = _Helpers(task, nets, config, episode, elapsed_before + time.perf_counter() - start, log_path)
         while episode < config.episodes:
             elapsed = elapsed_before + time.perf_counter() - start
             if config.max_minutes is not None and elapsed > config.max_minutes * 60:
@@ -728,10 +730,10 @@ class _Helpers:
 
     def claim(self) -> bool:
         """Whether this process may begin another episode within the episode budget."""
-        return _claim(self.claimed, self.config.episodes)
+        return _claim(self.claimed, self.config.episodes, self.check)
 
     def count_episode(self) -> int:
-        return _count(self.episodes)
+        return _count(self.episodes, self.check)
 
     def check(self) -> None:
         for proc in self.procs:
@@ -760,22 +762,47 @@ class _Helpers:
                     proc.terminate()
                     proc.join()
             self.stopped = True
-        return self.episodes.value
+        # Read without the lock: a helper killed while it held the lock (the out-of-memory killer)
+        # never releases it, and the helpers are stopped now.
+        return self.episodes.get_obj().value
 
 
-def _count(episodes) -> int:
+@contextlib.contextmanager
+def _holding(shared, alive: Callable[[], None]):
+    """Hold ``shared``'s lock, calling ``alive()`` every second while another process holds it: ``alive``
+    raises where that process is gone.  A process killed while it held the lock never releases it,
+    and a plain ``with`` waited for it for ever, deaf to Ctrl-C and SIGTERM."""
+    lock = shared.get_lock()
+    while not lock.acquire(timeout=1.0):
+        alive()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _count(episodes, alive: Callable[[], None]) -> int:
     """Count one finished episode in the shared total; the new total."""
-    with episodes.get_lock():
+    with _holding(episodes, alive):
         episodes.value += 1
         return episodes.value
 
 
-def _claim(claimed, budget: int) -> bool:
-    with claimed.get_lock():
+def _claim(claimed, budget: int, alive: Callable[[], None]) -> bool:
+    with _holding(claimed, alive):
         if claimed.value >= budget:
             return False
         claimed.value += 1
         return True
+
+
+def _still_wanted(parent: int, stop) -> Callable[[], None]:
+    """A helper's ``alive`` for ``_holding``: it ends where the main process is gone or asks it to stop
+    (e.g. after another helper died holding the lock this one waits for)."""
+    def alive() -> None:
+        if os.getppid() != parent or stop.is_set():
+            raise SystemExit(0)
+    return alive
 
 
 def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, elapsed_at: float, episodes,
@@ -787,21 +814,21 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
     meta_opt = torch.optim.Adam(nets.parameters(), lr=config.meta_lr)
     # Its own problems: seeded by the run's seed, the helper and the episode it starts at (a resumed run
     # draws new ones).
-    first = episodes.value
+    first = episodes.get_obj().value  # (reads without the lock, which a killed helper may hold for ever)
     gen = torch.Generator().manual_seed(config.seed + 1_000_003 * rank + 7919 * first)
     rng = random.Random(gen.initial_seed())
     sample_problems(task, torch.Generator().manual_seed(0), "train", 1)  # builds what the task caches
     ready.release()
     while not stop.is_set() and os.getppid() == parent:
         elapsed = elapsed_at + time.time()
-        episode = episodes.value
+        episode = episodes.get_obj().value
         over_time = config.max_minutes is not None and elapsed > config.max_minutes * 60
-        if over_time or not _claim(claimed, config.episodes):
+        if over_time or not _claim(claimed, config.episodes, _still_wanted(parent, stop)):
             break
         losses = _training_episode(task, nets, config, meta_opt, gen, rng, episode, elapsed)
         if stop.is_set():
             break  # the main process has taken its count already; this episode's updates stay in φ
-        event = {"event": "train", "episode": _count(episodes), "worker": rank, "steps": len(losses) - 1,
+        event = {"event": "train", "episode": _count(episodes, _still_wanted(parent, stop)), "worker": rank, "steps": len(losses) - 1,
                  "score": trajectory_score(losses), "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a", encoding="utf-8") as f:  # one short line per append: whole lines, whatever the interleaving
             f.write(log_line(event))
