@@ -28,3 +28,23 @@ def shared_data():
         return data_root()
     except DataNotFoundError as e:
         skip_or_fail(f"shared data missing: {e}")
+
+
+@pytest.fixture(autouse=True)
+def _no_vgg_weights_from_this_machine(monkeypatch, tmp_path_factory):
+    """The loss network "auto" picks VGG-19 where $ARTOPT_VGG_WEIGHTS is set or torch's cache holds its
+    weights: on such a machine the tests ran another network than CI's (or failed on a dummy file).
+    Each test sees an empty torch cache and no variable; the VGG tests set their own."""
+    from artopt.style.loss_nets import VGG_WEIGHTS_ENV
+
+    monkeypatch.delenv(VGG_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A script run in-process sets torch's thread count (bench/lstm_threads.py to 2): later tests ran
+    with it, which tests chosen with -k then depended on."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
