@@ -318,6 +318,11 @@ class _Stylist:
         # any path on the server's disk: without this check it got that image back as its "before".
         self.input_folders = None if input_folders is None else [Path(f).resolve() for f in input_folders]
         self.concurrency = concurrency  # runs at once: a request with fewer ahead is about to start
+        # Held by each run's worker thread while it computes.  Gradio frees a run's queue slot when it
+        # cancels it (a closed tab, an API cancel), but can close the generator only at its next yield,
+        # and the worker ends its step after that: the next run's worker waits for it here, or two
+        # runs computed at once beyond the concurrency asked for (on a GPU, out of memory).
+        self._computing = threading.BoundedSemaphore(concurrency)
         self.limits = limits
         self.optimizers = list(optimizers)  # the page's menu, in its order
         self.output_dir = output_dir
@@ -492,7 +497,7 @@ class _Stylist:
                     yield from self._stream(content_img, styles, config, stop_flag, notices)
                     return
                 except Exception as err:
-                    if not _is_out_of_memory(err):
+                    if not _is_out_of_memory(err) or stop_flag.is_set():  # (no retry of a stopped run)
                         raise
                     _free_device_memory(self.device)
                     smaller = int(config.size * OOM_SHRINK) // 32 * 32
@@ -540,14 +545,15 @@ class _Stylist:
 
         def work() -> None:
             try:
-                result = stylize(
-                    content_img,
-                    styles,
-                    config,
-                    callback=events.put,
-                    image_every=every,
-                    should_stop=stop_flag.is_set,
-                )
+                with self._computing:
+                    result = stylize(
+                        content_img,
+                        styles,
+                        config,
+                        callback=events.put,
+                        image_every=every,
+                        should_stop=stop_flag.is_set,
+                    )
                 events.put((done, result))
             except BaseException as err:  # handed to the generator, which re-raises it
                 events.put((done, err))
@@ -568,6 +574,7 @@ class _Stylist:
         started = time.perf_counter()
         worker.start()
         last_step = "the start, before the first step"
+        stepped = False  # whether the engine reported a step
         finished = False
         previews = 0
         shown: torch.Tensor | None = None  # the image already on the page is not sent again
@@ -589,6 +596,7 @@ class _Stylist:
                         outcome = item[1]
                         continue
                     total = max(1, item.total_steps)
+                    stepped = True
                     last_step = f"step {item.step}/{total}"
                     if item.n_scales > 1:
                         height, width = item.size
@@ -622,6 +630,12 @@ class _Stylist:
             stopped_by_user = stop_flag.is_set()
             if isinstance(outcome, BaseException):
                 raise outcome
+            if stopped_by_user and not stepped:
+                # The engine hands back the start (the photo itself): shown as this run's result, it
+                # replaced the last run's on the page, and its download.
+                yield (gr.skip(), gr.skip(), gr.skip(),
+                       self._status("Stopped before the first step: the page keeps what it showed before.", notices))
+                return
 
             result = tensor_to_pil(outcome)
             elapsed = time.perf_counter() - started

@@ -635,6 +635,55 @@ def test_a_run_makes_its_output_folder_again_if_it_was_removed(tmp_path):
         assert status.startswith("Done"), status
 
 
+def test_a_stop_before_the_first_step_keeps_the_last_result_on_the_page(tmp_path):
+    # Before: the engine's start image (the photo itself) came back as this run's result and replaced
+    # the last run's on the page, and its download.
+    stylist = _stylist(tmp_path)
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    args = (photo, [style, None, None], [1.0] * 3, 64, 2, 1.0, "adam", False, 0, _page("p"))
+    *_, (image, _, download, status) = stylist.run(*args)
+    assert status.startswith("Done") and isinstance(download, str), status
+    stylist.reserve(_page("p"))
+    run = stylist.run(*args)
+    assert next(run)[3] == web.STARTING_STATUS  # the run has taken its reservation; Stop reaches it now
+    stylist.stop(_page("p"))
+    rest = list(run)
+    assert all(out[i] == gr.skip() for out in rest for i in range(3)), rest
+    assert rest[-1][3].startswith("Stopped before the first step: the page keeps what it showed before")
+
+
+def test_a_cancelled_runs_worker_ends_before_the_next_run_computes(tmp_path, monkeypatch):
+    # Gradio frees a cancelled run's slot at once but closes its generator only at the next yield, and
+    # the worker ends its step after that: the next run computed beside it (two runs at concurrency 1).
+    from artopt.style import engine
+
+    real, log = engine.stylize, []
+
+    def slow(*args, callback=None, **kwargs):
+        def paced(info):
+            time.sleep(0.3)  # a slow step
+            callback(info)
+        log.append(("start", time.monotonic()))
+        try:
+            return real(*args, callback=paced, **kwargs)
+        finally:
+            log.append(("end", time.monotonic()))
+
+    monkeypatch.setattr(engine, "stylize", slow)
+    stylist = _stylist(tmp_path)
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    first = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 50, 1.0, "adam", False, 0, _page("a"))
+    next(first)  # "Working: starting…"
+    next(first)  # a step's status or preview: the worker is mid-run
+    first.close()  # the page went away: Gradio closes the generator and starts the next request
+    *_, (_, _, _, status) = stylist.run(photo, [style, None, None], [1.0] * 3, 64, 2, 1.0, "adam", False, 0,
+                                        _page("b"))
+    assert status.startswith("Done"), status
+    assert [kind for kind, _ in log] == ["start", "end", "start", "end"], log  # one after the other, never two
+
+
 def test_an_output_too_large_for_the_servers_memory_is_refused(tmp_path, monkeypatch):
     from artopt.style import engine
 
