@@ -489,3 +489,18 @@ def test_the_neural_art_cards_adam_levels_figures_are_those_of_the_result_files(
     assert card["threads2"]["seconds_to_adam_final"] == {k: round(v, 1) for k, v in means.items()}
     assert card["threads2"]["speedup"] == round(min(means["adam"], means["adam-coarse0.1"])
                                                 / means["lstm-adamlevels2-coarse0.1"], 3)
+
+
+def test_the_neural_art_cards_photo_split_is_the_datas_and_holds_the_evaluations_test_photos(shared_data):
+    # The split goes by the rank of a hash of the names: a changed photo folder would move photos across
+    # it, and the card records the one the optimizer was trained and evaluated on.
+    from artopt.tasks.neural_art import split_digest, split_photos
+
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())
+    split = split_photos(shared_data / "imagenet-sample")
+    assert card["photo_split"]["digest"] == split_digest(split)
+    assert (card["photo_split"]["val"], card["photo_split"]["test"]) == (split["val"], split["test"])
+    results = WEIGHTS_DIR.parent / "train" / "results" / "neural_art"
+    reports = [json.loads(f.read_text()) for f in results.glob("*.json")]
+    evaluated = {photo for r in reports if isinstance(r, dict) for photo in (r.get("photos") or [])}  # (engine settings)
+    assert evaluated and evaluated <= set(split["test"])

@@ -118,6 +118,30 @@ def test_a_resumed_neural_art_run_names_the_changed_flags(tmp_path, neural_art, 
         _one_error_line(capsys.readouterr().err, said)
 
 
+def test_a_neural_art_run_records_its_photo_split_and_is_not_resumed_on_another(tmp_path, neural_art, capsys,
+                                                                               monkeypatch, shared_data):
+    # The split goes by the rank of a hash: a photo removed from the folder moves others across it, and
+    # a resumed run's validation problems changed mid-run without a word.
+    data = tmp_path / "data"
+    (data / "imagenet-sample").mkdir(parents=True)
+    (data / "styles").symlink_to(shared_data / "styles")
+    for photo in (shared_data / "imagenet-sample").iterdir():
+        (data / "imagenet-sample" / photo.name).symlink_to(photo)
+    monkeypatch.setenv("ARTOPT_DATA", str(data))
+    assert neural_art.main(_tiny_art(tmp_path, "--name", "x", "--episodes", "1")) == 0
+    card = json.loads((tmp_path / "runs" / "x" / "x.json").read_text())
+    from artopt.tasks.neural_art import split_digest, split_photos
+
+    split = split_photos(data / "imagenet-sample")
+    assert card["photo_split"] == {"digest": split_digest(split), "val": split["val"], "test": split["test"]}
+    (data / "imagenet-sample" / split["test"][0]).unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        neural_art.main(_tiny_art(tmp_path, "--name", "x", "--episodes", "2"))
+    assert done.value.code == 2
+    _one_error_line(capsys.readouterr().err, "belongs to a run on another split of the photos in", "photos were added or removed")
+
+
 def test_an_empty_run_name_is_refused_not_read_as_the_suite(tmp_path, suite, capsys):
     # Before: --name '' trained (and shipped) under the suite's name, over that run if there was one.
     with pytest.raises(SystemExit) as done:

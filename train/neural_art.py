@@ -34,7 +34,7 @@ from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
 from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser, setting_flags  # noqa: E402
-from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, style_names  # noqa: E402
+from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, split_digest, style_names  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
         "held_out_styles": list(HELD_OUT_STYLES),
         "photos": "../shared/data/imagenet-sample, split by file: artopt.tasks.neural_art.split_photos "
                   f"(train {len(task.split['train'])}, val {len(task.split['val'])}, test {len(task.split['test'])})",
+        # the split itself (train: the folder's other photos): a changed folder shifts files across it
+        "photo_split": {"digest": split_digest(task.split), "val": task.split["val"], "test": task.split["test"]},
         "crop": f"{args.size}x{args.size}" if not args.size_range else f"square, side {args.size_range} (multiple of 8)",
         # The engine scales the gradients the LSTM sees by (image pixels) / this (lstm_input_scale);
         # without it a retrained file would see 16x too small gradients at 256 px.  For random crop
@@ -185,11 +187,29 @@ def main(argv=None) -> int:
         "prior_meta_training_minutes": args.prior_minutes,
     }
     task_settings = {"mode": args.mode, "size": args.size, "size_range": args.size_range, "init": args.init,
-                     "basis_levels": args.basis_levels, "init_from": args.init_from}
+                     "basis_levels": args.basis_levels, "init_from": args.init_from,
+                     "photo_split": split_digest(task.split)}
     run_dir = Path(args.runs) / args.name
+
+    def train():
+        from artopt.outer_trainers.checkpoints import ResumeError, SettingsChangedError
+
+        try:
+            # (a run from before the split was recorded resumes as if on this one, as it did)
+            return meta_train(task, nets, mcfg, out_dir=run_dir, name=args.name, card=card,
+                              task_settings=task_settings,
+                              task_setting_defaults={"photo_split": task_settings["photo_split"]})
+        except SettingsChangedError as err:
+            split = [(old, new) for key, old, new in err.changes if key == ("task", "photo_split")]
+            if not split:
+                raise
+            raise ResumeError(f"{err.path} belongs to a run on another split of the photos in "
+                              f"{task.root / 'imagenet-sample'} (split {split[0][0]} -> {split[0][1]}): photos were "
+                              "added or removed there since it started; restore them, or choose another --name") from None
+
     return finish_meta_training(
         ap,
-        lambda: meta_train(task, nets, mcfg, out_dir=run_dir, name=args.name, card=card, task_settings=task_settings),
+        train,
         lambda res: ship_best(run_dir, args.name, args.ship, res, prior_seconds=60 * args.prior_minutes), args.ship,
         kept=run_dir / f"{args.name}.safetensors")
 

@@ -26,15 +26,22 @@ HELD_OUT_STYLES = ("woman_with_a_hat.jpg", "shipwreck_of_the_minotaur.jpg")  # n
 
 def split_photos(folder: Path, val: int = 100, test: int = 100) -> dict[str, list[str]]:
     """Deterministic split by file name: the ``test`` names first in the order of a hash of the
-    name, then ``val``, the rest train.  The same files always give the same split (the card records
-    it); an added or removed file can shift a few others across a boundary, since the split goes by
-    rank, so a changed photo folder needs its split recorded again."""
+    name, then ``val``, the rest train.  The same files always give the same split.  An added or
+    removed file can shift a few others across a boundary, since the split goes by rank: a run's card
+    records its split (val and test names, ``split_digest``), and a run is not resumed on another."""
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if len(names) < val + test + 1:
         raise ValueError(f"{folder} holds {len(names)} photos; need more than {val + test}")
     ordered = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
     return {"test": sorted(ordered[:test]), "val": sorted(ordered[test : test + val]),
             "train": sorted(ordered[test + val :])}
+
+
+def split_digest(split: dict[str, list[str]]) -> str:
+    """A short fingerprint of a photo split (every file name and its part): a run's card records it, and
+    a run is not resumed on another split, since its validation problems would change mid-run."""
+    text = "\n".join(f"{part}:{name}" for part in ("train", "val", "test") for name in split[part])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def style_names(root: Path | None = None) -> list[str]:
