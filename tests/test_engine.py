@@ -802,7 +802,7 @@ def test_keep_best_returns_the_lowest_loss_image_the_steps_made():
     assert min(after) == after[1]
     assert torch.equal(stylize(CONTENT, [STYLE], _config(steps=4, lr=0.1)), out)  # without a callback too
     # With keep_colors the grey start's loss is below every step's in a short run: it is not returned.
-    _, grey = _run(_config(keep_colors=True, steps=4))
+    _, grey = _run(_config(keep_colors=True, steps=4, lr=0.1))
     made = [i.losses["total"] for i in grey[1:]] + [grey[-1].final_losses["total"]]  # after steps 1..4
     assert grey[0].losses["total"] < min(made) and grey[-1].final_losses["total"] == min(made)
 

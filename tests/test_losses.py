@@ -139,9 +139,14 @@ def test_edge_pad_gives_the_border_pixels_interior_gradients(net):
     plain = StyleLoss(net, content, [style], edge_pad=0)
     padded = StyleLoss(net, content, [style], edge_pad=8)
     assert padded(content)["content"].item() == pytest.approx(0.0, abs=1e-10)  # the target is padded alike
+    # ... and so are the style's Grams: the style itself scored 0.018 at 128 px with its Grams unframed
+    square = style[..., :96, :96]
+    assert StyleLoss(net, square, [square], edge_pad=8, style_scale=None)(square)["style"].item() == pytest.approx(
+        0.0, abs=1e-10)
     assert padded(image)["total"].item() != plain(image)["total"].item()
     plain_ratio, padded_ratio = border_over_interior(plain), border_over_interior(padded)
-    assert abs(padded_ratio - 1) < abs(plain_ratio - 1), (plain_ratio, padded_ratio)
+    # not starved (the frame's receptive fields give them a little more than the interior: 1.28 here)
+    assert plain_ratio < 0.8 and padded_ratio > 0.9, (plain_ratio, padded_ratio)
     # a pad wider than the image is cut to what reflection allows
     tiny = _smooth_image(2, (32, 32))
     assert torch.isfinite(StyleLoss(net, tiny, [style], edge_pad=64)(tiny)["total"])
