@@ -497,7 +497,7 @@ def _stylize(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{info.losses.get('total', float('nan')):.4g}",
                             scale=f"{info.scale_index + 1}/{info.n_scales}")
             if info.notice:
-                bar.write(info.notice)
+                bar.write(info.notice, file=sys.stderr)  # (with every other message: stdout stays empty)
         previous = records[-2]["step"] if len(records) > 1 else 0
         # every --save-every steps, or the first step past a multiple (an L-BFGS step counts several)
         # (not the last step's when keep_best returns an earlier image: OUT_stepN would hold that one)

@@ -108,6 +108,7 @@ def test_a_final_image_that_cannot_be_written_is_saved_elsewhere(tmp_path, monke
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--style-weights", "1", "2"], "2 value(s) for 1 style"),
     # Engine messages name the flag the user typed, not the setting.
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "-1"], "--lr must be positive"),
+    (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--save-every", "-2"], "--save-every must be 0 (off)"),
     # a finite rate past what the optimizers can hold was a traceback, the run's work lost
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--lr", "1e39"], "--lr must be positive and at most 1e+30"),
     (lambda d: [str(PHOTO), str(STYLE), "-o", str(d / "o.png"), "--handoff-lr", "1e31"], "--handoff-lr must be 0"),
@@ -957,3 +958,13 @@ def test_the_log_names_the_steps_where_backoff_lowered_the_learned_step(tmp_path
         assert log["settings"]["backoff"] == (choice == "--backoff") and log["backoff_steps"] == steps
         assert [s.get("step_scale") for s in log["steps"] if s["step"] in steps] == [0.5, 0.25][:len(steps)]
         assert sum("step_scale" in s for s in log["steps"]) == len(steps)
+
+
+def test_without_quiet_the_run_draws_its_progress_bar_and_notices(tmp_path, capsys):
+    # Every other test passes --quiet: the bar's path (its total, loss and notices) ran in no test.
+    flags = [f for f in FAST if f != "--quiet"]
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), *flags]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""  # the bar and the notices go to stderr: stdout stays a script's
+    assert "3/3" in err and "loss=" in err and "scale=1/1" in err, err
+    assert "efficientnet-lite0" in err  # the first step's notice (how the run was set up), written beside the bar

@@ -1115,3 +1115,33 @@ def test_carry_state_starts_a_finer_scale_from_the_coarser_scales_learned_state(
     assert len(calls) == 1
     with pytest.raises(ValueError, match="carry state must be True or False"):
         _config(carry_state="yes").validated()
+
+
+def test_every_scale_ends_with_a_preview_of_its_own_size_also_with_kept_colours():
+    # The docstring promises an image at the end of each scale whatever image_every is; with keep_colors
+    # the photo's colours are resized to the coarse scale's preview (no test broke without either).
+    for keep_colors in (False, True):
+        _, infos = _run(_config(size=256, steps=6, pyramid=True, keep_colors=keep_colors), image_every=1000)
+        assert infos[0].n_scales == 2
+        ends = [i for i, nxt in zip(infos, infos[1:] + [None]) if nxt is None or nxt.scale_index != i.scale_index]
+        assert [i.scale_index for i in ends] == [0, 1] and all(i.image is not None for i in ends)
+        coarse = ends[0]
+        assert tuple(coarse.image.shape[-2:]) == coarse.size and torch.isfinite(coarse.image).all()
+        assert [i for i in infos if i.image is not None] == ends
+
+
+def test_a_noise_start_with_no_steps_returns_the_noise_not_the_photo():
+    out = stylize(CONTENT, [STYLE], _config(steps=0, init="noise", seed=3))
+    again = stylize(CONTENT, [STYLE], _config(steps=0, init="noise", seed=3))
+    assert torch.equal(out, again) and (out - CONTENT).abs().mean() > 0.1
+
+
+def test_system_memory_reads_the_kernels_table(tmp_path, monkeypatch):
+    from artopt.style import engine
+
+    table = tmp_path / "meminfo"
+    table.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
+    monkeypatch.setattr(engine, "MEMINFO", table)
+    assert engine.system_memory() == (24000000 * 1024, 20000000 * 1024)
+    table.write_text("MemTotal:       24000000 kB\n")  # an old kernel: no MemAvailable
+    assert engine.system_memory() == (24000000 * 1024, None)

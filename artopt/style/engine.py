@@ -661,11 +661,14 @@ CPU_BASE_BYTES = 1 << 30
 CPU_BYTES_PER_STYLE_PIXEL = 300
 
 
+MEMINFO = Path("/proc/meminfo")  # Linux's memory table (a test points it at its own)
+
+
 def system_memory() -> tuple[int | None, int | None]:
     """(total, available) bytes of RAM; None where this system does not tell."""
     try:
         info = {k: v.split() for k, v in (line.split(":", 1) for line in
-                                         Path("/proc/meminfo").read_text(encoding="utf-8").splitlines() if ":" in line)}
+                                         MEMINFO.read_text(encoding="utf-8").splitlines() if ":" in line)}
         total = int(info["MemTotal"][0]) * 1024
         available = int(info["MemAvailable"][0]) * 1024 if "MemAvailable" in info else None
         return total, available
