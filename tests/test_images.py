@@ -252,3 +252,12 @@ def test_jpeg_is_saved_at_the_quality_asked(tmp_path):
     save_image(noisy, tmp_path / "hi.jpg")  # default quality 95
     save_image(noisy, tmp_path / "lo.jpg", quality=75)  # Pillow's own default
     assert (tmp_path / "hi.jpg").stat().st_size > 1.3 * (tmp_path / "lo.jpg").stat().st_size
+
+
+def test_an_eps_is_not_handed_to_ghostscript():
+    # Pillow decodes EPS by running Ghostscript where it is installed: not for a web server's uploads.
+    # (Here, without Ghostscript, it was "damaged or truncated image (Unable to locate Ghostscript...)".)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+           b"newpath 0 0 moveto 64 0 lineto 64 64 lineto closepath fill\nshowpage\n%%EOF\n")
+    with pytest.raises(ImageError, match="not an image file"):
+        load_image(eps)

@@ -40,6 +40,16 @@ def _describe(source: ImageSource) -> str:
     return getattr(source, "name", None) or "the image"
 
 
+# Formats Pillow would hand to another program to decode: an EPS goes to Ghostscript where it is
+# installed, which a web server must not run on an upload.  Refused as not an image.
+EXTERNAL_DECODER_FORMATS = frozenset({"EPS"})
+
+
+def _readable_formats() -> list[str]:
+    Image.init()  # (registers every plugin: Image.OPEN is filled lazily)
+    return [name for name in Image.OPEN if name not in EXTERNAL_DECODER_FORMATS]
+
+
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                min_size: int = DEFAULT_MIN_SIZE) -> Image.Image:
     """Decode ``source`` into an RGB image with EXIF orientation applied.
@@ -71,7 +81,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             with warnings.catch_warnings():
                 # Pillow warns (rather than raises) between 1x and 2x its limit; make both an error.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
+                image = Image.open(source, formats=_readable_formats())
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(f"{label}: {width}x{height} is too large "
