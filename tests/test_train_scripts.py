@@ -351,6 +351,13 @@ def test_a_cached_lr_tuned_otherwise_is_said_not_silently_used(tmp_path, evaluat
     assert "using the cached" not in capsys.readouterr().err
 
 
+def test_a_cached_lr_at_its_grids_edge_is_said(tmp_path, evaluate, capsys):
+    (tmp_path / "lrs.json").write_text(json.dumps({"quadratic": {"steps=3": {"adam": {
+        "lr": 1.0, "criterion": "final", "problems": 1, "grid": [0.01, 0.1, 1.0], "at_edge": True}}}}))
+    assert evaluate.main(_tiny_eval(tmp_path, "--optimizers", "adam")) == 0
+    assert "the cached adam lr 1 is at the edge of the grid it was tuned on" in capsys.readouterr().err
+
+
 def test_an_lr_cache_that_cannot_be_written_is_refused_before_tuning(tmp_path, evaluate, capsys):
     (tmp_path / "afile").write_text("")  # before: the tuning ran, then "[Errno 17] File exists"
     with pytest.raises(SystemExit) as done:

@@ -323,6 +323,9 @@ def main(argv=None) -> int:
                 cache.save()
                 entry = res.to_dict()
                 say(f"  -> {name} lr={res.lr:.3g} ({time.perf_counter() - t0:.0f}s)")
+            elif entry.get("at_edge"):  # said when it was tuned; a cached one was used without a word
+                say(f"  warning: the cached {name} lr {entry['lr']:.3g} is at the edge of the grid it was tuned "
+                    "on; --tune with a --tune-grid past it checks it")
             lrs[name] = entry["lr"]
             tuning[name] = {k: entry.get(k) for k in ("criterion", "problems", "steps", "seed", "at_edge", "grid")}
         factories[name] = baseline_factory(name, lrs[name])
