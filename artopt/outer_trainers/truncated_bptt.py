@@ -113,7 +113,8 @@ class MetaTrainConfig:
     # independent problems, optimized side by side (see ``sample_problems``).  Less noisy meta-updates,
     # and on neural art a batched loss network serves several images for little more than one.
     problems_per_episode: int = 1
-    # Polyak averaging of φ: an exponential moving average with this decay per episode (0: off).
+    # Polyak averaging of φ: an exponential moving average with this decay per episode (0: off; with
+    # workers, per episode of the main process, when φ holds the helpers' updates too).
     # Meta-gradients are noisy (one random problem per episode), so the averaged networks usually
     # validate better than the last iterate; when on, they are what is validated and saved.
     ema: float = 0.0
@@ -281,7 +282,7 @@ def add_meta_train_flags(parser) -> None:
                              "meta-update averages over them (a meta-batch)")
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="validate and keep an exponential moving average of the optimizer's weights "
-                             "(decay per episode, e.g. 0.98; 0: off)")
+                             "(decay per episode, e.g. 0.98, of the main process with --workers; 0: off)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes that meta-train the optimizer at once, each on its own problems, sharing "
                              "its weights (Hogwild): about this many times the meta-updates per minute; give each "
@@ -826,8 +827,10 @@ def _helper_main(rank: int, task, nets: nn.ModuleDict, config: MetaTrainConfig, 
         if over_time or not _claim(claimed, config.episodes, _still_wanted(parent, stop)):
             break
         losses = _training_episode(task, nets, config, meta_opt, gen, rng, episode, elapsed)
-        if stop.is_set():
-            break  # the main process has taken its count already; this episode's updates stay in φ
+        if stop.is_set() or os.getppid() != parent:
+            # the main process has taken its count already, or is gone (killed: a run restarted since
+            # must not get this episode's line in its log); this episode's updates stay in φ
+            break
         event = {"event": "train", "episode": _count(episodes, _still_wanted(parent, stop)), "worker": rank, "steps": len(losses) - 1,
                  "score": trajectory_score(losses), "final": losses[-1], "elapsed": elapsed_at + time.time()}
         with open(log_path, "a", encoding="utf-8") as f:  # one short line per append: whole lines, whatever the interleaving
