@@ -366,6 +366,8 @@ def test_selection_script_scores_every_file_on_the_same_fresh_validation_problem
 @pytest.mark.parametrize("args, message", [
     (["--tie-within", "nan"], "--tie-within must be a finite number >= 0"),  # was a ValueError traceback
     (["--json", "{blocker}/sel.json"], "is a file, not a folder"),  # was a FileExistsError after the scoring
+    # the shipped file's card records seed 16: its own validation problems favour it
+    (["--val-seeds", "3", "16"], "was meta-trained with seed 16 (its card), so --val-seeds 16 are its own"),
 ])
 def test_selection_flags_are_checked_before_any_scoring(tmp_path, capsys, args, message):
     script = _train_script("select_neural_art")

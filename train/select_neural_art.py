@@ -59,6 +59,16 @@ def _candidate(path: str, basis: str) -> tuple[nn.ModuleDict, str, int]:
     return nn.ModuleDict(load_learned(path)), basis, trained_coarsest(path)  # coarsest: as meta-trained
 
 
+def _training_seed(path: str) -> int | None:
+    """The meta-training seed a weights file's card records (None without a card or a seed)."""
+    try:
+        card = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+        seed = card["meta_training"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", nargs="+",
@@ -92,6 +102,11 @@ def main(argv=None) -> int:
             candidates[entry] = _candidate(path, basis)
         except (WeightsError, ValueError) as err:
             ap.error(f"{entry}: {err}")
+        # its own validation problems favour it: it kept the checkpoint that scored best on them
+        trained = _training_seed(path)
+        if trained in args.val_seeds:
+            ap.error(f"{entry} was meta-trained with seed {trained} (its card), so --val-seeds {trained} are its own "
+                     "validation problems, which favour it; choose seeds no compared run trained with")
     torch.set_num_threads(args.threads)
 
     task = NeuralArtTask(size=args.size, styles=[TRAIN_STYLE], steps=args.steps)
