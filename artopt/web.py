@@ -583,8 +583,13 @@ class _Stylist:
             outcome: Any = done
             while outcome is done:
                 # Take everything the worker has sent so far and show only the newest image:
-                # a fast device must not be held back by a backlog of stale previews.
-                batch = [events.get()]
+                # a fast device must not be held back by a backlog of stale previews.  Nothing for a
+                # while (the targets of a large run take seconds): the status line is said again below,
+                # which also overwrites a "Waiting…" tick the page may get after the run's first status.
+                try:
+                    batch = [events.get(timeout=STATUS_EVERY_S)]
+                except queue.Empty:
+                    batch = []
                 while True:
                     try:
                         batch.append(events.get_nowait())
@@ -612,7 +617,8 @@ class _Stylist:
                         newest_image = item.image
                 if outcome is not done:
                     continue
-                working = self._status(f"Working: {last_step}, {time.perf_counter() - started:.1f} s", notices)
+                where = last_step if stepped else "starting"
+                working = self._status(f"Working: {where}, {time.perf_counter() - started:.1f} s", notices)
                 if newest_image is not None and not _same_image(newest_image, shown):
                     shown = newest_image
                     previews += 1

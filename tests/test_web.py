@@ -684,6 +684,27 @@ def test_a_cancelled_runs_worker_ends_before_the_next_run_computes(tmp_path, mon
     assert [kind for kind, _ in log] == ["start", "end", "start", "end"], log  # one after the other, never two
 
 
+def test_the_status_line_is_said_again_while_a_run_sets_up(tmp_path, monkeypatch):
+    # The run's stream waited for the engine's first step without a word: a large run's targets take
+    # seconds, the status could not move, and a "Waiting…" tick that reached the page after the run's
+    # first status stayed on it until the first step.
+    from artopt.style import engine
+
+    real = engine.stylize
+
+    def slow_setup(*args, **kwargs):
+        time.sleep(2.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "stylize", slow_setup)
+    photo = str(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    style = str(web.ASSETS_DIR / "styles" / "starry_night.jpg")
+    statuses = [out[3] for out in _stylist(tmp_path).run(photo, [style, None, None], [1.0] * 3, 64, 2, 1.0, "adam",
+                                                          False, 0)]
+    setting_up = [s for s in statuses if isinstance(s, str) and s.startswith("Working: starting, ")]
+    assert len(setting_up) >= 2 and statuses[-1].startswith("Done"), statuses
+
+
 def test_an_output_too_large_for_the_servers_memory_is_refused(tmp_path, monkeypatch):
     from artopt.style import engine
 
