@@ -814,6 +814,19 @@ def test_keep_best_is_on_the_final_scale_only_and_not_for_lbfgs(monkeypatch):
     final_scale = [i for i in infos if i.scale_index == i.n_scales - 1]
     assert infos[0].n_scales == 2 and infos[-1].final_losses["total"] <= min(
         i.losses["total"] for i in final_scale[1:])  # (its first is the upsampled coarse image, kept too)
+    # The coarse scale's loss rises after its first step here (3.54 at the start, then 4.95, 5.28, 5.18).
+    # A run stopped there returns its last image, not that scale's lowest, as keep_best off does.
+    coarse = [i.losses["total"] for i in infos if i.scale_index == 0]
+    assert min(coarse[1:]) < coarse[-1]
+
+    def stopped(keep_best):
+        seen = []
+        out = stylize(CONTENT, [STYLE], _config(size=256, steps=6, pyramid=True, lr=0.1, keep_best=keep_best),
+                      callback=seen.append, should_stop=lambda: len(seen) >= 3)
+        return out, seen
+
+    (kept, seen), (last, _) = stopped(True), stopped(False)
+    assert seen[-1].scale_index == 0 and seen[-1].kept_after is None and torch.equal(kept, last)
     out, infos = _run(_config(steps=6, optimizer="lbfgs"))
     assert "kept" not in (infos[-1].notice or "")
     with pytest.raises(ValueError, match="keep best must be True or False"):
