@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -46,8 +47,12 @@ def _count_style_losses(monkeypatch) -> list:
     return built
 
 def _run(config: StylizeConfig, **kwargs):
+    return _run_on(CONTENT, config, **kwargs)
+
+
+def _run_on(content, config: StylizeConfig, **kwargs):
     infos = []
-    out = stylize(CONTENT, [STYLE], config, callback=infos.append, **kwargs)
+    out = stylize(content, [STYLE], config, callback=infos.append, **kwargs)
     return out, infos
 
 
@@ -1158,3 +1163,63 @@ def test_system_memory_reads_the_kernels_table(tmp_path, monkeypatch):
     assert engine.system_memory() == (24000000 * 1024, 20000000 * 1024)
     table.write_text("MemTotal:       24000000 kB\n")  # an old kernel: no MemAvailable
     assert engine.system_memory() == (24000000 * 1024, None)
+
+
+def test_a_stop_while_the_next_scale_is_built_reports_that_scales_losses(monkeypatch):
+    # The last report named the new scale (index, size) but carried the coarser scale's last losses.
+    from artopt.style import engine, losses
+
+    monkeypatch.setattr(engine, "PYRAMID_BASE", 32)
+    built, real_init = [], losses.StyleLoss.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(losses.StyleLoss, "__init__", counting)
+    content = torch.nn.functional.interpolate(CONTENT, size=(96, 128), mode="bilinear")
+    infos = []
+    stylize(content, [STYLE], _config(size=128, steps=6, pyramid=True), callback=infos.append,
+            should_stop=lambda: len(built) >= 2)
+    last = infos[-1]
+    assert last.scale_index == 1 and infos[-2].scale_index == 0 and last.size == (96, 128)
+    assert last.losses == last.final_losses
+
+
+def test_a_style_of_weight_zero_is_left_out(monkeypatch):
+    # It was resized and run through the loss network at every scale, and one too elongated for the
+    # network (2x300 px) ended the run.
+    thin = torch.rand(1, 3, 2, 300)
+    alone = stylize(CONTENT, [STYLE], _config(steps=3))
+    assert torch.equal(stylize(CONTENT, [STYLE, thin], _config(steps=3, style_weights=[1.0, 0.0])), alone)
+
+
+def test_the_last_reports_elapsed_leaves_out_the_final_losses_evaluation(monkeypatch):
+    # StepInfo says final_losses come from one more evaluation outside the budget and elapsed; elapsed
+    # counted it.
+    from artopt.style import losses
+
+    real = losses.StyleLoss.forward
+
+    def slow_when_scoring(self, image):
+        if not torch.is_grad_enabled():  # the final losses' evaluation
+            time.sleep(1.0)
+        return real(self, image)
+
+    monkeypatch.setattr(losses.StyleLoss, "forward", slow_when_scoring)
+    _, infos = _run(_config(steps=3))
+    assert infos[-1].final_losses is not None and infos[-1].elapsed - infos[-2].elapsed < 0.9
+
+
+def test_carry_state_says_when_the_coarser_scale_ended_with_adam(monkeypatch):
+    # After a handoff the coarser scale's optimizer is Adam: carry_state had nothing to carry and the
+    # finer scale's learned optimizer started fresh without a word.
+    from artopt.style import engine
+
+    monkeypatch.setattr(engine, "BACKOFF_GRACE", 0)  # the handoff comes early (step 4)
+    content = resize_long_side(pil_to_tensor(load_image(ASSETS / "photos" / "chelsea.jpg")), 256)
+    _, infos = _run_on(content, _config(size=256, pyramid=True, steps=12, optimizer="lstm", lr=3.0,
+                                        content_weight=100.0, keep_best=False, handoff_finer_lr=0, carry_state=True))
+    notices = " ".join(i.notice or "" for i in infos)
+    assert "handed" in notices or "handoff" in notices, notices
+    assert "carry state: the coarser scale ended with no learned state" in notices, notices

@@ -724,8 +724,8 @@ def stylize(content: Image.Image | torch.Tensor,
     """Stylize ``content`` with ``styles``; return the image (1, 3, H, W) in [0, 1] on the CPU.
 
     ``callback`` gets a StepInfo after every step, with ``image`` set every ``image_every`` steps
-    (0: never; at the first step past each multiple, as an L-BFGS step counts several evaluations),
-    at the end of each scale, and at the output size at the last step.  ``should_stop()`` returning
+    (at the first step past each multiple, as an L-BFGS step counts several evaluations) and at the
+    end of each scale (with ``image_every`` 0, neither), and at the output size at the last step.  ``should_stop()`` returning
     True ends the run early; the current image is returned, and (after at least one step) also reported
     in a last StepInfo with its ``final_losses``.  ``lstm_setup`` runs the learned optimizer with exactly
     these settings (evaluations) instead of those of ``config.lstm_weights``' card.  Raises ValueError for
@@ -743,6 +743,12 @@ def stylize(content: Image.Image | torch.Tensor,
         raise ValueError("at least one style image is needed")
     if config.style_weights is not None and len(config.style_weights) != len(styles):
         raise ValueError(f"{len(config.style_weights)} style weights given for {len(styles)} style images")
+    style_weights = config.style_weights
+    if style_weights is not None and 0 in style_weights:
+        # A style of weight 0 changes nothing: it was still resized and run through the loss network at
+        # every scale, and one too elongated for it ended the run.
+        styles = [s for s, w in zip(styles, style_weights) if w != 0]
+        style_weights = [w for w in style_weights if w != 0]
 
     device = resolve_device(config.device)
     optimizer_name = resolve_optimizer(config.optimizer, config.size, config.pyramid)
@@ -800,6 +806,7 @@ def stylize(content: Image.Image | torch.Tensor,
     generator = torch.Generator().manual_seed(config.seed)
     image: torch.Tensor | None = None
     done = 0
+    stepped_at = None  # the scale of the last step taken
     loss_seconds = 0.0
     losses_now: dict[str, float] = {}
     stopped = False
@@ -887,7 +894,7 @@ def stylize(content: Image.Image | torch.Tensor,
         image = image.detach().contiguous().requires_grad_(True)
         loss_fn = StyleLoss(loss_net, target, [s.to(device) for s in style_tensors],
                             content_weight=config.content_weight, style_weight=config.style_weight,
-                            tv_weight=config.tv_weight, style_weights=config.style_weights,
+                            tv_weight=config.tv_weight, style_weights=style_weights,
                             style_scale=config.style_scale, edge_pad=config.edge_pad)
         previous_optimizer = optimizer  # (the coarser scale's, for carry_state; None on the first scale)
         optimizer = _make_optimizer(optimizer_name, image, config.lr, lstm_setup, config.basis,
@@ -895,12 +902,15 @@ def stylize(content: Image.Image | torch.Tensor,
         if optimizer_name == "lstm" and not first_scale and config.fine_scale_step != 1:
             for group in _learned_groups(optimizer):
                 group["lr"] *= config.fine_scale_step
-        if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
-                and hasattr(optimizer, "carry_state_from")):
-            optimizer.carry_state_from(previous_optimizer)
         # handoff_finer_lr: a scale the learned optimizer stalled on early (within handoff_finer_within of its
         # steps) was handed off, and Adam runs the finer ones from their start (HANDOFF_FINER_LR above).
         adam_from_start = optimizer_name == "lstm" and handed_off and bool(config.handoff_finer_lr)
+        if (optimizer_name == "lstm" and config.carry_state and previous_optimizer is not None
+                and hasattr(optimizer, "carry_state_from") and not adam_from_start):
+            if not optimizer.carry_state_from(previous_optimizer):  # (it was dropped without a word)
+                fresh = ("carry state: the coarser scale ended with no learned state (Adam after its handoff): "
+                         "the learned optimizer starts this scale fresh")
+                notice = f"{notice}; {fresh}" if notice else fresh
         warmup = None  # after a handoff with handoff_warmup: Adam's rate ramping up
         if adam_from_start:
             optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_finer_lr, config.handoff_warmup)
@@ -996,6 +1006,8 @@ def stylize(content: Image.Image | torch.Tensor,
                     image.clamp_(0, 1)
             final = stopped or (scale_index == last_active and scale_end)
             final_losses = kept_after = None
+            elapsed = time.perf_counter() - start  # (before the final losses' evaluation, outside the budget)
+            stepped_at = scale_index
             if final and (callback is not None or best is not None):
                 final_losses, kept, kept_after = keep_best_image(image, best)
                 if kept:
@@ -1005,7 +1017,6 @@ def stylize(content: Image.Image | torch.Tensor,
                 # (an L-BFGS step counts several evaluations: a multiple of image_every may be passed over)
                 want_image = final or (image_every > 0 and done // image_every > done_before // image_every) or (
                     image_every > 0 and scale_end)  # end of a scale
-                elapsed = time.perf_counter() - start
                 info = StepInfo(step=done, total_steps=config.steps, scale_index=scale_index, n_scales=len(sizes),
                                 size=(height, width), losses=dict(losses_now), elapsed=elapsed,
                                 image=None if not want_image else preview(at_output(image) if final else image),
@@ -1028,12 +1039,16 @@ def stylize(content: Image.Image | torch.Tensor,
     if not finished and (callback is not None or best is not None):
         # A stop seen between steps (or between scales) ended the run after a step that did not know
         # it was the last: its image and losses come now, under the same step count.
+        elapsed = time.perf_counter() - start
         final_losses, kept, kept_after = keep_best_image(image, best)
         if kept:
             notice = f"{notice}; {kept}" if notice else kept
         if callback is not None:
+            # (stopped while the next scale was built, no step ran at it: its image's losses, not the
+            # coarser scale's last step's under this scale's index and size)
+            losses = dict(losses_now) if stepped_at == built_scale else dict(final_losses)
             callback(StepInfo(step=done, total_steps=config.steps, scale_index=built_scale, n_scales=len(sizes),
-                              size=(height, width), losses=dict(losses_now), elapsed=time.perf_counter() - start,
+                              size=(height, width), losses=losses, elapsed=elapsed,
                               image=preview(at_output(image)), notice=notice, loss_seconds=loss_seconds,
                               final_losses=final_losses, kept_after=kept_after))
     return preview(at_output(image))
