@@ -542,6 +542,19 @@ def _error_of(stylist, content, **settings) -> str:
     return caught.value.message
 
 
+def test_the_memory_check_counts_the_style_images(tmp_path, monkeypatch):
+    # The page checked the photo's pixels alone, the CLI the style's too: a machine with just enough
+    # memory for the photo was let run out of it.
+    from artopt.style import engine
+
+    photo = Image.open(web.ASSETS_DIR / "photos" / "chelsea.jpg")
+    short, long = sorted(photo.size)
+    content_only = engine.CPU_BASE_BYTES + engine.CPU_BYTES_PER_PIXEL * 64 * max(1, round(64 * short / long))
+    monkeypatch.setattr(engine, "system_memory", lambda: (content_only + 100, None))
+    message = _error_of(_stylist(tmp_path), str(web.ASSETS_DIR / "photos" / "chelsea.jpg"))
+    assert message.startswith("At 64 px a CPU run needs about"), message
+
+
 def test_a_too_narrow_photo_gets_advice_the_page_can_follow(tmp_path):
     # 25x its height: at least 800 px would do, but this page stops at 256 px
     strip = tmp_path / "strip.png"
