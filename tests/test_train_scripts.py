@@ -142,6 +142,17 @@ def test_a_neural_art_run_records_its_photo_split_and_is_not_resumed_on_another(
     _one_error_line(capsys.readouterr().err, "belongs to a run on another split of the photos in", "photos were added or removed")
 
 
+def test_without_ship_a_run_replaces_nothing_shipped(tmp_path, suite, capsys):
+    # --ship defaulted to weights/: a smoke-sized run replaced the shipped optimizer and its card.
+    shipped = [ROOT / "weights" / f"quadratic.{ext}" for ext in ("safetensors", "json")]
+    before = [p.read_bytes() for p in shipped]
+    args = [a for a in _tiny(tmp_path) if a not in ("--ship", "")]
+    assert "--ship" not in args and suite.main(args) == 0
+    assert [p.read_bytes() for p in shipped] == before
+    assert (tmp_path / "runs" / "quadratic" / "quadratic.safetensors").is_file()  # kept with the run
+    assert "shipped" not in capsys.readouterr().out
+
+
 def test_an_empty_run_name_is_refused_not_read_as_the_suite(tmp_path, suite, capsys):
     # Before: --name '' trained (and shipped) under the suite's name, over that run if there was one.
     with pytest.raises(SystemExit) as done:

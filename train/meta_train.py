@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     add_meta_train_flags(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
-    ap.add_argument("--ship", default=str(ROOT / "weights"), help="folder to copy the best weights to ('' = none)")
+    # (no default folder: a smoke-sized run replaced the shipped weights and their card)
+    ap.add_argument("--ship", default="", help='folder to copy the best weights and their card to when the run ends: "weights" replaces the shipped ones (default: none; they stay in --runs/NAME)')
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the task constructor (JSON value), e.g. labels=[5,6,7,8,9]")
     args = ap.parse_args(argv)

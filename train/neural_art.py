@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(ROOT / "runs"))
-    ap.add_argument("--ship", default=str(ROOT / "weights"))
+    # (no default folder: a smoke-sized run replaced the shipped weights and their card)
+    ap.add_argument("--ship", default="", help='folder to copy the best weights and their card to when the run ends: "weights" replaces the shipped ones (default: none; they stay in --runs/NAME)')
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
