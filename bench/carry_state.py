@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
-from artopt.script_args import script_parser  # noqa: E402
+from artopt.script_args import at_least, check_output_dir, script_parser  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 from fine_scale_step import STEPS, run_all, summarize, val_photos  # noqa: E402  (the runs are that script's, with carry_state)
 
@@ -58,10 +58,11 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     ap.add_argument("what", choices=("val", "test"))
     ap.add_argument("setting", nargs="?", choices=TEST_SETTINGS, help="test: the evaluation's setting")
-    ap.add_argument("--jobs", type=int, default=1, help="runs side by side, 1 thread each (default: %(default)s)")
+    ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "fine_scale_step",
                     help="folder of the per-run files (default: %(default)s)")
     args = ap.parse_args(argv)
+    check_output_dir(ap, "--runs", args.runs)  # (a file there failed after the first runs)
     variants = (DEFAULT, *CANDIDATES)
     val_path = ROOT / "bench" / "results" / "carry_state_val.json"
     if args.what == "val":

@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
-from artopt.script_args import script_parser  # noqa: E402
+from artopt.script_args import at_least, check_output_dir, script_parser  # noqa: E402
 from cli_runs import stylize_totals, write_report  # noqa: E402
 
 SIZE, STEPS = 512, 200
@@ -170,11 +170,12 @@ def main(argv=None) -> int:
     ap = script_parser(__doc__)
     ap.add_argument("mode", choices=("val", "speed", "cli"))
     ap.add_argument("report", nargs="?", type=Path, help="speed: the timed evaluation's JSON")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=at_least(1), default=2)
     ap.add_argument("--runs", type=Path, default=None, help="run cache (default: runs/coarse_share_val or _cli)")
     ap.add_argument("--reuse", action="store_true", help="cli: read a finished run's log instead of running it again")
     args = ap.parse_args(argv)
     args.runs = args.runs or ROOT / "runs" / f"coarse_share_{'cli' if args.mode == 'cli' else 'val'}"
+    check_output_dir(ap, "--runs", args.runs)
     if args.mode == "cli":
         write_report(cli(args), ROOT / "bench" / "results" / "coarse_share_cli.json")
     elif args.mode == "val":
@@ -182,7 +183,12 @@ def main(argv=None) -> int:
     else:
         if args.report is None or not args.report.is_file():
             ap.error("speed needs the timed evaluation's JSON (see the docstring's command)")
-        write_speed(speed(json.loads(args.report.read_text())), args.report, "coarse_share_speed.json")
+        try:
+            report = json.loads(args.report.read_text(encoding="utf-8"))
+            timing = speed(report)
+        except (ValueError, KeyError) as err:  # (a traceback: an empty file, or a report of another run)
+            ap.error(f"{args.report}: not the timed --coarse-share evaluation's JSON ({type(err).__name__}: {err})")
+        write_speed(timing, args.report, "coarse_share_speed.json")
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT / "bench"))
-from artopt.script_args import script_parser  # noqa: E402
+from artopt.script_args import at_least, check_output_dir, script_parser  # noqa: E402
 from cli_runs import write_report  # noqa: E402
 
 CANDIDATES = (0.35, 0.5, 0.7)
@@ -117,10 +117,13 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=("val", "test"))
     ap.add_argument("setting", nargs="?", choices=TEST_SETTINGS, help="test: the evaluation's setting")
     ap.add_argument("--step", type=float, help="test: the step to run besides 1")
-    ap.add_argument("--jobs", type=int, default=1, help="runs side by side, 1 thread each (default: %(default)s)")
+    ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "fine_scale_step",
                     help="folder of the per-run files (default: %(default)s)")
     args = ap.parse_args(argv)
+    check_output_dir(ap, "--runs", args.runs)  # (a file there failed after the first runs)
+    if args.step is not None and not (0 < args.step < float("inf")):  # (refused only when its run started)
+        ap.error(f"--step must be a positive number, got {args.step}")
     if args.what == "val":
         photos = val_photos()
         jobs = [("val", p, size, m, args.runs / f"val-{size}-{m:g}-{p}.json")

@@ -74,6 +74,9 @@ def expect_usage_error(capsys, name: str, argv: list[str], words: str) -> str:
     ("lstm_threads", ["--rounds", "0"]),
     ("lstm_onednn", ["--coords", "1000", "--rounds", "0"]),
     ("lstm_layout", ["--repeats", "0"]),
+    ("coarse_share", ["val", "--jobs", "0"]),  # a ValueError from the process pool
+    ("carry_state", ["val", "--jobs", "0"]),
+    ("fine_scale_step", ["val", "--jobs", "0"]),
 ])
 def test_counts_below_their_minimum_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv):
     expect_usage_error(capsys, name, [*argv, *(["--results", str(tmp_path)] if name == "stylize" else [])],
@@ -132,6 +135,14 @@ def test_an_output_folder_given_for_a_file_is_refused(capsys, no_cli_runs, tmp_p
     ("web_timing", ["--optimizer", "foo"], "no menu entry 'foo'"),
     ("web_timing", ["--content", "/no/such.jpg"], "no such file"),
     ("web_timing", ["--chromium", "/no/such/chromium"], "no such program"),
+    # each was a traceback, some after minutes of runs
+    ("fine_scale_step", ["test", "256-pyramid-on", "--step", "0"], "--step must be a positive number"),
+    ("fine_scale_step", ["val", "--runs", __file__], "is a file; give a folder"),
+    ("carry_state", ["val", "--runs", __file__], "is a file; give a folder"),
+    ("coarse_share", ["val", "--runs", __file__], "is a file; give a folder"),
+    ("coarse_share", ["speed", str(Path(__file__).resolve().parents[1] / "train" / "results" / "neural_art"
+                                   / "256-pyramid-on.json")], "not the timed --coarse-share evaluation's JSON"),
+    ("new_inputs", ["--sizes", "36"], "at 36 px the content image's shorter side is 31 px"),  # after drawing styles
 ])
 def test_bad_inputs_are_refused_before_any_work(capsys, no_cli_runs, tmp_path, name, argv, words):
     extra = {"stylize": ["--results", str(tmp_path)], "task_step_time": ["--repeats", "1"]}.get(name, [])
