@@ -111,8 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--save-every", type=int, default=0, metavar="N",
                     help="also save the image every N steps as OUT_stepN.ext (default: off)")
     st.add_argument("--log-json", metavar="FILE",
-                    help="write per-step losses (of the image before each step's update), the output's own "
-                    "(final_losses) and wall time, plus the settings, to FILE")
+                    help="write per-step losses (of the image before each step's update; for lbfgs, of its line "
+                    "search's last point, one record per iteration), the output's own (final_losses) and wall "
+                    "time, plus the settings, to FILE ('-': standard output)")
     st.add_argument("--no-clobber", action="store_true",
                     help="refuse to run if the output, the --log-json file or an OUT_stepN.ext already exists")
     st.add_argument("--quiet", action="store_true", help="no progress bar or notices")
@@ -389,7 +390,9 @@ def _stylize(args: argparse.Namespace) -> int:
     _check_output_path(output, args.no_clobber)  # the --save-every images go beside it: checked too
     if args.log_json is not None and not args.log_json.strip():
         raise CLIError("--log-json needs a file name")
-    log_path = Path(args.log_json) if args.log_json is not None else None
+    # "-": standard output, as the convention goes (it made a file named "-")
+    log_to_stdout = args.log_json == "-"
+    log_path = Path(args.log_json) if args.log_json is not None and not log_to_stdout else None
     if log_path is not None:
         _check_writable_file(log_path, args.no_clobber)
     if args.save_every < 0:
@@ -539,7 +542,7 @@ def _stylize(args: argparse.Namespace) -> int:
             if fallback is not None:
                 Path(fallback).unlink(missing_ok=True)
             raise exc from None
-    if log_path is not None:
+    if log_path is not None or log_to_stdout:
         settings = dataclasses.asdict(config)
         settings.update(resolved_optimizer=optimizer,
                         resolved_lr=resolve_lr(optimizer, config.lr, config.lstm_weights, config.basis,
@@ -555,7 +558,10 @@ def _stylize(args: argparse.Namespace) -> int:
         # Whole or not at all, as the image: on a full disk, writing in place left half a JSON file
         # where the last run's log had been.
         try:
-            write_text_atomic(log_path, text)
+            if log_to_stdout:
+                print(text, flush=True)  # (every message goes to stderr: stdout holds the log alone)
+            else:
+                write_text_atomic(log_path, text)
         except OSError as exc:
             kept = _save_elsewhere(text, log_path)
             raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc})"
@@ -565,7 +571,8 @@ def _stylize(args: argparse.Namespace) -> int:
         raise CLIError(f"{failed_save}; the image was saved to {output} instead")
     if not args.quiet:
         print(f"wrote {output}" + (" (stopped early)" if stop_requested else ""), file=sys.stderr)
-    return 0
+    # Saved, but cut short: 130 as for any Ctrl-C (0 let `artopt stylize ... && publish` publish it)
+    return 130 if stop_requested else 0
 
 
 def main(argv: list[str] | None = None) -> int:

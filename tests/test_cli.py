@@ -132,7 +132,7 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, make_args, message):
 
 
 @pytest.mark.parametrize("device, message", [
-    ("cuda:1", "device 'cuda' requested but no CUDA GPU is available"),  # argparse's choices refused cuda:N
+    ("cuda:1", "device 'cuda:1' requested but no CUDA GPU is available"),  # argparse's choices refused cuda:N
     ("CUDA", "device 'cuda' requested but no CUDA GPU is available"),
     ("gpu", "--device must be one of auto, cpu, cuda, mps (or cuda:N), got 'gpu'"),
 ])
@@ -885,8 +885,9 @@ def test_a_ctrl_c_logs_each_step_once_and_the_outputs_losses(tmp_path, monkeypat
 
     monkeypatch.setattr(engine, "stylize", interrupted)
     out, log = tmp_path / "o.png", tmp_path / "log.json"
+    # saved, and 130 as for any Ctrl-C: 0 let `artopt stylize ... && publish` publish a cut-short image
     assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--log-json", str(log),
-                 "--optimizer", "adam", *[a if a != "3" else "20" for a in FAST]]) == 0
+                 "--optimizer", "adam", *[a if a != "3" else "20" for a in FAST]]) == 130
     record = json.loads(log.read_text())
     assert record["stopped_early"] and [s["step"] for s in record["steps"]] == [1, 2]
     assert record["final_losses"]["total"] is not None and out.is_file()
@@ -968,3 +969,17 @@ def test_without_quiet_the_run_draws_its_progress_bar_and_notices(tmp_path, caps
     assert out == ""  # the bar and the notices go to stderr: stdout stays a script's
     assert "3/3" in err and "loss=" in err and "scale=1/1" in err, err
     assert "efficientnet-lite0" in err  # the first step's notice (how the run was set up), written beside the bar
+
+
+def test_log_json_dash_is_standard_output(tmp_path, capsys, monkeypatch):
+    # It made a file named "-" in the current folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "o.png"), "--log-json", "-", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "-").exists() and json.loads(out)["settings"]["output_path"] == str(tmp_path / "o.png")
+
+
+def test_an_empty_image_path_is_named_as_such(tmp_path, capsys):
+    # It said ": is a folder, not an image" (Path("") is the current folder).
+    assert main(["stylize", "", str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 2
+    assert "an empty file name was given for an image" in capsys.readouterr().err

@@ -374,7 +374,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:  # e.g. "cuda:x"
         raise ValueError(f"not a device: {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' requested but Apple MPS is not available")
     return dev

@@ -63,6 +63,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
+        if not os.fspath(source).strip():  # (Path("") is the current folder: "is a folder, not an image")
+            raise ImageError("an empty file name was given for an image")
         path = source = Path(source)
         if not path.exists():
             raise ImageError(f"{label}: file not found")
