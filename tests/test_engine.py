@@ -1223,3 +1223,14 @@ def test_carry_state_says_when_the_coarser_scale_ended_with_adam(monkeypatch):
     notices = " ".join(i.notice or "" for i in infos)
     assert "handed" in notices or "handoff" in notices, notices
     assert "carry state: the coarser scale ended with no learned state" in notices, notices
+
+
+@pytest.mark.parametrize("overrides, said", [
+    ({"size": 64, "pyramid": True}, "pyramid: one scale at this size"),
+    ({"carry_state": True}, "carry state is for lstm only: not used"),
+    ({"style_scale": 0.1}, "the style is 32 px at every scale"),
+])
+def test_settings_that_change_nothing_here_are_said(overrides, said):
+    # Each was ignored without a word (--coarse-share and --adam-levels already said so).
+    _, infos = _run(_config(steps=1, **overrides))
+    assert said in (infos[0].notice or ""), infos[0].notice

@@ -795,6 +795,14 @@ def stylize(content: Image.Image | torch.Tensor,
                    f"the shorter side would be under the {loss_net.min_size} px {loss_net.name} needs")
     if config.coarse_share is not None and len(sizes) == 1:
         notice += f" (coarse share {config.coarse_share:g} is for coarse-to-fine runs: this one has one scale)"
+    if config.pyramid is True and len(planned) == 1:  # (it was ignored without a word)
+        notice += f" (pyramid: one scale at this size; coarse-to-fine starts at {2 * PYRAMID_MIN_COARSE} px)"
+    if config.carry_state and optimizer_name != "lstm":
+        notice += " (carry state is for lstm only: not used)"
+    if config.style_scale is not None and round(config.size * config.style_scale) < loss_net.min_size:
+        # the style never gets smaller than the network's least side: smaller scales all give this run
+        notice += (f" (style scale {config.style_scale:g}: the style is {loss_net.min_size} px at every scale, "
+                   f"{loss_net.name}'s least, so a smaller style scale changes nothing at this size)")
     if config.adam_levels and optimizer_name != "lstm":
         notice += f" (adam levels {config.adam_levels} is for lstm only: not used)"
     elif config.adam_levels and len(sizes) == 1:
