@@ -507,7 +507,8 @@ def _stylize(args: argparse.Namespace) -> int:
         if args.save_every and info.image is not None and info.kept_after is None \
                 and info.step // args.save_every > previous // args.save_every:
             try:
-                save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"))
+                save_image(info.image, output.with_name(f"{output.stem}_step{info.step}{output.suffix}"),
+                           exclusive=args.no_clobber)
             except ImageError as exc:  # e.g. a full disk: the run, and its final image, go on
                 (bar.write if bar is not None else print)(f"artopt: warning: {exc}", file=sys.stderr)
 
@@ -530,7 +531,8 @@ def _stylize(args: argparse.Namespace) -> int:
             bar.close()
     failed_save = None
     try:
-        save_image(result, output)
+        # --no-clobber: also a file that appeared during the run (another run's) is not replaced
+        save_image(result, output, exclusive=args.no_clobber)
     except ImageError as exc:
         # The run's work is not thrown away: the image goes to a temporary file, which the error names.
         failed_save, fallback = exc, None
@@ -561,7 +563,7 @@ def _stylize(args: argparse.Namespace) -> int:
             if log_to_stdout:
                 print(text, flush=True)  # (every message goes to stderr: stdout holds the log alone)
             else:
-                write_text_atomic(log_path, text)
+                write_text_atomic(log_path, text, exclusive=args.no_clobber)
         except OSError as exc:
             kept = _save_elsewhere(text, log_path)
             raise CLIError(f"--log-json {log_path}: cannot write it ({exc.strerror or exc})"

@@ -4,6 +4,7 @@ two processes from updating one shared file at once."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -63,13 +64,29 @@ def is_special_file(path: str | os.PathLike) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
-def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def _place_new(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` only where no file has it: a hard link fails on an existing name
+    (a rename would replace it)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "a file of that name appeared during the run", str(target)) from None
+    except OSError:  # no hard links on this file system: the check and the rename are two steps
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "a file of that name appeared during the run", str(target)) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+def replace_file(path: str | os.PathLike, write: Callable[[Path], None], exclusive: bool = False) -> None:
     """Have ``write(p)`` write the file's contents to ``p``, then put them at ``path`` in one rename.
 
     As a shell's ``>``: through a symbolic link to its target; a replaced file keeps its permissions,
     a new one gets those the umask gives; a special file (``is_special_file``) is written in place.
     On any failure (a full disk, Ctrl-C, a power cut) the temporary file, which has a name of its own
-    beside the target, is removed and the old file stays as it was."""
+    beside the target, is removed and the old file stays as it was.  ``exclusive``: never replace a file
+    (FileExistsError where one appeared meanwhile, e.g. another run's under --no-clobber)."""
     if is_special_file(path):
         write(Path(path))
         return
@@ -94,7 +111,10 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             os.close(fd)
         if kept_mode is not None:
             os.chmod(tmp, kept_mode)
-        os.replace(tmp, target)
+        if exclusive:
+            _place_new(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

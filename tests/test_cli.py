@@ -983,3 +983,27 @@ def test_an_empty_image_path_is_named_as_such(tmp_path, capsys):
     # It said ": is a folder, not an image" (Path("") is the current folder).
     assert main(["stylize", "", str(STYLE), "-o", str(tmp_path / "o.png"), *FAST]) == 2
     assert "an empty file name was given for an image" in capsys.readouterr().err
+
+
+def test_no_clobber_keeps_a_file_that_appeared_during_the_run(tmp_path, monkeypatch, capsys):
+    # Checked only when the run started: another run's output made meanwhile was replaced.
+    from artopt.style import engine
+
+    out = tmp_path / "o.png"
+    real = engine.stylize
+
+    def another_run_finishes_first(*args, **kwargs):
+        result = real(*args, **kwargs)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(out)
+        return result
+
+    monkeypatch.setattr(engine, "stylize", another_run_finishes_first)
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the run's own image goes
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(out), "--no-clobber", *FAST]) == 2
+    assert Image.open(out).size == (8, 8)  # the other run's image stays
+    err = capsys.readouterr().err
+    assert "appeared during the run" in err and "the image was saved to" in err, err
+    assert len(list((tmp_path / "tmp").glob("artopt-o-*.png"))) == 1  # nothing the user made is lost

@@ -125,3 +125,13 @@ print("ok")
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
     assert (tmp_path / "out.png").is_file()
+
+
+def test_an_exclusive_write_never_replaces_a_file_that_appeared(tmp_path):
+    # --no-clobber was checked when a run started only: another run's file made meanwhile was replaced.
+    target = tmp_path / "out.txt"
+    replace_file(target, _write("first"), exclusive=True)
+    assert target.read_text() == "first"
+    with pytest.raises(FileExistsError):
+        replace_file(target, _write("second"), exclusive=True)
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

@@ -56,10 +56,11 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str, exclusive: bool = False) -> None:
     """Write ``text`` whole or not at all (a temporary file, then a rename; nothing left behind on
-    failure), as a shell's > does (``artopt.file_writes.replace_file``)."""
-    replace_file(path, lambda p: p.write_text(text, encoding="utf-8"))
+    failure), as a shell's > does (``artopt.file_writes.replace_file``; ``exclusive``: never over an
+    existing file)."""
+    replace_file(path, lambda p: p.write_text(text, encoding="utf-8"), exclusive=exclusive)
 
 
 def _read_metadata(path: Path) -> dict:

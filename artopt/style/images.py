@@ -204,8 +204,10 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, quality: int = 95) -> Path:
-    """Write ``image`` as PNG or JPEG according to the extension of ``path``."""
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, quality: int = 95,
+               exclusive: bool = False) -> Path:
+    """Write ``image`` as PNG or JPEG according to the extension of ``path`` (``exclusive``: never over an
+    existing file, ``replace_file``'s)."""
     path = Path(path)
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -219,7 +221,7 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, *, qu
     options = {"quality": quality} if fmt == "JPEG" else {}
     # A temporary file first, so that a failed write never leaves a half-written file (replace_file)
     try:
-        replace_file(path, lambda p: image.save(p, format=fmt, **options))
+        replace_file(path, lambda p: image.save(p, format=fmt, **options), exclusive=exclusive)
     except OSError as exc:
         # the reason alone: the OSError names the temporary file, which the user never asked for
         raise ImageError(f"{path}: cannot write image ({exc.strerror or exc})") from None
