@@ -314,7 +314,8 @@ def _save_elsewhere(text: str, path: Path) -> str | None:
 
 def _step_image_pattern(output: Path) -> re.Pattern:
     """Names of the OUT_stepN.ext intermediates --save-every writes beside ``output``."""
-    return re.compile(re.escape(output.stem) + r"_step\d+" + re.escape(output.suffix) + "$")
+    # (a step number has no leading zero: OUT_step02 is never written, so a photo of that name is safe)
+    return re.compile(re.escape(output.stem) + r"_step[1-9]\d*" + re.escape(output.suffix) + "$")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -346,12 +347,13 @@ def _refuse_overwriting(outputs: dict[str, Path], inputs: dict[str, Path], step_
         existing = [e for e in folder.iterdir() if pattern.match(e.name)] if folder.is_dir() else []
         for name, path in [*inputs.items(), *outputs.items()]:
             target = path.resolve()
+            # (the log's clash is its name's to change; the output's name sets the step images')
+            hint = "choose another --log-json name" if name == "--log-json file" else "choose another output name"
             if pattern.match(target.name) and target.parent == folder.resolve():
-                raise CLIError(f"--save-every would write {target.name} over the {name}; choose another output name")
+                raise CLIError(f"--save-every would write {target.name} over the {name}; {hint}")
             for entry in existing:
                 if _same_file(entry, path):
-                    raise CLIError(f"--save-every would write {entry.name} over the {name}; "
-                                   f"choose another output name")
+                    raise CLIError(f"--save-every would write {entry.name} over the {name}; {hint}")
 
 
 def _finite_or_none(value):

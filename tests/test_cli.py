@@ -1007,3 +1007,14 @@ def test_no_clobber_keeps_a_file_that_appeared_during_the_run(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "appeared during the run" in err and "the image was saved to" in err, err
     assert len(list((tmp_path / "tmp").glob("artopt-o-*.png"))) == 1  # nothing the user made is lost
+
+
+def test_save_every_refuses_only_the_names_it_writes(tmp_path, capsys):
+    # A photo named o_step02.jpg was refused (step images have no leading zero), and a clash with the
+    # log told the user to rename the output.
+    photo = tmp_path / "o_step02.jpg"
+    photo.write_bytes(PHOTO.read_bytes())
+    assert main(["stylize", str(photo), str(STYLE), "-o", str(tmp_path / "o.jpg"), "--save-every", "2", *FAST]) == 0
+    assert main(["stylize", str(PHOTO), str(STYLE), "-o", str(tmp_path / "p.png"), "--save-every", "2",
+                 "--log-json", str(tmp_path / "p_step2.png"), *FAST]) == 2
+    assert "over the --log-json file; choose another --log-json name" in capsys.readouterr().err
