@@ -67,13 +67,14 @@ def is_special_file(path: str | os.PathLike) -> bool:
 def _place_new(tmp: Path, target: Path) -> None:
     """Give ``tmp`` the name ``target`` only where no file has it: a hard link fails on an existing name
     (a rename would replace it)."""
+    appeared = FileExistsError(errno.EEXIST, "a file of that name appeared during the run", str(target))
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise FileExistsError(errno.EEXIST, "a file of that name appeared during the run", str(target)) from None
+        raise appeared from None
     except OSError:  # no hard links on this file system: the check and the rename are two steps
         if target.exists():
-            raise FileExistsError(errno.EEXIST, "a file of that name appeared during the run", str(target)) from None
+            raise appeared from None
         os.replace(tmp, target)
         return
     tmp.unlink()

@@ -424,15 +424,15 @@ class _Stylist:
                 raise _user_error("Every style image has blend weight 0: raise at least one weight above 0.",
                                   "Missing style")
             raise _user_error("Add a style image first (upload one or click a preset).", "Missing style")
+        base = StylizeConfig()
         if str(self.device).startswith("cpu"):  # past the server's RAM the kernel would kill it, and every run
             # (the styles too: each passes through the loss network at the output's scale)
             too_big, _ = cpu_memory_problem((content_img.height, content_img.width), size, "output size",
                                             style_hws=[(s.height, s.width) for s in styles],
-                                            style_scale=StylizeConfig().style_scale)
+                                            style_scale=base.style_scale)
             if too_big:
                 raise _user_error(too_big[0].upper() + too_big[1:] + ".", "Output too large")
 
-        base = StylizeConfig()
         config = replace(
             base,
             size=size,
