@@ -153,8 +153,30 @@ def add_run_flags(ap, name: str, style: bool = True, size: bool = True, photos: 
                     % name)
     ap.add_argument("--reuse", action="store_true",
                     help="read a run's log from --out when it is there (and has this run's settings)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / f"{name}.json",
-                    help="the report (default: bench/results/%s.json, the committed one)" % name)
+    ap.add_argument("--json", type=Path, help="the report (default: bench/results/%s.json, the committed one, "
+                    "for a run at the default settings; a run at others must name its own)" % name)
+    ap.set_defaults(default_report=ROOT / "bench" / "results" / f"{name}.json")
+
+
+# flags that say where a benchmark's files go, or how it runs them, not what its report holds
+NOT_VARIANT = frozenset({"json", "out", "runs", "reuse", "jobs", "default_report"})
+
+
+def report_path(ap, args, default: Path | None = None, exempt: tuple[str, ...] = ()) -> Path:
+    """``--json`` as given, else ``default`` (``args.default_report`` unless given), the committed report,
+    but only for a run at the benchmark's default settings: a variant (another --size, --basis, ...)
+    would replace that report with its own runs, so it must name its report (a usage error says so).
+    ``exempt``: more flags' dests that do not change what the report holds."""
+    if args.json is not None:
+        return args.json
+    default = args.default_report if default is None else default
+    changed = ["--" + dest.replace("_", "-") for dest, value in vars(args).items()
+               if dest not in NOT_VARIANT and dest not in exempt and value != ap.get_default(dest)]
+    if changed:
+        shown = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+        ap.error(f"{', '.join(changed)} make{'s' if len(changed) == 1 else ''} this run a variant of the "
+                 f"committed report {shown}: name its own report with --json PATH")
+    return default
 
 
 def check_sizes(ap, flag: str, sizes: list[int]) -> None:
@@ -178,6 +200,7 @@ def check_run_flags(ap, args, sizes: list[int] | None = None) -> None:
     if getattr(args, "style", None) is not None:
         check_names(ap, "--style", [args.style], ROOT / "assets" / "styles")
     check_output_dir(ap, "--out", args.out)
+    args.json = report_path(ap, args)
     check_output_file(ap, "--json", args.json)
     inputs = [("--photos", ROOT / "assets" / "photos" / f"{p}.jpg") for p in args.photos]
     if getattr(args, "style", None) is not None:

@@ -66,7 +66,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, STYLIZE_LR_MULTISCALE  # noqa: E402
-from cli_runs import write_report  # noqa: E402
+from cli_runs import report_path, write_report  # noqa: E402
 from fine_scale_step import RESULTS, ROOT, STEPS, committed_settings, run_all, summarize, val_photos  # noqa: E402
 
 PHOTOS = 4
@@ -99,10 +99,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr must be positive, got {args.lr}")
-    if args.json is None:
-        args.json = (RESULTS / f"ablation-handoff-lr{args.lr:g}{f'-w{args.warmup}' if args.warmup else ''}.json"
-                     if args.what == "test"
-                     else ROOT / "bench" / "results" / "handoff_probe.json")
+    if args.json is None and args.what == "test":  # (its name says what it ran)
+        args.json = RESULTS / f"ablation-handoff-lr{args.lr:g}{f'-w{args.warmup}' if args.warmup else ''}.json"
+    elif args.json is None:
+        args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_probe.json", exempt=("what",))
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "test":

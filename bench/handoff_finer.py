@@ -85,7 +85,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
 from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
-from cli_runs import write_report  # noqa: E402
+from cli_runs import report_path, write_report  # noqa: E402
 from fine_scale_step import RESULTS, ROOT, STEPS, committed_settings, run_all, summarize, val_photos  # noqa: E402
 
 PHOTOS = 4
@@ -151,10 +151,11 @@ def main(argv=None) -> int:
         ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
     if args.runs is None:
         args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else RUNS
-    if args.json is None:
+    if args.json is None and args.what == "probe":  # (test's and when's names say what they ran)
+        args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_finer_probe.json", exempt=("what",))
+    elif args.json is None:
         within = "" if args.within >= 1 else f"-within{args.within:g}"
-        args.json = {"test": RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json",
-                     "when": WHEN_JSON}.get(args.what, ROOT / "bench" / "results" / "handoff_finer_probe.json")
+        args.json = {"test": RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json", "when": WHEN_JSON}[args.what]
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "when":

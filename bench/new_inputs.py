@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import check_output_dir, check_output_file, check_photo_sizes, positive_int, script_parser  # noqa: E402
-from cli_runs import add_run_flags, check_sizes, stylize_totals, write_report  # noqa: E402
+from cli_runs import add_run_flags, check_sizes, report_path, stylize_totals, write_report  # noqa: E402
 
 STYLE_SIDE = 512
 
@@ -81,6 +81,7 @@ def parse_with_photo(ap, argv) -> tuple:
         ap.error("matplotlib's sample photo grace_hopper.jpg is not installed (pip install matplotlib)")
     check_photo_sizes(ap, [photo], args.sizes)  # (said before any run, not when its run failed)
     check_output_dir(ap, "--out", args.out)
+    args.json = report_path(ap, args)
     check_output_file(ap, "--json", args.json)
     return args, photo
 

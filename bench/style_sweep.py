@@ -37,7 +37,6 @@ def main(argv=None) -> int:
     ap.add_argument("--handoff-finer-lr", type=float, help="also run the LSTM with this --handoff-finer-lr")
     ap.add_argument("--handoff-finer-within", type=float, help="and this --handoff-finer-within")
     args = ap.parse_args(argv)
-    check_run_flags(ap, args)
     if args.handoff_lr is not None and not 0 < args.handoff_lr < float("inf"):
         ap.error(f"--handoff-lr must be positive, got {args.handoff_lr}")
     if args.handoff_finer_lr is not None and not 0 < args.handoff_finer_lr < float("inf"):
@@ -47,6 +46,7 @@ def main(argv=None) -> int:
     if args.handoff_finer_within is not None and (args.handoff_finer_lr is None
                                                   or not 0 <= args.handoff_finer_within <= 1):
         ap.error("--handoff-finer-within needs --handoff-finer-lr and is a fraction between 0 and 1")
+    check_run_flags(ap, args)  # (after the values: a bad one is said before a missing --json)
     variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
     if args.handoff_lr is not None:
         variants["lstm"] += ["--handoff-lr", "0"]

@@ -185,6 +185,50 @@ def test_a_benchmark_output_may_not_name_its_inputs_or_another_output(capsys, no
     assert {k: p.read_bytes() for k, p in paths.items() if p.exists()} == before
 
 
+@pytest.mark.parametrize("name, argv, flags, report", [
+    ("style_sweep", ["--size", "512"], "--size makes", "style_sweep.json"),
+    ("style_sweep", ["--handoff-lr", "0.0009", "--handoff-warmup", "10"], "--handoff-lr, --handoff-warmup make",
+     "style_sweep.json"),
+    ("adam_rates", ["--basis", "multiscale", "--reuse"], "--basis makes", "adam_rates.json"),
+    ("sizes", ["--sizes", "96"], "--sizes makes", "sizes.json"),
+    ("new_inputs", ["--sizes", "256"], "--sizes makes", "new_inputs.json"),
+    ("long_runs", ["--photos", "chelsea"], "--photos makes", "long_runs.json"),
+    ("user_options", ["--size", "512"], "--size makes", "user_options.json"),
+    ("handoff", ["--lr", "0.0009"], "--lr makes", "handoff_probe.json"),
+    ("handoff", ["--no-pyramid", "--sizes", "256"], "--sizes, --no-pyramid make", "handoff_probe.json"),
+    ("handoff_finer", ["probe", "--first-photo", "4"], "--first-photo makes", "handoff_finer_probe.json"),
+])
+def test_a_variant_run_must_name_its_report(capsys, no_cli_runs, tmp_path, name, argv, flags, report):
+    """A run at other settings than the default wrote over the committed report of the default run
+    (style_sweep --size 512 over style_sweep.json)."""
+    committed = ROOT / "bench" / "results" / report
+    before = committed.read_bytes()
+    expect_usage_error(capsys, name, [*argv, "--out", str(tmp_path / "runs")] if name not in ("handoff", "handoff_finer")
+                       else [*argv, "--runs", str(tmp_path / "runs")],
+                       f"{flags} this run a variant of the committed report bench/results/{report}: name its own "
+                       "report with --json PATH")
+    assert committed.read_bytes() == before
+
+
+def test_the_default_settings_write_the_committed_report_and_a_named_one_goes_where_it_is_named(tmp_path):
+    from artopt.script_args import script_parser
+
+    load("cli_runs")
+    import cli_runs
+
+    ap = script_parser("x")
+    cli_runs.add_run_flags(ap, "style_sweep", style=False)
+    ap.add_argument("--jobs", type=int, default=1)
+    default = ROOT / "bench" / "results" / "style_sweep.json"
+    # where files go and how many run at once do not make a variant
+    args = ap.parse_args(["--out", str(tmp_path), "--reuse", "--jobs", "2", "--photos", "chelsea", "rocket"])
+    assert cli_runs.report_path(ap, args) == default
+    args = ap.parse_args(["--size", "512", "--json", str(tmp_path / "r.json")])
+    assert cli_runs.report_path(ap, args) == tmp_path / "r.json"
+    args = ap.parse_args(["--size", "512"])
+    assert cli_runs.report_path(ap, args, tmp_path / "other.json", exempt=("size",)) == tmp_path / "other.json"
+
+
 def test_artopt_bench_passes_the_scripts_usage_errors_on(capsys):
     from artopt.cli import main
 
