@@ -261,3 +261,60 @@ def test_an_eps_is_not_handed_to_ghostscript():
            b"newpath 0 0 moveto 64 0 lineto 64 64 lineto closepath fill\nshowpage\n%%EOF\n")
     with pytest.raises(ImageError, match="not an image file"):
         load_image(eps)
+
+
+def _matrix_profile(gamma: float, description: str) -> bytes:
+    """A minimal ICC v2 RGB display profile: sRGB's primaries (D50-adapted, as sRGB profiles hold them)
+    with one power-law tone curve, made here since no non-sRGB profile ships with Pillow."""
+    import struct
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x, y, z) -> bytes:
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"cprt", b"text" + bytes(4) + b"none\0"),
+            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(4 * 4 + 8 + 4) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4 + 16 + 28))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def _tagged(value: int, icc: bytes | None, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (40, 40), (value,) * len(mode)).save(buf, format=fmt, icc_profile=icc)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_embedded_colour_profile_is_converted_to_srgb(fmt):
+    """A photo tagged with another profile than sRGB (a phone's Display P3, Adobe RGB) was read as if
+    its values were sRGB's."""
+    from PIL import ImageCms
+
+    linear = _matrix_profile(1.0, "linear RGB")  # sRGB's primaries, no tone curve: 128 of 255 is sRGB's ~188
+    assert ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(linear))).strip() == "linear RGB"
+    got = np.asarray(load_image(_tagged(128, linear, fmt)), dtype=int)
+    assert abs(got - 188).max() <= 3 and "icc_profile" not in load_image(_tagged(128, linear, fmt)).info
+    rgba = load_image(_tagged(128, linear, "PNG", "RGBA"))  # alpha 128 over white after the conversion
+    assert abs(np.asarray(rgba, dtype=int) - round((188 * 128 + 255 * 127) / 255)).max() <= 3
+    # sRGB, no profile, a damaged one, or one of another colour space: the values as they are
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb, None, linear[:200], b"not a profile"):
+        assert (np.asarray(load_image(_tagged(128, icc, fmt))) == 128).all()
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    assert (np.asarray(load_image(_tagged(128, lab, "PNG"))) == 128).all()
+    # a CMYK photo whose profile is not a CMYK one: converted as without a profile
+    untagged = np.asarray(load_image(_tagged(60, None, "JPEG", "CMYK")))
+    assert (np.asarray(load_image(_tagged(60, linear, "JPEG", "CMYK"))) == untagged).all()

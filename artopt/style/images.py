@@ -1,7 +1,8 @@
 """Reading, converting and writing images, with clear errors for anything unusable.
 
 ``load_image`` accepts a path, raw bytes or a binary file object and always returns an RGB
-``PIL.Image`` with its EXIF orientation applied.  Grayscale, palette, RGBA/LA (composited on
+``PIL.Image`` with its EXIF orientation applied, in sRGB (an embedded colour profile other than sRGB,
+such as a phone's Display P3, is converted from).  Grayscale, palette, RGBA/LA (composited on
 white), CMYK and 16-bit images are converted; decompression bombs, non-images, truncated files and
 images below ``min_size`` are refused with an :class:`ImageError`.
 """
@@ -16,7 +17,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from artopt.file_writes import replace_file
 
@@ -104,6 +105,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"{label}: cannot decode image ({exc})") from None
         sixteen_bit = image.format in SIXTEEN_BIT_I_FORMATS  # (the transpose below drops .format)
         image = _apply_exif_orientation(image)
+        image = to_srgb(image)
         image = to_rgb(image, sixteen_bit=sixteen_bit)
     finally:
         if opened is not None:
@@ -140,6 +142,37 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 # Formats whose 32-bit integer ("I") images hold 16-bit samples on 0-65535: Pillow scales a PGM's
 # maxval to 65535, and a PNG has no deeper grey.  Elsewhere the range is guessed from the values.
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+
+
+# The modes whose embedded profile is converted, and the colour space that profile must describe.
+PROFILE_SPACES = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """``image`` converted from its embedded ICC profile to sRGB, as a viewer shows it (a CMYK image
+    becomes RGB).  The loss network and every output assume sRGB: without this a Display P3 photo
+    came out duller and an Adobe RGB one shifted.  Unchanged where there is no profile, an sRGB one
+    (by its description: an sRGB-to-sRGB transform would move values by a level for nothing), one
+    that does not fit the mode (a grey profile, 16-bit samples), or one that cannot be read (the
+    pixels as they are, as most viewers show them)."""
+    icc = image.info.get("icc_profile")
+    space = PROFILE_SPACES.get(image.mode)
+    if not icc or space is None or "transparency" in image.info:  # (a colour key names unconverted values)
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != space or "srgb" in profile.profile.profile_description.lower():
+            return image
+        converted = ImageCms.profileToProfile(image, profile, _srgb_profile(),
+                                              outputMode="RGBA" if image.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image
+    converted.info = {k: v for k, v in image.info.items() if k != "icc_profile"}
+    return converted
+
+
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
