@@ -102,8 +102,9 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     if settings.get("adam_levels") and "--adam-levels" not in flags:  # (a log from before the option had none)
         print(f"not reusing {log}: Adam stepped its {settings['adam_levels']} finest basis level(s)", flush=True)
         return False
-    styles = [Path(s) for s in settings.get("style_paths", [])]
-    if Path(settings.get("content_path", "")) != content or styles != [style]:
+    logged = [settings.get("content_path", ""), *settings.get("style_paths", [])]
+    if len(logged) != 2 or not all(_same_file(Path(a), b) for a, b in zip(logged, (content, style))):
+        print(f"not reusing {log}: it is of other images ({', '.join(map(str, logged))})", flush=True)
         return False
     for flag, value in _flag_values(flags):
         key = flag[2:].replace("-", "_")
@@ -119,6 +120,15 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
             print(f"not reusing {log}: it has {flag} {have}, not {value}", flush=True)
             return False
     return True
+
+
+def _same_file(logged: Path, path: Path) -> bool:
+    """Whether a log's image path is ``path``: the same file however spelt (relative, through a link), or
+    a file of the same bytes (a log made in another checkout, or before the folder was moved)."""
+    try:
+        return logged.resolve() == path.resolve() or logged.read_bytes() == path.read_bytes()
+    except OSError:
+        return False
 
 
 def _flag_values(flags: list[str]) -> list[tuple[str, str | None]]:

@@ -307,6 +307,32 @@ def test_reuse_reads_only_a_log_of_the_same_settings(monkeypatch, tmp_path):
     assert len(calls) == 1 and run["settings"]["size"] == 64
 
 
+def test_reuse_reads_a_log_of_the_same_images_however_their_paths_are_spelt(monkeypatch, tmp_path, capsys):
+    """A log whose image paths were spelt otherwise (through '..', or in another checkout) was rerun
+    without a word."""
+    cli_runs = load("cli_runs")
+    photos, styles = ROOT / "assets" / "photos", ROOT / "assets" / "styles"
+    content, style = photos / "chelsea.jpg", styles / "woman_with_a_hat.jpg"
+    elsewhere = tmp_path / "other_checkout"
+    elsewhere.mkdir()
+    shutil.copy(style, elsewhere / "woman_with_a_hat.jpg")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        _fake_log(Path(cmd[cmd.index("--log-json") + 1]), content, style, 128)
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(cli_runs.subprocess, "run", fake_run)
+    flags = ["--size", "128", "--optimizer", "lstm"]
+    _fake_log(tmp_path / "run.json", photos / ".." / "photos" / "chelsea.jpg", elsewhere / "woman_with_a_hat.jpg", 128)
+    cli_runs.stylize_totals(content, style, flags, tmp_path, "run", reuse=True)
+    assert calls == []
+    _fake_log(tmp_path / "run.json", photos / "rocket.jpg", style, 128)  # another photo: run again, and said
+    cli_runs.stylize_totals(content, style, flags, tmp_path, "run", reuse=True)
+    assert len(calls) == 1 and "it is of other images" in capsys.readouterr().out
+
+
 def test_reuse_tells_a_switch_from_a_flag_with_a_value(tmp_path):
     """--keep-colors takes no value: a log is reused for it only where the run kept the colours, and
     the flags after it still pair up."""
