@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -1191,3 +1192,34 @@ def test_run_episode_meta_gradient_is_the_first_order_one():
     total.backward()
     for got, p in zip(seen["grads"], nets.parameters()):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_helper_whose_main_process_died_during_an_episode_logs_nothing(tmp_path, monkeypatch):
+    """A helper finishing an episode after its main process was killed wrote the episode into the
+    log, which a run restarted since appends to."""
+    import multiprocessing
+
+    from artopt.outer_trainers import truncated_bptt as tb
+
+    ctx = multiprocessing.get_context("spawn")  # (only its shared values; nothing is started)
+    episodes, claimed = ctx.Value("i", 0), ctx.Value("i", 0)
+    stop, ready = ctx.Event(), ctx.Semaphore(0)
+    parent = {"pid": os.getppid()}
+    monkeypatch.setattr(tb.signal, "signal", lambda *a: None)  # (this is pytest's process, not a helper)
+    monkeypatch.setattr(tb.os, "getppid", lambda: parent["pid"])
+    monkeypatch.setattr(tb, "sample_problems", lambda *a, **k: None)
+    trained = []
+
+    def episode(*args):
+        trained.append(1)
+        if len(trained) == 2:  # the main process is killed during the second episode
+            parent["pid"] = 1
+        return [2.0, 1.0]
+
+    monkeypatch.setattr(tb, "_training_episode", episode)
+    log = tmp_path / "run.log.jsonl"
+    nets = nn.ModuleDict({"default": LSTMOptimizerNet()})
+    config = MetaTrainConfig(episodes=5)
+    tb._helper_main(1, None, nets, config, 0.0, episodes, claimed, stop, ready, str(log), 1, os.getppid())
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(trained) == 2 and [e["episode"] for e in lines] == [1] and episodes.value == 1
