@@ -401,14 +401,14 @@ def test_trained_coarsest_follows_the_cards_levels_and_crop(tmp_path):
 
     w = tmp_path / "w.safetensors"
     assert shipped.trained_coarsest(w) == 8  # no card
-    for card, expected in [({"basis": {"kind": "pixels"}, "trained_pixels": 4096}, 8),
+    for made, expected in [({"basis": {"kind": "pixels"}, "trained_pixels": 4096}, 8),
                            ({"basis": {"kind": "multiscale", "levels": 4}}, 8),  # crop unknown
                            ({"basis": {"kind": "multiscale", "levels": 4}, "trained_pixels": 4096}, 8),
                            ({"basis": {"kind": "multiscale", "levels": 5}, "trained_pixels": 4096}, 4),
                            ({"basis": {"kind": "multiscale", "levels": 3}, "trained_pixels": 128 * 128}, 32),
                            ({"basis": {"kind": "multiscale", "levels": 9}, "trained_pixels": 4096}, 1)]:
-        w.with_suffix(".json").write_text(json.dumps(card))
-        assert shipped.trained_coarsest(w) == expected, card
+        w.with_suffix(".json").write_text(json.dumps(made))
+        assert shipped.trained_coarsest(w) == expected, made
     w.with_suffix(".json").write_text(json.dumps({"basis": {"kind": "multiscale", "levels": 5},
                                                   "trained_pixels": 4096}))
     assert shipped.inference_settings(w) == {"lr": 1.0, "coarsest": 4}
@@ -976,3 +976,31 @@ def test_an_engine_run_of_the_evaluation_can_turn_backoff_off_and_reports_its_mu
         run = script._engine_run(task, "p.jpg", torch.zeros(1, 3, 8, 8), 64, False, "adam", 0.01, 4, backoff=backoff)
         assert run["backoff_scales"] == [0.5, 0.25] and run["curve"] == [1.0, 0.5, 1 / 3, 0.25]
     assert seen == [True, False]
+
+
+def test_a_diverged_run_is_written_as_strict_json_and_read_back_as_never_reached(tmp_path):
+    """A diverged baseline's inf and NaN losses were written as bare Infinity and NaN, which strict
+    JSON readers (browsers, jq) refuse."""
+    script = _train_script("eval_neural_art")
+    inf, nan = float("inf"), float("nan")
+    report = {"setting": "256px-pyramid-off", "optimizers": {
+        "lstm": {"learned": True, "lr": None, "mean_final_loss": 0.2, "final_losses": [0.2, 0.2],
+                 "mean_curve": [1.0, 0.2], "band_lo": [1.0, 0.2], "band_hi": [1.0, 0.2], "final_loss_ci95": [0.2, 0.2]},
+        "sgd": {"learned": False, "lr": 64.0, "mean_final_loss": inf, "final_losses": [inf, nan],
+                "mean_curve": [1.0, inf], "band_lo": [1.0, nan], "band_hi": [1.0, nan], "final_loss_ci95": [nan, nan]},
+        "adam": {"learned": False, "lr": 0.02, "mean_final_loss": 0.3, "final_losses": [0.3, 0.3],
+                 "mean_curve": [1.0, 0.3], "band_lo": [1.0, 0.3], "band_hi": [1.0, 0.3], "final_loss_ci95": [0.3, 0.3]}}}
+    path = tmp_path / "256-pyramid-off.json"
+    script._write_json(path, report)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    stored = json.loads(path.read_text(), parse_constant=refuse)
+    assert stored["optimizers"]["sgd"]["final_losses"] == [None, None] and stored["optimizers"]["lstm"]["lr"] is None
+    back = script._read_result(path)
+    sgd = back["optimizers"]["sgd"]
+    assert sgd["mean_final_loss"] == inf and sgd["final_losses"] == [inf, inf] and sgd["mean_curve"] == [1.0, inf]
+    assert back["optimizers"]["lstm"]["lr"] is None  # (not a loss: stays null)
+    script._rank(back)
+    assert back["best_baseline"] == "adam" and abs(back["lstm_over_best_baseline"] - 2 / 3) < 1e-12

@@ -37,7 +37,7 @@ from artopt.optimizers.tuning import TuningDivergedError, grid_search, is_tuned_
 from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP, MAX_ADAM_LEVELS,  # noqa: E402
                                  StylizeConfig, stylize)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
-from artopt.script_args import check_output_file, script_parser  # noqa: E402
+from artopt.script_args import check_output_file, finite_or_none, script_parser  # noqa: E402
 
 OUT = ROOT / "train" / "results" / "neural_art"
 DEFAULT_OPTIMIZERS = "lstm,adam,rmsprop,sgd,nag,lbfgs"  # what the loss-curve settings compare
@@ -84,6 +84,12 @@ def _lr_cache() -> dict:
     return data
 
 
+# An optimizer's loss fields in a result JSON.  A diverged run's inf or NaN is written as null, so the
+# file is strict JSON (a bare Infinity stops most other programs' readers), and read back as inf, which
+# ranks last and is never "reached".
+LOSS_FIELDS = ("mean_final_loss", "final_loss_ci95", "final_losses", "mean_curve", "band_lo", "band_hi")
+
+
 def _read_result(path: Path) -> dict:
     """A setting's result JSON (--add, summary); ValueError naming it if it is damaged."""
     try:
@@ -92,7 +98,18 @@ def _read_result(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable result JSON ({err})") from None
     if not (isinstance(data, dict) and isinstance(data.get("optimizers"), dict)):
         raise ValueError(f"{path}: not a result of this script (no 'optimizers')")
+    for entry in data["optimizers"].values():
+        for key in LOSS_FIELDS if isinstance(entry, dict) else ():
+            if key in entry and entry[key] is None:
+                entry[key] = math.inf
+            elif isinstance(entry.get(key), list):
+                entry[key] = [math.inf if v is None else v for v in entry[key]]
     return data
+
+
+def _write_json(path: Path, data) -> None:
+    """Strict JSON: every non-finite number as null (LOSS_FIELDS)."""
+    write_json_atomic(path, finite_or_none(data))
 
 
 def _save_lr_entry(key: str, entry: dict) -> None:
@@ -635,7 +652,7 @@ def summary(out: Path = OUT) -> list[dict]:
                      "learned_over_best_baseline": r.get("learned_over_best_baseline"),
                      "steps_to_reach": r.get("steps_to_reach_best_baseline_final"),
                      "timing": r.get("timing")})
-    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(finite_or_none(rows), indent=2, allow_nan=False) + "\n")
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "timing"}))
     return rows
@@ -654,7 +671,7 @@ def record_in_card(rows: list[dict], card_path: Path, source: Path = OUT, comman
                           "command": command or f"python train/eval_neural_art.py summary --card {card_path}"}
     wins = [k for k, v in table.items() if v["lstm_over_best_baseline"] is not None and v["lstm_over_best_baseline"] < 1]
     card["beats_best_baseline_at"] = wins
-    write_json_atomic(card_path, card)
+    _write_json(card_path, card)
     print(f"recorded the table in {card_path}; lstm beats the best baseline at: {wins or 'no setting'}")
 
 
@@ -838,7 +855,7 @@ def main(argv=None) -> int:
     if args.existing is not None:
         report = _add_to(args.existing, report, out / f"{stem}.json", replace=args.replace)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / f"{stem}.json", report)
+    _write_json(out / f"{stem}.json", report)
     plot(report, out / f"{stem}.png", f"neural art {stem}, style {report['style']}")
     print(json.dumps({k: report.get(k) for k in ("setting", "best_baseline", "best_baseline_final_loss",
                                                   "lstm_over_best_baseline", "steps_to_reach_best_baseline_final")}))
