@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_finer_probe.json", exempt=("what",))
     elif args.json is None:
         within = "" if args.within >= 1 else f"-within{args.within:g}"
-        args.json = {"test": RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json", "when": WHEN_JSON}[args.what]
+        args.json = WHEN_JSON if args.what == "when" else RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json"
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "when":

@@ -210,6 +210,24 @@ def test_a_variant_run_must_name_its_report(capsys, no_cli_runs, tmp_path, name,
     assert committed.read_bytes() == before
 
 
+@pytest.mark.parametrize("name, argv, runs", [
+    ("handoff_finer", ["when", "--jobs", "2"], "when"),  # was a TypeError: it named test's report, of --lr None
+    ("handoff_finer", ["probe", "--jobs", "2"], "probe"),
+    ("handoff_finer", ["test", "--lr", "0.0036", "--jobs", "2"], "test"),
+    ("handoff", ["--jobs", "2"], "run_all"),
+    ("handoff", ["test", "--lr", "0.0009", "--jobs", "2"], "test"),
+])
+def test_the_documented_commands_get_to_their_runs(monkeypatch, tmp_path, name, argv, runs):
+    script = load(name)
+
+    def reached(*args, **kwargs):
+        raise SystemExit("reached the runs")
+
+    monkeypatch.setattr(script, runs, reached)
+    with pytest.raises(SystemExit, match="reached the runs"):
+        script.main([*argv, "--runs", str(tmp_path / "runs")])
+
+
 def test_the_default_settings_write_the_committed_report_and_a_named_one_goes_where_it_is_named(tmp_path):
     from artopt.script_args import script_parser
 
