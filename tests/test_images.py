@@ -263,7 +263,7 @@ def test_an_eps_is_not_handed_to_ghostscript():
         load_image(eps)
 
 
-def _matrix_profile(gamma: float, description: str) -> bytes:
+def _matrix_profile(gamma: float, description: str | None) -> bytes:
     """A minimal ICC v2 RGB display profile: sRGB's primaries (D50-adapted, as sRGB profiles hold them)
     with one power-law tone curve, made here since no non-sRGB profile ships with Pillow."""
     import struct
@@ -274,10 +274,10 @@ def _matrix_profile(gamma: float, description: str) -> bytes:
     def xyz(x, y, z) -> bytes:
         return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
 
-    text = description.encode("ascii") + b"\0"
+    text = (description or "").encode("ascii") + b"\0"
     desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
     curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
-    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"cprt", b"text" + bytes(4) + b"none\0"),
+    tags = [*([(b"desc", desc)] if description is not None else []), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"cprt", b"text" + bytes(4) + b"none\0"),
             (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
             (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
     offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
@@ -315,6 +315,15 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(fmt):
         assert (np.asarray(load_image(_tagged(128, icc, fmt))) == 128).all()
     lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
     assert (np.asarray(load_image(_tagged(128, lab, "PNG"))) == 128).all()
+    # what the profile is called does not matter (GIMP names its linear one "Linear sRGB"), nor whether it
+    # has a name at all (that was a traceback)
+    for name in ("GIMP built-in Linear sRGB", None):
+        assert abs(np.asarray(load_image(_tagged(128, _matrix_profile(1.0, name), fmt)), dtype=int) - 188).max() <= 3
+    # a palette image: its colours converted too
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (128, 128, 128)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        buf, format="PNG", icc_profile=linear)
+    assert abs(np.asarray(load_image(buf.getvalue()), dtype=int) - 188).max() <= 3
     # a CMYK photo whose profile is not a CMYK one: converted as without a profile
     untagged = np.asarray(load_image(_tagged(60, None, "JPEG", "CMYK")))
     assert (np.asarray(load_image(_tagged(60, linear, "JPEG", "CMYK"))) == untagged).all()

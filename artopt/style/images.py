@@ -146,33 +146,41 @@ SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 
 # The modes whose embedded profile is converted, and the colour space that profile must describe.
 PROFILE_SPACES = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}
+# Colours an RGB profile's transform is tried on first: where none moves, the profile is sRGB's (or as
+# good as), and the image is left as it is, at no cost.
+_PROBE = np.array([[(r, g, b) for r in range(0, 256, 51) for g in range(0, 256, 51) for b in range(0, 256, 51)]
+                   + [(v, v, v) for v in range(256)]], dtype=np.uint8)
 
 
 def to_srgb(image: Image.Image) -> Image.Image:
     """``image`` converted from its embedded ICC profile to sRGB, as a viewer shows it (a CMYK image
-    becomes RGB).  The loss network and every output assume sRGB: without this a Display P3 photo
-    came out duller and an Adobe RGB one shifted.  Unchanged where there is no profile, an sRGB one
-    (by its description: an sRGB-to-sRGB transform would move values by a level for nothing), one
-    that does not fit the mode (a grey profile, 16-bit samples), or one that cannot be read (the
-    pixels as they are, as most viewers show them)."""
+    becomes RGB; a palette image, or one with a colour key, RGBA).  The loss network and every output
+    assume sRGB: without this a Display P3 photo came out duller and a linear-light one far too dark.
+    Unchanged where there is no profile, where the profile's transform moves no colour (sRGB's), and
+    where it does not fit the mode (a grey profile, 16-bit samples) or cannot be read (the pixels as
+    they are, as most viewers show them)."""
     icc = image.info.get("icc_profile")
-    space = PROFILE_SPACES.get(image.mode)
-    if not icc or space is None or "transparency" in image.info:  # (a colour key names unconverted values)
+    if not icc:
         return image
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != space or "srgb" in profile.profile.profile_description.lower():
+        space = (profile.profile.xcolor_space or "").strip()
+        if space == "RGB" and (image.mode in ("P", "PA") or (image.mode == "RGB" and "transparency" in image.info)):
+            image = image.convert("RGBA")  # (the palette's or the key's transparency as alpha, converted below)
+            image.info.pop("transparency", None)
+        if PROFILE_SPACES.get(image.mode) != space:
             return image
-        converted = ImageCms.profileToProfile(image, profile, _srgb_profile(),
-                                              outputMode="RGBA" if image.mode == "RGBA" else "RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        if space == "RGB":
+            probe = Image.fromarray(_PROBE, mode="RGB")
+            moved = np.asarray(ImageCms.profileToProfile(probe, profile, srgb), dtype=np.int16) - _PROBE
+            if not moved.any():
+                return image
+        converted = ImageCms.profileToProfile(image, profile, srgb, outputMode="RGBA" if image.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
         return image
     converted.info = {k: v for k, v in image.info.items() if k != "icc_profile"}
     return converted
-
-
-def _srgb_profile() -> ImageCms.ImageCmsProfile:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
