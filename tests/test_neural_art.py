@@ -991,6 +991,7 @@ def test_a_diverged_run_is_written_as_strict_json_and_read_back_as_never_reached
         "adam": {"learned": False, "lr": 0.02, "mean_final_loss": 0.3, "final_losses": [0.3, 0.3],
                  "mean_curve": [1.0, 0.3], "band_lo": [1.0, 0.3], "band_hi": [1.0, 0.3], "final_loss_ci95": [0.3, 0.3]}}}
     path = tmp_path / "256-pyramid-off.json"
+    report["replaced"] = [{"optimizers": ["lstm"], "mean_final_loss": {"lstm": inf}}]
     script._write_json(path, report)
 
     def refuse(constant):
@@ -1002,5 +1003,6 @@ def test_a_diverged_run_is_written_as_strict_json_and_read_back_as_never_reached
     sgd = back["optimizers"]["sgd"]
     assert sgd["mean_final_loss"] == inf and sgd["final_losses"] == [inf, inf] and sgd["mean_curve"] == [1.0, inf]
     assert back["optimizers"]["lstm"]["lr"] is None  # (not a loss: stays null)
+    assert script.first_lstm_final(back) == inf
     script._rank(back)
     assert back["best_baseline"] == "adam" and abs(back["lstm_over_best_baseline"] - 2 / 3) < 1e-12

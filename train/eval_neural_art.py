@@ -87,7 +87,8 @@ def _lr_cache() -> dict:
 # An optimizer's loss fields in a result JSON.  A diverged run's inf or NaN is written as null, so the
 # file is strict JSON (a bare Infinity stops most other programs' readers), and read back as inf, which
 # ranks last and is never "reached".
-LOSS_FIELDS = ("mean_final_loss", "final_loss_ci95", "final_losses", "mean_curve", "band_lo", "band_hi")
+LOSS_FIELDS = ("mean_final_loss", "median_final_loss", "mean_trajectory_loss", "mean_last_window_loss",
+               "final_loss_ci95", "final_losses", "mean_curve", "band_lo", "band_hi")
 
 
 def _read_result(path: Path) -> dict:
@@ -104,6 +105,9 @@ def _read_result(path: Path) -> dict:
                 entry[key] = math.inf
             elif isinstance(entry.get(key), list):
                 entry[key] = [math.inf if v is None else v for v in entry[key]]
+    for old in data.get("replaced", []):  # (first_lstm_final reads these)
+        if isinstance(old, dict) and isinstance(old.get("mean_final_loss"), dict):
+            old["mean_final_loss"] = {k: math.inf if v is None else v for k, v in old["mean_final_loss"].items()}
     return data
 
 
