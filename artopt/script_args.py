@@ -179,6 +179,14 @@ def folder_problem(path: Path | str) -> str | None:
     return None
 
 
+def add_run_folder_flags(ap: argparse.ArgumentParser, root: Path) -> None:
+    """A meta-training script's --runs (its checkpoints, logs and best networks) and --ship."""
+    ap.add_argument("--runs", default=str(root / "runs"))
+    # (no default folder: a smoke-sized run replaced the shipped weights and their card)
+    ap.add_argument("--ship", default="", help='folder to copy the best weights and their card to when the run '
+                    'ends: "weights" replaces the shipped ones (default: none; they stay in --runs/NAME)')
+
+
 def check_run_flags(ap: argparse.ArgumentParser, name: str, runs: Path | str, ship: str | None) -> None:
     """A meta-training run's --name, --runs and --ship, before it trains: a --ship that is a file
     used to fail only once the training was done."""

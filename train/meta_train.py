@@ -1,12 +1,12 @@
-"""Meta-train a learned optimizer on one of the paper's suites and ship it to weights/.
+"""Meta-train a learned optimizer on one of the paper's suites (``--ship weights``: ship it to weights/).
 
     python train/meta_train.py quadratic --episodes 300 --meta-lr 1e-3
     python train/meta_train.py mnist --minutes 25
     python train/meta_train.py cifar10 --minutes 40
 
 Resumable: rerunning the same command continues from runs/<name>/<name>.ckpt.  The best networks
-by validation (mean trajectory loss on held-out problems) are copied to weights/<name>.safetensors
-with a JSON card.
+by validation (mean trajectory loss on held-out problems) are kept in runs/<name>/ with a JSON card, and
+copied to --ship (``--ship weights``: over weights/<name>.safetensors, the shipped ones).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
+from artopt.script_args import add_run_folder_flags, check_run_flags, config_error, finish_meta_training, script_parser  # noqa: E402
 from artopt.tasks import get_task, parse_task_args, task_defaults  # noqa: E402
 
 
@@ -60,9 +60,7 @@ def main(argv=None) -> int:
                          "LSTMOptimizerConfig.global_cells); 0: none")
     add_meta_train_flags(ap)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", default=str(ROOT / "runs"))
-    # (no default folder: a smoke-sized run replaced the shipped weights and their card)
-    ap.add_argument("--ship", default="", help='folder to copy the best weights and their card to when the run ends: "weights" replaces the shipped ones (default: none; they stay in --runs/NAME)')
+    add_run_folder_flags(ap, ROOT)
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the task constructor (JSON value), e.g. labels=[5,6,7,8,9]")
     args = ap.parse_args(argv)

@@ -13,7 +13,8 @@ r"""Meta-train the neural-art optimizer (the paper's Section 3.4) on 64×64 Imag
 Resumable (rerun the same command).  Photos are split train/val/test by file
 (artopt.tasks.neural_art.split_photos); validation uses val photos, never test photos.  Two styles
 (artopt.tasks.neural_art.HELD_OUT_STYLES) are never used for training in any mode.
-The best networks by validation are copied to weights/<name>.safetensors with a JSON card.
+The best networks by validation are kept in runs/<name>/ with a JSON card, and copied to --ship
+(``--ship weights``: over weights/<name>.safetensors, the shipped ones).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from artopt.learned_optimizers import LSTMOptimizerConfig, LSTMOptimizerNet  # n
 from artopt.learned_optimizers.network import LEVEL_INPUTS  # noqa: E402
 from artopt.outer_trainers import (MetaTrainConfig, add_meta_train_flags, meta_train,  # noqa: E402
                                    meta_train_flag_values, ship_best)
-from artopt.script_args import check_run_flags, config_error, finish_meta_training, script_parser, setting_flags  # noqa: E402
+from artopt.script_args import add_run_folder_flags, check_run_flags, config_error, finish_meta_training, script_parser, setting_flags  # noqa: E402
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, split_digest, style_names  # noqa: E402
 
 
@@ -84,9 +85,7 @@ def main(argv=None) -> int:
                     help="meta-training time already spent on --init-from (recorded in the card)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", default=str(ROOT / "runs"))
-    # (no default folder: a smoke-sized run replaced the shipped weights and their card)
-    ap.add_argument("--ship", default="", help='folder to copy the best weights and their card to when the run ends: "weights" replaces the shipped ones (default: none; they stay in --runs/NAME)')
+    add_run_folder_flags(ap, ROOT)
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
