@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr must be positive, got {args.lr}")
-    if args.json is None and args.what == "test":  # (its name says what it ran)
-        args.json = RESULTS / f"ablation-handoff-lr{args.lr:g}{f'-w{args.warmup}' if args.warmup else ''}.json"
-    elif args.json is None:
+    if args.what == "test":  # (its name says what it ran)
+        args.json = args.json or RESULTS / f"ablation-handoff-lr{args.lr:g}{f'-w{args.warmup}' if args.warmup else ''}.json"
+    else:
         args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_probe.json", exempt=("what",))
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)

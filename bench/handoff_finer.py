@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
     if args.runs is None:
         args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else RUNS
-    if args.json is None and args.what == "probe":  # (test's and when's names say what they ran)
+    if args.what == "probe":  # (test's and when's names say what they ran)
         args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_finer_probe.json", exempt=("what",))
     elif args.json is None:
         within = "" if args.within >= 1 else f"-within{args.within:g}"
