@@ -705,25 +705,29 @@ def test_a_stop_between_scales_reports_the_scale_it_ends_on(monkeypatch, when):
         assert (infos[-1].scale_index, infos[-1].size) == (1, (96, 128))
 
 def test_cpu_memory_estimate_refuses_past_the_ram_and_warns_past_the_free_memory():
-    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem
+    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem, input_image_bytes
 
-    need = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * 2048 * 1024  # a 2:1 photo at 2048 px
+    held = input_image_bytes((1000, 2000), 2048)  # the photo itself: 4 + 12 B per pixel
+    assert held == 16 * 1000 * 2000
+    need = CPU_BASE_BYTES + held + CPU_BYTES_PER_PIXEL * 2048 * 1024  # a 2:1 photo at 2048 px
     assert cpu_memory_problem((1000, 2000), 2048, memory=(need + 1, need + 1)) == (None, None)
     assert cpu_memory_problem((1000, 2000), 2048, memory=(None, None)) == (None, None)  # unknown: no advice
     error, warning = cpu_memory_problem((2000, 1000), 2048, "--size", memory=(need - 1, None))
     assert warning is None and error.startswith("at 2048 px a CPU run needs about")
     # the advised size fits in 90% of the RAM, and one more pixel of long side per 100 would not
     advised = int(error.split("at most about ")[1].split(" px")[0])
-    fits = lambda size: CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * round(size / 2) <= 0.9 * (need - 1)  # noqa: E731
+    fits = lambda size: CPU_BASE_BYTES + held + CPU_BYTES_PER_PIXEL * size * round(size / 2) <= 0.9 * (need - 1)  # noqa: E731
     assert fits(advised) and not fits(int(advised * 1.01))
     error, warning = cpu_memory_problem((1000, 2000), 2048, memory=(2 * need, need - 1))
     assert error is None and warning.startswith("at 2048 px a CPU run needs about") and "may run out of memory" in warning
 
 
 def test_cpu_memory_estimate_counts_the_style_images_at_their_scale():
-    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, CPU_BYTES_PER_STYLE_PIXEL, cpu_memory_problem
+    from artopt.style.engine import (CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, CPU_BYTES_PER_STYLE_PIXEL, cpu_memory_problem,
+                                     input_image_bytes)
 
-    content_only = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * 512 * 256  # a 2:1 photo at 512 px
+    held = input_image_bytes((500, 1000), 512) + input_image_bytes((600, 800), 512)
+    content_only = CPU_BASE_BYTES + held + CPU_BYTES_PER_PIXEL * 512 * 256  # a 2:1 photo at 512 px
     roomy = (content_only + 10**8, None)
     assert cpu_memory_problem((500, 1000), 512, memory=roomy, style_hws=[(600, 800)]) == (None, None)
     # --style-scale 8 sends a 4096 px style through the network: 3.4 GB more at 512 px, measured
@@ -732,9 +736,30 @@ def test_cpu_memory_estimate_counts_the_style_images_at_their_scale():
     assert error.endswith("or a smaller style scale, or run on a GPU")
     advised = int(error.split("at most about ")[1].split(" px")[0])
     # the squarer style counts (the styles go through one at a time), and the advice fits 90% of the RAM
-    need = lambda size: (CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * round(size / 2)  # noqa: E731
+    held8 = sum(input_image_bytes(hw, side) for hw, side in [((500, 1000), 512), ((600, 800), 4096), ((100, 100), 4096)])
+    need = lambda size: (CPU_BASE_BYTES + held8 + CPU_BYTES_PER_PIXEL * size * round(size / 2)  # noqa: E731
                          + CPU_BYTES_PER_STYLE_PIXEL * (8 * size) ** 2)
     assert need(512) > roomy[0] and need(advised) <= 0.9 * roomy[0] < need(int(advised * 1.01))
+
+
+def test_cpu_memory_estimate_counts_the_input_images_held_through_the_run():
+    from artopt.style.engine import CPU_BASE_BYTES, CPU_BYTES_PER_PIXEL, cpu_memory_problem, input_image_bytes
+
+    # a 50 MP upload (8660 x 5774) for a 2048 px output: its decoded pixels and its float copy at 4096 px
+    big = (5774, 8660)
+    assert input_image_bytes(big, 2048) == 4 * 5774 * 8660 + 12 * 2731 * 4096  # 0.33 GB
+    assert input_image_bytes(big, 2200) == 16 * 5774 * 8660  # under 4x: floats of every pixel, 0.8 GB
+    output = CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * 2048 * 1365
+    roomy_for_output_alone = (output + 10**8, None)
+    assert cpu_memory_problem((600, 900), 2048, memory=roomy_for_output_alone) == (None, None)
+    error, _ = cpu_memory_problem(big, 2048, "--size", memory=roomy_for_output_alone)
+    assert error and "at most about" in error
+    # over 4x the output the float copy is taken at twice the output's size, as _to_tensor shrinks it
+    assert input_image_bytes(big, 512) == 4 * 5774 * 8660 + 12 * 683 * 1024
+    photo = load_image(ASSETS / "photos" / "chelsea.jpg").resize((2100, 1400))
+    for side in (256, 1024):
+        floats = engine._to_tensor(photo, "content", max_side=side)
+        assert input_image_bytes((1400, 2100), side) == 4 * 1400 * 2100 + 12 * floats.shape[-1] * floats.shape[-2]
 
 
 def test_a_huge_photo_is_shrunk_before_it_becomes_floats_and_keeps_its_exact_size():

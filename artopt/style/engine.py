@@ -659,6 +659,25 @@ CPU_BASE_BYTES = 1 << 30
 # size: `--size 256 --style-scale 8` (a 2048 px style) peaked 0.84 GB above `--style-scale 1`, and a
 # CLI audit measured 3.4 GB more at 512 px (a 4096 px style): about 260 B per style pixel.
 CPU_BYTES_PER_STYLE_PIXEL = 300
+# The input images are held through the run as well, which the per-output-pixel figure above (measured
+# on photos smaller than the output) does not count: Pillow keeps a decoded RGB image at 4 B per pixel,
+# and the float32 copy the run resizes from takes 12 B per pixel of the image (or of its shrunk copy,
+# see _to_tensor).  A 50 MP upload holds 0.2 GB decoded and up to 0.6 GB more as floats.
+PIL_RGB_BYTES_PER_PIXEL = 4
+FLOAT_RGB_BYTES_PER_PIXEL = 12
+
+
+def input_image_bytes(hw: tuple[int, int], max_side: int) -> int:
+    """Bytes an input image of (H, W) holds through a run that resizes it to at most ``max_side`` on
+    its long side: the decoded image and its float copy (taken at 2 × ``max_side`` when the image is over
+    4 × that, as ``_to_tensor`` does)."""
+    h, w = hw
+    if max(h, w) > 4 * max_side:
+        scale = 2 * max_side / max(h, w)
+        float_pixels = max(1, round(h * scale)) * max(1, round(w * scale))
+    else:
+        float_pixels = h * w
+    return PIL_RGB_BYTES_PER_PIXEL * h * w + FLOAT_RGB_BYTES_PER_PIXEL * float_pixels
 
 
 MEMINFO = Path("/proc/meminfo")  # Linux's memory table (a test points it at its own)
@@ -686,19 +705,24 @@ def cpu_memory_problem(content_hw: tuple[int, int], size: int, size_name: str = 
     """(error, warning) for a CPU run whose output has ``size`` px on its long side: an error when
     its estimated peak memory exceeds the machine's RAM, a warning when it exceeds what is free now.
     ``memory`` is (total, available) bytes; default :func:`system_memory`.  ``style_hws``: the
-    style images' (H, W), which the run sizes to ``style_scale`` times the output (one at a time)."""
+    style images' (H, W), which the run sizes to ``style_scale`` times the output (one at a time).
+    The input images themselves count too (:func:`input_image_bytes`)."""
     total, available = memory if memory is not None else system_memory()
     short, long = sorted(content_hw)
     aspect = short / long
     style_aspect = max((min(hw) / max(hw) for hw in style_hws if min(hw) > 0), default=0.0)
     # bytes per (long side)², so that the largest size that fits has a closed form
     per_side2 = CPU_BYTES_PER_PIXEL * aspect + CPU_BYTES_PER_STYLE_PIXEL * style_scale ** 2 * style_aspect
-    need = (CPU_BASE_BYTES + CPU_BYTES_PER_PIXEL * size * max(1, round(size * aspect))
+    # Held whatever the size; taken at this size, which over-counts a smaller one's float copies a little.
+    inputs = (input_image_bytes(content_hw, size)
+              + sum(input_image_bytes(hw, max(1, round(size * style_scale))) for hw in style_hws))
+    base = CPU_BASE_BYTES + inputs
+    need = (base + CPU_BYTES_PER_PIXEL * size * max(1, round(size * aspect))
             + round(CPU_BYTES_PER_STYLE_PIXEL * style_aspect * (size * style_scale) ** 2))
     gb = lambda n: f"{n / 1e9:.3g} GB"  # noqa: E731
 
     def largest(limit: int) -> int:  # the long side whose estimate fits in ``limit`` bytes
-        return max(0, int(math.sqrt(max(0, limit - CPU_BASE_BYTES) / per_side2)))
+        return max(0, int(math.sqrt(max(0, limit - base) / per_side2)))
 
     if total is not None and need > total:
         fit = largest(int(total * 0.9))
