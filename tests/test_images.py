@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,3 +328,36 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(fmt):
     # a CMYK photo whose profile is not a CMYK one: converted as without a profile
     untagged = np.asarray(load_image(_tagged(60, None, "JPEG", "CMYK")))
     assert (np.asarray(load_image(_tagged(60, linear, "JPEG", "CMYK"))) == untagged).all()
+
+
+def _cmyk_profile():
+    """A real CMYK printing profile, where this machine has one (Ghostscript installs a SWOP one; or
+    ARTOPT_CMYK_PROFILE names a file): none ships with Pillow, and no free one was found to commit."""
+    import os
+
+    # (not Ghostscript's ps_cmyk.icc: LittleCMS cannot convert into it, which this test does to make its photo)
+    for path in (os.environ.get("ARTOPT_CMYK_PROFILE"), "/usr/share/color/icc/ghostscript/default_cmyk.icc"):
+        if path and Path(path).is_file():
+            return Path(path)
+    pytest.skip("no CMYK ICC profile on this machine (install ghostscript or set ARTOPT_CMYK_PROFILE)")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_a_cmyk_photo_with_its_printing_profile_comes_out_as_that_profile_renders_it(fmt):
+    """Pillow's own CMYK -> RGB ignores the profile (about 20 of 255 off on a SWOP photo); the loader must
+    give what the profile's colour management gives."""
+    from PIL import ImageCms
+
+    path = _cmyk_profile()
+    cmyk = ImageCms.getOpenProfile(str(path))
+    srgb = ImageCms.createProfile("sRGB")
+    photo = Image.open(Path(__file__).resolve().parents[1] / "assets" / "photos" / "chelsea.jpg").convert("RGB")
+    printed = ImageCms.profileToProfile(photo, srgb, cmyk, outputMode="CMYK")
+    buf = io.BytesIO()
+    printed.save(buf, format=fmt, icc_profile=path.read_bytes())
+    got = np.asarray(load_image(buf.getvalue()), dtype=int)
+    managed = ImageCms.profileToProfile(Image.open(io.BytesIO(buf.getvalue())), cmyk, srgb, outputMode="RGB")
+    assert abs(got - np.asarray(managed, dtype=int)).max() <= 1
+    # near the photo it was printed from (SWOP's gamut clips some colours), far nearer than Pillow's plain convert
+    plain = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=int)
+    assert abs(got - np.asarray(photo, dtype=int)).mean() < 0.5 * abs(plain - np.asarray(photo, dtype=int)).mean()
