@@ -439,19 +439,27 @@ def split_steps(steps: int, n_scales: int, coarse_share: float | None = None) ->
     return [steps - each_fine * (n_scales - 1)] + [each_fine] * (n_scales - 1)
 
 
+def float_copy_hw(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The (H, W) at which an input image of (H, W) becomes floats for a run that resizes it to at most
+    ``max_side``: as it is, or at twice ``max_side`` when it is over 4 × that (``_to_tensor``)."""
+    h, w = hw
+    if not max_side or max(h, w) <= 4 * max_side:
+        return h, w
+    scale = 2 * max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _to_tensor(image: Image.Image | torch.Tensor, label: str, max_side: int | None = None) -> torch.Tensor:
     """``image`` as a float tensor (1, 3, H, W); a PIL image over 4× ``max_side`` (the largest long
     side the run resizes it to) comes at twice that size instead (see ``resize_long_side``'s source_hw)."""
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:  # else a ZeroDivisionError further on
             raise ValueError(f"{label} image is empty ({image.height}x{image.width} pixels)")
-        if max_side and max(image.size) > 4 * max_side:
-            # Shrink before making floats: a 49 MP upload took over 1 GB as float32 for a 256 px run,
-            # unseen by the memory check, which counts output pixels.  (Image.reduce's whole blocks
-            # shifted the picture by up to half a block.)
-            scale = 2 * max_side / max(image.size)
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = to_rgb(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        height, width = float_copy_hw((image.height, image.width), max_side)
+        if (height, width) != (image.height, image.width):
+            # Shrink before making floats: a 49 MP upload took over 1 GB as float32 for a 256 px run.
+            # (Image.reduce's whole blocks shifted the picture by up to half a block.)
+            image = to_rgb(image).resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
         return pil_to_tensor(image)
     if isinstance(image, torch.Tensor):
         image = image.detach()  # (float() of a tensor that requires grad warned)
@@ -669,15 +677,9 @@ FLOAT_RGB_BYTES_PER_PIXEL = 12
 
 def input_image_bytes(hw: tuple[int, int], max_side: int) -> int:
     """Bytes an input image of (H, W) holds through a run that resizes it to at most ``max_side`` on
-    its long side: the decoded image and its float copy (taken at 2 × ``max_side`` when the image is over
-    4 × that, as ``_to_tensor`` does)."""
-    h, w = hw
-    if max(h, w) > 4 * max_side:
-        scale = 2 * max_side / max(h, w)
-        float_pixels = max(1, round(h * scale)) * max(1, round(w * scale))
-    else:
-        float_pixels = h * w
-    return PIL_RGB_BYTES_PER_PIXEL * h * w + FLOAT_RGB_BYTES_PER_PIXEL * float_pixels
+    its long side: the decoded image and its float copy (:func:`float_copy_hw`)."""
+    float_h, float_w = float_copy_hw(hw, max_side)
+    return PIL_RGB_BYTES_PER_PIXEL * hw[0] * hw[1] + FLOAT_RGB_BYTES_PER_PIXEL * float_h * float_w
 
 
 MEMINFO = Path("/proc/meminfo")  # Linux's memory table (a test points it at its own)
