@@ -65,6 +65,27 @@ engine's loss), nearer ones after 84-115 (1.04-1.13), so F = 0.62.  (a') held: m
 and 0.62 are the engine's defaults (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN).  In this script's runs and
 files, "engine" still names the engine without the option (handoff_finer_lr None), as its runs were made.
 
+Session 65: the threshold again, under the fixed style loss (session 62).  0.62 was fitted to the old loss's
+stalls; under the fixed loss the CLI's piano_keyboard_sketch runs at 512 px were handed off after 65 and 72 of
+their 100 coarse steps, past it, and ended 1.19x as high as Adam on the basis at its best rate
+(bench/results/adam_rates_multiscale_framed_style.json).  ``refit`` runs every (photo, style) of the three
+probe files again under the current loss: the engine without the option, and the option at 0.0036 (within 1)
+where the engine's run handed the coarse scale off; its rows go through pick_within as in session 58, giving
+F'.  The rule, committed before any of these runs: if F' is None or 0.62, the defaults stay.  Otherwise F'
+replaces 0.62 as handoff_finer_within only if all of these hold, each against the engine's current defaults
+(the option at 0.0036 within 0.62):
+  (a'') ``refit-check --within F'``: 4 validation photos no earlier run of this question used (seed 59),
+        the 8 styles other than the training one, 512 px, pyramid on, 200 steps, 1 thread: the mean over the
+        32 (photo, style) ratios of the option within F' to it within 0.62 below 1, no style's mean above
+        1.005, no run above 1.05;
+  (b'') ``test --lr 0.0036 --within F' --against 0.62``: each pyramid-on test setting's mean final loss
+        within F' at most 1.005x within 0.62;
+  (c'') ``bench/style_sweep.py --size 512 --handoff-finer-lr 0.0036 --handoff-finer-within F'`` (the CLI's
+        150 steps): mean ratio to the CLI's defaults at most 1, no run above 1.02, below Adam in all 16.
+
+    .venv/bin/python bench/handoff_finer.py refit --jobs 2            # ~35 min on 2 cores
+    .venv/bin/python bench/handoff_finer.py refit-check --within F --jobs 2
+    .venv/bin/python bench/handoff_finer.py test --lr 0.0036 --within F --against 0.62 --jobs 2
     .venv/bin/python bench/handoff_finer.py when --jobs 2             # ~20 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --jobs 2            # ~15 min on 2 cores
     .venv/bin/python bench/handoff_finer.py probe --first-photo 4 --lrs RATE \\
@@ -100,7 +121,11 @@ TEST_MAX_RATIO = 1.005  # (b)
 RUNS = ROOT / "runs" / "handoff_finer"
 PROBE_FILES = ("handoff_finer_probe.json", "handoff_finer_rule_val.json", "handoff_finer_probe_fresh.json")
 WHEN_JSON = ROOT / "bench" / "results" / "handoff_finer_when.json"
-FRESH_SEEDS = (57, 58)  # --fresh-photos: session 57's probe, then session 58's rule
+FRESH_SEEDS = (57, 58, 59)  # --fresh-photos: session 57's probe, session 58's rule, session 65's refit-check
+REFIT_JSON = ROOT / "bench" / "results" / "handoff_finer_when_framed_style.json"
+REFIT_SEED = 59
+REFIT_RUNS = ROOT / "runs" / "handoff_refit"  # (new files: none of the old loss's runs may be reused)
+REFIT_AGAINST = 0.62  # the engine's handoff_finer_within when the refit's rule was committed
 WHEN_LR = 0.0036  # the rate those files ran the option at (and the probe's pick)
 
 
@@ -118,18 +143,21 @@ def tag(finer: float | None, within: float = 1.0) -> str:
 
 def main(argv=None) -> int:
     ap = script_parser(__doc__)
-    ap.add_argument("what", choices=("probe", "test", "when"))
+    ap.add_argument("what", choices=("probe", "test", "when", "refit", "refit-check"))
     ap.add_argument("--jobs", type=at_least(1), default=1, help="runs side by side, 1 thread each (default: %(default)s)")
     ap.add_argument("--runs", type=Path, help="folder of the per-run files (default: runs/handoff_finer; when: "
-                    "runs/handoff_when)")
+                    "runs/handoff_when; refit, refit-check and test --against: runs/handoff_refit)")
     ap.add_argument("--json", type=Path, help="the report (default: bench/results/handoff_finer_probe.json; test: "
-                    "train/results/neural_art/ablation-handoff-finer-lrLR[-withinF].json; when: "
-                    "bench/results/handoff_finer_when.json)")
+                    "train/results/neural_art/ablation-handoff-finer-lrLR[-withinF][-againstA].json; when: "
+                    "bench/results/handoff_finer_when.json; refit: bench/results/handoff_finer_when_framed_style.json; "
+                    "refit-check: bench/results/handoff_finer_refit_check_withinF.json)")
     ap.add_argument("--lrs", type=float, nargs="+", default=list(PROBE_LRS), help="probe: the finer scales' rates "
                     "(default: %(default)s)")
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
     ap.add_argument("--within", type=float, default=1.0, help="probe, test: the option's handoff_finer_within, the "
                     "fraction of a coarser scale's steps within which its handoff must come (default: %(default)s)")
+    ap.add_argument("--against", type=float, help="test: also run the option within this fraction and compare "
+                    "(part (b'') of the session-65 rule)")
     ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES[:2]),
                     help="probe (default: %(default)s)")
     ap.add_argument("--fresh-photos", type=int, nargs="?", const=FRESH_SEEDS[0], choices=FRESH_SEEDS, metavar="SEED",
@@ -147,21 +175,34 @@ def main(argv=None) -> int:
             ap.error(f"rates must be positive, got {rate}")
     if args.what == "test" and args.lr is None:
         ap.error("test needs --lr")
-    if not 0 <= args.within <= 1:
-        ap.error(f"--within is a fraction between 0 and 1, got {args.within}")
+    for fraction in (args.within, args.against if args.against is not None else 0):
+        if not 0 <= fraction <= 1:
+            ap.error(f"--within and --against are fractions between 0 and 1, got {fraction}")
+    if args.against is not None and args.what != "test":
+        ap.error("--against is for test")
+    if args.what == "refit-check" and args.within >= 1:
+        ap.error("refit-check needs --within F, the threshold refit picked")
     if args.runs is None:
-        args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else RUNS
-    if args.what == "probe":  # (test's and when's names say what they ran)
+        new_runs = args.what in ("refit", "refit-check") or args.against is not None
+        args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else REFIT_RUNS if new_runs else RUNS
+    if args.what == "probe":  # (the others' names say what they ran)
         args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_finer_probe.json", exempt=("what",))
     elif args.json is None:
         within = "" if args.within >= 1 else f"-within{args.within:g}"
-        args.json = WHEN_JSON if args.what == "when" else RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}.json"
+        against = "" if args.against is None else f"-against{args.against:g}"
+        args.json = {"when": WHEN_JSON, "refit": REFIT_JSON,
+                     "refit-check": ROOT / "bench" / "results" / f"handoff_finer_refit_check_within{args.within:g}.json",
+                     }.get(args.what) or RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}{against}.json"
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "when":
         report = when(args.runs, args.jobs)
+    elif args.what == "refit":
+        report = refit(args.runs, args.jobs)
+    elif args.what == "refit-check":
+        report = refit_check(args.within, args.runs, args.jobs)
     elif args.what == "test":
-        report = test(args.lr, args.runs, args.jobs, args.within)
+        report = test(args.lr, args.runs, args.jobs, args.within, args.against)
     else:
         report = probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
                        args.where_it_acts, args.within)
@@ -233,8 +274,13 @@ def rule_a_prime(runs: list[dict], lr: float) -> dict:
     """Part (a') of the session-58 rule (docstring): over the (photo, style) ratios of the option at ``lr`` to
     the engine, the mean below 1, no style's mean above 1.005, no run above 1.05."""
     engine = {(r["photo"], r["style"]): r["final"] for r in runs if r["handoff_finer_lr"] is None}
-    ratios = {k: r["final"] / engine[k] for r in runs if r["handoff_finer_lr"] == lr
-              for k in [(r["photo"], r["style"])]}
+    return _rule_over({k: r["final"] / engine[k] for r in runs if r["handoff_finer_lr"] == lr
+                       for k in [(r["photo"], r["style"])]})
+
+
+def _rule_over(ratios: dict[tuple[str, str], float]) -> dict:
+    """Parts (a') and (a''): (photo, style) -> ratio; the mean below 1, no style's mean above 1.005, no run
+    above 1.05."""
     styles = sorted({s for _, s in ratios})
     by_style = {Path(s).stem: sum(v for (_, t), v in ratios.items() if t == s) / sum(t == s for _, t in ratios)
                 for s in styles}
@@ -253,30 +299,45 @@ def _handed_off_before_final(run: dict, within: float = 1.0) -> bool:
                for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
 
 
-def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0) -> dict:
-    """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting."""
+def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0, against: float | None = None) -> dict:
+    """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting.  With
+    ``against``, (b''): also the option within that fraction, and the option within ``within`` over it."""
     settings = committed_settings(TEST_SETTINGS)
-    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v, within)}-{p}.json", False,
-             extra(c["style"], v, within)) for name, c in settings.items() for p in c["photos"] for v in (None, lr)]
+    variants = [(None, 1.0), (lr, within)] + ([] if against is None else [(lr, against)])
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v, w)}-{p}.json", False,
+             extra(c["style"], v, w)) for name, c in settings.items() for p in c["photos"] for v, w in variants]
     runs = run_all(work, jobs)
+
+    def of(mine, v, w):
+        return [r for r in mine if r["handoff_finer_lr"] == v and (v is None or r.get("handoff_finer_within", 1.0) == w)]
+
     table = {}
     for name, c in settings.items():
         best = c["best_baseline_final_loss"]
         mine = [r for r in runs if r["size"] == c["size"]]
-        engine = summarize([r for r in mine if r["handoff_finer_lr"] is None], best)
-        finer = summarize([r for r in mine if r["handoff_finer_lr"] == lr], best)
+        engine = summarize(of(mine, None, 1.0), best)
+        finer = summarize(of(mine, lr, within), best)
         ratio = finer["mean_final"] / engine["mean_final"]
         table[name] = {"photos": c["photos"], "style": c["style"], "best_baseline": c["best_baseline"],
                        "best_baseline_final_loss": best, "engine": engine, "finer": finer, "finer_over_engine": ratio,
                        "photos_handed_off_before_the_final_scale": sum(
                            _handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None),
                        "holds": ratio <= TEST_MAX_RATIO}
-        print(f"{name}: engine {engine['mean_final']:.5f} ({engine['over_best_baseline']:.4f} of {c['best_baseline']}), "
-              f"finer {finer['mean_final']:.5f} ({finer['over_best_baseline']:.4f}); finer / engine {ratio:.4f}", flush=True)
+        line = (f"{name}: engine {engine['mean_final']:.5f} ({engine['over_best_baseline']:.4f} of {c['best_baseline']}), "
+                f"finer {finer['mean_final']:.5f} ({finer['over_best_baseline']:.4f}); finer / engine {ratio:.4f}")
+        if against is not None:
+            other = summarize(of(mine, lr, against), best)
+            table[name].update(against=other, finer_over_against=finer["mean_final"] / other["mean_final"],
+                               holds=finer["mean_final"] / other["mean_final"] <= TEST_MAX_RATIO)
+            line += f"; within {against:g}: {other['mean_final']:.5f}, finer / that {table[name]['finer_over_against']:.4f}"
+        print(line, flush=True)
     holds = all(row["holds"] for row in table.values())
-    print(f"part (b) of the rule (each setting's finer / engine <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
-    return {"what": "part (b) of bench/handoff_finer.py's rule, committed before its runs", "handoff_finer_lr": lr,
+    part = "(b)" if against is None else "(b'')"
+    compared = "finer / engine" if against is None else f"within {within:g} / within {against:g}"
+    print(f"part {part} of the rule (each setting's {compared} <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
+    return {"what": f"part {part} of bench/handoff_finer.py's rule, committed before its runs", "handoff_finer_lr": lr,
             "handoff_finer_within": within,
+            "against_within": against,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "steps": STEPS, "threads": 1,
             "max_ratio": TEST_MAX_RATIO, "table": table, "part_b_holds": holds, "runs": runs}
 
@@ -293,23 +354,70 @@ def when(runs_dir: Path, jobs: int) -> dict:
     keys = [k for k, r in engine.items() if k in finer and _handed_off_before_final(r)]
     runs = run_all([("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-engine-{p}.json", False,
                      extra(style, None)) for p, style in keys], jobs)
-    rows = []
-    for (photo, style), run in zip(keys, runs):
-        coarse_steps = run["scale_starts"][1]
-        first = run["handoff_steps"][0] if run["handed_off_scales"][:1] == [0] else None
-        rows.append({"photo": photo, "style": Path(style).stem, "coarse_scale_steps": coarse_steps,
-                     "lstm_steps_before_coarse_handoff": first,
-                     "fraction": None if first is None else first / coarse_steps,
-                     "repeats_committed_final": run["final"] == engine[(photo, style)]["final"],
-                     "finer_over_engine": finer[(photo, style)] / run["final"]})
-        print(f"{Path(style).stem:32s} {photo:34s} handoff after {first} of {coarse_steps} coarse steps; "
-              f"finer / engine {rows[-1]['finer_over_engine']:.4f}", flush=True)
+    rows = [{**_when_row(run, finer[(photo, style)]),
+             "repeats_committed_final": run["final"] == engine[(photo, style)]["final"]}
+            for (photo, style), run in zip(keys, runs)]
     pick = pick_within(rows)
     print(f"threshold: {pick}", flush=True)
     return {"what": "bench/handoff_finer.py when: the coarse handoff's step in the probe runs the option changed",
             "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
             "pick": pick, "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2),
             "runs": runs}
+
+
+def _when_row(run: dict, finer_final: float) -> dict:
+    """One engine run handed off before its last scale: the learned optimizer's steps on the coarse scale
+    before the handoff, as a fraction of that scale's steps, beside the option's final loss over the run's."""
+    coarse_steps = run["scale_starts"][1]
+    first = run["handoff_steps"][0] if run["handed_off_scales"][:1] == [0] else None
+    row = {"photo": run["photo"], "style": Path(run["style"]).stem, "coarse_scale_steps": coarse_steps,
+           "lstm_steps_before_coarse_handoff": first, "fraction": None if first is None else first / coarse_steps,
+           "finer_over_engine": finer_final / run["final"]}
+    print(f"{row['style']:32s} {run['photo']:34s} handoff after {first} of {coarse_steps} coarse steps; "
+          f"finer / engine {row['finer_over_engine']:.4f}", flush=True)
+    return row
+
+
+def refit(runs_dir: Path, jobs: int) -> dict:
+    """Session 65 (docstring): every (photo, style) of the committed probe files, run again under the current
+    loss, the engine without the option and, where its coarse scale was handed off, the option at WHEN_LR
+    (within 1); the rows and the threshold as ``when`` makes them."""
+    committed = [r for name in PROBE_FILES for r in json.loads((ROOT / "bench" / "results" / name).read_text())["runs"]]
+    keys = list(dict.fromkeys((r["photo"], r["style"]) for r in committed))
+
+    def job(photo, style, finer):
+        return ("val", photo, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(finer)}-{photo}.json",
+                False, extra(style, finer))
+
+    engine = run_all([job(p, style, None) for p, style in keys], jobs)
+    acted = [r for r in engine if _handed_off_before_final(r)]
+    finer = run_all([job(r["photo"], r["style"], WHEN_LR) for r in acted], jobs)
+    rows = [_when_row(run, other["final"]) for run, other in zip(acted, finer)]
+    pick = pick_within(rows)
+    print(f"{len(acted)} of {len(keys)} runs handed the coarse scale off; threshold: {pick}; "
+          f"F' {'is' if pick['within'] == REFIT_AGAINST else 'is not'} {REFIT_AGAINST:g}", flush=True)
+    return {"what": "bench/handoff_finer.py refit: the coarse handoff's step and the option's ratio to the engine, "
+                    "under the current style loss, on the probe files' photos and styles (session 65)",
+            "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
+            "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pairs": len(keys),
+            "pairs_handed_off_before_the_final_scale": len(acted), "pick": pick, "against": REFIT_AGAINST,
+            "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2),
+            "runs": engine + finer}
+
+
+def refit_check(within: float, runs_dir: Path, jobs: int) -> dict:
+    """(a''): on REFIT_SEED's fresh photos and the 8 styles, the option within ``within`` over the option
+    within REFIT_AGAINST (each run only where the engine's coarse handoff came early enough for it)."""
+    styles = list(STYLES + OTHER_STYLES)
+    ran = {w: probe([WHEN_LR], styles, 0, runs_dir, jobs, REFIT_SEED, True, w) for w in (REFIT_AGAINST, within)}
+    final = {w: {(r["photo"], r["style"]): r["final"] for r in report["runs"] if r["handoff_finer_lr"] == WHEN_LR}
+             for w, report in ran.items()}
+    rule = _rule_over({k: final[within][k] / v for k, v in final[REFIT_AGAINST].items()})
+    print(f"part (a'') of the session-65 rule, within {within:g} over within {REFIT_AGAINST:g}: {rule}", flush=True)
+    return {"what": "part (a'') of bench/handoff_finer.py's session-65 rule, committed before its runs",
+            "within": within, "against": REFIT_AGAINST, "handoff_finer_lr": WHEN_LR, "rule": rule,
+            "probes": {f"{w:g}": {k: v for k, v in report.items() if k != "runs"} for w, report in ran.items()},
+            "runs": ran[REFIT_AGAINST]["runs"] + [r for r in ran[within]["runs"] if r["handoff_finer_lr"] == WHEN_LR]}
 
 
 def pick_within(rows: list[dict]) -> dict:

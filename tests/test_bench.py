@@ -956,6 +956,97 @@ def test_part_a_prime_of_the_handoff_finer_rule_asks_for_a_gain_and_no_style_or_
     assert not rule(runs({("a", "x.jpg"): 1.0, ("a", "y.jpg"): 1.0}), 0.0036)["holds"]  # no gain
 
 
+def test_the_handoff_finer_refit_reruns_the_probe_pairs_and_runs_the_option_where_the_coarse_scale_was_handed_off(
+        monkeypatch, tmp_path):
+    """Session 65: every (photo, style) of the committed probe files under the current loss, the option
+    (within 1) only where the engine's coarse scale was handed off, into pick_within; new run files."""
+    finer = load("handoff_finer")
+    calls = []
+
+    def fake_run_all(jobs, workers):
+        calls.append(jobs)
+        out = []
+        for _, photo, size, _, path, _, extra in jobs:
+            early = "piano" in extra["style"]  # handed off after 20 of 100 coarse steps, the option 0.8
+            late = "vallotton" in extra["style"]  # after 90, the option 1.1
+            out.append({"photo": photo, "size": size, **extra, "scale_starts": [0, 100], "n_scales": 2,
+                        "handed_off_scales": [0] if early or late else [], "handoff_steps": [20 if early else 90],
+                        "final": 2.0 * ((0.8 if early else 1.1) if extra["handoff_finer_lr"] else 1.0)})
+        return out
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["refit", "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    committed = [r for name in finer.PROBE_FILES
+                 for r in json.loads((finer.ROOT / "bench" / "results" / name).read_text())["runs"]]
+    pairs = {(r["photo"], r["style"]) for r in committed}
+    assert len(calls) == 2 and {(j[1], j[6]["style"]) for j in calls[0]} == pairs and len(calls[0]) == len(pairs)
+    assert all(j[6]["handoff_finer_lr"] is None for j in calls[0]) and all(j[4].parent == finer.REFIT_RUNS for j in calls[0])
+    assert {j[6]["style"] for j in calls[1]} == {"piano_keyboard_sketch.jpg", "vallotton_camille_mauclair.jpg"}
+    assert all(j[6]["handoff_finer_lr"] == 0.0036 and "handoff_finer_within" not in j[6] for j in calls[1])
+    assert report["pairs"] == len(pairs) and report["pairs_handed_off_before_the_final_scale"] == len(calls[1])
+    assert report["pick"]["t_star"] == 0.2 and report["pick"]["within"] == 0.55  # halfway from 0.2 to 0.9
+    assert report["rows"][0]["fraction"] == 0.2 and report["rows"][0]["finer_over_engine"] == pytest.approx(0.8)
+
+
+def test_the_handoff_finer_refit_check_compares_the_new_threshold_with_the_old_on_fresh_photos(monkeypatch, tmp_path):
+    """(a''): the 8 styles on 4 photos outside every earlier sample; the option within F' over it within 0.62,
+    each run only where the coarse handoff came early enough for it."""
+    finer = load("handoff_finer")
+    calls = []
+
+    def fake_run_all(jobs, workers):
+        calls.append(jobs)
+        out = []
+        for _, photo, size, _, _, _, extra in jobs:
+            step = {"piano_keyboard_sketch.jpg": 50, "klee_clouds_over_bor.jpg": 70}.get(extra["style"])
+            option = extra["handoff_finer_lr"] is not None
+            out.append({"photo": photo, "size": size, **extra, "scale_starts": [0, 100], "n_scales": 2,
+                        "handed_off_scales": [0] if step else [], "handoff_steps": [step] if step else [],
+                        "final": 2.0 * (0.9 if option else 1.0)})
+        return out
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["refit-check", "--within", "0.75", "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    option_runs = [j for c in calls for j in c if j[6]["handoff_finer_lr"] is not None]
+    assert {(j[6]["style"], j[6]["handoff_finer_within"]) for j in option_runs} == {
+        ("piano_keyboard_sketch.jpg", 0.62), ("piano_keyboard_sketch.jpg", 0.75), ("klee_clouds_over_bor.jpg", 0.75)}
+    photos = {j[1] for c in calls for j in c}
+    assert len(photos) == 4 and len({j[6]["style"] for c in calls for j in c}) == 8
+    assert not photos & (set(finer.fresh_photos(57)) | set(finer.fresh_photos(58)) | set(finer.val_photos()))
+    rule = report["rule"]  # klee 0.9 (acts only within 0.75), every other pair the same run: 1
+    assert rule["style_means"]["klee_clouds_over_bor"] == pytest.approx(0.9) and rule["style_means"]["piano_keyboard_sketch"] == 1
+    assert rule["mean"] == pytest.approx(1 - 0.1 * 4 / 32) and rule["runs_changed"] == 4 and rule["holds"]
+    with pytest.raises(SystemExit):
+        finer.main(["refit-check", "--json", str(tmp_path / "x.json")])  # needs --within
+
+
+def test_the_handoff_finer_test_can_compare_two_thresholds(monkeypatch, tmp_path):
+    """(b''): with --against, each setting's mean within F' over it within the other fraction."""
+    finer = load("handoff_finer")
+    seen = []
+
+    def fake_run_all(jobs, workers):
+        seen.extend(jobs)
+        return [{"photo": photo, "size": size, **extra, "curve": [3.0, 2.0], "backoff_scales": [],
+                 "handed_off_scales": [0], "handoff_steps": [70], "scale_starts": [0, 100], "n_scales": 2,
+                 "final": 2.0 * (1.01 if size == 512 and extra.get("handoff_finer_within") == 0.75 else 1.0)}
+                for _, photo, size, _, _, _, extra in jobs]
+
+    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    assert finer.main(["test", "--lr", "0.0036", "--within", "0.75", "--against", "0.62",
+                       "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    committed = _committed_settings(finer.TEST_SETTINGS)
+    assert len(seen) == 3 * sum(len(c["photos"]) for c in committed.values())
+    assert all(path.parent == finer.REFIT_RUNS for *_, path, _, _ in seen)
+    table = report["table"]
+    assert table["256-pyramid-on"]["holds"] and table["256-pyramid-on"]["finer_over_against"] == 1
+    assert table["512-pyramid-on"]["finer_over_against"] == pytest.approx(1.01) and not table["512-pyramid-on"]["holds"]
+    assert not report["part_b_holds"] and report["against_within"] == 0.62
+
+
 def test_the_backoff_rerun_compares_with_the_lstms_first_committed_run(monkeypatch, tmp_path):
     """The evaluation's LSTM rows now run the engine's defaults (--replace); backoff_eval's rerun without
     backoff is compared with the run they replaced, whose mean it repeated."""
