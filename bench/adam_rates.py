@@ -21,6 +21,9 @@ the final scale and the seconds since the start, against the best Adam run's who
 chelsea (a test photo) and matplotlib's grace_hopper.jpg (never used elsewhere); styles: the
 held-out woman_with_a_hat, piano_keyboard_sketch (where Adam at its default was furthest behind in
 the style sweep) and new_inputs.py's drawn checkerboard (where it was closest, at 256 px).
+``--lstm-flags="FLAGS"`` runs the LSTM with these extra CLI flags as well (its runs named apart) and
+reports it over the LSTM at its defaults too: part (C) of bench/handoff_finer.py's session-65 rule.
+
 Writes bench/results/adam_rates.json; images and logs go to --out (``--reuse`` reads finished runs).
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -72,7 +76,11 @@ def main(argv=None) -> int:
     ap.add_argument("--basis", choices=tuple(DEFAULT_LR), default="pixels",
                     help="where Adam steps: on the pixels (the CLI's default) or on the multi-scale basis the LSTM "
                          "runs in (--basis multiscale; its grid is around that basis's default rate)")
+    ap.add_argument("--lstm-flags", type=shlex.split, default=[], metavar='"FLAGS"',
+                    help='also run the LSTM with these CLI flags, as one string (--lstm-flags="--handoff-finer-steps 75")')
     args, hopper = parse_with_photo(ap, argv)
+    if any(not flag.startswith("-") for flag in args.lstm_flags[:1]):
+        ap.error(f"--lstm-flags are CLI flags, got {args.lstm_flags}")
     adam_flags = ["--optimizer", "adam", *(["--basis", args.basis] if args.basis != "pixels" else [])]
     adam_name = "adam" if args.basis == "pixels" else "adam-ms"
     checker = args.out / "style_checker.png"
@@ -90,6 +98,11 @@ def main(argv=None) -> int:
                 common = ["--size", str(size), "--steps", str(args.steps)]
                 lstm = stylize_totals(photo, style, [*common, "--optimizer", "lstm"], args.out, f"{stem}_lstm",
                                       args.reuse)
+                defaults = lstm
+                if args.lstm_flags:  # (named by its flags: --handoff-finer-steps 75 -> _handoff-finer-steps_75)
+                    named = "_".join(flag.lstrip("-") for flag in args.lstm_flags)
+                    lstm = stylize_totals(photo, style, [*common, "--optimizer", "lstm", *args.lstm_flags], args.out,
+                                          f"{stem}_lstm_{named}", args.reuse)
                 adam = adam_sweep(lambda k: stylize_totals(
                     photo, style, [*common, *adam_flags, "--lr", f"{rate(k, args.basis):g}"], args.out,
                     f"{stem}_{adam_name}_{rate(k, args.basis):g}", args.reuse))
@@ -106,6 +119,9 @@ def main(argv=None) -> int:
                        "best_adam_seconds": best_run["steps"][-1]["wall_time"],
                        "lstm_seconds": lstm["steps"][-1]["wall_time"],
                        "lstm_backoff_steps": lstm.get("backoff_steps")}
+                if args.lstm_flags:
+                    row.update(lstm_defaults=defaults["final_total"],
+                               lstm_over_lstm_defaults=lstm["final_total"] / defaults["final_total"])
                 rows.append(row)
                 print(f"{size} px {photo_name} {style_name}: lstm {row['lstm']:.4f}, adam best "
                       f"{row['adam_best']:.4f} at {row['adam_best_lr']:g} (default {row['adam_default']:.4f}); "
@@ -118,13 +134,18 @@ def main(argv=None) -> int:
                          "checker": "bench/new_inputs.py drawn_styles()"},
               "optimizers": "lstm at its defaults; adam at the default rate x sqrt(2)^k, k = -2..3, widened at an "
                             "edge that was best; the best adam rate is chosen per run after the fact (an oracle)",
-              "adam_basis": args.basis, "adam_default_lr": DEFAULT_LR[args.basis], "load_average_start": load_average_start,
+              "lstm_flags": args.lstm_flags, "adam_basis": args.basis, "adam_default_lr": DEFAULT_LR[args.basis], "load_average_start": load_average_start,
               "runs": rows, "lstm_lower_than_best_adam": sum(r < 1 for r in ratios), "runs_count": len(rows),
               "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios),
               "per_size": {str(s): {"median_ratio": statistics.median(r["lstm_over_best_adam"] for r in rows
                                                                       if r["size"] == s),
                                     "worst_ratio": max(r["lstm_over_best_adam"] for r in rows if r["size"] == s)}
                            for s in args.sizes}}
+    if args.lstm_flags:
+        over = [r["lstm_over_lstm_defaults"] for r in rows]
+        report.update(mean_over_lstm_defaults=statistics.fmean(over), worst_over_lstm_defaults=max(over))
+        print(f"lstm {' '.join(args.lstm_flags)} over the lstm at its defaults: mean {statistics.fmean(over):.4f}, "
+              f"worst {max(over):.4f}", flush=True)
     write_report(report, args.json)
     return 0
 

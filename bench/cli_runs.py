@@ -12,8 +12,8 @@ from pathlib import Path
 
 from artopt.script_args import (check_names, check_output_dir, check_output_file, check_photo_sizes, dumps,  # noqa: E402
                                 refuse_same_files)
-from artopt.style.engine import (FINE_SCALE_STEP, HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR,  # noqa: E402
-                                 HANDOFF_WARMUP)
+from artopt.style.engine import (FINE_SCALE_STEP, HANDOFF_FINER_LR, HANDOFF_FINER_STEPS,  # noqa: E402
+                                 HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,8 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
     settings = {**settings, "fine_scale_step": settings.get("fine_scale_step", 1.0),
                 "handoff_lr": settings.get("handoff_lr") or 0.0, "handoff_warmup": settings.get("handoff_warmup", 0),
                 "handoff_finer_lr": settings.get("handoff_finer_lr") or 0.0,
-                "handoff_finer_within": settings.get("handoff_finer_within", 1.0)}
+                "handoff_finer_within": settings.get("handoff_finer_within", 1.0),
+                "handoff_finer_steps": settings.get("handoff_finer_steps", 0)}
     fine = settings["fine_scale_step"]
     if (settings.get("resolved_optimizer") == "lstm" and "--fine-scale-step" not in flags
             and fine != FINE_SCALE_STEP and any(s.get("scale", 0) > 0 for s in found.get("steps", []))):
@@ -90,7 +91,8 @@ def _log_matches(log: Path, content: Path, style: Path, flags: list[str]) -> boo
         return False
     # (where no coarse scale was handed off early, a log from before session 58 is the same run, but a log
     # cannot tell)
-    for flag, default in (("--handoff-finer-lr", HANDOFF_FINER_LR), ("--handoff-finer-within", HANDOFF_FINER_WITHIN)):
+    for flag, default in (("--handoff-finer-lr", HANDOFF_FINER_LR), ("--handoff-finer-within", HANDOFF_FINER_WITHIN),
+                          ("--handoff-finer-steps", HANDOFF_FINER_STEPS)):
         value = settings[flag[2:].replace("-", "_")]
         if settings.get("resolved_optimizer") == "lstm" and flag not in flags and value != default:
             print(f"not reusing {log}: its {flag[2:]} was {value:g}, not the default {default:g}", flush=True)

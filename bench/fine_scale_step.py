@@ -39,8 +39,8 @@ RESULTS = ROOT / "train" / "results" / "neural_art"
 def one_run(job: tuple) -> dict:
     """The LSTM on one photo (split, photo, size, fine_scale_step, cache file[, carry_state[, extra]]), on 1
     thread; ``extra`` may name the style (a file in the data's styles; default: the first held-out one),
-    a handoff_lr, handoff_warmup, handoff_finer_lr, handoff_finer_within and pyramid (default: on), and is
-    recorded in the run's file."""
+    a handoff_lr, handoff_warmup, handoff_finer_lr, handoff_finer_within, handoff_finer_steps and pyramid
+    (default: on), and is recorded in the run's file."""
     import torch
 
     split, photo, size, step, path, *rest = job
@@ -59,7 +59,8 @@ def one_run(job: tuple) -> dict:
                          handoff_lr=extra.get("handoff_lr"), handoff_warmup=extra.get("handoff_warmup", 0),
                          # (None, off, unless ``extra`` names it: the runs committed before it existed stay valid)
                          handoff_finer_lr=extra.get("handoff_finer_lr"),
-                         handoff_finer_within=extra.get("handoff_finer_within", 1.0))
+                         handoff_finer_within=extra.get("handoff_finer_within", 1.0),
+                         handoff_finer_steps=extra.get("handoff_finer_steps", 0))
     out = {"split": split, "photo": photo, "size": size, "fine_scale_step": step, "carry": carry, **extra,
            "final": run["final"], "curve": run["curve"], "backoff_scales": run["backoff_scales"],
            "handed_off_scales": run["handed_off_scales"], "handoff_steps": run["handoff_steps"],

@@ -83,7 +83,28 @@ replaces 0.62 as handoff_finer_within only if all of these hold, each against th
   (c'') ``bench/style_sweep.py --size 512 --handoff-finer-lr 0.0036 --handoff-finer-within F'`` (the CLI's
         150 steps): mean ratio to the CLI's defaults at most 1, no run above 1.02, below Adam in all 16.
 
-    .venv/bin/python bench/handoff_finer.py refit --jobs 2            # ~35 min on 2 cores
+Session 65, part 2: the threshold in steps, committed after the refit's engine runs had begun and before any
+of its option runs was seen.  The learned optimizer stalls after about the same number of its steps whatever
+the scale's length: the CLI's chelsea / piano_keyboard_sketch run was handed off at step 65 both at 256 px
+(one scale of 150 steps) and on the 256 px scale of its 512 px run (100 steps).  So a fraction moves the
+threshold with --steps: 0.62 is 62 steps in the CLI's 150-step runs, 83 in these 200-step runs and 165 at
+--steps 400.  ``refit`` also picks N' from its rows by the same G on the learned optimizer's steps before the
+handoff: t*'s steps and the next larger number seen, their midpoint rounded down (none where G(t*) <= 0 or
+t* is the largest).  StylizeConfig.handoff_finer_steps = N' (the option acts only where the coarser scale
+was handed off within N' of its steps), with handoff_finer_within 1, replaces handoff_finer_within 0.62 as
+the default only if all of these hold, each against the engine's defaults when this rule was committed
+(within 0.62, no limit in steps):
+  (A) ``refit-check --steps N'`` (part (a'')'s photos and styles): the mean over the 32 ratios at most 1, no
+      style's mean above 1.005, no run above 1.05;
+  (B) ``test --lr 0.0036 --steps N' --against 0.62``: each pyramid-on test setting at most 1.005x;
+  (C) the CLI at its default 150 steps, 512 px: ``bench/style_sweep.py --size 512 --handoff-finer-lr 0.0036
+      --handoff-finer-within 1 --handoff-finer-steps N'``: mean ratio to the CLI's defaults at most 1, no run
+      above 1.02, below Adam in 16 of 16; and on bench/adam_rates.py's 512 px photos and styles (chelsea and
+      grace_hopper x woman_with_a_hat, piano_keyboard_sketch, checker; ``adam_rates.py --basis multiscale
+      --size 512 --lstm-flags ...``) the mean ratio to the CLI's defaults at most 1, no run above 1.02.
+Where both parts' thresholds pass, N' is the default: it is the one that holds its place as --steps changes.
+
+    .venv/bin/python bench/handoff_finer.py refit --jobs 2            # ~45 min on 2 cores
     .venv/bin/python bench/handoff_finer.py refit-check --within F --jobs 2
     .venv/bin/python bench/handoff_finer.py test --lr 0.0036 --within F --against 0.62 --jobs 2
     .venv/bin/python bench/handoff_finer.py when --jobs 2             # ~20 min on 2 cores
@@ -129,16 +150,22 @@ REFIT_AGAINST = 0.62  # the engine's handoff_finer_within when the refit's rule 
 WHEN_LR = 0.0036  # the rate those files ran the option at (and the probe's pick)
 
 
-def extra(style: str, finer: float | None, within: float = 1.0) -> dict:
-    """fine_scale_step.one_run's ``extra``: the engine's handoff, and the finer scales' rate (None: off)
-    and handoff_finer_within (recorded where it is not 1, so that earlier runs' files stay valid)."""
+def extra(style: str, finer: float | None, within: float = 1.0, steps: int = 0) -> dict:
+    """fine_scale_step.one_run's ``extra``: the engine's handoff, and the finer scales' rate (None: off),
+    handoff_finer_within and handoff_finer_steps (each recorded where it gates, so that earlier runs' files
+    stay valid)."""
     out = {"style": style, "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pyramid": True,
            "handoff_finer_lr": finer}
-    return out if finer is None or within >= 1 else {**out, "handoff_finer_within": within}
+    if finer is not None and within < 1:
+        out["handoff_finer_within"] = within
+    if finer is not None and steps:
+        out["handoff_finer_steps"] = steps
+    return out
 
 
-def tag(finer: float | None, within: float = 1.0) -> str:
-    return "engine" if finer is None else f"finer{finer:g}" + ("" if within >= 1 else f"-within{within:g}")
+def tag(finer: float | None, within: float = 1.0, steps: int = 0) -> str:
+    return "engine" if finer is None else (f"finer{finer:g}" + ("" if within >= 1 else f"-within{within:g}")
+                                           + (f"-steps{steps}" if steps else ""))
 
 
 def main(argv=None) -> int:
@@ -156,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, help="test: the finer scales' rate")
     ap.add_argument("--within", type=float, default=1.0, help="probe, test: the option's handoff_finer_within, the "
                     "fraction of a coarser scale's steps within which its handoff must come (default: %(default)s)")
+    ap.add_argument("--steps", type=at_least(1), default=0, help="probe, test, refit-check: the option's "
+                    "handoff_finer_steps, the learned optimizer's steps within which the handoff must come (default: "
+                    "no limit)")
     ap.add_argument("--against", type=float, help="test: also run the option within this fraction and compare "
                     "(part (b'') of the session-65 rule)")
     ap.add_argument("--styles", nargs="+", choices=STYLES + OTHER_STYLES, default=list(STYLES[:2]),
@@ -180,19 +210,19 @@ def main(argv=None) -> int:
             ap.error(f"--within and --against are fractions between 0 and 1, got {fraction}")
     if args.against is not None and args.what != "test":
         ap.error("--against is for test")
-    if args.what == "refit-check" and args.within >= 1:
-        ap.error("refit-check needs --within F, the threshold refit picked")
+    if args.what == "refit-check" and (args.within >= 1) == (not args.steps):
+        ap.error("refit-check needs --within F or --steps N, a threshold refit picked")
     if args.runs is None:
         new_runs = args.what in ("refit", "refit-check") or args.against is not None
         args.runs = ROOT / "runs" / "handoff_when" if args.what == "when" else REFIT_RUNS if new_runs else RUNS
     if args.what == "probe":  # (the others' names say what they ran)
         args.json = report_path(ap, args, ROOT / "bench" / "results" / "handoff_finer_probe.json", exempt=("what",))
     elif args.json is None:
-        within = "" if args.within >= 1 else f"-within{args.within:g}"
+        gate = ("" if args.within >= 1 else f"-within{args.within:g}") + (f"-steps{args.steps}" if args.steps else "")
         against = "" if args.against is None else f"-against{args.against:g}"
         args.json = {"when": WHEN_JSON, "refit": REFIT_JSON,
-                     "refit-check": ROOT / "bench" / "results" / f"handoff_finer_refit_check_within{args.within:g}.json",
-                     }.get(args.what) or RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{within}{against}.json"
+                     "refit-check": ROOT / "bench" / "results" / f"handoff_finer_refit_check{gate.replace('-', '_')}.json",
+                     }.get(args.what) or RESULTS / f"ablation-handoff-finer-lr{args.lr:g}{gate}{against}.json"
     check_output_dir(ap, "--runs", args.runs)
     check_output_file(ap, "--json", args.json)
     if args.what == "when":
@@ -200,12 +230,12 @@ def main(argv=None) -> int:
     elif args.what == "refit":
         report = refit(args.runs, args.jobs)
     elif args.what == "refit-check":
-        report = refit_check(args.within, args.runs, args.jobs)
+        report = refit_check(args.within, args.runs, args.jobs, args.steps)
     elif args.what == "test":
-        report = test(args.lr, args.runs, args.jobs, args.within, args.against)
+        report = test(args.lr, args.runs, args.jobs, args.within, args.against, args.steps)
     else:
         report = probe(args.lrs, args.styles, args.first_photo, args.runs, args.jobs, args.fresh_photos,
-                       args.where_it_acts, args.within)
+                       args.where_it_acts, args.within, args.steps)
     write_report(report, args.json)
     return 0
 
@@ -225,36 +255,36 @@ def fresh_photos(seed: int) -> list[str]:
 
 
 def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path, jobs: int, fresh: int | None = None,
-          where_it_acts: bool = False, within: float = 1.0) -> dict:
+          where_it_acts: bool = False, within: float = 1.0, steps: int = 0) -> dict:
     photos = fresh_photos(fresh) if fresh else val_photos()[first_photo:first_photo + PHOTOS]
     variants = [None, *lrs]
 
     def job(style, p, v):
-        return ("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v, within)}-{p}.json",
-                False, extra(style, v, within))
+        return ("val", p, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(v, within, steps)}-{p}.json",
+                False, extra(style, v, within, steps))
 
     if where_it_acts:
         runs = run_all([job(style, p, None) for style in styles for p in photos], jobs)
-        acts = [r for r in runs if _handed_off_before_final(r, within)]
+        acts = [r for r in runs if _handed_off_before_final(r, within, steps)]
         done = run_all([job(r["style"], r["photo"], v) for r in acts for v in lrs], jobs)
-        runs += done + [{**r, "handoff_finer_lr": v, "handoff_finer_within": within, "same_run_as_the_engine": True}
-                        for r in runs if not _handed_off_before_final(r, within) for v in lrs]
+        runs += done + [{**r, **extra(r["style"], v, within, steps), "same_run_as_the_engine": True}
+                        for r in runs if not _handed_off_before_final(r, within, steps) for v in lrs]
     else:
         runs = run_all([job(style, p, v) for v in variants for style in styles for p in photos], jobs)
     table = {}
     for style in styles:
         mine = [r for r in runs if r["style"] == style]
         means = {v: sum(r["final"] for r in mine if r["handoff_finer_lr"] == v) / PHOTOS for v in variants}
-        coarse = sum(_handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None)
+        coarse = sum(_handed_off_before_final(r, within, steps) for r in mine if r["handoff_finer_lr"] is None)
         # (with within < 1: the photos handed off early enough for the option to act)
         table[Path(style).stem] = {"engine": means[None], "photos_handed_off_before_the_final_scale": coarse,
                                    **{f"{v:g}": {"mean": means[v], "over_engine": means[v] / means[None],
                                                  "holds": means[v] / means[None] <= VAL_MAX.get(style, 1 - 1e-12)}
                                       for v in lrs}}
-        early = "" if within >= 1 else f" within {within:g} of its steps"
+        early = ("" if within >= 1 else f" within {within:g} of its steps") + (f" within {steps} steps" if steps else "")
         print(f"{Path(style).stem}: engine {means[None]:.5f} (coarse scale handed off{early} on {coarse} of {PHOTOS}); "
               + ", ".join(f"{v:g}: {means[v]:.5f} ({means[v] / means[None]:.4f})" for v in lrs), flush=True)
-    if within < 1:
+    if within < 1 or steps:
         for v in lrs:
             rule = rule_a_prime(runs, v)
             print(f"part (a') of the session-58 rule at {v:g}: {rule}", flush=True)
@@ -263,7 +293,7 @@ def probe(lrs: list[float], styles: list[str], first_photo: int, runs_dir: Path,
     pick = min(sums, key=sums.get)
     print(f"sum of the styles' ratios: {sums}; lower: {pick}")
     return {"what": "bench/handoff_finer.py probe (see its docstring for the pick and the rule)", "photos": photos,
-            "fresh_photos": fresh, "where_it_acts": where_it_acts, "within": within,
+            "fresh_photos": fresh, "where_it_acts": where_it_acts, "within": within, "handoff_finer_steps": steps,
             "size": SIZE, "pyramid": True, "steps": STEPS, "threads": 1, "styles": styles, "lrs": lrs,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "table": table, "sum_of_ratios": sums,
             "lower_sum": pick, "all_styles_hold": {f"{v:g}": all(row[f"{v:g}"]["holds"] for row in table.values())
@@ -278,50 +308,53 @@ def rule_a_prime(runs: list[dict], lr: float) -> dict:
                        for k in [(r["photo"], r["style"])]})
 
 
-def _rule_over(ratios: dict[tuple[str, str], float]) -> dict:
-    """Parts (a') and (a''): (photo, style) -> ratio; the mean below 1, no style's mean above 1.005, no run
-    above 1.05."""
+def _rule_over(ratios: dict[tuple[str, str], float], strict: bool = True) -> dict:
+    """Parts (a'), (a'') and (A): (photo, style) -> ratio; the mean below 1 (not ``strict``: at most 1), no
+    style's mean above 1.005, no run above 1.05."""
     styles = sorted({s for _, s in ratios})
     by_style = {Path(s).stem: sum(v for (_, t), v in ratios.items() if t == s) / sum(t == s for _, t in ratios)
                 for s in styles}
     mean, worst = sum(ratios.values()) / len(ratios), max(ratios.values())
     return {"mean": mean, "style_means": by_style, "worst_run": worst, "runs_changed": sum(v != 1 for v in ratios.values()),
-            "holds": mean < 1 and max(by_style.values()) <= 1.005 and worst <= 1.05}
+            "holds": (mean < 1 if strict else mean <= 1) and max(by_style.values()) <= 1.005 and worst <= 1.05}
 
 
-def _handed_off_before_final(run: dict, within: float = 1.0) -> bool:
-    """Whether a scale before the run's last was handed off to Adam (within ``within`` of its steps, as the
-    engine counts them): the runs the option can change."""
-    if within >= 1:
+def _handed_off_before_final(run: dict, within: float = 1.0, steps: int = 0) -> bool:
+    """Whether a scale before the run's last was handed off to Adam (within ``within`` of its steps and, with
+    ``steps``, within that many, as the engine counts them): the runs the option can change."""
+    if within >= 1 and not steps:
         return bool(run["handed_off_scales"]) and min(run["handed_off_scales"]) < run["n_scales"] - 1
     starts = run["scale_starts"]
     return any(scale < run["n_scales"] - 1 and step <= within * (starts[scale + 1] - starts[scale])
-               for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
+               and (not steps or step <= steps) for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
 
 
-def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0, against: float | None = None) -> dict:
+def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0, against: float | None = None,
+         steps: int = 0) -> dict:
     """(b): the engine with and without the finer scales' Adam on each pyramid-on test setting.  With
-    ``against``, (b''): also the option within that fraction, and the option within ``within`` over it."""
+    ``against``, (b'') and (B): also the option within that fraction, and the option within ``within`` (and
+    ``steps``) over it."""
     settings = committed_settings(TEST_SETTINGS)
-    variants = [(None, 1.0), (lr, within)] + ([] if against is None else [(lr, against)])
-    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(v, w)}-{p}.json", False,
-             extra(c["style"], v, w)) for name, c in settings.items() for p in c["photos"] for v, w in variants]
+    variants = [(None, 1.0, 0), (lr, within, steps)] + ([] if against is None else [(lr, against, 0)])
+    work = [("test", p, c["size"], FINE_SCALE_STEP, runs_dir / f"test-{name}-{tag(*v)}-{p}.json", False,
+             extra(c["style"], *v)) for name, c in settings.items() for p in c["photos"] for v in variants]
     runs = run_all(work, jobs)
 
-    def of(mine, v, w):
-        return [r for r in mine if r["handoff_finer_lr"] == v and (v is None or r.get("handoff_finer_within", 1.0) == w)]
+    def of(mine, v, w, n=0):
+        return [r for r in mine if r["handoff_finer_lr"] == v and (v is None or (
+            r.get("handoff_finer_within", 1.0), r.get("handoff_finer_steps", 0)) == (w, n))]
 
     table = {}
     for name, c in settings.items():
         best = c["best_baseline_final_loss"]
         mine = [r for r in runs if r["size"] == c["size"]]
         engine = summarize(of(mine, None, 1.0), best)
-        finer = summarize(of(mine, lr, within), best)
+        finer = summarize(of(mine, lr, within, steps), best)
         ratio = finer["mean_final"] / engine["mean_final"]
         table[name] = {"photos": c["photos"], "style": c["style"], "best_baseline": c["best_baseline"],
                        "best_baseline_final_loss": best, "engine": engine, "finer": finer, "finer_over_engine": ratio,
                        "photos_handed_off_before_the_final_scale": sum(
-                           _handed_off_before_final(r, within) for r in mine if r["handoff_finer_lr"] is None),
+                           _handed_off_before_final(r, within, steps) for r in mine if r["handoff_finer_lr"] is None),
                        "holds": ratio <= TEST_MAX_RATIO}
         line = (f"{name}: engine {engine['mean_final']:.5f} ({engine['over_best_baseline']:.4f} of {c['best_baseline']}), "
                 f"finer {finer['mean_final']:.5f} ({finer['over_best_baseline']:.4f}); finer / engine {ratio:.4f}")
@@ -333,10 +366,11 @@ def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0, against: flo
         print(line, flush=True)
     holds = all(row["holds"] for row in table.values())
     part = "(b)" if against is None else "(b'')"
-    compared = "finer / engine" if against is None else f"within {within:g} / within {against:g}"
+    gate = f"within {within:g}" + (f" and {steps} steps" if steps else "")
+    compared = "finer / engine" if against is None else f"{gate} / within {against:g}"
     print(f"part {part} of the rule (each setting's {compared} <= {TEST_MAX_RATIO}): {'holds' if holds else 'fails'}")
     return {"what": f"part {part} of bench/handoff_finer.py's rule, committed before its runs", "handoff_finer_lr": lr,
-            "handoff_finer_within": within,
+            "handoff_finer_within": within, "handoff_finer_steps": steps,
             "against_within": against,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "steps": STEPS, "threads": 1,
             "max_ratio": TEST_MAX_RATIO, "table": table, "part_b_holds": holds, "runs": runs}
@@ -393,44 +427,60 @@ def refit(runs_dir: Path, jobs: int) -> dict:
     acted = [r for r in engine if _handed_off_before_final(r)]
     finer = run_all([job(r["photo"], r["style"], WHEN_LR) for r in acted], jobs)
     rows = [_when_row(run, other["final"]) for run, other in zip(acted, finer)]
-    pick = pick_within(rows)
+    pick, by_steps = pick_within(rows), pick_steps(rows)
     print(f"{len(acted)} of {len(keys)} runs handed the coarse scale off; threshold: {pick}; "
-          f"F' {'is' if pick['within'] == REFIT_AGAINST else 'is not'} {REFIT_AGAINST:g}", flush=True)
+          f"F' {'is' if pick['within'] == REFIT_AGAINST else 'is not'} {REFIT_AGAINST:g}; in steps (part 2): {by_steps}",
+          flush=True)
     return {"what": "bench/handoff_finer.py refit: the coarse handoff's step and the option's ratio to the engine, "
                     "under the current style loss, on the probe files' photos and styles (session 65)",
             "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
             "handoff_lr": HANDOFF_LR, "handoff_warmup": HANDOFF_WARMUP, "pairs": len(keys),
-            "pairs_handed_off_before_the_final_scale": len(acted), "pick": pick, "against": REFIT_AGAINST,
+            "pairs_handed_off_before_the_final_scale": len(acted), "pick": pick, "pick_steps": by_steps,
+            "against": REFIT_AGAINST,
             "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2),
             "runs": engine + finer}
 
 
-def refit_check(within: float, runs_dir: Path, jobs: int) -> dict:
-    """(a''): on REFIT_SEED's fresh photos and the 8 styles, the option within ``within`` over the option
-    within REFIT_AGAINST (each run only where the engine's coarse handoff came early enough for it)."""
+def refit_check(within: float, runs_dir: Path, jobs: int, steps: int = 0) -> dict:
+    """(a'') and, with ``steps``, (A): on REFIT_SEED's fresh photos and the 8 styles, the option within
+    ``within`` (and ``steps``) over the option within REFIT_AGAINST (each run only where the engine's coarse
+    handoff came early enough for it)."""
     styles = list(STYLES + OTHER_STYLES)
-    ran = {w: probe([WHEN_LR], styles, 0, runs_dir, jobs, REFIT_SEED, True, w) for w in (REFIT_AGAINST, within)}
-    final = {w: {(r["photo"], r["style"]): r["final"] for r in report["runs"] if r["handoff_finer_lr"] == WHEN_LR}
-             for w, report in ran.items()}
-    rule = _rule_over({k: final[within][k] / v for k, v in final[REFIT_AGAINST].items()})
-    print(f"part (a'') of the session-65 rule, within {within:g} over within {REFIT_AGAINST:g}: {rule}", flush=True)
-    return {"what": "part (a'') of bench/handoff_finer.py's session-65 rule, committed before its runs",
-            "within": within, "against": REFIT_AGAINST, "handoff_finer_lr": WHEN_LR, "rule": rule,
-            "probes": {f"{w:g}": {k: v for k, v in report.items() if k != "runs"} for w, report in ran.items()},
-            "runs": ran[REFIT_AGAINST]["runs"] + [r for r in ran[within]["runs"] if r["handoff_finer_lr"] == WHEN_LR]}
+    gates = {"against": (REFIT_AGAINST, 0), "new": (within, steps)}
+    ran = {k: probe([WHEN_LR], styles, 0, runs_dir, jobs, REFIT_SEED, True, *g) for k, g in gates.items()}
+    final = {k: {(r["photo"], r["style"]): r["final"] for r in report["runs"] if r["handoff_finer_lr"] == WHEN_LR}
+             for k, report in ran.items()}
+    part = "(A)" if steps else "(a'')"  # (A) asks for no loss overall: at these 200 steps the gates nearly agree
+    rule = _rule_over({k: final["new"][k] / v for k, v in final["against"].items()}, strict=not steps)
+    gate = (f"within {within:g}" if within < 1 else "") + (f" {steps} steps" if steps else "")
+    print(f"part {part} of the session-65 rule, {gate.strip()} over within {REFIT_AGAINST:g}: {rule}", flush=True)
+    return {"what": f"part {part} of bench/handoff_finer.py's session-65 rule, committed before its runs",
+            "within": within, "handoff_finer_steps": steps, "against": REFIT_AGAINST, "handoff_finer_lr": WHEN_LR,
+            "rule": rule, "probes": {k: {n: v for n, v in report.items() if n != "runs"} for k, report in ran.items()},
+            "runs": ran["against"]["runs"] + [r for r in ran["new"]["runs"] if r["handoff_finer_lr"] == WHEN_LR]}
 
 
 def pick_within(rows: list[dict]) -> dict:
     """The docstring's threshold: G(t) = sum of (1 - ratio) over the rows with fraction <= t, t* its argmax
     (the smallest on a tie); F = the midpoint of t* and the next larger fraction, 2 decimals, or None
     (the option stays off) where G(t*) <= 0 or t* is the largest fraction."""
-    seen = sorted({r["fraction"] for r in rows if r["fraction"] is not None})
-    gains = {t: sum(1 - r["finer_over_engine"] for r in rows if r["fraction"] is not None and r["fraction"] <= t)
-             for t in seen}
-    best = max(seen, key=lambda t: (gains[t], -t)) if seen else None
-    within = (None if best is None or gains[best] <= 0 or best == seen[-1]
-              else round((best + seen[seen.index(best) + 1]) / 2, 2))
+    gains, best, within = _pick(rows, "fraction", lambda a, b: round((a + b) / 2, 2))
     return {"gains": {f"{t:.4f}": g for t, g in gains.items()}, "t_star": best, "within": within}
+
+
+def pick_steps(rows: list[dict]) -> dict:
+    """Part 2's threshold: the same G over the learned optimizer's steps before the handoff; N = the
+    midpoint of t*'s steps and the next larger number seen, rounded down, or None."""
+    gains, best, steps = _pick(rows, "lstm_steps_before_coarse_handoff", lambda a, b: (a + b) // 2)
+    return {"gains": {str(t): g for t, g in gains.items()}, "t_star": best, "steps": steps}
+
+
+def _pick(rows: list[dict], key: str, midpoint) -> tuple[dict, object, object]:
+    seen = sorted({r[key] for r in rows if r[key] is not None})
+    gains = {t: sum(1 - r["finer_over_engine"] for r in rows if r[key] is not None and r[key] <= t) for t in seen}
+    best = max(seen, key=lambda t: (gains[t], -t)) if seen else None
+    pick = None if best is None or gains[best] <= 0 or best == seen[-1] else midpoint(best, seen[seen.index(best) + 1])
+    return gains, best, pick
 
 
 if __name__ == "__main__":

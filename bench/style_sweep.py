@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--handoff-warmup", type=int, default=0, help="and this --handoff-warmup (default: %(default)s)")
     ap.add_argument("--handoff-finer-lr", type=float, help="also run the LSTM with this --handoff-finer-lr")
     ap.add_argument("--handoff-finer-within", type=float, help="and this --handoff-finer-within")
+    ap.add_argument("--handoff-finer-steps", type=int, help="and this --handoff-finer-steps")
     args = ap.parse_args(argv)
     if args.handoff_lr is not None and not 0 < args.handoff_lr < float("inf"):
         ap.error(f"--handoff-lr must be positive, got {args.handoff_lr}")
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     if args.handoff_finer_within is not None and (args.handoff_finer_lr is None
                                                   or not 0 <= args.handoff_finer_within <= 1):
         ap.error("--handoff-finer-within needs --handoff-finer-lr and is a fraction between 0 and 1")
+    if args.handoff_finer_steps is not None and (args.handoff_finer_lr is None or args.handoff_finer_steps < 0):
+        ap.error("--handoff-finer-steps needs --handoff-finer-lr and is 0 or more")
     check_run_flags(ap, args)  # (after the values: a bad one is said before a missing --json)
     variants = {"lstm": ["--optimizer", "lstm"], "adam": ["--optimizer", "adam"]}
     if args.handoff_lr is not None:
@@ -57,7 +60,10 @@ def main(argv=None) -> int:
         variants["lstm_finer"] = ["--optimizer", "lstm", "--handoff-finer-lr", f"{args.handoff_finer_lr:g}"]
         if args.handoff_finer_within is not None:
             variants["lstm_finer"] += ["--handoff-finer-within", f"{args.handoff_finer_within:g}"]
-    within = "" if args.handoff_finer_within is None else f"_within{args.handoff_finer_within:g}"
+        if args.handoff_finer_steps is not None:
+            variants["lstm_finer"] += ["--handoff-finer-steps", str(args.handoff_finer_steps)]
+    within = ("" if args.handoff_finer_within is None else f"_within{args.handoff_finer_within:g}") + (
+        "" if args.handoff_finer_steps is None else f"_steps{args.handoff_finer_steps}")
     if args.handoff_warmup and (args.handoff_lr is None or args.handoff_warmup < 0):
         ap.error("--handoff-warmup needs --handoff-lr and is 0 or more")
     warm = f"_w{args.handoff_warmup}" if args.handoff_warmup else ""
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
     if args.handoff_finer_lr is not None:
         over = [r["finer_over_lstm"] for r in rows]
         report["handoff_finer"] = {
-            "lr": args.handoff_finer_lr, "within": args.handoff_finer_within,
+            "lr": args.handoff_finer_lr, "within": args.handoff_finer_within, "steps": args.handoff_finer_steps,
             "runs_handed_off": sum(bool(r["lstm_finer_steps"]) for r in rows),
             "mean_over_lstm": statistics.fmean(over), "worst_over_lstm": max(over), "best_over_lstm": min(over),
             "lower_than_adam": sum(r["lstm_finer_over_adam"] < 1 for r in rows),

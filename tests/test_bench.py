@@ -459,6 +459,11 @@ def test_an_lstm_log_from_before_the_finer_scales_default_handoff_is_not_reused(
     found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=1.0)  # session 57's flag alone
     log.write_text(json.dumps(found))
     assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0.0036"])
+    # session 65's gate in steps: a log with one is reused only where the flags ask for it
+    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=0.62, handoff_finer_steps=74)
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-steps", "74"])
 
 
 def test_a_log_with_another_coarse_share_is_reused_only_when_the_flags_ask_for_it(tmp_path):
@@ -761,6 +766,32 @@ def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkey
     assert report["runs"][0]["adam_best_lr"] == 0.0036 and report["runs"][0]["adam_default"] == 2.0
 
 
+def test_adam_rates_can_run_the_lstm_with_more_flags_and_compare_it_with_its_defaults(monkeypatch, tmp_path):
+    adam_rates = load("adam_rates")
+    monkeypatch.setattr(sys.modules["new_inputs"], "sample_photo", lambda: ROOT / "assets" / "photos" / "rocket.jpg")
+    lstm_runs = []
+
+    def fake_totals(content, style, flags, out, stem, reuse):
+        if "lstm" in flags:
+            lstm_runs.append((stem, flags))
+        final = (0.9 if "--handoff-finer-steps" in flags else 1.0) if "lstm" in flags else 2.0
+        return {"steps": [{"step": 1, "scale": 0, "total": 3.0, "wall_time": 1.0}], "after": [final],
+                "final_total": final}
+
+    monkeypatch.setattr(adam_rates, "stylize_totals", fake_totals)
+    assert adam_rates.main(["--sizes", "64", "--lstm-flags=--handoff-finer-within 1 --handoff-finer-steps 74",
+                            "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
+    report = strict_loads((tmp_path / "r.json").read_text())
+    assert len(lstm_runs) == 2 * 6 and ("chelsea_woman_with_a_hat_64px_lstm_handoff-finer-within_1_handoff-finer-steps_74",
+                                        ["--size", "64", "--steps", "150", "--optimizer", "lstm", "--handoff-finer-within",
+                                         "1", "--handoff-finer-steps", "74"]) in lstm_runs
+    row = report["runs"][0]
+    assert row["lstm"] == 0.9 and row["lstm_defaults"] == 1.0 and row["lstm_over_best_adam"] == 0.45
+    assert report["mean_over_lstm_defaults"] == pytest.approx(0.9) and report["lstm_flags"][-1] == "74"
+    with pytest.raises(SystemExit):
+        adam_rates.main(["--sizes", "64", "--lstm-flags=74", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "x.json")])
+
+
 def _committed_settings(names) -> dict:
     """The evaluation's committed results of these test settings, by name."""
     return {name: json.loads((ROOT / "train" / "results" / "neural_art" / f"{name}.json").read_text()) for name in names}
@@ -842,6 +873,14 @@ def test_the_style_sweep_runs_the_handoff_beside_the_lstm_and_adam(monkeypatch, 
     assert report["runs"][0]["handoff_steps"] == [5]
     assert "handoff" not in (style_sweep.main(["--out", str(tmp_path / "runs"), "--json", str(tmp_path / "p.json")])
                              or strict_loads((tmp_path / "p.json").read_text()))
+    calls.clear()  # the finer scales' gate in steps (part (C) of bench/handoff_finer.py's session-65 rule)
+    assert style_sweep.main(["--size", "512", "--handoff-finer-lr", "0.0036", "--handoff-finer-within", "1",
+                             "--handoff-finer-steps", "74", "--out", str(tmp_path / "runs"),
+                             "--json", str(tmp_path / "s.json")]) == 0
+    assert ("chelsea_woman_with_a_hat_lstm_finer0.0036_within1_steps74",
+            ["--size", "512", "--optimizer", "lstm", "--handoff-finer-lr", "0.0036", "--handoff-finer-within", "1",
+             "--handoff-finer-steps", "74"]) in calls
+    assert strict_loads((tmp_path / "s.json").read_text())["handoff_finer"]["steps"] == 74
 
 
 def test_the_handoff_finer_probe_compares_each_rate_with_the_engine_and_picks_the_lower_sum(monkeypatch, tmp_path):
@@ -929,6 +968,15 @@ def test_the_handoff_finer_threshold_keeps_the_fractions_whose_gains_add_up_most
     assert pick([])["within"] is None
 
 
+def test_the_handoff_finer_threshold_in_steps_keeps_the_steps_whose_gains_add_up_most():
+    pick = load("handoff_finer").pick_steps
+    rows = [{"lstm_steps_before_coarse_handoff": n, "finer_over_engine": r} for n, r in
+            [(31, 0.8), (65, 0.9), (84, 1.1), (115, 1.05), (None, 1.0)]]
+    assert pick(rows) == {"gains": {"31": pytest.approx(0.2), "65": pytest.approx(0.3), "84": pytest.approx(0.2),
+                                    "115": pytest.approx(0.15)}, "t_star": 65, "steps": 74}  # (65 + 84) // 2
+    assert pick(rows[:2])["steps"] is None and pick([])["steps"] is None  # t* the largest seen; none seen
+
+
 def test_the_handoff_finer_probe_counts_a_coarse_handoff_within_the_fraction_as_the_engine_does():
     acts = load("handoff_finer")._handed_off_before_final
     run = {"handed_off_scales": [0, 1], "handoff_steps": [30, 20], "scale_starts": [0, 100], "n_scales": 2}
@@ -936,6 +984,7 @@ def test_the_handoff_finer_probe_counts_a_coarse_handoff_within_the_fraction_as_
     three = {"handed_off_scales": [1], "handoff_steps": [10], "scale_starts": [0, 80, 120], "n_scales": 3}
     assert acts(three, 0.25) and not acts(three, 0.2)
     assert not acts({"handed_off_scales": [1], "handoff_steps": [5], "scale_starts": [0, 100], "n_scales": 2}, 0.5)
+    assert acts(run, steps=30) and not acts(run, steps=29) and not acts(run, 0.29, steps=40)  # both must hold
 
 
 def test_part_a_prime_of_the_handoff_finer_rule_asks_for_a_gain_and_no_style_or_run_worse():
@@ -986,6 +1035,7 @@ def test_the_handoff_finer_refit_reruns_the_probe_pairs_and_runs_the_option_wher
     assert all(j[6]["handoff_finer_lr"] == 0.0036 and "handoff_finer_within" not in j[6] for j in calls[1])
     assert report["pairs"] == len(pairs) and report["pairs_handed_off_before_the_final_scale"] == len(calls[1])
     assert report["pick"]["t_star"] == 0.2 and report["pick"]["within"] == 0.55  # halfway from 0.2 to 0.9
+    assert report["pick_steps"]["t_star"] == 20 and report["pick_steps"]["steps"] == 55  # part 2: in steps
     assert report["rows"][0]["fraction"] == 0.2 and report["rows"][0]["finer_over_engine"] == pytest.approx(0.8)
 
 
@@ -1019,7 +1069,15 @@ def test_the_handoff_finer_refit_check_compares_the_new_threshold_with_the_old_o
     assert rule["style_means"]["klee_clouds_over_bor"] == pytest.approx(0.9) and rule["style_means"]["piano_keyboard_sketch"] == 1
     assert rule["mean"] == pytest.approx(1 - 0.1 * 4 / 32) and rule["runs_changed"] == 4 and rule["holds"]
     with pytest.raises(SystemExit):
-        finer.main(["refit-check", "--json", str(tmp_path / "x.json")])  # needs --within
+        finer.main(["refit-check", "--json", str(tmp_path / "x.json")])  # needs --within or --steps
+    # (A): the gate in steps (60: piano only, as within 0.62), so every ratio is 1, which (A) allows
+    calls.clear()
+    assert finer.main(["refit-check", "--steps", "60", "--json", str(tmp_path / "s.json")]) == 0
+    report = strict_loads((tmp_path / "s.json").read_text())
+    assert {(j[6]["style"], j[6].get("handoff_finer_within"), j[6].get("handoff_finer_steps"))
+            for c in calls for j in c if j[6]["handoff_finer_lr"] is not None} == {
+        ("piano_keyboard_sketch.jpg", 0.62, None), ("piano_keyboard_sketch.jpg", None, 60)}
+    assert report["rule"]["mean"] == 1 and report["rule"]["holds"] and report["handoff_finer_steps"] == 60
 
 
 def test_the_handoff_finer_test_can_compare_two_thresholds(monkeypatch, tmp_path):
@@ -1045,6 +1103,11 @@ def test_the_handoff_finer_test_can_compare_two_thresholds(monkeypatch, tmp_path
     assert table["256-pyramid-on"]["holds"] and table["256-pyramid-on"]["finer_over_against"] == 1
     assert table["512-pyramid-on"]["finer_over_against"] == pytest.approx(1.01) and not table["512-pyramid-on"]["holds"]
     assert not report["part_b_holds"] and report["against_within"] == 0.62
+    seen.clear()  # (B): the gate in steps
+    assert finer.main(["test", "--lr", "0.0036", "--steps", "75", "--against", "0.62", "--json", str(tmp_path / "s.json")]) == 0
+    report = strict_loads((tmp_path / "s.json").read_text())
+    assert {extra.get("handoff_finer_steps") for *_, extra in seen} == {None, 75}
+    assert report["part_b_holds"] and report["handoff_finer_steps"] == 75
 
 
 def test_the_backoff_rerun_compares_with_the_lstms_first_committed_run(monkeypatch, tmp_path):

@@ -1004,6 +1004,20 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     for bad in (-0.1, 1.5, math.nan, "0.5", True):
         with pytest.raises(ValueError, match="handoff finer within must be a fraction"):
             dataclasses.replace(config, handoff_finer_within=bad).validated()
+    # handoff_finer_steps: the same gate in the learned optimizer's steps (the handoff came after 4), and with
+    # handoff_finer_within both must hold
+    steps[:] = []
+    _, gated = _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_finer_steps=3))
+    assert "lstm" in steps[12:] and [i.losses["total"] for i in gated] == [i.losses["total"] for i in plain]
+    steps[:] = []
+    _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_finer_steps=4))
+    assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 + [0.002] * 4
+    steps[:] = []
+    _run(dataclasses.replace(config, handoff_finer_lr=0.002, handoff_finer_steps=10, handoff_finer_within=0.4))
+    assert "lstm" in steps[12:]
+    for bad in (-1, 2.5, "3", True, None):
+        with pytest.raises(ValueError, match="handoff finer steps must be a whole number"):
+            dataclasses.replace(config, handoff_finer_steps=bad).validated()
     # no handoff, nothing to carry on: the same run with or without it
     off = dataclasses.replace(config, handoff_lr=0)
     assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))

@@ -34,8 +34,8 @@ from artopt.file_writes import folder_lock  # noqa: E402
 from artopt.learned_optimizers.shipped import learned_setup, trained_basis, trained_pixels  # noqa: E402
 from artopt.learned_optimizers.weights import write_json_atomic  # noqa: E402
 from artopt.optimizers.tuning import TuningDivergedError, grid_search, is_tuned_rate, search_lr  # noqa: E402
-from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN, HANDOFF_LR, HANDOFF_WARMUP, MAX_ADAM_LEVELS,  # noqa: E402
-                                 StylizeConfig, stylize)
+from artopt.style.engine import (HANDOFF_FINER_LR, HANDOFF_FINER_STEPS, HANDOFF_FINER_WITHIN, HANDOFF_LR,  # noqa: E402
+                                 HANDOFF_WARMUP, MAX_ADAM_LEVELS, StylizeConfig, stylize)
 from artopt.tasks.neural_art import HELD_OUT_STYLES, TRAIN_STYLE, NeuralArtTask, _load_rgb  # noqa: E402
 from artopt.script_args import check_output_file, finite_or_none, script_parser  # noqa: E402
 
@@ -410,7 +410,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
                 handoff_lr: float | None = HANDOFF_LR, handoff_warmup: int = HANDOFF_WARMUP,
                 handoff_finer_lr: float | None = HANDOFF_FINER_LR,
                 handoff_finer_within: float = HANDOFF_FINER_WITHIN, coarse_share: float | None = None,
-                adam_levels: int = 0) -> dict:
+                adam_levels: int = 0, handoff_finer_steps: int = HANDOFF_FINER_STEPS) -> dict:
     content = _load_rgb(str(task.root / "imagenet-sample" / photo), 1024).unsqueeze(0)
     optimizer, pixel_basis = ("lstm", "pixels") if name.startswith("lstm") else (_baseline(name) or (name, "pixels"))
     cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer, lr=lr, pyramid=pyramid, device="cpu", seed=0,
@@ -421,6 +421,7 @@ def _engine_run(task, photo, style, size, pyramid, name, lr, steps, weights=None
         cfg.carry_state = carry_state
     cfg.handoff_lr, cfg.handoff_warmup, cfg.handoff_finer_lr = handoff_lr, handoff_warmup, handoff_finer_lr
     cfg.handoff_finer_within, cfg.coarse_share, cfg.adam_levels = handoff_finer_within, coarse_share, adam_levels
+    cfg.handoff_finer_steps = handoff_finer_steps
     curve, times, = [], []
     backoff_scales = []  # backoff's step multipliers in order (any scale); "handoff" where Adam took over
     handed_off_scales, n_scales = [], [1]  # the scales whose notices say "(handoff)"

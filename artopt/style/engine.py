@@ -101,6 +101,8 @@ MAX_ADAM_LEVELS = 3
 # (bench/handoff_finer.py's docstring): the styles it stalls on that early are far from its training, and
 # on nearer ones, handed off later or not at all, the fresh learned optimizer of the finer scale does better.
 HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN = 0.0036, 0.62
+# StylizeConfig.handoff_finer_steps: the same gate counted in the learned optimizer's steps (0: none).
+HANDOFF_FINER_STEPS = 0
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # backoff: the learned optimizer sees gradients only (no loss, no line search), and on styles far from
@@ -206,6 +208,11 @@ class StylizeConfig:
                 "of its steps (1: after any handoff). Nearer styles are handed off later or not at all, and do better "
                 "with the fresh learned optimizer (after any handoff: the held-out style at 128 px 19% higher, "
                 "klee_clouds_over_bor 5% and van_doesburg_composition_xiii 11% at 512 px with 200 steps)"})
+    handoff_finer_steps: int = field(default=HANDOFF_FINER_STEPS, metadata={
+        "help": "lstm only: --handoff-finer-lr acts only where the coarser scale was handed off within this many of "
+                "its steps (0: no limit in steps; with --handoff-finer-within, both must hold). The learned optimizer "
+                "stalls after about the same number of its steps whatever a scale's length, so this gate, unlike the "
+                "fraction, stays put as --steps changes"})
     coarse_share: float | None = field(default=None, metadata={
         "help": "coarse-to-fine runs: the share of --steps the coarsest scale gets, the finer scales sharing the "
                 "rest equally (default: two thirds, where a coarse step costs a quarter of the next scale's). A "
@@ -278,6 +285,10 @@ class StylizeConfig:
         if isinstance(self.handoff_finer_within, bool) or not isinstance(self.handoff_finer_within, numbers.Real) \
                 or not 0 <= self.handoff_finer_within <= 1:
             raise ValueError(f"handoff finer within must be a fraction between 0 and 1, got {self.handoff_finer_within!r}")
+        if (isinstance(self.handoff_finer_steps, bool) or not isinstance(self.handoff_finer_steps, int)
+                or self.handoff_finer_steps < 0):
+            raise ValueError(f"handoff finer steps must be a whole number of steps, 0 or more, got "
+                             f"{self.handoff_finer_steps!r}")
         if self.coarse_share is not None and (isinstance(self.coarse_share, bool) or not isinstance(
                 self.coarse_share, numbers.Real) or not 0 < self.coarse_share < 1):
             raise ValueError(f"coarse share must be a fraction between 0 and 1 (exclusive), got {self.coarse_share!r}")
@@ -896,7 +907,7 @@ def stylize(content: Image.Image | torch.Tensor,
     last_active = max((i for i, n in enumerate(steps_per_scale) if n > 0), default=len(sizes) - 1)
     budget = 0  # evaluations the scales up to this one may have used in all
     optimizer: torch.optim.Optimizer | None = None  # the current scale's
-    handed_off = False  # a scale so far was handed off to Adam (handoff_lr) within handoff_finer_within of its steps
+    handed_off = False  # a scale so far was handed off to Adam (handoff_lr) early enough (handoff_finer_within, _steps)
     for scale_index, (long_side, scale_steps) in enumerate(zip(sizes, steps_per_scale)):
         if scale_index > last_active:
             break
@@ -1020,7 +1031,8 @@ def stylize(content: Image.Image | torch.Tensor,
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
                     optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_lr, config.handoff_warmup)
                     backoff, step_scale = None, None
-                    handed_off = handed_off or evals <= config.handoff_finer_within * scale_steps
+                    handed_off = handed_off or (evals <= config.handoff_finer_within * scale_steps and (
+                        not config.handoff_finer_steps or evals <= config.handoff_finer_steps))
                     lowered = f"{stayed}Adam on the multi-scale basis goes on at {rate}"
                 else:
                     lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
