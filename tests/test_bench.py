@@ -953,6 +953,11 @@ def test_the_handoff_finer_probe_can_run_the_option_only_where_it_acts(monkeypat
 
     assert not set(report["photos"]) & set(random.Random(0).sample(NeuralArtTask(size=64).split["val"], 8))
     assert report["table"]["klee_clouds_over_bor"]["0.0036"]["over_engine"] == pytest.approx((1.0 + 3 * 2.0) / 8)
+    calls.clear()  # --size 256: the pyramid's 128 px coarse scale (part 3 of the session-65 rule)
+    assert finer.main(["probe", "--size", "256", "--lrs", "0.0036", "--fresh-photos", "59", "--where-it-acts",
+                       "--styles", "klee_clouds_over_bor.jpg", "--json", str(tmp_path / "s.json")]) == 0
+    assert {j[2] for c in calls for j in c} == {256} and all(j[4].name.startswith("256-") for c in calls for j in c)
+    assert strict_loads((tmp_path / "s.json").read_text())["size"] == 256
 
 
 def test_the_handoff_finer_threshold_keeps_the_fractions_whose_gains_add_up_most():
