@@ -298,7 +298,7 @@ def _fake_log(path: Path, content: Path, style: Path, size: int) -> None:
     path.write_text(json.dumps({"settings": {"size": size, "optimizer": "lstm", "resolved_optimizer": "lstm",
                                              "keep_best": True, "backoff": True, "handoff_lr": 0.0009,
                                              "handoff_warmup": 10, "handoff_finer_lr": 0.0036,
-                                             "handoff_finer_within": 0.62,
+                                             "handoff_finer_within": 1.0, "handoff_finer_steps": 83,
                                              "content_path": str(content),
                                              "style_paths": [str(style)]},
                                 "steps": [{"step": 1, "scale": 0, "total": 2.0}, {"step": 2, "scale": 0, "total": 1.5}],
@@ -442,25 +442,30 @@ def test_an_lstm_log_from_before_the_default_handoff_is_not_reused(tmp_path):
 
 
 def test_an_lstm_log_from_before_the_finer_scales_default_handoff_is_not_reused(tmp_path):
-    """Session 58 made --handoff-finer-lr 0.0036 with --handoff-finer-within 0.62 the default: a log without
-    them, or with other values, is made again unless its flags ask for what it ran."""
+    """Session 58 made --handoff-finer-lr 0.0036 with --handoff-finer-within 0.62 the default, session 65
+    --handoff-finer-steps 83 with --handoff-finer-within 1: a log without them, or with other values, is made
+    again unless its flags ask for what it ran."""
     cli_runs, content, style, log, found = _reusable_lstm_log(tmp_path, 512)
-    for finer in ({"handoff_finer_lr": None}, {"handoff_finer_within": 1.0}, {"handoff_finer_lr": 0.001}):
+    for finer in ({"handoff_finer_lr": None}, {"handoff_finer_within": 0.62}, {"handoff_finer_steps": 0},
+                  {"handoff_finer_lr": 0.001}):
         log.write_text(json.dumps({**found, "settings": {**found["settings"], **finer}}))
         assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
-    del found["settings"]["handoff_finer_lr"], found["settings"]["handoff_finer_within"]  # a log from before either
+    for key in ("handoff_finer_lr", "handoff_finer_within", "handoff_finer_steps"):  # a log from before any
+        del found["settings"][key]
     log.write_text(json.dumps(found))
     assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=0.62)  # session 58's defaults
+    log.write_text(json.dumps(found))
+    assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
+    assert cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-within", "0.62",
+                                                       "--handoff-finer-steps", "0"])
     found["settings"].update(handoff_finer_lr=0.0, handoff_finer_within=1.0)  # off: matched on its flags
     log.write_text(json.dumps(found))
     assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0"])
     assert cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0",
-                                                       "--handoff-finer-within", "1"])
-    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=1.0)  # session 57's flag alone
-    log.write_text(json.dumps(found))
-    assert not cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-lr", "0.0036"])
-    # session 65's gate in steps: a log with one is reused only where the flags ask for it
-    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_within=0.62, handoff_finer_steps=74)
+                                                       "--handoff-finer-steps", "0"])
+    # a log with another gate in steps is reused only where the flags ask for it
+    found["settings"].update(handoff_finer_lr=0.0036, handoff_finer_steps=74)
     log.write_text(json.dumps(found))
     assert not cli_runs._log_matches(log, content, style, ["--size", "512"])
     assert cli_runs._log_matches(log, content, style, ["--size", "512", "--handoff-finer-steps", "74"])

@@ -1021,9 +1021,10 @@ def test_handoff_finer_lr_runs_the_finer_scales_with_adam_once_a_coarser_scale_w
     # no handoff, nothing to carry on: the same run with or without it
     off = dataclasses.replace(config, handoff_lr=0)
     assert torch.equal(stylize(CONTENT, [STYLE], off), stylize(CONTENT, [STYLE], dataclasses.replace(off, handoff_finer_lr=0.002)))
-    # the default since session 58: HANDOFF_FINER_LR after a handoff within HANDOFF_FINER_WITHIN of the coarse steps
-    assert (StylizeConfig().handoff_finer_lr, StylizeConfig().handoff_finer_within) == (0.0036, 0.62) == (
-        engine.HANDOFF_FINER_LR, engine.HANDOFF_FINER_WITHIN)
+    # the default since session 65: HANDOFF_FINER_LR after a handoff within HANDOFF_FINER_STEPS coarse steps
+    default = StylizeConfig()
+    assert (default.handoff_finer_lr, default.handoff_finer_within, default.handoff_finer_steps) == (0.0036, 1.0, 83) == (
+        engine.HANDOFF_FINER_LR, engine.HANDOFF_FINER_WITHIN, engine.HANDOFF_FINER_STEPS)
     steps[:] = []
     _run(dataclasses.replace(config, handoff_finer_lr=StylizeConfig().handoff_finer_lr))
     assert steps == ["basis", "lstm"] * 4 + [0.004] * 4 + [0.0036] * 4

@@ -406,11 +406,45 @@ def test_the_neural_art_cards_handoff_finer_within_figures_are_those_of_the_resu
     assert card["holds"] is holds is True
     from artopt.style.engine import StylizeConfig
 
-    default = StylizeConfig()
-    assert (default.handoff_finer_lr, default.handoff_finer_within) == (0.0036, 0.62)
+    assert StylizeConfig().handoff_finer_lr == 0.0036 and "session 65" in card["superseded"]  # (the gate: below)
     after = json.loads((results / "adam_rates_multiscale_handoff_finer_512.json").read_text())
     assert card["adam_rates_512"]["lstm_over_best_adam"] == {
         f"{r['photo']} {r['style']}": round(r["lstm_over_best_adam"], 4) for r in after["runs"]}
+
+
+def test_the_neural_art_cards_handoff_finer_steps_figures_are_those_of_the_result_files():
+    """Session 65's rules for --handoff-finer-steps: the refit's thresholds, each check's figures and the
+    verdict read off the runs' reports, and the engine's defaults follow the verdict."""
+    card = json.loads((WEIGHTS_DIR / "neural_art.json").read_text())["handoff_finer_steps"]
+    results = WEIGHTS_DIR.parent / "bench" / "results"
+    when = json.loads((results / "handoff_finer_when_framed_style.json").read_text())
+    assert (when["pick"]["within"], when["pick_steps"]["steps"]) == (card["refit"]["within"], card["refit"]["steps"]) == (0.62, 83)
+    gain = [r["lstm_steps_before_coarse_handoff"] for r in when["rows"] if r["finer_over_engine"] < 1]
+    loss = [r["lstm_steps_before_coarse_handoff"] for r in when["rows"] if r["finer_over_engine"] >= 1]
+    assert card["refit"]["gain_steps_before_handoff"] == [min(gain), max(gain)] and max(gain) < 83 < min(loss)
+    assert card["refit"]["loss_steps_before_handoff"] == [min(loss), max(loss)]
+    a = json.loads((results / "handoff_finer_refit_check_steps83.json").read_text())
+    assert a["handoff_finer_steps"] == 83 and a["against"] == 0.62 and card["A_fresh_photos_512"]["mean"] == a["rule"]["mean"]
+    b = json.loads((WEIGHTS_DIR.parent / "train" / "results" / "neural_art" /
+                    "ablation-handoff-finer-lr0.0036-steps83-against0.62.json").read_text())
+    assert card["B_test_ratios_over_within_0_62"] == {k: round(v["finer_over_against"], 4) for k, v in b["table"].items()}
+    sweep = json.loads((results / "style_sweep_handoff_finer_steps83_512.json").read_text())["handoff_finer"]
+    assert (sweep["within"], sweep["steps"]) == (1, 83) and card["C_style_sweep_512"]["mean_over_defaults"] == round(
+        sweep["mean_over_lstm"], 4)
+    rates = json.loads((results / "adam_rates_multiscale_finer_steps83_512.json").read_text())
+    assert rates["lstm_flags"][:4] == ["--handoff-finer-within", "1", "--handoff-finer-steps", "83"]
+    assert card["C_adam_rates_512"]["lstm_over_best_adam"] == {
+        f"{r['photo']} {r['style']}": round(r["lstm_over_best_adam"], 4) for r in rates["runs"]}
+    holds = (a["rule"]["holds"] and b["part_b_holds"] and sweep["mean_over_lstm"] <= 1 and sweep["worst_over_lstm"] <= 1.02
+             and sweep["lower_than_adam"] == 16 and rates["mean_over_lstm_defaults"] <= 1
+             and rates["worst_over_lstm_defaults"] <= 1.02)
+    assert card["holds"] is holds is True
+    probe = json.loads((results / "handoff_finer_probe_256_fresh59.json").read_text())
+    assert probe["size"] == 256 and probe["table"]["rule_a_prime_0.0036"]["mean"] <= 1  # part 3: the option stays
+    from artopt.style.engine import StylizeConfig
+
+    default = StylizeConfig()
+    assert (default.handoff_finer_lr, default.handoff_finer_within, default.handoff_finer_steps) == (0.0036, 1.0, 83)
 
 
 def _mean_times(run: dict) -> dict[str, float]:

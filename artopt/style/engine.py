@@ -95,14 +95,14 @@ HANDOFF_LR, HANDOFF_WARMUP = 0.0009, 10
 # StylizeConfig.adam_levels: at most this many finest basis levels go to Adam, so the learned optimizer
 # keeps at least three at every finer pyramid scale (384 px and up: six levels or more).
 MAX_ADAM_LEVELS = 3
-# Adam on the finer pyramid scales (StylizeConfig.handoff_finer_lr / handoff_finer_within): where the
-# learned optimizer stalled within the first 62% of a coarser scale's steps, Adam on the basis runs the
-# finer scales from their start.  The default since session 58, by a rule committed before its runs
-# (bench/handoff_finer.py's docstring): the styles it stalls on that early are far from its training, and
-# on nearer ones, handed off later or not at all, the fresh learned optimizer of the finer scale does better.
-HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN = 0.0036, 0.62
-# StylizeConfig.handoff_finer_steps: the same gate counted in the learned optimizer's steps (0: none).
-HANDOFF_FINER_STEPS = 0
+# Adam on the finer pyramid scales (StylizeConfig.handoff_finer_lr, handoff_finer_steps / _within): where
+# the learned optimizer stalled within its first 83 steps on a coarser scale, Adam on the basis runs the
+# finer scales from their start.  By rules committed before their runs (bench/handoff_finer.py's docstring):
+# the styles it stalls on that early are far from its training, and on nearer ones, handed off later or not
+# at all, the fresh learned optimizer of the finer scale does better.  The gate counts steps (session 65)
+# because the stall does: a fraction of the scale's steps (0.62, session 58) moved with --steps.
+HANDOFF_FINER_LR, HANDOFF_FINER_WITHIN = 0.0036, 1.0
+HANDOFF_FINER_STEPS = 83
 # Long side of the coarsest pyramid scale.
 PYRAMID_BASE = 256
 # backoff: the learned optimizer sees gradients only (no loss, no line search), and on styles far from
@@ -196,8 +196,8 @@ class StylizeConfig:
                 "from its first step, whose fresh moments move every coefficient by about the rate: on the test "
                 "photos without the pyramid that raised the loss 6% and ended 1.2-2.7% above backoff)"})
     handoff_finer_lr: float | None = field(default=HANDOFF_FINER_LR, metadata={
-        "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr) within "
-                "--handoff-finer-within of its steps, run the finer scales with Adam on the multi-scale basis from "
+        "help": "lstm only: once a pyramid scale has been handed off to Adam (--handoff-lr) early (within "
+                "--handoff-finer-steps of its steps), run the finer scales with Adam on the multi-scale basis from "
                 "their first step, at this rate ramping up over --handoff-warmup steps (0: off, each finer scale starts "
                 "with the learned optimizer again). At 512 px it ended 0.84x as high with piano_keyboard_sketch and "
                 "0.83x with vallotton_camille_mauclair on validation photos no earlier run had used, and 0.86-0.93x in "
@@ -205,14 +205,16 @@ class StylizeConfig:
                 "chosen by a rule fixed before its runs)"})
     handoff_finer_within: float = field(default=HANDOFF_FINER_WITHIN, metadata={
         "help": "lstm only: --handoff-finer-lr acts only where the coarser scale was handed off within this fraction "
-                "of its steps (1: after any handoff). Nearer styles are handed off later or not at all, and do better "
-                "with the fresh learned optimizer (after any handoff: the held-out style at 128 px 19% higher, "
-                "klee_clouds_over_bor 5% and van_doesburg_composition_xiii 11% at 512 px with 200 steps)"})
+                "of its steps (1: no limit as a fraction; with --handoff-finer-steps, both must hold; 0.62 was the "
+                "default from session 58 to 65)"})
     handoff_finer_steps: int = field(default=HANDOFF_FINER_STEPS, metadata={
         "help": "lstm only: --handoff-finer-lr acts only where the coarser scale was handed off within this many of "
-                "its steps (0: no limit in steps; with --handoff-finer-within, both must hold). The learned optimizer "
-                "stalls after about the same number of its steps whatever a scale's length, so this gate, unlike the "
-                "fraction, stays put as --steps changes"})
+                "its steps (0: no limit in steps; with --handoff-finer-within, both must hold). Far styles stall "
+                "sooner: at 512 px with 200 steps piano_keyboard_sketch and vallotton_camille_mauclair were handed off "
+                "after 36-81 steps and ended 0.71-0.96x as high with the option; klee_clouds_over_bor and "
+                "van_doesburg_composition_xiii after 85-122, and 1.04-1.13x. The learned optimizer stalls after about "
+                "the same number of its steps whatever a scale's length, so this gate, unlike the fraction, stays put "
+                "as --steps changes (bench/handoff_finer.py; chosen by a rule fixed before its runs)"})
     coarse_share: float | None = field(default=None, metadata={
         "help": "coarse-to-fine runs: the share of --steps the coarsest scale gets, the finer scales sharing the "
                 "rest equally (default: two thirds, where a coarse step costs a quarter of the next scale's). A "
