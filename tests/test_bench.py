@@ -749,22 +749,31 @@ def test_adam_rates_widens_the_grid_while_an_edge_is_best_and_compares_with_the_
                                              "seconds": 1.0}
 
 
-def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkeypatch, tmp_path):
+def _adam_rates_faking_runs(monkeypatch, final_of):
+    """bench/adam_rates.py with each CLI run faked: its final loss ``final_of(flags)``; returns the module and
+    the list the runs' (stem, flags) go to."""
     adam_rates = load("adam_rates")
     monkeypatch.setattr(sys.modules["new_inputs"], "sample_photo", lambda: ROOT / "assets" / "photos" / "rocket.jpg")
-    seen = []
+    runs = []
 
     def fake_totals(content, style, flags, out, stem, reuse):
-        if "adam" in flags:
-            seen.append((flags[flags.index("--basis") + 1], float(flags[flags.index("--lr") + 1]), stem))
-        final = 1.0 if "lstm" in flags else 2.0 + abs(math.log2(float(flags[flags.index("--lr") + 1]) / 0.0036))
+        runs.append((stem, flags))
+        final = final_of(flags)
         return {"steps": [{"step": 1, "scale": 0, "total": 3.0, "wall_time": 1.0}], "after": [final],
                 "final_total": final}
 
     monkeypatch.setattr(adam_rates, "stylize_totals", fake_totals)
+    return adam_rates, runs
+
+
+def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkeypatch, tmp_path):
+    adam_rates, runs = _adam_rates_faking_runs(monkeypatch, lambda flags: 1.0 if "lstm" in flags else 2.0 + abs(
+        math.log2(float(flags[flags.index("--lr") + 1]) / 0.0036)))
     assert adam_rates.main(["--basis", "multiscale", "--sizes", "64", "--out", str(tmp_path / "runs"),
                             "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
+    seen = [(flags[flags.index("--basis") + 1], float(flags[flags.index("--lr") + 1]), stem)
+            for stem, flags in runs if "adam" in flags]
     assert report["adam_basis"] == "multiscale" and report["adam_default_lr"] == 0.0036
     assert {basis for basis, _, _ in seen} == {"multiscale"} and all("_adam-ms_" in stem for *_, stem in seen)
     assert sorted({lr for _, lr, _ in seen}) == [0.0018, 0.002546, 0.0036, 0.005091, 0.0072, 0.010182]
@@ -772,21 +781,12 @@ def test_adam_rates_on_the_basis_runs_adam_there_around_the_basis_default(monkey
 
 
 def test_adam_rates_can_run_the_lstm_with_more_flags_and_compare_it_with_its_defaults(monkeypatch, tmp_path):
-    adam_rates = load("adam_rates")
-    monkeypatch.setattr(sys.modules["new_inputs"], "sample_photo", lambda: ROOT / "assets" / "photos" / "rocket.jpg")
-    lstm_runs = []
-
-    def fake_totals(content, style, flags, out, stem, reuse):
-        if "lstm" in flags:
-            lstm_runs.append((stem, flags))
-        final = (0.9 if "--handoff-finer-steps" in flags else 1.0) if "lstm" in flags else 2.0
-        return {"steps": [{"step": 1, "scale": 0, "total": 3.0, "wall_time": 1.0}], "after": [final],
-                "final_total": final}
-
-    monkeypatch.setattr(adam_rates, "stylize_totals", fake_totals)
+    adam_rates, runs = _adam_rates_faking_runs(
+        monkeypatch, lambda flags: (0.9 if "--handoff-finer-steps" in flags else 1.0) if "lstm" in flags else 2.0)
     assert adam_rates.main(["--sizes", "64", "--lstm-flags=--handoff-finer-within 1 --handoff-finer-steps 74",
                             "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
+    lstm_runs = [run for run in runs if "lstm" in run[1]]
     assert len(lstm_runs) == 2 * 6 and ("chelsea_woman_with_a_hat_64px_lstm_handoff-finer-within_1_handoff-finer-steps_74",
                                         ["--size", "64", "--steps", "150", "--optimizer", "lstm", "--handoff-finer-within",
                                          "1", "--handoff-finer-steps", "74"]) in lstm_runs
@@ -1015,25 +1015,35 @@ def test_part_a_prime_of_the_handoff_finer_rule_asks_for_a_gain_and_no_style_or_
     assert not rule(runs({("a", "x.jpg"): 1.0, ("a", "y.jpg"): 1.0}), 0.0036)["holds"]  # no gain
 
 
-def test_the_handoff_finer_refit_reruns_the_probe_pairs_and_runs_the_option_where_the_coarse_scale_was_handed_off(
-        monkeypatch, tmp_path):
-    """Session 65: every (photo, style) of the committed probe files under the current loss, the option
-    (within 1) only where the engine's coarse scale was handed off, into pick_within; new run files."""
+def _handoff_finer_faking_runs(monkeypatch, handoff_step: dict, option_ratio: dict):
+    """bench/handoff_finer.py with its runs faked: a style in ``handoff_step`` has its coarse scale (100 steps)
+    handed off after that many steps; the option ends at ``option_ratio``'s ratio to the engine (default 0.9).
+    Returns the module and the list each run_all call's jobs go to."""
     finer = load("handoff_finer")
     calls = []
 
     def fake_run_all(jobs, workers):
         calls.append(jobs)
         out = []
-        for _, photo, size, _, path, _, extra in jobs:
-            early = "piano" in extra["style"]  # handed off after 20 of 100 coarse steps, the option 0.8
-            late = "vallotton" in extra["style"]  # after 90, the option 1.1
+        for _, photo, size, _, _, _, extra in jobs:
+            step = handoff_step.get(extra["style"])
+            ratio = option_ratio.get(extra["style"], 0.9) if extra["handoff_finer_lr"] is not None else 1.0
             out.append({"photo": photo, "size": size, **extra, "scale_starts": [0, 100], "n_scales": 2,
-                        "handed_off_scales": [0] if early or late else [], "handoff_steps": [20 if early else 90],
-                        "final": 2.0 * ((0.8 if early else 1.1) if extra["handoff_finer_lr"] else 1.0)})
+                        "handed_off_scales": [0] if step else [], "handoff_steps": [step] if step else [],
+                        "final": 2.0 * ratio})
         return out
 
     monkeypatch.setattr(finer, "run_all", fake_run_all)
+    return finer, calls
+
+
+def test_the_handoff_finer_refit_reruns_the_probe_pairs_and_runs_the_option_where_the_coarse_scale_was_handed_off(
+        monkeypatch, tmp_path):
+    """Session 65: every (photo, style) of the committed probe files under the current loss, the option
+    (within 1) only where the engine's coarse scale was handed off, into pick_within; new run files."""
+    # piano_keyboard_sketch handed off after 20 of 100 coarse steps, the option 0.8; vallotton after 90, 1.1
+    finer, calls = _handoff_finer_faking_runs(monkeypatch, {"piano_keyboard_sketch.jpg": 20, "vallotton_camille_mauclair.jpg": 90},
+                                              {"piano_keyboard_sketch.jpg": 0.8, "vallotton_camille_mauclair.jpg": 1.1})
     assert finer.main(["refit", "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
     committed = [r for name in finer.PROBE_FILES
@@ -1052,21 +1062,8 @@ def test_the_handoff_finer_refit_reruns_the_probe_pairs_and_runs_the_option_wher
 def test_the_handoff_finer_refit_check_compares_the_new_threshold_with_the_old_on_fresh_photos(monkeypatch, tmp_path):
     """(a''): the 8 styles on 4 photos outside every earlier sample; the option within F' over it within 0.62,
     each run only where the coarse handoff came early enough for it."""
-    finer = load("handoff_finer")
-    calls = []
-
-    def fake_run_all(jobs, workers):
-        calls.append(jobs)
-        out = []
-        for _, photo, size, _, _, _, extra in jobs:
-            step = {"piano_keyboard_sketch.jpg": 50, "klee_clouds_over_bor.jpg": 70}.get(extra["style"])
-            option = extra["handoff_finer_lr"] is not None
-            out.append({"photo": photo, "size": size, **extra, "scale_starts": [0, 100], "n_scales": 2,
-                        "handed_off_scales": [0] if step else [], "handoff_steps": [step] if step else [],
-                        "final": 2.0 * (0.9 if option else 1.0)})
-        return out
-
-    monkeypatch.setattr(finer, "run_all", fake_run_all)
+    finer, calls = _handoff_finer_faking_runs(monkeypatch, {"piano_keyboard_sketch.jpg": 50, "klee_clouds_over_bor.jpg": 70},
+                                              {})
     assert finer.main(["refit-check", "--within", "0.75", "--json", str(tmp_path / "r.json")]) == 0
     report = strict_loads((tmp_path / "r.json").read_text())
     option_runs = [j for c in calls for j in c if j[6]["handoff_finer_lr"] is not None]
