@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lstm-flags", type=shlex.split, default=[], metavar='"FLAGS"',
                     help='also run the LSTM with these CLI flags, as one string (--lstm-flags="--handoff-finer-steps 75")')
     args, hopper = parse_with_photo(ap, argv)
-    if any(not flag.startswith("-") for flag in args.lstm_flags[:1]):
+    if args.lstm_flags and not args.lstm_flags[0].startswith("-"):
         ap.error(f"--lstm-flags are CLI flags, got {args.lstm_flags}")
     adam_flags = ["--optimizer", "adam", *(["--basis", args.basis] if args.basis != "pixels" else [])]
     adam_name = "adam" if args.basis == "pixels" else "adam-ms"
@@ -134,7 +134,8 @@ def main(argv=None) -> int:
                          "checker": "bench/new_inputs.py drawn_styles()"},
               "optimizers": "lstm at its defaults; adam at the default rate x sqrt(2)^k, k = -2..3, widened at an "
                             "edge that was best; the best adam rate is chosen per run after the fact (an oracle)",
-              "lstm_flags": args.lstm_flags, "adam_basis": args.basis, "adam_default_lr": DEFAULT_LR[args.basis], "load_average_start": load_average_start,
+              "lstm_flags": args.lstm_flags, "adam_basis": args.basis, "adam_default_lr": DEFAULT_LR[args.basis],
+              "load_average_start": load_average_start,
               "runs": rows, "lstm_lower_than_best_adam": sum(r < 1 for r in ratios), "runs_count": len(rows),
               "median_ratio": statistics.median(ratios), "worst_ratio": max(ratios),
               "per_size": {str(s): {"median_ratio": statistics.median(r["lstm_over_best_adam"] for r in rows

@@ -137,7 +137,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from artopt.script_args import at_least, check_output_dir, check_output_file, script_parser  # noqa: E402
-from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP  # noqa: E402
+from artopt.style.engine import FINE_SCALE_STEP, HANDOFF_LR, HANDOFF_WARMUP, early_handoff  # noqa: E402
 from cli_runs import report_path, write_report  # noqa: E402
 from fine_scale_step import RESULTS, ROOT, STEPS, committed_settings, run_all, summarize, val_photos  # noqa: E402
 
@@ -338,8 +338,8 @@ def _handed_off_before_final(run: dict, within: float = 1.0, steps: int = 0) -> 
     if within >= 1 and not steps:
         return bool(run["handed_off_scales"]) and min(run["handed_off_scales"]) < run["n_scales"] - 1
     starts = run["scale_starts"]
-    return any(scale < run["n_scales"] - 1 and step <= within * (starts[scale + 1] - starts[scale])
-               and (not steps or step <= steps) for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
+    return any(scale < run["n_scales"] - 1 and early_handoff(step, starts[scale + 1] - starts[scale], within, steps)
+               for scale, step in zip(run["handed_off_scales"], run["handoff_steps"]))
 
 
 def test(lr: float, runs_dir: Path, jobs: int, within: float = 1.0, against: float | None = None,
@@ -394,7 +394,7 @@ def when(runs_dir: Path, jobs: int) -> dict:
     each such engine run again (the engine's defaults; its final loss must repeat the committed one), now
     recording the learned optimizer's steps on the coarse scale before the handoff, beside the option's
     ratio to the engine on that photo and style (from the committed runs at WHEN_LR)."""
-    committed = [r for name in PROBE_FILES for r in json.loads((ROOT / "bench" / "results" / name).read_text())["runs"]]
+    committed = _committed_probe_runs()
     finer = {(r["photo"], r["style"]): r["final"] for r in committed
              if r["handoff_finer_lr"] == WHEN_LR and not r.get("same_run_as_the_engine")}
     engine = {(r["photo"], r["style"]): r for r in committed if r["handoff_finer_lr"] is None}
@@ -410,6 +410,11 @@ def when(runs_dir: Path, jobs: int) -> dict:
             "files": list(PROBE_FILES), "handoff_finer_lr": WHEN_LR, "size": SIZE, "steps": STEPS, "threads": 1,
             "pick": pick, "rows": sorted(rows, key=lambda r: r["fraction"] if r["fraction"] is not None else 2),
             "runs": runs}
+
+
+def _committed_probe_runs() -> list[dict]:
+    """Every run of the committed probe files (PROBE_FILES), in their order."""
+    return [r for name in PROBE_FILES for r in json.loads((ROOT / "bench" / "results" / name).read_text())["runs"]]
 
 
 def _when_row(run: dict, finer_final: float) -> dict:
@@ -429,8 +434,7 @@ def refit(runs_dir: Path, jobs: int) -> dict:
     """Session 65 (docstring): every (photo, style) of the committed probe files, run again under the current
     loss, the engine without the option and, where its coarse scale was handed off, the option at WHEN_LR
     (within 1); the rows and the threshold as ``when`` makes them."""
-    committed = [r for name in PROBE_FILES for r in json.loads((ROOT / "bench" / "results" / name).read_text())["runs"]]
-    keys = list(dict.fromkeys((r["photo"], r["style"]) for r in committed))
+    keys = list(dict.fromkeys((r["photo"], r["style"]) for r in _committed_probe_runs()))
 
     def job(photo, style, finer):
         return ("val", photo, SIZE, FINE_SCALE_STEP, runs_dir / f"{SIZE}-{Path(style).stem}-{tag(finer)}-{photo}.json",

@@ -412,6 +412,12 @@ def resolve_optimizer(name: str, size: int | None = None, pyramid: bool | None =
     return name
 
 
+def early_handoff(step: int, scale_steps: int, within: float, max_steps: int) -> bool:
+    """Whether a handoff after ``step`` of a scale's ``scale_steps`` came early enough for handoff_finer_lr:
+    within the fraction ``within`` of them and, unless ``max_steps`` is 0, within that many."""
+    return step <= within * scale_steps and (not max_steps or step <= max_steps)
+
+
 def pyramid_sizes(size: int, pyramid: bool | None) -> list[int]:
     """Long sides of the scales, coarse to fine (each twice the previous, the last == size)."""
     use = size > PYRAMID_AUTO_ABOVE if pyramid is None else pyramid
@@ -1033,8 +1039,8 @@ def stylize(content: Image.Image | torch.Tensor,
                     # Adam on the multi-scale basis takes over this scale from the next step on (fresh moments)
                     optimizer, warmup, rate = _adam_after_handoff(image, config.handoff_lr, config.handoff_warmup)
                     backoff, step_scale = None, None
-                    handed_off = handed_off or (evals <= config.handoff_finer_within * scale_steps and (
-                        not config.handoff_finer_steps or evals <= config.handoff_finer_steps))
+                    handed_off = handed_off or early_handoff(evals, scale_steps, config.handoff_finer_within,
+                                                             config.handoff_finer_steps)
                     lowered = f"{stayed}Adam on the multi-scale basis goes on at {rate}"
                 else:
                     lowered = f"{stayed}its step is now {step_scale:g}x (backoff)"
